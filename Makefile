@@ -1,0 +1,35 @@
+# ferry: every target wraps a deno task. When `deno` is not on PATH, Deno
+# 2.9.6 is installed from npm into .tools/ first, so a fresh machine needs only
+# `make run` or `make test`.
+DENO_VERSION := 2.9.6
+export DENO_NO_UPDATE_CHECK := 1
+LOCAL_DENO := $(CURDIR)/.tools/node_modules/.bin/deno
+DENO := $(or $(shell command -v deno 2>/dev/null),$(LOCAL_DENO))
+
+.PHONY: run test check bench build clean deno
+
+run: $(DENO)
+	$(DENO) task start socks
+
+test: $(DENO)
+	$(DENO) task test
+
+check: $(DENO)
+	$(DENO) task check
+
+bench: $(DENO)
+	$(DENO) task bench
+
+build: $(DENO)
+	$(DENO) task build
+
+deno: $(DENO)
+	@$(DENO) --version
+
+$(LOCAL_DENO):
+	@command -v npm >/dev/null || { echo "make: need npm (Node.js) to install Deno $(DENO_VERSION)" >&2; exit 1; }
+	npm install --no-save --no-audit --no-fund --prefix $(CURDIR)/.tools deno@$(DENO_VERSION)
+	@test -x $@ || { echo "make: npm did not install a deno binary at $@" >&2; exit 1; }
+
+clean:
+	rm -rf dist .tools

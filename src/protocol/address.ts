@@ -1,0 +1,113 @@
+/**
+ * Target addresses as the SOCKS protocols carry them, and the IPv4/IPv6 text
+ * forms they are logged and dialled in. Pure: no Deno APIs.
+ *
+ * @module
+ */
+
+/** Where a client wants to go: an IP literal or a name still to resolve. */
+export type Address =
+  | { readonly type: "ipv4"; readonly host: string; readonly port: number }
+  | { readonly type: "ipv6"; readonly host: string; readonly port: number }
+  | { readonly type: "domain"; readonly host: string; readonly port: number };
+
+/** Formats 4 bytes as dotted-quad text. */
+export function formatIPv4(bytes: Uint8Array): string {
+  return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
+}
+
+/** Formats 16 bytes as RFC 5952 text: lower case, longest zero run as `::`. */
+export function formatIPv6(bytes: Uint8Array): string {
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((bytes[i]! << 8) | bytes[i + 1]!);
+  let bestStart = -1;
+  let bestLength = 1; // RFC 5952 §4.2.2: a single zero group is not shortened
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLength) [bestStart, bestLength] = [i, j - i];
+    i = j;
+  }
+  const hexGroups = groups.map((g) => g.toString(16));
+  if (bestStart < 0) return hexGroups.join(":");
+  const head = hexGroups.slice(0, bestStart).join(":");
+  const tail = hexGroups.slice(bestStart + bestLength).join(":");
+  return `${head}::${tail}`;
+}
+
+/** Parses dotted-quad text into 4 bytes, or returns `null` if it is not one. */
+export function parseIPv4(text: string): Uint8Array | null {
+  const parts = text.split(".");
+  if (parts.length !== 4) return null;
+  const bytes = new Uint8Array(4);
+  for (let i = 0; i < 4; i++) {
+    const part = parts[i]!;
+    if (!/^(0|[1-9][0-9]{0,2})$/.test(part)) return null;
+    const value = Number(part);
+    if (value > 255) return null;
+    bytes[i] = value;
+  }
+  return bytes;
+}
+
+/**
+ * Parses IPv6 text (with `::` and an optional trailing dotted quad, as in
+ * `::ffff:127.0.0.1`) into 16 bytes, or returns `null` if it is not one.
+ * Zone ids (`%eth0`) are not addresses SOCKS can carry and are rejected.
+ */
+export function parseIPv6(text: string): Uint8Array | null {
+  let body = text;
+  const tailBytes: number[] = [];
+  const lastColon = body.lastIndexOf(":");
+  if (lastColon >= 0 && body.includes(".", lastColon)) {
+    const v4 = parseIPv4(body.slice(lastColon + 1));
+    if (v4 === null) return null;
+    tailBytes.push(...v4);
+    body = body.slice(0, lastColon + 1) + "0:0"; // placeholder groups, replaced below
+  }
+  const halves = body.split("::");
+  if (halves.length > 2) return null;
+  const parseGroups = (s: string): number[] | null => {
+    if (s === "") return [];
+    const out: number[] = [];
+    for (const g of s.split(":")) {
+      if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
+      out.push(parseInt(g, 16));
+    }
+    return out;
+  };
+  const head = parseGroups(halves[0]!);
+  const tail = halves.length === 2 ? parseGroups(halves[1]!) : [];
+  if (head === null || tail === null) return null;
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
+  const groups = [...head, ...new Array<number>(missing).fill(0), ...tail];
+  const bytes = new Uint8Array(16);
+  groups.forEach((g, i) => {
+    bytes[2 * i] = g >> 8;
+    bytes[2 * i + 1] = g & 0xff;
+  });
+  if (tailBytes.length === 4) bytes.set(tailBytes, 12);
+  return bytes;
+}
+
+/** Classifies a host string as it would be dialled: IP literal or name. */
+export function addressOf(host: string, port: number): Address {
+  const unbracketed = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
+  const v4 = parseIPv4(unbracketed);
+  if (v4 !== null) return { type: "ipv4", host: formatIPv4(v4), port };
+  const v6 = parseIPv6(unbracketed);
+  if (v6 !== null) return { type: "ipv6", host: formatIPv6(v6), port };
+  return { type: "domain", host, port };
+}
+
+/** `host:port`, with IPv6 hosts in brackets, as logs and URLs expect. */
+export function formatAddress(address: { host: string; port: number }): string {
+  return address.host.includes(":")
+    ? `[${address.host}]:${address.port}`
+    : `${address.host}:${address.port}`;
+}

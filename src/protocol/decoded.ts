@@ -1,0 +1,63 @@
+/**
+ * The outcome of feeding bytes to an incremental decoder: a whole message and
+ * how many bytes it used, or a request for more bytes. Malformed input throws
+ * {@linkcode ProtocolError} instead, so every byte sequence has exactly one of
+ * three answers.
+ *
+ * @module
+ */
+
+/** A decoded message and the number of bytes of the input it consumed. */
+export interface Ok<T> {
+  readonly kind: "ok";
+  readonly value: T;
+  readonly consumed: number;
+}
+
+/** The input is a valid prefix of a message; call again with more bytes. */
+export interface More {
+  readonly kind: "more";
+}
+
+/** What an incremental decoder returns for input that is not malformed. */
+export type Decoded<T> = Ok<T> | More;
+
+/** The shared `more` answer; it carries no state, so one object serves all. */
+export const MORE: More = Object.freeze({ kind: "more" });
+
+/** Builds an `ok` answer. */
+export function ok<T>(value: T, consumed: number): Ok<T> {
+  return { kind: "ok", value, consumed };
+}
+
+/** Stable identifiers for every way a client's bytes can be malformed. */
+export type ProtocolErrorCode =
+  | "bad-version"
+  | "bad-auth-version"
+  | "bad-reserved"
+  | "bad-address-type"
+  | "bad-command"
+  | "empty-field"
+  | "field-too-long";
+
+/**
+ * Malformed protocol input. `reply` is the reply code the server should send
+ * before closing, or `null` when the protocol has no way to say it (a greeting
+ * with the wrong version, for instance).
+ */
+export class ProtocolError extends Error {
+  override readonly name = "ProtocolError";
+  readonly code: ProtocolErrorCode;
+  readonly reply: number | null;
+
+  constructor(code: ProtocolErrorCode, reply: number | null, message: string) {
+    super(message);
+    this.code = code;
+    this.reply = reply;
+  }
+}
+
+/** Formats a byte for error messages: `0x2a`. */
+export function hex(byte: number): string {
+  return `0x${byte.toString(16).padStart(2, "0")}`;
+}

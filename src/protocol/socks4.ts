@@ -1,0 +1,145 @@
+/**
+ * SOCKS4 and SOCKS4a wire format. Pure, incremental codecs like
+ * {@link ./socks5.ts}: `ok` with bytes consumed, `more`, or a
+ * {@linkcode ProtocolError} carrying reply 91.
+ *
+ * SOCKS4a: a destination IP of `0.0.0.x` with x ≠ 0 means "the host name
+ * follows the user id, NUL-terminated; resolve it for me".
+ *
+ * @module
+ */
+import { type Address, formatIPv4, parseIPv4 } from "./address.ts";
+import { type Decoded, hex, MORE, ok, ProtocolError } from "./decoded.ts";
+
+/** Version byte of a SOCKS4 request. */
+export const VERSION = 0x04;
+/** Version byte of a SOCKS4 reply (it is 0, not 4). */
+export const REPLY_VERSION = 0x00;
+
+/** Request commands. */
+export const Command = { Connect: 0x01, Bind: 0x02 } as const;
+
+/** Reply codes. */
+export const Reply = {
+  Granted: 90,
+  Rejected: 91,
+  NoIdentd: 92,
+  IdentMismatch: 93,
+} as const;
+
+/** Longest user id accepted. Clients send user names here; 1 KiB must fit. */
+export const MAX_USER_ID = 4096;
+/** Longest SOCKS4a host name accepted (DNS names are at most 253 bytes). */
+export const MAX_HOST_NAME = 255;
+
+/** A SOCKS4 or SOCKS4a request. */
+export interface Request {
+  readonly command: number;
+  readonly address: Address;
+  readonly userId: Uint8Array;
+}
+
+/** A SOCKS4 reply. */
+export interface ReplyMessage {
+  readonly reply: number;
+  readonly port: number;
+  readonly ip: string;
+}
+
+const textDecoder = new TextDecoder();
+const textEncoder = new TextEncoder();
+
+/**
+ * Finds the NUL ending a field that starts at `start`, or `-1` if it has not
+ * arrived yet. Throws when the field is already longer than `max`.
+ */
+function findNul(bytes: Uint8Array, start: number, max: number, field: string): number {
+  const limit = Math.min(bytes.length, start + max + 1);
+  for (let i = start; i < limit; i++) if (bytes[i] === 0) return i;
+  if (bytes.length > start + max) {
+    throw new ProtocolError(
+      "field-too-long",
+      Reply.Rejected,
+      `${field} longer than ${max} bytes`,
+    );
+  }
+  return -1;
+}
+
+/** Decodes `VN CD DSTPORT DSTIP USERID NUL [HOST NUL]`. */
+export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
+  if (bytes.length < 1) return MORE;
+  if (bytes[0] !== VERSION) {
+    throw new ProtocolError(
+      "bad-version",
+      null,
+      `request version ${hex(bytes[0]!)}, expected 0x04`,
+    );
+  }
+  if (bytes.length < 2) return MORE;
+  const command = bytes[1]!;
+  if (command !== Command.Connect && command !== Command.Bind) {
+    throw new ProtocolError(
+      "bad-command",
+      Reply.Rejected,
+      `command ${hex(command)}, expected 0x01 or 0x02`,
+    );
+  }
+  if (bytes.length < 8) return MORE;
+  const port = (bytes[2]! << 8) | bytes[3]!;
+  const ip = bytes.subarray(4, 8);
+  const userIdEnd = findNul(bytes, 8, MAX_USER_ID, "user id");
+  if (userIdEnd < 0) return MORE;
+  const userId = bytes.slice(8, userIdEnd);
+  const isSocks4a = ip[0] === 0 && ip[1] === 0 && ip[2] === 0 && ip[3] !== 0;
+  if (!isSocks4a) {
+    return ok(
+      { command, userId, address: { type: "ipv4", host: formatIPv4(ip), port } },
+      userIdEnd + 1,
+    );
+  }
+  const hostStart = userIdEnd + 1;
+  const hostEnd = findNul(bytes, hostStart, MAX_HOST_NAME, "SOCKS4a host name");
+  if (hostEnd < 0) return MORE;
+  if (hostEnd === hostStart) {
+    throw new ProtocolError("empty-field", Reply.Rejected, "empty SOCKS4a host name");
+  }
+  const host = textDecoder.decode(bytes.subarray(hostStart, hostEnd));
+  return ok({ command, userId, address: { type: "domain", host, port } }, hostEnd + 1);
+}
+
+/**
+ * Encodes a request (used by clients and tests). A domain address is sent the
+ * SOCKS4a way, with the marker IP 0.0.0.1.
+ */
+export function encodeRequest(request: Request): Uint8Array {
+  const { address } = request;
+  if (address.type === "ipv6") throw new RangeError("SOCKS4 cannot carry IPv6 addresses");
+  const ip = address.type === "ipv4" ? parseIPv4(address.host) : Uint8Array.of(0, 0, 0, 1);
+  if (ip === null) throw new RangeError(`not an IPv4 address: ${JSON.stringify(address.host)}`);
+  const host = address.type === "domain" ? textEncoder.encode(address.host) : null;
+  const out = new Uint8Array(8 + request.userId.length + 1 + (host ? host.length + 1 : 0));
+  out.set([VERSION, request.command, address.port >> 8, address.port & 0xff, ...ip]);
+  out.set(request.userId, 8);
+  if (host) out.set(host, 9 + request.userId.length);
+  return out;
+}
+
+/** Encodes the 8-byte reply `VN=0 CD DSTPORT DSTIP`. */
+export function encodeReply(message: ReplyMessage): Uint8Array {
+  const ip = parseIPv4(message.ip) ?? new Uint8Array(4);
+  return Uint8Array.of(REPLY_VERSION, message.reply, message.port >> 8, message.port & 0xff, ...ip);
+}
+
+/** Decodes the 8-byte reply (used by clients and tests). */
+export function decodeReply(bytes: Uint8Array): Decoded<ReplyMessage> {
+  if (bytes.length < 8) return MORE;
+  if (bytes[0] !== REPLY_VERSION) {
+    throw new ProtocolError("bad-version", null, `reply version ${hex(bytes[0]!)}, expected 0x00`);
+  }
+  return ok({
+    reply: bytes[1]!,
+    port: (bytes[2]! << 8) | bytes[3]!,
+    ip: formatIPv4(bytes.subarray(4, 8)),
+  }, 8);
+}

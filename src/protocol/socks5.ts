@@ -1,0 +1,312 @@
+/**
+ * SOCKS5 wire format (RFC 1928) and username/password sub-negotiation
+ * (RFC 1929). Pure, incremental codecs: every decoder takes the bytes buffered
+ * so far and answers `ok` (with the bytes consumed), `more`, or throws a
+ * {@linkcode ProtocolError} carrying the reply code to send. No socket here.
+ *
+ * @module
+ */
+import { type Address, formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from "./address.ts";
+import { type Decoded, hex, MORE, ok, ProtocolError } from "./decoded.ts";
+
+/** Protocol version byte of every SOCKS5 message but the RFC 1929 ones. */
+export const VERSION = 0x05;
+/** Version byte of the RFC 1929 username/password sub-negotiation. */
+export const AUTH_VERSION = 0x01;
+
+/** Authentication methods (RFC 1928 §3). */
+export const Method = {
+  NoAuth: 0x00,
+  GssApi: 0x01,
+  UserPass: 0x02,
+  NoAcceptable: 0xff,
+} as const;
+
+/** Request commands (RFC 1928 §4). */
+export const Command = {
+  Connect: 0x01,
+  Bind: 0x02,
+  UdpAssociate: 0x03,
+} as const;
+
+/** Address types (RFC 1928 §4). */
+export const AddressType = {
+  IPv4: 0x01,
+  Domain: 0x03,
+  IPv6: 0x04,
+} as const;
+
+/** Reply codes (RFC 1928 §6). */
+export const Reply = {
+  Succeeded: 0x00,
+  GeneralFailure: 0x01,
+  NotAllowed: 0x02,
+  NetworkUnreachable: 0x03,
+  HostUnreachable: 0x04,
+  ConnectionRefused: 0x05,
+  TtlExpired: 0x06,
+  CommandNotSupported: 0x07,
+  AddressTypeNotSupported: 0x08,
+} as const;
+
+const REPLY_NAMES: Readonly<Record<number, string>> = {
+  0x00: "succeeded",
+  0x01: "general-failure",
+  0x02: "not-allowed",
+  0x03: "network-unreachable",
+  0x04: "host-unreachable",
+  0x05: "connection-refused",
+  0x06: "ttl-expired",
+  0x07: "command-not-supported",
+  0x08: "address-type-not-supported",
+};
+
+/** A reply code's name for logs: `connection-refused`, or `reply-0x2a`. */
+export function replyName(code: number): string {
+  return REPLY_NAMES[code] ?? `reply-${hex(code)}`;
+}
+
+/** Status bytes of the RFC 1929 reply. */
+export const AuthStatus = { Success: 0x00, Failure: 0x01 } as const;
+
+/** The client's greeting: the methods it offers. */
+export interface Greeting {
+  readonly methods: readonly number[];
+}
+
+/** RFC 1929 credentials, as raw bytes (the RFC does not fix an encoding). */
+export interface Credentials {
+  readonly username: Uint8Array;
+  readonly password: Uint8Array;
+}
+
+/** A client request: a command and its destination. */
+export interface Request {
+  readonly command: number;
+  readonly address: Address;
+}
+
+/** A server reply: a code and the bound address. */
+export interface ReplyMessage {
+  readonly reply: number;
+  readonly address: Address;
+}
+
+/** Decodes `VER NMETHODS METHODS…`. NMETHODS=0 is valid (and unanswerable). */
+export function decodeGreeting(bytes: Uint8Array): Decoded<Greeting> {
+  if (bytes.length < 1) return MORE;
+  if (bytes[0] !== VERSION) {
+    throw new ProtocolError(
+      "bad-version",
+      null,
+      `greeting version ${hex(bytes[0]!)}, expected 0x05`,
+    );
+  }
+  if (bytes.length < 2) return MORE;
+  const count = bytes[1]!;
+  if (bytes.length < 2 + count) return MORE;
+  return ok({ methods: Array.from(bytes.subarray(2, 2 + count)) }, 2 + count);
+}
+
+/** Encodes a client greeting (used by clients and tests). */
+export function encodeGreeting(greeting: Greeting): Uint8Array {
+  return Uint8Array.of(VERSION, greeting.methods.length, ...greeting.methods);
+}
+
+/** Decodes the server's method selection `VER METHOD` (used by clients). */
+export function decodeMethodSelection(bytes: Uint8Array): Decoded<number> {
+  if (bytes.length < 2) return MORE;
+  if (bytes[0] !== VERSION) {
+    throw new ProtocolError("bad-version", null, `method selection version ${hex(bytes[0]!)}`);
+  }
+  return ok(bytes[1]!, 2);
+}
+
+/** Encodes the server's method selection. */
+export function encodeMethodSelection(method: number): Uint8Array {
+  return Uint8Array.of(VERSION, method);
+}
+
+/** Decodes RFC 1929 `VER ULEN UNAME PLEN PASSWD`. */
+export function decodeCredentials(bytes: Uint8Array): Decoded<Credentials> {
+  if (bytes.length < 1) return MORE;
+  if (bytes[0] !== AUTH_VERSION) {
+    throw new ProtocolError(
+      "bad-auth-version",
+      AuthStatus.Failure,
+      `auth version ${hex(bytes[0]!)}, expected 0x01`,
+    );
+  }
+  if (bytes.length < 2) return MORE;
+  const userLength = bytes[1]!;
+  const passwordLengthAt = 2 + userLength;
+  if (bytes.length < passwordLengthAt + 1) return MORE;
+  const passwordLength = bytes[passwordLengthAt]!;
+  const end = passwordLengthAt + 1 + passwordLength;
+  if (bytes.length < end) return MORE;
+  return ok({
+    username: bytes.slice(2, passwordLengthAt),
+    password: bytes.slice(passwordLengthAt + 1, end),
+  }, end);
+}
+
+/** Encodes RFC 1929 credentials; each field must be at most 255 bytes. */
+export function encodeCredentials(credentials: Credentials): Uint8Array {
+  const { username, password } = credentials;
+  if (username.length > 255 || password.length > 255) {
+    throw new RangeError("RFC 1929 username and password are at most 255 bytes each");
+  }
+  const out = new Uint8Array(3 + username.length + password.length);
+  out[0] = AUTH_VERSION;
+  out[1] = username.length;
+  out.set(username, 2);
+  out[2 + username.length] = password.length;
+  out.set(password, 3 + username.length);
+  return out;
+}
+
+/** Encodes the RFC 1929 status reply. */
+export function encodeAuthStatus(status: number): Uint8Array {
+  return Uint8Array.of(AUTH_VERSION, status);
+}
+
+/** Decodes the RFC 1929 status reply (used by clients). */
+export function decodeAuthStatus(bytes: Uint8Array): Decoded<number> {
+  if (bytes.length < 2) return MORE;
+  return ok(bytes[1]!, 2);
+}
+
+const textDecoder = new TextDecoder();
+const textEncoder = new TextEncoder();
+
+/**
+ * Decodes `ATYP ADDR PORT` starting at `offset`. Returns the address and the
+ * offset just past it, or `null` when more bytes are needed.
+ */
+function decodeAddressAt(
+  bytes: Uint8Array,
+  offset: number,
+): { address: Address; end: number } | null {
+  if (bytes.length < offset + 1) return null;
+  const type = bytes[offset]!;
+  let hostEnd: number;
+  let host: string;
+  let kind: Address["type"];
+  switch (type) {
+    case AddressType.IPv4:
+      hostEnd = offset + 1 + 4;
+      if (bytes.length < hostEnd) return null;
+      host = formatIPv4(bytes.subarray(offset + 1, hostEnd));
+      kind = "ipv4";
+      break;
+    case AddressType.IPv6:
+      hostEnd = offset + 1 + 16;
+      if (bytes.length < hostEnd) return null;
+      host = formatIPv6(bytes.subarray(offset + 1, hostEnd));
+      kind = "ipv6";
+      break;
+    case AddressType.Domain: {
+      if (bytes.length < offset + 2) return null;
+      const length = bytes[offset + 1]!;
+      if (length === 0) {
+        throw new ProtocolError("empty-field", Reply.HostUnreachable, "empty domain name");
+      }
+      hostEnd = offset + 2 + length;
+      if (bytes.length < hostEnd) return null;
+      host = textDecoder.decode(bytes.subarray(offset + 2, hostEnd));
+      kind = "domain";
+      break;
+    }
+    default:
+      throw new ProtocolError(
+        "bad-address-type",
+        Reply.AddressTypeNotSupported,
+        `address type ${hex(type)}, expected 0x01, 0x03 or 0x04`,
+      );
+  }
+  const end = hostEnd + 2;
+  if (bytes.length < end) return null;
+  const port = (bytes[hostEnd]! << 8) | bytes[hostEnd + 1]!;
+  return { address: { type: kind, host, port }, end };
+}
+
+/** Encodes `ATYP ADDR PORT`. */
+function encodeAddress(address: Address): Uint8Array {
+  let head: Uint8Array;
+  switch (address.type) {
+    case "ipv4": {
+      const ip = parseIPv4(address.host);
+      if (ip === null) throw new RangeError(`not an IPv4 address: ${JSON.stringify(address.host)}`);
+      head = Uint8Array.of(AddressType.IPv4, ...ip);
+      break;
+    }
+    case "ipv6": {
+      const ip = parseIPv6(address.host);
+      if (ip === null) throw new RangeError(`not an IPv6 address: ${JSON.stringify(address.host)}`);
+      head = Uint8Array.of(AddressType.IPv6, ...ip);
+      break;
+    }
+    case "domain": {
+      const name = textEncoder.encode(address.host);
+      if (name.length < 1 || name.length > 255) {
+        throw new RangeError(`domain name must be 1 to 255 bytes, got ${name.length}`);
+      }
+      head = Uint8Array.of(AddressType.Domain, name.length, ...name);
+      break;
+    }
+  }
+  const out = new Uint8Array(head.length + 2);
+  out.set(head);
+  out[head.length] = address.port >> 8;
+  out[head.length + 1] = address.port & 0xff;
+  return out;
+}
+
+/** Decodes `VER CMD RSV ATYP DST.ADDR DST.PORT`. RSV is ignored, as most servers do. */
+export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
+  if (bytes.length < 1) return MORE;
+  if (bytes[0] !== VERSION) {
+    throw new ProtocolError(
+      "bad-version",
+      Reply.GeneralFailure,
+      `request version ${hex(bytes[0]!)}, expected 0x05`,
+    );
+  }
+  if (bytes.length < 3) return MORE;
+  const decoded = decodeAddressAt(bytes, 3);
+  if (decoded === null) return MORE;
+  return ok({ command: bytes[1]!, address: decoded.address }, decoded.end);
+}
+
+/** Encodes a client request (used by clients and tests). */
+export function encodeRequest(request: Request): Uint8Array {
+  const address = encodeAddress(request.address);
+  const out = new Uint8Array(3 + address.length);
+  out.set([VERSION, request.command, 0x00]);
+  out.set(address, 3);
+  return out;
+}
+
+/** Encodes a reply `VER REP RSV ATYP BND.ADDR BND.PORT`. */
+export function encodeReply(message: ReplyMessage): Uint8Array {
+  const address = encodeAddress(message.address);
+  const out = new Uint8Array(3 + address.length);
+  out.set([VERSION, message.reply, 0x00]);
+  out.set(address, 3);
+  return out;
+}
+
+/** The bound address a failure reply carries: nothing was bound. */
+export const UNBOUND: Address = { type: "ipv4", host: "0.0.0.0", port: 0 };
+
+/** Decodes a server reply (used by clients and tests). */
+export function decodeReply(bytes: Uint8Array): Decoded<ReplyMessage> {
+  if (bytes.length < 1) return MORE;
+  if (bytes[0] !== VERSION) {
+    throw new ProtocolError("bad-version", null, `reply version ${hex(bytes[0]!)}, expected 0x05`);
+  }
+  if (bytes.length < 3) return MORE;
+  const decoded = decodeAddressAt(bytes, 3);
+  if (decoded === null) return MORE;
+  return ok({ reply: bytes[1]!, address: decoded.address }, decoded.end);
+}
