@@ -133,10 +133,11 @@ export function encodeReply(message: ReplyMessage): Uint8Array {
 
 /** Decodes the 8-byte reply (used by clients and tests). */
 export function decodeReply(bytes: Uint8Array): Decoded<ReplyMessage> {
-  if (bytes.length < 8) return MORE;
+  if (bytes.length < 1) return MORE;
   if (bytes[0] !== REPLY_VERSION) {
     throw new ProtocolError("bad-version", null, `reply version ${hex(bytes[0]!)}, expected 0x00`);
   }
+  if (bytes.length < 8) return MORE;
   return ok({
     reply: bytes[1]!,
     port: (bytes[2]! << 8) | bytes[3]!,

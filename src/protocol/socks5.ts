@@ -115,10 +115,11 @@ export function encodeGreeting(greeting: Greeting): Uint8Array {
 
 /** Decodes the server's method selection `VER METHOD` (used by clients). */
 export function decodeMethodSelection(bytes: Uint8Array): Decoded<number> {
-  if (bytes.length < 2) return MORE;
+  if (bytes.length < 1) return MORE;
   if (bytes[0] !== VERSION) {
     throw new ProtocolError("bad-version", null, `method selection version ${hex(bytes[0]!)}`);
   }
+  if (bytes.length < 2) return MORE;
   return ok(bytes[1]!, 2);
 }
 

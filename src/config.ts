@@ -1,0 +1,241 @@
+/**
+ * The one typed configuration object, and the validation that builds it from
+ * the raw strings of the command line. Every problem is collected and reported
+ * at once, each naming the flag, the bad value and what was expected.
+ *
+ * @module
+ */
+
+/** Log levels the command line accepts. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+/** A log level. */
+export type LogLevel = typeof LOG_LEVELS[number];
+/** Log formats the command line accepts. */
+export const LOG_FORMATS = ["text", "json"] as const;
+/** A log format: logfmt-style text, or one JSON object a line. */
+export type LogFormat = typeof LOG_FORMATS[number];
+
+/** An address to listen on. `hostname` has no brackets. */
+export interface ListenAddress {
+  readonly hostname: string;
+  readonly port: number;
+}
+
+/** Everything the SOCKS server needs, validated. Durations in milliseconds. */
+export interface SocksConfig {
+  readonly listen: ListenAddress;
+  /** User name → password, as UTF-8 bytes. Empty: no authentication. */
+  readonly users: ReadonlyMap<string, Uint8Array>;
+  readonly socks4: boolean;
+  readonly handshakeTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly shutdownGraceMs: number;
+  readonly maxConns: number;
+  readonly maxConnsPerIp: number;
+  readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
+}
+
+/** The command line's options as typed, before validation. */
+export interface RawSocksOptions {
+  listen?: string | undefined;
+  user?: string[] | undefined;
+  usersFile?: string | undefined;
+  socks4?: boolean | undefined;
+  handshakeTimeout?: string | undefined;
+  connectTimeout?: string | undefined;
+  idleTimeout?: string | undefined;
+  shutdownGrace?: string | undefined;
+  maxConns?: string | undefined;
+  maxConnsPerIp?: string | undefined;
+  logLevel?: string | undefined;
+  logFormat?: string | undefined;
+}
+
+/** Defaults, as the user would type them (shown in `--help`). */
+export const DEFAULTS = {
+  listen: "127.0.0.1:1080",
+  handshakeTimeout: "10s",
+  connectTimeout: "10s",
+  idleTimeout: "5m",
+  shutdownGrace: "10s",
+  maxConns: "10000",
+  logLevel: "info",
+  logFormat: "text",
+} as const;
+
+/** Thrown by {@linkcode buildSocksConfig} with every problem found. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+  readonly code = "invalid-config";
+  readonly problems: readonly string[];
+
+  constructor(problems: readonly string[]) {
+    super(problems.join("\n"));
+    this.problems = problems;
+  }
+}
+
+const DURATION_UNITS: Readonly<Record<string, number>> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+};
+
+/** Parses `250ms`, `10s`, `1.5m`, `1h` into milliseconds, or `null`. */
+export function parseDuration(text: string): number | null {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
+  if (!match) return null;
+  const ms = Math.round(Number(match[1]) * DURATION_UNITS[match[2]!]!);
+  return Number.isFinite(ms) ? ms : null;
+}
+
+/** Parses `HOST:PORT` or `[IPV6]:PORT`, or returns `null`. Port 0 means "any free port". */
+export function parseHostPort(text: string): ListenAddress | null {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(text.trim());
+  if (!match) return null;
+  const port = Number(match[3]);
+  if (port > 65535) return null;
+  return { hostname: match[1] ?? match[2]!, port };
+}
+
+const encoder = new TextEncoder();
+
+/** Parses `name:password` (the password may contain `:`); returns a problem text on failure. */
+export function parseUser(text: string): { name: string; password: Uint8Array } | string {
+  const colon = text.indexOf(":");
+  if (colon < 0) return `expected NAME:PASSWORD, got ${JSON.stringify(text)} (no ":")`;
+  const name = text.slice(0, colon);
+  const password = encoder.encode(text.slice(colon + 1));
+  const nameBytes = encoder.encode(name).length;
+  if (nameBytes < 1 || nameBytes > 255) {
+    return `user name must be 1 to 255 bytes (RFC 1929), got ${nameBytes} in ${
+      JSON.stringify(name)
+    }`;
+  }
+  if (password.length < 1 || password.length > 255) {
+    return `password of user ${
+      JSON.stringify(name)
+    } must be 1 to 255 bytes (RFC 1929), got ${password.length}`;
+  }
+  return { name, password };
+}
+
+/**
+ * Validates raw options into a {@linkcode SocksConfig}. Reads `--users-file`.
+ * Throws {@linkcode ConfigError} listing every problem.
+ */
+export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfig> {
+  const problems: string[] = [];
+
+  const listenText = raw.listen ?? DEFAULTS.listen;
+  const listen = parseHostPort(listenText);
+  if (!listen) {
+    problems.push(
+      `--listen: ${
+        JSON.stringify(listenText)
+      } is not an address; expected HOST:PORT or [IPV6]:PORT`,
+    );
+  }
+
+  const duration = (flag: string, text: string): number => {
+    const ms = parseDuration(text);
+    if (ms === null || ms <= 0) {
+      problems.push(
+        `${flag}: ${JSON.stringify(text)} is not a duration; expected a positive number with ` +
+          `a unit, like 250ms, 10s, 5m or 1h`,
+      );
+      return 0;
+    }
+    return ms;
+  };
+  const count = (flag: string, text: string): number => {
+    const value = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+    if (!Number.isSafeInteger(value) || value < 1) {
+      problems.push(`${flag}: ${JSON.stringify(text)} is not a count; expected a whole number ≥ 1`);
+      return 0;
+    }
+    return value;
+  };
+  const oneOf = <T extends string>(flag: string, text: string, allowed: readonly T[]): T => {
+    if ((allowed as readonly string[]).includes(text)) return text as T;
+    problems.push(`${flag}: ${JSON.stringify(text)} is not one of ${allowed.join(", ")}`);
+    return allowed[0]!;
+  };
+
+  const handshakeTimeoutMs = duration(
+    "--handshake-timeout",
+    raw.handshakeTimeout ?? DEFAULTS.handshakeTimeout,
+  );
+  const connectTimeoutMs = duration(
+    "--connect-timeout",
+    raw.connectTimeout ?? DEFAULTS.connectTimeout,
+  );
+  const idleTimeoutMs = duration("--idle-timeout", raw.idleTimeout ?? DEFAULTS.idleTimeout);
+  const shutdownGraceMs = duration("--shutdown-grace", raw.shutdownGrace ?? DEFAULTS.shutdownGrace);
+  const maxConns = count("--max-conns", raw.maxConns ?? DEFAULTS.maxConns);
+  const maxConnsPerIp = raw.maxConnsPerIp === undefined
+    ? maxConns
+    : count("--max-conns-per-ip", raw.maxConnsPerIp);
+  const logLevel = oneOf("--log-level", raw.logLevel ?? DEFAULTS.logLevel, LOG_LEVELS);
+  const logFormat = oneOf("--log-format", raw.logFormat ?? DEFAULTS.logFormat, LOG_FORMATS);
+
+  const users = new Map<string, Uint8Array>();
+  const defined = new Map<string, string>();
+  const addUser = (text: string, where: string) => {
+    const user = parseUser(text);
+    if (typeof user === "string") {
+      problems.push(`${where}: ${user}`);
+      return;
+    }
+    const earlier = defined.get(user.name);
+    if (earlier) {
+      problems.push(`${where}: user ${JSON.stringify(user.name)} is already defined at ${earlier}`);
+      return;
+    }
+    defined.set(user.name, where);
+    users.set(user.name, user.password);
+  };
+  for (const text of raw.user ?? []) addUser(text, "--user");
+  if (raw.usersFile !== undefined) {
+    let content: string | null = null;
+    try {
+      content = await Deno.readTextFile(raw.usersFile);
+    } catch (error) {
+      problems.push(
+        `--users-file: cannot read ${JSON.stringify(raw.usersFile)}: ${(error as Error).message}`,
+      );
+    }
+    if (content !== null) {
+      const before = users.size;
+      content.split(/\r?\n/).forEach((line, index) => {
+        const trimmed = line.trim();
+        if (trimmed === "" || trimmed.startsWith("#")) return;
+        addUser(trimmed, `${raw.usersFile}:${index + 1}`);
+      });
+      if (users.size === before && !problems.some((p) => p.startsWith(`${raw.usersFile}:`))) {
+        problems.push(
+          `--users-file: ${JSON.stringify(raw.usersFile)} defines no users; ` +
+            `expected lines of NAME:PASSWORD`,
+        );
+      }
+    }
+  }
+
+  if (problems.length > 0 || !listen) throw new ConfigError(problems);
+  return {
+    listen,
+    users,
+    socks4: raw.socks4 ?? true,
+    handshakeTimeoutMs,
+    connectTimeoutMs,
+    idleTimeoutMs,
+    shutdownGraceMs,
+    maxConns,
+    maxConnsPerIp,
+    logLevel,
+    logFormat,
+  };
+}

@@ -1,0 +1,74 @@
+/**
+ * One coarse timer for every handshake, connect and idle deadline in the
+ * process. A timer per connection would mean thousands of timers re-armed on
+ * every read; instead each session keeps a deadline number, bumps it on
+ * activity (a field write), and one interval sweeps the set.
+ *
+ * @module
+ */
+
+/** Something with a deadline on the {@linkcode Deadlines} clock. */
+export interface Expirable {
+  /** When to expire, in {@linkcode Deadlines.now} milliseconds. */
+  deadline: number;
+  /** Called once, from the sweep, when the deadline has passed. */
+  expire(): void;
+}
+
+/** The shared sweep. Ticks only while something is watched. */
+export class Deadlines {
+  /** Coarse monotonic time in ms, refreshed on each tick. Cheap to read. */
+  now = performance.now();
+  readonly #tickMs: number;
+  readonly #watched = new Set<Expirable>();
+  #timer: ReturnType<typeof setInterval> | undefined;
+
+  /** `tickMs` is the resolution: deadlines fire up to one tick late. */
+  constructor(tickMs: number) {
+    this.#tickMs = tickMs;
+  }
+
+  /** Watches `item` until it expires or is {@linkcode unwatch}ed. */
+  watch(item: Expirable): void {
+    if (this.#timer === undefined) {
+      this.now = performance.now();
+      const timer = setInterval(() => this.#sweep(), this.#tickMs);
+      // The sweep alone must never keep the process alive.
+      Deno.unrefTimer(timer);
+      this.#timer = timer;
+    }
+    this.#watched.add(item);
+  }
+
+  /** Stops watching `item`. */
+  unwatch(item: Expirable): void {
+    this.#watched.delete(item);
+    if (this.#watched.size === 0) this.#stop();
+  }
+
+  /** Number of watched items. */
+  get size(): number {
+    return this.#watched.size;
+  }
+
+  #sweep(): void {
+    const now = this.now = performance.now();
+    for (const item of this.#watched) {
+      if (item.deadline <= now) {
+        this.#watched.delete(item);
+        item.expire();
+      }
+    }
+    if (this.#watched.size === 0) this.#stop();
+  }
+
+  #stop(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+}
+
+/** A tick fine enough for the shortest timeout: a tenth of it, within 10 ms to 1 s. */
+export function tickFor(...timeoutsMs: number[]): number {
+  return Math.min(1000, Math.max(10, Math.floor(Math.min(...timeoutsMs) / 10)));
+}

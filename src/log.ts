@@ -1,0 +1,92 @@
+/**
+ * The only place that configures logging. Records go to stderr through a
+ * non-blocking LogTape stream sink, so formatting batches and the write
+ * happens off the session's path; `text` is logfmt, `json` one object a line.
+ * Both flatten a record's properties into the line so tools can filter on
+ * `event`, `outcome` and friends.
+ *
+ * @module
+ */
+import {
+  configure,
+  dispose,
+  getJsonLinesFormatter,
+  getLogfmtFormatter,
+  getLogger,
+  getStreamSink,
+  type Logger,
+  type LogLevel as LogTapeLevel,
+} from "@logtape/logtape";
+import type { LogFormat, LogLevel } from "./config.ts";
+
+const LEVELS: Readonly<Record<LogLevel, LogTapeLevel>> = {
+  debug: "debug",
+  info: "info",
+  warn: "warning",
+  error: "error",
+};
+
+/** Logger for the listener, limits and lifecycle. */
+export const serverLog: Logger = getLogger(["ferry", "server"]);
+/** Logger for the one line each session writes when it ends. */
+export const sessionLog: Logger = getLogger(["ferry", "session"]);
+
+/** Options for {@linkcode setupLogging}. */
+export interface LoggingOptions {
+  readonly level: LogLevel;
+  readonly format: LogFormat;
+}
+
+/** Routes ferry's loggers to stderr. Call {@linkcode stopLogging} before exit to flush. */
+export async function setupLogging(options: LoggingOptions): Promise<void> {
+  const formatter = options.format === "json"
+    ? getJsonLinesFormatter({ properties: "flatten", message: "rendered" })
+    : getLogfmtFormatter({ properties: "flatten", message: "rendered" });
+  await configure({
+    reset: true,
+    sinks: {
+      stderr: getStreamSink(Deno.stderr.writable, {
+        formatter,
+        closeStream: false,
+        nonBlocking: { bufferSize: 1000, flushInterval: 50 },
+      }),
+    },
+    loggers: [
+      { category: ["ferry"], lowestLevel: LEVELS[options.level], sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
+    ],
+  });
+}
+
+/** Flushes pending records and releases stderr. */
+export async function stopLogging(): Promise<void> {
+  await dispose();
+}
+
+/**
+ * Lets a message through at most once per `intervalMs`, counting what it
+ * held back, so a storm of identical errors (EMFILE on every accept) costs one
+ * line a second instead of a flood.
+ */
+export class RateLimitedLog {
+  #last = -Infinity;
+  #suppressed = 0;
+  readonly #intervalMs: number;
+
+  constructor(intervalMs = 1000) {
+    this.#intervalMs = intervalMs;
+  }
+
+  /** Calls `emit` with the number suppressed since the last emission, or counts this call. */
+  maybe(emit: (suppressed: number) => void): void {
+    const now = performance.now();
+    if (now - this.#last < this.#intervalMs) {
+      this.#suppressed++;
+      return;
+    }
+    this.#last = now;
+    const suppressed = this.#suppressed;
+    this.#suppressed = 0;
+    emit(suppressed);
+  }
+}

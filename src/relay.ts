@@ -1,0 +1,79 @@
+/**
+ * The byte relay: two directional copy loops raced under one AbortController.
+ *
+ * Each loop is `read(buf)` / `write()` on the connections themselves, not
+ * `readable.pipeTo(writable)`: Deno closes the whole connection when a
+ * `readable` reaches EOF, which would turn a client's half-close (FIN) into a
+ * truncated response, and the loop relays about twice as fast.
+ *
+ * EOF on one side becomes `closeWrite()` (shutdown SHUT_WR) on the other and
+ * the other direction keeps flowing. Any error aborts the controller; whoever
+ * owns the controller closes both sockets, which ends the pending reads. The
+ * relay never closes a socket itself and knows nothing of SOCKS.
+ *
+ * @module
+ */
+
+/** Options for {@linkcode relay}. */
+export interface RelayOptions {
+  /** Aborting ends both directions; the relay aborts it on the first error. */
+  readonly controller: AbortController;
+  /** Called on every read that carried bytes: the idle clock's heartbeat. */
+  readonly onActivity: () => void;
+  /** First read buffer size; small, because every idle session holds two. */
+  readonly initialBufferSize?: number;
+  /** Largest read buffer a busy direction grows to. */
+  readonly maxBufferSize?: number;
+}
+
+/** Bytes carried each way. `up` is client → target. */
+export interface RelayTotals {
+  up: number;
+  down: number;
+}
+
+const DEFAULT_INITIAL_BUFFER = 2048;
+const DEFAULT_MAX_BUFFER = 256 * 1024;
+
+/**
+ * Relays between `client` and `target` until both directions have ended or
+ * the controller is aborted. Resolves with the byte totals either way; the
+ * controller's signal says whether it ended cleanly.
+ */
+export async function relay(
+  client: Deno.TcpConn,
+  target: Deno.TcpConn,
+  options: RelayOptions,
+): Promise<RelayTotals> {
+  const totals: RelayTotals = { up: 0, down: 0 };
+  const initial = options.initialBufferSize ?? DEFAULT_INITIAL_BUFFER;
+  const max = options.maxBufferSize ?? DEFAULT_MAX_BUFFER;
+  const { controller, onActivity } = options;
+  const copy = async (from: Deno.TcpConn, to: Deno.TcpConn, direction: keyof RelayTotals) => {
+    let buffer = new Uint8Array(initial);
+    try {
+      for (;;) {
+        const n = await from.read(buffer);
+        if (n === null) break;
+        onActivity();
+        await writeAll(to, buffer.subarray(0, n));
+        totals[direction] += n;
+        // A read that filled the buffer says more is waiting: read more per call.
+        if (n === buffer.length && buffer.length < max) {
+          buffer = new Uint8Array(Math.min(max, buffer.length * 4));
+        }
+      }
+      await to.closeWrite();
+    } catch (error) {
+      if (!controller.signal.aborted) controller.abort(error);
+    }
+  };
+  await Promise.all([copy(client, target, "up"), copy(target, client, "down")]);
+  return totals;
+}
+
+/** Writes all of `bytes`; `conn.write` may take only part of them. */
+export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let offset = 0;
+  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
+}
