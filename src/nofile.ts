@@ -1,7 +1,11 @@
 /**
- * The open-files limit, read from /proc (Linux). Each session holds two
- * descriptors; a limit below what `--max-conns` needs means EMFILE under load,
- * which the accept loop survives but clients feel.
+ * The open-files limit. Each session holds two descriptors; a limit below
+ * what `--max-conns` needs means EMFILE under load, which the accept loop
+ * survives but clients feel.
+ *
+ * Deno will not let a program read /proc/self/limits without --allow-all, so
+ * the limit is asked of util-linux's `prlimit` (the only program ferry's
+ * permissions let it run). Where that is missing the check is skipped.
  *
  * @module
  */
@@ -11,18 +15,24 @@ export function descriptorsNeeded(maxConns: number): number {
   return maxConns * 2 + 64;
 }
 
-/** Parses the soft "Max open files" limit out of /proc/self/limits text, or `null`. */
-export function parseOpenFilesLimit(limitsText: string): number | null {
-  const match = /^Max open files\s+(\d+|unlimited)\s/m.exec(limitsText);
-  if (!match) return null;
-  return match[1] === "unlimited" ? Infinity : Number(match[1]);
+/** Parses `prlimit --output SOFT --noheadings` output: a number or `unlimited`. */
+export function parseSoftLimit(text: string): number | null {
+  const value = text.trim();
+  if (value === "unlimited") return Infinity;
+  return /^\d+$/.test(value) ? Number(value) : null;
 }
 
-/** The soft open-files limit of this process, or `null` where it cannot be read. */
+/** The soft open-files limit of this process, or `null` where it cannot be learned. */
 export async function openFilesLimit(): Promise<number | null> {
   try {
-    return parseOpenFilesLimit(await Deno.readTextFile("/proc/self/limits"));
+    const { success, stdout } = await new Deno.Command("prlimit", {
+      args: ["--pid", String(Deno.pid), "--nofile", "--output", "SOFT", "--noheadings"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return success ? parseSoftLimit(new TextDecoder().decode(stdout)) : null;
   } catch {
-    return null;
+    return null; // no prlimit, or not allowed to run it
   }
 }

@@ -47,6 +47,7 @@ export function ferryCommandArgs(args: string[]): string[] {
     "--allow-net",
     "--allow-read",
     "--allow-env=NO_COLOR,FORCE_COLOR,CLICOLOR_FORCE",
+    "--allow-run=prlimit",
     MAIN,
     ...args,
   ];

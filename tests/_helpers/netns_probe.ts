@@ -1,0 +1,47 @@
+/**
+ * Runs inside a network namespace that tests/integration_netns_test.ts creates
+ * with `unshare -n` (only `lo` up, `198.51.100.0/24` an unreachable route, no
+ * default route, no reachable resolver). Starts ferry there, sends SOCKS5
+ * CONNECTs whose failures need such a network, and prints one JSON object:
+ * `{ results: [{ name, reply, outcome, error? }] }`. Nothing can leave the namespace.
+ *
+ * Run: deno run -A tests/_helpers/netns_probe.ts
+ */
+import type { Address } from "../../src/protocol/address.ts";
+import { startFerry } from "./ferry.ts";
+import { sessionOf } from "./session_log.ts";
+import { BufferedConn, domain, ipv4, socks5Handshake } from "./socks_client.ts";
+
+/** One probe's result. */
+export interface ProbeResult {
+  name: string;
+  reply: number | null;
+  outcome: unknown;
+  error?: string;
+}
+
+const PROBES: { name: string; address: Address }[] = [
+  { name: "no-route", address: ipv4("192.0.2.1", 80) },
+  { name: "unreachable-route", address: ipv4("198.51.100.1", 80) },
+  { name: "unresolvable-name", address: domain("no-such-host.invalid", 80) },
+];
+
+const results: ProbeResult[] = [];
+{
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
+  for (const { name, address } of PROBES) {
+    let conn: BufferedConn | undefined;
+    try {
+      conn = await BufferedConn.connect(ferry.hostname, ferry.port);
+      const reply = await socks5Handshake(conn, address);
+      conn.close();
+      const session = await sessionOf(ferry, conn.localAddr);
+      results.push({ name, reply: reply.reply, outcome: session.outcome });
+    } catch (error) {
+      results.push({ name, reply: null, outcome: null, error: String(error) });
+    } finally {
+      conn?.close();
+    }
+  }
+}
+console.log(JSON.stringify({ results }));
