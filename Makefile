@@ -12,6 +12,7 @@ run: $(DENO)
 	$(DENO) task start socks
 
 test: $(DENO)
+	$(DENO) task check
 	$(DENO) task test
 
 check: $(DENO)

@@ -1,0 +1,220 @@
+/**
+ * Faults and endings, with ferry as a child process: descriptor exhaustion
+ * (run under prlimit), and every way a session can end, checked with `ss` for
+ * sockets left in CLOSE_WAIT and for which side closed first.
+ */
+import assert from "node:assert/strict";
+import { startFerry } from "./_helpers/ferry.ts";
+import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
+
+/** A loopback server that echoes one connection's bytes back until EOF, then closes. */
+function startEchoServer(): { addr: Deno.NetAddr; close(): Promise<void> } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Promise<void>>();
+  const loop = (async () => {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return;
+      }
+      const done = (async () => {
+        const buf = new Uint8Array(16 * 1024);
+        try {
+          for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+        } catch {
+          // reset by the peer
+        } finally {
+          conn.close();
+        }
+      })();
+      conns.add(done);
+      done.finally(() => conns.delete(done));
+    }
+  })();
+  return {
+    addr: listener.addr,
+    async close() {
+      listener.close();
+      await loop;
+      await Promise.all(conns);
+    },
+  };
+}
+
+async function ss(...filter: string[]): Promise<string[]> {
+  const { stdout } = await new Deno.Command("ss", { args: ["-tanpH", ...filter] }).output();
+  return new TextDecoder().decode(stdout).split("\n").filter((l) => l.trim() !== "");
+}
+
+Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descriptors free up", async () => {
+  const echo = startEchoServer();
+  await using ferry = await startFerry(
+    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s"],
+    { wrapper: ["prlimit", "--nofile=48"] },
+  );
+  await ferry.waitFor((l) => l.event === "nofile-low");
+  // Idle clients that never finish a handshake: each costs ferry a descriptor.
+  const held: Deno.TcpConn[] = [];
+  const started = performance.now();
+  try {
+    for (let i = 0; i < 60; i++) {
+      held.push(await Deno.connect({ hostname: "127.0.0.1", port: ferry.port }));
+    }
+    const exhausted = await ferry.waitFor((l) => l.event === "accept-error");
+    assert.equal(exhausted.code, "EMFILE");
+  } finally {
+    for (const conn of held) conn.close();
+  }
+  // Descriptors are free again: a new client must be served end to end.
+  const conn = await socks5Connect(ferry.port, echo.addr);
+  try {
+    await conn.write(new TextEncoder().encode("after EMFILE"));
+    assert.equal(new TextDecoder().decode(await readExactly(conn, 12)), "after EMFILE");
+  } finally {
+    conn.close();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const errorLines = ferry.lines.filter((l) => l.event === "accept-error").length;
+  assert.ok(
+    errorLines <= Math.ceil(seconds) + 1,
+    `${errorLines} accept-error lines in ${seconds}s`,
+  );
+  const status = await ferry.stop();
+  assert.equal(status.code, 0);
+  await echo.close();
+});
+
+/** How a target behaves, chosen by the first byte the client sends through ferry. */
+type Ending =
+  | "client-closes-first"
+  | "target-closes-first"
+  | "client-resets"
+  | "target-resets"
+  | "client-half-closes"
+  | "target-half-closes";
+const ENDINGS: Ending[] = [
+  "client-closes-first",
+  "target-closes-first",
+  "client-resets",
+  "target-resets",
+  "client-half-closes",
+  "target-half-closes",
+];
+const BIG = 256 * 1024;
+
+async function readToEnd(conn: Deno.Conn): Promise<number> {
+  const buf = new Uint8Array(64 * 1024);
+  let total = 0;
+  for (let n; (n = await conn.read(buf)) !== null;) total += n;
+  return total;
+}
+
+async function targetSide(conn: Deno.TcpConn): Promise<void> {
+  try {
+    const ending = ENDINGS[(await readExactly(conn, 1))[0]!]!;
+    switch (ending) {
+      case "client-closes-first":
+      case "client-resets":
+        if (ending === "client-resets") await conn.write(new Uint8Array(BIG)).catch(() => {});
+        await readToEnd(conn);
+        break;
+      case "target-closes-first":
+        await conn.write(new TextEncoder().encode("bye"));
+        break;
+      case "target-resets":
+        // Closing with unread input makes the kernel send RST instead of FIN.
+        await readExactly(conn, 1000);
+        break;
+      case "client-half-closes":
+        await readToEnd(conn);
+        await conn.write(new Uint8Array(BIG));
+        break;
+      case "target-half-closes":
+        await conn.write(new Uint8Array(BIG));
+        await conn.closeWrite();
+        await readToEnd(conn);
+        break;
+    }
+  } catch {
+    // resets are part of the script
+  } finally {
+    conn.close();
+  }
+}
+
+async function clientSide(conn: Deno.TcpConn, ending: Ending): Promise<void> {
+  try {
+    await conn.write(Uint8Array.of(ENDINGS.indexOf(ending)));
+    switch (ending) {
+      case "client-closes-first":
+        await conn.write(new TextEncoder().encode("hello"));
+        break;
+      case "target-closes-first":
+        assert.equal(await readToEnd(conn), 3);
+        break;
+      case "client-resets":
+        await readExactly(conn, 1); // data is waiting unread: close() now sends RST
+        break;
+      case "target-resets":
+        await conn.write(new Uint8Array(64 * 1024)).catch(() => {});
+        await readToEnd(conn).catch(() => 0);
+        break;
+      case "client-half-closes":
+        await conn.write(new TextEncoder().encode("request"));
+        await conn.closeWrite();
+        assert.equal(await readToEnd(conn), BIG);
+        break;
+      case "target-half-closes":
+        assert.equal(await readToEnd(conn), BIG);
+        await conn.write(new TextEncoder().encode("still talking"));
+        break;
+    }
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test("after every kind of ending ferry holds no socket in CLOSE_WAIT and lets clients close first", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const targets: Promise<void>[] = [];
+  const accepting = (async () => {
+    for (let i = 0; i < ENDINGS.length; i++) targets.push(targetSide(await listener.accept()));
+  })();
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
+  const clientPorts = new Map<Ending, number>();
+  await Promise.all(ENDINGS.map(async (ending) => {
+    const conn = await socks5Connect(ferry.port, listener.addr);
+    clientPorts.set(ending, conn.localAddr.port);
+    await clientSide(conn, ending);
+  }));
+  await accepting;
+  await Promise.all(targets);
+  listener.close();
+  for (let seen = 0; seen < ENDINGS.length;) {
+    await ferry.waitFor((l) => l.event === "session" && Number(l.id) > seen);
+    seen = ferry.lines.filter((l) => l.event === "session").length;
+  }
+  const outcomes = ferry.lines.filter((l) => l.event === "session").map((l) => l.outcome);
+  assert.equal(outcomes.length, ENDINGS.length);
+  assert.ok(outcomes.includes("reset"), `outcomes: ${outcomes}`);
+
+  // Sessions have all ended: none of ferry's sockets may wait for a close.
+  const closeWait = (await ss("state", "close-wait")).filter((l) =>
+    l.includes(`pid=${ferry.pid},`)
+  );
+  assert.deepEqual(closeWait, []);
+
+  // Whoever closes first keeps TIME_WAIT. Where the client closed first,
+  // that must be the client, not ferry's end at the listen port.
+  const timeWait = await ss("state", "time-wait");
+  for (const ending of ["client-closes-first", "client-half-closes"] as const) {
+    const clientPort = clientPorts.get(ending)!;
+    const ferryClosedFirst = timeWait.some((l) =>
+      l.includes(`127.0.0.1:${ferry.port} `) && l.includes(`127.0.0.1:${clientPort}`)
+    );
+    assert.equal(ferryClosedFirst, false, `${ending}: ferry closed first`);
+  }
+  assert.equal((await ferry.stop()).code, 0);
+});
