@@ -93,12 +93,15 @@ export function buildProgram(output: CliOutput): Command {
 /** Parses `argv` (without the runtime and script). Never exits the process itself. */
 export function parseCommandLine(argv: string[], output: CliOutput): Invocation {
   const program = buildProgram(output);
+  // `deno task start -- socks …` passes the `--` through; it separates the
+  // task's arguments, not ferry's, so it is dropped here.
+  const args = argv[0] === "--" ? argv.slice(1) : argv;
   try {
-    program.parse(argv, { from: "user" });
+    program.parse(args, { from: "user" });
   } catch (error) {
     if (!(error instanceof CommanderError)) throw error;
     const clean = error.code === "commander.helpDisplayed" || error.code === "commander.version" ||
-      (error.code === "commander.help" && argv.length > 0);
+      (error.code === "commander.help" && args.length > 0);
     return { command: "exit", code: clean ? 0 : 2 };
   }
   const socks = program.commands.find((c) => c.name() === "socks")!;
