@@ -73,6 +73,8 @@ export class Session implements Expirable {
   readonly #started = performance.now();
   #phase: Phase = "handshake";
   #target: Deno.TcpConn | null = null;
+  /** Aborts the dial in progress on connect timeout; the session goes on to reply. */
+  #dialAbort: AbortController | null = null;
   // Handshake bytes read but not yet decoded; whatever is left after the
   // request is the client's early data and goes to the target first.
   #pending = new Uint8Array(512);
@@ -102,7 +104,10 @@ export class Session implements Expirable {
 
   /** Called by the deadline sweep. */
   expire(): void {
-    this.controller.abort(new SessionAbort(TIMEOUT_OUTCOME[this.#phase]));
+    const reason = new SessionAbort(TIMEOUT_OUTCOME[this.#phase]);
+    // A connect timeout ends only the dial: the client still gets its reply.
+    if (this.#phase === "connect" && this.#dialAbort) this.#dialAbort.abort(reason);
+    else this.controller.abort(reason);
   }
 
   /** Cuts the session short (shutdown). */
@@ -204,14 +209,17 @@ export class Session implements Expirable {
     failureReply: (error: DialError) => Uint8Array,
   ): Promise<Deno.TcpConn | null> {
     this.#enter("connect", this.#context.config.connectTimeoutMs);
+    this.#dialAbort = new AbortController();
     try {
-      this.#target = await dial(address, this.controller.signal);
+      const signal = AbortSignal.any([this.controller.signal, this.#dialAbort.signal]);
+      this.#target = await dial(address, signal);
     } catch (error) {
       if (!(error instanceof DialError) || error.failure === "aborted") throw error;
       await writeAll(this.#client, failureReply(error));
       await this.#refuse(error.failure);
       return null;
     }
+    this.#dialAbort = null;
     if (this.controller.signal.aborted) throw this.controller.signal.reason;
     return this.#target;
   }
@@ -258,6 +266,7 @@ export class Session implements Expirable {
   #enter(phase: Phase, timeoutMs: number): void {
     this.#phase = phase;
     this.deadline = this.#context.deadlines.now + timeoutMs;
+    this.#context.deadlines.watch(this); // again, if a sweep already expired the last phase
   }
 
   async #peekFirstByte(): Promise<number> {
