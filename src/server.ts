@@ -96,7 +96,7 @@ export function startSocksServer(config: SocksConfig): SocksServer {
   const stopAccepting = new AbortController();
   const acceptErrors = new RateLimitedLog();
   const limitLog = new RateLimitedLog();
-  let allEnded: (() => void) | null = null;
+  const allEnded: (() => void)[] = [];
 
   const onAcceptError = (error: unknown) => {
     metrics.acceptErrors++;
@@ -141,7 +141,7 @@ export function startSocksServer(config: SocksConfig): SocksServer {
       const left = perIp.get(ip)! - 1;
       if (left === 0) perIp.delete(ip);
       else perIp.set(ip, left);
-      if (sessions.size === 0) allEnded?.();
+      if (sessions.size === 0) { for (const resolve of allEnded.splice(0)) resolve(); }
     });
   };
 
@@ -153,7 +153,7 @@ export function startSocksServer(config: SocksConfig): SocksServer {
 
   const waitForSessions = () =>
     sessions.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => {
-      allEnded = resolve;
+      allEnded.push(resolve);
     });
 
   let finished: Promise<void> | null = null;

@@ -69,7 +69,8 @@ export function classifyConnectError(error: unknown): DialFailure {
   if (error instanceof Deno.errors.TimedOut) return "connect-timeout";
   if (error instanceof Deno.errors.NotCapable) return "not-allowed";
   const code = (error as { code?: unknown } | null)?.code;
-  return (typeof code === "string" ? FAILURE_FOR_ERRNO[code] : undefined) ?? "general-failure";
+  const known = typeof code === "string" && Object.hasOwn(FAILURE_FOR_ERRNO, code);
+  return known ? FAILURE_FOR_ERRNO[code]! : "general-failure";
 }
 
 /** Why the session's signal was aborted, if it was: the sweep marks connect timeouts. */

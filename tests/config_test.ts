@@ -1,0 +1,300 @@
+/**
+ * Unit tests of configuration parsing and validation: durations, addresses,
+ * users, and buildSocksConfig's collect-every-problem contract, including
+ * --users-file read from real temporary files.
+ */
+import assert from "node:assert/strict";
+import {
+  buildSocksConfig,
+  ConfigError,
+  parseDuration,
+  parseHostPort,
+  parseUser,
+  type RawSocksOptions,
+} from "../src/config.ts";
+
+const encoder = new TextEncoder();
+
+/** Runs buildSocksConfig expecting a ConfigError; returns its problems. */
+async function problemsOf(raw: RawSocksOptions): Promise<readonly string[]> {
+  try {
+    await buildSocksConfig(raw);
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
+    assert.equal(error.code, "invalid-config");
+    assert.equal(error.message, error.problems.join("\n"));
+    return error.problems;
+  }
+  assert.fail(`buildSocksConfig(${JSON.stringify(raw)}) did not throw`);
+}
+
+/** Writes `content` to a fresh temp file, runs `body` with its path, removes it. */
+async function withTempFile<T>(content: string, body: (path: string) => Promise<T>): Promise<T> {
+  const path = await Deno.makeTempFile({ prefix: "ferry-users-", suffix: ".txt" });
+  try {
+    await Deno.writeTextFile(path, content);
+    return await body(path);
+  } finally {
+    await Deno.remove(path);
+  }
+}
+
+Deno.test("parseDuration() converts each unit to milliseconds", () => {
+  const table: [string, number][] = [
+    ["250ms", 250],
+    ["10s", 10_000],
+    ["1.5m", 90_000],
+    ["1h", 3_600_000],
+    ["0.5s", 500],
+    ["  2s ", 2000],
+    ["0s", 0],
+  ];
+  for (const [text, ms] of table) assert.equal(parseDuration(text), ms, text);
+});
+
+Deno.test("parseDuration() rejects text that is not a number with a unit", () => {
+  for (const text of ["", "5", "5x", "-1s", "ms", "1.s", ".5s", "1 s", "1S", "1d", "1e3ms"]) {
+    assert.equal(parseDuration(text), null, JSON.stringify(text));
+  }
+});
+
+Deno.test("parseHostPort() parses HOST:PORT and [IPV6]:PORT", () => {
+  assert.deepEqual(parseHostPort("127.0.0.1:1080"), { hostname: "127.0.0.1", port: 1080 });
+  assert.deepEqual(parseHostPort("[::1]:1080"), { hostname: "::1", port: 1080 });
+  assert.deepEqual(parseHostPort("localhost:0"), { hostname: "localhost", port: 0 });
+  assert.deepEqual(parseHostPort("0.0.0.0:65535"), { hostname: "0.0.0.0", port: 65535 });
+  assert.deepEqual(parseHostPort("[::ffff:127.0.0.1]:80"), {
+    hostname: "::ffff:127.0.0.1",
+    port: 80,
+  });
+});
+
+Deno.test("parseHostPort() rejects malformed addresses", () => {
+  for (
+    const text of [
+      "",
+      "nope",
+      "1.2.3.4",
+      ":80",
+      "host:99999",
+      "host:65536",
+      "host:",
+      "[::1]",
+      "::1:80",
+      "[::1]:",
+      "host:port",
+      "host:123456",
+      "two words:80",
+    ]
+  ) {
+    assert.equal(parseHostPort(text), null, JSON.stringify(text));
+  }
+});
+
+Deno.test("parseUser() splits at the first colon and keeps the rest as the password", () => {
+  const user = parseUser("alice:pa:ss:word");
+  assert.ok(typeof user !== "string", String(user));
+  assert.equal(user.name, "alice");
+  assert.deepEqual(user.password, encoder.encode("pa:ss:word"));
+
+  const unicode = parseUser("José:pässwörd");
+  assert.ok(typeof unicode !== "string", String(unicode));
+  assert.equal(unicode.name, "José");
+  assert.deepEqual(unicode.password, encoder.encode("pässwörd"));
+});
+
+Deno.test("parseUser() reports a missing colon, empty fields and over-long fields", () => {
+  const noColon = parseUser("alice");
+  assert.equal(typeof noColon, "string");
+  assert.match(noColon as string, /NAME:PASSWORD/);
+  assert.match(noColon as string, /"alice"/);
+
+  const emptyName = parseUser(":secret");
+  assert.equal(typeof emptyName, "string");
+  assert.match(emptyName as string, /user name must be 1 to 255 bytes.*got 0/);
+
+  const emptyPassword = parseUser("alice:");
+  assert.equal(typeof emptyPassword, "string");
+  assert.match(emptyPassword as string, /password of user "alice" must be 1 to 255 bytes.*got 0/);
+
+  const longName = parseUser(`${"n".repeat(256)}:pw`);
+  assert.equal(typeof longName, "string");
+  assert.match(longName as string, /got 256/);
+
+  // 255 bytes is the RFC 1929 maximum and is accepted, for name and password.
+  const maxName = parseUser(`${"n".repeat(255)}:${"p".repeat(255)}`);
+  assert.ok(typeof maxName !== "string", String(maxName));
+  assert.equal(maxName.password.length, 255);
+
+  // The limit is in bytes, not characters: 128 two-byte characters are 256 bytes.
+  const longUtf8 = parseUser(`${"é".repeat(128)}:pw`);
+  assert.equal(typeof longUtf8, "string");
+  assert.match(longUtf8 as string, /got 256/);
+
+  const longPassword = parseUser(`alice:${"p".repeat(256)}`);
+  assert.equal(typeof longPassword, "string");
+  assert.match(longPassword as string, /got 256/);
+});
+
+Deno.test("buildSocksConfig() fills in the documented defaults", async () => {
+  const config = await buildSocksConfig({});
+  assert.deepEqual(config.listen, { hostname: "127.0.0.1", port: 1080 });
+  assert.equal(config.users.size, 0);
+  assert.equal(config.socks4, true);
+  assert.equal(config.handshakeTimeoutMs, 10_000);
+  assert.equal(config.connectTimeoutMs, 10_000);
+  assert.equal(config.idleTimeoutMs, 300_000);
+  assert.equal(config.shutdownGraceMs, 10_000);
+  assert.equal(config.maxConns, 10_000);
+  assert.equal(config.maxConnsPerIp, 10_000);
+  assert.equal(config.logLevel, "info");
+  assert.equal(config.logFormat, "text");
+});
+
+Deno.test("buildSocksConfig() takes every option as given", async () => {
+  const config = await buildSocksConfig({
+    listen: "[::1]:0",
+    user: ["alice:a", "bob:b:c"],
+    socks4: false,
+    handshakeTimeout: "250ms",
+    connectTimeout: "2s",
+    idleTimeout: "1.5m",
+    shutdownGrace: "1h",
+    maxConns: "7",
+    maxConnsPerIp: "3",
+    logLevel: "debug",
+    logFormat: "json",
+  });
+  assert.deepEqual(config.listen, { hostname: "::1", port: 0 });
+  assert.deepEqual([...config.users.keys()], ["alice", "bob"]);
+  assert.deepEqual(config.users.get("bob"), encoder.encode("b:c"));
+  assert.equal(config.socks4, false);
+  assert.equal(config.handshakeTimeoutMs, 250);
+  assert.equal(config.connectTimeoutMs, 2000);
+  assert.equal(config.idleTimeoutMs, 90_000);
+  assert.equal(config.shutdownGraceMs, 3_600_000);
+  assert.equal(config.maxConns, 7);
+  assert.equal(config.maxConnsPerIp, 3);
+  assert.equal(config.logLevel, "debug");
+  assert.equal(config.logFormat, "json");
+});
+
+Deno.test("buildSocksConfig() defaults --max-conns-per-ip to --max-conns", async () => {
+  const config = await buildSocksConfig({ maxConns: "5" });
+  assert.equal(config.maxConnsPerIp, 5);
+});
+
+Deno.test("buildSocksConfig() reports every bad flag at once, naming flag and value", async () => {
+  const bad: [flag: string, key: keyof RawSocksOptions, value: string][] = [
+    ["--listen", "listen", "nope"],
+    ["--handshake-timeout", "handshakeTimeout", "5"],
+    ["--connect-timeout", "connectTimeout", "0s"],
+    ["--idle-timeout", "idleTimeout", "-1s"],
+    ["--shutdown-grace", "shutdownGrace", "soon"],
+    ["--max-conns", "maxConns", "0"],
+    ["--max-conns-per-ip", "maxConnsPerIp", "1.5"],
+    ["--log-level", "logLevel", "loud"],
+    ["--log-format", "logFormat", "xml"],
+  ];
+  const raw: Record<string, unknown> = { user: ["no-colon"] };
+  for (const [, key, value] of bad) raw[key] = value;
+  const problems = await problemsOf(raw as RawSocksOptions);
+  assert.equal(problems.length, bad.length + 1, problems.join("\n"));
+  for (const [flag, , value] of bad) {
+    const problem = problems.find((p) => p.startsWith(`${flag}: `));
+    assert.ok(problem, `no problem reported for ${flag}:\n${problems.join("\n")}`);
+    assert.ok(problem.includes(JSON.stringify(value)), problem);
+  }
+  const userProblem = problems.find((p) => p.startsWith("--user: "));
+  assert.ok(userProblem, problems.join("\n"));
+  assert.ok(userProblem.includes('"no-colon"'), userProblem);
+});
+
+Deno.test("buildSocksConfig() rejects counts that are not whole numbers ≥ 1", async () => {
+  for (const value of ["0", "-1", "1e3", "abc", "", "99999999999999999999"]) {
+    const problems = await problemsOf({ maxConns: value });
+    assert.equal(problems.length, 1, `${JSON.stringify(value)}: ${problems.join("\n")}`);
+    assert.ok(problems[0]!.startsWith("--max-conns: "), problems[0]);
+  }
+});
+
+Deno.test("buildSocksConfig() reports a duplicate --user", async () => {
+  const problems = await problemsOf({ user: ["alice:one", "alice:two"] });
+  assert.equal(problems.length, 1, problems.join("\n"));
+  assert.match(problems[0]!, /^--user: user "alice" is already defined at --user$/);
+});
+
+Deno.test("buildSocksConfig() reads --users-file, skipping comments and blank lines", async () => {
+  const content = [
+    "# ferry users",
+    "",
+    "alice:secret",
+    "   ",
+    "  # indented comment",
+    "  bob:pa:ss  ",
+    "carol:pässwörd\r",
+    "",
+  ].join("\n");
+  await withTempFile(content, async (path) => {
+    const config = await buildSocksConfig({ usersFile: path, user: ["dave:d"] });
+    assert.deepEqual([...config.users.keys()].sort(), ["alice", "bob", "carol", "dave"]);
+    assert.deepEqual(config.users.get("alice"), encoder.encode("secret"));
+    assert.deepEqual(config.users.get("bob"), encoder.encode("pa:ss"));
+    assert.deepEqual(config.users.get("carol"), encoder.encode("pässwörd"));
+  });
+});
+
+Deno.test("buildSocksConfig() reports a bad users-file line as path:lineNumber", async () => {
+  await withTempFile("# header\nalice:secret\n\nnocolon\nbob:\n", async (path) => {
+    const problems = await problemsOf({ usersFile: path });
+    assert.equal(problems.length, 2, problems.join("\n"));
+    assert.ok(problems[0]!.startsWith(`${path}:4: `), problems[0]);
+    assert.ok(problems[0]!.includes('"nocolon"'), problems[0]);
+    assert.ok(problems[1]!.startsWith(`${path}:5: `), problems[1]);
+    assert.match(problems[1]!, /password of user "bob"/);
+  });
+});
+
+Deno.test("buildSocksConfig() reports users defined twice, in the file or on the command line", async () => {
+  await withTempFile("alice:one\nbob:b\nalice:two\ncarol:c\n", async (path) => {
+    const problems = await problemsOf({ usersFile: path, user: ["carol:x"] });
+    assert.equal(problems.length, 2, problems.join("\n"));
+    assert.equal(problems[0], `${path}:3: user "alice" is already defined at ${path}:1`);
+    assert.equal(problems[1], `${path}:4: user "carol" is already defined at --user`);
+  });
+});
+
+Deno.test("buildSocksConfig() reports a users file that cannot be read", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ferry-config-" });
+  try {
+    const missing = `${dir}/no-such-file`;
+    const problems = await problemsOf({ usersFile: missing, maxConns: "zero" });
+    assert.equal(problems.length, 2, problems.join("\n"));
+    const problem = problems.find((p) => p.startsWith("--users-file: "));
+    assert.ok(problem, problems.join("\n"));
+    assert.ok(problem.includes(`cannot read ${JSON.stringify(missing)}`), problem);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("buildSocksConfig() reports a users file that defines no users", async () => {
+  for (const content of ["", "# only a comment\n\n   \n"]) {
+    await withTempFile(content, async (path) => {
+      const problems = await problemsOf({ usersFile: path });
+      assert.equal(problems.length, 1, problems.join("\n"));
+      assert.equal(
+        problems[0],
+        `--users-file: ${JSON.stringify(path)} defines no users; expected lines of NAME:PASSWORD`,
+      );
+    });
+  }
+});
+
+Deno.test("buildSocksConfig() does not add 'defines no users' when the file's lines were bad", async () => {
+  await withTempFile("nocolon\n", async (path) => {
+    const problems = await problemsOf({ usersFile: path });
+    assert.equal(problems.length, 1, problems.join("\n"));
+    assert.ok(problems[0]!.startsWith(`${path}:1: `), problems[0]);
+  });
+});

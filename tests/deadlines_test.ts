@@ -1,0 +1,234 @@
+/**
+ * Unit tests of the shared deadline sweep. Every wait is on an item's
+ * `expire()` promise, never on a sleep.
+ *
+ * The sweep's interval is unref'd, and Deno's op sanitizer does not report
+ * unref'd timers, so the tests that check it stops spy on the global
+ * setInterval/clearInterval instead.
+ */
+import assert from "node:assert/strict";
+import { Deadlines, type Expirable, tickFor } from "../src/deadlines.ts";
+
+const TICK_MS = 10;
+
+/** An item that counts its expiries; `expired` resolves on the next one. */
+class Item implements Expirable {
+  deadline: number;
+  count = 0;
+  #next = Promise.withResolvers<void>();
+
+  constructor(deadline: number) {
+    this.deadline = deadline;
+  }
+
+  /** Resolves on the next expiry after this is read. */
+  get expired(): Promise<void> {
+    return this.#next.promise;
+  }
+
+  expire(): void {
+    this.count++;
+    const current = this.#next;
+    this.#next = Promise.withResolvers<void>();
+    current.resolve();
+  }
+}
+
+/** Awaits `promise`, failing (not hanging) after `ms`. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Runs `body` while recording intervals created and cleared through the
+ * globals; returns the ids still running when it ends (and clears them).
+ */
+async function intervalsLeftRunning(body: () => Promise<void>): Promise<unknown[]> {
+  type IntervalId = ReturnType<typeof setInterval>;
+  const realSet = globalThis.setInterval;
+  const realClear = globalThis.clearInterval;
+  const running = new Set<IntervalId>();
+  globalThis.setInterval = ((...args: Parameters<typeof realSet>) => {
+    const id = realSet(...args);
+    running.add(id);
+    return id;
+  }) as typeof realSet;
+  globalThis.clearInterval = ((id?: IntervalId) => {
+    if (id !== undefined) running.delete(id);
+    realClear(id);
+  }) as typeof realClear;
+  try {
+    await body();
+  } finally {
+    globalThis.setInterval = realSet;
+    globalThis.clearInterval = realClear;
+  }
+  const left = [...running];
+  for (const id of left) realClear(id);
+  return left;
+}
+
+Deno.test("Deadlines expires an item whose deadline has passed on the next tick, once", async () => {
+  const deadlines = new Deadlines(TICK_MS);
+  const item = new Item(0); // long past
+  deadlines.watch(item);
+  assert.equal(deadlines.size, 1);
+  assert.equal(item.count, 0, "expire() must come from the sweep, not from watch()");
+
+  await within(item.expired, 5000, "expiry");
+  assert.equal(item.count, 1);
+  assert.equal(deadlines.size, 0, "an expired item is no longer watched");
+
+  // Several more sweeps pass while a second item waits; the first is not expired again.
+  const later = new Item(performance.now() + 3 * TICK_MS);
+  deadlines.watch(later);
+  await within(later.expired, 5000, "second expiry");
+  assert.equal(later.count, 1);
+  assert.equal(item.count, 1);
+  assert.equal(deadlines.size, 0);
+});
+
+Deno.test("Deadlines does not expire an item before its deadline", async () => {
+  const deadlines = new Deadlines(TICK_MS);
+  const start = performance.now();
+  const item = new Item(start + 50);
+  deadlines.watch(item);
+  await within(item.expired, 5000, "expiry");
+  assert.ok(performance.now() >= start + 50, "expired before its deadline");
+  assert.ok(deadlines.now >= item.deadline, "the sweep's clock had passed the deadline");
+});
+
+Deno.test("Deadlines never expires an unwatched item", async () => {
+  const deadlines = new Deadlines(TICK_MS);
+  const unwatched = new Item(0);
+  const marker = new Item(0);
+  deadlines.watch(unwatched);
+  deadlines.watch(marker);
+  deadlines.unwatch(unwatched);
+  assert.equal(deadlines.size, 1);
+  await within(marker.expired, 5000, "marker expiry");
+  assert.equal(marker.count, 1);
+  assert.equal(unwatched.count, 0);
+});
+
+Deno.test("Deadlines: bumping the deadline postpones expiry", async () => {
+  const deadlines = new Deadlines(TICK_MS);
+  const item = new Item(0);
+  deadlines.watch(item);
+  // A field write before the first sweep: the item's activity heartbeat.
+  item.deadline = performance.now() + 60_000;
+  const marker = new Item(0);
+  deadlines.watch(marker);
+  await within(marker.expired, 5000, "marker expiry");
+  // The sweep that expired the marker looked at the item too and left it.
+  assert.equal(item.count, 0);
+  assert.equal(deadlines.size, 1);
+
+  item.deadline = 0;
+  await within(item.expired, 5000, "expiry after the deadline moved back");
+  assert.equal(item.count, 1);
+  assert.equal(deadlines.size, 0);
+});
+
+Deno.test("Deadlines stops its interval when the last item is unwatched", async () => {
+  let size = -1;
+  const left = await intervalsLeftRunning(async () => {
+    const deadlines = new Deadlines(TICK_MS);
+    const a = new Item(performance.now() + 60_000);
+    const b = new Item(performance.now() + 60_000);
+    deadlines.watch(a);
+    deadlines.watch(b);
+    deadlines.unwatch(a);
+    deadlines.unwatch(b);
+    size = deadlines.size;
+    await Promise.resolve();
+  });
+  assert.equal(size, 0);
+  assert.deepEqual(left, [], "the sweep's interval is still running");
+});
+
+Deno.test("Deadlines stops its interval when the last item expires", async () => {
+  let count = 0;
+  const left = await intervalsLeftRunning(async () => {
+    const deadlines = new Deadlines(TICK_MS);
+    const item = new Item(0);
+    deadlines.watch(item);
+    await within(item.expired, 5000, "expiry");
+    count = item.count;
+  });
+  assert.equal(count, 1);
+  assert.deepEqual(left, [], "the sweep's interval is still running");
+});
+
+Deno.test("Deadlines keeps one interval however many items are watched", async () => {
+  let created = 0;
+  const realSet = globalThis.setInterval;
+  const left = await intervalsLeftRunning(async () => {
+    const spy = globalThis.setInterval;
+    globalThis.setInterval = ((...args: Parameters<typeof realSet>) => {
+      created++;
+      return spy(...args);
+    }) as typeof realSet;
+    const deadlines = new Deadlines(TICK_MS);
+    const items = Array.from({ length: 100 }, () => new Item(performance.now() + 60_000));
+    for (const item of items) deadlines.watch(item);
+    for (const item of items) deadlines.unwatch(item);
+    await Promise.resolve();
+  });
+  assert.equal(created, 1);
+  assert.deepEqual(left, []);
+});
+
+Deno.test("Deadlines restarts its interval when watched again after stopping", async () => {
+  const deadlines = new Deadlines(TICK_MS);
+  const first = new Item(performance.now() + 60_000);
+  deadlines.watch(first);
+  deadlines.unwatch(first);
+  assert.equal(deadlines.size, 0);
+  // Unwatching an item that is not watched is harmless.
+  deadlines.unwatch(first);
+  assert.equal(deadlines.size, 0);
+
+  // A fresh watch after the stop must start a new interval, or this never expires.
+  const before = deadlines.now;
+  const second = new Item(0);
+  deadlines.watch(second);
+  await within(second.expired, 5000, "expiry after a restart");
+  assert.equal(second.count, 1);
+  assert.ok(deadlines.now >= before, "now is refreshed by the sweep");
+  assert.equal(first.count, 0);
+});
+
+Deno.test("Deadlines expires items sharing a tick together, and an item may watch again", async () => {
+  const deadlines = new Deadlines(TICK_MS);
+  const items = [new Item(0), new Item(0), new Item(0)];
+  for (const item of items) deadlines.watch(item);
+  await within(Promise.all(items.map((i) => i.expired)), 5000, "all expiries");
+  assert.deepEqual(items.map((i) => i.count), [1, 1, 1]);
+
+  const again = items[0]!;
+  const secondExpiry = again.expired;
+  deadlines.watch(again);
+  await within(secondExpiry, 5000, "second expiry of a re-watched item");
+  assert.equal(again.count, 2);
+  assert.equal(deadlines.size, 0);
+});
+
+Deno.test("tickFor() is a tenth of the shortest timeout, within 10 ms to 1 s", () => {
+  assert.equal(tickFor(10_000, 10_000, 300_000), 1000);
+  assert.equal(tickFor(250), 25);
+  assert.equal(tickFor(300_000, 2000), 200);
+  assert.equal(tickFor(105), 10);
+  assert.equal(tickFor(50), 10);
+  assert.equal(tickFor(1), 10);
+  assert.equal(tickFor(3_600_000), 1000);
+  assert.equal(tickFor(9999), 999);
+});

@@ -1,0 +1,229 @@
+/**
+ * Unit tests of dialling and of mapping connect failures to SOCKS replies,
+ * with real loopback errors where the machine can produce them and synthetic
+ * ones where it cannot.
+ */
+import assert from "node:assert/strict";
+import { Reply } from "../src/protocol/socks5.ts";
+import { SessionAbort } from "../src/session.ts";
+import {
+  classifyConnectError,
+  dial,
+  DialError,
+  type DialFailure,
+  REPLY_FOR_FAILURE,
+} from "../src/upstream/dial.ts";
+
+/** A loopback port nothing listens on (bound, read back, released). */
+function closedPort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const { port } = listener.addr;
+  listener.close();
+  return port;
+}
+
+/** Runs `body` with a listening loopback socket; closes it and anything it accepted. */
+async function withListener(
+  body: (listener: Deno.TcpListener, accepted: Promise<Deno.TcpConn>) => Promise<void>,
+): Promise<void> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const accepted = listener.accept();
+  try {
+    await body(listener, accepted);
+  } finally {
+    listener.close();
+    await accepted.then((conn) => conn.close(), () => {});
+  }
+}
+
+function withCode(code: unknown): Error {
+  return Object.assign(new Error(`synthetic ${String(code)}`), { code });
+}
+
+/** Awaits a rejection and returns it as a DialError, failing otherwise. */
+async function dialError(promise: Promise<Deno.TcpConn>): Promise<DialError> {
+  try {
+    const conn = await promise;
+    conn.close();
+  } catch (error) {
+    assert.ok(error instanceof DialError, `expected DialError, got ${error}`);
+    return error;
+  }
+  assert.fail("dial succeeded");
+}
+
+Deno.test("classifyConnectError() maps a real refused connect to connection-refused", async () => {
+  const port = closedPort();
+  let error: unknown;
+  try {
+    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+  } catch (caught) {
+    error = caught;
+  }
+  assert.ok(error, "connecting to a closed port succeeded");
+  assert.equal(classifyConnectError(error), "connection-refused");
+});
+
+Deno.test("classifyConnectError() maps errno codes", () => {
+  const table: [string, DialFailure][] = [
+    ["ECONNREFUSED", "connection-refused"],
+    ["EHOSTUNREACH", "host-unreachable"],
+    ["EHOSTDOWN", "host-unreachable"],
+    ["ENETUNREACH", "network-unreachable"],
+    ["ENETDOWN", "network-unreachable"],
+    ["ETIMEDOUT", "connect-timeout"],
+    ["EACCES", "not-allowed"],
+    ["EPERM", "not-allowed"],
+  ];
+  for (const [code, failure] of table) {
+    assert.equal(classifyConnectError(withCode(code)), failure, code);
+  }
+});
+
+Deno.test("classifyConnectError() maps Deno error classes", () => {
+  assert.equal(
+    classifyConnectError(new Deno.errors.ConnectionRefused("x")),
+    "connection-refused",
+  );
+  assert.equal(
+    classifyConnectError(new Deno.errors.NetworkUnreachable("x")),
+    "network-unreachable",
+  );
+  assert.equal(classifyConnectError(new Deno.errors.TimedOut("x")), "connect-timeout");
+  assert.equal(classifyConnectError(new Deno.errors.NotCapable("x")), "not-allowed");
+  // The class wins over a code that says otherwise.
+  const both = Object.assign(new Deno.errors.TimedOut("x"), { code: "EACCES" });
+  assert.equal(classifyConnectError(both), "connect-timeout");
+});
+
+Deno.test("classifyConnectError() answers general-failure for anything unknown", () => {
+  const unknown: unknown[] = [
+    new Error("boom"),
+    new Deno.errors.ConnectionReset("x"),
+    withCode("EWHATEVER"),
+    withCode(111),
+    withCode(undefined),
+    null,
+    undefined,
+    "ECONNREFUSED",
+    42,
+    {},
+  ];
+  for (const error of unknown) {
+    assert.equal(classifyConnectError(error), "general-failure", String(error));
+  }
+});
+
+Deno.test("classifyConnectError() ignores codes that are Object.prototype keys", () => {
+  // Intent: anything not in the errno table is general-failure. A plain-object
+  // table lookup finds inherited keys, and would return a function here.
+  for (const code of ["constructor", "toString", "hasOwnProperty", "__proto__"]) {
+    assert.equal(classifyConnectError(withCode(code)), "general-failure", code);
+  }
+});
+
+Deno.test("REPLY_FOR_FAILURE gives each failure its SOCKS5 reply code", () => {
+  assert.deepEqual(REPLY_FOR_FAILURE, {
+    "connection-refused": Reply.ConnectionRefused,
+    "network-unreachable": Reply.NetworkUnreachable,
+    "host-unreachable": Reply.HostUnreachable,
+    "name-not-resolved": Reply.HostUnreachable,
+    "not-allowed": Reply.NotAllowed,
+    "connect-timeout": Reply.HostUnreachable,
+    "aborted": Reply.GeneralFailure,
+    "general-failure": Reply.GeneralFailure,
+  });
+  const error = new DialError("not-allowed", "m", { cause: "c" });
+  assert.equal(error.name, "DialError");
+  assert.equal(error.reply, 0x02);
+  assert.equal(error.cause, "c");
+});
+
+Deno.test("dial() to a closed loopback port throws DialError connection-refused, reply 0x05", async () => {
+  const port = closedPort();
+  const error = await dialError(
+    dial({ type: "ipv4", host: "127.0.0.1", port }, new AbortController().signal),
+  );
+  assert.equal(error.failure, "connection-refused");
+  assert.equal(error.reply, 0x05);
+  assert.ok(error.cause instanceof Deno.errors.ConnectionRefused, String(error.cause));
+  assert.match(error.message, /127\.0\.0\.1/);
+});
+
+Deno.test("dial() connects to a listening loopback port", async () => {
+  await withListener(async (listener, accepted) => {
+    const conn = await dial(
+      { type: "ipv4", host: "127.0.0.1", port: listener.addr.port },
+      new AbortController().signal,
+    );
+    try {
+      assert.equal(conn.remoteAddr.hostname, "127.0.0.1");
+      assert.equal(conn.remoteAddr.port, listener.addr.port);
+      const server = await accepted;
+      assert.equal(server.remoteAddr.port, conn.localAddr.port);
+      await conn.write(Uint8Array.of(42));
+      const buffer = new Uint8Array(1);
+      assert.equal(await server.read(buffer), 1);
+      assert.equal(buffer[0], 42);
+    } finally {
+      conn.close();
+    }
+  });
+});
+
+Deno.test("dial() resolves the domain localhost and connects", async () => {
+  await withListener(async (listener, accepted) => {
+    const conn = await dial(
+      { type: "domain", host: "localhost", port: listener.addr.port },
+      new AbortController().signal,
+    );
+    try {
+      assert.equal(conn.remoteAddr.port, listener.addr.port);
+      const server = await accepted;
+      assert.equal(server.remoteAddr.port, conn.localAddr.port);
+    } finally {
+      conn.close();
+    }
+  });
+});
+
+Deno.test("dial() with a signal aborted for connect timeout throws connect-timeout", async () => {
+  await withListener(async (listener) => {
+    const controller = new AbortController();
+    controller.abort(new SessionAbort("connect-timeout"));
+    const error = await dialError(
+      dial({ type: "ipv4", host: "127.0.0.1", port: listener.addr.port }, controller.signal),
+    );
+    assert.equal(error.failure, "connect-timeout");
+    assert.equal(error.reply, Reply.HostUnreachable);
+  });
+});
+
+Deno.test("dial() with a signal aborted for another reason throws aborted", async () => {
+  await withListener(async (listener) => {
+    const controller = new AbortController();
+    controller.abort(new SessionAbort("shutdown"));
+    const error = await dialError(
+      dial({ type: "ipv4", host: "127.0.0.1", port: listener.addr.port }, controller.signal),
+    );
+    assert.equal(error.failure, "aborted");
+    assert.equal(error.reply, Reply.GeneralFailure);
+
+    const plain = new AbortController();
+    plain.abort();
+    const plainError = await dialError(
+      dial({ type: "ipv4", host: "127.0.0.1", port: listener.addr.port }, plain.signal),
+    );
+    assert.equal(plainError.failure, "aborted");
+  });
+});
+
+Deno.test("dial() of a domain with an aborted signal fails before connecting", async () => {
+  const controller = new AbortController();
+  controller.abort({ failure: "connect-timeout" });
+  const error = await dialError(
+    dial({ type: "domain", host: "localhost", port: closedPort() }, controller.signal),
+  );
+  assert.equal(error.failure, "connect-timeout");
+  assert.match(error.message, /resolving localhost aborted/);
+});

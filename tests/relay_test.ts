@@ -1,0 +1,370 @@
+/**
+ * Unit tests of the byte relay over real loopback sockets. Each test builds
+ * two connected pairs — the client's pair and the target's — and relays
+ * between the proxy-side ends, as a session does:
+ *
+ *   clientApp ⇄ clientEnd ═relay═ targetEnd ⇄ targetApp
+ */
+import assert from "node:assert/strict";
+import { relay, type RelayOptions, type RelayTotals, writeAll } from "../src/relay.ts";
+
+const WAIT_MS = 20_000;
+
+/** Two connected ends of one loopback TCP connection: [connecting end, accepted end]. */
+async function socketPair(): Promise<[Deno.TcpConn, Deno.TcpConn]> {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const [connected, accepted] = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    listener.accept(),
+  ]);
+  return [connected, accepted];
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
+}
+
+/** Both pairs, plus a controller whose abort closes the relay's ends (as Session does). */
+async function setup() {
+  const [clientApp, clientEnd] = await socketPair();
+  const [targetEnd, targetApp] = await socketPair();
+  const controller = new AbortController();
+  controller.signal.addEventListener("abort", () => {
+    closeQuietly(clientEnd);
+    closeQuietly(targetEnd);
+  }, { once: true });
+  let activity = 0;
+  const fixture = {
+    clientApp,
+    clientEnd,
+    targetEnd,
+    targetApp,
+    controller,
+    get activity() {
+      return activity;
+    },
+    run(options: Partial<RelayOptions> = {}): Promise<RelayTotals> {
+      return relay(clientEnd, targetEnd, {
+        controller,
+        onActivity: () => activity++,
+        ...options,
+      });
+    },
+    [Symbol.dispose]() {
+      for (const conn of [clientApp, clientEnd, targetEnd, targetApp]) closeQuietly(conn);
+    },
+  };
+  return fixture;
+}
+
+/** Awaits `promise`, failing (not hanging) after `ms`; `onTimeout` should unblock it. */
+async function within<T>(
+  promise: Promise<T>,
+  what: string,
+  onTimeout: () => void,
+  ms = WAIT_MS,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onTimeout();
+      reject(new Error(`${what}: not within ${ms} ms`));
+    }, ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+    promise.catch(() => {});
+  }
+}
+
+/** Random bytes (crypto.getRandomValues takes at most 64 KiB a call). */
+function randomBytes(length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  for (let at = 0; at < length; at += 65536) {
+    crypto.getRandomValues(out.subarray(at, Math.min(length, at + 65536)));
+  }
+  return out;
+}
+
+async function sha256(bytes: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Reads until EOF; returns everything read. */
+async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  const chunk = new Uint8Array(64 * 1024);
+  for (;;) {
+    const n = await conn.read(chunk);
+    if (n === null) break;
+    parts.push(chunk.slice(0, n));
+    total += n;
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+/** Sends `bytes` then half-closes. */
+async function sendAndFinish(conn: Deno.TcpConn, bytes: Uint8Array): Promise<void> {
+  await writeAll(conn, bytes);
+  await conn.closeWrite();
+}
+
+/** Reads until EOF or a reset; says which. */
+async function readEnding(conn: Deno.Conn): Promise<"eof" | "reset"> {
+  const chunk = new Uint8Array(64 * 1024);
+  try {
+    while ((await conn.read(chunk)) !== null) { /* discard */ }
+    return "eof";
+  } catch (error) {
+    if (
+      error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe ||
+      error instanceof Deno.errors.ConnectionAborted
+    ) return "reset";
+    throw error;
+  }
+}
+
+Deno.test("relay() carries multi-megabyte payloads both ways at once, intact", async () => {
+  using f = await setup();
+  const up = randomBytes(4 * 1024 * 1024 + 17);
+  const down = randomBytes(3 * 1024 * 1024 + 5);
+  const relayed = f.run();
+  const [receivedUp, receivedDown] = await within(
+    Promise.all([
+      readToEnd(f.targetApp),
+      readToEnd(f.clientApp),
+      sendAndFinish(f.clientApp, up),
+      sendAndFinish(f.targetApp, down),
+    ]),
+    "the transfer",
+    () => f[Symbol.dispose](),
+  );
+  const totals = await within(relayed, "relay to end", () => f.controller.abort());
+  assert.equal(receivedUp.length, up.length);
+  assert.equal(receivedDown.length, down.length);
+  assert.equal(await sha256(receivedUp), await sha256(up));
+  assert.equal(await sha256(receivedDown), await sha256(down));
+  assert.deepEqual(totals, { up: up.length, down: down.length });
+  assert.equal(f.controller.signal.aborted, false, "a clean end must not abort");
+});
+
+Deno.test("relay() keeps the other direction open after the client half-closes", async () => {
+  using f = await setup();
+  const request = randomBytes(100_000);
+  const response = randomBytes(1024 * 1024);
+  let relayEnded = false;
+  const relayed = f.run().finally(() => relayEnded = true);
+
+  await within(sendAndFinish(f.clientApp, request), "client send", () => f[Symbol.dispose]());
+  const got = await within(readToEnd(f.targetApp), "target EOF", () => f[Symbol.dispose]());
+  assert.equal(await sha256(got), await sha256(request));
+  assert.equal(relayEnded, false, "relay ended while the target could still answer");
+
+  const [received] = await within(
+    Promise.all([readToEnd(f.clientApp), sendAndFinish(f.targetApp, response)]),
+    "response after the half-close",
+    () => f[Symbol.dispose](),
+  );
+  assert.equal(received.length, response.length);
+  assert.equal(await sha256(received), await sha256(response));
+  const totals = await within(relayed, "relay to end", () => f.controller.abort());
+  assert.deepEqual(totals, { up: request.length, down: response.length });
+  assert.equal(f.controller.signal.aborted, false);
+});
+
+Deno.test("relay() keeps the other direction open after the target half-closes", async () => {
+  using f = await setup();
+  const greeting = randomBytes(70_000);
+  const upload = randomBytes(1024 * 1024);
+  let relayEnded = false;
+  const relayed = f.run().finally(() => relayEnded = true);
+
+  await within(sendAndFinish(f.targetApp, greeting), "target send", () => f[Symbol.dispose]());
+  const got = await within(readToEnd(f.clientApp), "client EOF", () => f[Symbol.dispose]());
+  assert.equal(await sha256(got), await sha256(greeting));
+  assert.equal(relayEnded, false, "relay ended while the client could still send");
+
+  const [received] = await within(
+    Promise.all([readToEnd(f.targetApp), sendAndFinish(f.clientApp, upload)]),
+    "upload after the half-close",
+    () => f[Symbol.dispose](),
+  );
+  assert.equal(received.length, upload.length);
+  assert.equal(await sha256(received), await sha256(upload));
+  const totals = await within(relayed, "relay to end", () => f.controller.abort());
+  assert.deepEqual(totals, { up: upload.length, down: greeting.length });
+  assert.equal(f.controller.signal.aborted, false);
+});
+
+Deno.test("relay() ends with an aborted controller when the owner aborts mid-stream", async () => {
+  using f = await setup();
+  const relayed = f.run();
+  // Some traffic first, so the relay is in its loops.
+  await writeAll(f.clientApp, new TextEncoder().encode("ping"));
+  const buffer = new Uint8Array(16);
+  const n = await within(f.targetApp.read(buffer), "first bytes", () => f[Symbol.dispose]());
+  assert.equal(n, 4);
+
+  const reason = new Error("shutdown");
+  f.controller.abort(reason); // closes both relay ends, like Session
+  const totals = await within(relayed, "relay to end after abort", () => f[Symbol.dispose]());
+  assert.equal(f.controller.signal.aborted, true);
+  assert.equal(f.controller.signal.reason, reason, "the relay must not replace the reason");
+  assert.deepEqual(totals, { up: 4, down: 0 });
+  // Both applications see their connection end.
+  const [clientEnding, targetEnding] = await within(
+    Promise.all([readEnding(f.clientApp), readEnding(f.targetApp)]),
+    "applications to see the end",
+    () => f[Symbol.dispose](),
+  );
+  assert.ok(["eof", "reset"].includes(clientEnding));
+  assert.ok(["eof", "reset"].includes(targetEnding));
+});
+
+Deno.test("relay() aborts the controller when one of its sockets is closed under it", async () => {
+  using f = await setup();
+  const relayed = f.run();
+  await writeAll(f.targetApp, Uint8Array.of(1, 2, 3));
+  const buffer = new Uint8Array(8);
+  assert.equal(
+    await within(f.clientApp.read(buffer), "first bytes", () => f[Symbol.dispose]()),
+    3,
+  );
+  f.clientEnd.close(); // abruptly, behind the relay's back
+  await within(relayed, "relay to end", () => f[Symbol.dispose]());
+  assert.equal(f.controller.signal.aborted, true);
+  assert.ok(f.controller.signal.reason instanceof Error, String(f.controller.signal.reason));
+});
+
+Deno.test("relay() aborts the controller when the target resets", async () => {
+  using f = await setup();
+  const relayed = f.run();
+  // The target goes away entirely; its FIN reaches the client as EOF first.
+  f.targetApp.close();
+  assert.equal(
+    await within(readEnding(f.clientApp), "client EOF", () => f[Symbol.dispose]()),
+    "eof",
+  );
+  assert.equal(f.controller.signal.aborted, false, "a FIN alone is a clean half-close");
+  // The client keeps sending; the closed target answers with RST, and a
+  // later write to it fails. Bounded: the relay must notice well before this.
+  const chunk = new Uint8Array(16 * 1024);
+  for (let i = 0; i < 4096 && !f.controller.signal.aborted; i++) {
+    try {
+      await writeAll(f.clientApp, chunk);
+    } catch {
+      break; // the owner closed clientEnd after the abort
+    }
+  }
+  await within(relayed, "relay to end", () => f[Symbol.dispose]());
+  assert.equal(f.controller.signal.aborted, true, "writing to a reset target must abort");
+  const reason = f.controller.signal.reason;
+  assert.ok(
+    reason instanceof Deno.errors.BrokenPipe || reason instanceof Deno.errors.ConnectionReset,
+    `abort reason: ${reason}`,
+  );
+});
+
+Deno.test("relay() calls onActivity for every read that carried bytes", async () => {
+  using f = await setup();
+  const payload = randomBytes(200_000);
+  const maxBufferSize = 8192;
+  const relayed = f.run({ initialBufferSize: 1024, maxBufferSize });
+  assert.equal(f.activity, 0);
+  await within(
+    Promise.all([readToEnd(f.targetApp), sendAndFinish(f.clientApp, payload)]),
+    "the transfer",
+    () => f[Symbol.dispose](),
+  );
+  await f.targetApp.closeWrite();
+  await within(readToEnd(f.clientApp), "client EOF", () => f[Symbol.dispose]());
+  const totals = await within(relayed, "relay to end", () => f.controller.abort());
+  assert.deepEqual(totals, { up: payload.length, down: 0 });
+  // No read carries more than the largest buffer, and EOF reads are not activity.
+  assert.ok(f.activity >= Math.ceil(payload.length / maxBufferSize), `activity ${f.activity}`);
+  assert.ok(f.activity <= payload.length, `activity ${f.activity}`);
+});
+
+Deno.test("relay() does not call onActivity when nothing but EOF arrives", async () => {
+  using f = await setup();
+  const relayed = f.run();
+  await f.clientApp.closeWrite();
+  await f.targetApp.closeWrite();
+  const totals = await within(relayed, "relay to end", () => f.controller.abort());
+  assert.deepEqual(totals, { up: 0, down: 0 });
+  assert.equal(f.activity, 0);
+  assert.equal(f.controller.signal.aborted, false);
+  assert.equal(await within(readEnding(f.clientApp), "client EOF", () => {}), "eof");
+  assert.equal(await within(readEnding(f.targetApp), "target EOF", () => {}), "eof");
+});
+
+Deno.test("relay() buffer growth does not corrupt data", async (t) => {
+  const cases: [initial: number, max: number, length: number][] = [
+    [1, 7, 50_000], // 1 → 4 → 7: odd sizes, never a power of two at the end
+    [3, 1000, 300_000],
+    [16, 1024 * 1024, 3 * 1024 * 1024 + 1],
+    [2048, 256 * 1024, 2 * 1024 * 1024 - 1], // the defaults
+  ];
+  for (const [initialBufferSize, maxBufferSize, length] of cases) {
+    await t.step(
+      `initial ${initialBufferSize}, max ${maxBufferSize}, ${length} bytes`,
+      async () => {
+        using f = await setup();
+        const up = randomBytes(length);
+        const down = randomBytes(Math.floor(length / 3));
+        const relayed = f.run({ initialBufferSize, maxBufferSize });
+        const [receivedUp, receivedDown] = await within(
+          Promise.all([
+            readToEnd(f.targetApp),
+            readToEnd(f.clientApp),
+            sendAndFinish(f.clientApp, up),
+            sendAndFinish(f.targetApp, down),
+          ]),
+          "the transfer",
+          () => f[Symbol.dispose](),
+        );
+        const totals = await within(relayed, "relay to end", () => f.controller.abort());
+        assert.deepEqual(receivedUp, up);
+        assert.deepEqual(receivedDown, down);
+        assert.deepEqual(totals, { up: up.length, down: down.length });
+        assert.equal(f.controller.signal.aborted, false);
+      },
+    );
+  }
+});
+
+Deno.test("writeAll() keeps writing until every byte is taken", async () => {
+  const written: number[] = [];
+  const calls: number[] = [];
+  // A connection that accepts at most 3 bytes a call.
+  const conn = {
+    write(bytes: Uint8Array): Promise<number> {
+      const n = Math.min(3, bytes.length);
+      calls.push(bytes.length);
+      written.push(...bytes.subarray(0, n));
+      return Promise.resolve(n);
+    },
+  } as unknown as Deno.Conn;
+  const bytes = Uint8Array.from({ length: 10 }, (_, i) => i + 1);
+  await writeAll(conn, bytes);
+  assert.deepEqual(written, [...bytes]);
+  assert.deepEqual(calls, [10, 7, 4, 1]);
+
+  calls.length = 0;
+  await writeAll(conn, new Uint8Array(0));
+  assert.deepEqual(calls, [], "nothing to write: no write call");
+});

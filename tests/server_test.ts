@@ -1,0 +1,514 @@
+/**
+ * In-process tests of the SOCKS server: a real listener on loopback port 0, a
+ * loopback echo target, and a minimal SOCKS5 client built on ferry's codecs.
+ * Logging is not configured here, so LogTape drops the server's records.
+ */
+import assert from "node:assert/strict";
+import { buildSocksConfig, type RawSocksOptions } from "../src/config.ts";
+import type { Decoded } from "../src/protocol/decoded.ts";
+import * as socks5 from "../src/protocol/socks5.ts";
+import { writeAll } from "../src/relay.ts";
+import { type SocksServer, startSocksServer } from "../src/server.ts";
+
+const WAIT_MS = 10_000;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Awaits `promise`, failing (not hanging) after `ms`; `onTimeout` should unblock it. */
+async function within<T>(
+  promise: Promise<T>,
+  what: string,
+  onTimeout: () => void = () => {},
+  ms = WAIT_MS,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onTimeout();
+      reject(new Error(`${what}: not within ${ms} ms`));
+    }, ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+    promise.catch(() => {});
+  }
+}
+
+function closeQuietly(closable: { close(): void }): void {
+  try {
+    closable.close();
+  } catch {
+    // already closed
+  }
+}
+
+/** A loopback TCP server that echoes each connection until EOF, then closes it. */
+class EchoServer {
+  readonly listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  readonly #conns = new Set<Deno.TcpConn>();
+  readonly #handlers = new Set<Promise<void>>();
+  readonly #loop: Promise<void>;
+
+  constructor() {
+    this.#loop = (async () => {
+      for (;;) {
+        let conn: Deno.TcpConn;
+        try {
+          conn = await this.listener.accept();
+        } catch {
+          return; // listener closed
+        }
+        this.#conns.add(conn);
+        const handler = this.#echo(conn).finally(() => {
+          this.#conns.delete(conn);
+          this.#handlers.delete(handler);
+        });
+        this.#handlers.add(handler);
+      }
+    })();
+  }
+
+  get port(): number {
+    return this.listener.addr.port;
+  }
+
+  async #echo(conn: Deno.TcpConn): Promise<void> {
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (;;) {
+        const n = await conn.read(buffer);
+        if (n === null) break;
+        await writeAll(conn, buffer.subarray(0, n));
+      }
+    } catch {
+      // reset or closed: done either way
+    } finally {
+      closeQuietly(conn);
+    }
+  }
+
+  async close(): Promise<void> {
+    closeQuietly(this.listener);
+    for (const conn of this.#conns) closeQuietly(conn);
+    await this.#loop;
+    await Promise.all([...this.#handlers]);
+  }
+}
+
+/** A client connection with a read buffer for whole protocol messages. */
+class Client {
+  readonly conn: Deno.TcpConn;
+  #buffer = new Uint8Array(0);
+
+  constructor(conn: Deno.TcpConn) {
+    this.conn = conn;
+  }
+
+  static async open(port: number): Promise<Client> {
+    return new Client(await Deno.connect({ hostname: "127.0.0.1", port }));
+  }
+
+  async #fill(): Promise<boolean> {
+    const chunk = new Uint8Array(64 * 1024);
+    const n = await this.conn.read(chunk);
+    if (n === null) return false;
+    const grown = new Uint8Array(this.#buffer.length + n);
+    grown.set(this.#buffer);
+    grown.set(chunk.subarray(0, n), this.#buffer.length);
+    this.#buffer = grown;
+    return true;
+  }
+
+  /** Reads one message with an incremental decoder. */
+  readMessage<T>(decode: (bytes: Uint8Array) => Decoded<T>, what: string): Promise<T> {
+    return within(
+      (async () => {
+        for (;;) {
+          const decoded = decode(this.#buffer);
+          if (decoded.kind === "ok") {
+            this.#buffer = this.#buffer.slice(decoded.consumed);
+            return decoded.value;
+          }
+          if (!await this.#fill()) throw new Error(`connection closed before ${what}`);
+        }
+      })(),
+      what,
+      () => this.close(),
+    );
+  }
+
+  /** Reads exactly `n` bytes. */
+  readExactly(n: number): Promise<Uint8Array> {
+    return within(
+      (async () => {
+        while (this.#buffer.length < n) {
+          if (!await this.#fill()) throw new Error(`closed after ${this.#buffer.length}/${n}`);
+        }
+        const out = this.#buffer.slice(0, n);
+        this.#buffer = this.#buffer.slice(n);
+        return out;
+      })(),
+      `${n} bytes`,
+      () => this.close(),
+    );
+  }
+
+  /** Waits for the server to end the connection; returns how and how many bytes came first. */
+  waitForEnd(): Promise<{ ending: "eof" | "reset"; extra: number }> {
+    return within(
+      (async () => {
+        let extra = this.#buffer.length;
+        const chunk = new Uint8Array(64 * 1024);
+        try {
+          for (;;) {
+            const n = await this.conn.read(chunk);
+            if (n === null) return { ending: "eof" as const, extra };
+            extra += n;
+          }
+        } catch (error) {
+          if (
+            error instanceof Deno.errors.ConnectionReset ||
+            error instanceof Deno.errors.BrokenPipe ||
+            error instanceof Deno.errors.ConnectionAborted
+          ) return { ending: "reset" as const, extra };
+          throw error;
+        }
+      })(),
+      "the connection to end",
+      () => this.close(),
+    );
+  }
+
+  write(bytes: Uint8Array): Promise<void> {
+    return writeAll(this.conn, bytes);
+  }
+
+  /** Sends `text` and expects it echoed back. */
+  async echo(text: string): Promise<string> {
+    const bytes = encoder.encode(text);
+    await this.write(bytes);
+    return decoder.decode(await this.readExactly(bytes.length));
+  }
+
+  close(): void {
+    closeQuietly(this.conn);
+  }
+}
+
+/** Opens a client and runs a no-auth SOCKS5 CONNECT to 127.0.0.1:`targetPort`. */
+async function socks5Connect(
+  proxyPort: number,
+  targetPort: number,
+): Promise<{ client: Client; reply: socks5.ReplyMessage }> {
+  const client = await Client.open(proxyPort);
+  try {
+    await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+    const method = await client.readMessage(socks5.decodeMethodSelection, "method selection");
+    assert.equal(method, socks5.Method.NoAuth);
+    await client.write(socks5.encodeRequest({
+      command: socks5.Command.Connect,
+      address: { type: "ipv4", host: "127.0.0.1", port: targetPort },
+    }));
+    const reply = await client.readMessage(socks5.decodeReply, "reply");
+    return { client, reply };
+  } catch (error) {
+    client.close();
+    throw error;
+  }
+}
+
+/** A connected, echo-checked session. */
+async function openSession(server: SocksServer, echo: EchoServer): Promise<Client> {
+  const { client, reply } = await socks5Connect(server.addr.port, echo.port);
+  try {
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    assert.equal(await client.echo("hello"), "hello");
+    return client;
+  } catch (error) {
+    client.close();
+    throw error;
+  }
+}
+
+/** Ends a session from the client side: half-close, then read the server's EOF. */
+async function finishSession(client: Client): Promise<void> {
+  await client.conn.closeWrite();
+  const { ending } = await client.waitForEnd();
+  assert.equal(ending, "eof");
+  client.close();
+}
+
+/**
+ * Asserts a new connection to `port` is not served: the connect is refused or
+ * reset (the listener may still be closing), or, if the kernel completed it,
+ * it ends without a byte in answer to a greeting.
+ */
+async function assertNotServed(port: number): Promise<void> {
+  let client: Client;
+  try {
+    client = await Client.open(port);
+  } catch (error) {
+    assert.ok(
+      error instanceof Deno.errors.ConnectionRefused ||
+        error instanceof Deno.errors.ConnectionReset,
+      `connect failed with ${error}`,
+    );
+    return;
+  }
+  try {
+    await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] })).catch(() => {});
+    const { extra } = await client.waitForEnd();
+    assert.equal(extra, 0, "a connection made during shutdown was answered");
+  } finally {
+    client.close();
+  }
+}
+
+/**
+ * Starts a server on 127.0.0.1:0 and an echo target, runs `body`, then shuts
+ * the server down and closes every client `body` registered.
+ */
+async function withServer(
+  options: RawSocksOptions,
+  body: (server: SocksServer, echo: EchoServer, clients: Client[]) => Promise<void>,
+): Promise<void> {
+  const config = await buildSocksConfig({ listen: "127.0.0.1:0", logLevel: "error", ...options });
+  const server = startSocksServer(config);
+  const echo = new EchoServer();
+  const clients: Client[] = [];
+  try {
+    await body(server, echo, clients);
+  } finally {
+    for (const client of clients) client.close();
+    await within(server.shutdown(0), "cleanup shutdown");
+    await echo.close();
+  }
+}
+
+Deno.test("startSocksServer() listens on the port it was given, 0 resolved", async () => {
+  await withServer({}, (server) => {
+    assert.equal(server.addr.hostname, "127.0.0.1");
+    assert.ok(server.addr.port > 0);
+    assert.equal(server.activeSessions, 0);
+    return Promise.resolve();
+  });
+});
+
+Deno.test("startSocksServer() relays a SOCKS5 CONNECT to a loopback echo server", async () => {
+  await withServer({}, async (server, echo, clients) => {
+    const { client, reply } = await socks5Connect(server.addr.port, echo.port);
+    clients.push(client);
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    assert.equal(reply.address.type, "ipv4");
+    assert.equal(reply.address.host, "127.0.0.1");
+    assert.ok(reply.address.port > 0, "the bound port is reported");
+    assert.equal(server.activeSessions, 1);
+
+    const message = "ferry carries bytes ".repeat(1000);
+    assert.equal(await client.echo(message), message);
+    await finishSession(client);
+    await within(server.shutdown(5000), "shutdown");
+    assert.equal(server.activeSessions, 0);
+    assert.equal(server.metrics.accepted, 1);
+    assert.equal(server.metrics.sessionsOk, 1);
+    assert.equal(server.metrics.sessionsFailed, 0);
+    assert.equal(server.metrics.bytesUp, message.length);
+    assert.equal(server.metrics.bytesDown, message.length);
+    assert.equal(server.metrics.outcomes.get("ok"), 1);
+  });
+});
+
+Deno.test("startSocksServer() with users requires RFC 1929 credentials", async () => {
+  await withServer({ user: ["alice:s3cret"] }, async (server, echo, clients) => {
+    // Offering only no-auth: no acceptable method.
+    const noAuth = await Client.open(server.addr.port);
+    clients.push(noAuth);
+    await noAuth.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+    assert.equal(
+      await noAuth.readMessage(socks5.decodeMethodSelection, "method selection"),
+      socks5.Method.NoAcceptable,
+    );
+    noAuth.close();
+
+    const wrong = await Client.open(server.addr.port);
+    clients.push(wrong);
+    await wrong.write(socks5.encodeGreeting({ methods: [socks5.Method.UserPass] }));
+    assert.equal(
+      await wrong.readMessage(socks5.decodeMethodSelection, "method selection"),
+      socks5.Method.UserPass,
+    );
+    await wrong.write(socks5.encodeCredentials({
+      username: encoder.encode("alice"),
+      password: encoder.encode("wrong"),
+    }));
+    assert.equal(
+      await wrong.readMessage(socks5.decodeAuthStatus, "auth status"),
+      socks5.AuthStatus.Failure,
+    );
+    wrong.close();
+
+    const right = await Client.open(server.addr.port);
+    clients.push(right);
+    await right.write(socks5.encodeGreeting({ methods: [socks5.Method.UserPass] }));
+    await right.readMessage(socks5.decodeMethodSelection, "method selection");
+    await right.write(socks5.encodeCredentials({
+      username: encoder.encode("alice"),
+      password: encoder.encode("s3cret"),
+    }));
+    assert.equal(
+      await right.readMessage(socks5.decodeAuthStatus, "auth status"),
+      socks5.AuthStatus.Success,
+    );
+    await right.write(socks5.encodeRequest({
+      command: socks5.Command.Connect,
+      address: { type: "ipv4", host: "127.0.0.1", port: echo.port },
+    }));
+    const reply = await right.readMessage(socks5.decodeReply, "reply");
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    assert.equal(await right.echo("authenticated"), "authenticated");
+    await finishSession(right);
+
+    await within(server.shutdown(5000), "shutdown");
+    assert.equal(server.metrics.outcomes.get("no-acceptable-method"), 1);
+    assert.equal(server.metrics.outcomes.get("auth-failed"), 1);
+    assert.equal(server.metrics.outcomes.get("ok"), 1);
+  });
+});
+
+Deno.test("startSocksServer() closes a connection beyond --max-conns at once", async () => {
+  await withServer({ maxConns: "2" }, async (server, echo, clients) => {
+    const first = await openSession(server, echo);
+    clients.push(first);
+    const second = await openSession(server, echo);
+    clients.push(second);
+    assert.equal(server.activeSessions, 2);
+
+    const third = await Client.open(server.addr.port);
+    clients.push(third);
+    // No greeting sent: the server closes it without reading anything.
+    const { ending, extra } = await third.waitForEnd();
+    assert.ok(["eof", "reset"].includes(ending));
+    assert.equal(extra, 0, "a refused connection gets no bytes");
+    assert.equal(server.metrics.rejectedMaxConns, 1);
+    assert.equal(server.metrics.rejectedPerIp, 0);
+    assert.equal(server.metrics.accepted, 3);
+    assert.equal(server.activeSessions, 2);
+
+    // The two admitted sessions are unaffected.
+    assert.equal(await first.echo("still here 1"), "still here 1");
+    assert.equal(await second.echo("still here 2"), "still here 2");
+    await finishSession(first);
+    await finishSession(second);
+    await within(server.shutdown(5000), "shutdown");
+    assert.equal(server.metrics.sessionsOk, 2);
+  });
+});
+
+Deno.test("startSocksServer() closes a connection beyond --max-conns-per-ip at once", async () => {
+  await withServer({ maxConnsPerIp: "1" }, async (server, echo, clients) => {
+    const first = await openSession(server, echo);
+    clients.push(first);
+
+    const second = await Client.open(server.addr.port);
+    clients.push(second);
+    const { ending, extra } = await second.waitForEnd();
+    assert.ok(["eof", "reset"].includes(ending));
+    assert.equal(extra, 0);
+    assert.equal(server.metrics.rejectedPerIp, 1);
+    assert.equal(server.metrics.rejectedMaxConns, 0);
+    assert.equal(server.activeSessions, 1);
+
+    assert.equal(await first.echo("unaffected"), "unaffected");
+    await finishSession(first);
+    await within(server.shutdown(5000), "shutdown");
+    assert.equal(server.metrics.sessionsOk, 1);
+  });
+});
+
+Deno.test("shutdown() stops accepting and waits for a session that ends within grace", async () => {
+  await withServer({}, async (server, echo, clients) => {
+    const client = await openSession(server, echo);
+    clients.push(client);
+
+    const graceMs = 10_000;
+    const started = performance.now();
+    let shutDown = false;
+    const shutdown = server.shutdown(graceMs).then(() => shutDown = true);
+
+    // The session keeps working during the grace period, and shutdown waits for it.
+    assert.equal(await client.echo("draining"), "draining");
+    assert.equal(shutDown, false, "shutdown resolved while a session was active");
+    assert.equal(server.activeSessions, 1);
+    // New connections are not served while draining.
+    await assertNotServed(server.addr.port);
+    assert.equal(server.metrics.accepted, 1);
+
+    await finishSession(client);
+    await within(shutdown, "shutdown after the session ended");
+    assert.ok(performance.now() - started < graceMs, "shutdown waited out the whole grace");
+    assert.equal(server.activeSessions, 0);
+    assert.equal(server.metrics.sessionsOk, 1);
+    assert.equal(server.metrics.outcomes.get("shutdown"), undefined);
+    await within(server.finished, "finished");
+    // A second call is the same shutdown, already done.
+    await within(server.shutdown(0), "second shutdown");
+    await assert.rejects(
+      Deno.connect({ hostname: "127.0.0.1", port: server.addr.port }),
+      Deno.errors.ConnectionRefused,
+    );
+    assert.equal(server.metrics.accepted, 1);
+  });
+});
+
+Deno.test("shutdown() aborts sessions still running when grace is over", async () => {
+  await withServer({}, async (server, echo, clients) => {
+    const relaying = await openSession(server, echo);
+    clients.push(relaying);
+    // A second client that never finishes its handshake.
+    const silent = await Client.open(server.addr.port);
+    clients.push(silent);
+    await silent.write(Uint8Array.of(socks5.VERSION)); // half a greeting
+
+    const graceMs = 200;
+    const started = performance.now();
+    let shutDown = false;
+    const shutdown = server.shutdown(graceMs).then(() => shutDown = true);
+    const [relayingEnd, silentEnd] = await Promise.all([
+      relaying.waitForEnd(),
+      silent.waitForEnd(),
+    ]);
+    const elapsed = performance.now() - started;
+    assert.ok(elapsed >= graceMs - 20, `sessions ended after ${elapsed} ms, before grace`);
+    assert.equal(relayingEnd.ending, "eof");
+    assert.ok(["eof", "reset"].includes(silentEnd.ending));
+
+    await within(shutdown, "shutdown");
+    assert.equal(shutDown, true);
+    await within(server.finished, "finished");
+    assert.equal(server.activeSessions, 0);
+    assert.equal(server.metrics.outcomes.get("shutdown"), 2);
+    assert.equal(server.metrics.sessionsFailed, 2);
+    await assert.rejects(
+      Deno.connect({ hostname: "127.0.0.1", port: server.addr.port }),
+      Deno.errors.ConnectionRefused,
+    );
+  });
+});
+
+Deno.test("server.finished taken before shutdown() resolves with it", async () => {
+  await withServer({}, async (server, echo, clients) => {
+    const client = await openSession(server, echo);
+    clients.push(client);
+    // Taken while serving, as a caller waiting for the server to end would.
+    const finished = server.finished;
+    const shutdown = server.shutdown(10_000);
+    assert.equal(await client.echo("x"), "x");
+    await finishSession(client);
+    await within(shutdown, "shutdown");
+    assert.equal(server.activeSessions, 0);
+    // Documented: resolves when the accept loop has ended and every session has finished.
+    await within(finished, "finished taken before shutdown", () => {}, 3000);
+  });
+});
