@@ -245,14 +245,22 @@ export class BufferedConn implements Disposable {
     );
   }
 
-  /** Writes all of `bytes`. */
-  write(bytes: Uint8Array): Promise<void> {
-    return writeAll(this.conn, bytes);
+  /** Writes all of `bytes` (closing the connection if the peer stops reading for `ms`). */
+  write(bytes: Uint8Array, ms = 30_000): Promise<void> {
+    return this.#bounded(writeAll(this.conn, bytes), ms, `writing ${bytes.length} bytes`);
   }
 
   /** Writes `bytes` one byte per write call (Nagle is off, so one segment each). */
-  async writeBytewise(bytes: Uint8Array): Promise<void> {
-    for (let i = 0; i < bytes.length; i++) await writeAll(this.conn, bytes.subarray(i, i + 1));
+  writeBytewise(bytes: Uint8Array, ms = DEFAULT_DEADLINE_MS): Promise<void> {
+    return this.#bounded(
+      (async () => {
+        for (let i = 0; i < bytes.length; i++) {
+          await writeAll(this.conn, bytes.subarray(i, i + 1));
+        }
+      })(),
+      ms,
+      `writing ${bytes.length} bytes one at a time`,
+    );
   }
 
   /** Shuts down the sending side (TCP FIN). */

@@ -1,0 +1,165 @@
+/**
+ * ferry's command line, as a user runs it: help and version on stdout with
+ * exit 0; unknown flags and bad values named on stderr with exit 2.
+ */
+import assert from "node:assert/strict";
+import { ferryCommandArgs } from "./_helpers/ferry.ts";
+
+const DENO_JSON = new URL("../deno.json", import.meta.url);
+const VERSION = (JSON.parse(await Deno.readTextFile(DENO_JSON)) as { version: string }).version;
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs ferry with `args`; killed (and failing) if it is still running after 20 s. */
+async function ferry(...args: string[]): Promise<Run> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ferryCommandArgs(args),
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+  }).spawn();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+  }, 20_000);
+  try {
+    const out = await child.output();
+    assert.ok(!timedOut, `ferry ${args.join(" ")} did not exit within 20 s`);
+    const decoder = new TextDecoder();
+    return {
+      code: out.code,
+      stdout: decoder.decode(out.stdout),
+      stderr: decoder.decode(out.stderr),
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const SOCKS_OPTIONS = [
+  "--listen",
+  "--user",
+  "--users-file",
+  "--no-socks4",
+  "--handshake-timeout",
+  "--connect-timeout",
+  "--idle-timeout",
+  "--shutdown-grace",
+  "--max-conns",
+  "--max-conns-per-ip",
+  "--log-level",
+  "--log-format",
+];
+
+Deno.test("ferry --help exits 0 and lists the socks command on stdout", async () => {
+  const run = await ferry("--help");
+  assert.equal(run.code, 0, run.stderr);
+  assert.match(run.stdout, /socks/);
+  assert.match(run.stdout, /--version/);
+});
+
+Deno.test("ferry socks --help exits 0 and mentions every option on stdout", async () => {
+  const run = await ferry("socks", "--help");
+  assert.equal(run.code, 0, run.stderr);
+  for (const option of SOCKS_OPTIONS) {
+    assert.ok(run.stdout.includes(option), `--help does not mention ${option}:\n${run.stdout}`);
+  }
+});
+
+Deno.test("ferry --version prints the version from deno.json and exits 0", async () => {
+  const run = await ferry("--version");
+  assert.equal(run.code, 0, run.stderr);
+  assert.match(VERSION, /^\d+\.\d+\.\d+/);
+  assert.ok(run.stdout.includes(VERSION), `stdout: ${JSON.stringify(run.stdout)}`);
+});
+
+Deno.test("an unknown flag exits 2 and is named on stderr", async () => {
+  const run = await ferry("socks", "--listen", "127.0.0.1:0", "--frobnicate");
+  assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
+  assert.match(run.stderr, /--frobnicate/);
+});
+
+Deno.test("an unknown command exits 2 and is named on stderr", async () => {
+  const run = await ferry("sockz");
+  assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
+  assert.match(run.stderr, /sockz/);
+});
+
+const BAD_VALUES: { args: string[]; value: string; expected: RegExp }[] = [
+  { args: ["--listen", "nope"], value: "nope", expected: /HOST:PORT/i },
+  { args: ["--listen", "127.0.0.1:70000"], value: "127.0.0.1:70000", expected: /HOST:PORT|port/i },
+  { args: ["--max-conns", "-1"], value: "-1", expected: /number|integer|count/i },
+  {
+    args: ["--idle-timeout", "5x"],
+    value: "5x",
+    expected: /duration|250ms|10s|5m/i,
+  },
+  { args: ["--log-level", "loud"], value: "loud", expected: /debug.*info.*warn.*error/is },
+  { args: ["--log-format", "xml"], value: "xml", expected: /text.*json/is },
+  { args: ["--user", "nocolon"], value: "nocolon", expected: /NAME:PASSWORD/i },
+  {
+    args: ["--users-file", "/nonexistent/ferry-users"],
+    value: "/nonexistent/ferry-users",
+    expected: /not found|no such file|cannot|could not|does not exist|unreadable|read/i,
+  },
+];
+
+for (const { args, value, expected } of BAD_VALUES) {
+  const flag = args[0]!;
+  Deno.test(`${flag} ${value} exits 2 naming the flag, the value and what was expected`, async () => {
+    const run = await ferry("socks", ...args);
+    assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
+    assert.ok(run.stderr.includes(flag), `stderr does not name ${flag}:\n${run.stderr}`);
+    assert.ok(run.stderr.includes(value), `stderr does not name ${value}:\n${run.stderr}`);
+    assert.match(run.stderr, expected);
+  });
+}
+
+Deno.test("several bad values are all reported at once", async () => {
+  const run = await ferry(
+    "socks",
+    "--listen",
+    "nope",
+    "--log-level",
+    "loud",
+    "--idle-timeout",
+    "5x",
+    "--max-conns",
+    "many",
+  );
+  assert.equal(run.code, 2, run.stderr);
+  for (const text of ["--listen", "nope", "--log-level", "loud", "--idle-timeout", "5x", "many"]) {
+    assert.ok(run.stderr.includes(text), `stderr does not mention ${text}:\n${run.stderr}`);
+  }
+});
+
+Deno.test("a users file with a malformed line exits 2 naming the file and the line", async () => {
+  const file = await Deno.makeTempFile({ prefix: "ferry-users-" });
+  try {
+    await Deno.writeTextFile(file, "# users\nalice:pw\nmalformed-line\n");
+    const run = await ferry("socks", "--users-file", file);
+    assert.equal(run.code, 2, run.stderr);
+    assert.ok(run.stderr.includes(file), `stderr does not name the file:\n${run.stderr}`);
+    assert.match(run.stderr, /:3\b|line 3\b/, "the line number");
+    assert.ok(!run.stderr.includes("alice:pw"), "a password from the file was printed");
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
+Deno.test("a password given with --user is not echoed when another value is bad", async () => {
+  const run = await ferry("socks", "--user", "alice:Sup3rSecret", "--listen", "nope");
+  assert.equal(run.code, 2, run.stderr);
+  assert.ok(!run.stderr.includes("Sup3rSecret"), `password printed:\n${run.stderr}`);
+  assert.ok(!run.stdout.includes("Sup3rSecret"));
+});

@@ -1,0 +1,161 @@
+/**
+ * SOCKS5 reply codes that need a network the test controls. Unreachable
+ * networks and names are probed inside a fresh network namespace
+ * (`unshare -n`), so no packet and no DNS query leaves the machine. The
+ * connect timeout uses a loopback listener whose accept queue is full, so the
+ * kernel drops further SYNs.
+ */
+import assert from "node:assert/strict";
+import { startFerry } from "./_helpers/ferry.ts";
+import type { ProbeResult } from "./_helpers/netns_probe.ts";
+import { sessionOf } from "./_helpers/session_log.ts";
+import { BufferedConn, deadline, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const PROBE = new URL("./_helpers/netns_probe.ts", import.meta.url).pathname;
+const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
+
+async function canUnshare(): Promise<boolean> {
+  try {
+    const out = await new Deno.Command("unshare", {
+      args: ["-n", "ip", "link", "set", "lo", "up"],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
+
+const netnsAvailable = await canUnshare();
+if (!netnsAvailable) {
+  console.log(
+    "integration_netns_test: ignoring the network-namespace test: `unshare -n` is not " +
+      "permitted here (it needs root or unprivileged user namespaces, and iproute2)",
+  );
+}
+
+/** Runs a command to completion, killing it by PID after `ms`. */
+async function run(
+  command: string,
+  args: string[],
+  ms: number,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(command, {
+    args,
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1" },
+  }).spawn();
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+  }, ms);
+  try {
+    const out = await child.output();
+    const decoder = new TextDecoder();
+    return {
+      code: out.code,
+      stdout: decoder.decode(out.stdout),
+      stderr: decoder.decode(out.stderr),
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test({
+  name:
+    "in a namespace with no route, an unreachable route and no resolver, CONNECT gets 0x03, 0x04 and 0x04",
+  ignore: !netnsAvailable,
+  async fn() {
+    // The namespace has no network: fetch ferry's dependencies out here first.
+    const cached = await run(Deno.execPath(), ["cache", MAIN, PROBE], 120_000);
+    assert.equal(cached.code, 0, `deno cache failed:\n${cached.stderr}`);
+
+    const result = await run("unshare", [
+      "-n",
+      "bash",
+      "-c",
+      'set -e; ip link set lo up; ip route add unreachable 198.51.100.0/24; exec "$0" run -A "$1"',
+      Deno.execPath(),
+      PROBE,
+    ], 60_000);
+    assert.equal(result.code, 0, `probe failed:\n${result.stdout}\n${result.stderr}`);
+    const lastLine = result.stdout.trim().split("\n").at(-1) ?? "";
+    const { results } = JSON.parse(lastLine) as { results: ProbeResult[] };
+    const byName = Object.fromEntries(results.map((r) => [r.name, r]));
+    const show = JSON.stringify(results);
+
+    assert.equal(byName["no-route"]?.reply, socks5.Reply.NetworkUnreachable, show);
+    assert.equal(byName["no-route"]?.outcome, "network-unreachable", show);
+    assert.equal(byName["unreachable-route"]?.reply, socks5.Reply.HostUnreachable, show);
+    assert.equal(byName["unreachable-route"]?.outcome, "host-unreachable", show);
+    assert.equal(byName["unresolvable-name"]?.reply, socks5.Reply.HostUnreachable, show);
+    assert.equal(byName["unresolvable-name"]?.outcome, "name-not-resolved", show);
+  },
+});
+
+/**
+ * A python3 listener with backlog 0 and one client already queued: the
+ * kernel drops further SYNs, so connecting to it hangs until a timeout.
+ * It prints its port, then waits until its stdin closes.
+ */
+const FULL_QUEUE_LISTENER = `
+import socket, sys
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(0)
+port = listener.getsockname()[1]
+filler = socket.create_connection(("127.0.0.1", port))
+print(port, flush=True)
+sys.stdin.read()
+`;
+
+Deno.test("CONNECT to a listener that never answers the SYN gets 0x04 after --connect-timeout", async () => {
+  const python = new Deno.Command("python3", {
+    args: ["-c", FULL_QUEUE_LISTENER],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const stdout = python.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  try {
+    let text = "";
+    while (!text.includes("\n")) {
+      const { value, done } = await deadline(stdout.read(), 10_000, "the python listener's port");
+      if (done) throw new Error("python listener exited before printing its port");
+      text += value;
+    }
+    const port = Number(text.trim());
+    assert.ok(port > 0, `python printed ${JSON.stringify(text)}`);
+
+    await using ferry = await startFerry([
+      "socks",
+      "--listen",
+      "127.0.0.1:0",
+      "--connect-timeout",
+      "500ms",
+    ]);
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    const reply = await socks5Handshake(client, ipv4("127.0.0.1", port)).catch((error) => {
+      const log = ferry.lines.map((line) => JSON.stringify(line)).join("\n");
+      throw new Error(`${error}; ferry's log:\n${log}`);
+    });
+    assert.equal(reply.reply, socks5.Reply.HostUnreachable);
+    client.close();
+    const session = await sessionOf(ferry, client.localAddr);
+    assert.equal(session.outcome, "connect-timeout");
+    assert.equal(session.target, `127.0.0.1:${port}`);
+  } finally {
+    await python.stdin.close();
+    await stdout.cancel();
+    await python.status;
+  }
+});

@@ -1,0 +1,459 @@
+/**
+ * ferry's SOCKS handshakes and relay, driven byte by byte with a raw client
+ * built on the protocol codecs, against raw TCP targets on loopback.
+ */
+import assert from "node:assert/strict";
+import { startFerry } from "./_helpers/ferry.ts";
+import { logsContain, sessionOf } from "./_helpers/session_log.ts";
+import {
+  BufferedConn,
+  closedPort,
+  concat,
+  domain,
+  ipv4,
+  pseudoRandomBytes,
+  sha256,
+  socks4,
+  socks4Handshake,
+  socks5,
+  socks5Connect,
+  socks5Handshake,
+  TcpTarget,
+} from "./_helpers/socks_client.ts";
+
+const LISTEN = ["socks", "--listen", "127.0.0.1:0"];
+const FIVE_MB = 5 * 1024 * 1024;
+const encoder = new TextEncoder();
+
+Deno.test("client half-close: 5 MB up, then the target's 5 MB reply after EOF arrives in full", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const request = pseudoRandomBytes(FIVE_MB, 1);
+  const response = pseudoRandomBytes(FIVE_MB, 2);
+
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+
+  const targetSide = (async () => {
+    const received = await server.readToEnd(30_000);
+    await server.write(response);
+    server.close();
+    return received;
+  })();
+  await client.write(request);
+  await client.closeWrite();
+  const downloaded = await client.readToEnd(30_000);
+  const received = await targetSide;
+
+  assert.equal(received.length, request.length, "bytes the target received");
+  assert.equal(await sha256(received), await sha256(request));
+  assert.equal(downloaded.length, response.length, "bytes the client received after its EOF");
+  assert.equal(await sha256(downloaded), await sha256(response));
+  client.close();
+
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "ok");
+  assert.equal(session.protocol, "socks5");
+  assert.equal(session.target, `127.0.0.1:${target.port}`);
+  assert.equal(session.up, FIVE_MB);
+  assert.equal(session.down, FIVE_MB);
+});
+
+Deno.test("target half-close: after the target's 5 MB and EOF, the client keeps sending and the target receives it", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const download = pseudoRandomBytes(FIVE_MB, 3);
+  const upload = pseudoRandomBytes(FIVE_MB, 4);
+
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+
+  const targetSide = (async () => {
+    await server.write(download);
+    await server.closeWrite();
+    return await server.readToEnd(30_000);
+  })();
+  const downloaded = await client.readToEnd(30_000);
+  assert.equal(downloaded.length, download.length);
+  assert.equal(await sha256(downloaded), await sha256(download));
+  // The client has seen EOF; its direction must still flow.
+  await client.write(upload);
+  await client.closeWrite();
+  const uploaded = await targetSide;
+  assert.equal(uploaded.length, upload.length, "bytes the target received after its own EOF");
+  assert.equal(await sha256(uploaded), await sha256(upload));
+
+  // Both directions ended: ferry closes both connections.
+  assert.equal((await client.waitForEnd()).discarded, 0);
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "ok");
+  assert.equal(session.up, FIVE_MB);
+  assert.equal(session.down, FIVE_MB);
+});
+
+Deno.test("a SOCKS5 handshake sent one byte per write still connects and relays", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port), {
+    bytewise: true,
+  });
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+  await client.write(encoder.encode("ping"));
+  assert.deepEqual(await server.readExactly(4), encoder.encode("ping"));
+  await server.write(encoder.encode("pong"));
+  assert.deepEqual(await client.readExactly(4), encoder.encode("pong"));
+});
+
+Deno.test("a SOCKS5 handshake with a domain name sent one byte per write connects", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, domain("127.0.0.1", target.port), {
+    bytewise: true,
+  });
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+  await client.write(encoder.encode("x"));
+  assert.deepEqual(await server.readExactly(1), encoder.encode("x"));
+});
+
+Deno.test("greeting, request and first data in one write: the early data reaches the target", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const early = encoder.encode("GET / HTTP/1.0\r\n\r\n");
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const upstream = target.accept();
+  await client.write(concat([
+    socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }),
+    socks5.encodeRequest({
+      command: socks5.Command.Connect,
+      address: ipv4("127.0.0.1", target.port),
+    }),
+    early,
+  ]));
+  assert.equal(
+    await client.readMessage(socks5.decodeMethodSelection, "method"),
+    socks5.Method.NoAuth,
+  );
+  const reply = await client.readMessage(socks5.decodeReply, "reply");
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+  assert.deepEqual(await server.readExactly(early.length), early);
+  await server.write(encoder.encode("ok"));
+  assert.deepEqual(await client.readExactly(2), encoder.encode("ok"));
+  client.close();
+  server.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.up, early.length);
+  assert.equal(session.down, 2);
+});
+
+Deno.test("SOCKS4 request and early data in one write: the data reaches the target", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const early = encoder.encode("hello after socks4");
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const upstream = target.accept();
+  await client.write(concat([
+    socks4.encodeRequest({
+      command: socks4.Command.Connect,
+      address: ipv4("127.0.0.1", target.port),
+      userId: encoder.encode("someone"),
+    }),
+    early,
+  ]));
+  const reply = await client.readMessage(socks4.decodeReply, "SOCKS4 reply");
+  assert.equal(reply.reply, socks4.Reply.Granted);
+  const server = await upstream;
+  assert.deepEqual(await server.readExactly(early.length), early);
+});
+
+Deno.test("RFC 1929 auth sent one byte per write succeeds; the user is logged, the password never", async () => {
+  const password = "s3cret-Pa55";
+  await using ferry = await startFerry([...LISTEN, "--user", `carol:${password}`]);
+  using target = TcpTarget.listen();
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port), {
+    username: "carol",
+    password,
+    bytewise: true,
+  });
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+  await client.write(encoder.encode("abc"));
+  assert.deepEqual(await server.readExactly(3), encoder.encode("abc"));
+  client.close();
+  server.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.user, "carol");
+  assert.equal(session.outcome, "ok");
+  await ferry.stop();
+  assert.ok(!logsContain(ferry, password), "password in the logs");
+});
+
+Deno.test("users from --users-file authenticate; comment lines are ignored", async () => {
+  const file = await Deno.makeTempFile({ prefix: "ferry-users-" });
+  try {
+    await Deno.writeTextFile(file, "# ferry users\ndave:file-pass-1\n\n# erin:commented-out\n");
+    await using ferry = await startFerry([...LISTEN, "--users-file", file]);
+    using target = TcpTarget.listen();
+    const upstream = target.accept();
+    const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port), {
+      username: "dave",
+      password: "file-pass-1",
+    });
+    using _client = client;
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    (await upstream).close();
+    client.close();
+
+    using rejected = await BufferedConn.connect(ferry.hostname, ferry.port);
+    await assert.rejects(
+      socks5Handshake(rejected, ipv4("127.0.0.1", target.port), {
+        username: "erin",
+        password: "commented-out",
+      }),
+      /authentication failed with status 1/,
+    );
+    rejected.close();
+    await ferry.stop();
+    assert.ok(!logsContain(ferry, "file-pass-1"));
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
+Deno.test("a wrong password gets status 01 01 and the connection is closed", async () => {
+  await using ferry = await startFerry([...LISTEN, "--user", "carol:right"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(socks5.encodeGreeting({ methods: [socks5.Method.UserPass] }));
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, 0x02));
+  await client.write(socks5.encodeCredentials({
+    username: encoder.encode("carol"),
+    password: encoder.encode("wrong"),
+  }));
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x01, 0x01));
+  const end = await client.waitForEnd();
+  assert.equal(end.discarded, 0, "nothing after the failure status");
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "auth-failed");
+});
+
+Deno.test("with users configured, a client offering only no-auth gets 05 FF", async () => {
+  await using ferry = await startFerry([...LISTEN, "--user", "carol:pw"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, 0xff));
+  client.close(); // ferry would linger for the client to close first
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "no-acceptable-method");
+});
+
+Deno.test("ferry selects no-auth from a greeting offering several methods", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(socks5.encodeGreeting({ methods: [0x80, socks5.Method.GssApi, 0x00] }));
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, 0x00));
+});
+
+Deno.test("NMETHODS=0 gets 05 FF and the connection is closed", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(Uint8Array.of(0x05, 0x00));
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, 0xff));
+  const end = await client.waitForEnd();
+  assert.equal(end.discarded, 0);
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "no-acceptable-method");
+});
+
+for (const [command, name] of [[0x02, "BIND"], [0x03, "UDP ASSOCIATE"]] as const) {
+  Deno.test(`SOCKS5 ${name} gets reply 0x07 command not supported`, async () => {
+    await using ferry = await startFerry(LISTEN);
+    using target = TcpTarget.listen();
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    const reply = await socks5Handshake(client, ipv4("127.0.0.1", target.port), { command });
+    assert.equal(reply.reply, socks5.Reply.CommandNotSupported);
+    client.close(); // ferry would linger for the client to close first
+    const session = await sessionOf(ferry, client.localAddr);
+    assert.equal(session.outcome, "command-not-supported");
+  });
+}
+
+Deno.test("SOCKS5 address type 0x02 gets reply 0x08 address type not supported", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+  assert.equal(await client.readMessage(socks5.decodeMethodSelection, "method"), 0x00);
+  // VER CMD RSV ATYP=0x02, then 4 address bytes and a port, as a confused client might send.
+  await client.write(Uint8Array.of(0x05, 0x01, 0x00, 0x02, 127, 0, 0, 1, 0x00, 0x50));
+  const head = await client.readExactly(2);
+  assert.deepEqual(head, Uint8Array.of(0x05, socks5.Reply.AddressTypeNotSupported));
+  client.close(); // ferry would linger for the client to close first
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "address-type-not-supported");
+});
+
+Deno.test("CONNECT to a closed port gets reply 0x05 connection refused", async () => {
+  await using ferry = await startFerry(LISTEN);
+  const port = closedPort();
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(client, ipv4("127.0.0.1", port));
+  assert.equal(reply.reply, socks5.Reply.ConnectionRefused);
+  client.close(); // ferry would linger for the client to close first
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "connection-refused");
+  assert.equal(session.target, `127.0.0.1:${port}`);
+});
+
+Deno.test("SOCKS4 CONNECT to a closed port gets reply 91", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks4Handshake(client, ipv4("127.0.0.1", closedPort()));
+  assert.equal(reply.reply, socks4.Reply.Rejected);
+  client.close(); // ferry would linger for the client to close first
+});
+
+Deno.test("the bound address in the reply is the address the target sees as its peer", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+  assert.equal(reply.address.type, "ipv4");
+  assert.equal(reply.address.host, server.remoteAddr.hostname);
+  assert.equal(reply.address.port, server.remoteAddr.port);
+  assert.notEqual(reply.address.port, 0);
+});
+
+Deno.test("an HTTP request sent to ferry (first byte 0x47) is closed and logged as unknown-protocol", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(encoder.encode("GET / HTTP/1.1\r\nHost: example\r\n\r\n"));
+  const end = await client.waitForEnd();
+  assert.equal(end.discarded, 0, "ferry answered an HTTP request");
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "unknown-protocol");
+  assert.equal(session.protocol, null);
+  assert.equal(session.target, null);
+});
+
+Deno.test("a handshake that stalls is closed after --handshake-timeout", async () => {
+  await using ferry = await startFerry([...LISTEN, "--handshake-timeout", "300ms"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(Uint8Array.of(0x05, 0x01)); // the method list never comes
+  await client.waitForEnd(5_000);
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "handshake-timeout");
+});
+
+Deno.test("an established session with no traffic is closed on both sides after --idle-timeout", async () => {
+  await using ferry = await startFerry([...LISTEN, "--idle-timeout", "300ms"]);
+  using target = TcpTarget.listen();
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+  // Traffic first, so the timeout is about idleness and not the first byte.
+  await client.write(encoder.encode("hi"));
+  assert.deepEqual(await server.readExactly(2), encoder.encode("hi"));
+  await Promise.all([client.waitForEnd(5_000), server.waitForEnd(5_000)]);
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "idle-timeout");
+  assert.equal(session.up, 2);
+});
+
+Deno.test("SOCKS4 with a 1024-byte user id is granted and relays", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const upstream = target.accept();
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const userId = encoder.encode("u".repeat(1024));
+  const reply = await socks4Handshake(client, ipv4("127.0.0.1", target.port), userId);
+  assert.equal(reply.reply, socks4.Reply.Granted);
+  const server = await upstream;
+  await server.write(encoder.encode("welcome"));
+  assert.deepEqual(await client.readExactly(7), encoder.encode("welcome"));
+  client.close();
+  server.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.protocol, "socks4");
+  assert.equal(session.outcome, "ok");
+});
+
+Deno.test("SOCKS4a with a 1024-byte user id and a host name is granted", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const upstream = target.accept();
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const userId = encoder.encode("v".repeat(1024));
+  const reply = await socks4Handshake(client, domain("127.0.0.1", target.port), userId);
+  assert.equal(reply.reply, socks4.Reply.Granted);
+  (await upstream).close();
+  await client.waitForEnd(); // the target's close is relayed
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.protocol, "socks4a");
+  assert.equal(session.target, `127.0.0.1:${target.port}`);
+});
+
+Deno.test("with --user configured, SOCKS4 and SOCKS4a requests get reply 91 and the target is not contacted", async () => {
+  await using ferry = await startFerry([...LISTEN, "--user", "carol:pw"]);
+  using target = TcpTarget.listen();
+  for (const address of [ipv4("127.0.0.1", target.port), domain("localhost", target.port)]) {
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    const reply = await socks4Handshake(client, address, encoder.encode("carol"));
+    assert.equal(reply.reply, socks4.Reply.Rejected);
+    client.close(); // ferry would linger for the client to close first
+    const session = await sessionOf(ferry, client.localAddr);
+    assert.notEqual(session.outcome, "ok");
+  }
+  // A SOCKS5 session afterwards is the first connection the target accepts.
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port), {
+    username: "carol",
+    password: "pw",
+  });
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+  assert.equal(
+    server.remoteAddr.port,
+    reply.address.port,
+    "an earlier SOCKS4 connection got through",
+  );
+});
+
+Deno.test("with --no-socks4, SOCKS4 and SOCKS4a requests get reply 91 and are logged socks4-disabled", async () => {
+  await using ferry = await startFerry([...LISTEN, "--no-socks4"]);
+  using target = TcpTarget.listen();
+  for (const address of [ipv4("127.0.0.1", target.port), domain("localhost", target.port)]) {
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    const reply = await socks4Handshake(client, address);
+    assert.equal(reply.reply, socks4.Reply.Rejected);
+    client.close(); // ferry would linger for the client to close first
+    const session = await sessionOf(ferry, client.localAddr);
+    assert.equal(session.outcome, "socks4-disabled");
+  }
+  // SOCKS5 still works.
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+  assert.equal(server.remoteAddr.port, reply.address.port);
+});
