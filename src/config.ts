@@ -21,20 +21,40 @@ export interface ListenAddress {
   readonly port: number;
 }
 
-/** Everything the SOCKS server needs, validated. Durations in milliseconds. */
-export interface SocksConfig {
+/** What every listener has: where, timeouts and limits. Durations in milliseconds. */
+export interface ListenerSettings {
   readonly listen: ListenAddress;
-  /** User name → password, as UTF-8 bytes. Empty: no authentication. */
-  readonly users: ReadonlyMap<string, Uint8Array>;
-  readonly socks4: boolean;
   readonly handshakeTimeoutMs: number;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
   readonly shutdownGraceMs: number;
   readonly maxConns: number;
   readonly maxConnsPerIp: number;
+}
+
+/** How the process logs. */
+export interface LogSettings {
   readonly logLevel: LogLevel;
   readonly logFormat: LogFormat;
+}
+
+/** Everything the SOCKS server needs, validated. */
+export interface SocksConfig extends ListenerSettings, LogSettings {
+  readonly kind: "socks";
+  /** User name → password, as UTF-8 bytes. Empty: no authentication. */
+  readonly users: ReadonlyMap<string, Uint8Array>;
+  readonly socks4: boolean;
+}
+
+/** Everything the port forwarder needs, validated. */
+export interface ForwardConfig extends ListenerSettings, LogSettings {
+  readonly kind: "forward";
+  /** Upstreams, used round-robin while they are up. */
+  readonly upstreams: readonly ListenAddress[];
+  /** Connections kept dialled per upstream; 0 dials on demand only. */
+  readonly poolSize: number;
+  /** Pooled connections older than this are replaced. */
+  readonly poolMaxIdleMs: number;
 }
 
 /** The command line's options as typed, before validation. */
@@ -44,6 +64,21 @@ export interface RawSocksOptions {
   usersFile?: string | undefined;
   socks4?: boolean | undefined;
   handshakeTimeout?: string | undefined;
+  connectTimeout?: string | undefined;
+  idleTimeout?: string | undefined;
+  shutdownGrace?: string | undefined;
+  maxConns?: string | undefined;
+  maxConnsPerIp?: string | undefined;
+  logLevel?: string | undefined;
+  logFormat?: string | undefined;
+}
+
+/** The forwarder's command line options as typed, before validation. */
+export interface RawForwardOptions {
+  listen?: string | undefined;
+  to?: string[] | undefined;
+  pool?: string | undefined;
+  poolMaxIdle?: string | undefined;
   connectTimeout?: string | undefined;
   idleTimeout?: string | undefined;
   shutdownGrace?: string | undefined;
@@ -63,6 +98,8 @@ export const DEFAULTS = {
   maxConns: "10000",
   logLevel: "info",
   logFormat: "text",
+  pool: "4",
+  poolMaxIdle: "30s",
 } as const;
 
 /** Thrown by {@linkcode buildSocksConfig} with every problem found. */
@@ -124,75 +161,117 @@ export function parseUser(text: string): { name: string; password: Uint8Array } 
 }
 
 /**
+ * Collects problems while validating; each check returns a usable placeholder
+ * on failure so validation goes on and every problem is reported at once.
+ */
+export class Checker {
+  readonly problems: string[] = [];
+
+  /** A positive duration such as `250ms`. */
+  duration(flag: string, text: string): number {
+    const ms = parseDuration(text);
+    if (ms !== null && ms > 0) return ms;
+    this.problems.push(
+      `${flag}: ${JSON.stringify(text)} is not a duration; expected a positive number with ` +
+        `a unit, like 250ms, 10s, 5m or 1h`,
+    );
+    return 0;
+  }
+
+  /** A whole number of at least `min`. */
+  count(flag: string, text: string, min = 1): number {
+    const value = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+    if (Number.isSafeInteger(value) && value >= min) return value;
+    this.problems.push(
+      `${flag}: ${JSON.stringify(text)} is not a count; expected a whole number ≥ ${min}`,
+    );
+    return 0;
+  }
+
+  /** One of a fixed set of words. */
+  oneOf<T extends string>(flag: string, text: string, allowed: readonly T[]): T {
+    if ((allowed as readonly string[]).includes(text)) return text as T;
+    this.problems.push(`${flag}: ${JSON.stringify(text)} is not one of ${allowed.join(", ")}`);
+    return allowed[0]!;
+  }
+
+  /** `HOST:PORT` or `[IPV6]:PORT`. */
+  hostPort(flag: string, text: string): ListenAddress {
+    const address = parseHostPort(text);
+    if (address) return address;
+    this.problems.push(
+      `${flag}: ${JSON.stringify(text)} is not an address; expected HOST:PORT or [IPV6]:PORT`,
+    );
+    return { hostname: "", port: 0 };
+  }
+
+  /** Throws {@linkcode ConfigError} if anything was wrong. */
+  done(): void {
+    if (this.problems.length > 0) throw new ConfigError(this.problems);
+  }
+}
+
+/** The options every listener and the logger share, as typed. */
+type RawCommon = Pick<
+  RawSocksOptions,
+  | "listen"
+  | "handshakeTimeout"
+  | "connectTimeout"
+  | "idleTimeout"
+  | "shutdownGrace"
+  | "maxConns"
+  | "maxConnsPerIp"
+  | "logLevel"
+  | "logFormat"
+>;
+
+/** Validates what every listener shares, and the log settings. */
+export function checkCommon(raw: RawCommon, check: Checker): ListenerSettings & LogSettings {
+  const maxConns = check.count("--max-conns", raw.maxConns ?? DEFAULTS.maxConns);
+  return {
+    listen: check.hostPort("--listen", raw.listen ?? DEFAULTS.listen),
+    handshakeTimeoutMs: check.duration(
+      "--handshake-timeout",
+      raw.handshakeTimeout ?? DEFAULTS.handshakeTimeout,
+    ),
+    connectTimeoutMs: check.duration(
+      "--connect-timeout",
+      raw.connectTimeout ?? DEFAULTS.connectTimeout,
+    ),
+    idleTimeoutMs: check.duration("--idle-timeout", raw.idleTimeout ?? DEFAULTS.idleTimeout),
+    shutdownGraceMs: check.duration(
+      "--shutdown-grace",
+      raw.shutdownGrace ?? DEFAULTS.shutdownGrace,
+    ),
+    maxConns,
+    maxConnsPerIp: raw.maxConnsPerIp === undefined
+      ? maxConns
+      : check.count("--max-conns-per-ip", raw.maxConnsPerIp),
+    logLevel: check.oneOf("--log-level", raw.logLevel ?? DEFAULTS.logLevel, LOG_LEVELS),
+    logFormat: check.oneOf("--log-format", raw.logFormat ?? DEFAULTS.logFormat, LOG_FORMATS),
+  };
+}
+
+/**
  * Validates raw options into a {@linkcode SocksConfig}. Reads `--users-file`.
  * Throws {@linkcode ConfigError} listing every problem.
  */
 export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfig> {
-  const problems: string[] = [];
-
-  const listenText = raw.listen ?? DEFAULTS.listen;
-  const listen = parseHostPort(listenText);
-  if (!listen) {
-    problems.push(
-      `--listen: ${
-        JSON.stringify(listenText)
-      } is not an address; expected HOST:PORT or [IPV6]:PORT`,
-    );
-  }
-
-  const duration = (flag: string, text: string): number => {
-    const ms = parseDuration(text);
-    if (ms === null || ms <= 0) {
-      problems.push(
-        `${flag}: ${JSON.stringify(text)} is not a duration; expected a positive number with ` +
-          `a unit, like 250ms, 10s, 5m or 1h`,
-      );
-      return 0;
-    }
-    return ms;
-  };
-  const count = (flag: string, text: string): number => {
-    const value = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
-    if (!Number.isSafeInteger(value) || value < 1) {
-      problems.push(`${flag}: ${JSON.stringify(text)} is not a count; expected a whole number ≥ 1`);
-      return 0;
-    }
-    return value;
-  };
-  const oneOf = <T extends string>(flag: string, text: string, allowed: readonly T[]): T => {
-    if ((allowed as readonly string[]).includes(text)) return text as T;
-    problems.push(`${flag}: ${JSON.stringify(text)} is not one of ${allowed.join(", ")}`);
-    return allowed[0]!;
-  };
-
-  const handshakeTimeoutMs = duration(
-    "--handshake-timeout",
-    raw.handshakeTimeout ?? DEFAULTS.handshakeTimeout,
-  );
-  const connectTimeoutMs = duration(
-    "--connect-timeout",
-    raw.connectTimeout ?? DEFAULTS.connectTimeout,
-  );
-  const idleTimeoutMs = duration("--idle-timeout", raw.idleTimeout ?? DEFAULTS.idleTimeout);
-  const shutdownGraceMs = duration("--shutdown-grace", raw.shutdownGrace ?? DEFAULTS.shutdownGrace);
-  const maxConns = count("--max-conns", raw.maxConns ?? DEFAULTS.maxConns);
-  const maxConnsPerIp = raw.maxConnsPerIp === undefined
-    ? maxConns
-    : count("--max-conns-per-ip", raw.maxConnsPerIp);
-  const logLevel = oneOf("--log-level", raw.logLevel ?? DEFAULTS.logLevel, LOG_LEVELS);
-  const logFormat = oneOf("--log-format", raw.logFormat ?? DEFAULTS.logFormat, LOG_FORMATS);
-
+  const check = new Checker();
+  const common = checkCommon(raw, check);
   const users = new Map<string, Uint8Array>();
   const defined = new Map<string, string>();
   const addUser = (text: string, where: string) => {
     const user = parseUser(text);
     if (typeof user === "string") {
-      problems.push(`${where}: ${user}`);
+      check.problems.push(`${where}: ${user}`);
       return;
     }
     const earlier = defined.get(user.name);
     if (earlier) {
-      problems.push(`${where}: user ${JSON.stringify(user.name)} is already defined at ${earlier}`);
+      check.problems.push(
+        `${where}: user ${JSON.stringify(user.name)} is already defined at ${earlier}`,
+      );
       return;
     }
     defined.set(user.name, where);
@@ -204,7 +283,7 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     try {
       content = await Deno.readTextFile(raw.usersFile);
     } catch (error) {
-      problems.push(
+      check.problems.push(
         `--users-file: cannot read ${JSON.stringify(raw.usersFile)}: ${(error as Error).message}`,
       );
     }
@@ -215,8 +294,8 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
         if (trimmed === "" || trimmed.startsWith("#")) return;
         addUser(trimmed, `${raw.usersFile}:${index + 1}`);
       });
-      if (users.size === before && !problems.some((p) => p.startsWith(`${raw.usersFile}:`))) {
-        problems.push(
+      if (users.size === before && !check.problems.some((p) => p.startsWith(`${raw.usersFile}:`))) {
+        check.problems.push(
           `--users-file: ${JSON.stringify(raw.usersFile)} defines no users; ` +
             `expected lines of NAME:PASSWORD`,
         );
@@ -224,18 +303,19 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     }
   }
 
-  if (problems.length > 0 || !listen) throw new ConfigError(problems);
-  return {
-    listen,
-    users,
-    socks4: raw.socks4 ?? true,
-    handshakeTimeoutMs,
-    connectTimeoutMs,
-    idleTimeoutMs,
-    shutdownGraceMs,
-    maxConns,
-    maxConnsPerIp,
-    logLevel,
-    logFormat,
-  };
+  check.done();
+  return { kind: "socks", ...common, users, socks4: raw.socks4 ?? true };
+}
+
+/** Validates raw options into a {@linkcode ForwardConfig}; throws {@linkcode ConfigError}. */
+export function buildForwardConfig(raw: RawForwardOptions): ForwardConfig {
+  const check = new Checker();
+  const common = checkCommon(raw, check);
+  const targets = raw.to ?? [];
+  if (targets.length === 0) check.problems.push("--to: required; expected HOST:PORT (repeatable)");
+  const upstreams = targets.map((text) => check.hostPort("--to", text));
+  const poolSize = check.count("--pool", raw.pool ?? DEFAULTS.pool, 0);
+  const poolMaxIdleMs = check.duration("--pool-max-idle", raw.poolMaxIdle ?? DEFAULTS.poolMaxIdle);
+  check.done();
+  return { kind: "forward", ...common, upstreams, poolSize, poolMaxIdleMs };
 }

@@ -14,6 +14,9 @@
  * @module
  */
 
+/** What the relay needs of a connection: a TCP connection, or a wrapper around one. */
+export type RelayEnd = Pick<Deno.TcpConn, "read" | "write" | "closeWrite">;
+
 /** Options for {@linkcode relay}. */
 export interface RelayOptions {
   /** Aborting ends both directions; the relay aborts it on the first error. */
@@ -41,15 +44,15 @@ const DEFAULT_MAX_BUFFER = 256 * 1024;
  * controller's signal says whether it ended cleanly.
  */
 export async function relay(
-  client: Deno.TcpConn,
-  target: Deno.TcpConn,
+  client: RelayEnd,
+  target: RelayEnd,
   options: RelayOptions,
 ): Promise<RelayTotals> {
   const totals: RelayTotals = { up: 0, down: 0 };
   const initial = options.initialBufferSize ?? DEFAULT_INITIAL_BUFFER;
   const max = options.maxBufferSize ?? DEFAULT_MAX_BUFFER;
   const { controller, onActivity } = options;
-  const copy = async (from: Deno.TcpConn, to: Deno.TcpConn, direction: keyof RelayTotals) => {
+  const copy = async (from: RelayEnd, to: RelayEnd, direction: keyof RelayTotals) => {
     let buffer = new Uint8Array(initial);
     try {
       for (;;) {
@@ -73,7 +76,7 @@ export async function relay(
 }
 
 /** Writes all of `bytes`; `conn.write` may take only part of them. */
-export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+export async function writeAll(conn: Pick<Deno.Conn, "write">, bytes: Uint8Array): Promise<void> {
   let offset = 0;
   while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
 }

@@ -1,17 +1,18 @@
 /**
  * The listener: an accept loop that never dies, connection limits, and a
  * drain on shutdown. Data flows one way from here: accepted connection →
- * {@linkcode Session} → codec, dial, relay.
+ * a session (SOCKS or forward) → codec, dial, relay.
  *
  * @module
  */
 import { UserTable } from "./auth.ts";
-import type { SocksConfig } from "./config.ts";
+import type { ListenerSettings, SocksConfig } from "./config.ts";
 import { Deadlines, tickFor } from "./deadlines.ts";
 import { RateLimitedLog, serverLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { formatAddress } from "./protocol/address.ts";
-import { closeQuietly, Session } from "./session.ts";
+import { closeQuietly, type SessionContext } from "./proxy_session.ts";
+import { type SocksContext, SocksSession } from "./session.ts";
 
 /** Back-off after a failed accept: from the first value, doubling, to the cap. */
 const ACCEPT_BACKOFF_FIRST_MS = 5;
@@ -59,8 +60,14 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-/** A running SOCKS server. */
-export interface SocksServer {
+/** A session as the server sees it: something to run and, at shutdown, to cut short. */
+export interface ServerSession {
+  run(): Promise<void>;
+  abort(failure: string): void;
+}
+
+/** A running server. */
+export interface Server {
   /** The address actually bound (port 0 resolved). */
   readonly addr: Deno.NetAddr;
   readonly metrics: Metrics;
@@ -75,23 +82,41 @@ export interface SocksServer {
   shutdown(graceMs: number): Promise<void>;
 }
 
-/** Starts listening and serving. Throws if the address cannot be bound. */
-export function startSocksServer(config: SocksConfig): SocksServer {
+/** Starts a SOCKS server. Throws if the address cannot be bound. */
+export function startSocksServer(config: SocksConfig): Server {
+  const users = new UserTable(config.users);
+  let socksContext: SocksContext | null = null; // made once, from the server's context
+  return startServer(
+    config,
+    (conn, context) =>
+      new SocksSession(conn, socksContext ??= { ...context, users, socks4: config.socks4 }),
+  );
+}
+
+/**
+ * Listens and hands every accepted connection, within the limits, to a
+ * session made by `createSession`. Throws if the address cannot be bound.
+ */
+export function startServer(
+  config: ListenerSettings,
+  createSession: (conn: Deno.TcpConn, context: SessionContext) => ServerSession,
+): Server {
   const listener = Deno.listen({
     hostname: config.listen.hostname,
     port: config.listen.port,
     transport: "tcp",
   });
   const metrics = new Metrics();
-  const context = {
-    config,
-    users: new UserTable(config.users),
+  const context: SessionContext = {
     deadlines: new Deadlines(
       tickFor(config.handshakeTimeoutMs, config.connectTimeoutMs, config.idleTimeoutMs),
     ),
     metrics,
+    handshakeTimeoutMs: config.handshakeTimeoutMs,
+    connectTimeoutMs: config.connectTimeoutMs,
+    idleTimeoutMs: config.idleTimeoutMs,
   };
-  const sessions = new Set<Session>();
+  const sessions = new Set<ServerSession>();
   const perIp = new Map<string, number>();
   const stopAccepting = new AbortController();
   const acceptErrors = new RateLimitedLog();
@@ -134,7 +159,7 @@ export function startSocksServer(config: SocksConfig): SocksServer {
       return;
     }
     perIp.set(ip, fromIp + 1);
-    const session = new Session(conn, context);
+    const session = createSession(conn, context);
     sessions.add(session);
     session.run().finally(() => {
       sessions.delete(session);

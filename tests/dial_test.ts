@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Reply } from "../src/protocol/socks5.ts";
-import { SessionAbort } from "../src/session.ts";
+import { SessionAbort } from "../src/proxy_session.ts";
 import {
   classifyConnectError,
   dial,

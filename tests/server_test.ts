@@ -8,7 +8,7 @@ import { buildSocksConfig, type RawSocksOptions } from "../src/config.ts";
 import type { Decoded } from "../src/protocol/decoded.ts";
 import * as socks5 from "../src/protocol/socks5.ts";
 import { writeAll } from "../src/relay.ts";
-import { type SocksServer, startSocksServer } from "../src/server.ts";
+import { type Server, startSocksServer } from "../src/server.ts";
 
 const WAIT_MS = 10_000;
 const encoder = new TextEncoder();
@@ -220,7 +220,7 @@ async function socks5Connect(
 }
 
 /** A connected, echo-checked session. */
-async function openSession(server: SocksServer, echo: EchoServer): Promise<Client> {
+async function openSession(server: Server, echo: EchoServer): Promise<Client> {
   const { client, reply } = await socks5Connect(server.addr.port, echo.port);
   try {
     assert.equal(reply.reply, socks5.Reply.Succeeded);
@@ -272,7 +272,7 @@ async function assertNotServed(port: number): Promise<void> {
  */
 async function withServer(
   options: RawSocksOptions,
-  body: (server: SocksServer, echo: EchoServer, clients: Client[]) => Promise<void>,
+  body: (server: Server, echo: EchoServer, clients: Client[]) => Promise<void>,
 ): Promise<void> {
   const config = await buildSocksConfig({ listen: "127.0.0.1:0", logLevel: "error", ...options });
   const server = startSocksServer(config);

@@ -1,0 +1,271 @@
+/**
+ * What every proxied connection has in common, whatever opened it (a SOCKS
+ * handshake or a port forward): one AbortController, deadlines on the shared
+ * sweep, the relay phase, refusal with a bounded wait for the client's FIN,
+ * closing both sockets, and the one log line at the end.
+ *
+ * One AbortController per session: the deadline sweep aborts it on handshake
+ * or idle timeout, shutdown aborts it, the relay aborts it on the first error,
+ * and aborting closes both sockets, which ends every pending read. A connect
+ * timeout aborts only the dial, so the client still gets its failure reply.
+ *
+ * @module
+ */
+import type { Deadlines, Expirable } from "./deadlines.ts";
+import { sessionLog } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
+import { type Address, formatAddress } from "./protocol/address.ts";
+import { ProtocolError } from "./protocol/decoded.ts";
+import { relay, type RelayEnd, writeAll } from "./relay.ts";
+import { dial, DialError } from "./upstream/dial.ts";
+
+/** What a session shares with every other session of its listener. */
+export interface SessionContext {
+  readonly deadlines: Deadlines;
+  readonly metrics: Metrics;
+  readonly handshakeTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+}
+
+/** The phases a deadline can cut short, and the outcome each timeout is logged as. */
+const TIMEOUT_OUTCOME = {
+  handshake: "handshake-timeout",
+  connect: "connect-timeout",
+  relay: "idle-timeout",
+  linger: "linger-done", // only after a refusal, whose outcome is already recorded
+} as const;
+/** A phase of a session's life. */
+export type Phase = keyof typeof TIMEOUT_OUTCOME;
+
+/** Why a session was aborted from outside the relay: a deadline or shutdown. */
+export class SessionAbort extends Error {
+  override readonly name = "SessionAbort";
+  /** The outcome to log; `connect-timeout` doubles as a {@linkcode DialError} failure name. */
+  readonly failure: string;
+
+  constructor(failure: string) {
+    super(failure);
+    this.failure = failure;
+  }
+}
+
+/** The client closed (or reset) before the handshake finished. */
+export class ClientGone extends Error {
+  override readonly name = "ClientGone";
+}
+
+/** Failure replies are followed by a wait for the client's FIN, at most this long. */
+const LINGER_MS = 2000;
+
+let lastSessionId = 0;
+
+/**
+ * One client connection. Subclasses implement {@linkcode negotiate}: whatever
+ * happens between accept and relay. Create it, then await `run()`; it never
+ * rejects.
+ */
+export abstract class ProxySession implements Expirable {
+  readonly id = ++lastSessionId;
+  deadline: number;
+  readonly controller = new AbortController();
+  protected readonly client: Deno.TcpConn;
+  protected readonly context: SessionContext;
+  readonly #started = performance.now();
+  #phase: Phase;
+  #target: { close(): void } | null = null;
+  /** Aborts the dial in progress on connect timeout; the session goes on to reply. */
+  #dialAbort: AbortController | null = null;
+  // Fields of the session's log line.
+  protected protocol: string | null = null;
+  protected user: string | null = null;
+  protected requested: string | null = null;
+  #outcome = "ok";
+  /** Set once a refusal has recorded the outcome; later errors are its aftermath. */
+  #refused = false;
+  #up = 0;
+  #down = 0;
+
+  constructor(client: Deno.TcpConn, context: SessionContext, firstPhase: Phase) {
+    this.client = client;
+    this.context = context;
+    this.#phase = firstPhase;
+    const firstTimeout = firstPhase === "handshake"
+      ? context.handshakeTimeoutMs
+      : context.connectTimeoutMs;
+    this.deadline = context.deadlines.now + firstTimeout;
+    this.controller.signal.addEventListener("abort", () => this.#closeSockets(), { once: true });
+  }
+
+  /** Everything between accept and relay; ends by calling `relayTo` or `refuse`. */
+  protected abstract negotiate(): Promise<void>;
+
+  /** Extra fields for the session's log line. */
+  protected logFields(): Record<string, unknown> {
+    return {};
+  }
+
+  /** The client's address as `ip:port`. */
+  get clientAddress(): string {
+    const { hostname, port } = this.client.remoteAddr;
+    return formatAddress({ host: hostname, port });
+  }
+
+  /** Called by the deadline sweep. */
+  expire(): void {
+    const reason = new SessionAbort(TIMEOUT_OUTCOME[this.#phase]);
+    if (this.#phase === "connect" && this.#dialAbort) this.#dialAbort.abort(reason);
+    else this.controller.abort(reason);
+  }
+
+  /** Cuts the session short (shutdown). */
+  abort(failure: string): void {
+    this.controller.abort(new SessionAbort(failure));
+  }
+
+  /** Runs the session to its end. Never rejects. */
+  async run(): Promise<void> {
+    const { deadlines } = this.context;
+    deadlines.watch(this);
+    try {
+      this.client.setNoDelay(true);
+      this.client.setKeepAlive(true);
+      await this.negotiate();
+    } catch (error) {
+      if (!this.#refused) this.#outcome = this.outcomeOf(error);
+    } finally {
+      deadlines.unwatch(this);
+      this.#closeSockets();
+      this.#logEnd();
+    }
+  }
+
+  /** Records an outcome without ending the session (e.g. `unknown-protocol`). */
+  protected setOutcome(outcome: string): void {
+    this.#outcome = outcome;
+  }
+
+  /** Enters `phase`, with its deadline `timeoutMs` from now. */
+  protected enter(phase: Phase, timeoutMs: number): void {
+    this.#phase = phase;
+    this.deadline = this.context.deadlines.now + timeoutMs;
+    this.context.deadlines.watch(this); // again, if a sweep already expired the last phase
+  }
+
+  /** Registers a target socket so aborting and ending the session close it. */
+  protected adoptTarget(target: { close(): void }): void {
+    this.#target = target;
+    if (this.controller.signal.aborted) target.close();
+  }
+
+  /**
+   * Dials `address` under the connect deadline. On failure sends
+   * `failureReply(error)` (if any), refuses, and returns `null`.
+   */
+  protected async connectTo(
+    address: Address,
+    failureReply: ((error: DialError) => Uint8Array) | null,
+  ): Promise<Deno.TcpConn | null> {
+    this.enter("connect", this.context.connectTimeoutMs);
+    this.#dialAbort = new AbortController();
+    let target: Deno.TcpConn;
+    try {
+      target = await dial(
+        address,
+        AbortSignal.any([this.controller.signal, this.#dialAbort.signal]),
+      );
+    } catch (error) {
+      if (!(error instanceof DialError) || error.failure === "aborted") throw error;
+      if (failureReply) await writeAll(this.client, failureReply(error));
+      await this.refuse(error.failure);
+      return null;
+    } finally {
+      this.#dialAbort = null;
+    }
+    this.adoptTarget(target);
+    if (this.controller.signal.aborted) throw this.controller.signal.reason;
+    return target;
+  }
+
+  /** Relays until both directions end; `early` bytes from the client go to the target first. */
+  protected async relayTo(target: RelayEnd, early: Uint8Array = new Uint8Array(0)): Promise<void> {
+    const { deadlines, idleTimeoutMs } = this.context;
+    this.enter("relay", idleTimeoutMs);
+    if (early.length > 0) {
+      await writeAll(target, early);
+      this.#up += early.length;
+    }
+    const totals = await relay(this.client, target, {
+      controller: this.controller,
+      onActivity: () => {
+        this.deadline = deadlines.now + idleTimeoutMs;
+      },
+    });
+    this.#up += totals.up;
+    this.#down += totals.down;
+    if (this.controller.signal.aborted) throw this.controller.signal.reason;
+  }
+
+  /**
+   * After a failure reply: records the outcome, then waits (bounded) for the
+   * client to close first, so the reply is never destroyed by a reset from
+   * closing with unread input, and the TIME_WAIT stays on the client's side.
+   */
+  protected async refuse(outcome: string): Promise<void> {
+    this.#outcome = outcome;
+    this.#refused = true;
+    this.enter("linger", LINGER_MS);
+    const scratch = new Uint8Array(512);
+    try {
+      while ((await this.client.read(scratch)) !== null) { /* discard */ }
+    } catch {
+      // reset, or closed by the linger deadline: either way we are done
+    }
+  }
+
+  /** The outcome an error stands for; an abort's reason wins over the error it caused. */
+  protected outcomeOf(error: unknown): string {
+    const reason = this.controller.signal.aborted ? this.controller.signal.reason : error;
+    if (reason instanceof SessionAbort) return reason.failure;
+    if (reason instanceof DialError) return reason.failure;
+    if (reason instanceof ClientGone) return "client-closed";
+    if (reason instanceof ProtocolError) return "protocol-error";
+    if (
+      reason instanceof Deno.errors.ConnectionReset || reason instanceof Deno.errors.BrokenPipe ||
+      reason instanceof Deno.errors.ConnectionAborted || reason instanceof Deno.errors.NotConnected
+    ) return "reset";
+    return "error";
+  }
+
+  #closeSockets(): void {
+    closeQuietly(this.client);
+    if (this.#target) closeQuietly(this.#target);
+  }
+
+  #logEnd(): void {
+    this.context.metrics.sessionEnded(this.#outcome, this.#up, this.#down);
+    if (!sessionLog.isEnabledFor("info")) return;
+    sessionLog.info("session {id} {client} → {target}: {outcome}", {
+      event: "session",
+      id: this.id,
+      client: this.clientAddress,
+      user: this.user,
+      protocol: this.protocol,
+      target: this.requested,
+      outcome: this.#outcome,
+      up: this.#up,
+      down: this.#down,
+      ms: Math.round(performance.now() - this.#started),
+      ...this.logFields(),
+    });
+  }
+}
+
+/** Closes a connection or listener that may already be closed. */
+export function closeQuietly(conn: { close(): void }): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
+}
