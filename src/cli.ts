@@ -1,13 +1,13 @@
 /**
  * Command definitions and help text. The command line only collects strings;
- * {@linkcode buildSocksConfig} validates them, so every problem is reported
- * at once. Exit codes: 0 for help and version, 2 for any usage error.
+ * `src/config.ts` validates them, so every problem is reported at once.
+ * Exit codes: 0 for help and version, 2 for any usage error.
  *
  * @module
  */
 import { Command, CommanderError } from "commander";
 import denoJson from "../deno.json" with { type: "json" };
-import { DEFAULTS, type RawSocksOptions } from "./config.ts";
+import { DEFAULTS, type RawForwardOptions, type RawSocksOptions } from "./config.ts";
 
 /** The version printed by `--version`, from deno.json. */
 export const VERSION: string = denoJson.version;
@@ -15,6 +15,14 @@ export const VERSION: string = denoJson.version;
 /** What the command line asked for. */
 export type Invocation =
   | { readonly command: "socks"; readonly options: RawSocksOptions }
+  | { readonly command: "forward"; readonly options: RawForwardOptions }
+  | {
+    readonly command: "run";
+    readonly configPath: string;
+    /** Overrides of the file's "log" settings, unvalidated. */
+    readonly logLevel?: string | undefined;
+    readonly logFormat?: string | undefined;
+  }
   | { readonly command: "exit"; readonly code: number };
 
 /** Where commander writes; tests and main pass the real streams. */
@@ -25,30 +33,16 @@ export interface CliOutput {
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
-/** Builds the program. */
-export function buildProgram(output: CliOutput): Command {
-  const program = new Command("ferry")
-    .description("A SOCKS5/SOCKS4 proxy that carries every byte.")
-    .version(VERSION, "-V, --version", "print the version and exit")
-    .helpOption("-h, --help", "show help and exit")
-    .showHelpAfterError("(run with --help for usage)")
-    .configureOutput(output)
-    .exitOverride();
-  program.command("socks")
-    .description("Run a SOCKS5 server that also speaks SOCKS4 and SOCKS4a on the same port.")
-    .option("--listen <host:port>", "address to listen on ([::1]:1080 for IPv6)", DEFAULTS.listen)
-    .option(
-      "--user <name:password>",
-      "allow this user (repeatable); enables RFC 1929 auth",
-      collect,
-    )
-    .option("--users-file <path>", "file of name:password lines (# starts a comment)")
-    .option("--no-socks4", "refuse SOCKS4 and SOCKS4a requests (reply 91)")
-    .option(
+/** Options every listener takes: timeouts, limits, logging. */
+function addListenerOptions(command: Command, withHandshake: boolean): Command {
+  if (withHandshake) {
+    command.option(
       "--handshake-timeout <duration>",
       "close clients that have not finished the handshake",
       DEFAULTS.handshakeTimeout,
-    )
+    );
+  }
+  return command
     .option(
       "--connect-timeout <duration>",
       "give up connecting to a target after this long",
@@ -73,7 +67,7 @@ export function buildProgram(output: CliOutput): Command {
       "--max-conns-per-ip <n>",
       "most sessions at once from one client IP (default: --max-conns)",
     )
-    // Choices are checked by buildSocksConfig, so they are reported with every other problem.
+    // Choices are checked by src/config.ts, so they are reported with every other problem.
     .option("--log-level <level>", "debug, info, warn or error", DEFAULTS.logLevel)
     .option(
       "--log-format <format>",
@@ -83,16 +77,73 @@ export function buildProgram(output: CliOutput): Command {
     .addHelpText(
       "after",
       "\nDurations: 250ms, 10s, 5m, 1h. Logs go to stderr, one line per session.",
+    );
+}
+
+/** Builds the program; `onCommand` receives the chosen command. */
+export function buildProgram(
+  output: CliOutput,
+  onCommand: (invocation: Invocation) => void = () => {},
+): Command {
+  const program = new Command("ferry")
+    .description("A SOCKS5/SOCKS4 proxy and TCP forwarder that carries every byte.")
+    .version(VERSION, "-V, --version", "print the version and exit")
+    .helpOption("-h, --help", "show help and exit")
+    .showHelpAfterError("(run with --help for usage)")
+    .configureOutput(output)
+    .exitOverride();
+  const socks = program.command("socks")
+    .description("Run a SOCKS5 server that also speaks SOCKS4 and SOCKS4a on the same port.")
+    .option("--listen <host:port>", "address to listen on ([::1]:1080 for IPv6)", DEFAULTS.listen)
+    .option(
+      "--user <name:password>",
+      "allow this user (repeatable); enables RFC 1929 auth",
+      collect,
     )
+    .option("--users-file <path>", "file of name:password lines (# starts a comment)")
+    .option("--no-socks4", "refuse SOCKS4 and SOCKS4a requests (reply 91)");
+  addListenerOptions(socks, true)
     .configureOutput(output)
     .exitOverride()
-    .action(() => {});
+    .action(() => onCommand({ command: "socks", options: socks.opts<RawSocksOptions>() }));
+  const forward = program.command("forward")
+    .description(
+      "Forward TCP connections to upstreams, round-robin, from a warm pool of connections.",
+    )
+    .requiredOption("--listen <host:port>", "address to listen on")
+    .option("--to <host:port>", "upstream to forward to (repeatable; round-robin)", collect)
+    .option("--pool <n>", "connections kept dialled per upstream; 0 dials on demand", DEFAULTS.pool)
+    .option(
+      "--pool-max-idle <duration>",
+      "replace pooled connections idle this long",
+      DEFAULTS.poolMaxIdle,
+    );
+  addListenerOptions(forward, false)
+    .configureOutput(output)
+    .exitOverride()
+    .action(() => onCommand({ command: "forward", options: forward.opts<RawForwardOptions>() }));
+  program.command("run")
+    .description("Run every listener declared in a JSON (JSONC) configuration file.")
+    .requiredOption("--config <file>", "the configuration file (see ferry.example.jsonc)")
+    .option("--log-level <level>", "override the file's log level")
+    .option("--log-format <format>", "override the file's log format")
+    .configureOutput(output)
+    .exitOverride()
+    .action((options: { config: string; logLevel?: string; logFormat?: string }) => {
+      onCommand({
+        command: "run",
+        configPath: options.config,
+        logLevel: options.logLevel,
+        logFormat: options.logFormat,
+      });
+    });
   return program;
 }
 
 /** Parses `argv` (without the runtime and script). Never exits the process itself. */
 export function parseCommandLine(argv: string[], output: CliOutput): Invocation {
-  const program = buildProgram(output);
+  let invocation: Invocation | null = null;
+  const program = buildProgram(output, (chosen) => invocation = chosen);
   // `deno task start -- socks …` passes the `--` through; it separates the
   // task's arguments, not ferry's, so it is dropped here.
   const args = argv[0] === "--" ? argv.slice(1) : argv;
@@ -104,6 +155,5 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
       (error.code === "commander.help" && args.length > 0);
     return { command: "exit", code: clean ? 0 : 2 };
   }
-  const socks = program.commands.find((c) => c.name() === "socks")!;
-  return { command: "socks", options: socks.opts<RawSocksOptions>() };
+  return invocation ?? { command: "exit", code: 2 };
 }

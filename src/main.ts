@@ -1,73 +1,135 @@
 /**
- * Entry point: parse the command line, start the server, and map SIGINT and
- * SIGTERM to one graceful shutdown (a second signal exits at once).
+ * Entry point: parse the command line, start the listeners, and map SIGINT
+ * and SIGTERM to one graceful shutdown (a second signal exits at once).
  *
  * @module
  */
 import { parseCommandLine } from "./cli.ts";
-import { buildSocksConfig, ConfigError, type SocksConfig } from "./config.ts";
+import {
+  buildForwardConfig,
+  buildSocksConfig,
+  Checker,
+  ConfigError,
+  type ForwardConfig,
+  LOG_FORMATS,
+  LOG_LEVELS,
+  type LogSettings,
+  type SocksConfig,
+} from "./config.ts";
+import { loadConfigFile } from "./config_file.ts";
+import { startForwarder } from "./forward.ts";
 import { serverLog, setupLogging, stopLogging } from "./log.ts";
 import { descriptorsNeeded, openFilesLimit } from "./nofile.ts";
 import { formatAddress } from "./protocol/address.ts";
-import { startSocksServer } from "./server.ts";
+import { type Server, startSocksServer } from "./server.ts";
 
 const encoder = new TextEncoder();
 const writeOut = (text: string) => void Deno.stdout.writeSync(encoder.encode(text));
 const writeErr = (text: string) => void Deno.stderr.writeSync(encoder.encode(text));
 
+/** Settings and listeners of one run of the process. */
+interface Plan extends LogSettings {
+  readonly listeners: readonly (SocksConfig | ForwardConfig)[];
+}
+
 async function main(argv: string[]): Promise<number> {
   const invocation = parseCommandLine(argv, { writeOut, writeErr });
   if (invocation.command === "exit") return invocation.code;
 
-  let config: SocksConfig;
+  let plan: Plan;
   try {
-    config = await buildSocksConfig(invocation.options);
+    if (invocation.command === "socks") {
+      const config = await buildSocksConfig(invocation.options);
+      plan = { ...config, listeners: [config] };
+    } else if (invocation.command === "forward") {
+      const config = buildForwardConfig(invocation.options);
+      plan = { ...config, listeners: [config] };
+    } else {
+      const file = await loadConfigFile(invocation.configPath);
+      const check = new Checker();
+      const logLevel = invocation.logLevel === undefined
+        ? file.logLevel
+        : check.oneOf("--log-level", invocation.logLevel, LOG_LEVELS);
+      const logFormat = invocation.logFormat === undefined
+        ? file.logFormat
+        : check.oneOf("--log-format", invocation.logFormat, LOG_FORMATS);
+      check.done();
+      plan = { ...file, logLevel, logFormat };
+    }
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
-    for (const problem of error.problems) writeErr(`ferry socks: ${problem}\n`);
-    writeErr("(run ferry socks --help for usage)\n");
+    for (const problem of error.problems) writeErr(`ferry ${invocation.command}: ${problem}\n`);
+    writeErr(`(run ferry ${invocation.command} --help for usage)\n`);
     return 2;
   }
-  await setupLogging({ level: config.logLevel, format: config.logFormat });
+  await setupLogging({ level: plan.logLevel, format: plan.logFormat });
   try {
-    return await serve(config);
+    return await serve(plan);
   } finally {
     await stopLogging();
   }
 }
 
-async function serve(config: SocksConfig): Promise<number> {
-  let server;
-  try {
-    server = startSocksServer(config);
-  } catch (error) {
-    serverLog.error("cannot listen on {listen}: {error}", {
-      event: "listen-failed",
-      listen: formatAddress({ host: config.listen.hostname, port: config.listen.port }),
-      error: (error as Error).message,
-    });
-    return 1;
-  }
-  serverLog.info("listening on {listen}", {
-    event: "listening",
-    listen: formatAddress({ host: server.addr.hostname, port: server.addr.port }),
-    auth: config.users.size > 0 ? "username/password" : "none",
-    users: config.users.size,
-    socks4: config.socks4,
-    handshakeTimeoutMs: config.handshakeTimeoutMs,
+function start(config: SocksConfig | ForwardConfig): Server {
+  return config.kind === "socks" ? startSocksServer(config) : startForwarder(config);
+}
+
+function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> {
+  const common = {
+    kind: config.kind,
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.idleTimeoutMs,
     shutdownGraceMs: config.shutdownGraceMs,
     maxConns: config.maxConns,
     maxConnsPerIp: config.maxConnsPerIp,
-  });
+  };
+  if (config.kind === "forward") {
+    return {
+      ...common,
+      to: config.upstreams.map((u) => formatAddress({ host: u.hostname, port: u.port })),
+      pool: config.poolSize,
+      poolMaxIdleMs: config.poolMaxIdleMs,
+    };
+  }
+  return {
+    ...common,
+    auth: config.users.size > 0 ? "username/password" : "none",
+    users: config.users.size,
+    socks4: config.socks4,
+    handshakeTimeoutMs: config.handshakeTimeoutMs,
+  };
+}
+
+async function serve(plan: Plan): Promise<number> {
+  const running: { server: Server; config: SocksConfig | ForwardConfig }[] = [];
+  for (const config of plan.listeners) {
+    try {
+      running.push({ server: start(config), config });
+    } catch (error) {
+      serverLog.error("cannot listen on {listen}: {error}", {
+        event: "listen-failed",
+        listen: formatAddress({ host: config.listen.hostname, port: config.listen.port }),
+        error: (error as Error).message,
+      });
+      await Promise.all(running.map(({ server }) => server.shutdown(0)));
+      return 1;
+    }
+  }
+  for (const { server, config } of running) {
+    serverLog.info("listening on {listen}", {
+      event: "listening",
+      listen: formatAddress({ host: server.addr.hostname, port: server.addr.port }),
+      ...describe(config),
+    });
+  }
   const limit = await openFilesLimit();
-  const needed = descriptorsNeeded(config.maxConns);
+  const maxConns = plan.listeners.reduce((sum, c) => sum + c.maxConns, 0);
+  const needed = descriptorsNeeded(maxConns);
   if (limit !== null && limit < needed) {
     serverLog.warn(
       "open-files limit {limit} is below the {needed} that --max-conns {maxConns} needs; " +
         "raise it (ulimit -n) or lower --max-conns",
-      { event: "nofile-low", limit, needed, maxConns: config.maxConns },
+      { event: "nofile-low", limit, needed, maxConns },
     );
   }
 
@@ -85,17 +147,21 @@ async function serve(config: SocksConfig): Promise<number> {
   for (const [signal, handler] of handlers) Deno.addSignalListener(signal, handler);
 
   const signal = await stopRequested;
+  const sessions = running.reduce((sum, { server }) => sum + server.activeSessions, 0);
+  const graceMs = Math.max(...running.map(({ config }) => config.shutdownGraceMs));
   serverLog.info(
     "{signal}: stopped accepting; draining {sessions} sessions for up to {graceMs} ms",
     {
       event: "shutdown",
       signal,
-      sessions: server.activeSessions,
-      graceMs: config.shutdownGraceMs,
+      sessions,
+      graceMs,
     },
   );
-  await server.shutdown(config.shutdownGraceMs);
-  serverLog.info("stopped", { event: "stopped", ...server.metrics.snapshot() });
+  await Promise.all(running.map(({ server, config }) => server.shutdown(config.shutdownGraceMs)));
+  for (const { server } of running) {
+    serverLog.info("stopped", { event: "stopped", ...server.metrics.snapshot() });
+  }
   for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
   return 0;
 }

@@ -159,13 +159,10 @@ export abstract class ProxySession implements Expirable {
   }
 
   /**
-   * Dials `address` under the connect deadline. On failure sends
-   * `failureReply(error)` (if any), refuses, and returns `null`.
+   * Dials `address` under the connect deadline; the connection is adopted
+   * (closed with the session). Throws {@linkcode DialError}.
    */
-  protected async connectTo(
-    address: Address,
-    failureReply: ((error: DialError) => Uint8Array) | null,
-  ): Promise<Deno.TcpConn | null> {
+  protected async dialTarget(address: Address): Promise<Deno.TcpConn> {
     this.enter("connect", this.context.connectTimeoutMs);
     this.#dialAbort = new AbortController();
     let target: Deno.TcpConn;
@@ -174,17 +171,30 @@ export abstract class ProxySession implements Expirable {
         address,
         AbortSignal.any([this.controller.signal, this.#dialAbort.signal]),
       );
-    } catch (error) {
-      if (!(error instanceof DialError) || error.failure === "aborted") throw error;
-      if (failureReply) await writeAll(this.client, failureReply(error));
-      await this.refuse(error.failure);
-      return null;
     } finally {
       this.#dialAbort = null;
     }
     this.adoptTarget(target);
     if (this.controller.signal.aborted) throw this.controller.signal.reason;
     return target;
+  }
+
+  /**
+   * Dials `address`; on failure sends `failureReply(error)`, refuses, and
+   * returns `null`.
+   */
+  protected async connectTo(
+    address: Address,
+    failureReply: (error: DialError) => Uint8Array,
+  ): Promise<Deno.TcpConn | null> {
+    try {
+      return await this.dialTarget(address);
+    } catch (error) {
+      if (!(error instanceof DialError) || error.failure === "aborted") throw error;
+      await writeAll(this.client, failureReply(error));
+      await this.refuse(error.failure);
+      return null;
+    }
   }
 
   /** Relays until both directions end; `early` bytes from the client go to the target first. */

@@ -1,0 +1,113 @@
+/**
+ * The port forwarder: accept → take a pooled upstream connection (or dial one)
+ * → relay. Sessions go round-robin across the upstreams that are up; one that
+ * fails is skipped with back-off and retried; when none is up the client is
+ * closed at once, never left hanging.
+ *
+ * @module
+ */
+import type { ForwardConfig } from "./config.ts";
+import { addressOf } from "./protocol/address.ts";
+import { ProxySession, type SessionContext } from "./proxy_session.ts";
+import { type Server, startServer } from "./server.ts";
+import { DialError } from "./upstream/dial.ts";
+import { Upstream } from "./upstream/pool.ts";
+
+/** The forwarder's upstreams, handed out round-robin. */
+export class UpstreamSet {
+  readonly upstreams: readonly Upstream[];
+  #next = 0;
+
+  constructor(upstreams: readonly Upstream[]) {
+    this.upstreams = upstreams;
+  }
+
+  /** The upstreams to try for one client, in order: round-robin, those available first. */
+  candidates(): Upstream[] {
+    const count = this.upstreams.length;
+    const start = this.#next;
+    this.#next = (this.#next + 1) % count;
+    const ordered: Upstream[] = [];
+    for (let i = 0; i < count; i++) ordered.push(this.upstreams[(start + i) % count]!);
+    return ordered.filter((u) => u.available);
+  }
+}
+
+/** One forwarded client connection. */
+export class ForwardSession extends ProxySession {
+  readonly #upstreams: UpstreamSet;
+  #pooled = false;
+
+  constructor(client: Deno.TcpConn, context: SessionContext, upstreams: UpstreamSet) {
+    super(client, context, "connect");
+    this.#upstreams = upstreams;
+    this.protocol = "forward";
+  }
+
+  protected async negotiate(): Promise<void> {
+    let lastFailure = "no-upstream-up";
+    for (const upstream of this.#upstreams.candidates()) {
+      this.requested = upstream.name;
+      const pooled = upstream.take();
+      if (pooled) {
+        this.#pooled = true;
+        this.adoptTarget(pooled);
+        return await this.relayTo(pooled);
+      }
+      let target: Deno.TcpConn;
+      try {
+        const { hostname, port } = upstream.address;
+        target = await this.dialTarget(addressOf(hostname, port));
+      } catch (error) {
+        if (!(error instanceof DialError) || error.failure === "aborted") throw error;
+        upstream.markDown(error);
+        lastFailure = error.failure;
+        continue;
+      }
+      upstream.markUp();
+      return await this.relayTo(target);
+    }
+    // Nothing to forward to: close at once rather than leave the client waiting.
+    this.setOutcome(lastFailure);
+  }
+
+  protected override logFields(): Record<string, unknown> {
+    return { pooled: this.#pooled };
+  }
+}
+
+/** A running forwarder: its server and its upstreams. */
+export interface Forwarder extends Server {
+  readonly upstreams: UpstreamSet;
+}
+
+/** Starts the upstream pools and the listener. Throws if the address cannot be bound. */
+export function startForwarder(config: ForwardConfig): Forwarder {
+  const upstreams = new UpstreamSet(config.upstreams.map((address) =>
+    new Upstream(address, {
+      poolSize: config.poolSize,
+      poolMaxIdleMs: config.poolMaxIdleMs,
+      connectTimeoutMs: config.connectTimeoutMs,
+    })
+  ));
+  const server = startServer(
+    config,
+    (conn, context) => new ForwardSession(conn, context, upstreams),
+  );
+  for (const upstream of upstreams.upstreams) upstream.start();
+  return {
+    addr: server.addr,
+    metrics: server.metrics,
+    upstreams,
+    get activeSessions() {
+      return server.activeSessions;
+    },
+    get finished() {
+      return server.finished;
+    },
+    async shutdown(graceMs: number) {
+      for (const upstream of upstreams.upstreams) upstream.close();
+      await server.shutdown(graceMs);
+    },
+  };
+}

@@ -1,0 +1,279 @@
+/**
+ * Upstreams of the port forwarder, each with a warm pool of connections
+ * dialled ahead of time, so a client's first byte does not wait for a TCP
+ * handshake.
+ *
+ * Each pooled connection serves exactly one client and is closed after it: a
+ * connection that carried one client's stream must never carry another's.
+ * While it waits in the pool, a read is kept pending on it. That read notices
+ * FIN and RST (the connection is dropped, never handed out) and collects what
+ * a server-speaks-first upstream sends (an SSH banner, an SMTP greeting), which
+ * the client then receives first, in order.
+ *
+ * @module
+ */
+import type { ListenAddress } from "../config.ts";
+import { serverLog } from "../log.ts";
+import { formatAddress } from "../protocol/address.ts";
+import type { RelayEnd } from "../relay.ts";
+
+/** Most bytes an upstream may send unasked while pooled; more means it is not waiting for us. */
+export const POOLED_BYTES_LIMIT = 64 * 1024;
+
+/** Why a pooled connection was dropped before any client got it. */
+export type DropReason = "eof" | "reset" | "overflow" | "max-idle";
+
+/** A connection dialled ahead of time and watched while it waits. */
+export class PooledConnection implements RelayEnd {
+  readonly conn: Deno.TcpConn;
+  /** `performance.now()` when it entered the pool. */
+  readonly pooledAt = performance.now();
+  /** Bytes the upstream sent while pooled, not yet handed to the session. */
+  #received: Uint8Array[] = [];
+  #receivedBytes = 0;
+  #taken = false;
+  #ended: { eof: true } | { error: unknown } | null = null;
+  /** The watch loop; settles when the connection dies or, once taken, when its read lands. */
+  #watching: Promise<void> | null;
+
+  constructor(conn: Deno.TcpConn, onDrop: (reason: DropReason) => void) {
+    this.conn = conn;
+    this.#watching = this.#watch(onDrop);
+  }
+
+  async #watch(onDrop: (reason: DropReason) => void): Promise<void> {
+    const scratch = new Uint8Array(1024);
+    for (;;) {
+      let n: number | null;
+      try {
+        n = await this.conn.read(scratch);
+      } catch (error) {
+        this.#ended = { error };
+        if (!this.#taken) onDrop("reset");
+        return;
+      }
+      if (n === null) {
+        this.#ended = { eof: true };
+        if (!this.#taken) onDrop("eof");
+        return;
+      }
+      this.#received.push(scratch.slice(0, n));
+      this.#receivedBytes += n;
+      if (this.#taken) return;
+      if (this.#receivedBytes > POOLED_BYTES_LIMIT) {
+        this.#ended = { error: new Error("upstream sent too much while pooled") };
+        onDrop("overflow");
+        return;
+      }
+    }
+  }
+
+  /** Bytes received while pooled (for logs). */
+  get receivedWhilePooled(): number {
+    return this.#receivedBytes;
+  }
+
+  /** Marks the connection as handed to a session; reads now belong to it. */
+  take(): void {
+    this.#taken = true;
+  }
+
+  /** Bytes received while pooled first, then whatever the pending read brings, then the socket. */
+  async read(buffer: Uint8Array): Promise<number | null> {
+    if (this.#received.length === 0 && this.#watching) {
+      await this.#watching; // the read pending since the pool is this session's first read
+      this.#watching = null;
+    }
+    const chunk = this.#received[0];
+    if (chunk) {
+      const n = Math.min(chunk.length, buffer.length);
+      buffer.set(chunk.subarray(0, n));
+      if (n === chunk.length) this.#received.shift();
+      else this.#received[0] = chunk.subarray(n);
+      return n;
+    }
+    if (this.#ended) {
+      if ("eof" in this.#ended) return null;
+      throw this.#ended.error;
+    }
+    return await this.conn.read(buffer);
+  }
+
+  write(bytes: Uint8Array): Promise<number> {
+    return this.conn.write(bytes);
+  }
+
+  closeWrite(): Promise<void> {
+    return this.conn.closeWrite();
+  }
+
+  close(): void {
+    try {
+      this.conn.close();
+    } catch {
+      // already closed
+    }
+  }
+}
+
+/** Options for {@linkcode Upstream}. */
+export interface UpstreamOptions {
+  /** Connections to keep dialled; 0 dials on demand only. */
+  readonly poolSize: number;
+  /** Pooled connections older than this are replaced. */
+  readonly poolMaxIdleMs: number;
+  readonly connectTimeoutMs: number;
+}
+
+const BACKOFF_FIRST_MS = 100;
+const BACKOFF_MAX_MS = 10_000;
+
+/** One upstream: its pool, and whether it is up (with back-off while it is not). */
+export class Upstream {
+  readonly address: ListenAddress;
+  readonly name: string;
+  readonly #options: UpstreamOptions;
+  readonly #idle: PooledConnection[] = [];
+  #dialing = 0;
+  #down = false;
+  #backoffMs = BACKOFF_FIRST_MS;
+  /** While down: no dial before this `performance.now()`. */
+  #retryAt = 0;
+  #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  #recycleTimer: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+  /** Counters, for logs and tests. */
+  readonly stats = { dialled: 0, taken: 0, dropped: 0, recycled: 0, failures: 0 };
+
+  constructor(address: ListenAddress, options: UpstreamOptions) {
+    this.address = address;
+    this.name = formatAddress({ host: address.hostname, port: address.port });
+    this.#options = options;
+  }
+
+  /** Starts filling the pool, and the sweep that replaces connections idle too long. */
+  start(): void {
+    if (this.#options.poolSize === 0) return;
+    const sweepMs = Math.max(50, Math.min(1000, this.#options.poolMaxIdleMs / 4));
+    this.#recycleTimer = setInterval(() => this.#recycle(), sweepMs);
+    Deno.unrefTimer(this.#recycleTimer);
+    this.#fill();
+  }
+
+  /** Connections waiting in the pool. */
+  get idle(): number {
+    return this.#idle.length;
+  }
+
+  /** Whether a client may be sent here now: up, or down but due for a retry. */
+  get available(): boolean {
+    return !this.#down || performance.now() >= this.#retryAt;
+  }
+
+  /** Takes a pooled connection (oldest first), or `null` if none is ready. */
+  take(): PooledConnection | null {
+    const pooled = this.#idle.shift() ?? null;
+    if (pooled) {
+      pooled.take();
+      this.stats.taken++;
+      this.#fill();
+    }
+    return pooled;
+  }
+
+  /** Records that a connection (on demand or pooled) reached the upstream. */
+  markUp(): void {
+    this.#backoffMs = BACKOFF_FIRST_MS;
+    if (!this.#down) return;
+    this.#down = false;
+    serverLog.info("upstream {upstream} is up again", {
+      event: "upstream-up",
+      upstream: this.name,
+    });
+  }
+
+  /** Records a failed dial: the upstream is skipped until its back-off ends. */
+  markDown(error: unknown): void {
+    this.stats.failures++;
+    this.#retryAt = performance.now() + this.#backoffMs;
+    this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
+    if (this.#down) return;
+    this.#down = true;
+    serverLog.warn("upstream {upstream} is down: {error}; retrying with back-off", {
+      event: "upstream-down",
+      upstream: this.name,
+      error: (error as Error)?.message ?? String(error),
+    });
+  }
+
+  /** Stops refilling and closes every pooled connection. */
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#retryTimer);
+    clearInterval(this.#recycleTimer);
+    for (const pooled of this.#idle.splice(0)) retire(pooled);
+  }
+
+  #fill(): void {
+    if (this.#closed || this.#retryTimer !== undefined) return;
+    while (this.#idle.length + this.#dialing < this.#options.poolSize) {
+      if (this.#down && performance.now() < this.#retryAt) {
+        this.#retryTimer = setTimeout(() => {
+          this.#retryTimer = undefined;
+          this.#fill();
+        }, this.#retryAt - performance.now());
+        Deno.unrefTimer(this.#retryTimer);
+        return;
+      }
+      this.#dialing++;
+      this.#dialOne().finally(() => this.#dialing--).then(() => this.#fill());
+      // While down, one probe at a time; the rest wait for it to succeed.
+      if (this.#down) return;
+    }
+  }
+
+  async #dialOne(): Promise<void> {
+    let conn: Deno.TcpConn;
+    try {
+      conn = await Deno.connect({
+        hostname: this.address.hostname,
+        port: this.address.port,
+        signal: AbortSignal.timeout(this.#options.connectTimeoutMs),
+      });
+    } catch (error) {
+      this.markDown(error);
+      return;
+    }
+    this.stats.dialled++;
+    if (this.#closed) {
+      conn.close();
+      return;
+    }
+    conn.setNoDelay(true);
+    conn.setKeepAlive(true);
+    this.markUp();
+    const pooled: PooledConnection = new PooledConnection(conn, () => {
+      const at = this.#idle.indexOf(pooled);
+      if (at >= 0) this.#idle.splice(at, 1);
+      pooled.close();
+      this.stats.dropped++;
+      this.#fill();
+    });
+    this.#idle.push(pooled);
+  }
+
+  #recycle(): void {
+    const oldest = performance.now() - this.#options.poolMaxIdleMs;
+    while (this.#idle.length > 0 && this.#idle[0]!.pooledAt <= oldest) {
+      retire(this.#idle.shift()!);
+      this.stats.recycled++;
+    }
+    this.#fill();
+  }
+}
+
+/** Closes a connection already out of the pool, so its watch read ending is not a drop. */
+function retire(pooled: PooledConnection): void {
+  pooled.take();
+  pooled.close();
+}
