@@ -1,0 +1,509 @@
+/**
+ * The configuration file: JSONC (JSON with comments and trailing commas)
+ * describing the log settings and any number of SOCKS and forward listeners.
+ * It is validated into exactly the {@linkcode SocksConfig} and
+ * {@linkcode ForwardConfig} objects the command line produces, and every
+ * problem is reported at once: syntax errors as `FILE:LINE:COL: message`,
+ * everything else as `PATH: message`, with PATH like `listeners[1].to[0]`.
+ *
+ * @module
+ */
+
+import { dirname, resolve } from "node:path";
+import {
+  getNodeValue,
+  type Node as JsonNode,
+  type ParseError,
+  parseTree,
+  printParseErrorCode,
+} from "jsonc-parser";
+import { z } from "zod";
+import {
+  ConfigError,
+  DEFAULTS,
+  type ForwardConfig,
+  type ListenAddress,
+  LOG_FORMATS,
+  LOG_LEVELS,
+  type LogFormat,
+  type LogLevel,
+  parseDuration,
+  parseHostPort,
+  parseUser,
+  type SocksConfig,
+} from "./config.ts";
+
+/** Everything a configuration file describes, validated. */
+export interface RunConfig {
+  readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
+  /** In file order; each carries `logLevel` and `logFormat` too. */
+  readonly listeners: readonly (SocksConfig | ForwardConfig)[];
+}
+
+/** A path into the document, as zod and jsonc-parser spell it. */
+type DocPath = readonly PropertyKey[];
+
+/** Formats a path as `listeners[1].to[0]`; keys that are not identifiers go in brackets. */
+export function formatPath(path: DocPath): string {
+  let text = "";
+  for (const segment of path) {
+    if (typeof segment === "number") text += `[${segment}]`;
+    else if (typeof segment === "string" && /^[A-Za-z_$][\w$]*$/.test(segment)) {
+      text += text === "" ? segment : `.${segment}`;
+    } else text += `[${JSON.stringify(String(segment))}]`;
+  }
+  return text;
+}
+
+/** A value as the user wrote it, shortened; `nothing` when absent. */
+function show(value: unknown): string {
+  if (value === undefined) return "nothing";
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+/** `"a", "b" or "c"`. */
+function alternatives(words: readonly string[]): string {
+  const quoted = words.map((word) => JSON.stringify(word));
+  return quoted.length < 2
+    ? quoted.join("")
+    : `${quoted.slice(0, -1).join(", ")} or ${quoted.at(-1)}`;
+}
+
+/** A zod error option: `expected WHAT, got VALUE`, or `required; expected WHAT`. */
+function expecting(what: string): { error: (issue: { input?: unknown }) => string } {
+  return {
+    error: (issue) =>
+      issue.input === undefined
+        ? `required; expected ${what}`
+        : `expected ${what}, got ${show(issue.input)}`,
+  };
+}
+
+const DURATION = `a positive duration with a unit, like "250ms", "10s", "5m" or "1h"`;
+const ADDRESS = "HOST:PORT or [IPV6]:PORT";
+const KINDS = ["socks", "forward"] as const;
+const encoder = new TextEncoder();
+
+const duration = z.string(expecting(DURATION)).transform((text, ctx) => {
+  const ms = parseDuration(text);
+  if (ms !== null && ms > 0) return ms;
+  ctx.addIssue({ code: "custom", message: `expected ${DURATION}, got ${show(text)}`, input: text });
+  return z.NEVER;
+});
+
+const count = (min: number) => {
+  const what = expecting(`a whole number ≥ ${min}`);
+  return z.number(what).int(what).min(min, what);
+};
+
+const address = z.string(expecting(ADDRESS)).transform((text, ctx): ListenAddress => {
+  const parsed = parseHostPort(text);
+  if (parsed) return parsed;
+  ctx.addIssue({ code: "custom", message: `expected ${ADDRESS}, got ${show(text)}`, input: text });
+  return z.NEVER;
+});
+
+/** RFC 1929 limits user names and passwords to 1–255 bytes, as {@linkcode parseUser} does. */
+const byteLength = (text: string) => encoder.encode(text).length;
+const fitsRfc1929 = (text: string) => byteLength(text) >= 1 && byteLength(text) <= 255;
+
+const user = z.strictObject({
+  name: z.string(expecting("a user name")).refine(fitsRfc1929, {
+    error: (issue) => {
+      const name = String(issue.input);
+      return `user name must be 1 to 255 bytes (RFC 1929), got ${byteLength(name)} in ${
+        show(name)
+      }`;
+    },
+  }),
+  password: z.string(expecting("a password")).refine(fitsRfc1929, {
+    error: (issue) =>
+      `password must be 1 to 255 bytes (RFC 1929), got ${byteLength(String(issue.input))}`,
+  }),
+}, expecting(`a user like {"name": "alice", "password": "secret"}`));
+
+/** Settings that `defaults` holds and any listener may override. */
+const shared = {
+  handshakeTimeout: duration.optional(),
+  connectTimeout: duration.optional(),
+  idleTimeout: duration.optional(),
+  shutdownGrace: duration.optional(),
+  maxConns: count(1).optional(),
+  maxConnsPerIp: count(1).optional(),
+};
+
+const socksListener = z.strictObject({
+  kind: z.literal("socks"),
+  listen: address,
+  users: z.array(user, expecting("an array of users")).optional(),
+  usersFile: z.string(expecting("a file path")).min(1, expecting("a file path")).optional(),
+  socks4: z.boolean(expecting("true or false")).optional(),
+  ...shared,
+}, expecting("a listener object"));
+
+const forwardListener = z.strictObject({
+  kind: z.literal("forward"),
+  listen: address,
+  to: z.array(address, expecting(`an array of ${ADDRESS} upstreams`)).min(1, {
+    error: () => `expected at least one upstream ${ADDRESS}, got []`,
+  }),
+  pool: count(0).optional(),
+  poolMaxIdle: duration.optional(),
+  ...shared,
+}, expecting("a listener object"));
+
+const fileSchema = z.strictObject({
+  log: z.strictObject({
+    level: z.enum(LOG_LEVELS, expecting(alternatives(LOG_LEVELS))).optional(),
+    format: z.enum(LOG_FORMATS, expecting(alternatives(LOG_FORMATS))).optional(),
+  }, expecting(`an object like {"level": "info", "format": "text"}`)).optional(),
+  defaults: z.strictObject(shared, expecting("an object")).optional(),
+  listeners: z.array(
+    z.discriminatedUnion(
+      "kind",
+      [socksListener, forwardListener],
+      expecting(`a listener object with "kind": ${alternatives(KINDS)}`),
+    ),
+    expecting("an array of listeners"),
+  ).min(1, { error: () => "expected at least one listener, got []" }),
+}, expecting(`an object with "listeners"`));
+
+type FileConfig = z.output<typeof fileSchema>;
+
+/** One problem, and where in the file it is, for listing problems in file order. */
+interface Problem {
+  readonly offset: number;
+  readonly text: string;
+}
+
+/** Maps offsets in `text` to 1-based line and column. */
+function lineCol(text: string, offset: number): string {
+  const before = text.slice(0, offset);
+  const line = before.split("\n").length;
+  const column = offset - (before.lastIndexOf("\n") + 1) + 1;
+  return `${line}:${column}`;
+}
+
+const PARSE_MESSAGES: Readonly<Record<string, string>> = {
+  InvalidSymbol: "unexpected symbol",
+  InvalidNumberFormat: "invalid number",
+  PropertyNameExpected: "expected a property name in double quotes",
+  ValueExpected: "expected a value",
+  ColonExpected: `expected ":"`,
+  CommaExpected: `expected ","`,
+  CloseBraceExpected: `expected "}"`,
+  CloseBracketExpected: `expected "]"`,
+  EndOfFileExpected: "expected the end of the file",
+  InvalidCommentToken: "invalid comment",
+  UnexpectedEndOfComment: "unterminated comment",
+  UnexpectedEndOfString: "unterminated string",
+  UnexpectedEndOfNumber: "unterminated number",
+  InvalidUnicode: "invalid unicode escape",
+  InvalidEscapeCharacter: "invalid escape character",
+  InvalidCharacter: "invalid character in string",
+};
+
+/** The node at `path`, or its deepest ancestor that exists. */
+function nodeAt(root: JsonNode, path: DocPath): JsonNode {
+  let node = root;
+  for (const segment of path) {
+    let next: JsonNode | undefined;
+    if (node.type === "object" && typeof segment === "string") {
+      next = node.children?.findLast((property) => property.children?.[0]?.value === segment)
+        ?.children?.[1];
+    } else if (node.type === "array" && typeof segment === "number") {
+      next = node.children?.[segment];
+    }
+    if (!next) break;
+    node = next;
+  }
+  return node;
+}
+
+/** Reports keys that appear twice in one object; JSON would silently keep the last. */
+function duplicateKeys(node: JsonNode, text: string, source: string, problems: Problem[]): void {
+  if (node.type === "object") {
+    const seen = new Map<string, JsonNode>();
+    for (const property of node.children ?? []) {
+      const key = property.children?.[0];
+      if (!key || typeof key.value !== "string") continue;
+      const first = seen.get(key.value);
+      if (first) {
+        problems.push({
+          offset: key.offset,
+          text: `${source}:${lineCol(text, key.offset)}: duplicate key ${
+            show(key.value)
+          }; it is first at ${lineCol(text, first.offset)}`,
+        });
+      } else seen.set(key.value, key);
+    }
+  }
+  for (const child of node.children ?? []) duplicateKeys(child, text, source, problems);
+}
+
+/** Turns one zod issue into problems; unknown keys become one problem each. */
+function problemsOf(issue: z.core.$ZodIssue, root: JsonNode, source: string): Problem[] {
+  const at = (path: DocPath, message: string): Problem => ({
+    offset: nodeAt(root, path).offset,
+    text: `${path.length === 0 ? source : formatPath(path)}: ${message}`,
+  });
+  if (issue.code === "unrecognized_keys") {
+    return issue.keys.map((key) => at([...issue.path, key], "unknown key"));
+  }
+  if (issue.code === "invalid_union" && issue.discriminator !== undefined) {
+    const value = (issue.input as Record<string, unknown> | undefined)?.[issue.discriminator];
+    const expected = `expected ${alternatives(KINDS)}`;
+    return [
+      at(
+        issue.path,
+        value === undefined ? `required; ${expected}` : `${expected}, got ${show(value)}`,
+      ),
+    ];
+  }
+  return [at(issue.path, issue.message)];
+}
+
+/** What the users of one socks listener checks need. */
+interface UsersCheck {
+  readonly listener: Record<string, unknown>;
+  readonly path: DocPath;
+  readonly baseDir: string;
+  readonly root: JsonNode;
+  readonly problems: Problem[];
+}
+
+/**
+ * Builds one socks listener's users from `users` and `usersFile`, reading the
+ * file. Works on the raw value so that it runs even when other parts are
+ * invalid; malformed `users` entries are left to the schema to report.
+ */
+async function collectUsers(check: UsersCheck): Promise<Map<string, Uint8Array>> {
+  const { listener, path, root, problems } = check;
+  const users = new Map<string, Uint8Array>();
+  const definedAt = new Map<string, string>();
+  const add = (name: string, password: Uint8Array, where: string, offset: number) => {
+    const earlier = definedAt.get(name);
+    if (earlier !== undefined) {
+      problems.push({
+        offset,
+        text: `${where}: user ${show(name)} is already defined at ${earlier}`,
+      });
+      return;
+    }
+    definedAt.set(name, where);
+    users.set(name, password);
+  };
+  if (Array.isArray(listener.users)) {
+    listener.users.forEach((entry, index) => {
+      const parsed = user.safeParse(entry);
+      if (!parsed.success) return;
+      const entryPath = [...path, "users", index];
+      add(
+        parsed.data.name,
+        encoder.encode(parsed.data.password),
+        formatPath(entryPath),
+        nodeAt(root, entryPath).offset,
+      );
+    });
+  }
+  const file = listener.usersFile;
+  if (typeof file !== "string" || file === "") return users;
+  const filePath = [...path, "usersFile"];
+  const offset = nodeAt(root, filePath).offset;
+  const fullPath = resolve(check.baseDir, file);
+  let content: string;
+  try {
+    content = await Deno.readTextFile(fullPath);
+  } catch (error) {
+    problems.push({
+      offset,
+      text: `${formatPath(filePath)}: cannot read ${show(fullPath)}: ${(error as Error).message}`,
+    });
+    return users;
+  }
+  let defined = 0;
+  let bad = false;
+  content.split(/\r?\n/).forEach((line, index) => {
+    const trimmed = line.trim();
+    if (trimmed === "" || trimmed.startsWith("#")) return;
+    const where = `${fullPath}:${index + 1}`;
+    const parsed = parseUser(trimmed);
+    if (typeof parsed === "string") {
+      problems.push({ offset, text: `${where}: ${parsed}` });
+      bad = true;
+      return;
+    }
+    defined++;
+    add(parsed.name, parsed.password, where, offset);
+  });
+  if (defined === 0 && !bad) {
+    problems.push({
+      offset,
+      text: `${formatPath(filePath)}: ${show(fullPath)} defines no users; ` +
+        `expected lines of NAME:PASSWORD`,
+    });
+  }
+  return users;
+}
+
+const isObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value);
+
+/** Reports listeners that share a listen address (port 0, "any free port", excepted). */
+function duplicateListens(raw: unknown, root: JsonNode, problems: Problem[]): void {
+  if (!isObject(raw) || !Array.isArray(raw.listeners)) return;
+  const first = new Map<string, number>();
+  raw.listeners.forEach((listener: unknown, index) => {
+    if (!isObject(listener) || typeof listener.listen !== "string") return;
+    const parsed = parseHostPort(listener.listen);
+    if (!parsed || parsed.port === 0) return;
+    const key = `${parsed.hostname.toLowerCase()} ${parsed.port}`;
+    const earlier = first.get(key);
+    if (earlier === undefined) {
+      first.set(key, index);
+      return;
+    }
+    const path = ["listeners", index, "listen"];
+    problems.push({
+      offset: nodeAt(root, path).offset,
+      text: `${formatPath(path)}: ${
+        show(listener.listen)
+      } is already used by listeners[${earlier}]`,
+    });
+  });
+}
+
+const defaultMs = (text: string): number => parseDuration(text)!;
+
+/** Puts defaults, file-wide defaults and per-listener settings together. */
+function buildListeners(
+  file: FileConfig,
+  users: ReadonlyMap<number, Map<string, Uint8Array>>,
+): (SocksConfig | ForwardConfig)[] {
+  const log = {
+    logLevel: file.log?.level ?? DEFAULTS.logLevel,
+    logFormat: file.log?.format ?? DEFAULTS.logFormat,
+  };
+  const defaults = file.defaults ?? {};
+  return file.listeners.map((listener, index) => {
+    const maxConns = listener.maxConns ?? defaults.maxConns ?? Number(DEFAULTS.maxConns);
+    const common = {
+      listen: listener.listen,
+      handshakeTimeoutMs: listener.handshakeTimeout ?? defaults.handshakeTimeout ??
+        defaultMs(DEFAULTS.handshakeTimeout),
+      connectTimeoutMs: listener.connectTimeout ?? defaults.connectTimeout ??
+        defaultMs(DEFAULTS.connectTimeout),
+      idleTimeoutMs: listener.idleTimeout ?? defaults.idleTimeout ??
+        defaultMs(DEFAULTS.idleTimeout),
+      shutdownGraceMs: listener.shutdownGrace ?? defaults.shutdownGrace ??
+        defaultMs(DEFAULTS.shutdownGrace),
+      maxConns,
+      maxConnsPerIp: listener.maxConnsPerIp ?? defaults.maxConnsPerIp ?? maxConns,
+      ...log,
+    };
+    if (listener.kind === "socks") {
+      return {
+        kind: "socks",
+        ...common,
+        users: users.get(index) ?? new Map(),
+        socks4: listener.socks4 ?? true,
+      } satisfies SocksConfig;
+    }
+    return {
+      kind: "forward",
+      ...common,
+      upstreams: listener.to,
+      poolSize: listener.pool ?? Number(DEFAULTS.pool),
+      poolMaxIdleMs: listener.poolMaxIdle ?? defaultMs(DEFAULTS.poolMaxIdle),
+    } satisfies ForwardConfig;
+  });
+}
+
+/**
+ * Parses and validates the text of a configuration file. `source` names the
+ * file in messages, and a relative `usersFile` is read from its directory;
+ * reading those files is the only I/O. Throws {@linkcode ConfigError} listing
+ * every problem, in file order.
+ */
+export async function parseRunConfig(text: string, source: string): Promise<RunConfig> {
+  const parseErrors: ParseError[] = [];
+  const root = parseTree(text, parseErrors, {
+    allowTrailingComma: true,
+    disallowComments: false,
+    allowEmptyContent: false,
+  });
+  if (parseErrors.length > 0 || !root) {
+    // One error a place: the parser often reports a second one where it recovers.
+    const firsts = parseErrors.filter((error, index) =>
+      parseErrors.findIndex((other) => other.offset === error.offset) === index
+    );
+    if (firsts.length === 0) throw new ConfigError([`${source}: no JSON value found`]);
+    throw new ConfigError(firsts.map((error) => {
+      const name = printParseErrorCode(error.error);
+      const token = text.slice(error.offset, error.offset + error.length);
+      const got = error.offset >= text.length
+        ? "the end of the file"
+        : token === ""
+        ? show(text.slice(error.offset, error.offset + 1))
+        : show(token);
+      return `${source}:${lineCol(text, error.offset)}: ${
+        PARSE_MESSAGES[name] ?? name
+      }, got ${got}`;
+    }));
+  }
+  const raw: unknown = getNodeValue(root);
+  const problems: Problem[] = [];
+  duplicateKeys(root, text, source, problems);
+
+  const result = fileSchema.safeParse(raw, { reportInput: true });
+  if (!result.success) {
+    for (const issue of result.error.issues) problems.push(...problemsOf(issue, root, source));
+  }
+  duplicateListens(raw, root, problems);
+
+  const users = new Map<number, Map<string, Uint8Array>>();
+  if (isObject(raw) && Array.isArray(raw.listeners)) {
+    const baseDir = dirname(resolve(source));
+    for (const [index, listener] of (raw.listeners as unknown[]).entries()) {
+      if (!isObject(listener) || listener.kind !== "socks") continue;
+      users.set(
+        index,
+        await collectUsers({
+          listener,
+          path: ["listeners", index],
+          baseDir,
+          root,
+          problems,
+        }),
+      );
+    }
+  }
+
+  if (problems.length > 0 || !result.success) {
+    const texts = problems.toSorted((a, b) => a.offset - b.offset).map((p) => p.text);
+    throw new ConfigError([...new Set(texts)]);
+  }
+  return {
+    logLevel: result.data.log?.level ?? DEFAULTS.logLevel,
+    logFormat: result.data.log?.format ?? DEFAULTS.logFormat,
+    listeners: buildListeners(result.data, users),
+  };
+}
+
+/**
+ * Reads and validates a configuration file, and any `usersFile` it names.
+ * Throws {@linkcode ConfigError} listing every problem.
+ */
+export async function loadConfigFile(path: string): Promise<RunConfig> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    throw new ConfigError([
+      `${path}: cannot read the configuration file: ${(error as Error).message}`,
+    ]);
+  }
+  return await parseRunConfig(text, path);
+}

@@ -1,0 +1,475 @@
+/**
+ * Unit tests of the configuration file: the shipped example, defaults and
+ * overrides, equivalence with the command line's configs, JSONC syntax, and
+ * the collect-every-problem contract with PATH-named messages.
+ */
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import {
+  buildForwardConfig,
+  buildSocksConfig,
+  ConfigError,
+  type ForwardConfig,
+  type SocksConfig,
+} from "../src/config.ts";
+import { formatPath, loadConfigFile, parseRunConfig, type RunConfig } from "../src/config_file.ts";
+
+const encoder = new TextEncoder();
+const EXAMPLE = fileURLToPath(new URL("../ferry.example.jsonc", import.meta.url));
+
+/** Expects `promise` to reject with a ConfigError; returns its problems. */
+async function problemsOf(promise: Promise<unknown>): Promise<readonly string[]> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
+    assert.equal(error.message, error.problems.join("\n"));
+    assert.ok(error.problems.length > 0);
+    return error.problems;
+  }
+  assert.fail("expected a ConfigError, but the configuration was accepted");
+}
+
+/** Problems of a configuration given as a value (serialised as JSON). */
+function problemsOfValue(value: unknown): Promise<readonly string[]> {
+  return problemsOf(parseRunConfig(JSON.stringify(value, null, 2), "test.jsonc"));
+}
+
+/** Runs `body` in a fresh temp dir, removed afterwards. */
+async function withTempDir<T>(body: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "ferry-config-" });
+  try {
+    return await body(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const socks = (listener: SocksConfig | ForwardConfig | undefined): SocksConfig => {
+  assert.equal(listener?.kind, "socks");
+  return listener as SocksConfig;
+};
+const forward = (listener: SocksConfig | ForwardConfig | undefined): ForwardConfig => {
+  assert.equal(listener?.kind, "forward");
+  return listener as ForwardConfig;
+};
+
+/** One valid socks and one valid forward listener, for tests to spoil. */
+function validFile(): { listeners: Record<string, unknown>[]; [key: string]: unknown } {
+  return {
+    listeners: [
+      { kind: "socks", listen: "127.0.0.1:1080" },
+      { kind: "forward", listen: "127.0.0.1:2222", to: ["127.0.0.1:22"] },
+    ],
+  };
+}
+
+Deno.test("the example file loads into one socks and one forward listener", async () => {
+  const config: RunConfig = await loadConfigFile(EXAMPLE);
+  assert.equal(config.logLevel, "info");
+  assert.equal(config.logFormat, "text");
+  assert.equal(config.listeners.length, 2);
+  assert.deepEqual(socks(config.listeners[0]), {
+    kind: "socks",
+    listen: { hostname: "127.0.0.1", port: 1080 },
+    handshakeTimeoutMs: 5_000,
+    connectTimeoutMs: 10_000,
+    idleTimeoutMs: 300_000,
+    shutdownGraceMs: 10_000,
+    maxConns: 10_000,
+    maxConnsPerIp: 100,
+    logLevel: "info",
+    logFormat: "text",
+    users: new Map([["alice", encoder.encode("change-me")]]),
+    socks4: true,
+  });
+  assert.deepEqual(forward(config.listeners[1]), {
+    kind: "forward",
+    listen: { hostname: "127.0.0.1", port: 2222 },
+    handshakeTimeoutMs: 10_000,
+    connectTimeoutMs: 10_000,
+    idleTimeoutMs: 300_000,
+    shutdownGraceMs: 10_000,
+    maxConns: 500,
+    maxConnsPerIp: 100,
+    logLevel: "info",
+    logFormat: "text",
+    upstreams: [{ hostname: "127.0.0.1", port: 22 }],
+    poolSize: 4,
+    poolMaxIdleMs: 30_000,
+  });
+});
+
+Deno.test("a minimal file gives exactly the configs the command line gives", async () => {
+  const config = await parseRunConfig(JSON.stringify(validFile()), "test.jsonc");
+  assert.equal(config.listeners.length, 2);
+  assert.deepEqual(config.listeners[0], await buildSocksConfig({ listen: "127.0.0.1:1080" }));
+  assert.deepEqual(
+    config.listeners[1],
+    buildForwardConfig({ listen: "127.0.0.1:2222", to: ["127.0.0.1:22"] }),
+  );
+});
+
+Deno.test("a full file gives exactly the configs the equivalent command line gives", async () => {
+  const text = JSON.stringify({
+    log: { level: "debug", format: "json" },
+    listeners: [
+      {
+        kind: "socks",
+        listen: "[::1]:1081",
+        users: [{ name: "bob", password: "pa:ss wörd" }],
+        socks4: false,
+        handshakeTimeout: "250ms",
+        connectTimeout: "3s",
+        idleTimeout: "1.5m",
+        shutdownGrace: "1h",
+        maxConns: 7,
+        maxConnsPerIp: 2,
+      },
+      {
+        kind: "forward",
+        listen: "127.0.0.1:0",
+        to: ["127.0.0.1:22", "[::1]:23"],
+        pool: 0,
+        poolMaxIdle: "2s",
+        connectTimeout: "4s",
+        maxConns: 9,
+      },
+    ],
+  });
+  const config = await parseRunConfig(text, "test.jsonc");
+  assert.equal(config.logLevel, "debug");
+  assert.equal(config.logFormat, "json");
+  assert.deepEqual(
+    config.listeners[0],
+    await buildSocksConfig({
+      listen: "[::1]:1081",
+      user: ["bob:pa:ss wörd"],
+      socks4: false,
+      handshakeTimeout: "250ms",
+      connectTimeout: "3s",
+      idleTimeout: "1.5m",
+      shutdownGrace: "1h",
+      maxConns: "7",
+      maxConnsPerIp: "2",
+      logLevel: "debug",
+      logFormat: "json",
+    }),
+  );
+  assert.deepEqual(
+    config.listeners[1],
+    buildForwardConfig({
+      listen: "127.0.0.1:0",
+      to: ["127.0.0.1:22", "[::1]:23"],
+      pool: "0",
+      poolMaxIdle: "2s",
+      connectTimeout: "4s",
+      maxConns: "9",
+      logLevel: "debug",
+      logFormat: "json",
+    }),
+  );
+});
+
+Deno.test("defaults apply to every listener and per-listener settings win", async () => {
+  const config = await parseRunConfig(
+    JSON.stringify({
+      defaults: {
+        handshakeTimeout: "1s",
+        connectTimeout: "2s",
+        idleTimeout: "3s",
+        shutdownGrace: "4s",
+        maxConns: 50,
+      },
+      listeners: [
+        { kind: "socks", listen: "127.0.0.1:1080", idleTimeout: "30s", maxConnsPerIp: 5 },
+        { kind: "forward", listen: "127.0.0.1:2222", to: ["127.0.0.1:22"], maxConns: 20 },
+      ],
+    }),
+    "test.jsonc",
+  );
+  const first = socks(config.listeners[0]);
+  assert.equal(first.handshakeTimeoutMs, 1_000);
+  assert.equal(first.connectTimeoutMs, 2_000);
+  assert.equal(first.idleTimeoutMs, 30_000);
+  assert.equal(first.shutdownGraceMs, 4_000);
+  assert.equal(first.maxConns, 50);
+  assert.equal(first.maxConnsPerIp, 5);
+  const second = forward(config.listeners[1]);
+  assert.equal(second.handshakeTimeoutMs, 1_000);
+  assert.equal(second.idleTimeoutMs, 3_000);
+  assert.equal(second.maxConns, 20);
+  // Without maxConnsPerIp anywhere, the per-IP limit is the listener's own maxConns.
+  assert.equal(second.maxConnsPerIp, 20);
+});
+
+Deno.test("defaults.maxConnsPerIp applies when a listener does not set its own", async () => {
+  const config = await parseRunConfig(
+    JSON.stringify({
+      defaults: { maxConnsPerIp: 3 },
+      listeners: [
+        { kind: "socks", listen: "127.0.0.1:1080" },
+        { kind: "socks", listen: "127.0.0.1:1081", maxConnsPerIp: 8 },
+      ],
+    }),
+    "test.jsonc",
+  );
+  assert.equal(config.listeners[0]?.maxConnsPerIp, 3);
+  assert.equal(config.listeners[0]?.maxConns, 10_000);
+  assert.equal(config.listeners[1]?.maxConnsPerIp, 8);
+});
+
+Deno.test("comments and trailing commas are accepted", async () => {
+  const text = `
+    // a line comment
+    {
+      /* a block
+         comment */
+      "log": { "level": "warn", }, // trailing comma in an object
+      "listeners": [
+        { "kind": "forward", "listen": "127.0.0.1:2222", "to": ["127.0.0.1:22",], },
+      ], // trailing comma in an array
+    }
+  `;
+  const config = await parseRunConfig(text, "test.jsonc");
+  assert.equal(config.logLevel, "warn");
+  assert.deepEqual(forward(config.listeners[0]).upstreams, [{ hostname: "127.0.0.1", port: 22 }]);
+});
+
+Deno.test("a bad address in to[0] is named by its path and quoted", async () => {
+  const file = validFile();
+  file.listeners[1]!.to = ["nope"];
+  assert.deepEqual(await problemsOfValue(file), [
+    `listeners[1].to[0]: expected HOST:PORT or [IPV6]:PORT, got "nope"`,
+  ]);
+});
+
+Deno.test("an empty or missing to is an error", async () => {
+  const file = validFile();
+  file.listeners[1]!.to = [];
+  assert.deepEqual(await problemsOfValue(file), [
+    "listeners[1].to: expected at least one upstream HOST:PORT or [IPV6]:PORT, got []",
+  ]);
+  delete file.listeners[1]!.to;
+  const problems = await problemsOfValue(file);
+  assert.equal(problems.length, 1);
+  assert.match(problems[0]!, /^listeners\[1\]\.to: required; /);
+});
+
+Deno.test("an unknown or missing kind is an error naming the choices", async () => {
+  const file = validFile();
+  file.listeners[0]!.kind = "http";
+  assert.deepEqual(await problemsOfValue(file), [
+    `listeners[0].kind: expected "socks" or "forward", got "http"`,
+  ]);
+  delete file.listeners[0]!.kind;
+  assert.deepEqual(await problemsOfValue(file), [
+    `listeners[0].kind: required; expected "socks" or "forward"`,
+  ]);
+});
+
+Deno.test("unknown keys are errors, one problem each, at every level", async () => {
+  const file = validFile();
+  file.listeners[1]!.bogus = 1;
+  file.listeners[1]!.users = []; // a socks key on a forward listener
+  file.log = { level: "info", colour: true };
+  file.extra = {};
+  const problems = await problemsOfValue(file);
+  assert.deepEqual([...problems].sort(), [
+    "extra: unknown key",
+    "listeners[1].bogus: unknown key",
+    "listeners[1].users: unknown key",
+    "log.colour: unknown key",
+  ]);
+});
+
+Deno.test("a bad or zero duration is an error quoting the value", async () => {
+  const file = validFile();
+  file.defaults = { idleTimeout: "5 minutes" };
+  file.listeners[1]!.poolMaxIdle = "0s";
+  file.listeners[0]!.connectTimeout = 10;
+  const problems = await problemsOfValue(file);
+  assert.equal(problems.length, 3);
+  assert.match(problems.find((p) => p.startsWith("defaults.idleTimeout: "))!, /got "5 minutes"$/);
+  assert.match(problems.find((p) => p.startsWith("listeners[1].poolMaxIdle: "))!, /got "0s"$/);
+  assert.match(
+    problems.find((p) => p.startsWith("listeners[0].connectTimeout: "))!,
+    /expected a positive duration .*got 10$/,
+  );
+});
+
+Deno.test("negative, zero, fractional and quoted counts are errors", async () => {
+  const file = validFile();
+  file.defaults = { maxConns: 0 };
+  file.listeners[0]!.maxConnsPerIp = 1.5;
+  file.listeners[1]!.pool = -1;
+  file.listeners[1]!.maxConns = "100";
+  const problems = await problemsOfValue(file);
+  assert.deepEqual([...problems].sort(), [
+    "defaults.maxConns: expected a whole number ≥ 1, got 0",
+    "listeners[0].maxConnsPerIp: expected a whole number ≥ 1, got 1.5",
+    `listeners[1].maxConns: expected a whole number ≥ 1, got "100"`,
+    "listeners[1].pool: expected a whole number ≥ 0, got -1",
+  ]);
+});
+
+Deno.test("two listeners on one address are an error; port 0 is exempt", async () => {
+  const file = validFile();
+  file.listeners.push({ kind: "socks", listen: "127.0.0.1:1080" });
+  assert.deepEqual(await problemsOfValue(file), [
+    `listeners[2].listen: "127.0.0.1:1080" is already used by listeners[0]`,
+  ]);
+  file.listeners[0]!.listen = "127.0.0.1:0";
+  file.listeners[2]!.listen = "127.0.0.1:0";
+  const config = await parseRunConfig(JSON.stringify(file), "test.jsonc");
+  assert.equal(config.listeners.length, 3);
+});
+
+Deno.test("missing, empty or mistyped listeners are errors", async () => {
+  assert.deepEqual(await problemsOfValue({ log: { level: "info" } }), [
+    "listeners: required; expected an array of listeners",
+  ]);
+  assert.deepEqual(await problemsOfValue({ listeners: [] }), [
+    "listeners: expected at least one listener, got []",
+  ]);
+  assert.deepEqual(await problemsOfValue({ listeners: [5] }), [
+    `listeners[0]: expected a listener object with "kind": "socks" or "forward", got 5`,
+  ]);
+  assert.deepEqual(await problemsOfValue([]), [
+    `test.jsonc: expected an object with "listeners", got []`,
+  ]);
+});
+
+Deno.test("bad users entries are errors naming the entry", async () => {
+  const file = validFile();
+  file.listeners[0]!.users = [
+    { name: "", password: "x" },
+    "carol:secret",
+    { name: "dave" },
+    { name: "erin", password: "p".repeat(256) },
+    { name: "alice", password: "a" },
+    { name: "alice", password: "b" },
+  ];
+  const problems = await problemsOfValue(file);
+  assert.deepEqual(problems, [
+    `listeners[0].users[0].name: user name must be 1 to 255 bytes (RFC 1929), got 0 in ""`,
+    `listeners[0].users[1]: expected a user like {"name": "alice", "password": "secret"}, ` +
+    `got "carol:secret"`,
+    "listeners[0].users[2].password: required; expected a password",
+    "listeners[0].users[3].password: password must be 1 to 255 bytes (RFC 1929), got 256",
+    `listeners[0].users[5]: user "alice" is already defined at listeners[0].users[4]`,
+  ]);
+});
+
+Deno.test("usersFile is read relative to the config file and merged with users", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/users`, "# team\nbob:hunter2\n\ncarol:a:b\n");
+    const path = `${dir}/ferry.jsonc`;
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [{
+          kind: "socks",
+          listen: "127.0.0.1:1080",
+          users: [{ name: "alice", password: "secret" }],
+          usersFile: "users",
+        }],
+      }),
+    );
+    const config = await loadConfigFile(path);
+    assert.deepEqual(
+      socks(config.listeners[0]).users,
+      new Map([
+        ["alice", encoder.encode("secret")],
+        ["bob", encoder.encode("hunter2")],
+        ["carol", encoder.encode("a:b")],
+      ]),
+    );
+  });
+});
+
+Deno.test("an unreadable or bad usersFile is an error", async () => {
+  await withTempDir(async (dir) => {
+    const file = validFile();
+    file.listeners[0]!.usersFile = `${dir}/missing`;
+    const problems = await problemsOf(parseRunConfig(JSON.stringify(file), `${dir}/f.jsonc`));
+    assert.equal(problems.length, 1);
+    assert.ok(
+      problems[0]!.startsWith(`listeners[0].usersFile: cannot read "${dir}/missing": `),
+      problems[0],
+    );
+
+    await Deno.writeTextFile(`${dir}/users`, "alice:x\nnocolon\nalice:y\n");
+    file.listeners[0]!.usersFile = "users";
+    file.listeners[0]!.users = [{ name: "alice", password: "z" }];
+    assert.deepEqual(await problemsOf(parseRunConfig(JSON.stringify(file), `${dir}/f.jsonc`)), [
+      `${dir}/users:1: user "alice" is already defined at listeners[0].users[0]`,
+      `${dir}/users:2: expected NAME:PASSWORD, got "nocolon" (no ":")`,
+      `${dir}/users:3: user "alice" is already defined at listeners[0].users[0]`,
+    ]);
+
+    await Deno.writeTextFile(`${dir}/users`, "# nobody\n");
+    delete file.listeners[0]!.users;
+    assert.deepEqual(await problemsOf(parseRunConfig(JSON.stringify(file), `${dir}/f.jsonc`)), [
+      `listeners[0].usersFile: "${dir}/users" defines no users; expected lines of NAME:PASSWORD`,
+    ]);
+  });
+});
+
+Deno.test("a JSON syntax error is reported as FILE:LINE:COL", async () => {
+  const text = `{\n  "listeners": [\n    { "kind": "socks" "listen": "127.0.0.1:1080" }\n  ]\n}\n`;
+  assert.deepEqual(await problemsOf(parseRunConfig(text, "ferry.jsonc")), [
+    `ferry.jsonc:3:23: expected ",", got "\\"listen\\""`,
+  ]);
+  assert.deepEqual(await problemsOf(parseRunConfig("", "empty.jsonc")), [
+    "empty.jsonc:1:1: expected a value, got the end of the file",
+  ]);
+  assert.deepEqual(await problemsOf(parseRunConfig(`{\n  "a": 1,,\n}`, "x.jsonc")), [
+    `x.jsonc:2:10: expected a property name in double quotes, got ","`,
+  ]);
+});
+
+Deno.test("a key given twice in one object is an error", async () => {
+  const text =
+    `{\n  "listeners": [],\n  "listeners": [{ "kind": "socks", "listen": "127.0.0.1:1" }]\n}`;
+  assert.deepEqual(await problemsOf(parseRunConfig(text, "dup.jsonc")), [
+    `dup.jsonc:3:3: duplicate key "listeners"; it is first at 2:3`,
+  ]);
+});
+
+Deno.test("several problems in one file are all reported, in file order", async () => {
+  const text = `{
+    "log": { "level": "loud" },
+    "defaults": { "idleTimeout": "forever" },
+    "listeners": [
+      { "kind": "socks", "listen": "127.0.0.1:1080", "maxConns": -5, "bogus": 1 },
+      { "kind": "forward", "listen": "127.0.0.1:1080", "to": ["nope"] },
+      { "kind": "ftp" },
+    ],
+  }`;
+  assert.deepEqual(await problemsOf(parseRunConfig(text, "many.jsonc")), [
+    `log.level: expected "debug", "info", "warn" or "error", got "loud"`,
+    `defaults.idleTimeout: expected a positive duration with a unit, like "250ms", "10s", ` +
+    `"5m" or "1h", got "forever"`,
+    "listeners[0].maxConns: expected a whole number ≥ 1, got -5",
+    "listeners[0].bogus: unknown key",
+    `listeners[1].listen: "127.0.0.1:1080" is already used by listeners[0]`,
+    `listeners[1].to[0]: expected HOST:PORT or [IPV6]:PORT, got "nope"`,
+    `listeners[2].kind: expected "socks" or "forward", got "ftp"`,
+  ]);
+});
+
+Deno.test("a missing configuration file is a ConfigError naming it", async () => {
+  await withTempDir(async (dir) => {
+    const problems = await problemsOf(loadConfigFile(`${dir}/absent.jsonc`));
+    assert.equal(problems.length, 1);
+    assert.ok(problems[0]!.startsWith(`${dir}/absent.jsonc: cannot read`), problems[0]);
+  });
+});
+
+Deno.test("formatPath writes indices in brackets and odd keys quoted", () => {
+  assert.equal(formatPath(["listeners", 1, "to", 0]), "listeners[1].to[0]");
+  assert.equal(formatPath(["defaults", "idleTimeout"]), "defaults.idleTimeout");
+  assert.equal(formatPath(["listeners", 0, "a b"]), `listeners[0]["a b"]`);
+  assert.equal(formatPath([]), "");
+});

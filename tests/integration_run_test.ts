@@ -1,0 +1,117 @@
+/**
+ * `ferry run --config FILE` as a user runs it: one file, several listeners of
+ * both kinds, all served; a bad file exits 2 and names the path of the problem.
+ */
+import assert from "node:assert/strict";
+import { ferryCommandArgs, startFerry } from "./_helpers/ferry.ts";
+import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
+
+function startEcho(): { addr: Deno.NetAddr; close(): Promise<void> } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served: Promise<void>[] = [];
+  const loop = (async () => {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return;
+      }
+      served.push((async () => {
+        const buf = new Uint8Array(4096);
+        try {
+          for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
+        } catch {
+          // reset
+        } finally {
+          conn.close();
+        }
+      })());
+    }
+  })();
+  return {
+    addr: listener.addr,
+    async close() {
+      listener.close();
+      await loop;
+      await Promise.all(served);
+    },
+  };
+}
+
+async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
+  const bytes = new TextEncoder().encode(text);
+  await conn.write(bytes);
+  return new TextDecoder().decode(await readExactly(conn, bytes.length));
+}
+
+Deno.test("ferry run --config serves a socks and a forward listener from one file", async () => {
+  const echo = startEcho();
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(
+      path,
+      `{
+        // two listeners, both on free ports
+        "log": { "level": "debug", "format": "json" },
+        "defaults": { "idleTimeout": "30s" },
+        "listeners": [
+          { "kind": "socks", "listen": "127.0.0.1:0" },
+          { "kind": "forward", "listen": "127.0.0.1:0", "to": ["127.0.0.1:${echo.addr.port}"], "pool": 1 },
+        ],
+      }`,
+    );
+    await using ferry = await startFerry(["run", "--config", path]);
+    const forwardLine = await ferry.waitFor((l) => l.event === "listening" && l.kind === "forward");
+    const socksLine = ferry.lines.find((l) => l.event === "listening" && l.kind === "socks");
+    assert.ok(socksLine, "socks listener started");
+    const forwardPort = Number(String(forwardLine.listen).split(":").pop());
+    const socksPort = Number(String(socksLine.listen).split(":").pop());
+
+    const viaSocks = await socks5Connect(socksPort, echo.addr);
+    try {
+      assert.equal(await echoOnce(viaSocks, "through socks"), "through socks");
+    } finally {
+      viaSocks.close();
+    }
+    const viaForward = await Deno.connect({ hostname: "127.0.0.1", port: forwardPort });
+    try {
+      assert.equal(await echoOnce(viaForward, "through forward"), "through forward");
+    } finally {
+      viaForward.close();
+    }
+    await ferry.waitFor(() =>
+      ferry.lines.filter((l) => l.event === "session" && l.outcome === "ok").length === 2
+    );
+    const protocols = ferry.lines.filter((l) => l.event === "session").map((l) => l.protocol);
+    assert.deepEqual(protocols.sort(), ["forward", "socks5"]);
+    assert.equal((await ferry.stop()).code, 0);
+  } finally {
+    await Deno.remove(path);
+    await echo.close();
+  }
+});
+
+Deno.test("ferry run --config with an invalid file exits 2 and names every bad path", async () => {
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(
+      path,
+      `{ "listeners": [
+          { "kind": "socks", "listen": "127.0.0.1:0", "idleTimeout": "soon" },
+          { "kind": "forward", "listen": "127.0.0.1:0", "to": ["nope"] },
+        ] }`,
+    );
+    const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: ferryCommandArgs(["run", "--config", path]),
+      stdin: "null",
+      stdout: "null",
+    }).output();
+    const text = new TextDecoder().decode(stderr);
+    assert.equal(code, 2, text);
+    assert.match(text, /listeners\[0\]\.idleTimeout: .*"soon"/);
+    assert.match(text, /listeners\[1\]\.to\[0\]: expected HOST:PORT.*"nope"/);
+  } finally {
+    await Deno.remove(path);
+  }
+});
