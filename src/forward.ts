@@ -68,6 +68,7 @@ export class ForwardSession extends ProxySession {
       return await this.relayTo(target);
     }
     // Nothing to forward to: close at once rather than leave the client waiting.
+    this.requested ??= this.#upstreams.upstreams.map((u) => u.name).join(",");
     this.setOutcome(lastFailure);
   }
 

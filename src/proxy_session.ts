@@ -94,7 +94,10 @@ export abstract class ProxySession implements Expirable {
       ? context.handshakeTimeoutMs
       : context.connectTimeoutMs;
     this.deadline = context.deadlines.now + firstTimeout;
-    this.controller.signal.addEventListener("abort", () => this.#closeSockets(), { once: true });
+    this.controller.signal.addEventListener("abort", () => {
+      this.#closeSockets();
+      this.#dialAbort?.abort(this.controller.signal.reason);
+    }, { once: true });
   }
 
   /** Everything between accept and relay; ends by calling `relayTo` or `refuse`. */

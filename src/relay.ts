@@ -23,7 +23,7 @@ export interface RelayOptions {
   readonly controller: AbortController;
   /** Called on every read that carried bytes: the idle clock's heartbeat. */
   readonly onActivity: () => void;
-  /** First read buffer size; small, because every idle session holds two. */
+  /** First read buffer size; small, because every idle session holds two pending reads. */
   readonly initialBufferSize?: number;
   /** Largest read buffer a busy direction grows to. */
   readonly maxBufferSize?: number;
@@ -35,7 +35,7 @@ export interface RelayTotals {
   down: number;
 }
 
-const DEFAULT_INITIAL_BUFFER = 2048;
+const DEFAULT_INITIAL_BUFFER = 1024;
 const DEFAULT_MAX_BUFFER = 256 * 1024;
 
 /**
@@ -52,23 +52,44 @@ export async function relay(
   const initial = options.initialBufferSize ?? DEFAULT_INITIAL_BUFFER;
   const max = options.maxBufferSize ?? DEFAULT_MAX_BUFFER;
   const { controller, onActivity } = options;
+  const fail = (error: unknown) => {
+    if (!controller.signal.aborted) controller.abort(error);
+  };
   const copy = async (from: RelayEnd, to: RelayEnd, direction: keyof RelayTotals) => {
+    // Small reads are written before the next read: one buffer, as an idle
+    // session should cost. A read that fills its buffer means a bulk transfer:
+    // its write is left in flight while the next read fills a second buffer,
+    // so both sockets stay busy (one write at a time keeps the order).
     let buffer = new Uint8Array(initial);
+    let spare: Uint8Array<ArrayBuffer> | null = null;
+    let flying: Uint8Array<ArrayBuffer> | null = null;
+    let inFlight: Promise<void> | null = null;
     try {
       for (;;) {
         const n = await from.read(buffer);
         if (n === null) break;
         onActivity();
-        await writeAll(to, buffer.subarray(0, n));
-        totals[direction] += n;
-        // A read that filled the buffer says more is waiting: read more per call.
-        if (n === buffer.length && buffer.length < max) {
-          buffer = new Uint8Array(Math.min(max, buffer.length * 4));
+        if (inFlight) {
+          await inFlight;
+          spare = flying;
+          inFlight = flying = null;
         }
+        totals[direction] += n;
+        if (n < buffer.length) {
+          await writeAll(to, buffer.subarray(0, n));
+          continue;
+        }
+        flying = buffer;
+        inFlight = writeAll(to, buffer.subarray(0, n));
+        inFlight.catch(fail); // a failed write aborts the relay even while a read is pending
+        const wanted = Math.min(max, buffer.length * 4);
+        buffer = spare !== null && spare.length >= wanted ? spare : new Uint8Array(wanted);
+        spare = null;
       }
+      if (inFlight) await inFlight;
       await to.closeWrite();
     } catch (error) {
-      if (!controller.signal.aborted) controller.abort(error);
+      fail(error);
     }
   };
   await Promise.all([copy(client, target, "up"), copy(target, client, "down")]);

@@ -127,6 +127,12 @@ export interface UpstreamOptions {
 
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 10_000;
+/**
+ * A pooled connection that dies sooner than this after connecting counts as a
+ * failed dial: an upstream that accepts and closes at once (a stopped service
+ * behind a port proxy) must be backed off from, not redialled in a hot loop.
+ */
+const SETTLE_MS = 1000;
 
 /** One upstream: its pool, and whether it is up (with back-off while it is not). */
 export class Upstream {
@@ -176,6 +182,7 @@ export class Upstream {
     if (pooled) {
       pooled.take();
       this.stats.taken++;
+      this.markUp();
       this.#fill();
     }
     return pooled;
@@ -195,8 +202,13 @@ export class Upstream {
   /** Records a failed dial: the upstream is skipped until its back-off ends. */
   markDown(error: unknown): void {
     this.stats.failures++;
-    this.#retryAt = performance.now() + this.#backoffMs;
-    this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
+    const now = performance.now();
+    // Failures within one back-off window (a pool's dials failing together)
+    // count once, so the wait grows per retry, not per failed connection.
+    if (now >= this.#retryAt) {
+      this.#retryAt = now + this.#backoffMs;
+      this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
+    }
     if (this.#down) return;
     this.#down = true;
     serverLog.warn("upstream {upstream} is down: {error}; retrying with back-off", {
@@ -251,19 +263,31 @@ export class Upstream {
     }
     conn.setNoDelay(true);
     conn.setKeepAlive(true);
-    this.markUp();
-    const pooled: PooledConnection = new PooledConnection(conn, () => {
+    // Up only once a connection has lasted (see SETTLE_MS) or served a client.
+    const pooled: PooledConnection = new PooledConnection(conn, (reason) => {
       const at = this.#idle.indexOf(pooled);
       if (at >= 0) this.#idle.splice(at, 1);
       pooled.close();
       this.stats.dropped++;
+      if (performance.now() - pooled.pooledAt < this.#settleMs) {
+        this.markDown(
+          new Error(`upstream ended the connection right after accepting it (${reason})`),
+        );
+      }
       this.#fill();
     });
     this.#idle.push(pooled);
   }
 
+  /** How long a new connection must live to count as a working upstream. */
+  get #settleMs(): number {
+    return Math.min(SETTLE_MS, this.#options.poolMaxIdleMs / 2);
+  }
+
   #recycle(): void {
-    const oldest = performance.now() - this.#options.poolMaxIdleMs;
+    const now = performance.now();
+    if (this.#down && this.#idle.some((p) => now - p.pooledAt >= this.#settleMs)) this.markUp();
+    const oldest = now - this.#options.poolMaxIdleMs;
     while (this.#idle.length > 0 && this.#idle[0]!.pooledAt <= oldest) {
       retire(this.#idle.shift()!);
       this.stats.recycled++;

@@ -1,0 +1,193 @@
+/**
+ * `ferry forward` as a user runs it: a child process on loopback port 0,
+ * its JSON log lines on stderr, scriptable upstreams, and `ss` to check that
+ * it holds exactly the sockets it should and none once it has exited.
+ */
+import assert from "node:assert/strict";
+import { type FerryProcess, type LogLine, startFerry } from "./_helpers/ferry.ts";
+import {
+  ForwardUpstream,
+  type SocketInfo,
+  taggedEcho,
+  tcpSocketsOf,
+  unusedPort,
+  waitUntil,
+} from "./_helpers/forward_support.ts";
+import { sessionLines } from "./_helpers/session_log.ts";
+import { BufferedConn } from "./_helpers/socks_client.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function forwardArgs(to: string[], ...extra: string[]): string[] {
+  return ["forward", "--listen", "127.0.0.1:0", ...to.flatMap((t) => ["--to", t]), ...extra];
+}
+
+/**
+ * The session line of the client at `addr`, among lines logged from index
+ * `from` on: a client port may repeat one an earlier client of the test used.
+ */
+async function sessionSince(
+  ferry: FerryProcess,
+  from: number,
+  addr: Deno.NetAddr,
+): Promise<LogLine> {
+  const client = `127.0.0.1:${addr.port}`;
+  const find = () =>
+    ferry.lines.slice(from).find((l) => l.event === "session" && l.client === client);
+  await waitUntil(() => find() !== undefined, `the session line of ${client}`);
+  return find()!;
+}
+
+/** Sends `text` through ferry and returns the upstream's tag line. */
+async function askTag(
+  ferry: FerryProcess,
+  text: string,
+): Promise<{ tag: string; session: Promise<LogLine> }> {
+  const from = ferry.lines.length;
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(encoder.encode(text));
+  const reply = decoder.decode(await client.readAtLeast(text.length + 2));
+  const newline = reply.indexOf("\n");
+  assert.equal(reply.slice(newline + 1), text, "the echo");
+  await client.closeWrite();
+  await client.readToEnd();
+  const session = sessionSince(ferry, from, client.localAddr);
+  session.catch(() => {}); // awaited by the caller; no unhandled rejection if it fails first
+  return { tag: reply.slice(0, newline), session };
+}
+
+/** Stops ferry, expects a clean exit, and checks it left no socket behind. */
+async function stopCleanly(ferry: FerryProcess): Promise<void> {
+  const status = await ferry.stop();
+  assert.equal(status.code, 0, "exit code after SIGTERM");
+  assert.ok(ferry.lines.some((l) => l.event === "stopped"), "the stopped line");
+  assert.deepEqual(await tcpSocketsOf(ferry.pid), [], "no socket of ferry's pid after exit");
+}
+
+Deno.test("ferry forward: the pool fills, a client is served from it, old connections are recycled, and no socket leaks", async () => {
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const ferry = await startFerry(
+    forwardArgs([server.name], "--pool", "2", "--pool-max-idle", "1s"),
+  );
+  try {
+    await waitUntil(() => server.accepted === 2, "the pool of 2 to be dialled");
+    const { tag, session: logged } = await askTag(ferry, "hello");
+    assert.equal(tag, "up");
+    assert.ok(
+      server.connections.slice(0, 2).some((c) => c.closed),
+      "the client was carried by one of the 2 pooled connections",
+    );
+    const session = await logged;
+    assert.equal(session.protocol, "forward");
+    assert.equal(session.target, server.name);
+    assert.equal(session.outcome, "ok");
+    assert.equal(session.pooled, true);
+    assert.equal(session.up, 5);
+    assert.equal(session.down, 8);
+
+    // 2 pooled + 1 refill after the take, then the idle ones are recycled at 1 s.
+    await waitUntil(() => server.accepted >= 5, "idle connections to be recycled and redialled");
+    await waitUntil(
+      () => server.connections.slice(0, 3).every((c) => c.closed),
+      "the idle pooled connections to be closed by the recycling",
+    );
+
+    // Exactly the listener and a full pool: no CLOSE-WAIT, nothing half-closed, no extra.
+    const upstreamEnd = `127.0.0.1:${server.port}`;
+    let sockets: SocketInfo[] = [];
+    await waitUntil(async () => {
+      sockets = await tcpSocketsOf(ferry.pid);
+      return sockets.length === 3 &&
+        sockets.filter((s) => s.state === "LISTEN").length === 1 &&
+        sockets.filter((s) => s.state === "ESTAB" && s.peer === upstreamEnd).length === 2;
+    }, "ferry to hold exactly its listener and 2 pooled connections").catch((error) => {
+      throw new Error(`${error.message}; ss shows ${JSON.stringify(sockets)}`);
+    });
+    assert.equal(server.open, 2, "the upstream sees only the 2 pooled connections open");
+  } finally {
+    await stopCleanly(ferry);
+  }
+  await waitUntil(() => server.open === 0, "the upstream to see every connection closed");
+});
+
+Deno.test("ferry forward: while the upstream is down it logs upstream-down once and closes clients at once; on recovery it logs upstream-up once and refills", async () => {
+  const port = unusedPort();
+  const name = `127.0.0.1:${port}`;
+  const ferry = await startFerry(forwardArgs([name], "--pool", "2"));
+  let server: ForwardUpstream | null = null;
+  try {
+    await ferry.waitFor((l) => l.event === "upstream-down");
+
+    // Clients during the outage: each is closed at once, none is left hanging.
+    const windowEnd = performance.now() + 1500;
+    let clients = 0;
+    while (performance.now() < windowEnd) {
+      const from = ferry.lines.length;
+      using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+      const started = performance.now();
+      const end = await client.waitForEnd(1000);
+      assert.equal(end.discarded, 0);
+      assert.ok(performance.now() - started < 1000);
+      clients++;
+      if (clients === 1) {
+        const session = await sessionSince(ferry, from, client.localAddr);
+        assert.ok(
+          session.outcome === "no-upstream-up" || session.outcome === "connection-refused",
+          `outcome ${session.outcome}`,
+        );
+        // A refused dial names the upstream it tried; when none was due for a retry, none was.
+        if (session.outcome === "connection-refused") assert.equal(session.target, name);
+        assert.equal(session.pooled, false);
+      }
+    }
+    assert.ok(clients >= 2);
+    await waitUntil(() => sessionLines(ferry).length === clients, "a session line per client");
+    assert.ok(sessionLines(ferry).every((s) => s.outcome !== "ok"));
+    const downLines = () => ferry.lines.filter((l) => l.event === "upstream-down");
+    assert.equal(downLines().length, 1, "one upstream-down line over the whole outage");
+    assert.equal(downLines()[0]!.upstream, name);
+
+    server = new ForwardUpstream(taggedEcho("back"), port);
+    await ferry.waitFor((l) => l.event === "upstream-up", 15_000);
+    await waitUntil(() => server!.accepted >= 2, "the pool to refill", 15_000);
+    const { tag, session: logged } = await askTag(ferry, "ping");
+    assert.equal(tag, "back");
+    const session = await logged;
+    assert.equal(session.outcome, "ok");
+    assert.equal(session.pooled, true);
+    assert.equal(ferry.lines.filter((l) => l.event === "upstream-up").length, 1);
+    assert.equal(downLines().length, 1);
+    await stopCleanly(ferry);
+    await waitUntil(() => server!.open === 0, "the upstream to see every connection closed");
+  } finally {
+    await ferry.stop();
+    await server?.stop();
+  }
+});
+
+Deno.test("ferry forward: round-robin over two upstreams sends 4 clients 2 and 2", async () => {
+  await using a = new ForwardUpstream(taggedEcho("A"));
+  await using b = new ForwardUpstream(taggedEcho("B"));
+  const ferry = await startFerry(forwardArgs([a.name, b.name], "--pool", "1"));
+  try {
+    await waitUntil(() => a.accepted === 1 && b.accepted === 1, "both pools to fill");
+    const tags: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const { tag, session: logged } = await askTag(ferry, `client ${i}`);
+      tags.push(tag);
+      const session = await logged;
+      assert.equal(session.outcome, "ok");
+      assert.equal(session.pooled, true);
+      assert.equal(session.target, tag === "A" ? a.name : b.name);
+    }
+    assert.equal(tags.filter((t) => t === "A").length, 2, tags.join(","));
+    assert.equal(tags.filter((t) => t === "B").length, 2, tags.join(","));
+  } finally {
+    await stopCleanly(ferry);
+  }
+  await waitUntil(
+    () => a.open === 0 && b.open === 0,
+    "the upstreams to see every connection closed",
+  );
+});

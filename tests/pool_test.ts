@@ -1,0 +1,318 @@
+/**
+ * The forwarder's warm pool, in process: `Upstream` against scriptable
+ * loopback upstreams, and `PooledConnection` on a bare socket pair. Deno's
+ * resource sanitizers check that nothing is left open after `close()`.
+ */
+import assert from "node:assert/strict";
+import {
+  type DropReason,
+  POOLED_BYTES_LIMIT,
+  PooledConnection,
+  Upstream,
+} from "../src/upstream/pool.ts";
+import {
+  captureLogs,
+  ForwardUpstream,
+  isConnectionEnd,
+  taggedEcho,
+  unusedPort,
+  waitUntil,
+} from "./_helpers/forward_support.ts";
+import { BufferedConn, concat, pseudoRandomBytes } from "./_helpers/socks_client.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const logs = await captureLogs();
+
+function upstreamTo(port: number, poolSize: number, poolMaxIdleMs = 30_000): Upstream {
+  return new Upstream({ hostname: "127.0.0.1", port }, {
+    poolSize,
+    poolMaxIdleMs,
+    connectTimeoutMs: 2000,
+  });
+}
+
+/** Reads from a pooled connection until `n` bytes arrived, `chunk` bytes per read at most. */
+async function readBytes(pooled: PooledConnection, n: number, chunk = 64 * 1024) {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  const buffer = new Uint8Array(chunk);
+  while (total < n) {
+    const got = await pooled.read(buffer);
+    if (got === null) throw new Error(`EOF after ${total} of ${n} bytes`);
+    parts.push(buffer.slice(0, got));
+    total += got;
+  }
+  return concat(parts);
+}
+
+/** Writes `text`, then expects the tag line and the echo back. */
+async function roundTrip(pooled: PooledConnection, text: string): Promise<string> {
+  await pooled.write(encoder.encode(text));
+  const tagged = `\n${text}`;
+  const bytes = await readUntil(pooled, (s) => s.endsWith(tagged));
+  return bytes.slice(0, -tagged.length);
+}
+
+async function readUntil(pooled: PooledConnection, done: (s: string) => boolean): Promise<string> {
+  let text = "";
+  const buffer = new Uint8Array(1024);
+  while (!done(text)) {
+    const n = await pooled.read(buffer);
+    if (n === null) throw new Error(`EOF after ${JSON.stringify(text)}`);
+    text += decoder.decode(buffer.subarray(0, n));
+  }
+  return text;
+}
+
+/** A connected pair on loopback: the dialling end and the accepted end. */
+async function socketPair(): Promise<{ near: Deno.TcpConn; far: BufferedConn }> {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const [near, far] = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    listener.accept(),
+  ]);
+  return { near, far: new BufferedConn(far) };
+}
+
+Deno.test("pool: fills to N connections after start, and close() closes every one", async () => {
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const upstream = upstreamTo(server.port, 3);
+  upstream.start();
+  try {
+    await waitUntil(() => upstream.idle === 3, "the pool to fill");
+    assert.equal(upstream.stats.dialled, 3);
+    await waitUntil(() => server.accepted === 3, "the upstream to accept 3");
+    assert.equal(upstream.available, true);
+  } finally {
+    upstream.close();
+  }
+  assert.equal(upstream.idle, 0);
+  await waitUntil(() => server.open === 0, "the upstream to see every pooled connection closed");
+  assert.equal(server.accepted, 3, "close() must not refill");
+  assert.equal(upstream.stats.dropped, 0, "closing is not a drop");
+});
+
+Deno.test("pool: take() hands out the oldest first, each carries data, and the pool refills to N", async () => {
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const upstream = upstreamTo(server.port, 2);
+  upstream.start();
+  const taken: PooledConnection[] = [];
+  try {
+    await waitUntil(() => upstream.idle === 2, "the pool to fill");
+    const first = upstream.take();
+    const second = upstream.take();
+    assert.ok(first && second, "two pooled connections");
+    taken.push(first, second);
+    assert.ok(first.pooledAt <= second.pooledAt, "oldest first");
+    assert.equal(upstream.stats.taken, 2);
+
+    assert.equal(await roundTrip(first, "one"), "up");
+    assert.equal(await roundTrip(second, "two"), "up");
+
+    await waitUntil(() => upstream.idle === 2, "the pool to refill after use");
+    assert.equal(upstream.stats.dialled, 4);
+    assert.equal(server.accepted, 4);
+    assert.equal(upstream.stats.dropped, 0);
+  } finally {
+    for (const pooled of taken) pooled.close();
+    upstream.close();
+  }
+  await waitUntil(() => server.open === 0, "the upstream to see every connection closed");
+});
+
+Deno.test("pool: connections of a restarted upstream are dropped, never handed out, and replaced", async () => {
+  const first = new ForwardUpstream(taggedEcho("v1"), unusedPort());
+  const port = first.port;
+  const upstream = upstreamTo(port, 3);
+  upstream.start();
+  let second: ForwardUpstream | null = null;
+  let pooled: PooledConnection | null = null;
+  try {
+    await waitUntil(() => upstream.idle === 3, "the pool to fill");
+    await first.stop(); // listener and every accepted socket closed
+    second = new ForwardUpstream(taggedEcho("v2"), port);
+    await waitUntil(
+      () => upstream.stats.dropped === 3 && upstream.idle === 3 && second!.accepted >= 3,
+      "the pool to drop the dead connections and refill from the new instance",
+    );
+    pooled = upstream.take();
+    assert.ok(pooled);
+    assert.equal(await roundTrip(pooled, "hello"), "v2");
+  } finally {
+    pooled?.close();
+    upstream.close();
+    await first.stop();
+    await second?.stop();
+  }
+});
+
+Deno.test("pooled connection: bytes the upstream sent while pooled come first, intact and in order", async () => {
+  const { near, far } = await socketPair();
+  const drops: DropReason[] = [];
+  const pooled = new PooledConnection(near, (reason) => drops.push(reason));
+  try {
+    const banner = encoder.encode("SSH-2.0-test\r\n");
+    const more = pseudoRandomBytes(3000, 7); // more than one watch read's 1 KiB
+    await far.write(banner);
+    await far.write(more);
+    const expected = concat([banner, more]);
+    await waitUntil(
+      () => pooled.receivedWhilePooled === expected.length,
+      "the watch read to collect the banner",
+    );
+    pooled.take();
+    // Small reads: chunks are split across reads without losing or reordering bytes.
+    const got = await readBytes(pooled, expected.length, 100);
+    assert.deepEqual(got, expected);
+
+    // The conversation goes on both ways.
+    await pooled.write(encoder.encode("client hello"));
+    assert.equal(decoder.decode(await far.readExactly(12)), "client hello");
+    await far.write(encoder.encode("server reply"));
+    assert.equal(decoder.decode(await readBytes(pooled, 12)), "server reply");
+    await far.closeWrite();
+    assert.equal(await pooled.read(new Uint8Array(16)), null, "EOF after the reply");
+    assert.deepEqual(drops, [], "a taken connection is never dropped");
+  } finally {
+    pooled.close();
+    far.close();
+  }
+});
+
+Deno.test("pooled connection: a taken connection whose first read is still pending gets the bytes", async () => {
+  const { near, far } = await socketPair();
+  const pooled = new PooledConnection(near, () => assert.fail("dropped"));
+  try {
+    pooled.take();
+    const reading = readBytes(pooled, 5);
+    await far.write(encoder.encode("later"));
+    assert.equal(decoder.decode(await reading), "later");
+  } finally {
+    pooled.close();
+    far.close();
+  }
+});
+
+Deno.test("pooled connection: FIN from the upstream while pooled is a drop (eof)", async () => {
+  const { near, far } = await socketPair();
+  const { promise, resolve } = Promise.withResolvers<DropReason>();
+  const pooled = new PooledConnection(near, resolve);
+  try {
+    far.close();
+    assert.equal(await promise, "eof");
+  } finally {
+    pooled.close();
+  }
+});
+
+Deno.test("pooled connection: an upstream that sends too much while pooled is dropped (overflow)", async () => {
+  const { near, far } = await socketPair();
+  const { promise, resolve } = Promise.withResolvers<DropReason>();
+  const pooled = new PooledConnection(near, resolve);
+  try {
+    const writing = far.write(pseudoRandomBytes(POOLED_BYTES_LIMIT + 4096, 3)).catch((error) => {
+      if (!isConnectionEnd(error)) throw error;
+    });
+    assert.equal(await promise, "overflow");
+    pooled.close();
+    await writing;
+  } finally {
+    pooled.close();
+    far.close();
+  }
+});
+
+Deno.test("pool: while the upstream is down it backs off, logs upstream-down once, and recovers", async () => {
+  logs.records.length = 0;
+  const port = unusedPort();
+  const upstream = upstreamTo(port, 2);
+  const started = performance.now();
+  upstream.start();
+  let server: ForwardUpstream | null = null;
+  try {
+    await waitUntil(() => upstream.stats.failures >= 5, "five failed dials", 10_000);
+    const elapsed = performance.now() - started;
+    // Without back-off, five refused dials on loopback take a millisecond or two.
+    // With it: the pool's first dials fail together (one window), then retries
+    // wait 100, 200 and 400 ms.
+    assert.ok(elapsed >= 650, `5 failures in ${elapsed.toFixed(0)} ms: no back-off`);
+    assert.ok(upstream.stats.failures <= 6, `failures: ${upstream.stats.failures}`);
+    assert.equal(upstream.idle, 0);
+    assert.equal(upstream.take(), null, "nothing to hand out while down");
+    assert.equal(upstream.stats.dialled, 0);
+    const down = logs.events("upstream-down");
+    assert.equal(down.length, 1, "one upstream-down line for the whole outage");
+    assert.equal(down[0]!.upstream, `127.0.0.1:${port}`);
+    assert.equal(logs.events("upstream-up").length, 0);
+
+    server = new ForwardUpstream(taggedEcho("back"), port);
+    await waitUntil(
+      () => upstream.idle === 2,
+      "the pool to refill once the upstream is back",
+      15_000,
+    );
+    assert.equal(upstream.available, true);
+    // Up is declared once a connection has lived past the settle time, not on connect.
+    await waitUntil(() => logs.events("upstream-up").length > 0, "upstream-up", 5_000);
+    assert.equal(logs.events("upstream-up").length, 1, "one upstream-up line");
+    assert.equal(logs.events("upstream-down").length, 1);
+    const pooled = upstream.take();
+    assert.ok(pooled);
+    try {
+      assert.equal(await roundTrip(pooled, "x"), "back");
+    } finally {
+      pooled.close();
+    }
+  } finally {
+    upstream.close();
+    await server?.stop();
+  }
+});
+
+Deno.test("pool: connections older than poolMaxIdleMs are recycled and new ones dialled", async () => {
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const upstream = upstreamTo(server.port, 2, 200);
+  upstream.start();
+  try {
+    await waitUntil(() => upstream.idle === 2, "the pool to fill");
+    const filled = performance.now();
+    await waitUntil(
+      () => upstream.stats.recycled >= 2 && upstream.stats.dialled >= 4 && upstream.idle === 2,
+      "the first connections to be recycled and replaced",
+    );
+    assert.ok(performance.now() - filled >= 150, "not recycled before poolMaxIdleMs");
+    await waitUntil(
+      () => server.connections[0]!.closed && server.connections[1]!.closed,
+      "the upstream to see the recycled connections closed",
+    );
+    assert.equal(upstream.stats.dropped, 0, "recycling is not a drop");
+    assert.ok(server.accepted >= 4);
+  } finally {
+    upstream.close();
+  }
+  await waitUntil(() => server.open === 0, "every connection closed");
+});
+
+Deno.test("pool: an upstream that accepts and closes at once is redialled with back-off, not in a hot loop", async () => {
+  logs.records.length = 0;
+  // What a stopped service behind a TCP proxy (docker-proxy, a load balancer) looks like.
+  await using server = new ForwardUpstream(async () => {});
+  const upstream = upstreamTo(server.port, 2);
+  upstream.start();
+  try {
+    // With back-off this stays far below 50 for a second; without it, thousands a second.
+    const reached = await waitUntil(() => server.accepted > 50, "50 redials", 1000)
+      .then(() => true, () => false);
+    assert.equal(
+      reached,
+      false,
+      `${server.accepted} connections dialled and dropped (stats ${
+        JSON.stringify(upstream.stats)
+      })`,
+    );
+    assert.equal(upstream.idle, 0, "nothing kept: every connection was closed by the upstream");
+  } finally {
+    upstream.close();
+  }
+});
