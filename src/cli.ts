@@ -101,7 +101,20 @@ export function buildProgram(
       collect,
     )
     .option("--users-file <path>", "file of name:password lines (# starts a comment)")
-    .option("--no-socks4", "refuse SOCKS4 and SOCKS4a requests (reply 91)");
+    .option("--no-socks4", "refuse SOCKS4 and SOCKS4a requests (reply 91)")
+    .option(
+      "--udp-advertise <ip>",
+      "address to put in UDP ASSOCIATE replies (behind NAT); default: the interface's",
+    )
+    .option(
+      "--bind-timeout <duration>",
+      "how long a BIND waits for its peer to connect (default: --connect-timeout)",
+    )
+    .option(
+      "--max-udp-per-ip <n>",
+      "most UDP associations at once from one client IP",
+      DEFAULTS.maxUdpPerIp,
+    );
   addListenerOptions(socks, true)
     .configureOutput(output)
     .exitOverride()

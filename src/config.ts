@@ -6,6 +6,8 @@
  * @module
  */
 
+import { addressOf } from "./protocol/address.ts";
+
 /** Log levels the command line accepts. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 /** A log level. */
@@ -44,6 +46,12 @@ export interface SocksConfig extends ListenerSettings, LogSettings {
   /** User name → password, as UTF-8 bytes. Empty: no authentication. */
   readonly users: ReadonlyMap<string, Uint8Array>;
   readonly socks4: boolean;
+  /** BND.ADDR of UDP ASSOCIATE replies instead of the interface address (NAT); `null`: none. */
+  readonly udpAdvertise: string | null;
+  /** How long a BIND waits for its peer to connect. */
+  readonly bindTimeoutMs: number;
+  /** Most UDP associations at once from one client IP. */
+  readonly maxUdpPerIp: number;
 }
 
 /** Everything the port forwarder needs, validated. */
@@ -63,6 +71,9 @@ export interface RawSocksOptions {
   user?: string[] | undefined;
   usersFile?: string | undefined;
   socks4?: boolean | undefined;
+  udpAdvertise?: string | undefined;
+  bindTimeout?: string | undefined;
+  maxUdpPerIp?: string | undefined;
   handshakeTimeout?: string | undefined;
   connectTimeout?: string | undefined;
   idleTimeout?: string | undefined;
@@ -100,6 +111,7 @@ export const DEFAULTS = {
   logFormat: "text",
   pool: "4",
   poolMaxIdle: "30s",
+  maxUdpPerIp: "16",
 } as const;
 
 /** Thrown by {@linkcode buildSocksConfig} with every problem found. */
@@ -193,6 +205,17 @@ export class Checker {
     if ((allowed as readonly string[]).includes(text)) return text as T;
     this.problems.push(`${flag}: ${JSON.stringify(text)} is not one of ${allowed.join(", ")}`);
     return allowed[0]!;
+  }
+
+  /** An IPv4 or IPv6 literal, without brackets. */
+  ip(flag: string, text: string): string {
+    const address = addressOf(text.trim(), 0);
+    if (address.type !== "domain" && !text.includes("[")) return address.host;
+    this.problems.push(
+      `${flag}: ${JSON.stringify(text)} is not an IP address; expected IPv4 or IPv6, like ` +
+        `203.0.113.7 or 2001:db8::7`,
+    );
+    return "";
   }
 
   /** `HOST:PORT` or `[IPV6]:PORT`. */
@@ -303,8 +326,23 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     }
   }
 
+  const udpAdvertise = raw.udpAdvertise === undefined
+    ? null
+    : check.ip("--udp-advertise", raw.udpAdvertise);
+  const bindTimeoutMs = raw.bindTimeout === undefined
+    ? common.connectTimeoutMs
+    : check.duration("--bind-timeout", raw.bindTimeout);
+  const maxUdpPerIp = check.count("--max-udp-per-ip", raw.maxUdpPerIp ?? DEFAULTS.maxUdpPerIp);
   check.done();
-  return { kind: "socks", ...common, users, socks4: raw.socks4 ?? true };
+  return {
+    kind: "socks",
+    ...common,
+    users,
+    socks4: raw.socks4 ?? true,
+    udpAdvertise,
+    bindTimeoutMs,
+    maxUdpPerIp,
+  };
 }
 
 /** Validates raw options into a {@linkcode ForwardConfig}; throws {@linkcode ConfigError}. */

@@ -32,6 +32,7 @@ import {
   parseUser,
   type SocksConfig,
 } from "./config.ts";
+import { addressOf } from "./protocol/address.ts";
 
 /** Everything a configuration file describes, validated. */
 export interface RunConfig {
@@ -93,6 +94,14 @@ const duration = z.string(expecting(DURATION)).transform((text, ctx) => {
   return z.NEVER;
 });
 
+const IP = 'an IPv4 or IPv6 address, like "203.0.113.7" or "2001:db8::7"';
+const ip = z.string(expecting(IP)).transform((text, ctx) => {
+  const address = addressOf(text, 0);
+  if (address.type !== "domain" && !text.includes("[")) return address.host;
+  ctx.addIssue({ code: "custom", message: `expected ${IP}, got ${show(text)}`, input: text });
+  return z.NEVER;
+});
+
 const count = (min: number) => {
   const what = expecting(`a whole number ≥ ${min}`);
   return z.number(what).int(what).min(min, what);
@@ -140,6 +149,9 @@ const socksListener = z.strictObject({
   users: z.array(user, expecting("an array of users")).optional(),
   usersFile: z.string(expecting("a file path")).min(1, expecting("a file path")).optional(),
   socks4: z.boolean(expecting("true or false")).optional(),
+  udpAdvertise: ip.optional(),
+  bindTimeout: duration.optional(),
+  maxUdpPerIp: count(1).optional(),
   ...shared,
 }, expecting("a listener object"));
 
@@ -409,6 +421,9 @@ function buildListeners(
         ...common,
         users: users.get(index) ?? new Map(),
         socks4: listener.socks4 ?? true,
+        udpAdvertise: listener.udpAdvertise ?? null,
+        bindTimeoutMs: listener.bindTimeout ?? common.connectTimeoutMs,
+        maxUdpPerIp: listener.maxUdpPerIp ?? Number(DEFAULTS.maxUdpPerIp),
       } satisfies SocksConfig;
     }
     return {

@@ -97,6 +97,9 @@ function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> 
     users: config.users.size,
     socks4: config.socks4,
     handshakeTimeoutMs: config.handshakeTimeoutMs,
+    bindTimeoutMs: config.bindTimeoutMs,
+    udpAdvertise: config.udpAdvertise,
+    maxUdpPerIp: config.maxUdpPerIp,
   };
 }
 

@@ -166,20 +166,38 @@ export abstract class ProxySession implements Expirable {
    * (closed with the session). Throws {@linkcode DialError}.
    */
   protected async dialTarget(address: Address): Promise<Deno.TcpConn> {
-    this.enter("connect", this.context.connectTimeoutMs);
-    this.#dialAbort = new AbortController();
-    let target: Deno.TcpConn;
-    try {
-      target = await dial(
-        address,
-        AbortSignal.any([this.controller.signal, this.#dialAbort.signal]),
-      );
-    } finally {
-      this.#dialAbort = null;
-    }
+    const target = await this.waitInConnectPhase(
+      this.context.connectTimeoutMs,
+      (signal) => dial(address, signal),
+    );
     this.adoptTarget(target);
     if (this.controller.signal.aborted) throw this.controller.signal.reason;
     return target;
+  }
+
+  /**
+   * Runs `work` in the connect phase, with a deadline `timeoutMs` from now.
+   * The deadline aborts only `work`'s signal, with a {@linkcode SessionAbort}
+   * `connect-timeout`, so the session can still send its failure reply;
+   * shutdown aborts the session as usual.
+   */
+  protected async waitInConnectPhase<T>(
+    timeoutMs: number,
+    work: (signal: AbortSignal) => Promise<T>,
+  ): Promise<T> {
+    this.enter("connect", timeoutMs);
+    this.#dialAbort = new AbortController();
+    try {
+      return await work(AbortSignal.any([this.controller.signal, this.#dialAbort.signal]));
+    } finally {
+      this.#dialAbort = null;
+    }
+  }
+
+  /** Counts bytes carried outside {@linkcode relayTo} (UDP payloads); `up` is client → target. */
+  protected countBytes(up: number, down: number): void {
+    this.#up += up;
+    this.#down += down;
   }
 
   /**

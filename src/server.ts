@@ -89,7 +89,18 @@ export function startSocksServer(config: SocksConfig): Server {
   return startServer(
     config,
     (conn, context) =>
-      new SocksSession(conn, socksContext ??= { ...context, users, socks4: config.socks4 }),
+      new SocksSession(
+        conn,
+        socksContext ??= {
+          ...context,
+          users,
+          socks4: config.socks4,
+          udpAdvertise: config.udpAdvertise,
+          bindTimeoutMs: config.bindTimeoutMs,
+          maxUdpPerIp: config.maxUdpPerIp,
+          udpPerIp: new Map(),
+        },
+      ),
   );
 }
 

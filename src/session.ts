@@ -6,17 +6,34 @@
  * @module
  */
 import type { UserTable } from "./auth.ts";
-import { addressOf, formatAddress } from "./protocol/address.ts";
+import { BindListener, expectedPeers } from "./bind.ts";
+import { type Address, addressOf, formatAddress, unmapIPv4 } from "./protocol/address.ts";
 import { type Decoded, ProtocolError } from "./protocol/decoded.ts";
 import * as socks4 from "./protocol/socks4.ts";
 import * as socks5 from "./protocol/socks5.ts";
-import { ClientGone, ProxySession, type SessionContext } from "./proxy_session.ts";
+import { ClientGone, ProxySession, SessionAbort, type SessionContext } from "./proxy_session.ts";
 import { writeAll } from "./relay.ts";
+import { UdpAssociation } from "./udp_associate.ts";
+import { raceAbort } from "./upstream/dial.ts";
 
 /** What SOCKS sessions share beyond {@linkcode SessionContext}. */
 export interface SocksContext extends SessionContext {
   readonly users: UserTable;
   readonly socks4: boolean;
+  /** BND.ADDR for UDP ASSOCIATE replies, overriding the interface address; `null`: none. */
+  readonly udpAdvertise: string | null;
+  readonly bindTimeoutMs: number;
+  readonly maxUdpPerIp: number;
+  /** Live UDP associations by client IP, shared by the listener's sessions. */
+  readonly udpPerIp: Map<string, number>;
+}
+
+/** The replies of a BIND, in the protocol that asked for it. */
+interface BindReplies {
+  /** A success reply carrying `addr`: the listener's first, the peer's second. */
+  bound(addr: Deno.NetAddr): Uint8Array;
+  /** A failure reply; SOCKS5 sends `code`, SOCKS4 its one rejection. */
+  failure(code: number): Uint8Array;
 }
 
 /** A handshake larger than this is not SOCKS; the codecs cap every field well below it. */
@@ -31,6 +48,9 @@ export class SocksSession extends ProxySession {
   // request is the client's early data and goes to the target first.
   #pending = new Uint8Array(512);
   #pendingLength = 0;
+  #association: UdpAssociation | null = null;
+  #bindListener: BindListener | null = null;
+  #bindPeer: string | null = null;
 
   constructor(client: Deno.TcpConn, context: SocksContext) {
     super(client, context, "handshake");
@@ -67,6 +87,19 @@ export class SocksSession extends ProxySession {
       socks5.encodeReply({ reply: code, address: socks5.UNBOUND });
     const request = await this.#decode(socks5.decodeRequest, replyWith);
     this.requested = formatAddress(request.address);
+    if (request.command === socks5.Command.Bind) {
+      return await this.#bind(request.address, {
+        bound: (addr) =>
+          socks5.encodeReply({
+            reply: socks5.Reply.Succeeded,
+            address: addressOf(unmapIPv4(addr.hostname), addr.port),
+          }),
+        failure: (code) => replyWith(code),
+      });
+    }
+    if (request.command === socks5.Command.UdpAssociate) {
+      return await this.#udpAssociate(request.address, replyWith);
+    }
     if (request.command !== socks5.Command.Connect) {
       await writeAll(this.client, replyWith(socks5.Reply.CommandNotSupported));
       return await this.refuse("command-not-supported");
@@ -94,12 +127,21 @@ export class SocksSession extends ProxySession {
     this.requested = formatAddress(request.address);
     const refusal = !this.#socks.socks4 ? "socks4-disabled" : users.required
       ? "auth-required" // SOCKS4 has no way to carry a password.
-      : request.command !== socks4.Command.Connect
-      ? "command-not-supported"
       : null;
     if (refusal) {
       await writeAll(this.client, replyWith(socks4.Reply.Rejected));
       return await this.refuse(refusal);
+    }
+    if (request.command === socks4.Command.Bind) {
+      return await this.#bind(request.address, {
+        bound: (addr) => {
+          const host = unmapIPv4(addr.hostname);
+          // SOCKS4 carries IPv4 only; 0.0.0.0 tells the client "the proxy's own address".
+          const ip = host.includes(":") ? "0.0.0.0" : host;
+          return socks4.encodeReply({ reply: socks4.Reply.Granted, port: addr.port, ip });
+        },
+        failure: () => replyWith(socks4.Reply.Rejected),
+      });
     }
     const target = await this.connectTo(request.address, () => replyWith(socks4.Reply.Rejected));
     if (!target) return;
@@ -110,6 +152,125 @@ export class SocksSession extends ProxySession {
       socks4.encodeReply({ reply: socks4.Reply.Granted, port: bound.port, ip }),
     );
     await this.relayTo(target, this.#takeEarlyData());
+  }
+
+  /**
+   * BIND: listen on the interface the client came in on, reply with that
+   * address, wait (bounded by the bind timeout) for the peer the request
+   * named, reply with the peer's address, then relay as CONNECT does.
+   */
+  async #bind(address: Address, replies: BindReplies): Promise<void> {
+    let peers: ReadonlySet<string> | null;
+    try {
+      peers = await this.waitInConnectPhase(
+        this.#socks.connectTimeoutMs,
+        (signal) => raceAbort(expectedPeers(address), signal),
+      );
+    } catch (error) {
+      if (this.controller.signal.aborted) throw error;
+      await writeAll(this.client, replies.failure(socks5.Reply.HostUnreachable));
+      return await this.refuse(
+        error instanceof SessionAbort ? error.failure : "name-not-resolved",
+      );
+    }
+    try {
+      this.#bindListener = new BindListener(unmapIPv4(this.client.localAddr.hostname));
+    } catch {
+      await writeAll(this.client, replies.failure(socks5.Reply.GeneralFailure));
+      return await this.refuse("bind-failed");
+    }
+    using listener = this.#bindListener;
+    await writeAll(this.client, replies.bound(listener.addr));
+    let peer: Deno.TcpConn;
+    try {
+      peer = await this.waitInConnectPhase(
+        this.#socks.bindTimeoutMs,
+        (signal) => listener.accept(peers, signal),
+      );
+    } catch (error) {
+      if (this.controller.signal.aborted) throw error;
+      const timedOut = error instanceof SessionAbort && error.failure === "connect-timeout";
+      await writeAll(this.client, replies.failure(socks5.Reply.HostUnreachable));
+      return await this.refuse(timedOut ? "bind-timeout" : "bind-failed");
+    }
+    listener.close(); // one peer per BIND: nobody else may connect from here on
+    this.adoptTarget(peer);
+    peer.setNoDelay(true);
+    peer.setKeepAlive(true);
+    this.#bindPeer = formatAddress({ host: peer.remoteAddr.hostname, port: peer.remoteAddr.port });
+    await writeAll(this.client, replies.bound(peer.remoteAddr));
+    await this.relayTo(peer, this.#takeEarlyData());
+  }
+
+  /**
+   * UDP ASSOCIATE: a relay socket on the interface the client came in on,
+   * alive while the control connection is, and evicted by the idle timeout,
+   * which datagrams reset as bytes on a TCP relay do.
+   */
+  async #udpAssociate(declared: Address, replyWith: (code: number) => Uint8Array): Promise<void> {
+    const { udpPerIp, maxUdpPerIp, udpAdvertise, idleTimeoutMs, deadlines } = this.#socks;
+    const clientIp = unmapIPv4(this.client.remoteAddr.hostname);
+    const live = udpPerIp.get(clientIp) ?? 0;
+    if (live >= maxUdpPerIp) {
+      await writeAll(this.client, replyWith(socks5.Reply.GeneralFailure));
+      return await this.refuse("max-udp-per-ip");
+    }
+    udpPerIp.set(clientIp, live + 1);
+    try {
+      try {
+        this.#association = await UdpAssociation.open({
+          bindHost: unmapIPv4(this.client.localAddr.hostname),
+          clientIp,
+          // DST.ADDR is often 0.0.0.0 or a placeholder name; the sender must be
+          // the control connection's host anyway, so only the port is taken.
+          clientPort: declared.port,
+          onActivity: () => {
+            this.deadline = deadlines.now + idleTimeoutMs;
+          },
+        });
+      } catch {
+        await writeAll(this.client, replyWith(socks5.Reply.GeneralFailure));
+        return await this.refuse("udp-bind-failed");
+      }
+      this.adoptTarget(this.#association);
+      const bound = this.#association.address;
+      await writeAll(
+        this.client,
+        socks5.encodeReply({
+          reply: socks5.Reply.Succeeded,
+          address: addressOf(udpAdvertise ?? bound.host, bound.port),
+        }),
+      );
+      this.enter("relay", idleTimeoutMs);
+      this.#takeEarlyData(); // nothing is meant to follow the request on a control connection
+      // The association lives exactly as long as its control connection (RFC 1928 §7).
+      const scratch = new Uint8Array(64);
+      try {
+        while ((await this.client.read(scratch)) !== null) { /* ignored */ }
+      } catch (error) {
+        if (!this.controller.signal.aborted) throw error;
+      }
+      if (this.controller.signal.aborted) throw this.controller.signal.reason;
+    } finally {
+      if (this.#association) {
+        this.#association.close();
+        this.countBytes(this.#association.counters.up, this.#association.counters.down);
+      }
+      const left = (udpPerIp.get(clientIp) ?? 1) - 1;
+      if (left <= 0) udpPerIp.delete(clientIp);
+      else udpPerIp.set(clientIp, left);
+    }
+  }
+
+  protected override logFields(): Record<string, unknown> {
+    const fields: Record<string, unknown> = {};
+    if (this.#association) {
+      const { udpIn, udpOut, dropped } = this.#association.counters;
+      Object.assign(fields, { udpIn, udpOut, dropped });
+    }
+    if (this.#bindListener) fields.bindRefused = this.#bindListener.refused;
+    if (this.#bindPeer) fields.peer = this.#bindPeer;
+    return fields;
   }
 
   async #peekFirstByte(): Promise<number> {

@@ -82,6 +82,9 @@ Deno.test("the example file loads into one socks and one forward listener", asyn
     logFormat: "text",
     users: new Map([["alice", encoder.encode("change-me")]]),
     socks4: true,
+    udpAdvertise: null,
+    bindTimeoutMs: 10_000,
+    maxUdpPerIp: 16,
   });
   assert.deepEqual(forward(config.listeners[1]), {
     kind: "forward",
@@ -472,4 +475,36 @@ Deno.test("formatPath writes indices in brackets and odd keys quoted", () => {
   assert.equal(formatPath(["defaults", "idleTimeout"]), "defaults.idleTimeout");
   assert.equal(formatPath(["listeners", 0, "a b"]), `listeners[0]["a b"]`);
   assert.equal(formatPath([]), "");
+});
+
+Deno.test("udpAdvertise, bindTimeout and maxUdpPerIp are read, and a bad udpAdvertise is reported", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/ferry.jsonc`;
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [{
+          kind: "socks",
+          listen: "127.0.0.1:1080",
+          udpAdvertise: "203.0.113.7",
+          bindTimeout: "2m",
+          maxUdpPerIp: 4,
+        }],
+      }),
+    );
+    const config = socks((await loadConfigFile(path)).listeners[0]);
+    assert.equal(config.udpAdvertise, "203.0.113.7");
+    assert.equal(config.bindTimeoutMs, 120_000);
+    assert.equal(config.maxUdpPerIp, 4);
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [{ kind: "socks", listen: "127.0.0.1:1080", udpAdvertise: "nat.example" }],
+      }),
+    );
+    await assert.rejects(loadConfigFile(path), /udpAdvertise.*IPv4 or IPv6/s);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

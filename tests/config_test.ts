@@ -298,3 +298,28 @@ Deno.test("buildSocksConfig() does not add 'defines no users' when the file's li
     assert.ok(problems[0]!.startsWith(`${path}:1: `), problems[0]);
   });
 });
+
+Deno.test("buildSocksConfig() reads --udp-advertise, --bind-timeout and --max-udp-per-ip", async () => {
+  const config = await buildSocksConfig({
+    udpAdvertise: "2001:db8::7",
+    bindTimeout: "30s",
+    maxUdpPerIp: "2",
+  });
+  assert.equal(config.udpAdvertise, "2001:db8::7");
+  assert.equal(config.bindTimeoutMs, 30_000);
+  assert.equal(config.maxUdpPerIp, 2);
+  const defaults = await buildSocksConfig({ connectTimeout: "3s" });
+  assert.equal(defaults.udpAdvertise, null);
+  assert.equal(defaults.bindTimeoutMs, 3_000, "--bind-timeout defaults to --connect-timeout");
+  assert.equal(defaults.maxUdpPerIp, 16);
+});
+
+Deno.test("buildSocksConfig() reports a --udp-advertise that is not an IP and a zero --max-udp-per-ip", async () => {
+  await assert.rejects(
+    buildSocksConfig({ udpAdvertise: "nat.example", maxUdpPerIp: "0" }),
+    (error: unknown) =>
+      error instanceof ConfigError && error.problems.length === 2 &&
+      error.problems[0]!.startsWith('--udp-advertise: "nat.example"') &&
+      error.problems[1]!.startsWith('--max-udp-per-ip: "0"'),
+  );
+});

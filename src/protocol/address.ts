@@ -111,3 +111,12 @@ export function formatAddress(address: { host: string; port: number }): string {
     ? `[${address.host}]:${address.port}`
     : `${address.host}:${address.port}`;
 }
+
+/**
+ * `127.0.0.1` for an IPv4-mapped IPv6 address such as `::ffff:127.0.0.1` (how a
+ * dual-stack listener reports an IPv4 client); any other host unchanged.
+ */
+export function unmapIPv4(host: string): string {
+  const match = /^::ffff:(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/i.exec(host);
+  return match && parseIPv4(match[1]!) !== null ? match[1]! : host;
+}

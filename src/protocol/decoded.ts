@@ -38,7 +38,8 @@ export type ProtocolErrorCode =
   | "bad-address-type"
   | "bad-command"
   | "empty-field"
-  | "field-too-long";
+  | "field-too-long"
+  | "truncated";
 
 /**
  * Malformed protocol input. `reply` is the reply code the server should send

@@ -311,3 +311,44 @@ export function decodeReply(bytes: Uint8Array): Decoded<ReplyMessage> {
   if (decoded === null) return MORE;
   return ok({ reply: bytes[1]!, address: decoded.address }, decoded.end);
 }
+
+/**
+ * A UDP ASSOCIATE datagram (RFC 1928 §7): `RSV RSV FRAG ATYP DST.ADDR
+ * DST.PORT DATA`. From the client, `address` is where to send `data`; to the
+ * client, it is where `data` came from.
+ */
+export interface UdpDatagram {
+  /** 0 for a whole datagram; anything else is a fragment, which ferry drops. */
+  readonly fragment: number;
+  readonly address: Address;
+  readonly data: Uint8Array;
+}
+
+/** Encodes the header `RSV RSV FRAG ATYP ADDR PORT` that goes before a datagram's data. */
+export function encodeUdpHeader(address: Address, fragment = 0): Uint8Array {
+  const encoded = encodeAddress(address);
+  const out = new Uint8Array(3 + encoded.length);
+  out[2] = fragment;
+  out.set(encoded, 3);
+  return out;
+}
+
+/**
+ * Decodes one whole datagram. Unlike the stream decoders there is no `more`:
+ * a datagram arrives whole or not at all, so a short one throws
+ * {@linkcode ProtocolError} `truncated`. `data` is a view into `bytes`.
+ */
+export function decodeUdpDatagram(bytes: Uint8Array): UdpDatagram {
+  if (bytes.length < 4) {
+    throw new ProtocolError("truncated", null, `UDP datagram of ${bytes.length} bytes, no header`);
+  }
+  const decoded = decodeAddressAt(bytes, 3);
+  if (decoded === null) {
+    throw new ProtocolError(
+      "truncated",
+      null,
+      `UDP datagram of ${bytes.length} bytes ends inside its address`,
+    );
+  }
+  return { fragment: bytes[2]!, address: decoded.address, data: bytes.subarray(decoded.end) };
+}

@@ -97,7 +97,7 @@ async function resolve(host: string, signal: AbortSignal): Promise<string[]> {
 }
 
 /** Rejects with the signal's reason as soon as it aborts; the work itself is not cancelled. */
-function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+export function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(signal.reason);

@@ -1,0 +1,85 @@
+/**
+ * The listening half of a BIND request (RFC 1928 §4, SOCKS4 BIND): a TCP
+ * listener on an ephemeral port of the interface the client came in on, and
+ * an accept that lets in only the peer the client named. The session sends
+ * the two replies and relays; this file only owns the listener, and always
+ * closes it.
+ *
+ * @module
+ */
+import { lookup } from "node:dns/promises";
+import { type Address, unmapIPv4 } from "./protocol/address.ts";
+
+/**
+ * Which peers may connect: the request's DST.ADDR, resolved when it is a
+ * name. An unspecified address (0.0.0.0 or ::) means the client does not know
+ * the peer's address in advance, so any peer is let in.
+ */
+export async function expectedPeers(address: Address): Promise<ReadonlySet<string> | null> {
+  if (address.type === "domain") {
+    const results = await lookup(address.host, { all: true, verbatim: true });
+    return new Set(results.map((r) => r.address.toLowerCase()));
+  }
+  if (address.host === "0.0.0.0" || address.host === "::") return null;
+  return new Set([address.host.toLowerCase()]);
+}
+
+/** A BIND listener. Dispose (or `close()`) it whatever happens. */
+export class BindListener implements Disposable {
+  readonly #listener: Deno.TcpListener;
+  /** Connections closed because they came from another address. */
+  refused = 0;
+  #closed = false;
+
+  constructor(hostname: string) {
+    this.#listener = Deno.listen({ hostname, port: 0, transport: "tcp" });
+  }
+
+  /** The address to send in the first reply. */
+  get addr(): Deno.NetAddr {
+    return this.#listener.addr;
+  }
+
+  /**
+   * Accepts until a connection from one of `peers` (any, when `null`)
+   * arrives; connections from other addresses are closed at once. Aborting
+   * `signal` closes the listener and rejects with its reason.
+   */
+  async accept(peers: ReadonlySet<string> | null, signal: AbortSignal): Promise<Deno.TcpConn> {
+    signal.throwIfAborted();
+    const onAbort = () => this.close();
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      for (;;) {
+        let conn: Deno.TcpConn;
+        try {
+          conn = await this.#listener.accept();
+        } catch (error) {
+          signal.throwIfAborted();
+          throw error;
+        }
+        const from = unmapIPv4(conn.remoteAddr.hostname).toLowerCase();
+        if (peers === null || peers.has(from)) return conn;
+        this.refused++;
+        conn.close();
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** Closes the listener (idempotent). An accepted connection is the caller's. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#listener.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

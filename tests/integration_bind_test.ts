@@ -1,0 +1,126 @@
+/**
+ * BIND with a real client (the npm `socks` package) over SOCKS5 and SOCKS4,
+ * and with a raw client for the refusals: a peer from the wrong address and
+ * nobody connecting before the bind timeout.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { once } from "node:events";
+import type { Socket } from "node:net";
+import { SocksClient } from "socks";
+import { startFerry } from "./_helpers/ferry.ts";
+import { sessionOf } from "./_helpers/session_log.ts";
+import {
+  BufferedConn,
+  deadline,
+  ipv4,
+  socks4,
+  socks5,
+  socks5Handshake,
+} from "./_helpers/socks_client.ts";
+
+const LISTEN = ["socks", "--listen", "127.0.0.1:0"];
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+
+interface HostPort {
+  host: string;
+  port: number;
+}
+
+for (const type of [5, 4] as const) {
+  Deno.test(`npm socks: SOCKS${type} BIND gives two replies, then relays with the peer`, async () => {
+    await using ferry = await startFerry(LISTEN);
+    const client = new SocksClient({
+      proxy: { host: ferry.hostname, port: ferry.port, type },
+      command: "bind",
+      destination: { host: "127.0.0.1", port: 0 },
+      timeout: 5000,
+    });
+    const bound = new Promise<HostPort>((resolve, reject) => {
+      client.once("bound", (info: { remoteHost?: HostPort }) => resolve(info.remoteHost!));
+      client.once("error", reject);
+    });
+    const established = new Promise<{ socket: Socket; remoteHost?: HostPort }>(
+      (resolve, reject) => {
+        client.once("established", resolve);
+        client.once("error", reject);
+      },
+    );
+    client.connect();
+    const listening = await deadline(bound, 5000, "the first reply");
+    // SOCKS4 may answer 0.0.0.0, meaning "the proxy's address".
+    const host = listening.host === "0.0.0.0" ? ferry.hostname : listening.host;
+    assert.equal(host, "127.0.0.1");
+    using peer = new BufferedConn(await Deno.connect({ hostname: host, port: listening.port }));
+    const { socket, remoteHost } = await deadline(established, 5000, "the second reply");
+    try {
+      assert.deepEqual(remoteHost, { host: "127.0.0.1", port: peer.localAddr.port });
+      const fromPeer = once(socket, "data");
+      await peer.write(encoder.encode("hello from the peer"));
+      assert.equal(String((await deadline(fromPeer, 5000, "peer data"))[0]), "hello from the peer");
+      socket.write(Buffer.from("hello from the client"));
+      assert.equal(decoder.decode(await peer.readExactly(21)), "hello from the client");
+    } finally {
+      const closed = once(socket, "close");
+      socket.destroy();
+      await closed;
+    }
+    await peer.waitForEnd();
+    peer.close(); // the peer's direction stays open until it closes too
+    const session = await ferry.waitFor((l) => l.event === "session");
+    assert.equal(session.outcome, "ok");
+    assert.equal(session.protocol, type === 5 ? "socks5" : "socks4");
+    assert.equal(session.peer, `127.0.0.1:${peer.localAddr.port}`);
+    assert.equal(session.up, 21);
+    assert.equal(session.down, 19);
+  });
+}
+
+Deno.test("SOCKS5 BIND closes a connection from another address, then times out with reply 0x04", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "500ms"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const first = await socks5Handshake(client, ipv4("127.0.0.2", 0), {
+    command: socks5.Command.Bind,
+  });
+  assert.equal(first.reply, socks5.Reply.Succeeded);
+  assert.equal(first.address.host, "127.0.0.1");
+  using stranger = new BufferedConn(
+    await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
+  );
+  const ending = await stranger.waitForEnd();
+  assert.equal(ending.discarded, 0);
+  const second = await client.readMessage(socks5.decodeReply, "second reply");
+  assert.equal(second.reply, socks5.Reply.HostUnreachable);
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "bind-timeout");
+  assert.equal(session.bindRefused, 1);
+  // The listener is closed: its port refuses connections now.
+  await assert.rejects(
+    Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
+    Deno.errors.ConnectionRefused,
+  );
+});
+
+Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "300ms"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(socks4.encodeRequest({
+    command: socks4.Command.Bind,
+    address: ipv4("127.0.0.1", 0),
+    userId: new Uint8Array(0),
+  }));
+  const first = await client.readMessage(socks4.decodeReply, "first reply");
+  assert.equal(first.reply, socks4.Reply.Granted);
+  assert.equal(first.ip, "127.0.0.1");
+  const second = await client.readMessage(socks4.decodeReply, "second reply");
+  assert.equal(second.reply, socks4.Reply.Rejected);
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "bind-timeout");
+  await assert.rejects(
+    Deno.connect({ hostname: "127.0.0.1", port: first.port }),
+    Deno.errors.ConnectionRefused,
+  );
+});

@@ -1,0 +1,328 @@
+/**
+ * UDP ASSOCIATE with real clients: PySocks (python3-socks) and the npm
+ * `socks` package, plus a raw client built on the codecs for malformed
+ * datagrams, the per-IP limit and idle eviction. Echo servers on loopback.
+ */
+import assert from "node:assert/strict";
+import dgram from "node:dgram";
+import { once } from "node:events";
+import { Buffer } from "node:buffer";
+import type { Socket } from "node:net";
+import { SocksClient } from "socks";
+import { startFerry } from "./_helpers/ferry.ts";
+import { sessionOf } from "./_helpers/session_log.ts";
+import { TextLineStream } from "./_helpers/text_line_stream.ts";
+import { BufferedConn, deadline, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
+
+/** What the npm client's "established" event carries (its typings do not export the type). */
+interface SocksEstablished {
+  readonly socket: Socket;
+  readonly remoteHost?: { host: string; port: number };
+}
+
+const LISTEN = ["socks", "--listen", "127.0.0.1:0"];
+const PYSOCKS_HELPER = new URL("./_helpers/pysocks_udp.py", import.meta.url).pathname;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** PySocks comes from Debian's python3-socks, so the system interpreter runs it. */
+function systemPython(): string {
+  try {
+    Deno.statSync("/usr/bin/python3");
+    return "/usr/bin/python3";
+  } catch {
+    return "python3";
+  }
+}
+
+/** A UDP socket on loopback (node:dgram: Deno.listenDatagram needs --unstable-net). */
+async function udpSocket(host = "127.0.0.1"): Promise<dgram.Socket> {
+  const socket = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
+  socket.bind(0, host);
+  await once(socket, "listening");
+  return socket;
+}
+
+async function closeUdp(socket: dgram.Socket): Promise<void> {
+  const closed = once(socket, "close");
+  socket.close();
+  await closed;
+}
+
+/** An echo server: every datagram goes back to its sender; `received` keeps the payloads. */
+async function udpEcho(host = "127.0.0.1") {
+  const socket = await udpSocket(host);
+  const received: string[] = [];
+  socket.on("message", (message, from) => {
+    received.push(decoder.decode(message));
+    socket.send(message, from.port, from.address);
+  });
+  return {
+    socket,
+    received,
+    port: socket.address().port,
+    [Symbol.asyncDispose]: () => closeUdp(socket),
+  };
+}
+
+/** The next datagram `socket` receives, within `ms`. */
+function nextDatagram(socket: dgram.Socket, ms = 5000): Promise<Uint8Array> {
+  return deadline(
+    once(socket, "message").then(([message]) => new Uint8Array(message as Buffer)),
+    ms,
+    "a datagram",
+  );
+}
+
+function frame(address: socks5.ReplyMessage["address"], data: string): Uint8Array {
+  const header = socks5.encodeUdpHeader(address);
+  const payload = encoder.encode(data);
+  const out = new Uint8Array(header.length + payload.length);
+  out.set(header);
+  out.set(payload, header.length);
+  return out;
+}
+
+Deno.test("PySocks: UDP through ferry by IPv4 address and by name, third parties dropped, relay closed with its TCP connection", async () => {
+  await using ferry = await startFerry(LISTEN);
+  const child = new Deno.Command(systemPython(), {
+    args: [PYSOCKS_HELPER, ferry.hostname, String(ferry.port)],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(
+    new TextLineStream(),
+  ).getReader();
+  const stdin = child.stdin.getWriter();
+  const next = async (): Promise<Record<string, unknown>> => {
+    const { value, done } = await deadline(lines.read(), 15_000, "PySocks output", () => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+    });
+    if (done) {
+      const errors = await stderr.read();
+      throw new Error(`PySocks helper ended early: ${errors.value ?? ""}`);
+    }
+    return JSON.parse(value);
+  };
+  try {
+    const relayed = await next();
+    assert.equal(relayed.step, "relayed");
+    const echoPort = relayed.echoPort as number;
+    assert.deepEqual(relayed.replies, [
+      { data: "via 127.0.0.1", source: ["127.0.0.1", echoPort] },
+      { data: "via localhost", source: ["127.0.0.1", echoPort] },
+    ]);
+    assert.equal(relayed.after, "after");
+    assert.deepEqual(relayed.echoed, ["via 127.0.0.1", "via localhost", "after"]);
+    assert.equal((relayed.relay as [string, number])[0], "127.0.0.1");
+
+    assert.equal((await next()).step, "closed");
+    const [host, port] = relayed.control as [string, number];
+    const session = await sessionOf(ferry, { transport: "tcp", hostname: host, port });
+    assert.equal(session.outcome, "ok");
+    assert.equal(session.udpIn, 3);
+    assert.equal(session.udpOut, 3);
+    assert.equal(session.dropped, 2);
+    assert.equal(session.up, "via 127.0.0.1".length + "via localhost".length + "after".length);
+
+    await stdin.write(encoder.encode("probe\n"));
+    const probed = await next();
+    assert.equal(probed.step, "probed");
+    assert.notEqual(probed.outcome, "answered");
+    assert.deepEqual(probed.echoed, ["via 127.0.0.1", "via localhost", "after"]);
+  } finally {
+    await stdin.close().catch(() => {});
+    await lines.cancel();
+    await stderr.cancel();
+    const status = await child.status;
+    if (!status.success) console.error(`PySocks helper exited with ${status.code}`);
+  }
+});
+
+Deno.test("npm socks: UDP ASSOCIATE relays to an echo server and back with the real source", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  const local = await udpSocket();
+  try {
+    // createConnection() is for CONNECT only; BIND and ASSOCIATE use the event API.
+    const client = new SocksClient({
+      proxy: { host: ferry.hostname, port: ferry.port, type: 5 },
+      command: "associate",
+      destination: { host: "127.0.0.1", port: local.address().port },
+      timeout: 5000,
+    });
+    const established = new Promise<SocksEstablished>((resolve, reject) => {
+      client.once("established", resolve);
+      client.once("error", reject);
+    });
+    client.connect();
+    const { socket: control, remoteHost } = await deadline(established, 5000, "established");
+    try {
+      assert.equal(remoteHost?.host, "127.0.0.1");
+      const answer = nextDatagram(local);
+      local.send(
+        SocksClient.createUDPFrame({
+          remoteHost: { host: "127.0.0.1", port: echo.port },
+          data: Buffer.from("ping"),
+        }),
+        remoteHost!.port,
+        remoteHost!.host,
+      );
+      const parsed = SocksClient.parseUDPFrame(Buffer.from(await answer));
+      assert.equal(parsed.frameNumber, 0);
+      assert.deepEqual(parsed.remoteHost, { host: "127.0.0.1", port: echo.port });
+      assert.equal(parsed.data.toString(), "ping");
+    } finally {
+      const closed = once(control, "close");
+      control.destroy();
+      await closed;
+    }
+    const session = await ferry.waitFor((l) => l.event === "session");
+    assert.equal(session.outcome, "ok");
+    assert.equal(session.udpIn, 1);
+    assert.equal(session.udpOut, 1);
+  } finally {
+    await closeUdp(local);
+  }
+});
+
+/** A raw UDP ASSOCIATE: the control connection, the client's UDP socket, and the relay's port. */
+async function associate(ferry: { hostname: string; port: number }, declaredPort?: number) {
+  const local = await udpSocket();
+  const control = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(
+    control,
+    ipv4("0.0.0.0", declaredPort ?? local.address().port),
+    { command: socks5.Command.UdpAssociate },
+  );
+  return {
+    local,
+    control,
+    reply,
+    async [Symbol.asyncDispose]() {
+      control.close();
+      await closeUdp(local);
+    },
+  };
+}
+
+Deno.test("malformed datagrams are dropped and counted, and the association keeps working", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  assert.equal(udp.reply.address.host, "127.0.0.1");
+  const relayPort = udp.reply.address.port;
+  const good = frame(ipv4("127.0.0.1", echo.port), "good");
+  const fragment = good.slice();
+  fragment[2] = 0x01;
+  const unknownType = good.slice();
+  unknownType[3] = 0x02;
+  const bad = [
+    Uint8Array.of(0x00), // shorter than any header
+    good.subarray(0, 6), // ends inside the IPv4 address
+    Uint8Array.of(0, 0, 0, 0x03, 9, 0x61), // a name cut short
+    Uint8Array.of(0, 0, 0, 0x04, 0, 0, 0), // an IPv6 address cut short
+    fragment,
+    unknownType,
+  ];
+  for (const datagram of bad) udp.local.send(datagram, relayPort, "127.0.0.1");
+  const answer = nextDatagram(udp.local);
+  udp.local.send(good, relayPort, "127.0.0.1");
+  const decoded = socks5.decodeUdpDatagram(await answer);
+  assert.deepEqual(decoded.address, ipv4("127.0.0.1", echo.port));
+  assert.equal(decoder.decode(decoded.data), "good");
+  assert.deepEqual(echo.received, ["good"]);
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.equal(session.outcome, "ok");
+  assert.equal(session.dropped, bad.length);
+  assert.equal(session.udpIn, 1);
+});
+
+Deno.test("a datagram from another port than the declared one is dropped", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  const other = await udpSocket();
+  try {
+    const relayPort = udp.reply.address.port;
+    other.send(frame(ipv4("127.0.0.1", echo.port), "other"), relayPort, "127.0.0.1");
+    const answer = nextDatagram(udp.local);
+    udp.local.send(frame(ipv4("127.0.0.1", echo.port), "mine"), relayPort, "127.0.0.1");
+    await answer;
+    assert.deepEqual(echo.received, ["mine"]);
+  } finally {
+    await closeUdp(other);
+  }
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.equal(session.dropped, 1);
+});
+
+Deno.test("DST 0.0.0.0:0 learns the client's port from its first datagram", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry, 0);
+  const answer = nextDatagram(udp.local);
+  udp.local.send(frame(ipv4("127.0.0.1", echo.port), "hi"), udp.reply.address.port, "127.0.0.1");
+  assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "hi");
+});
+
+Deno.test("IPv6: a client on ::1 gets a relay on ::1 and reaches an IPv6 echo server", async () => {
+  await using ferry = await startFerry(["socks", "--listen", "[::1]:0"]);
+  await using echo = await udpEcho("::1");
+  const local = await udpSocket("::1");
+  using control = await BufferedConn.connect("::1", ferry.port);
+  try {
+    const reply = await socks5Handshake(control, ipv4("0.0.0.0", local.address().port), {
+      command: socks5.Command.UdpAssociate,
+    });
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    assert.deepEqual(reply.address.host, "::1");
+    const answer = nextDatagram(local);
+    local.send(
+      frame({ type: "ipv6", host: "::1", port: echo.port }, "six"),
+      reply.address.port,
+      "::1",
+    );
+    const decoded = socks5.decodeUdpDatagram(await answer);
+    assert.deepEqual(decoded.address, { type: "ipv6", host: "::1", port: echo.port });
+    assert.equal(decoder.decode(decoded.data), "six");
+  } finally {
+    await closeUdp(local);
+  }
+});
+
+Deno.test("--udp-advertise replaces the bound address in the reply", async () => {
+  await using ferry = await startFerry([...LISTEN, "--udp-advertise", "203.0.113.7"]);
+  await using udp = await associate(ferry);
+  assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  assert.equal(udp.reply.address.host, "203.0.113.7");
+  assert.notEqual(udp.reply.address.port, 0);
+});
+
+Deno.test("--max-udp-per-ip: one association too many gets reply 0x01", async () => {
+  await using ferry = await startFerry([...LISTEN, "--max-udp-per-ip", "1"]);
+  await using first = await associate(ferry);
+  assert.equal(first.reply.reply, socks5.Reply.Succeeded);
+  await using second = await associate(ferry);
+  assert.equal(second.reply.reply, socks5.Reply.GeneralFailure);
+  second.control.close();
+  const session = await sessionOf(ferry, second.control.localAddr);
+  assert.equal(session.outcome, "max-udp-per-ip");
+});
+
+Deno.test("an idle association is evicted: the control connection is closed and so is the relay", async () => {
+  await using ferry = await startFerry([...LISTEN, "--idle-timeout", "300ms"]);
+  await using udp = await associate(ferry);
+  assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  const end = await udp.control.waitForEnd();
+  assert.equal(end.ending, "eof");
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.equal(session.outcome, "idle-timeout");
+});
