@@ -31,6 +31,8 @@
  *                            BENCHMARKS.md for why)
  *   BENCH_WRITE=0|1          write BENCHMARKS.md or not
  *   BENCH_FERRY_ENTRY=path   ferry's entry point (default src/main.ts)
+ *   BENCH_FERRY_FLAGS="…"    deno run flags for ferry (default: those of
+ *                            deno.json's start task)
  *   BENCH_QUIET_WAIT=s       how long to wait at the start for other
  *                            processes to leave the cores idle (default 180)
  *
@@ -45,6 +47,18 @@ const START = "<!-- bench:start -->";
 const END = "<!-- bench:end -->";
 
 const env = (name: string): string | undefined => Deno.env.get(name);
+
+/**
+ * The `deno run` flags of deno.json's `start` task (permissions, V8 flags), so
+ * the bench measures ferry as users run it. BENCH_FERRY_FLAGS replaces them.
+ */
+function ferryRunFlags(): string[] {
+  const override = env("BENCH_FERRY_FLAGS");
+  if (override !== undefined) return override.split(/\s+/).filter((f) => f !== "");
+  const config = JSON.parse(Deno.readTextFileSync(`${ROOT}/deno.json`));
+  const words = String(config.tasks.start).split(/\s+/);
+  return words.slice(words.indexOf("run") + 1).filter((w) => w.startsWith("--"));
+}
 const num = (name: string, fallback: number): number => {
   const value = env(name);
   if (value === undefined || value === "") return fallback;
@@ -492,9 +506,7 @@ async function startProxy(row: Row, tmp: string, nofile: number, tag = ""): Prom
     cmd = [
       deno,
       "run",
-      "--allow-net",
-      "--allow-read",
-      "--allow-env=NO_COLOR,FORCE_COLOR,CLICOLOR_FORCE",
+      ...ferryRunFlags(),
       env("BENCH_FERRY_ENTRY") ?? "src/main.ts",
       "socks",
       "--listen",

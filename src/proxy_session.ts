@@ -185,10 +185,13 @@ export abstract class ProxySession implements Expirable {
     timeoutMs: number,
     work: (signal: AbortSignal) => Promise<T>,
   ): Promise<T> {
+    if (this.controller.signal.aborted) throw this.controller.signal.reason;
     this.enter("connect", timeoutMs);
+    // Aborted by the deadline alone, or with the session by its abort listener:
+    // one controller instead of an AbortSignal.any() per session.
     this.#dialAbort = new AbortController();
     try {
-      return await work(AbortSignal.any([this.controller.signal, this.#dialAbort.signal]));
+      return await work(this.#dialAbort.signal);
     } finally {
       this.#dialAbort = null;
     }
