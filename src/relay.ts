@@ -36,7 +36,7 @@ export interface RelayTotals {
 }
 
 const DEFAULT_INITIAL_BUFFER = 1024;
-const DEFAULT_MAX_BUFFER = 256 * 1024;
+const DEFAULT_MAX_BUFFER = 1048576;
 
 /**
  * Relays between `client` and `target` until both directions have ended or
