@@ -234,6 +234,7 @@ export abstract class ProxySession implements Expirable {
       onActivity: () => {
         this.deadline = deadlines.now + idleTimeoutMs;
       },
+      onEnd: () => this.#closeSockets(),
     });
     this.#up += totals.up;
     this.#down += totals.down;

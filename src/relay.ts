@@ -23,6 +23,11 @@ export interface RelayOptions {
   readonly controller: AbortController;
   /** Called on every read that carried bytes: the idle clock's heartbeat. */
   readonly onActivity: () => void;
+  /**
+   * Called when both directions have ended cleanly, in place of the last
+   * `closeWrite()`: the owner closes both sockets there and then.
+   */
+  readonly onEnd?: () => void;
   /** First read buffer size; small, because every idle session holds two pending reads. */
   readonly initialBufferSize?: number;
   /** Largest read buffer a busy direction grows to. */
@@ -51,7 +56,8 @@ export async function relay(
   const totals: RelayTotals = { up: 0, down: 0 };
   const initial = options.initialBufferSize ?? DEFAULT_INITIAL_BUFFER;
   const max = options.maxBufferSize ?? DEFAULT_MAX_BUFFER;
-  const { controller, onActivity } = options;
+  const { controller, onActivity, onEnd } = options;
+  let open = 2; // directions still copying
   const fail = (error: unknown) => {
     if (!controller.signal.aborted) controller.abort(error);
   };
@@ -87,7 +93,11 @@ export async function relay(
         spare = null;
       }
       if (inFlight) await inFlight;
-      await to.closeWrite();
+      // Carry the FIN on. When the other direction has ended already and the
+      // owner closes both sockets at once (onEnd), close() sends that FIN: a
+      // shutdown() first would be a syscall for nothing.
+      if (--open > 0 || !onEnd) await to.closeWrite();
+      else onEnd();
     } catch (error) {
       fail(error);
     }
