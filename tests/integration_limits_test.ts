@@ -5,43 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { startFerry } from "./_helpers/ferry.ts";
+import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
-
-/** A loopback server that echoes one connection's bytes back until EOF, then closes. */
-function startEchoServer(): { addr: Deno.NetAddr; close(): Promise<void> } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Promise<void>>();
-  const loop = (async () => {
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await listener.accept();
-      } catch {
-        return;
-      }
-      const done = (async () => {
-        const buf = new Uint8Array(16 * 1024);
-        try {
-          for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-        } catch {
-          // reset by the peer
-        } finally {
-          conn.close();
-        }
-      })();
-      conns.add(done);
-      done.finally(() => conns.delete(done));
-    }
-  })();
-  return {
-    addr: listener.addr,
-    async close() {
-      listener.close();
-      await loop;
-      await Promise.all(conns);
-    },
-  };
-}
 
 async function ss(...filter: string[]): Promise<string[]> {
   const { stdout } = await new Deno.Command("ss", { args: ["-tanpH", ...filter] }).output();

@@ -4,40 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { ferryCommandArgs, startFerry } from "./_helpers/ferry.ts";
+import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
-
-function startEcho(): { addr: Deno.NetAddr; close(): Promise<void> } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const served: Promise<void>[] = [];
-  const loop = (async () => {
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await listener.accept();
-      } catch {
-        return;
-      }
-      served.push((async () => {
-        const buf = new Uint8Array(4096);
-        try {
-          for (let n; (n = await conn.read(buf)) !== null;) await conn.write(buf.subarray(0, n));
-        } catch {
-          // reset
-        } finally {
-          conn.close();
-        }
-      })());
-    }
-  })();
-  return {
-    addr: listener.addr,
-    async close() {
-      listener.close();
-      await loop;
-      await Promise.all(served);
-    },
-  };
-}
 
 async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
   const bytes = new TextEncoder().encode(text);
@@ -46,7 +14,7 @@ async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
 }
 
 Deno.test("ferry run --config serves a socks and a forward listener from one file", async () => {
-  const echo = startEcho();
+  const echo = startEchoServer();
   const path = await Deno.makeTempFile({ suffix: ".jsonc" });
   try {
     await Deno.writeTextFile(
