@@ -74,6 +74,7 @@ export abstract class ProxySession implements Expirable {
   readonly #started = performance.now();
   #phase: Phase;
   #target: { close(): void } | null = null;
+  #socketsClosed = false;
   /** Aborts the dial in progress on connect timeout; the session goes on to reply. */
   #dialAbort: AbortController | null = null;
   // Fields of the session's log line.
@@ -158,7 +159,7 @@ export abstract class ProxySession implements Expirable {
   /** Registers a target socket so aborting and ending the session close it. */
   protected adoptTarget(target: { close(): void }): void {
     this.#target = target;
-    if (this.controller.signal.aborted) target.close();
+    if (this.#socketsClosed) closeQuietly(target);
   }
 
   /**
@@ -273,6 +274,10 @@ export abstract class ProxySession implements Expirable {
   }
 
   #closeSockets(): void {
+    // Once: closing a closed Deno resource throws, and an exception per
+    // session (abort listener, relay end, then the final cleanup) is not free.
+    if (this.#socketsClosed) return;
+    this.#socketsClosed = true;
     closeQuietly(this.client);
     if (this.#target) closeQuietly(this.#target);
   }
