@@ -38,34 +38,38 @@
  *
  * @module
  */
+import {
+  allStats,
+  canConnect,
+  CLK_TCK,
+  type CoreTimes,
+  coreTimes,
+  DOC,
+  env,
+  ferryRunFlags,
+  fmt,
+  freePort,
+  Lines,
+  median,
+  medianRun,
+  num,
+  OUT,
+  pct,
+  processAlive,
+  processTree,
+  ratio,
+  readStat,
+  readTail,
+  ROOT,
+  run,
+  sleep,
+  table,
+  treeOf,
+} from "./_common.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-const OUT = `${ROOT}/bench/out`;
 const LOADGEN = `${OUT}/loadgen`;
-const DOC = `${ROOT}/BENCHMARKS.md`;
 const START = "<!-- bench:start -->";
 const END = "<!-- bench:end -->";
-
-const env = (name: string): string | undefined => Deno.env.get(name);
-
-/**
- * The `deno run` flags of deno.json's `start` task (permissions, V8 flags), so
- * the bench measures ferry as users run it. BENCH_FERRY_FLAGS replaces them.
- */
-function ferryRunFlags(): string[] {
-  const override = env("BENCH_FERRY_FLAGS");
-  if (override !== undefined) return override.split(/\s+/).filter((f) => f !== "");
-  const config = JSON.parse(Deno.readTextFileSync(`${ROOT}/deno.json`));
-  const words = String(config.tasks.start).split(/\s+/);
-  return words.slice(words.indexOf("run") + 1).filter((w) => w.startsWith("--"));
-}
-const num = (name: string, fallback: number): number => {
-  const value = env(name);
-  if (value === undefined || value === "") return fallback;
-  const n = Number(value);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number`);
-  return n;
-};
 
 const QUICK = env("BENCH_QUICK") === "1";
 const ROUNDS = Math.round(num("BENCH_ROUNDS", QUICK ? 1 : 3));
@@ -86,38 +90,7 @@ const PROXY_CORE = "1";
 // ---------------------------------------------------------------------------
 // Small helpers
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const log = (text: string) => console.error(`bench: ${text}`);
-
-async function run(
-  cmd: string[],
-  options: { allowFail?: boolean; env?: Record<string, string> } = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const [program, ...args] = cmd;
-  if (program === undefined) throw new Error("empty command");
-  let output: Deno.CommandOutput;
-  try {
-    output = await new Deno.Command(program, {
-      args,
-      stdout: "piped",
-      stderr: "piped",
-      stdin: "null",
-      ...(options.env ? { env: options.env } : {}),
-    }).output();
-  } catch (error) {
-    if (options.allowFail) return { code: 127, stdout: "", stderr: String(error) };
-    throw error;
-  }
-  const result = {
-    code: output.code,
-    stdout: new TextDecoder().decode(output.stdout),
-    stderr: new TextDecoder().decode(output.stderr),
-  };
-  if (result.code !== 0 && !options.allowFail) {
-    throw new Error(`${cmd.join(" ")} exited ${result.code}: ${result.stderr.trim()}`);
-  }
-  return result;
-}
 
 async function which(program: string): Promise<string | null> {
   for (
@@ -134,133 +107,8 @@ async function which(program: string): Promise<string | null> {
   return found.code === 0 && found.stdout.trim() !== "" ? found.stdout.trim() : null;
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
-
-async function canConnect(port: number): Promise<boolean> {
-  try {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-    conn.close();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Reads a child's stdout line by line. */
-class Lines {
-  #reader: ReadableStreamDefaultReader<string>;
-  #buffer = "";
-  #done = false;
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-  }
-  /** The next line, or null at EOF or after `timeoutMs`. */
-  async next(timeoutMs: number): Promise<string | null> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const nl = this.#buffer.indexOf("\n");
-      if (nl >= 0) {
-        const line = this.#buffer.slice(0, nl);
-        this.#buffer = this.#buffer.slice(nl + 1);
-        return line;
-      }
-      if (this.#done) return null;
-      const left = deadline - Date.now();
-      if (left <= 0) return null;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const timeout = new Promise<"timeout">((resolve) => {
-        timer = setTimeout(() => resolve("timeout"), left);
-      });
-      this.#pending ??= this.#reader.read();
-      const got = await Promise.race([this.#pending, timeout]);
-      clearTimeout(timer);
-      if (got === "timeout") return null;
-      this.#pending = undefined;
-      if (got.done) this.#done = true;
-      else this.#buffer += got.value;
-    }
-  }
-  #pending: Promise<ReadableStreamReadResult<string>> | undefined;
-}
-
 // ---------------------------------------------------------------------------
 // /proc: processes, CPU time, memory
-
-interface ProcStat {
-  pid: number;
-  ppid: number;
-  comm: string;
-  ticks: number; // utime + stime
-  childTicks: number; // cutime + cstime (reaped children)
-  start: number;
-}
-
-async function readStat(pid: number): Promise<ProcStat | null> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(`/proc/${pid}/stat`);
-  } catch {
-    return null;
-  }
-  const close = text.lastIndexOf(")");
-  const comm = text.slice(text.indexOf("(") + 1, close);
-  const f = text.slice(close + 2).split(" "); // f[0] is field 3 (state)
-  const n = (i: number) => Number(f[i - 3]);
-  return {
-    pid,
-    ppid: n(4),
-    comm,
-    ticks: n(14) + n(15),
-    childTicks: n(16) + n(17),
-    start: n(22),
-  };
-}
-
-async function allStats(): Promise<ProcStat[]> {
-  const stats: ProcStat[] = [];
-  for await (const entry of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    const stat = await readStat(Number(entry.name));
-    if (stat) stats.push(stat);
-  }
-  return stats;
-}
-
-/** The process and all its descendants. */
-async function processTree(root: number): Promise<ProcStat[]> {
-  return treeOf(await allStats(), root);
-}
-
-function treeOf(stats: ProcStat[], root: number): ProcStat[] {
-  const children = new Map<number, ProcStat[]>();
-  for (const s of stats) {
-    const list = children.get(s.ppid) ?? [];
-    list.push(s);
-    children.set(s.ppid, list);
-  }
-  const rootStat = stats.find((s) => s.pid === root);
-  if (!rootStat) return [];
-  const tree: ProcStat[] = [];
-  const todo = [rootStat];
-  while (todo.length) {
-    const s = todo.pop()!;
-    tree.push(s);
-    todo.push(...(children.get(s.pid) ?? []));
-  }
-  return tree;
-}
 
 async function statusKiB(pid: number, file: string, key: string): Promise<number> {
   try {
@@ -286,28 +134,6 @@ async function treeMemory(root: number): Promise<Memory> {
     pssKiB += await statusKiB(p.pid, "smaps_rollup", "Pss");
   }
   return { rssKiB, pssKiB, processes: tree.length };
-}
-
-const CLK_TCK = 100; // checked against `getconf CLK_TCK` at start
-
-interface CoreTimes {
-  busy: number;
-  total: number;
-}
-
-async function coreTimes(): Promise<Map<string, CoreTimes>> {
-  const text = await Deno.readTextFile("/proc/stat");
-  const cores = new Map<string, CoreTimes>();
-  for (const line of text.split("\n")) {
-    const m = line.match(/^cpu(\d+)\s+(.*)$/);
-    if (!m) continue;
-    const v = m[2]!.trim().split(/\s+/).map(Number);
-    const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] =
-      v;
-    const busy = user + nice + system + irq + softirq + steal;
-    cores.set(m[1]!, { busy, total: busy + idle + iowait });
-  }
-  return cores;
 }
 
 interface Sample {
@@ -580,20 +406,6 @@ async function reportStderr(row: Row): Promise<void> {
   if (other.length === 0) return;
   log(`${row.label} stderr (${other.length} lines besides session and start-up lines):`);
   for (const l of other.slice(0, 8)) log(`  ${l.slice(0, 400)}`);
-}
-
-async function readTail(file: string, chars = 600): Promise<string> {
-  try {
-    const text = await Deno.readTextFile(file);
-    return text.slice(-chars).trim();
-  } catch {
-    return "";
-  }
-}
-
-async function processAlive(p: ProcStat): Promise<boolean> {
-  const now = await readStat(p.pid);
-  return now !== null && now.start === p.start;
 }
 
 /**
@@ -1004,27 +816,6 @@ async function machineInfo(): Promise<string[]> {
 
 // ---------------------------------------------------------------------------
 // Report
-
-const fmt = (n: number, digits = 0) =>
-  Number.isFinite(n)
-    ? n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits })
-    : "—";
-const pct = (x: number) => (Number.isFinite(x) ? `${Math.round(x * 100)}%` : "—");
-const ratio = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}×` : "—");
-
-function table(header: string[], rows: string[][]): string[] {
-  return [
-    `| ${header.join(" | ")} |`,
-    `| ${header.map((_, i) => (i === 0 ? "---" : "---:")).join(" | ")} |`,
-    ...rows.map((r) => `| ${r.join(" | ")} |`),
-  ];
-}
-
-/** The run whose rate is the median; its CPU figures go with it. */
-function medianRun<T>(runs: T[], key: (t: T) => number): T | undefined {
-  const sorted = [...runs].sort((a, b) => key(a) - key(b));
-  return sorted[Math.floor((sorted.length - 1) / 2)];
-}
 
 function report(
   rows: Row[],

@@ -54,24 +54,37 @@
  *
  * @module
  */
+import {
+  allStats,
+  canConnect,
+  CLK_TCK,
+  type CoreTimes,
+  coreTimes,
+  DOC,
+  env,
+  fmt,
+  Lines,
+  median,
+  medianRun,
+  num,
+  OUT,
+  pct,
+  processAlive,
+  processTree,
+  ratio,
+  readStat,
+  readTail,
+  ROOT,
+  sleep,
+  table,
+  treeOf,
+} from "./_common.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-const OUT = `${ROOT}/bench/out`;
 const LOADGEN = `${OUT}/forward_loadgen`;
 const CLIENT = `${OUT}/forward_client`;
 const DELAY_LINK = `${OUT}/delay_link`;
-const DOC = `${ROOT}/BENCHMARKS.md`;
 const START = "<!-- forward-bench:start -->";
 const END = "<!-- forward-bench:end -->";
-
-const env = (name: string): string | undefined => Deno.env.get(name);
-const num = (name: string, fallback: number): number => {
-  const value = env(name);
-  if (value === undefined || value === "") return fallback;
-  const n = Number(value);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number`);
-  return n;
-};
 
 const QUICK = env("FORWARD_BENCH_QUICK") === "1";
 const PARTS = (env("FORWARD_BENCH_PARTS") ?? "ttfb,load").split(",").map((s) => s.trim());
@@ -99,7 +112,6 @@ const FWD_CORE = "1";
 // ---------------------------------------------------------------------------
 // Small helpers
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const log = (text: string) => console.error(`forward-bench: ${text}`);
 
 /**
@@ -179,13 +191,6 @@ async function which(program: string): Promise<string | null> {
   return null;
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
 /** Nearest-rank percentile (p in 0..1). */
 function percentile(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -209,154 +214,8 @@ async function freePort(): Promise<number> {
   }
 }
 
-async function canConnect(port: number): Promise<boolean> {
-  try {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-    conn.close();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Reads a child's stdout line by line. */
-class Lines {
-  #reader: ReadableStreamDefaultReader<string>;
-  #buffer = "";
-  #done = false;
-  #pending: Promise<ReadableStreamReadResult<string>> | undefined;
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-  }
-  /** The next line, or null at EOF or after `timeoutMs`. */
-  async next(timeoutMs: number): Promise<string | null> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const nl = this.#buffer.indexOf("\n");
-      if (nl >= 0) {
-        const line = this.#buffer.slice(0, nl);
-        this.#buffer = this.#buffer.slice(nl + 1);
-        return line;
-      }
-      if (this.#done) return null;
-      const left = deadline - Date.now();
-      if (left <= 0) return null;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const timeout = new Promise<"timeout">((resolve) => {
-        timer = setTimeout(() => resolve("timeout"), left);
-      });
-      this.#pending ??= this.#reader.read();
-      const got = await Promise.race([this.#pending, timeout]);
-      clearTimeout(timer);
-      if (got === "timeout") return null;
-      this.#pending = undefined;
-      if (got.done) this.#done = true;
-      else this.#buffer += got.value;
-    }
-  }
-}
-
-async function readTail(file: string, chars = 600): Promise<string> {
-  try {
-    const text = await Deno.readTextFile(file);
-    return text.slice(-chars).trim();
-  } catch {
-    return "";
-  }
-}
-
 // ---------------------------------------------------------------------------
 // /proc: processes and CPU time
-
-interface ProcStat {
-  pid: number;
-  ppid: number;
-  comm: string;
-  ticks: number; // utime + stime
-  childTicks: number; // cutime + cstime (reaped children: socat's forks)
-  start: number;
-}
-
-async function readStat(pid: number): Promise<ProcStat | null> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(`/proc/${pid}/stat`);
-  } catch {
-    return null;
-  }
-  const close = text.lastIndexOf(")");
-  const comm = text.slice(text.indexOf("(") + 1, close);
-  const f = text.slice(close + 2).split(" "); // f[0] is field 3 (state)
-  const n = (i: number) => Number(f[i - 3]);
-  return {
-    pid,
-    ppid: n(4),
-    comm,
-    ticks: n(14) + n(15),
-    childTicks: n(16) + n(17),
-    start: n(22),
-  };
-}
-
-async function allStats(): Promise<ProcStat[]> {
-  const stats: ProcStat[] = [];
-  for await (const entry of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    const stat = await readStat(Number(entry.name));
-    if (stat) stats.push(stat);
-  }
-  return stats;
-}
-
-function treeOf(stats: ProcStat[], root: number): ProcStat[] {
-  const children = new Map<number, ProcStat[]>();
-  for (const s of stats) {
-    const list = children.get(s.ppid) ?? [];
-    list.push(s);
-    children.set(s.ppid, list);
-  }
-  const rootStat = stats.find((s) => s.pid === root);
-  if (!rootStat) return [];
-  const tree: ProcStat[] = [];
-  const todo = [rootStat];
-  while (todo.length) {
-    const s = todo.pop()!;
-    tree.push(s);
-    todo.push(...(children.get(s.pid) ?? []));
-  }
-  return tree;
-}
-
-async function processTree(root: number): Promise<ProcStat[]> {
-  return treeOf(await allStats(), root);
-}
-
-async function processAlive(p: ProcStat): Promise<boolean> {
-  const now = await readStat(p.pid);
-  return now !== null && now.start === p.start;
-}
-
-const CLK_TCK = 100; // checked against `getconf CLK_TCK` at start
-
-interface CoreTimes {
-  busy: number;
-  total: number;
-}
-
-async function coreTimes(): Promise<Map<string, CoreTimes>> {
-  const text = await Deno.readTextFile("/proc/stat");
-  const cores = new Map<string, CoreTimes>();
-  for (const line of text.split("\n")) {
-    const m = line.match(/^cpu(\d+)\s+(.*)$/);
-    if (!m) continue;
-    const v = m[2]!.trim().split(/\s+/).map(Number);
-    const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] =
-      v;
-    const busy = user + nice + system + irq + softirq + steal;
-    cores.set(m[1]!, { busy, total: busy + idle + iowait });
-  }
-  return cores;
-}
 
 interface Sample {
   t: number;
@@ -1410,27 +1269,6 @@ async function measureLoad(
 
 // ---------------------------------------------------------------------------
 // Report
-
-const fmt = (n: number, digits = 0) =>
-  Number.isFinite(n)
-    ? n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits })
-    : "—";
-const pct = (x: number) => (Number.isFinite(x) ? `${Math.round(x * 100)}%` : "—");
-const ratio = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}×` : "—");
-
-function table(header: string[], rows: string[][]): string[] {
-  return [
-    `| ${header.join(" | ")} |`,
-    `| ${header.map((_, i) => (i === 0 ? "---" : "---:")).join(" | ")} |`,
-    ...rows.map((r) => `| ${r.join(" | ")} |`),
-  ];
-}
-
-/** The run whose value is the median; its CPU figures go with it. */
-function medianRun<T>(runs: T[], key: (t: T) => number): T | undefined {
-  const sorted = [...runs].sort((a, b) => key(a) - key(b));
-  return sorted[Math.floor((sorted.length - 1) / 2)];
-}
 
 const oneLine = (text: string, max = 400) => text.replace(/\s+/g, " ").trim().slice(0, max);
 

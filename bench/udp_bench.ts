@@ -28,15 +28,26 @@
  *
  * @module
  */
+import {
+  canConnect,
+  CLK_TCK,
+  DOC,
+  env,
+  ferryRunFlags,
+  fmt,
+  freePort,
+  Lines,
+  OUT,
+  readTail,
+  ROOT,
+  run,
+  sleep,
+  treeOf,
+} from "./_common.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-const OUT = `${ROOT}/bench/out`;
 const LOADGEN = `${OUT}/udp_loadgen`;
-const DOC = `${ROOT}/BENCHMARKS.md`;
 const START = "<!-- udp-bench:start -->";
 const END = "<!-- udp-bench:end -->";
-
-const env = (name: string): string | undefined => Deno.env.get(name);
 
 const RATES = (env("UDP_BENCH_RATES") ?? "10000,20000,50000").split(",").map(Number)
   .filter((n) => Number.isFinite(n) && n > 0);
@@ -47,54 +58,13 @@ const WRITE_DOC = env("UDP_BENCH_WRITE") !== "0";
 const PROXY_BUDGET_SECONDS = 300;
 const GEN_CORE = "0";
 const PROXY_CORE = "1";
-const CLK_TCK = 100;
 /** Runs during which other processes used more than this (cores) are repeated. */
 const OTHER_CPU_LIMIT = 0.1;
 
-/** The `deno run` flags of deno.json's `start` task; BENCH_FERRY_FLAGS replaces them. */
-function ferryRunFlags(): string[] {
-  const override = env("BENCH_FERRY_FLAGS");
-  if (override !== undefined) return override.split(/\s+/).filter((f) => f !== "");
-  const config = JSON.parse(Deno.readTextFileSync(`${ROOT}/deno.json`));
-  const words = String(config.tasks.start).split(/\s+/);
-  return words.slice(words.indexOf("run") + 1).filter((w) => w.startsWith("--"));
-}
-
 // ---------------------------------------------------------------------------
-// Small helpers (copied from bench/bench.ts)
+// Small helpers (the shared ones are in bench/_common.ts)
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const log = (text: string) => console.error(`udp-bench: ${text}`);
-
-async function run(
-  cmd: string[],
-  options: { allowFail?: boolean; env?: Record<string, string> } = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const [program, ...args] = cmd;
-  if (program === undefined) throw new Error("empty command");
-  let output: Deno.CommandOutput;
-  try {
-    output = await new Deno.Command(program, {
-      args,
-      stdout: "piped",
-      stderr: "piped",
-      stdin: "null",
-      ...(options.env ? { env: options.env } : {}),
-    }).output();
-  } catch (error) {
-    if (options.allowFail) return { code: 127, stdout: "", stderr: String(error) };
-    throw error;
-  }
-  const result = {
-    code: output.code,
-    stdout: new TextDecoder().decode(output.stdout),
-    stderr: new TextDecoder().decode(output.stderr),
-  };
-  if (result.code !== 0 && !options.allowFail) {
-    throw new Error(`${cmd.join(" ")} exited ${result.code}: ${result.stderr.trim()}`);
-  }
-  return result;
-}
 
 async function which(program: string): Promise<string | null> {
   for (const dir of ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"]) {
@@ -105,60 +75,6 @@ async function which(program: string): Promise<string | null> {
     }
   }
   return null;
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
-
-async function canConnect(port: number): Promise<boolean> {
-  try {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-    conn.close();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Reads a child's stdout line by line. */
-class Lines {
-  #reader: ReadableStreamDefaultReader<string>;
-  #buffer = "";
-  #done = false;
-  #pending: Promise<ReadableStreamReadResult<string>> | undefined;
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-  }
-  /** The next line, or null at EOF or after `timeoutMs`. */
-  async next(timeoutMs: number): Promise<string | null> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const nl = this.#buffer.indexOf("\n");
-      if (nl >= 0) {
-        const line = this.#buffer.slice(0, nl);
-        this.#buffer = this.#buffer.slice(nl + 1);
-        return line;
-      }
-      if (this.#done) return null;
-      const left = deadline - Date.now();
-      if (left <= 0) return null;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const timeout = new Promise<"timeout">((resolve) => {
-        timer = setTimeout(() => resolve("timeout"), left);
-      });
-      this.#pending ??= this.#reader.read();
-      const got = await Promise.race([this.#pending, timeout]);
-      clearTimeout(timer);
-      if (got === "timeout") return null;
-      this.#pending = undefined;
-      if (got.done) this.#done = true;
-      else this.#buffer += got.value;
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -194,25 +110,6 @@ async function allStats(): Promise<ProcStat[]> {
     if (stat) stats.push(stat);
   }
   return stats;
-}
-
-function treeOf(stats: ProcStat[], root: number): ProcStat[] {
-  const children = new Map<number, ProcStat[]>();
-  for (const s of stats) {
-    const list = children.get(s.ppid) ?? [];
-    list.push(s);
-    children.set(s.ppid, list);
-  }
-  const rootStat = stats.find((s) => s.pid === root);
-  if (!rootStat) return [];
-  const tree: ProcStat[] = [];
-  const todo = [rootStat];
-  while (todo.length) {
-    const s = todo.pop()!;
-    tree.push(s);
-    todo.push(...(children.get(s.pid) ?? []));
-  }
-  return tree;
 }
 
 async function coreBusyTicks(core: string): Promise<{ busy: number; total: number }> {
@@ -345,14 +242,6 @@ async function ensurePackages(): Promise<void> {
     result = await run(install, { allowFail: true, env: aptEnv });
   }
   if (result.code !== 0) throw new Error(`apt-get install failed:\n${result.stderr}`);
-}
-
-async function readTail(file: string, chars = 600): Promise<string> {
-  try {
-    return (await Deno.readTextFile(file)).slice(-chars).trim();
-  } catch {
-    return "";
-  }
 }
 
 function danteConfig(dir: string, port: number): string {
@@ -602,10 +491,6 @@ async function measure(row: Row, echo: Echo, rate: number, seconds: number): Pro
 // ---------------------------------------------------------------------------
 // Report
 
-const fmt = (n: number, digits = 0) =>
-  Number.isFinite(n)
-    ? n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits })
-    : "—";
 const pct = (x: number, digits = 0) => (Number.isFinite(x) ? `${(x * 100).toFixed(digits)}%` : "—");
 
 function report(
