@@ -65,15 +65,9 @@ export interface ForwardConfig extends ListenerSettings, LogSettings {
   readonly poolMaxIdleMs: number;
 }
 
-/** The command line's options as typed, before validation. */
-export interface RawSocksOptions {
+/** What every listener command takes (timeouts, limits, logging), as typed, before validation. */
+export interface RawListenerOptions {
   listen?: string | undefined;
-  user?: string[] | undefined;
-  usersFile?: string | undefined;
-  socks4?: boolean | undefined;
-  udpAdvertise?: string | undefined;
-  bindTimeout?: string | undefined;
-  maxUdpPerIp?: string | undefined;
   handshakeTimeout?: string | undefined;
   connectTimeout?: string | undefined;
   idleTimeout?: string | undefined;
@@ -84,19 +78,21 @@ export interface RawSocksOptions {
   logFormat?: string | undefined;
 }
 
+/** The SOCKS command line's options as typed, before validation. */
+export interface RawSocksOptions extends RawListenerOptions {
+  user?: string[] | undefined;
+  usersFile?: string | undefined;
+  socks4?: boolean | undefined;
+  udpAdvertise?: string | undefined;
+  bindTimeout?: string | undefined;
+  maxUdpPerIp?: string | undefined;
+}
+
 /** The forwarder's command line options as typed, before validation. */
-export interface RawForwardOptions {
-  listen?: string | undefined;
+export interface RawForwardOptions extends RawListenerOptions {
   to?: string[] | undefined;
   pool?: string | undefined;
   poolMaxIdle?: string | undefined;
-  connectTimeout?: string | undefined;
-  idleTimeout?: string | undefined;
-  shutdownGrace?: string | undefined;
-  maxConns?: string | undefined;
-  maxConnsPerIp?: string | undefined;
-  logLevel?: string | undefined;
-  logFormat?: string | undefined;
 }
 
 /** Defaults, as the user would type them (shown in `--help`). */
@@ -234,22 +230,11 @@ export class Checker {
   }
 }
 
-/** The options every listener and the logger share, as typed. */
-type RawCommon = Pick<
-  RawSocksOptions,
-  | "listen"
-  | "handshakeTimeout"
-  | "connectTimeout"
-  | "idleTimeout"
-  | "shutdownGrace"
-  | "maxConns"
-  | "maxConnsPerIp"
-  | "logLevel"
-  | "logFormat"
->;
-
 /** Validates what every listener shares, and the log settings. */
-export function checkCommon(raw: RawCommon, check: Checker): ListenerSettings & LogSettings {
+export function checkCommon(
+  raw: RawListenerOptions,
+  check: Checker,
+): ListenerSettings & LogSettings {
   const maxConns = check.count("--max-conns", raw.maxConns ?? DEFAULTS.maxConns);
   return {
     listen: check.hostPort("--listen", raw.listen ?? DEFAULTS.listen),
