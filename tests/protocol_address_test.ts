@@ -1,5 +1,6 @@
 /** IPv4/IPv6 text forms and address classification in src/protocol/address.ts. */
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import {
   addressOf,
   formatAddress,
@@ -54,6 +55,30 @@ Deno.test("parseIPv4() returns null for anything but a canonical dotted quad", (
     "1.2.3.4:80",
   ];
   for (const text of bad) assert.equal(parseIPv4(text), null, JSON.stringify(text));
+});
+
+Deno.test("parseIPv4() agrees with the dotted-quad grammar on random digit-and-dot strings", () => {
+  // The grammar written out plainly, to check the character scanner against.
+  const reference = (text: string): number[] | null => {
+    const parts = text.split(".");
+    if (parts.length !== 4) return null;
+    if (!parts.every((p) => /^(0|[1-9][0-9]{0,2})$/.test(p) && Number(p) <= 255)) return null;
+    return parts.map(Number);
+  };
+  const text = fc.string({
+    unit: fc.constantFrom("0", "1", "2", "5", "9", ".", "x"),
+    maxLength: 18,
+  });
+  fc.assert(
+    fc.property(text, (t) => {
+      const parsed = parseIPv4(t);
+      assert.deepEqual(parsed === null ? null : [...parsed], reference(t), JSON.stringify(t));
+    }),
+    { numRuns: 5000 },
+  );
+  fc.assert(fc.property(fc.uint8Array({ minLength: 4, maxLength: 4 }), (bytes) => {
+    assert.deepEqual(parseIPv4(formatIPv4(bytes)), bytes);
+  }));
 });
 
 Deno.test("formatIPv4() writes dotted quads", () => {

@@ -39,20 +39,47 @@ export function formatIPv6(bytes: Uint8Array): string {
   return `${head}::${tail}`;
 }
 
-/** Parses dotted-quad text into 4 bytes, or returns `null` if it is not one. */
+/**
+ * Parses dotted-quad text into 4 bytes, or returns `null` if it is not one:
+ * four decimal parts of 1 to 3 digits, each at most 255, no leading zeros.
+ * Scans character codes rather than splitting: every SOCKS reply encodes an
+ * address, so this is on each session's path.
+ */
 export function parseIPv4(text: string): Uint8Array | null {
-  const parts = text.split(".");
-  if (parts.length !== 4) return null;
   const bytes = new Uint8Array(4);
-  for (let i = 0; i < 4; i++) {
-    const part = parts[i]!;
-    if (!/^(0|[1-9][0-9]{0,2})$/.test(part)) return null;
-    const value = Number(part);
-    if (value > 255) return null;
-    bytes[i] = value;
-  }
-  return bytes;
+  return writeIPv4(text, bytes, 0) ? bytes : null;
 }
+
+/**
+ * {@linkcode parseIPv4} into `out` at `offset`, for encoders that put the
+ * address straight into their message. Returns whether `text` was a dotted
+ * quad; `out` may be partly written when it was not.
+ */
+export function writeIPv4(text: string, out: Uint8Array, offset: number): boolean {
+  let part = 0;
+  let value = 0;
+  let digits = 0;
+  for (let i = 0; i <= text.length; i++) {
+    const code = i < text.length ? text.charCodeAt(i) : DOT;
+    if (code === DOT) {
+      if (digits === 0 || part === 4) return false;
+      out[offset + part++] = value;
+      value = 0;
+      digits = 0;
+    } else if (code >= DIGIT_0 && code <= DIGIT_9) {
+      if (digits > 0 && value === 0) return false; // a leading zero
+      value = value * 10 + (code - DIGIT_0);
+      if (++digits > 3 || value > 255) return false;
+    } else {
+      return false;
+    }
+  }
+  return part === 4;
+}
+
+const DOT = 0x2e;
+const DIGIT_0 = 0x30;
+const DIGIT_9 = 0x39;
 
 /**
  * Parses IPv6 text (with `::` and an optional trailing dotted quad, as in

@@ -127,8 +127,14 @@ export function encodeRequest(request: Request): Uint8Array {
 
 /** Encodes the 8-byte reply `VN=0 CD DSTPORT DSTIP`. */
 export function encodeReply(message: ReplyMessage): Uint8Array {
-  const ip = parseIPv4(message.ip) ?? new Uint8Array(4);
-  return Uint8Array.of(REPLY_VERSION, message.reply, message.port >> 8, message.port & 0xff, ...ip);
+  const out = new Uint8Array(8); // DSTIP stays 0.0.0.0 unless message.ip is a dotted quad
+  out[0] = REPLY_VERSION;
+  out[1] = message.reply;
+  out[2] = message.port >> 8;
+  out[3] = message.port & 0xff;
+  const ip = parseIPv4(message.ip);
+  if (ip) out.set(ip, 4);
+  return out;
 }
 
 /** Decodes the 8-byte reply (used by clients and tests). */

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { type Address, formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from "./address.ts";
+import { type Address, formatIPv4, formatIPv6, parseIPv6, writeIPv4 } from "./address.ts";
 import { type Decoded, hex, MORE, ok, ProtocolError } from "./decoded.ts";
 
 /** Protocol version byte of every SOCKS5 message but the RFC 1929 ones. */
@@ -105,7 +105,9 @@ export function decodeGreeting(bytes: Uint8Array): Decoded<Greeting> {
   if (bytes.length < 2) return MORE;
   const count = bytes[1]!;
   if (bytes.length < 2 + count) return MORE;
-  return ok({ methods: Array.from(bytes.subarray(2, 2 + count)) }, 2 + count);
+  const methods: number[] = [];
+  for (let i = 2; i < 2 + count; i++) methods.push(bytes[i]!);
+  return ok({ methods }, 2 + count);
 }
 
 /** Encodes a client greeting (used by clients and tests). */
@@ -125,7 +127,15 @@ export function decodeMethodSelection(bytes: Uint8Array): Decoded<number> {
 
 /** Encodes the server's method selection. */
 export function encodeMethodSelection(method: number): Uint8Array {
-  return Uint8Array.of(VERSION, method);
+  return twoBytes(VERSION, method);
+}
+
+/** `new Uint8Array(2)` filled in: cheaper than `Uint8Array.of`, and sent on every session. */
+function twoBytes(first: number, second: number): Uint8Array {
+  const out = new Uint8Array(2);
+  out[0] = first;
+  out[1] = second;
+  return out;
 }
 
 /** Decodes RFC 1929 `VER ULEN UNAME PLEN PASSWD`. */
@@ -168,7 +178,7 @@ export function encodeCredentials(credentials: Credentials): Uint8Array {
 
 /** Encodes the RFC 1929 status reply. */
 export function encodeAuthStatus(status: number): Uint8Array {
-  return Uint8Array.of(AUTH_VERSION, status);
+  return twoBytes(AUTH_VERSION, status);
 }
 
 /** Decodes the RFC 1929 status reply (used by clients). */
@@ -231,20 +241,32 @@ function decodeAddressAt(
   return { address: { type: kind, host, port }, end };
 }
 
-/** Encodes `ATYP ADDR PORT`. */
-function encodeAddress(address: Address): Uint8Array {
-  let head: Uint8Array;
+function notAnAddress(address: Address): RangeError {
+  return new RangeError(`not an ${address.type} address: ${JSON.stringify(address.host)}`);
+}
+
+/**
+ * Encodes `prefixLength` zero bytes, for the caller to fill, followed by
+ * `ATYP ADDR PORT`: one allocation for a whole message.
+ */
+function encodeAfterPrefix(prefixLength: number, address: Address): Uint8Array {
+  let out: Uint8Array;
+  let at = prefixLength;
   switch (address.type) {
-    case "ipv4": {
-      const ip = parseIPv4(address.host);
-      if (ip === null) throw new RangeError(`not an IPv4 address: ${JSON.stringify(address.host)}`);
-      head = Uint8Array.of(AddressType.IPv4, ...ip);
+    case "ipv4":
+      // The common reply: the address goes straight into the message.
+      out = new Uint8Array(prefixLength + 1 + 4 + 2);
+      out[at++] = AddressType.IPv4;
+      if (!writeIPv4(address.host, out, at)) throw notAnAddress(address);
+      at += 4;
       break;
-    }
     case "ipv6": {
       const ip = parseIPv6(address.host);
-      if (ip === null) throw new RangeError(`not an IPv6 address: ${JSON.stringify(address.host)}`);
-      head = Uint8Array.of(AddressType.IPv6, ...ip);
+      if (ip === null) throw notAnAddress(address);
+      out = new Uint8Array(prefixLength + 1 + 16 + 2);
+      out[at++] = AddressType.IPv6;
+      out.set(ip, at);
+      at += 16;
       break;
     }
     case "domain": {
@@ -252,14 +274,16 @@ function encodeAddress(address: Address): Uint8Array {
       if (name.length < 1 || name.length > 255) {
         throw new RangeError(`domain name must be 1 to 255 bytes, got ${name.length}`);
       }
-      head = Uint8Array.of(AddressType.Domain, name.length, ...name);
+      out = new Uint8Array(prefixLength + 2 + name.length + 2);
+      out[at++] = AddressType.Domain;
+      out[at++] = name.length;
+      out.set(name, at);
+      at += name.length;
       break;
     }
   }
-  const out = new Uint8Array(head.length + 2);
-  out.set(head);
-  out[head.length] = address.port >> 8;
-  out[head.length + 1] = address.port & 0xff;
+  out[at] = address.port >> 8;
+  out[at + 1] = address.port & 0xff;
   return out;
 }
 
@@ -281,19 +305,17 @@ export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
 
 /** Encodes a client request (used by clients and tests). */
 export function encodeRequest(request: Request): Uint8Array {
-  const address = encodeAddress(request.address);
-  const out = new Uint8Array(3 + address.length);
-  out.set([VERSION, request.command, 0x00]);
-  out.set(address, 3);
+  const out = encodeAfterPrefix(3, request.address);
+  out[0] = VERSION;
+  out[1] = request.command;
   return out;
 }
 
 /** Encodes a reply `VER REP RSV ATYP BND.ADDR BND.PORT`. */
 export function encodeReply(message: ReplyMessage): Uint8Array {
-  const address = encodeAddress(message.address);
-  const out = new Uint8Array(3 + address.length);
-  out.set([VERSION, message.reply, 0x00]);
-  out.set(address, 3);
+  const out = encodeAfterPrefix(3, message.address);
+  out[0] = VERSION;
+  out[1] = message.reply;
   return out;
 }
 
@@ -326,10 +348,8 @@ export interface UdpDatagram {
 
 /** Encodes the header `RSV RSV FRAG ATYP ADDR PORT` that goes before a datagram's data. */
 export function encodeUdpHeader(address: Address, fragment = 0): Uint8Array {
-  const encoded = encodeAddress(address);
-  const out = new Uint8Array(3 + encoded.length);
+  const out = encodeAfterPrefix(3, address);
   out[2] = fragment;
-  out.set(encoded, 3);
   return out;
 }
 
