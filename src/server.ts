@@ -172,7 +172,7 @@ export function startServer(
     perIp.set(ip, fromIp + 1);
     const session = createSession(conn, context);
     sessions.add(session);
-    session.run().finally(() => {
+    session.run().then(() => { // run() never rejects
       sessions.delete(session);
       const left = perIp.get(ip)! - 1;
       if (left === 0) perIp.delete(ip);

@@ -40,6 +40,8 @@ interface BindReplies {
 const MAX_HANDSHAKE_BYTES = 8192;
 
 const decoder = new TextDecoder();
+/** Stands in for the handshake buffer once the handshake is over; never written to. */
+const NO_BYTES = new Uint8Array(0);
 
 /** One SOCKS client connection. */
 export class SocksSession extends ProxySession {
@@ -58,7 +60,8 @@ export class SocksSession extends ProxySession {
   }
 
   protected async negotiate(): Promise<void> {
-    const first = await this.#peekFirstByte();
+    await this.#fill();
+    const first = this.#pending[0];
     if (first === socks5.VERSION) await this.#socks5();
     else if (first === socks4.VERSION) await this.#socks4();
     else this.setOutcome("unknown-protocol");
@@ -273,11 +276,6 @@ export class SocksSession extends ProxySession {
     return fields;
   }
 
-  async #peekFirstByte(): Promise<number> {
-    await this.#fill();
-    return this.#pending[0]!;
-  }
-
   /**
    * Decodes one message from the handshake buffer, reading more as needed.
    * A {@linkcode ProtocolError} is answered with `errorReply(code)` when the
@@ -331,7 +329,7 @@ export class SocksSession extends ProxySession {
   /** Takes the bytes the client sent after its request: they go to the target first. */
   #takeEarlyData(): Uint8Array {
     const early = this.#pending.subarray(0, this.#pendingLength);
-    this.#pending = new Uint8Array(0); // the handshake buffer is not needed any more
+    this.#pending = NO_BYTES; // the handshake buffer is not needed any more
     this.#pendingLength = 0;
     return early;
   }

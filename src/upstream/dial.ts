@@ -110,27 +110,46 @@ export function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> 
  * Connects to `address`, trying each resolved address in turn. Rejects with
  * {@linkcode DialError}. The connection has TCP_NODELAY and keepalive set.
  */
-export async function dial(address: Address, signal: AbortSignal): Promise<Deno.TcpConn> {
-  const candidates = address.type === "domain" ? await resolve(address.host, signal) : [
-    address.host,
-  ];
+export function dial(address: Address, signal: AbortSignal): Promise<Deno.TcpConn> {
+  return address.type === "domain"
+    ? dialName(address.host, address.port, signal)
+    : connectTo(address.host, address.port, signal);
+}
+
+/** Resolves `host`, then connects to each address in turn until one answers. */
+async function dialName(host: string, port: number, signal: AbortSignal): Promise<Deno.TcpConn> {
   let last: DialError | undefined;
-  for (const hostname of candidates) {
+  for (const hostname of await resolve(host, signal)) {
     try {
-      const conn = await Deno.connect({ hostname, port: address.port, signal });
-      conn.setNoDelay(true);
-      conn.setKeepAlive(true);
-      return conn;
+      return await connectTo(hostname, port, signal);
     } catch (error) {
-      if (signal.aborted) {
-        throw new DialError(abortFailure(signal), `connect to ${hostname} aborted`, {
-          cause: error,
-        });
-      }
-      last = new DialError(classifyConnectError(error), `connect to ${hostname} failed`, {
-        cause: error,
-      });
+      if (signal.aborted) throw error;
+      last = error as DialError;
     }
   }
   throw last!;
+}
+
+/** Connects to one IP address; rejects with {@linkcode DialError}. */
+async function connectTo(
+  hostname: string,
+  port: number,
+  signal: AbortSignal,
+): Promise<Deno.TcpConn> {
+  let conn: Deno.TcpConn | undefined;
+  try {
+    conn = await Deno.connect({ hostname, port, signal });
+    conn.setNoDelay(true);
+    conn.setKeepAlive(true);
+    return conn;
+  } catch (error) {
+    try {
+      conn?.close();
+    } catch {
+      // already closed
+    }
+    const failure = signal.aborted ? abortFailure(signal) : classifyConnectError(error);
+    const what = signal.aborted ? "aborted" : "failed";
+    throw new DialError(failure, `connect to ${hostname} ${what}`, { cause: error });
+  }
 }
