@@ -122,11 +122,14 @@ export function parseIPv6(text: string): Uint8Array | null {
   return bytes;
 }
 
+/** Where addressOf() checks for a dotted quad; the bytes themselves are not kept. */
+const IPV4_SCRATCH = new Uint8Array(4);
+
 /** Classifies a host string as it would be dialled: IP literal or name. */
 export function addressOf(host: string, port: number): Address {
   const unbracketed = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
-  const v4 = parseIPv4(unbracketed);
-  if (v4 !== null) return { type: "ipv4", host: formatIPv4(v4), port };
+  // A dotted quad parseIPv4 accepts is already canonical: no need to format it.
+  if (writeIPv4(unbracketed, IPV4_SCRATCH, 0)) return { type: "ipv4", host: unbracketed, port };
   const v6 = parseIPv6(unbracketed);
   if (v6 !== null) return { type: "ipv6", host: formatIPv6(v6), port };
   return { type: "domain", host, port };

@@ -127,8 +127,16 @@ export function decodeMethodSelection(bytes: Uint8Array): Decoded<number> {
 
 /** Encodes the server's method selection. */
 export function encodeMethodSelection(method: number): Uint8Array {
-  return twoBytes(VERSION, method);
+  return METHOD_SELECTIONS.get(method) ?? twoBytes(VERSION, method);
 }
+
+/**
+ * The selections a server sends, made once: one goes out on every session.
+ * Callers only write them to sockets, never change them.
+ */
+const METHOD_SELECTIONS: ReadonlyMap<number, Uint8Array> = new Map(
+  [Method.NoAuth, Method.UserPass, Method.NoAcceptable].map((m) => [m, twoBytes(VERSION, m)]),
+);
 
 /** `new Uint8Array(2)` filled in: cheaper than `Uint8Array.of`, and sent on every session. */
 function twoBytes(first: number, second: number): Uint8Array {
