@@ -41,7 +41,13 @@ export interface RelayTotals {
 }
 
 const DEFAULT_INITIAL_BUFFER = 1024;
-const DEFAULT_MAX_BUFFER = 1048576;
+/**
+ * 4 MiB: on this kernel each read and write costs far more than the copy, and
+ * a one-stream download measured 2,074 MiB/s with 1 MiB, 2,279 with 2 MiB,
+ * 2,420 with 4 MiB and 2,472 with 8 MiB (direct: 3,395). A busy direction
+ * holds at most two buffers of this size.
+ */
+const DEFAULT_MAX_BUFFER = 4 * 1048576;
 
 /**
  * Relays between `client` and `target` until both directions have ended or
