@@ -18,8 +18,9 @@
  * Environment (all optional):
  *   BENCH_QUICK=1            short run for trying the harness (does not write
  *                            BENCHMARKS.md unless BENCH_WRITE=1)
- *   BENCH_ROWS=a,b           only these rows (direct, ferry, ferry-log, dante,
- *                            microsocks)
+ *   BENCH_ROWS=a,b           only these rows (direct, ferry, ferry-log, bare,
+ *                            dante, microsocks; bare is bench/bare_relay.ts,
+ *                            the smallest Deno relay, for reference)
  *   BENCH_ROUNDS=n           rounds of session + download runs (default 3)
  *   BENCH_SESSION_SECONDS=s  measured seconds per session run (default 5)
  *   BENCH_DOWNLOAD_SECONDS=s measured seconds per download run (default 4)
@@ -156,7 +157,7 @@ interface CpuWindow {
 // ---------------------------------------------------------------------------
 // The rows
 
-type RowId = "direct" | "ferry" | "ferry-log" | "dante" | "microsocks";
+type RowId = "direct" | "ferry" | "ferry-log" | "bare" | "dante" | "microsocks";
 
 interface Row {
   id: RowId;
@@ -329,11 +330,15 @@ async function startProxy(row: Row, tmp: string, nofile: number, tag = ""): Prom
     cmd = [(await which("danted")) ?? "danted", "-f", conf, "-N", "1"];
   } else {
     const deno = Deno.execPath();
+    // The reference relay runs with ferry's flags too, so only the code differs.
+    const entry = row.id === "bare"
+      ? "bench/bare_relay.ts"
+      : env("BENCH_FERRY_ENTRY") ?? "src/main.ts";
     cmd = [
       deno,
       "run",
       ...ferryRunFlags(),
-      env("BENCH_FERRY_ENTRY") ?? "src/main.ts",
+      entry,
       "socks",
       "--listen",
       `127.0.0.1:${row.port}`,
@@ -372,7 +377,7 @@ async function startProxy(row: Row, tmp: string, nofile: number, tag = ""): Prom
   row.child.status.then(() => (exited = true));
 
   const expect = row.id === "dante" ? "danted" : row.id === "microsocks" ? "microsocks" : "deno";
-  const deadline = Date.now() + (row.id.startsWith("ferry") ? 120_000 : 20_000);
+  const deadline = Date.now() + (expect === "deno" ? 120_000 : 20_000);
   while (Date.now() < deadline && !exited) {
     if (row.pid === undefined) {
       const kids = (await allStats()).filter((s) => s.ppid === row.wrapperPid);
@@ -1066,12 +1071,13 @@ async function main(): Promise<number> {
   await run(["taskset", "-a", "-p", "-c", GEN_CORE, String(Deno.pid)], { allowFail: true });
   log(`open-files limit for all processes: ${nofile}`);
 
-  const wanted = (env("BENCH_ROWS") ?? "direct,ferry,ferry-log,dante,microsocks").split(",")
+  const wanted = (env("BENCH_ROWS") ?? "direct,ferry,ferry-log,bare,dante,microsocks").split(",")
     .map((s) => s.trim());
   const all: Row[] = [
     { id: "direct", label: "direct", port: 0, sessions: [], downloads: [] },
     { id: "ferry", label: "ferry", port: 0, sessions: [], downloads: [] },
     { id: "ferry-log", label: "ferry (logging on)", port: 0, sessions: [], downloads: [] },
+    { id: "bare", label: "bare Deno relay (reference)", port: 0, sessions: [], downloads: [] },
     { id: "dante", label: "dante", port: 0, sessions: [], downloads: [] },
     { id: "microsocks", label: "microsocks", port: 0, sessions: [], downloads: [] },
   ];
