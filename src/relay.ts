@@ -89,11 +89,7 @@ export async function relay(
         }
         carried += n;
         if (n < buffer.length) {
-          // write() directly, not writeAll(): one async frame fewer per chunk
-          // on the path every small session takes.
-          const chunk = buffer.subarray(0, n);
-          const written = await to.write(chunk);
-          if (written < n) await writeAll(to, chunk.subarray(written));
+          await writeAll(to, buffer.subarray(0, n));
           continue;
         }
         flying = buffer;
