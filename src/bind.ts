@@ -8,6 +8,7 @@
  * @module
  */
 import { lookup } from "node:dns/promises";
+import { closeQuietly } from "./close_quietly.ts";
 import { type Address, unmapIPv4 } from "./protocol/address.ts";
 
 /**
@@ -72,11 +73,7 @@ export class BindListener implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    try {
-      this.#listener.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(this.#listener);
   }
 
   [Symbol.dispose](): void {

@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { closeQuietly } from "./close_quietly.ts";
 import type { Deadlines, Expirable } from "./deadlines.ts";
 import { sessionLog } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -316,14 +317,5 @@ export abstract class ProxySession implements Expirable {
       ms: Math.round(performance.now() - this.#started),
       ...this.logFields(),
     });
-  }
-}
-
-/** Closes a connection or listener that may already be closed. */
-export function closeQuietly(conn: { close(): void }): void {
-  try {
-    conn.close();
-  } catch {
-    // already closed
   }
 }

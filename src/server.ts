@@ -11,7 +11,8 @@ import { Deadlines, tickFor } from "./deadlines.ts";
 import { RateLimitedLog, serverLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { formatAddress } from "./protocol/address.ts";
-import { closeQuietly, type SessionContext } from "./proxy_session.ts";
+import { closeQuietly } from "./close_quietly.ts";
+import type { SessionContext } from "./proxy_session.ts";
 import { type SocksContext, SocksSession } from "./session.ts";
 
 /** Back-off after a failed accept: from the first value, doubling, to the cap. */

@@ -7,6 +7,7 @@
  * @module
  */
 import { lookup } from "node:dns/promises";
+import { closeQuietly } from "../close_quietly.ts";
 import type { Address } from "../protocol/address.ts";
 import { Reply } from "../protocol/socks5.ts";
 
@@ -113,7 +114,7 @@ export function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> 
 export function dial(address: Address, signal: AbortSignal): Promise<Deno.TcpConn> {
   return address.type === "domain"
     ? dialName(address.host, address.port, signal)
-    : connectTo(address.host, address.port, signal);
+    : connectToIp(address.host, address.port, signal);
 }
 
 /** Resolves `host`, then connects to each address in turn until one answers. */
@@ -121,7 +122,7 @@ async function dialName(host: string, port: number, signal: AbortSignal): Promis
   let last: DialError | undefined;
   for (const hostname of await resolve(host, signal)) {
     try {
-      return await connectTo(hostname, port, signal);
+      return await connectToIp(hostname, port, signal);
     } catch (error) {
       if (signal.aborted) throw error;
       last = error as DialError;
@@ -131,7 +132,7 @@ async function dialName(host: string, port: number, signal: AbortSignal): Promis
 }
 
 /** Connects to one IP address; rejects with {@linkcode DialError}. */
-async function connectTo(
+async function connectToIp(
   hostname: string,
   port: number,
   signal: AbortSignal,
@@ -143,11 +144,7 @@ async function connectTo(
     conn.setKeepAlive(true);
     return conn;
   } catch (error) {
-    try {
-      conn?.close();
-    } catch {
-      // already closed
-    }
+    if (conn) closeQuietly(conn);
     const failure = signal.aborted ? abortFailure(signal) : classifyConnectError(error);
     const what = signal.aborted ? "aborted" : "failed";
     throw new DialError(failure, `connect to ${hostname} ${what}`, { cause: error });

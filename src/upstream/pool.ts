@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { closeQuietly } from "../close_quietly.ts";
 import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
 import { formatAddress } from "../protocol/address.ts";
@@ -108,11 +109,7 @@ export class PooledConnection implements RelayEnd {
   }
 
   close(): void {
-    try {
-      this.conn.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(this.conn);
   }
 }
 
