@@ -267,3 +267,46 @@ export function medianRun<T>(runs: T[], key: (t: T) => number): T | undefined {
   const sorted = [...runs].sort((a, b) => key(a) - key(b));
   return sorted[Math.floor((sorted.length - 1) / 2)];
 }
+
+/** A process started under `timeout` (the wrapper), as the benchmarks start proxies. */
+export interface WrappedProcess {
+  child?: Deno.ChildProcess;
+  /** The `timeout` process. */
+  wrapperPid?: number;
+  /** The proxy itself, once found. */
+  pid?: number;
+}
+
+/**
+ * Stops a wrapped process and everything under it, by PID: SIGTERM to the
+ * proxy (the wrapper's child; `timeout` would forward it too), up to 4 s to
+ * exit, then SIGKILL to whatever is left, and the wrapper last.
+ */
+export async function stopWrapped(p: WrappedProcess): Promise<void> {
+  if (!p.child || p.wrapperPid === undefined) return;
+  const wrapper = p.wrapperPid;
+  const inner = (await processTree(wrapper)).filter((q) => q.pid !== wrapper);
+  const signal = (pid: number, sig: Deno.Signal) => {
+    try {
+      Deno.kill(pid, sig);
+    } catch {
+      // already gone
+    }
+  };
+  const main = inner.find((q) => q.ppid === wrapper);
+  signal(main ? main.pid : wrapper, "SIGTERM");
+  const deadline = Date.now() + 4000;
+  while (Date.now() < deadline) {
+    let alive = false;
+    for (const q of inner) if (await processAlive(q)) alive = true;
+    if (!alive) break;
+    await sleep(100);
+  }
+  for (const q of inner) if (await processAlive(q)) signal(q.pid, "SIGKILL");
+  const wrapperGone = await Promise.race([p.child.status.then(() => true), sleep(6000)]);
+  if (!wrapperGone) signal(wrapper, "SIGKILL");
+  await p.child.status.catch(() => undefined);
+  delete p.child;
+  delete p.pid;
+  delete p.wrapperPid;
+}

@@ -56,7 +56,6 @@ import {
   num,
   OUT,
   pct,
-  processAlive,
   processTree,
   ratio,
   readStat,
@@ -64,6 +63,7 @@ import {
   ROOT,
   run,
   sleep,
+  stopWrapped,
   table,
   treeOf,
 } from "./_common.ts";
@@ -387,7 +387,7 @@ async function startProxy(row: Row, tmp: string, nofile: number, tag = ""): Prom
     if (row.pid !== undefined && (await canConnect(row.port))) return;
     await sleep(100);
   }
-  await stopProxy(row);
+  await stopWrapped(row);
   const tail = await readTail(row.errFile);
   row.failed = exited
     ? `exited at start: ${tail || "(no output)"}`
@@ -411,41 +411,6 @@ async function reportStderr(row: Row): Promise<void> {
   if (other.length === 0) return;
   log(`${row.label} stderr (${other.length} lines besides session and start-up lines):`);
   for (const l of other.slice(0, 8)) log(`  ${l.slice(0, 400)}`);
-}
-
-/**
- * SIGTERM to the proxy, then SIGKILL to whatever is left of the processes
- * under its `timeout` wrapper, then to the wrapper. Only PIDs this bench
- * started (the wrapper's descendants, checked by start time) are signalled.
- */
-async function stopProxy(row: Row): Promise<void> {
-  if (!row.child || row.wrapperPid === undefined) return;
-  const wrapper = row.wrapperPid;
-  const inner = (await processTree(wrapper)).filter((p) => p.pid !== wrapper);
-  const signal = (pid: number, sig: Deno.Signal) => {
-    try {
-      Deno.kill(pid, sig);
-    } catch {
-      // already gone
-    }
-  };
-  // The proxy is the wrapper's child; `timeout` would forward SIGTERM too.
-  const main = inner.find((p) => p.ppid === wrapper);
-  signal(main ? main.pid : wrapper, "SIGTERM");
-  const deadline = Date.now() + 4000;
-  while (Date.now() < deadline) {
-    let alive = false;
-    for (const p of inner) if (await processAlive(p)) alive = true;
-    if (!alive) break;
-    await sleep(100);
-  }
-  for (const p of inner) if (await processAlive(p)) signal(p.pid, "SIGKILL");
-  const wrapperGone = await Promise.race([row.child.status.then(() => true), sleep(6000)]);
-  if (!wrapperGone) signal(wrapper, "SIGKILL");
-  await row.child.status.catch(() => undefined);
-  delete row.child;
-  delete row.pid;
-  delete row.wrapperPid;
 }
 
 // ---------------------------------------------------------------------------
@@ -1087,7 +1052,7 @@ async function main(): Promise<number> {
   let targets: Targets | undefined;
 
   const cleanup = async () => {
-    for (const r of rows) await stopProxy(r).catch(() => undefined);
+    for (const r of rows) await stopWrapped(r).catch(() => undefined);
     if (targets) {
       await targets.stdin.close().catch(() => undefined);
       const done = await Promise.race([targets.child.status.then(() => true), sleep(3000)]);
@@ -1180,7 +1145,7 @@ async function main(): Promise<number> {
       // it. A first, unmeasured round of idle sessions warms it up.
       ferryLogLines += await sessionLogLines(row);
       await reportStderr(row);
-      await stopProxy(row);
+      await stopWrapped(row);
       await startProxy(row, tmp, nofile, "-idle");
       if (row.failed) {
         log(`${row.label} failed on restart: ${row.failed}`);

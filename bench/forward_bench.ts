@@ -69,13 +69,12 @@ import {
   num,
   OUT,
   pct,
-  processAlive,
-  processTree,
   ratio,
   readStat,
   readTail,
   ROOT,
   sleep,
+  stopWrapped,
   table,
   treeOf,
 } from "./_common.ts";
@@ -579,45 +578,11 @@ async function startForwarder(
     if (f.pid !== undefined && (await canConnect(f.port))) return;
     await sleep(100);
   }
-  await stopForwarder(f);
+  await stopWrapped(f);
   const tail = await readTail(f.errFile);
   f.failed = exited
     ? `exited at start: ${tail || "(no output)"}`
     : `did not accept connections on 127.0.0.1:${f.port} in time: ${tail || "(no output)"}`;
-}
-
-/**
- * SIGTERM to the forwarder, then SIGKILL to whatever is left of the processes
- * under its `timeout` wrapper, then to the wrapper. Only PIDs this bench
- * started (the wrapper's descendants, checked by start time) are signalled.
- */
-async function stopForwarder(f: Forwarder): Promise<void> {
-  if (!f.child || f.wrapperPid === undefined) return;
-  const wrapper = f.wrapperPid;
-  const inner = (await processTree(wrapper)).filter((p) => p.pid !== wrapper);
-  const signal = (pid: number, sig: Deno.Signal) => {
-    try {
-      Deno.kill(pid, sig);
-    } catch {
-      // already gone
-    }
-  };
-  const main = inner.find((p) => p.ppid === wrapper);
-  signal(main ? main.pid : wrapper, "SIGTERM");
-  const deadline = Date.now() + 4000;
-  while (Date.now() < deadline) {
-    let alive = false;
-    for (const p of inner) if (await processAlive(p)) alive = true;
-    if (!alive) break;
-    await sleep(100);
-  }
-  for (const p of inner) if (await processAlive(p)) signal(p.pid, "SIGKILL");
-  const wrapperGone = await Promise.race([f.child.status.then(() => true), sleep(6000)]);
-  if (!wrapperGone) signal(wrapper, "SIGKILL");
-  await f.child.status.catch(() => undefined);
-  delete f.child;
-  delete f.pid;
-  delete f.wrapperPid;
 }
 
 /**
@@ -888,7 +853,7 @@ async function measureTtfb(nofile: number, tmp: string): Promise<TtfbResult> {
       if (row.id === "direct") continue;
       const f: Forwarder = { id: row.id, label: row.label, port: 0 };
       forwarders.push(f);
-      cleanups.push(() => stopForwarder(f));
+      cleanups.push(() => stopWrapped(f));
       await startForwarder(f, to, tmp, nofile, "-ttfb");
       if (f.failed) {
         row.failed = f.failed;
@@ -981,7 +946,7 @@ async function measureTtfb(nofile: number, tmp: string): Promise<TtfbResult> {
       row.notes = await stderrNotes(f);
     }
   } finally {
-    for (const f of forwarders) await stopForwarder(f).catch(() => undefined);
+    for (const f of forwarders) await stopWrapped(f).catch(() => undefined);
     if (upstream) await stopTargets(upstream).catch(() => undefined);
     await stopLink(link).catch((e) => log(`tearing down the link: ${e}`));
   }
@@ -1188,7 +1153,7 @@ async function measureLoad(
     log(`loopback target: echo/source on 127.0.0.1:${t.echo}`);
     for (const row of rows) {
       if (row.id === "direct") continue;
-      cleanups.push(() => stopForwarder(row));
+      cleanups.push(() => stopWrapped(row));
       log(`starting ${row.label}`);
       await startForwarder(row, `127.0.0.1:${t.echo}`, tmp, nofile, "-load");
       if (row.failed) {
@@ -1260,7 +1225,7 @@ async function measureLoad(
   } finally {
     for (const row of rows) {
       row.notes = await stderrNotes(row);
-      await stopForwarder(row).catch(() => undefined);
+      await stopWrapped(row).catch(() => undefined);
     }
     if (targets) await stopTargets(targets).catch(() => undefined);
   }

@@ -29,6 +29,7 @@
  * @module
  */
 import {
+  allStats,
   canConnect,
   CLK_TCK,
   DOC,
@@ -42,6 +43,7 @@ import {
   ROOT,
   run,
   sleep,
+  stopWrapped,
   treeOf,
 } from "./_common.ts";
 
@@ -80,38 +82,6 @@ async function which(program: string): Promise<string | null> {
 // ---------------------------------------------------------------------------
 // /proc: processes and CPU time
 
-interface ProcStat {
-  pid: number;
-  ppid: number;
-  comm: string;
-  ticks: number;
-  start: number;
-}
-
-async function readStat(pid: number): Promise<ProcStat | null> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(`/proc/${pid}/stat`);
-  } catch {
-    return null;
-  }
-  const close = text.lastIndexOf(")");
-  const comm = text.slice(text.indexOf("(") + 1, close);
-  const f = text.slice(close + 2).split(" ");
-  const n = (i: number) => Number(f[i - 3]);
-  return { pid, ppid: n(4), comm, ticks: n(14) + n(15) + n(16) + n(17), start: n(22) };
-}
-
-async function allStats(): Promise<ProcStat[]> {
-  const stats: ProcStat[] = [];
-  for await (const entry of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    const stat = await readStat(Number(entry.name));
-    if (stat) stats.push(stat);
-  }
-  return stats;
-}
-
 async function coreBusyTicks(core: string): Promise<{ busy: number; total: number }> {
   const text = await Deno.readTextFile("/proc/stat");
   const m = text.match(new RegExp(`^cpu${core}\\s+(.*)$`, "m"));
@@ -143,12 +113,12 @@ async function sample(pid: number | undefined): Promise<Sample> {
   const stats = await allStats();
   const proxyTicks = pid === undefined
     ? 0
-    : treeOf(stats, pid).reduce((sum, p) => sum + p.ticks, 0);
+    : treeOf(stats, pid).reduce((sum, p) => sum + p.ticks + p.childTicks, 0);
   const ours = new Set(treeOf(stats, Deno.pid).map((p) => p.pid));
   const foreign = new Map<number, { ticks: number; start: number }>();
   for (const p of stats) {
     if (!ours.has(p.pid) && p.pid !== 2 && p.ppid !== 2) {
-      foreign.set(p.pid, { ticks: p.ticks, start: p.start });
+      foreign.set(p.pid, { ticks: p.ticks + p.childTicks, start: p.start });
     }
   }
   return {
@@ -330,42 +300,11 @@ async function startProxy(row: Row, tmp: string, nofile: number): Promise<void> 
     if (row.pid !== undefined && (await canConnect(row.port))) return;
     await sleep(100);
   }
-  await stopProxy(row);
+  await stopWrapped(row);
   const tail = await readTail(row.errFile);
   row.failed = exited
     ? `exited at start: ${tail || "(no output)"}`
     : `did not accept connections in time: ${tail || "(no output)"}`;
-}
-
-/** SIGTERM to the proxy, then SIGKILL to what is left under its wrapper (by PID). */
-async function stopProxy(row: Row): Promise<void> {
-  if (!row.child || row.wrapperPid === undefined) return;
-  const wrapper = row.wrapperPid;
-  const inner = treeOf(await allStats(), wrapper).filter((p) => p.pid !== wrapper);
-  const signal = (pid: number, sig: Deno.Signal) => {
-    try {
-      Deno.kill(pid, sig);
-    } catch {
-      // already gone
-    }
-  };
-  const alive = async (p: ProcStat) => (await readStat(p.pid))?.start === p.start;
-  const main = inner.find((p) => p.ppid === wrapper);
-  signal(main ? main.pid : wrapper, "SIGTERM");
-  const deadline = Date.now() + 4000;
-  while (Date.now() < deadline) {
-    let any = false;
-    for (const p of inner) if (await alive(p)) any = true;
-    if (!any) break;
-    await sleep(100);
-  }
-  for (const p of inner) if (await alive(p)) signal(p.pid, "SIGKILL");
-  const gone = await Promise.race([row.child.status.then(() => true), sleep(6000)]);
-  if (!gone) signal(wrapper, "SIGKILL");
-  await row.child.status.catch(() => undefined);
-  delete row.child;
-  delete row.pid;
-  delete row.wrapperPid;
 }
 
 // ---------------------------------------------------------------------------
@@ -648,7 +587,7 @@ async function main(): Promise<number> {
   await Deno.chmod(tmp, 0o755);
   let echo: Echo | undefined;
   const cleanup = async () => {
-    for (const r of rows) await stopProxy(r).catch(() => undefined);
+    for (const r of rows) await stopWrapped(r).catch(() => undefined);
     if (echo) {
       await echo.stdin.close().catch(() => undefined);
       const done = await Promise.race([echo.child.status.then(() => true), sleep(3000)]);
@@ -688,7 +627,7 @@ async function main(): Promise<number> {
         if (warm.error || warm.received === 0) {
           row.failed = `warm-up: ${warm.error ?? "no replies"}; ${await readTail(row.errFile!)}`;
           log(`${row.label} failed: ${row.failed}`);
-          await stopProxy(row);
+          await stopWrapped(row);
           continue;
         }
       }
@@ -718,7 +657,7 @@ async function main(): Promise<number> {
           .filter((l) => l.trim() !== "" && !l.includes('"listening"'));
         if (row.id === "ferry" && text.length) log(`ferry stderr: ${text.slice(0, 5).join(" | ")}`);
       }
-      await stopProxy(row);
+      await stopWrapped(row);
     }
   } finally {
     await cleanup();
