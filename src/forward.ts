@@ -8,7 +8,12 @@
  */
 import type { ForwardConfig } from "./config.ts";
 import { addressOf } from "./protocol/address.ts";
-import { ProxySession, type SessionContext } from "./proxy_session.ts";
+import {
+  NO_EARLY_BYTES,
+  ProxySession,
+  type Relaying,
+  type SessionContext,
+} from "./proxy_session.ts";
 import { type Server, startServer } from "./server.ts";
 import { DialError } from "./upstream/dial.ts";
 import { Upstream } from "./upstream/pool.ts";
@@ -44,7 +49,7 @@ export class ForwardSession extends ProxySession {
     this.protocol = "forward";
   }
 
-  protected async negotiate(): Promise<void> {
+  protected async negotiate(): Promise<Relaying | null> {
     let lastFailure = "no-upstream-up";
     for (const upstream of this.#upstreams.candidates()) {
       this.requested = upstream.name;
@@ -52,7 +57,7 @@ export class ForwardSession extends ProxySession {
       if (pooled) {
         this.#pooled = true;
         this.adoptTarget(pooled);
-        return await this.relayTo(pooled);
+        return { target: pooled, early: NO_EARLY_BYTES };
       }
       let target: Deno.TcpConn;
       try {
@@ -65,11 +70,12 @@ export class ForwardSession extends ProxySession {
         continue;
       }
       upstream.markUp();
-      return await this.relayTo(target);
+      return { target, early: NO_EARLY_BYTES };
     }
     // Nothing to forward to: close at once rather than leave the client waiting.
     this.requested ??= this.#upstreams.upstreams.map((u) => u.name).join(",");
     this.setOutcome(lastFailure);
+    return null;
   }
 
   protected override logFields(): Record<string, unknown> {

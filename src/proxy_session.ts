@@ -77,6 +77,18 @@ class SessionController extends AbortController {
   }
 }
 
+/**
+ * What negotiation hands on to the relay: the connected target, and the bytes
+ * the client sent ahead of the reply, which go to the target first.
+ */
+export interface Relaying {
+  readonly target: RelayEnd;
+  readonly early: Uint8Array;
+}
+
+/** Early bytes of a session whose client cannot have sent any. */
+export const NO_EARLY_BYTES: Uint8Array = new Uint8Array(0);
+
 /** Failure replies are followed by a wait for the client's FIN, at most this long. */
 const LINGER_MS = 2000;
 
@@ -122,8 +134,13 @@ export abstract class ProxySession implements Expirable {
     this.deadline = context.deadlines.now + firstTimeout;
   }
 
-  /** Everything between accept and relay; ends by calling `relayTo` or `refuse`. */
-  protected abstract negotiate(): Promise<void>;
+  /**
+   * Everything between accept and relay. Resolves with what to relay to, or
+   * `null` when the session is over without a relay (refused, or a UDP
+   * association that has ended). Returning rather than relaying from inside
+   * leaves no negotiation frames alive for the whole of the relay.
+   */
+  protected abstract negotiate(): Promise<Relaying | null>;
 
   /** Extra fields for the session's log line. */
   protected logFields(): Record<string, unknown> {
@@ -155,7 +172,8 @@ export abstract class ProxySession implements Expirable {
     try {
       this.client.setNoDelay(true);
       this.client.setKeepAlive(true);
-      await this.negotiate();
+      const relaying = await this.negotiate();
+      if (relaying) await this.#relay(relaying);
     } catch (error) {
       if (!this.#refused) this.#outcome = this.outcomeOf(error);
     } finally {
@@ -188,14 +206,15 @@ export abstract class ProxySession implements Expirable {
    * Dials `address` under the connect deadline; the connection is adopted
    * (closed with the session). Throws {@linkcode DialError}.
    */
-  protected async dialTarget(address: Address): Promise<Deno.TcpConn> {
-    const target = await this.waitInConnectPhase(
+  protected dialTarget(address: Address): Promise<Deno.TcpConn> {
+    return this.waitInConnectPhase(
       this.context.connectTimeoutMs,
       (signal) => dial(address, signal),
-    );
-    this.adoptTarget(target);
-    if (this.controller.signal.aborted) throw this.controller.signal.reason;
-    return target;
+    ).then((target) => {
+      this.adoptTarget(target);
+      if (this.controller.signal.aborted) throw this.controller.signal.reason;
+      return target;
+    });
   }
 
   /**
@@ -225,24 +244,22 @@ export abstract class ProxySession implements Expirable {
 
   /**
    * Dials `address`; on failure sends `failureReply(error)`, refuses, and
-   * returns `null`.
+   * resolves with `null`.
    */
-  protected async connectTo(
+  protected connectTo(
     address: Address,
     failureReply: (error: DialError) => Uint8Array,
   ): Promise<Deno.TcpConn | null> {
-    try {
-      return await this.dialTarget(address);
-    } catch (error) {
+    return this.dialTarget(address).catch(async (error) => {
       if (!(error instanceof DialError) || error.failure === "aborted") throw error;
       await writeAll(this.client, failureReply(error));
       await this.refuse(error.failure);
       return null;
-    }
+    });
   }
 
-  /** Relays until both directions end; `early` bytes from the client go to the target first. */
-  protected async relayTo(target: RelayEnd, early: Uint8Array = new Uint8Array(0)): Promise<void> {
+  /** Relays until both directions end; the early bytes from the client go to the target first. */
+  async #relay({ target, early }: Relaying): Promise<void> {
     const { deadlines, idleTimeoutMs } = this.context;
     this.enter("relay", idleTimeoutMs);
     if (early.length > 0) {
@@ -266,7 +283,7 @@ export abstract class ProxySession implements Expirable {
    * client to close first, so the reply is never destroyed by a reset from
    * closing with unread input, and the TIME_WAIT stays on the client's side.
    */
-  protected async refuse(outcome: string): Promise<void> {
+  protected async refuse(outcome: string): Promise<null> {
     this.#outcome = outcome;
     this.#refused = true;
     this.enter("linger", LINGER_MS);
@@ -276,6 +293,7 @@ export abstract class ProxySession implements Expirable {
     } catch {
       // reset, or closed by the linger deadline: either way we are done
     }
+    return null; // nothing to relay: negotiate() can end with `return this.refuse(…)`
   }
 
   /** The outcome an error stands for; an abort's reason wins over the error it caused. */

@@ -11,7 +11,13 @@ import { type Address, addressOf, formatAddress, unmapIPv4 } from "./protocol/ad
 import { type Decoded, ProtocolError } from "./protocol/decoded.ts";
 import * as socks4 from "./protocol/socks4.ts";
 import * as socks5 from "./protocol/socks5.ts";
-import { ClientGone, ProxySession, SessionAbort, type SessionContext } from "./proxy_session.ts";
+import {
+  ClientGone,
+  ProxySession,
+  type Relaying,
+  SessionAbort,
+  type SessionContext,
+} from "./proxy_session.ts";
 import { writeAll } from "./relay.ts";
 import { UdpAssociation } from "./udp_associate.ts";
 import { raceAbort } from "./upstream/dial.ts";
@@ -59,15 +65,16 @@ export class SocksSession extends ProxySession {
     this.#socks = context;
   }
 
-  protected async negotiate(): Promise<void> {
+  protected async negotiate(): Promise<Relaying | null> {
     await this.#fill();
     const first = this.#pending[0];
-    if (first === socks5.VERSION) await this.#socks5();
-    else if (first === socks4.VERSION) await this.#socks4();
-    else this.setOutcome("unknown-protocol");
+    if (first === socks5.VERSION) return this.#socks5();
+    if (first === socks4.VERSION) return this.#socks4();
+    this.setOutcome("unknown-protocol");
+    return null;
   }
 
-  async #socks5(): Promise<void> {
+  async #socks5(): Promise<Relaying | null> {
     this.protocol = "socks5";
     const { users } = this.#socks;
     const greeting = await this.#decode(socks5.decodeGreeting, null);
@@ -108,7 +115,7 @@ export class SocksSession extends ProxySession {
       return await this.refuse("command-not-supported");
     }
     const target = await this.connectTo(request.address, (failure) => replyWith(failure.reply));
-    if (!target) return;
+    if (!target) return null;
     const bound = target.localAddr;
     await writeAll(
       this.client,
@@ -117,10 +124,10 @@ export class SocksSession extends ProxySession {
         address: addressOf(bound.hostname, bound.port),
       }),
     );
-    await this.relayTo(target, this.#takeEarlyData());
+    return { target, early: this.#takeEarlyData() };
   }
 
-  async #socks4(): Promise<void> {
+  async #socks4(): Promise<Relaying | null> {
     this.protocol = "socks4";
     const { users } = this.#socks;
     const replyWith = (code: number) => socks4.encodeReply({ reply: code, port: 0, ip: "0.0.0.0" });
@@ -147,14 +154,14 @@ export class SocksSession extends ProxySession {
       });
     }
     const target = await this.connectTo(request.address, () => replyWith(socks4.Reply.Rejected));
-    if (!target) return;
+    if (!target) return null;
     const bound = target.localAddr;
     const ip = bound.hostname.includes(":") ? "0.0.0.0" : bound.hostname;
     await writeAll(
       this.client,
       socks4.encodeReply({ reply: socks4.Reply.Granted, port: bound.port, ip }),
     );
-    await this.relayTo(target, this.#takeEarlyData());
+    return { target, early: this.#takeEarlyData() };
   }
 
   /**
@@ -162,7 +169,7 @@ export class SocksSession extends ProxySession {
    * address, wait (bounded by the bind timeout) for the peer the request
    * named, reply with the peer's address, then relay as CONNECT does.
    */
-  async #bind(address: Address, replies: BindReplies): Promise<void> {
+  async #bind(address: Address, replies: BindReplies): Promise<Relaying | null> {
     let peers: ReadonlySet<string> | null;
     try {
       peers = await this.waitInConnectPhase(
@@ -202,7 +209,7 @@ export class SocksSession extends ProxySession {
     peer.setKeepAlive(true);
     this.#bindPeer = formatAddress({ host: peer.remoteAddr.hostname, port: peer.remoteAddr.port });
     await writeAll(this.client, replies.bound(peer.remoteAddr));
-    await this.relayTo(peer, this.#takeEarlyData());
+    return { target: peer, early: this.#takeEarlyData() };
   }
 
   /**
@@ -210,7 +217,10 @@ export class SocksSession extends ProxySession {
    * alive while the control connection is, and evicted by the idle timeout,
    * which datagrams reset as bytes on a TCP relay do.
    */
-  async #udpAssociate(declared: Address, replyWith: (code: number) => Uint8Array): Promise<void> {
+  async #udpAssociate(
+    declared: Address,
+    replyWith: (code: number) => Uint8Array,
+  ): Promise<null> {
     const { udpPerIp, maxUdpPerIp, udpAdvertise, idleTimeoutMs, deadlines } = this.#socks;
     const clientIp = unmapIPv4(this.client.remoteAddr.hostname);
     const live = udpPerIp.get(clientIp) ?? 0;
@@ -254,6 +264,7 @@ export class SocksSession extends ProxySession {
         if (!this.controller.signal.aborted) throw error;
       }
       if (this.controller.signal.aborted) throw this.controller.signal.reason;
+      return null; // the association was the relay, and it is over
     } finally {
       if (this.#association) {
         this.#association.close();
