@@ -1,8 +1,8 @@
 /**
  * The only place that configures logging. Records go to stderr through a
- * non-blocking LogTape stream sink, so formatting batches and the write
- * happens off the session's path; `text` is logfmt, `json` one object a line.
- * Both flatten a record's properties into the line so tools can filter on
+ * batching sink (src/log_sink.ts): formatting and writing happen off the
+ * session's path, one write per batch; `text` is logfmt, `json` one object a
+ * line. Both flatten a record's properties into the line so tools can filter on
  * `event`, `outcome` and friends.
  *
  * @module
@@ -13,11 +13,11 @@ import {
   getJsonLinesFormatter,
   getLogfmtFormatter,
   getLogger,
-  getStreamSink,
   type Logger,
   type LogLevel as LogTapeLevel,
 } from "@logtape/logtape";
 import type { LogFormat, LogLevel } from "./config.ts";
+import { batchedSink } from "./log_sink.ts";
 
 const LEVELS: Readonly<Record<LogLevel, LogTapeLevel>> = {
   debug: "debug",
@@ -45,10 +45,11 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
   await configure({
     reset: true,
     sinks: {
-      stderr: getStreamSink(Deno.stderr.writable, {
+      stderr: batchedSink({
         formatter,
-        closeStream: false,
-        nonBlocking: { bufferSize: 1000, flushInterval: 50 },
+        write: (bytes) => Deno.stderr.write(bytes),
+        flushIntervalMs: 50,
+        batchSize: 1000,
       }),
     },
     loggers: [

@@ -1,0 +1,136 @@
+/**
+ * A LogTape sink that keeps records as they come and writes them in batches:
+ * every `flushIntervalMs`, or as soon as `batchSize` records wait, they are
+ * formatted, joined and handed to `write` as one buffer.
+ *
+ * LogTape's own non-blocking stream sink also formats off the logging call,
+ * but then writes each record on its own through a WritableStream: one write
+ * syscall and a handful of promises per line. With a line per session that
+ * was most of what logging cost (see BENCHMARKS.md, "ferry (logging on)").
+ *
+ * Memory is bounded: while a write is stuck (a stderr pipe nobody reads),
+ * records beyond `maxPending` are dropped, counted, and reported by one
+ * record of their own once writing resumes. A failed write never throws into
+ * the logging call; the sink stops writing.
+ *
+ * @module
+ */
+import type { LogRecord, Sink, TextFormatter } from "@logtape/logtape";
+
+/** Options for {@linkcode batchedSink}. */
+export interface BatchedSinkOptions {
+  /** Turns a record into its line, newline included. */
+  readonly formatter: TextFormatter;
+  /** Writes some of `bytes`, resolving with how many; `Deno.stderr.write` fits. */
+  readonly write: (bytes: Uint8Array) => Promise<number>;
+  /** How long a record may wait before its batch is written. */
+  readonly flushIntervalMs?: number;
+  /** A batch this large is written at once, without waiting for the interval. */
+  readonly batchSize?: number;
+  /** Records held at most while a write is in progress; more are dropped. */
+  readonly maxPending?: number;
+}
+
+/** A sink that must be disposed (LogTape's `dispose()` does it) to write its last batch. */
+export type BatchedSink = Sink & AsyncDisposable;
+
+const encoder = new TextEncoder();
+
+/** Creates the sink; see the module documentation. */
+export function batchedSink(options: BatchedSinkOptions): BatchedSink {
+  const { formatter, write } = options;
+  const flushIntervalMs = options.flushIntervalMs ?? 50;
+  const batchSize = options.batchSize ?? 1000;
+  const maxPending = options.maxPending ?? 10 * batchSize;
+  let pending: LogRecord[] = [];
+  let dropped = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let writing: Promise<void> | null = null;
+  let broken = false;
+  let disposed = false;
+
+  const writeAll = async (bytes: Uint8Array) => {
+    for (let offset = 0; offset < bytes.length;) {
+      offset += await write(bytes.subarray(offset));
+    }
+  };
+
+  const formatBatch = (records: readonly LogRecord[]): string => {
+    let text = "";
+    for (const record of records) text += formatter(record);
+    // Records are dropped only once the pending ones fill up, so the report
+    // of the drop comes after them.
+    if (dropped > 0) {
+      text += formatter(droppedRecord(dropped));
+      dropped = 0;
+    }
+    return text;
+  };
+
+  // Writes until nothing is pending; flush() runs one such loop at a time.
+  const drain = async () => {
+    try {
+      while (pending.length > 0 || dropped > 0) {
+        const batch = pending;
+        pending = [];
+        await writeAll(encoder.encode(formatBatch(batch)));
+      }
+    } catch {
+      broken = true; // stderr is gone: nowhere left to report it
+      pending = [];
+    }
+  };
+
+  const flush = () => {
+    if (timer !== undefined) {
+      clearTimeout(timer);
+      timer = undefined;
+    }
+    if (writing !== null || broken || (pending.length === 0 && dropped === 0)) return;
+    // Cleared in a callback, never inside drain(): that always runs after
+    // this assignment, even if drain() finished without awaiting.
+    writing = drain().finally(() => {
+      writing = null;
+      armTimer(); // for records that came after the last batch was taken
+    });
+  };
+
+  const armTimer = () => {
+    if (timer !== undefined || writing !== null || pending.length === 0) return;
+    const armed = setTimeout(flush, flushIntervalMs);
+    Deno.unrefTimer(armed); // logging alone must never keep the process alive
+    timer = armed;
+  };
+
+  const sink = (record: LogRecord) => {
+    if (broken || disposed) return;
+    if (pending.length >= maxPending) {
+      dropped++;
+      return;
+    }
+    pending.push(record);
+    if (pending.length >= batchSize) flush();
+    else armTimer();
+  };
+
+  return Object.assign(sink, {
+    async [Symbol.asyncDispose]() {
+      disposed = true;
+      flush();
+      while (writing !== null) await writing;
+    },
+  });
+}
+
+/** The record that stands for `count` dropped ones, in the sink's own format. */
+function droppedRecord(count: number): LogRecord {
+  const message = `${count} log records dropped: stderr did not keep up`;
+  return {
+    category: ["ferry", "log"],
+    level: "warning",
+    message: [message],
+    rawMessage: message,
+    timestamp: Date.now(),
+    properties: { event: "log-dropped", dropped: count },
+  };
+}

@@ -1,0 +1,213 @@
+/**
+ * Unit tests of the batching log sink, with a fake `write` that records
+ * what it is handed. Waits are on the fake's writes, never on a sleep.
+ */
+import assert from "node:assert/strict";
+import {
+  configure,
+  getJsonLinesFormatter,
+  getLogger,
+  type LogRecord,
+  reset,
+} from "@logtape/logtape";
+import { batchedSink } from "../src/log_sink.ts";
+
+/** A record whose message is `text`. */
+function record(text: string): LogRecord {
+  return {
+    category: ["test"],
+    level: "info",
+    message: [text],
+    rawMessage: text,
+    timestamp: 0,
+    properties: {},
+  };
+}
+
+const lineFormatter = (r: LogRecord) => `${r.message.join("")}\n`;
+const decoder = new TextDecoder();
+
+/** A `write` that keeps every chunk; `nextWrite()` resolves on the next call. */
+class FakeStderr {
+  /** The bytes of each call, as taken. */
+  readonly chunks: Uint8Array[] = [];
+  /** How many bytes one call takes at most (to exercise partial writes). */
+  maxPerWrite = Infinity;
+  /** When set, each write waits for it before returning. */
+  gate: Promise<void> | null = null;
+  #waiters: (() => void)[] = [];
+
+  readonly write = async (bytes: Uint8Array): Promise<number> => {
+    const taken = Math.min(bytes.length, this.maxPerWrite);
+    this.chunks.push(bytes.slice(0, taken));
+    for (const wake of this.#waiters.splice(0)) wake();
+    if (this.gate) await this.gate;
+    return taken;
+  };
+
+  nextWrite(): Promise<void> {
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  /** Everything written, decoded as a whole (a call may end inside a character). */
+  get text(): string {
+    const all = new Uint8Array(this.chunks.reduce((sum, chunk) => sum + chunk.length, 0));
+    let offset = 0;
+    for (const chunk of this.chunks) {
+      all.set(chunk, offset);
+      offset += chunk.length;
+    }
+    return decoder.decode(all);
+  }
+}
+
+Deno.test("batchedSink writes records waiting less than the interval in one write, in order", async () => {
+  const stderr = new FakeStderr();
+  const sink = batchedSink({ formatter: lineFormatter, write: stderr.write, flushIntervalMs: 20 });
+  const written = stderr.nextWrite();
+  for (const text of ["one", "two", "three", "four", "five"]) sink(record(text));
+  assert.equal(stderr.chunks.length, 0, "nothing is written on the logging call itself");
+  // The sink's timer is unref'd (logging must not keep ferry alive); this one
+  // keeps the test's event loop running until the write.
+  const keepAlive = setTimeout(() => {}, 10_000);
+  await written;
+  clearTimeout(keepAlive);
+  assert.equal(stderr.chunks.length, 1);
+  assert.equal(stderr.text, "one\ntwo\nthree\nfour\nfive\n");
+  await sink[Symbol.asyncDispose]();
+});
+
+Deno.test("batchedSink writes a full batch at once, without waiting for the interval", async () => {
+  const stderr = new FakeStderr();
+  const sink = batchedSink({
+    formatter: lineFormatter,
+    write: stderr.write,
+    flushIntervalMs: 60_000, // a test that waited for this would time out
+    batchSize: 3,
+  });
+  const written = stderr.nextWrite();
+  sink(record("a"));
+  sink(record("b"));
+  sink(record("c"));
+  await written;
+  assert.equal(stderr.text, "a\nb\nc\n");
+  sink(record("d")); // below the batch size: waits for the interval, or for dispose
+  await sink[Symbol.asyncDispose]();
+  assert.equal(stderr.text, "a\nb\nc\nd\n");
+});
+
+Deno.test("batchedSink disposes at once when nothing waits, also after a batch went out", async () => {
+  const stderr = new FakeStderr();
+  const idle = batchedSink({ formatter: lineFormatter, write: stderr.write });
+  await idle[Symbol.asyncDispose](); // used to spin here: it must simply resolve
+  const used = batchedSink({ formatter: lineFormatter, write: stderr.write, batchSize: 1 });
+  const written = stderr.nextWrite();
+  used(record("only"));
+  await written;
+  await used[Symbol.asyncDispose]();
+  assert.equal(stderr.text, "only\n");
+});
+
+Deno.test("batchedSink writes records that arrive during a write once it is done", async () => {
+  const stderr = new FakeStderr();
+  const { promise: released, resolve: release } = Promise.withResolvers<void>();
+  stderr.gate = released;
+  const sink = batchedSink({
+    formatter: lineFormatter,
+    write: stderr.write,
+    batchSize: 2,
+    flushIntervalMs: 5,
+  });
+  const first = stderr.nextWrite();
+  sink(record("a"));
+  sink(record("b")); // a full batch: its write starts and waits at the gate
+  await first;
+  sink(record("c")); // arrives while that write is in progress
+  const second = stderr.nextWrite();
+  stderr.gate = null;
+  release();
+  const keepAlive = setTimeout(() => {}, 10_000); // the sink's timer is unref'd
+  await second; // written after the first write, with no dispose needed
+  clearTimeout(keepAlive);
+  assert.equal(stderr.text, "a\nb\nc\n");
+  await sink[Symbol.asyncDispose]();
+});
+
+Deno.test("batchedSink finishes partial writes, bytes intact", async () => {
+  const stderr = new FakeStderr();
+  stderr.maxPerWrite = 7;
+  const sink = batchedSink({ formatter: lineFormatter, write: stderr.write });
+  const lines = Array.from({ length: 50 }, (_, i) => `line ${i} ${"é".repeat(i % 5)}`);
+  for (const line of lines) sink(record(line));
+  await sink[Symbol.asyncDispose]();
+  assert.equal(stderr.text, lines.map((line) => `${line}\n`).join(""));
+  assert.ok(stderr.chunks.length > 50 && stderr.chunks.every((chunk) => chunk.length <= 7));
+});
+
+Deno.test("batchedSink bounds what waits behind a stuck write and reports what it dropped", async () => {
+  const stderr = new FakeStderr();
+  const { promise: unstuck, resolve: unstick } = Promise.withResolvers<void>();
+  stderr.gate = unstuck;
+  const sink = batchedSink({
+    formatter: lineFormatter,
+    write: stderr.write,
+    batchSize: 1,
+    maxPending: 4,
+  });
+  const firstWrite = stderr.nextWrite();
+  sink(record("r0")); // starts a write that hangs
+  await firstWrite;
+  for (let i = 1; i <= 10; i++) sink(record(`r${i}`)); // 4 wait, 6 are dropped
+  unstick();
+  await sink[Symbol.asyncDispose]();
+  assert.equal(
+    stderr.text,
+    "r0\nr1\nr2\nr3\nr4\n6 log records dropped: stderr did not keep up\n",
+  );
+});
+
+Deno.test("batchedSink never throws into the logging call when writing fails", async () => {
+  let calls = 0;
+  const sink = batchedSink({
+    formatter: lineFormatter,
+    write: () => {
+      calls++;
+      return Promise.reject(new Deno.errors.BrokenPipe("stderr closed"));
+    },
+    batchSize: 1,
+  });
+  sink(record("lost"));
+  await sink[Symbol.asyncDispose]();
+  sink(record("after the failure")); // ignored, and no throw
+  assert.equal(calls, 1, "a broken stderr is not written to again");
+});
+
+Deno.test("batchedSink carries LogTape's JSON lines, properties flattened, written at dispose", async () => {
+  const stderr = new FakeStderr();
+  await configure({
+    reset: true,
+    sinks: {
+      batched: batchedSink({
+        formatter: getJsonLinesFormatter({ properties: "flatten", message: "rendered" }),
+        write: stderr.write,
+        flushIntervalMs: 60_000,
+      }),
+    },
+    loggers: [
+      { category: ["ferry"], lowestLevel: "info", sinks: ["batched"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["batched"] },
+    ],
+  });
+  try {
+    const log = getLogger(["ferry", "session"]);
+    for (let id = 1; id <= 3; id++) log.info("session {id}: {outcome}", { id, outcome: "ok" });
+  } finally {
+    await reset(); // disposes the sink, which writes what waits
+  }
+  const lines = stderr.text.trimEnd().split("\n").map((line) => JSON.parse(line));
+  assert.deepEqual(lines.map((line) => [line.id, line.outcome, line.message]), [
+    [1, "ok", 'session 1: "ok"'],
+    [2, "ok", 'session 2: "ok"'],
+    [3, "ok", 'session 3: "ok"'],
+  ]);
+});
