@@ -999,6 +999,31 @@ function report(
       ],
     ]),
   );
+  // Rows take turns within a round, so a ratio of two rows in the same round
+  // is the one least moved by the machine's drift; shown beside the verdict,
+  // which stays on the medians.
+  const byRound = (ours: number[], theirs: number[]) =>
+    ours.length > 0 && ours.length === theirs.length
+      ? ours.map((x, i) => ratio(x / theirs[i]!)).join(", ")
+      : null;
+  const sessionRounds = byRound(
+    ferry?.sessions.map((s) => s.rate) ?? [],
+    get("microsocks")?.sessions.map((s) => s.rate) ?? [],
+  );
+  const downloadRounds = byRound(
+    ferry?.downloads.map((d) => d.mibPerS) ?? [],
+    direct?.downloads.map((d) => d.mibPerS) ?? [],
+  );
+  if (sessionRounds || downloadRounds) {
+    out.push(
+      "",
+      "Round by round (each ratio within one round): " +
+        [
+          sessionRounds && `sessions/s ferry ÷ microsocks ${sessionRounds}`,
+          downloadRounds && `download ferry ÷ direct ${downloadRounds}`,
+        ].filter(Boolean).join("; ") + ".",
+    );
+  }
   return out.join("\n");
 }
 
