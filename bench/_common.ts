@@ -68,6 +68,22 @@ export async function run(
   return result;
 }
 
+/** The full path of `program`: the usual system directories first, then the shell's PATH. */
+export async function which(program: string): Promise<string | null> {
+  for (
+    const dir of ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+  ) {
+    try {
+      const info = await Deno.stat(`${dir}/${program}`);
+      if (info.isFile) return `${dir}/${program}`;
+    } catch {
+      // not here
+    }
+  }
+  const found = await run(["sh", "-c", `command -v ${program}`], { allowFail: true });
+  return found.code === 0 && found.stdout.trim() !== "" ? found.stdout.trim() : null;
+}
+
 /** The median of `values` (NaN when empty). */
 export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);

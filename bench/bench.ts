@@ -66,6 +66,7 @@ import {
   stopWrapped,
   table,
   treeOf,
+  which,
 } from "./_common.ts";
 
 const LOADGEN = `${OUT}/loadgen`;
@@ -92,21 +93,6 @@ const PROXY_CORE = "1";
 // Small helpers
 
 const log = (text: string) => console.error(`bench: ${text}`);
-
-async function which(program: string): Promise<string | null> {
-  for (
-    const dir of ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-  ) {
-    try {
-      const info = await Deno.stat(`${dir}/${program}`);
-      if (info.isFile) return `${dir}/${program}`;
-    } catch {
-      // not here
-    }
-  }
-  const found = await run(["sh", "-c", `command -v ${program}`], { allowFail: true });
-  return found.code === 0 && found.stdout.trim() !== "" ? found.stdout.trim() : null;
-}
 
 // ---------------------------------------------------------------------------
 // /proc: processes, CPU time, memory

@@ -73,10 +73,12 @@ import {
   readStat,
   readTail,
   ROOT,
+  run as runCommand,
   sleep,
   stopWrapped,
   table,
   treeOf,
+  which,
 } from "./_common.ts";
 
 const LOADGEN = `${OUT}/forward_loadgen`;
@@ -145,49 +147,13 @@ function spawn(
   return child;
 }
 
-async function run(
+/** {@linkcode runCommand}, refused once the bench is stopping (teardown commands excepted). */
+function run(
   cmd: string[],
   options: { allowFail?: boolean; env?: Record<string, string>; teardown?: boolean } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const [program, ...args] = cmd;
-  if (program === undefined) throw new Error("empty command");
-  if (stopping && !options.teardown) throw new Interrupted();
-  let output: Deno.CommandOutput;
-  try {
-    output = await new Deno.Command(program, {
-      args,
-      stdout: "piped",
-      stderr: "piped",
-      stdin: "null",
-      ...(options.env ? { env: options.env } : {}),
-    }).output();
-  } catch (error) {
-    if (options.allowFail) return { code: 127, stdout: "", stderr: String(error) };
-    throw error;
-  }
-  const result = {
-    code: output.code,
-    stdout: new TextDecoder().decode(output.stdout),
-    stderr: new TextDecoder().decode(output.stderr),
-  };
-  if (result.code !== 0 && !options.allowFail) {
-    throw new Error(`${cmd.join(" ")} exited ${result.code}: ${result.stderr.trim()}`);
-  }
-  return result;
-}
-
-async function which(program: string): Promise<string | null> {
-  for (
-    const dir of ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-  ) {
-    try {
-      const info = await Deno.stat(`${dir}/${program}`);
-      if (info.isFile) return `${dir}/${program}`;
-    } catch {
-      // not here
-    }
-  }
-  return null;
+  if (stopping && !options.teardown) return Promise.reject(new Interrupted());
+  return runCommand(cmd, options);
 }
 
 /** Nearest-rank percentile (p in 0..1). */

@@ -45,6 +45,7 @@ import {
   sleep,
   stopWrapped,
   treeOf,
+  which,
 } from "./_common.ts";
 
 const LOADGEN = `${OUT}/udp_loadgen`;
@@ -67,17 +68,6 @@ const OTHER_CPU_LIMIT = 0.1;
 // Small helpers (the shared ones are in bench/_common.ts)
 
 const log = (text: string) => console.error(`udp-bench: ${text}`);
-
-async function which(program: string): Promise<string | null> {
-  for (const dir of ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"]) {
-    try {
-      if ((await Deno.stat(`${dir}/${program}`)).isFile) return `${dir}/${program}`;
-    } catch {
-      // not here
-    }
-  }
-  return null;
-}
 
 // ---------------------------------------------------------------------------
 // /proc: processes and CPU time
