@@ -236,7 +236,7 @@ export abstract class ProxySession implements Expirable {
     return work(this.#dialAbort.signal);
   }
 
-  /** Counts bytes carried outside {@linkcode relayTo} (UDP payloads); `up` is client → target. */
+  /** Counts bytes carried outside the TCP relay (UDP payloads); `up` is client → target. */
   protected countBytes(up: number, down: number): void {
     this.#up += up;
     this.#down += down;
@@ -253,8 +253,7 @@ export abstract class ProxySession implements Expirable {
     return this.dialTarget(address).catch(async (error) => {
       if (!(error instanceof DialError) || error.failure === "aborted") throw error;
       await writeAll(this.client, failureReply(error));
-      await this.refuse(error.failure);
-      return null;
+      return this.refuse(error.failure);
     });
   }
 
