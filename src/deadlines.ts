@@ -6,9 +6,13 @@
  *
  * @module
  */
+import { SlotList, type Slotted } from "./slot_list.ts";
 
-/** Something with a deadline on the {@linkcode Deadlines} clock. */
-export interface Expirable {
+/**
+ * Something with a deadline on the {@linkcode Deadlines} clock. Its `slot`
+ * starts at -1 and belongs to the sweep's list.
+ */
+export interface Expirable extends Slotted {
   /** When to expire, in {@linkcode Deadlines.now} milliseconds. */
   deadline: number;
   /** Called once, from the sweep, when the deadline has passed. */
@@ -20,7 +24,7 @@ export class Deadlines {
   /** Coarse monotonic time in ms, refreshed on each tick. Cheap to read. */
   now = performance.now();
   readonly #tickMs: number;
-  readonly #watched = new Set<Expirable>();
+  readonly #watched = new SlotList<Expirable>();
   #timer: ReturnType<typeof setInterval> | undefined;
 
   /** `tickMs` is the resolution: deadlines fire up to one tick late. */
@@ -53,12 +57,8 @@ export class Deadlines {
 
   #sweep(): void {
     const now = this.now = performance.now();
-    for (const item of this.#watched) {
-      if (item.deadline <= now) {
-        this.#watched.delete(item);
-        item.expire();
-      }
-    }
+    const expired = this.#watched.removeWhere((item) => item.deadline <= now);
+    for (const item of expired) item.expire();
     if (this.#watched.size === 0) this.#stop();
   }
 

@@ -102,6 +102,8 @@ let lastSessionId = 0;
 export abstract class ProxySession implements Expirable {
   readonly id = ++lastSessionId;
   deadline: number;
+  /** Where the deadline sweep keeps this session (see {@linkcode Expirable}). */
+  slot = -1;
   readonly controller: AbortController = new SessionController(() => {
     this.#closeSockets();
     this.#dialAbort?.abort(this.controller.signal.reason);

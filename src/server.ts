@@ -12,6 +12,7 @@ import { RateLimitedLog, serverLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { formatAddress } from "./protocol/address.ts";
 import { closeQuietly } from "./close_quietly.ts";
+import { SlotList, type Slotted } from "./slot_list.ts";
 import type { SessionContext } from "./proxy_session.ts";
 import { type SocksContext, SocksSession } from "./session.ts";
 
@@ -65,6 +66,18 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 export interface ServerSession {
   run(): Promise<void>;
   abort(failure: string): void;
+}
+
+/** A session in progress, with the client IP it counts against. */
+class RunningSession implements Slotted {
+  slot = -1;
+  readonly session: ServerSession;
+  readonly ip: string;
+
+  constructor(session: ServerSession, ip: string) {
+    this.session = session;
+    this.ip = ip;
+  }
 }
 
 /** A running server. */
@@ -128,7 +141,8 @@ export function startServer(
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.idleTimeoutMs,
   };
-  const sessions = new Set<ServerSession>();
+  // Not a Set: see SlotList for what a Set's churn costs the GC.
+  const sessions = new SlotList<RunningSession>();
   const perIp = new Map<string, number>();
   const stopAccepting = new AbortController();
   const acceptErrors = new RateLimitedLog();
@@ -171,10 +185,10 @@ export function startServer(
       return;
     }
     perIp.set(ip, fromIp + 1);
-    const session = createSession(conn, context);
-    sessions.add(session);
-    session.run().then(() => { // run() never rejects
-      sessions.delete(session);
+    const running = new RunningSession(createSession(conn, context), ip);
+    sessions.add(running);
+    running.session.run().then(() => { // run() never rejects
+      sessions.delete(running);
       const left = perIp.get(ip)! - 1;
       if (left === 0) perIp.delete(ip);
       else perIp.set(ip, left);
@@ -207,7 +221,7 @@ export function startServer(
       const first = await Promise.race([drained, graceOver]);
       clearTimeout(timer);
       if (first === "grace-over") {
-        for (const session of sessions) session.abort("shutdown");
+        for (const { session } of sessions.toArray()) session.abort("shutdown");
         await drained;
       }
     })();

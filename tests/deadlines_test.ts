@@ -14,6 +14,7 @@ const TICK_MS = 10;
 /** An item that counts its expiries; `expired` resolves on the next one. */
 class Item implements Expirable {
   deadline: number;
+  slot = -1;
   count = 0;
   #next = Promise.withResolvers<void>();
 
