@@ -44,7 +44,7 @@ export interface FerryProcess extends AsyncDisposable {
 export function ferryCommandArgs(args: string[]): string[] {
   return [
     "run",
-    "--v8-flags=--max-semi-space-size=2",
+    "--v8-flags=--max-semi-space-size=4,--external-memory-max-growing-factor=4",
     "--allow-net",
     "--allow-read",
     "--allow-env=NO_COLOR,FORCE_COLOR,CLICOLOR_FORCE",
