@@ -68,15 +68,16 @@ export interface ServerSession {
   abort(failure: string): void;
 }
 
-/** A session in progress, with the client IP it counts against. */
+/**
+ * A session in the server's list. A wrapper, because a session's own `slot`
+ * belongs to the deadline sweep's list and an object sits in one list at a time.
+ */
 class RunningSession implements Slotted {
   slot = -1;
   readonly session: ServerSession;
-  readonly ip: string;
 
-  constructor(session: ServerSession, ip: string) {
+  constructor(session: ServerSession) {
     this.session = session;
-    this.ip = ip;
   }
 }
 
@@ -185,7 +186,7 @@ export function startServer(
       return;
     }
     perIp.set(ip, fromIp + 1);
-    const running = new RunningSession(createSession(conn, context), ip);
+    const running = new RunningSession(createSession(conn, context));
     sessions.add(running);
     running.session.run().then(() => { // run() never rejects
       sessions.delete(running);
