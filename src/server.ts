@@ -8,7 +8,7 @@
 import { UserTable } from "./auth.ts";
 import type { ListenerSettings, SocksConfig } from "./config.ts";
 import { Deadlines, tickFor } from "./deadlines.ts";
-import { RateLimitedLog, serverLog } from "./log.ts";
+import { RateLimitedLog, serverLog, sessionLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { formatAddress } from "./protocol/address.ts";
 import { closeQuietly } from "./close_quietly.ts";
@@ -141,6 +141,7 @@ export function startServer(
     handshakeTimeoutMs: config.handshakeTimeoutMs,
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.idleTimeoutMs,
+    logSessions: sessionLog.isEnabledFor("info"),
   };
   // Not a Set: see SlotList for what a Set's churn costs the GC.
   const sessions = new SlotList<RunningSession>();

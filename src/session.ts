@@ -13,6 +13,7 @@ import * as socks4 from "./protocol/socks4.ts";
 import * as socks5 from "./protocol/socks5.ts";
 import {
   ClientGone,
+  NO_EARLY_BYTES,
   ProxySession,
   type Relaying,
   SessionAbort,
@@ -53,8 +54,10 @@ const NO_BYTES = new Uint8Array(0);
 export class SocksSession extends ProxySession {
   readonly #socks: SocksContext;
   // Handshake bytes read but not yet decoded; whatever is left after the
-  // request is the client's early data and goes to the target first.
-  #pending = new Uint8Array(512);
+  // request is the client's early data and goes to the target first. The
+  // relay's first client → target buffer until a long handshake outgrows it
+  // (success replies go into the other one, see ProxySession.firstBuffers).
+  #pending = this.firstBuffers[0];
   #pendingLength = 0;
   #association: UdpAssociation | null = null;
   #bindListener: BindListener | null = null;
@@ -119,10 +122,10 @@ export class SocksSession extends ProxySession {
     const bound = target.localAddr;
     await writeAll(
       this.client,
-      socks5.encodeReply({
-        reply: socks5.Reply.Succeeded,
-        address: addressOf(bound.hostname, bound.port),
-      }),
+      socks5.encodeReply(
+        { reply: socks5.Reply.Succeeded, address: addressOf(bound.hostname, bound.port) },
+        this.firstBuffers[1],
+      ),
     );
     return { target, early: this.#takeEarlyData() };
   }
@@ -159,7 +162,10 @@ export class SocksSession extends ProxySession {
     const ip = bound.hostname.includes(":") ? "0.0.0.0" : bound.hostname;
     await writeAll(
       this.client,
-      socks4.encodeReply({ reply: socks4.Reply.Granted, port: bound.port, ip }),
+      socks4.encodeReply(
+        { reply: socks4.Reply.Granted, port: bound.port, ip },
+        this.firstBuffers[1],
+      ),
     );
     return { target, early: this.#takeEarlyData() };
   }
@@ -328,7 +334,10 @@ export class SocksSession extends ProxySession {
     }
     let n: number | null;
     try {
-      n = await this.client.read(this.#pending.subarray(this.#pendingLength));
+      const free = this.#pendingLength === 0
+        ? this.#pending // the common case, and a view the less
+        : this.#pending.subarray(this.#pendingLength);
+      n = await this.client.read(free);
     } catch (error) {
       if (this.controller.signal.aborted) throw this.controller.signal.reason;
       throw new ClientGone("client reset during the handshake", { cause: error });
@@ -339,7 +348,9 @@ export class SocksSession extends ProxySession {
 
   /** Takes the bytes the client sent after its request: they go to the target first. */
   #takeEarlyData(): Uint8Array {
-    const early = this.#pending.subarray(0, this.#pendingLength);
+    const early = this.#pendingLength === 0
+      ? NO_EARLY_BYTES
+      : this.#pending.subarray(0, this.#pendingLength);
     this.#pending = NO_BYTES; // the handshake buffer is not needed any more
     this.#pendingLength = 0;
     return early;

@@ -451,6 +451,25 @@ Deno.test("encodeReply() writes 0.0.0.0 for an IP that is not IPv4", () => {
   );
 });
 
+Deno.test("encodeReply(message, into) writes the same 8 bytes into the caller's buffer", () => {
+  for (
+    const message of [
+      { reply: Reply.Granted, port: 1080, ip: "192.168.0.1" },
+      { reply: Reply.Granted, port: 80, ip: "::1" }, // DSTIP 0.0.0.0 over stale bytes
+    ]
+  ) {
+    const into = new Uint8Array(16).fill(0xaa);
+    const encoded = encodeReply(message, into);
+    assert.deepEqual(encoded, encodeReply(message));
+    assert.equal(encoded.buffer, into.buffer, "not written into the given buffer");
+    assert.equal(into[8], 0xaa, "wrote past the reply");
+  }
+  const small = new Uint8Array(7);
+  const encoded = encodeReply({ reply: Reply.Rejected, port: 0, ip: "0.0.0.0" }, small);
+  assert.notEqual(encoded.buffer, small.buffer);
+  assert.equal(encoded.length, 8);
+});
+
 const replyFixtures: OkFixture<ReplyMessage>[] = [
   {
     name: "granted",

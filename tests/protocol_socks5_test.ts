@@ -648,6 +648,32 @@ Deno.test("encodeReply() writes VER REP RSV ATYP BND.ADDR BND.PORT", () => {
   );
 });
 
+Deno.test("encodeReply(message, into) writes the same bytes into the caller's buffer", () => {
+  const messages = [
+    { reply: Reply.Succeeded, address: { type: "ipv4", host: "10.1.2.3", port: 4321 } },
+    { reply: Reply.Succeeded, address: { type: "ipv6", host: "::1", port: 80 } },
+    { reply: Reply.GeneralFailure, address: { type: "domain", host: "example.org", port: 1 } },
+  ] as const;
+  for (const message of messages) {
+    const into = new Uint8Array(64).fill(0xaa); // stale bytes must not show through
+    const encoded = encodeReply(message, into);
+    assert.deepEqual(encoded, encodeReply(message));
+    assert.equal(encoded.buffer, into.buffer, "not written into the given buffer");
+    assert.equal(encoded.byteOffset, into.byteOffset);
+    assert.equal(into[encoded.length], 0xaa, "wrote past the message");
+  }
+  // Too small for an IPv6 reply (22 bytes): a new array, the buffer untouched.
+  const small = new Uint8Array(12).fill(0xaa);
+  const reply = {
+    reply: Reply.Succeeded,
+    address: { type: "ipv6", host: "::1", port: 80 },
+  } as const;
+  const encoded = encodeReply(reply, small);
+  assert.notEqual(encoded.buffer, small.buffer);
+  assert.deepEqual(encoded, encodeReply(reply));
+  assert.deepEqual(small, new Uint8Array(12).fill(0xaa));
+});
+
 // ---------------------------------------------------------------------------
 // replyName
 

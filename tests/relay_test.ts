@@ -368,3 +368,22 @@ Deno.test("writeAll() keeps writing until every byte is taken", async () => {
   await writeAll(conn, new Uint8Array(0));
   assert.deepEqual(calls, [], "nothing to write: no write call");
 });
+
+Deno.test("relay() reads into the first buffers it is given, one per direction", async () => {
+  using f = await setup();
+  const shared = new ArrayBuffer(64);
+  const up = new Uint8Array(shared, 0, 32);
+  const down = new Uint8Array(shared, 32, 32);
+  const relayed = f.run({ initialBuffers: [up, down] });
+  const request = new TextEncoder().encode("ping");
+  const response = new TextEncoder().encode("pong!");
+  await sendAndFinish(f.clientApp, request);
+  assert.deepEqual(await readToEnd(f.targetApp), request);
+  await sendAndFinish(f.targetApp, response);
+  assert.deepEqual(await readToEnd(f.clientApp), response);
+  const totals = await within(relayed, "relay", () => f.controller.abort());
+  assert.deepEqual(totals, { up: request.length, down: response.length });
+  // Each direction read its bytes into its own half of the caller's buffer.
+  assert.deepEqual(up.subarray(0, request.length), request);
+  assert.deepEqual(down.subarray(0, response.length), response);
+});

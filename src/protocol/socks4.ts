@@ -125,9 +125,16 @@ export function encodeRequest(request: Request): Uint8Array {
   return out;
 }
 
-/** Encodes the 8-byte reply `VN=0 CD DSTPORT DSTIP`. */
-export function encodeReply(message: ReplyMessage): Uint8Array {
-  const out = new Uint8Array(8); // DSTIP stays 0.0.0.0 unless message.ip is a dotted quad
+/**
+ * Encodes the 8-byte reply `VN=0 CD DSTPORT DSTIP`: into the start of `into`
+ * when that is given and large enough (the result is then a view of it), else
+ * into a new array.
+ */
+export function encodeReply(message: ReplyMessage, into?: Uint8Array): Uint8Array {
+  // DSTIP stays 0.0.0.0 unless message.ip is a dotted quad.
+  const out = into !== undefined && into.length >= 8
+    ? into.subarray(0, 8).fill(0)
+    : new Uint8Array(8);
   out[0] = REPLY_VERSION;
   out[1] = message.reply;
   out[2] = message.port >> 8;

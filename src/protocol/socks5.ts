@@ -249,21 +249,29 @@ function decodeAddressAt(
   return { address: { type: kind, host, port }, end };
 }
 
+/** `length` zero bytes for a message: the start of `into` if it has room, else new ones. */
+function room(into: Uint8Array | undefined, length: number): Uint8Array {
+  return into !== undefined && into.length >= length
+    ? into.subarray(0, length).fill(0)
+    : new Uint8Array(length);
+}
+
 function notAnAddress(address: Address): RangeError {
   return new RangeError(`not an ${address.type} address: ${JSON.stringify(address.host)}`);
 }
 
 /**
- * Encodes `prefixLength` zero bytes, for the caller to fill, followed by
- * `ATYP ADDR PORT`: one allocation for a whole message.
+ * Encodes `prefixLength` bytes, for the caller to fill, followed by
+ * `ATYP ADDR PORT`: one allocation for a whole message, or none when `into`
+ * has room for it.
  */
-function encodeAfterPrefix(prefixLength: number, address: Address): Uint8Array {
+function encodeAfterPrefix(prefixLength: number, address: Address, into?: Uint8Array): Uint8Array {
   let out: Uint8Array;
   let at = prefixLength;
   switch (address.type) {
     case "ipv4":
       // The common reply: the address goes straight into the message.
-      out = new Uint8Array(prefixLength + 1 + 4 + 2);
+      out = room(into, prefixLength + 1 + 4 + 2);
       out[at++] = AddressType.IPv4;
       if (!writeIPv4(address.host, out, at)) throw notAnAddress(address);
       at += 4;
@@ -271,7 +279,7 @@ function encodeAfterPrefix(prefixLength: number, address: Address): Uint8Array {
     case "ipv6": {
       const ip = parseIPv6(address.host);
       if (ip === null) throw notAnAddress(address);
-      out = new Uint8Array(prefixLength + 1 + 16 + 2);
+      out = room(into, prefixLength + 1 + 16 + 2);
       out[at++] = AddressType.IPv6;
       out.set(ip, at);
       at += 16;
@@ -282,7 +290,7 @@ function encodeAfterPrefix(prefixLength: number, address: Address): Uint8Array {
       if (name.length < 1 || name.length > 255) {
         throw new RangeError(`domain name must be 1 to 255 bytes, got ${name.length}`);
       }
-      out = new Uint8Array(prefixLength + 2 + name.length + 2);
+      out = room(into, prefixLength + 2 + name.length + 2);
       out[at++] = AddressType.Domain;
       out[at++] = name.length;
       out.set(name, at);
@@ -319,9 +327,13 @@ export function encodeRequest(request: Request): Uint8Array {
   return out;
 }
 
-/** Encodes a reply `VER REP RSV ATYP BND.ADDR BND.PORT`. */
-export function encodeReply(message: ReplyMessage): Uint8Array {
-  const out = encodeAfterPrefix(3, message.address);
+/**
+ * Encodes a reply `VER REP RSV ATYP BND.ADDR BND.PORT`: into the start of
+ * `into` when that is given and large enough (the result is then a view of
+ * it), else into a new array.
+ */
+export function encodeReply(message: ReplyMessage, into?: Uint8Array): Uint8Array {
+  const out = encodeAfterPrefix(3, message.address, into);
   out[0] = VERSION;
   out[1] = message.reply;
   return out;
