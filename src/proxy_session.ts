@@ -92,8 +92,25 @@ export interface Relaying {
   readonly early: Uint8Array;
 }
 
+/**
+ * What a session relays to, or otherwise closes when it ends: a TCP
+ * connection, or (UDP ASSOCIATE) something with no keepalive to set.
+ */
+export interface RelayTarget {
+  close(): void;
+  setKeepAlive?(keepAlive: boolean): void;
+}
+
 /** Early bytes of a session whose client cannot have sent any. */
 export const NO_EARLY_BYTES: Uint8Array = new Uint8Array(0);
+
+/**
+ * How long a relay runs before its sockets get TCP keepalive. Keepalive only
+ * matters to a connection idle for a long time (Linux sends the first probe
+ * after two hours), and setting it on both sockets at once was two of the
+ * twenty-odd system calls of a short session, for nothing.
+ */
+export const KEEPALIVE_AFTER_MS = 1000;
 
 /** Failure replies are followed by a wait for the client's FIN, at most this long. */
 const LINGER_MS = 2000;
@@ -135,7 +152,14 @@ export abstract class ProxySession implements Expirable {
   /** When the session started, for its log line's `ms`; 0 when there is no line. */
   readonly #started: number;
   #phase: Phase;
-  #target: { close(): void } | null = null;
+  #target: RelayTarget | null = null;
+  /**
+   * In the relay until keepalive is on: the deadline is then the time to
+   * turn it on, and activity only moves `#activeAt`, from which the idle
+   * deadline is worked out once keepalive is on.
+   */
+  #keepAliveDue = false;
+  #activeAt = 0;
   #socketsClosed = false;
   /** Aborts the dial in progress on connect timeout; the session goes on to reply. */
   #dialAbort: AbortController | null = null;
@@ -181,6 +205,14 @@ export abstract class ProxySession implements Expirable {
 
   /** Called by the deadline sweep. */
   expire(): void {
+    if (this.#keepAliveDue) {
+      // Not a timeout: the relay has lasted long enough to want keepalive.
+      this.#keepAliveDue = false;
+      this.#turnOnKeepAlive();
+      this.deadline = this.#activeAt + this.context.idleTimeoutMs;
+      this.context.deadlines.watch(this);
+      return;
+    }
     const reason = new SessionAbort(TIMEOUT_OUTCOME[this.#phase]);
     if (this.#phase === "connect" && this.#dialAbort) this.#dialAbort.abort(reason);
     else this.controller.abort(reason);
@@ -196,8 +228,7 @@ export abstract class ProxySession implements Expirable {
     const { deadlines } = this.context;
     deadlines.watch(this);
     try {
-      this.client.setNoDelay(true);
-      this.client.setKeepAlive(true);
+      this.client.setNoDelay(true); // keepalive waits for a relay that lasts (KEEPALIVE_AFTER_MS)
       const relaying = await this.negotiate();
       if (relaying) await this.#relay(relaying);
     } catch (error) {
@@ -218,12 +249,13 @@ export abstract class ProxySession implements Expirable {
   protected enter(phase: Phase, timeoutMs: number): void {
     this.#phase = phase;
     this.#dialAbort = null;
+    this.#keepAliveDue = false;
     this.deadline = this.context.deadlines.now + timeoutMs;
     this.context.deadlines.watch(this); // again, if a sweep already expired the last phase
   }
 
   /** Registers a target socket so aborting and ending the session close it. */
-  protected adoptTarget(target: { close(): void }): void {
+  protected adoptTarget(target: RelayTarget): void {
     this.#target = target;
     if (this.#socketsClosed) closeQuietly(target);
   }
@@ -286,7 +318,9 @@ export abstract class ProxySession implements Expirable {
   /** Relays until both directions end; the early bytes from the client go to the target first. */
   async #relay({ target, early }: Relaying): Promise<void> {
     const { deadlines, idleTimeoutMs } = this.context;
-    this.enter("relay", idleTimeoutMs);
+    this.enter("relay", Math.min(idleTimeoutMs, KEEPALIVE_AFTER_MS));
+    this.#keepAliveDue = true;
+    this.#activeAt = deadlines.now;
     if (early.length > 0) {
       await writeAll(target, early);
       this.#up += early.length;
@@ -294,7 +328,8 @@ export abstract class ProxySession implements Expirable {
     const totals = await relay(this.client, target, {
       controller: this.controller,
       onActivity: () => {
-        this.deadline = deadlines.now + idleTimeoutMs;
+        if (this.#keepAliveDue) this.#activeAt = deadlines.now;
+        else this.deadline = deadlines.now + idleTimeoutMs;
       },
       onEnd: () => this.#closeSockets(),
       initialBuffers: this.firstBuffers,
@@ -334,6 +369,16 @@ export abstract class ProxySession implements Expirable {
       reason instanceof Deno.errors.ConnectionAborted || reason instanceof Deno.errors.NotConnected
     ) return "reset";
     return "error";
+  }
+
+  #turnOnKeepAlive(): void {
+    if (this.#socketsClosed) return;
+    try {
+      this.client.setKeepAlive(true);
+      this.#target?.setKeepAlive?.(true);
+    } catch {
+      // A socket that has just failed: the relay is ending the session.
+    }
   }
 
   #closeSockets(): void {

@@ -211,8 +211,7 @@ export class SocksSession extends ProxySession {
     }
     listener.close(); // one peer per BIND: nobody else may connect from here on
     this.adoptTarget(peer);
-    peer.setNoDelay(true);
-    peer.setKeepAlive(true);
+    peer.setNoDelay(true); // keepalive: as for any relay, once it has lasted
     this.#bindPeer = formatAddress({ host: peer.remoteAddr.hostname, port: peer.remoteAddr.port });
     await writeAll(this.client, replies.bound(peer.remoteAddr));
     return { target: peer, early: this.#takeEarlyData() };
@@ -228,6 +227,8 @@ export class SocksSession extends ProxySession {
     replyWith: (code: number) => Uint8Array,
   ): Promise<null> {
     const { udpPerIp, maxUdpPerIp, udpAdvertise, idleTimeoutMs, deadlines } = this.#socks;
+    // A control connection is meant to last: keepalive now, not after KEEPALIVE_AFTER_MS.
+    this.client.setKeepAlive(true);
     const clientIp = unmapIPv4(this.client.remoteAddr.hostname);
     const live = udpPerIp.get(clientIp) ?? 0;
     if (live >= maxUdpPerIp) {

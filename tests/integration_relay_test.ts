@@ -377,6 +377,35 @@ Deno.test("an established session with no traffic is closed on both sides after 
   assert.equal(session.up, 2);
 });
 
+/** The `ss -o` lines of established TCP sockets that match `filter`. */
+async function socketTimers(filter: string): Promise<string[]> {
+  const { stdout } = await new Deno.Command("ss", {
+    args: ["-tnoH", "state", "established", filter],
+  }).output();
+  return new TextDecoder().decode(stdout).split("\n").filter((line) => line.trim() !== "");
+}
+
+Deno.test("a relay that lasts gets TCP keepalive on both of ferry's sockets", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  using _server = await upstream;
+  // ferry's end of the client's connection, and its connection to the target.
+  const clientSide = `( sport = :${ferry.port} and dport = :${client.localAddr.port} )`;
+  const targetSide = `( dport = :${target.port} )`;
+  const deadlineAt = Date.now() + 10_000;
+  let timers: string[] = [];
+  for (;;) {
+    timers = [...await socketTimers(clientSide), ...await socketTimers(targetSide)];
+    if (timers.length === 2 && timers.every((line) => line.includes("timer:(keepalive"))) break;
+    assert.ok(Date.now() < deadlineAt, `no keepalive on both sockets after 10 s: ${timers}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+});
+
 Deno.test("SOCKS4 with a 1024-byte user id is granted and relays", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();

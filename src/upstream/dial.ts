@@ -109,7 +109,8 @@ export function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> 
 
 /**
  * Connects to `address`, trying each resolved address in turn. Rejects with
- * {@linkcode DialError}. The connection has TCP_NODELAY and keepalive set.
+ * {@linkcode DialError}. The connection has TCP_NODELAY set; keepalive is the
+ * session's to turn on once the relay has lasted (see `KEEPALIVE_AFTER_MS`).
  */
 export function dial(address: Address, signal: AbortSignal): Promise<Deno.TcpConn> {
   return address.type === "domain"
@@ -141,7 +142,6 @@ async function connectToIp(
   try {
     conn = await Deno.connect({ hostname, port, signal });
     conn.setNoDelay(true);
-    conn.setKeepAlive(true);
     return conn;
   } catch (error) {
     if (conn) closeQuietly(conn);
