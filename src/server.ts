@@ -21,31 +21,49 @@ const ACCEPT_BACKOFF_FIRST_MS = 5;
 const ACCEPT_BACKOFF_MAX_MS = 250;
 
 /**
- * Yields accepted connections until `signal` aborts or the listener closes.
+ * Accepted connections, as an async iterator, until `signal` aborts or the
+ * listener closes.
  *
  * Deno's own `for await (const conn of listener)` ends for good on the first
- * accept error, EMFILE included; this loop backs off and keeps accepting, so
- * the server comes back by itself when descriptors free up.
+ * accept error, EMFILE included; this one backs off and keeps accepting, so
+ * the server comes back by itself when descriptors free up. A class with an
+ * async `next()` rather than an async generator: a generator's `yield` costs
+ * an extra await and its request queue on every connection.
  */
-export async function* acceptConnections(
-  listener: Deno.TcpListener,
-  signal: AbortSignal,
-  onError: (error: unknown) => void,
-): AsyncGenerator<Deno.TcpConn> {
-  let backoff = ACCEPT_BACKOFF_FIRST_MS;
-  while (!signal.aborted) {
-    let conn: Deno.TcpConn;
-    try {
-      conn = await listener.accept();
-    } catch (error) {
-      if (signal.aborted || error instanceof Deno.errors.BadResource) return;
-      onError(error);
-      await sleep(backoff, signal);
-      backoff = Math.min(backoff * 2, ACCEPT_BACKOFF_MAX_MS);
-      continue;
+export class AcceptedConnections implements AsyncIterableIterator<Deno.TcpConn> {
+  readonly #listener: Deno.TcpListener;
+  readonly #signal: AbortSignal;
+  readonly #onError: (error: unknown) => void;
+  #backoff = ACCEPT_BACKOFF_FIRST_MS;
+
+  constructor(
+    listener: Deno.TcpListener,
+    signal: AbortSignal,
+    onError: (error: unknown) => void,
+  ) {
+    this.#listener = listener;
+    this.#signal = signal;
+    this.#onError = onError;
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async next(): Promise<IteratorResult<Deno.TcpConn, undefined>> {
+    while (!this.#signal.aborted) {
+      try {
+        const conn = await this.#listener.accept();
+        this.#backoff = ACCEPT_BACKOFF_FIRST_MS;
+        return { done: false, value: conn };
+      } catch (error) {
+        if (this.#signal.aborted || error instanceof Deno.errors.BadResource) break;
+        this.#onError(error);
+        await sleep(this.#backoff, this.#signal);
+        this.#backoff = Math.min(this.#backoff * 2, ACCEPT_BACKOFF_MAX_MS);
+      }
     }
-    backoff = ACCEPT_BACKOFF_FIRST_MS;
-    yield conn;
+    return { done: true, value: undefined };
   }
 }
 
@@ -199,7 +217,8 @@ export function startServer(
   };
 
   const acceptLoop = (async () => {
-    for await (const conn of acceptConnections(listener, stopAccepting.signal, onAcceptError)) {
+    const accepted = new AcceptedConnections(listener, stopAccepting.signal, onAcceptError);
+    for await (const conn of accepted) {
       admit(conn);
     }
   })();
