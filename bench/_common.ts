@@ -165,6 +165,7 @@ export interface ProcStat {
   comm: string;
   ticks: number; // utime + stime
   childTicks: number; // cutime + cstime (reaped children)
+  systemTicks: number; // stime + cstime: the part spent in the kernel
   start: number;
 }
 
@@ -186,6 +187,7 @@ export async function readStat(pid: number): Promise<ProcStat | null> {
     comm,
     ticks: n(14) + n(15),
     childTicks: n(16) + n(17),
+    systemTicks: n(15) + n(17),
     start: n(22),
   };
 }

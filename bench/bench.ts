@@ -128,6 +128,7 @@ interface Sample {
   cores: Map<string, CoreTimes>;
   serveTicks: number;
   proxyTicks: number;
+  proxySystemTicks: number;
   /** Processes this bench did not start: pid -> CPU ticks and start time. */
   foreign: Map<number, { ticks: number; start: number }>;
 }
@@ -137,6 +138,7 @@ interface CpuWindow {
   core0Busy: number; // fraction of core 0 busy (any process, incl. kernel)
   core1Busy: number;
   proxyCpu: number; // proxy process tree: CPU seconds per wall second
+  proxySystemCpu: number; // the part of proxyCpu spent in the kernel
   otherCpu: number; // every process this bench did not start, together
 }
 
@@ -415,11 +417,18 @@ async function sample(targets: Targets | undefined, row: Row | undefined): Promi
       foreign.set(p.pid, { ticks: p.ticks + p.childTicks, start: p.start });
     }
   }
-  const proxyTicks = row?.pid
-    ? treeOf(stats, row.pid).reduce((sum, p) => sum + p.ticks + p.childTicks, 0)
-    : 0;
+  const proxyTree = row?.pid ? treeOf(stats, row.pid) : [];
+  const proxyTicks = proxyTree.reduce((sum, p) => sum + p.ticks + p.childTicks, 0);
+  const proxySystemTicks = proxyTree.reduce((sum, p) => sum + p.systemTicks, 0);
   const serve = targets ? stats.find((p) => p.pid === targets.child.pid) : undefined;
-  return { t: performance.now(), cores, serveTicks: serve?.ticks ?? 0, proxyTicks, foreign };
+  return {
+    t: performance.now(),
+    cores,
+    serveTicks: serve?.ticks ?? 0,
+    proxyTicks,
+    proxySystemTicks,
+    foreign,
+  };
 }
 
 /**
@@ -455,6 +464,7 @@ function cpuWindow(a: Sample, b: Sample, clientCpu: number): CpuWindow {
     core0Busy: coreBusy(a, b, GEN_CORE),
     core1Busy: coreBusy(a, b, PROXY_CORE),
     proxyCpu: (b.proxyTicks - a.proxyTicks) / CLK_TCK / wall,
+    proxySystemCpu: (b.proxySystemTicks - a.proxySystemTicks) / CLK_TCK / wall,
     otherCpu: foreignCpu(a, b),
   };
 }
@@ -851,11 +861,13 @@ function report(
         "load gen CPU (core 0)",
         "core 0 busy",
         "proxy CPU (core 1)",
+        "proxy CPU µs per session (in the kernel)",
         "core 1 busy",
         "other processes CPU",
       ],
       rows.map((r) => {
         const m = medianRun(r.sessions, (s) => s.rate);
+        const perSession = (cpu: number) => m ? fmt(cpu / m.rate * 1e6) : "—";
         const rates = r.sessions.map((s) => s.rate);
         return [
           label(r),
@@ -867,6 +879,9 @@ function report(
           m ? pct(m.cpu.genCpu) : "—",
           m ? pct(m.cpu.core0Busy) : "—",
           r.id === "direct" ? "n/a" : m ? pct(m.cpu.proxyCpu) : "—",
+          r.id === "direct" || !m
+            ? "n/a"
+            : `${perSession(m.cpu.proxyCpu)} (${perSession(m.cpu.proxySystemCpu)})`,
           m ? pct(m.cpu.core1Busy) : "—",
           m ? pct(m.cpu.otherCpu) : "—",
         ];
