@@ -108,7 +108,7 @@ export const NO_EARLY_BYTES: Uint8Array = new Uint8Array(0);
  * How long a relay runs before its sockets get TCP keepalive. Keepalive only
  * matters to a connection idle for a long time (Linux sends the first probe
  * after two hours), and setting it on both sockets at once was two of the
- * twenty-odd system calls of a short session, for nothing.
+ * thirty-odd system calls of a short session (strace), for nothing.
  */
 export const KEEPALIVE_AFTER_MS = 1000;
 

@@ -33,7 +33,7 @@ export interface RelayOptions {
   /**
    * The first read buffers, client → target then target → client, in place of
    * two of `initialBufferSize`: a session can carve them out of one allocation
-   * it already has (see {@linkcode ProxySession}). The relay owns them from now on.
+   * it already has (see ProxySession). The relay owns them from now on.
    */
   readonly initialBuffers?: readonly [Uint8Array<ArrayBuffer>, Uint8Array<ArrayBuffer>];
   /** Largest read buffer a busy direction grows to. */
