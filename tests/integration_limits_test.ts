@@ -7,11 +7,7 @@ import assert from "node:assert/strict";
 import { startFerry } from "./_helpers/ferry.ts";
 import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
-
-async function ss(...filter: string[]): Promise<string[]> {
-  const { stdout } = await new Deno.Command("ss", { args: ["-tanpH", ...filter] }).output();
-  return new TextDecoder().decode(stdout).split("\n").filter((l) => l.trim() !== "");
-}
+import { ss } from "./_helpers/ss.ts";
 
 Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descriptors free up", async () => {
   const echo = startEchoServer();
@@ -162,14 +158,14 @@ Deno.test("after every kind of ending ferry holds no socket in CLOSE_WAIT and le
   assert.equal(sessionLines().length, ENDINGS.length);
 
   // Sessions have all ended: none of ferry's sockets may wait for a close.
-  const closeWait = (await ss("state", "close-wait")).filter((l) =>
+  const closeWait = (await ss("-tanpH", "state", "close-wait")).filter((l) =>
     l.includes(`pid=${ferry.pid},`)
   );
   assert.deepEqual(closeWait, []);
 
   // Whoever closes first keeps TIME_WAIT. Where the client closed first,
   // that must be the client, not ferry's end at the listen port.
-  const timeWait = await ss("state", "time-wait");
+  const timeWait = await ss("-tanpH", "state", "time-wait");
   for (const ending of ["client-closes-first", "client-half-closes"] as const) {
     const clientPort = clientPorts.get(ending)!;
     const ferryClosedFirst = timeWait.some((l) =>

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { startFerry } from "./_helpers/ferry.ts";
 import { logsContain, sessionOf } from "./_helpers/session_log.ts";
+import { ss } from "./_helpers/ss.ts";
 import {
   BufferedConn,
   closedPort,
@@ -377,14 +378,6 @@ Deno.test("an established session with no traffic is closed on both sides after 
   assert.equal(session.up, 2);
 });
 
-/** The `ss -o` lines of established TCP sockets that match `filter`. */
-async function socketTimers(filter: string): Promise<string[]> {
-  const { stdout } = await new Deno.Command("ss", {
-    args: ["-tnoH", "state", "established", filter],
-  }).output();
-  return new TextDecoder().decode(stdout).split("\n").filter((line) => line.trim() !== "");
-}
-
 Deno.test("a relay that lasts gets TCP keepalive on both of ferry's sockets", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();
@@ -396,10 +389,12 @@ Deno.test("a relay that lasts gets TCP keepalive on both of ferry's sockets", as
   // ferry's end of the client's connection, and its connection to the target.
   const clientSide = `( sport = :${ferry.port} and dport = :${client.localAddr.port} )`;
   const targetSide = `( dport = :${target.port} )`;
+  // -o shows each socket's timers: keepalive's once it is on.
+  const established = (filter: string) => ss("-tnoH", "state", "established", filter);
   const deadlineAt = Date.now() + 10_000;
   let timers: string[] = [];
   for (;;) {
-    timers = [...await socketTimers(clientSide), ...await socketTimers(targetSide)];
+    timers = [...await established(clientSide), ...await established(targetSide)];
     if (timers.length === 2 && timers.every((line) => line.includes("timer:(keepalive"))) break;
     assert.ok(Date.now() < deadlineAt, `no keepalive on both sockets after 10 s: ${timers}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
