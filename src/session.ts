@@ -13,7 +13,6 @@ import * as socks4 from "./protocol/socks4.ts";
 import * as socks5 from "./protocol/socks5.ts";
 import {
   ClientGone,
-  NO_EARLY_BYTES,
   ProxySession,
   type Relaying,
   SessionAbort,
@@ -47,7 +46,7 @@ interface BindReplies {
 const MAX_HANDSHAKE_BYTES = 8192;
 
 const decoder = new TextDecoder();
-/** Stands in for the handshake buffer once the handshake is over; never written to. */
+/** No early data, and the handshake buffer once the handshake is over; never written to. */
 const NO_BYTES = new Uint8Array(0);
 
 /** One SOCKS client connection. */
@@ -350,7 +349,7 @@ export class SocksSession extends ProxySession {
   /** Takes the bytes the client sent after its request: they go to the target first. */
   #takeEarlyData(): Uint8Array {
     const early = this.#pendingLength === 0
-      ? NO_EARLY_BYTES
+      ? NO_BYTES
       : this.#pending.subarray(0, this.#pendingLength);
     this.#pending = NO_BYTES; // the handshake buffer is not needed any more
     this.#pendingLength = 0;
