@@ -899,6 +899,7 @@ function report(
         "min – max",
         "load gen CPU (core 0)",
         "core 0 busy",
+        "MiB/s at core 0 full",
         "proxy CPU (core 1)",
         "core 1 busy",
         "other processes CPU",
@@ -912,6 +913,7 @@ function report(
           v.length ? `${fmt(Math.min(...v))} – ${fmt(Math.max(...v))}` : "—",
           m ? pct(m.cpu.genCpu) : "—",
           m ? pct(m.cpu.core0Busy) : "—",
+          m ? fmt(core0Limit(m)) : "—",
           r.id === "direct" ? "n/a" : m ? pct(m.cpu.proxyCpu) : "—",
           m ? pct(m.cpu.core1Busy) : "—",
           m ? pct(m.cpu.otherCpu) : "—",
@@ -1015,6 +1017,18 @@ function report(
     ferry?.downloads.map((d) => d.mibPerS) ?? [],
     direct?.downloads.map((d) => d.mibPerS) ?? [],
   );
+  const ferryDownload = ferry && medianRun(ferry.downloads, (d) => d.mibPerS);
+  const directDownload = mibs(direct);
+  if (ferryDownload && known(directDownload)) {
+    const limit = core0Limit(ferryDownload);
+    out.push(
+      "",
+      `Download limit set by core 0: in ferry's median download run core 0 (client and source) ` +
+        `was ${pct(ferryDownload.cpu.core0Busy)} busy; at its rate per byte, a full core 0 ` +
+        `carries ${fmt(limit)} MiB/s, ${ratio(limit / directDownload)} direct, and ferry ` +
+        `reached ${pct(ferryDownload.mibPerS / limit)} of that.`,
+    );
+  }
   if (sessionRounds || downloadRounds) {
     out.push(
       "",
@@ -1026,6 +1040,17 @@ function report(
     );
   }
   return out.join("\n");
+}
+
+/**
+ * The download rate at which core 0 would be fully busy, at the cost per byte
+ * it had in this run. Through a proxy on core 1 the client and the source do
+ * the same system calls as without one, but each byte costs core 0 more (see
+ * BENCHMARKS.md, "What the direct download figure means"). At that cost per
+ * byte, this, not the direct figure, is the most the run could have carried.
+ */
+function core0Limit(run: { mibPerS: number; cpu: CpuWindow }): number {
+  return run.cpu.core0Busy > 0 ? run.mibPerS / run.cpu.core0Busy : NaN;
 }
 
 async function writeDoc(section: string): Promise<void> {
