@@ -12,6 +12,7 @@ run: $(DENO)
 	$(DENO) task start socks
 
 test: $(DENO)
+	@sh tests/check_tools.sh
 	$(DENO) task check
 	$(DENO) task test
 
