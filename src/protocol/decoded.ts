@@ -2,7 +2,7 @@
  * The outcome of feeding bytes to an incremental decoder: a whole message and
  * how many bytes it used, or a request for more bytes. Malformed input throws
  * {@linkcode ProtocolError} instead, so every byte sequence has exactly one of
- * three answers.
+ * three answers. Also the small helpers the SOCKS4 and SOCKS5 codecs share.
  *
  * @module
  */
@@ -61,4 +61,14 @@ export class ProtocolError extends Error {
 /** Formats a byte for error messages: `0x2a`. */
 export function hex(byte: number): string {
   return `0x${byte.toString(16).padStart(2, "0")}`;
+}
+
+/**
+ * `length` zero bytes for an encoder to fill: the start of `into` when that has
+ * room (the result is then a view of it), else a new array.
+ */
+export function room(into: Uint8Array | undefined, length: number): Uint8Array {
+  return into !== undefined && into.length >= length
+    ? into.subarray(0, length).fill(0)
+    : new Uint8Array(length);
 }

@@ -9,7 +9,7 @@
  * @module
  */
 import { type Address, formatIPv4, parseIPv4 } from "./address.ts";
-import { type Decoded, hex, MORE, ok, ProtocolError } from "./decoded.ts";
+import { type Decoded, hex, MORE, ok, ProtocolError, room } from "./decoded.ts";
 
 /** Version byte of a SOCKS4 request. */
 export const VERSION = 0x04;
@@ -131,10 +131,7 @@ export function encodeRequest(request: Request): Uint8Array {
  * into a new array.
  */
 export function encodeReply(message: ReplyMessage, into?: Uint8Array): Uint8Array {
-  // DSTIP stays 0.0.0.0 unless message.ip is a dotted quad.
-  const out = into !== undefined && into.length >= 8
-    ? into.subarray(0, 8).fill(0)
-    : new Uint8Array(8);
+  const out = room(into, 8); // DSTIP stays 0.0.0.0 unless message.ip is a dotted quad
   out[0] = REPLY_VERSION;
   out[1] = message.reply;
   out[2] = message.port >> 8;

@@ -7,7 +7,7 @@
  * @module
  */
 import { type Address, formatIPv4, formatIPv6, parseIPv6, writeIPv4 } from "./address.ts";
-import { type Decoded, hex, MORE, ok, ProtocolError } from "./decoded.ts";
+import { type Decoded, hex, MORE, ok, ProtocolError, room } from "./decoded.ts";
 
 /** Protocol version byte of every SOCKS5 message but the RFC 1929 ones. */
 export const VERSION = 0x05;
@@ -247,13 +247,6 @@ function decodeAddressAt(
   if (bytes.length < end) return null;
   const port = (bytes[hostEnd]! << 8) | bytes[hostEnd + 1]!;
   return { address: { type: kind, host, port }, end };
-}
-
-/** `length` zero bytes for a message: the start of `into` if it has room, else new ones. */
-function room(into: Uint8Array | undefined, length: number): Uint8Array {
-  return into !== undefined && into.length >= length
-    ? into.subarray(0, length).fill(0)
-    : new Uint8Array(length);
 }
 
 function notAnAddress(address: Address): RangeError {
