@@ -57,12 +57,15 @@ async function askTag(
   return { tag: reply.slice(0, newline), session };
 }
 
-/** Stops ferry, expects a clean exit, and checks it left no socket behind. */
+/**
+ * Stops ferry and expects a clean exit. (Whether shutdown closes the pool is
+ * tested in process, in forward_test.ts: once the process is gone the kernel
+ * has closed its sockets anyway, and ss can no longer name their owner.)
+ */
 async function stopCleanly(ferry: FerryProcess): Promise<void> {
   const status = await ferry.stop();
   assert.equal(status.code, 0, "exit code after SIGTERM");
   assert.ok(ferry.lines.some((l) => l.event === "stopped"), "the stopped line");
-  assert.deepEqual(await tcpSocketsOf(ferry.pid), [], "no socket of ferry's pid after exit");
 }
 
 Deno.test("ferry forward: the pool fills, a client is served from it, old connections are recycled, and no socket leaks", async () => {

@@ -157,6 +157,13 @@ Deno.test("after every kind of ending ferry holds no socket in CLOSE_WAIT and le
   await ferry.waitFor(() => sessionLines().length === ENDINGS.length);
   assert.equal(sessionLines().length, ENDINGS.length);
 
+  // ss must see ferry's sockets at all (it names the owning pid only where it
+  // may read /proc), or the empty list below would prove nothing.
+  const listening = (await ss("-tlnpH", "sport", "=", `:${ferry.port}`)).filter((l) =>
+    l.includes(`pid=${ferry.pid},`)
+  );
+  assert.equal(listening.length, 1, "ss lists ferry's listening socket with its pid");
+
   // Sessions have all ended: none of ferry's sockets may wait for a close.
   const closeWait = (await ss("-tanpH", "state", "close-wait")).filter((l) =>
     l.includes(`pid=${ferry.pid},`)
@@ -168,6 +175,10 @@ Deno.test("after every kind of ending ferry holds no socket in CLOSE_WAIT and le
   const timeWait = await ss("-tanpH", "state", "time-wait");
   for (const ending of ["client-closes-first", "client-half-closes"] as const) {
     const clientPort = clientPorts.get(ending)!;
+    const clientClosedFirst = timeWait.some((l) =>
+      l.includes(`127.0.0.1:${clientPort} `) && l.includes(`127.0.0.1:${ferry.port}`)
+    );
+    assert.equal(clientClosedFirst, true, `${ending}: the client's TIME_WAIT is listed`);
     const ferryClosedFirst = timeWait.some((l) =>
       l.includes(`127.0.0.1:${ferry.port} `) && l.includes(`127.0.0.1:${clientPort}`)
     );

@@ -43,6 +43,19 @@ async function udpSocket(host = "127.0.0.1"): Promise<dgram.Socket> {
   return socket;
 }
 
+/** Whether some socket holds UDP `host:port`: binding it fails with EADDRINUSE. */
+async function udpPortTaken(host: string, port: number): Promise<boolean> {
+  const socket = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
+  const bound = once(socket, "listening").then(() => false, (error) => {
+    if ((error as { code?: string }).code === "EADDRINUSE") return true;
+    throw error;
+  });
+  socket.bind(port, host);
+  const taken = await bound;
+  if (!taken) await closeUdp(socket);
+  return taken;
+}
+
 async function closeUdp(socket: dgram.Socket): Promise<void> {
   const closed = once(socket, "close");
   socket.close();
@@ -132,7 +145,9 @@ Deno.test("PySocks: UDP through ferry by IPv4 address and by name, third parties
     await stdin.write(encoder.encode("probe\n"));
     const probed = await next();
     assert.equal(probed.step, "probed");
-    assert.notEqual(probed.outcome, "answered");
+    // "timeout" would mean the relay socket is still open, dropping the probe
+    // as a datagram from a third party; a closed port draws ICMP unreachable.
+    assert.equal(probed.outcome, "refused");
     assert.deepEqual(probed.echoed, ["via 127.0.0.1", "via localhost", "after"]);
   } finally {
     await stdin.close().catch(() => {});
@@ -321,8 +336,12 @@ Deno.test("an idle association is evicted: the control connection is closed and 
   await using ferry = await startFerry([...LISTEN, "--idle-timeout", "300ms"]);
   await using udp = await associate(ferry);
   assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  const { host, port } = udp.reply.address;
+  assert.equal(await udpPortTaken(host, port), true, "the relay socket is open while associated");
   const end = await udp.control.waitForEnd();
   assert.equal(end.ending, "eof");
   const session = await sessionOf(ferry, udp.control.localAddr);
   assert.equal(session.outcome, "idle-timeout");
+  // The log line is written once the session has closed everything it held.
+  assert.equal(await udpPortTaken(host, port), false, "the relay socket was closed");
 });

@@ -27,16 +27,31 @@ Deno.test("openFilesLimit() reads this process's soft limit through prlimit", as
   assert.equal(typeof limit, "number", `got ${limit}: is prlimit installed?`);
   assert.ok(limit! > 0, `got ${limit}`);
   assert.ok(Number.isInteger(limit) || limit === Infinity, `got ${limit}`);
-  // It is this process's limit: the same soft value the kernel reports for it.
-  // (Deno lets a program read /proc/self/limits only with --allow-all.)
-  let limits: string;
-  try {
-    limits = await Deno.readTextFile("/proc/self/limits");
-  } catch (error) {
-    if (error instanceof Deno.errors.NotCapable) return;
-    throw error;
-  }
-  const soft = /^Max open files\s+(\S+)/m.exec(limits)?.[1];
-  assert.ok(soft, limits);
-  assert.equal(limit, parseSoftLimit(soft));
+});
+
+Deno.test("openFilesLimit() agrees with the kernel on a process started under a limit of its own", async () => {
+  // A child started under soft 777, hard 4096 (Deno raises its own soft
+  // limit towards the hard one at start-up, so the soft value it ends up
+  // with is for the kernel to say): what prlimit reports for the child's pid
+  // must be what the child's /proc/self/limits says, and not this process's
+  // limit. `deno eval` runs with every permission, so the child can read it.
+  const module = new URL("../src/nofile.ts", import.meta.url).href;
+  const { success, stdout, stderr } = await new Deno.Command("prlimit", {
+    args: [
+      "--nofile=777:4096",
+      "--",
+      Deno.execPath(),
+      "eval",
+      `const { openFilesLimit, parseSoftLimit } = await import(${JSON.stringify(module)});` +
+      'const soft = /^Max open files\\s+(\\S+)/m.exec(Deno.readTextFileSync("/proc/self/limits"))[1];' +
+      "console.log(JSON.stringify([await openFilesLimit(), parseSoftLimit(soft)]));",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  assert.ok(success, decoder.decode(stderr));
+  const [reported, kernel] = JSON.parse(decoder.decode(stdout)) as [number, number];
+  assert.equal(reported, kernel);
+  assert.ok(reported === 777 || reported === 4096, `got ${reported}`);
 });

@@ -2,8 +2,20 @@
  * `ss` (iproute2), for tests that check the kernel's view of ferry's sockets.
  */
 
-/** The TCP sockets `ss` lists with `flags` (add `-H`: no header) and `filter`, one line each. */
+/**
+ * The TCP sockets `ss` lists with `flags` (add `-H`: no header) and `filter`,
+ * one line each. Throws when `ss` fails, so that an empty list always means
+ * "no such socket", never "ss could not tell".
+ */
 export async function ss(flags: string, ...filter: string[]): Promise<string[]> {
-  const { stdout } = await new Deno.Command("ss", { args: [flags, ...filter] }).output();
-  return new TextDecoder().decode(stdout).split("\n").filter((line) => line.trim() !== "");
+  const { success, stdout, stderr } = await new Deno.Command("ss", {
+    args: [flags, ...filter],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  if (!success) {
+    throw new Error(`ss ${[flags, ...filter].join(" ")} failed: ${decoder.decode(stderr)}`);
+  }
+  return decoder.decode(stdout).split("\n").filter((line) => line.trim() !== "");
 }
