@@ -114,6 +114,8 @@ export class UdpAssociation {
     // Reassembly is optional in RFC 1928 §7 and no client we know fragments.
     if (datagram.fragment !== 0) return void this.counters.dropped++;
     const { address, data } = datagram;
+    // Port 0 cannot be sent to (node:dgram throws on it); a client asking for it is wrong.
+    if (address.port === 0) return void this.counters.dropped++;
     if (address.type !== "domain") return this.#sendOut(address.host, address.port, data);
     this.#resolve(address).then(
       (ip) => this.#sendOut(ip, address.port, data),
@@ -143,12 +145,10 @@ export class UdpAssociation {
       if (this.#peers.size >= MAX_PEERS) this.#peers.delete(this.#peers.values().next().value!);
       this.#peers.add(key);
     }
+    if (!sent(socket, data, port, ip, this.counters)) return;
     this.counters.udpIn++;
     this.counters.up += data.length;
     this.#options.onActivity();
-    socket.send(data, port, ip, (error) => {
-      if (error) this.counters.dropped++;
-    });
   }
 
   #outboundFor(type: "udp4" | "udp6"): dgram.Socket {
@@ -172,12 +172,36 @@ export class UdpAssociation {
     const out = new Uint8Array(header.length + message.length);
     out.set(header);
     out.set(message, header.length);
+    if (!sent(this.#clientSocket, out, this.#clientPort, this.#options.clientIp, this.counters)) {
+      return;
+    }
     this.counters.udpOut++;
     this.counters.down += message.length;
     this.#options.onActivity();
-    this.#clientSocket.send(out, this.#clientPort, this.#options.clientIp, (error) => {
-      if (error) this.counters.dropped++;
+  }
+}
+
+/**
+ * Sends `data`, counting it as dropped if the send fails, now or later.
+ * node:dgram throws at once on what it rejects (a bad port or address): here
+ * that would escape into an event handler or a promise callback, and an
+ * unhandled rejection ends the process with every session in it.
+ */
+function sent(
+  socket: dgram.Socket,
+  data: Uint8Array,
+  port: number,
+  ip: string,
+  counters: UdpCounters,
+): boolean {
+  try {
+    socket.send(data, port, ip, (error) => {
+      if (error) counters.dropped++;
     });
+    return true;
+  } catch {
+    counters.dropped++;
+    return false;
   }
 }
 

@@ -12,7 +12,14 @@ import { SocksClient } from "socks";
 import { startFerry } from "./_helpers/ferry.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import { TextLineStream } from "./_helpers/text_line_stream.ts";
-import { BufferedConn, deadline, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
+import {
+  BufferedConn,
+  deadline,
+  domain,
+  ipv4,
+  socks5,
+  socks5Handshake,
+} from "./_helpers/socks_client.ts";
 
 /** What the npm client's "established" event carries (its typings do not export the type). */
 interface SocksEstablished {
@@ -244,6 +251,10 @@ Deno.test("malformed datagrams are dropped and counted, and the association keep
     Uint8Array.of(0, 0, 0, 0x04, 0, 0, 0), // an IPv6 address cut short
     fragment,
     unknownType,
+    // Port 0 cannot be sent to. By name it once crashed ferry: the send threw
+    // inside a promise callback, and the unhandled rejection ended the process.
+    frame(ipv4("127.0.0.1", 0), "to port 0"),
+    frame(domain("localhost", 0), "to port 0 by name"),
   ];
   for (const datagram of bad) udp.local.send(datagram, relayPort, "127.0.0.1");
   const answer = nextDatagram(udp.local);
