@@ -17,6 +17,7 @@ import {
   deadline,
   domain,
   ipv4,
+  ipv6,
   socks5,
   socks5Handshake,
 } from "./_helpers/socks_client.ts";
@@ -268,6 +269,24 @@ Deno.test("malformed datagrams are dropped and counted, and the association keep
   assert.equal(session.outcome, "ok");
   assert.equal(session.dropped, bad.length);
   assert.equal(session.udpIn, 1);
+});
+
+Deno.test("a destination given as an IPv4-mapped IPv6 address is relayed and its answers come back", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  const answer = nextDatagram(udp.local);
+  const mapped = ipv6("::ffff:127.0.0.1", echo.port);
+  udp.local.send(frame(mapped, "mapped"), udp.reply.address.port, "127.0.0.1");
+  // The answer is from the address the client named, in the form it named it.
+  const decoded = socks5.decodeUdpDatagram(await answer);
+  assert.deepEqual(decoded.address, mapped);
+  assert.equal(decoder.decode(decoded.data), "mapped");
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.equal(session.udpOut, 1);
+  assert.equal(session.dropped, 0);
 });
 
 Deno.test("a datagram from another port than the declared one is dropped", async () => {

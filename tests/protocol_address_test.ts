@@ -166,8 +166,13 @@ Deno.test("formatIPv6() compresses the longest zero run (RFC 5952)", () => {
     // Zero runs at the end and a run of seven.
     [groups(1, 2, 3, 4, 5, 6, 0, 0), "1:2:3:4:5:6::"],
     [groups(0, 0, 0, 0, 0, 0, 0, 0xffff), "::ffff"],
-    // IPv4-mapped addresses are written in plain hex groups.
-    [groups(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1), "::ffff:7f00:1"],
+    // §5: an IPv4-mapped address ends in its dotted quad…
+    [groups(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1), "::ffff:127.0.0.1"],
+    [groups(0, 0, 0, 0, 0, 0xffff, 0, 0), "::ffff:0.0.0.0"],
+    // …and only that prefix does.
+    [groups(0, 0, 0, 0, 0, 0xfffe, 0x7f00, 1), "::fffe:7f00:1"],
+    [groups(0, 0, 0, 0, 1, 0xffff, 0x7f00, 1), "::1:ffff:7f00:1"],
+    [groups(0, 0, 0, 0, 0, 0, 0x7f00, 1), "::7f00:1"],
   ];
   for (const [bytes, text] of cases) assert.equal(formatIPv6(bytes), text);
 });
@@ -188,7 +193,8 @@ Deno.test("formatIPv6() and parseIPv6() round-trip every case", () => {
     assert.ok(bytes !== null, text);
     assert.equal(formatIPv6(bytes), text);
   }
-  assert.equal(formatIPv6(parseIPv6("::ffff:127.0.0.1")!), "::ffff:7f00:1");
+  assert.equal(formatIPv6(parseIPv6("::ffff:127.0.0.1")!), "::ffff:127.0.0.1");
+  assert.equal(formatIPv6(parseIPv6("::ffff:7f00:1")!), "::ffff:127.0.0.1");
   assert.equal(formatIPv6(parseIPv6("2001:0DB8:0:0:0:0:0:0001")!), "2001:db8::1");
 });
 
@@ -207,9 +213,9 @@ Deno.test("addressOf() classifies IPv6 literals, bracketed or not, in RFC 5952 f
     host: "2001:db8::1",
     port: 1,
   });
-  assert.deepEqual(addressOf("::ffff:10.0.0.1", 2), {
+  assert.deepEqual(addressOf("::ffff:a00:1", 2), {
     type: "ipv6",
-    host: "::ffff:a00:1",
+    host: "::ffff:10.0.0.1",
     port: 2,
   });
 });

@@ -16,8 +16,13 @@ export function formatIPv4(bytes: Uint8Array): string {
   return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
 }
 
-/** Formats 16 bytes as RFC 5952 text: lower case, longest zero run as `::`. */
+/**
+ * Formats 16 bytes as RFC 5952 text: lower case, longest zero run as `::`,
+ * and an IPv4-mapped address with its IPv4 part dotted (§5), as Deno and
+ * Node report a dual-stack socket's IPv4 peers, so the two forms compare.
+ */
 export function formatIPv6(bytes: Uint8Array): string {
+  if (isIPv4Mapped(bytes)) return `::ffff:${formatIPv4(bytes.subarray(12))}`;
   const groups: number[] = [];
   for (let i = 0; i < 16; i += 2) groups.push((bytes[i]! << 8) | bytes[i + 1]!);
   let bestStart = -1;
@@ -37,6 +42,12 @@ export function formatIPv6(bytes: Uint8Array): string {
   const head = hexGroups.slice(0, bestStart).join(":");
   const tail = hexGroups.slice(bestStart + bestLength).join(":");
   return `${head}::${tail}`;
+}
+
+/** `::ffff:0:0/96`: ten zero bytes, two 0xff, then the IPv4 address. */
+function isIPv4Mapped(bytes: Uint8Array): boolean {
+  for (let i = 0; i < 10; i++) if (bytes[i] !== 0) return false;
+  return bytes[10] === 0xff && bytes[11] === 0xff;
 }
 
 /**
