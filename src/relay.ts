@@ -103,11 +103,16 @@ export async function relay(
         if (n < buffer.length) {
           // writeAll() inlined: this is every small message's path.
           let written = await to.write(buffer.subarray(0, n));
-          while (written < n) written += await to.write(buffer.subarray(written, n));
+          while (written < n) {
+            onActivity(); // bytes moved: a slow reader is not an idle one
+            written += await to.write(buffer.subarray(written, n));
+          }
           continue;
         }
         flying = buffer;
-        inFlight = writeAll(to, buffer.subarray(0, n));
+        // Draining a big buffer into a slow reader can outlast the idle
+        // timeout, so every write that moves bytes counts as activity.
+        inFlight = writeAll(to, buffer.subarray(0, n), onActivity);
         inFlight.catch(fail); // a failed write aborts the relay even while a read is pending
         const wanted = Math.min(max, buffer.length * 4);
         buffer = spare !== null && spare.length >= wanted ? spare : new Uint8Array(wanted);
@@ -134,13 +139,19 @@ export async function relay(
 }
 
 /**
- * Writes all of `bytes`; `conn.write` may take only part of them. A promise
- * chain rather than an async function: nearly every call is one whole write,
- * and this is on every session's path.
+ * Writes all of `bytes`; `conn.write` may take only part of them. Calls
+ * `onProgress`, if given, after every write. A promise chain rather than an
+ * async function: nearly every call is one whole write, and this is on every
+ * session's path.
  */
-export function writeAll(conn: Pick<Deno.Conn, "write">, bytes: Uint8Array): Promise<void> {
+export function writeAll(
+  conn: Pick<Deno.Conn, "write">,
+  bytes: Uint8Array,
+  onProgress?: () => void,
+): Promise<void> {
   if (bytes.length === 0) return Promise.resolve();
-  return conn.write(bytes).then((written) =>
-    written < bytes.length ? writeAll(conn, bytes.subarray(written)) : undefined
-  );
+  return conn.write(bytes).then((written) => {
+    onProgress?.();
+    return written < bytes.length ? writeAll(conn, bytes.subarray(written), onProgress) : undefined;
+  });
 }

@@ -378,6 +378,45 @@ Deno.test("an established session with no traffic is closed on both sides after 
   assert.equal(session.up, 2);
 });
 
+Deno.test("a download to a slow reader is not cut by --idle-timeout while its bytes still move", async () => {
+  // Reading 64 KiB every 15 ms (about 4 MiB/s here), ferry's writes wake
+  // every third of a second or so: the kernel lets a writer on again once a
+  // third of its send buffer (up to 4 MiB) has drained. Each of ferry's
+  // writes of a full 4 MiB read buffer takes three such wake-ups, about a
+  // second, and the source, waiting for it, gives ferry no reads meanwhile.
+  // An idle timeout in between: only counting the writes' progress keeps
+  // this session alive.
+  await using ferry = await startFerry([...LISTEN, "--idle-timeout", "600ms"]);
+  using target = TcpTarget.listen();
+  const body = pseudoRandomBytes(24 * 1024 * 1024, 5);
+  const slowPart = 12 * 1024 * 1024;
+  const upstream = target.accept();
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  const server = await upstream;
+  const targetSide = (async () => {
+    await server.write(body);
+    server.close();
+  })();
+  targetSide.catch(() => {}); // if ferry cuts the session, the client's read says so first
+  const chunks: Uint8Array[] = [];
+  for (let got = 0; got < body.length;) {
+    const chunk = await client.readExactly(Math.min(64 * 1024, body.length - got));
+    chunks.push(chunk);
+    got += chunk.length;
+    // The rest at full speed, so that the client's close comes well before
+    // the timeout once ferry has written its last bytes.
+    if (got < slowPart) await new Promise((resolve) => setTimeout(resolve, 15));
+  }
+  await targetSide;
+  assert.equal(await sha256(concat(chunks)), await sha256(body));
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "ok");
+  assert.equal(session.down, body.length);
+});
+
 Deno.test("a relay that lasts gets TCP keepalive on both of ferry's sockets", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();

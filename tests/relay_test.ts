@@ -6,7 +6,13 @@
  *   clientApp ⇄ clientEnd ═relay═ targetEnd ⇄ targetApp
  */
 import assert from "node:assert/strict";
-import { relay, type RelayOptions, type RelayTotals, writeAll } from "../src/relay.ts";
+import {
+  relay,
+  type RelayEnd,
+  type RelayOptions,
+  type RelayTotals,
+  writeAll,
+} from "../src/relay.ts";
 
 const WAIT_MS = 20_000;
 
@@ -299,6 +305,58 @@ Deno.test("relay() calls onActivity for every read that carried bytes", async ()
   assert.ok(f.activity <= payload.length, `activity ${f.activity}`);
 });
 
+Deno.test("relay() counts every write that moved bytes as activity: a slow reader is not idle", async () => {
+  // The client sends 10 bytes (less than the 16-byte buffer: written before
+  // the next read), 16 (a full buffer: its write is left in flight while the
+  // next read fills a 64-byte buffer) and 40. The target end takes at most 3
+  // bytes a write, like a socket whose reader is slow.
+  const chunks = [10, 16, 40].map((length, seed) =>
+    Uint8Array.from({ length }, (_, i) => (seed * 64 + i) & 0xff)
+  );
+  let activity = 0;
+  const activityAtWrite: number[] = [];
+  const written: number[] = [];
+  const client: RelayEnd = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      const chunk = chunks.shift();
+      if (!chunk) return Promise.resolve(null);
+      assert.ok(chunk.length <= buffer.length, `read of ${chunk.length} into ${buffer.length}`);
+      buffer.set(chunk);
+      return Promise.resolve(chunk.length);
+    },
+    write: () => Promise.reject(new Error("the target sends nothing")),
+    closeWrite: () => Promise.resolve(),
+  };
+  const target: RelayEnd = {
+    read: () => Promise.resolve(null),
+    write(bytes: Uint8Array): Promise<number> {
+      activityAtWrite.push(activity);
+      const n = Math.min(3, bytes.length);
+      written.push(...bytes.subarray(0, n));
+      return Promise.resolve(n);
+    },
+    closeWrite: () => Promise.resolve(),
+  };
+  const expected = [10, 16, 40].flatMap((length, seed) =>
+    Array.from({ length }, (_, i) => (seed * 64 + i) & 0xff)
+  );
+  const controller = new AbortController();
+  const totals = await relay(client, target, {
+    controller,
+    onActivity: () => activity++,
+    initialBufferSize: 16,
+  });
+  assert.equal(controller.signal.aborted, false);
+  assert.deepEqual(totals, { up: 66, down: 0 });
+  assert.deepEqual(written, expected);
+  // Before every write call, something new happened: a read or the last
+  // write's progress. The idle deadline moves on with each.
+  assert.ok(activityAtWrite.length >= 22, `${activityAtWrite.length} writes`);
+  for (let i = 1; i < activityAtWrite.length; i++) {
+    assert.ok(activityAtWrite[i]! > activityAtWrite[i - 1]!, `no activity before write ${i}`);
+  }
+});
+
 Deno.test("relay() does not call onActivity when nothing but EOF arrives", async () => {
   using f = await setup();
   const relayed = f.run();
@@ -360,9 +418,11 @@ Deno.test("writeAll() keeps writing until every byte is taken", async () => {
     },
   } as unknown as Deno.Conn;
   const bytes = Uint8Array.from({ length: 10 }, (_, i) => i + 1);
-  await writeAll(conn, bytes);
+  let progress = 0;
+  await writeAll(conn, bytes, () => progress++);
   assert.deepEqual(written, [...bytes]);
   assert.deepEqual(calls, [10, 7, 4, 1]);
+  assert.equal(progress, calls.length, "onProgress after every write");
 
   calls.length = 0;
   await writeAll(conn, new Uint8Array(0));
