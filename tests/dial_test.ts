@@ -8,9 +8,11 @@ import { Reply } from "../src/protocol/socks5.ts";
 import { SessionAbort } from "../src/proxy_session.ts";
 import {
   classifyConnectError,
+  connectToFirstAnswer,
   dial,
   DialError,
   type DialFailure,
+  interleaveFamilies,
   REPLY_FOR_FAILURE,
 } from "../src/upstream/dial.ts";
 
@@ -185,6 +187,59 @@ Deno.test("dial() resolves the domain localhost and connects", async () => {
       conn.close();
     }
   });
+});
+
+Deno.test("interleaveFamilies() alternates families, starting with the resolver's first choice", () => {
+  assert.deepEqual(interleaveFamilies([]), []);
+  assert.deepEqual(interleaveFamilies(["192.0.2.1"]), ["192.0.2.1"]);
+  assert.deepEqual(
+    interleaveFamilies(["2001:db8::1", "2001:db8::2", "192.0.2.1", "192.0.2.2"]),
+    ["2001:db8::1", "192.0.2.1", "2001:db8::2", "192.0.2.2"],
+  );
+  assert.deepEqual(
+    interleaveFamilies(["192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1"]),
+    ["192.0.2.1", "2001:db8::1", "192.0.2.2", "192.0.2.3"],
+  );
+  // One family only: the resolver's order stands.
+  assert.deepEqual(interleaveFamilies(["::1", "::2"]), ["::1", "::2"]);
+});
+
+Deno.test("connectToFirstAnswer() moves on at once from a refused address to the next", async () => {
+  // 127.0.0.1 refuses on the port 127.0.0.2 listens on.
+  using listener = Deno.listen({ hostname: "127.0.0.2", port: 0, transport: "tcp" });
+  const { port } = listener.addr;
+  const accepted = listener.accept();
+  const started = performance.now();
+  const conn = await connectToFirstAnswer(
+    "two.test",
+    ["127.0.0.1", "127.0.0.2"],
+    port,
+    new AbortController().signal,
+  );
+  const elapsed = performance.now() - started;
+  try {
+    assert.equal(conn.remoteAddr.hostname, "127.0.0.2");
+    assert.equal((await accepted).remoteAddr.port, conn.localAddr.port);
+    // Not by the attempt delay's timer: the refusal itself started the next.
+    assert.ok(elapsed < 250, `connected after ${elapsed} ms`);
+  } finally {
+    conn.close();
+    await accepted.then((c) => c.close(), () => {});
+  }
+});
+
+Deno.test("connectToFirstAnswer() rejects with the last failure when every address refuses", async () => {
+  const port = closedPort();
+  const error = await dialError(
+    connectToFirstAnswer(
+      "two.test",
+      ["127.0.0.1", "127.0.0.2"],
+      port,
+      new AbortController().signal,
+    ),
+  );
+  assert.equal(error.failure, "connection-refused");
+  assert.match(error.message, /127\.0\.0\.2/);
 });
 
 Deno.test("dial() with a signal aborted for connect timeout throws connect-timeout", async () => {

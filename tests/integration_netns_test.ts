@@ -9,7 +9,15 @@ import assert from "node:assert/strict";
 import { startFerry } from "./_helpers/ferry.ts";
 import type { ProbeResult } from "./_helpers/netns_probe.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
-import { BufferedConn, deadline, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
+import {
+  BufferedConn,
+  deadline,
+  domain,
+  ipv4,
+  socks5,
+  socks5Handshake,
+  TcpTarget,
+} from "./_helpers/socks_client.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const PROBE = new URL("./_helpers/netns_probe.ts", import.meta.url).pathname;
@@ -103,29 +111,40 @@ Deno.test({
 });
 
 /**
- * A python3 listener with backlog 0 and one client already queued: the
- * kernel drops further SYNs, so connecting to it hangs until a timeout.
- * It prints its port, then waits until its stdin closes.
+ * python3 listeners with backlog 0 and one client already queued, one on
+ * each IPv4 address given as an argument, all on one port: the kernel drops
+ * further SYNs, so connecting to them hangs until a timeout. It prints the
+ * port, then waits until its stdin closes.
  */
-const FULL_QUEUE_LISTENER = `
+const FULL_QUEUE_LISTENERS = `
 import socket, sys
-listener = socket.socket()
-listener.bind(("127.0.0.1", 0))
-listener.listen(0)
-port = listener.getsockname()[1]
-filler = socket.create_connection(("127.0.0.1", port))
+port, kept = 0, []
+for host in sys.argv[1:]:
+    listener = socket.socket()
+    listener.bind((host, port))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    kept += [listener, socket.create_connection((host, port))]
 print(port, flush=True)
 sys.stdin.read()
 `;
 
-Deno.test("CONNECT to a listener that never answers the SYN gets 0x04 after --connect-timeout", async () => {
+/** Starts {@linkcode FULL_QUEUE_LISTENERS} on `hosts`; its port, and a stop. */
+async function fullQueueListeners(
+  hosts: string[],
+): Promise<{ port: number } & AsyncDisposable> {
   const python = new Deno.Command("python3", {
-    args: ["-c", FULL_QUEUE_LISTENER],
+    args: ["-c", FULL_QUEUE_LISTENERS, ...hosts],
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
   const stdout = python.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const stop = async () => {
+    await python.stdin.close().catch(() => {});
+    await stdout.cancel();
+    await python.status;
+  };
   try {
     let text = "";
     while (!text.includes("\n")) {
@@ -135,27 +154,122 @@ Deno.test("CONNECT to a listener that never answers the SYN gets 0x04 after --co
     }
     const port = Number(text.trim());
     assert.ok(port > 0, `python printed ${JSON.stringify(text)}`);
-
-    await using ferry = await startFerry([
-      "socks",
-      "--listen",
-      "127.0.0.1:0",
-      "--connect-timeout",
-      "500ms",
-    ]);
-    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-    const reply = await socks5Handshake(client, ipv4("127.0.0.1", port)).catch((error) => {
-      const log = ferry.lines.map((line) => JSON.stringify(line)).join("\n");
-      throw new Error(`${error}; ferry's log:\n${log}`);
-    });
-    assert.equal(reply.reply, socks5.Reply.HostUnreachable);
-    client.close();
-    const session = await sessionOf(ferry, client.localAddr);
-    assert.equal(session.outcome, "connect-timeout");
-    assert.equal(session.target, `127.0.0.1:${port}`);
-  } finally {
-    await python.stdin.close();
-    await stdout.cancel();
-    await python.status;
+    return { port, [Symbol.asyncDispose]: stop };
+  } catch (error) {
+    await stop();
+    throw error;
   }
+}
+
+Deno.test("CONNECT to a listener that never answers the SYN gets 0x04 after --connect-timeout", async () => {
+  await using blackHole = await fullQueueListeners(["127.0.0.1"]);
+  const { port } = blackHole;
+
+  await using ferry = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--connect-timeout",
+    "500ms",
+  ]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(client, ipv4("127.0.0.1", port)).catch((error) => {
+    const log = ferry.lines.map((line) => JSON.stringify(line)).join("\n");
+    throw new Error(`${error}; ferry's log:\n${log}`);
+  });
+  assert.equal(reply.reply, socks5.Reply.HostUnreachable);
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "connect-timeout");
+  assert.equal(session.target, `127.0.0.1:${port}`);
+});
+
+async function canUnshareMount(): Promise<boolean> {
+  try {
+    const out = await new Deno.Command("unshare", {
+      args: ["-m", "true"],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
+
+const mountNsAvailable = await canUnshareMount();
+if (!mountNsAvailable) {
+  console.log(
+    "integration_netns_test: ignoring the Happy Eyeballs test: `unshare -m` is not permitted " +
+      "here (it needs root), and the test gives ferry its own /etc/hosts that way",
+  );
+}
+
+/** Runs a command in a mount namespace whose /etc/hosts is `hostsFile`. */
+function withHostsFile(hostsFile: string): string[] {
+  return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', hostsFile];
+}
+
+Deno.test({
+  name:
+    "a name whose first address drops SYNs is reached at its next one (Happy Eyeballs); when all do, 0x04 after --connect-timeout",
+  ignore: !mountNsAvailable,
+  async fn() {
+    const hostsFile = await Deno.makeTempFile({ suffix: ".hosts" });
+    try {
+      await Deno.writeTextFile(
+        hostsFile,
+        "127.0.0.1 two.test\n127.0.0.2 two.test\n127.0.0.1 dark.test\n127.0.0.2 dark.test\n",
+      );
+      // The order getaddrinfo gives them (it sorts, RFC 6724), as ferry will see it.
+      const [unshare, ...unshareArgs] = withHostsFile(hostsFile);
+      const lookup = await run(unshare!, [
+        ...unshareArgs,
+        Deno.execPath(),
+        "eval",
+        'const { lookup } = await import("node:dns/promises");' +
+        'const found = await lookup("two.test", { all: true, verbatim: true });' +
+        "console.log(JSON.stringify(found.map((a) => a.address)));",
+      ], 30_000);
+      assert.equal(lookup.code, 0, `lookup failed:\n${lookup.stderr}`);
+      const [first, second] = JSON.parse(lookup.stdout) as string[];
+      assert.ok(first && second, `two.test resolved to ${lookup.stdout}`);
+
+      // The first address drops SYNs; the second listens on the same port.
+      await using blackHole = await fullQueueListeners([first]);
+      using target = new TcpTarget(
+        Deno.listen({ hostname: second, port: blackHole.port, transport: "tcp" }),
+      );
+      await using darkness = await fullQueueListeners([first, second]);
+      await using ferry = await startFerry(
+        ["socks", "--listen", "127.0.0.1:0", "--connect-timeout", "3s"],
+        { wrapper: withHostsFile(hostsFile) },
+      );
+
+      const upstream = target.accept();
+      {
+        using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+        const reply = await socks5Handshake(client, domain("two.test", target.port));
+        assert.equal(reply.reply, socks5.Reply.Succeeded, "connected through the second address");
+        const server = await upstream;
+        await client.write(new TextEncoder().encode("ping"));
+        assert.equal(new TextDecoder().decode(await server.readExactly(4)), "ping");
+        server.close();
+        client.close();
+        const session = await sessionOf(ferry, client.localAddr);
+        assert.equal(session.outcome, "ok");
+        assert.equal(session.target, `two.test:${target.port}`);
+      }
+      {
+        using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+        const reply = await socks5Handshake(client, domain("dark.test", darkness.port));
+        assert.equal(reply.reply, socks5.Reply.HostUnreachable);
+        client.close();
+        const session = await sessionOf(ferry, client.localAddr);
+        assert.equal(session.outcome, "connect-timeout");
+      }
+    } finally {
+      await Deno.remove(hostsFile);
+    }
+  },
 });

@@ -108,7 +108,8 @@ export function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> 
 }
 
 /**
- * Connects to `address`, trying each resolved address in turn. Rejects with
+ * Connects to `address`; a name's addresses are raced, Happy Eyeballs style
+ * (see `connectToFirstAnswer`). Rejects with
  * {@linkcode DialError}. The connection has TCP_NODELAY set; keepalive is the
  * session's to turn on once the relay has lasted (see `KEEPALIVE_AFTER_MS`).
  */
@@ -118,18 +119,99 @@ export function dial(address: Address, signal: AbortSignal): Promise<Deno.TcpCon
     : connectToIp(address.host, address.port, signal);
 }
 
-/** Resolves `host`, then connects to each address in turn until one answers. */
+/**
+ * RFC 8305 §5's Connection Attempt Delay: how long one address may stay
+ * silent before the next is tried alongside it.
+ */
+export const ATTEMPT_DELAY_MS = 250;
+
+/** Resolves `host` and connects to the first of its addresses that answers. */
 async function dialName(host: string, port: number, signal: AbortSignal): Promise<Deno.TcpConn> {
-  let last: DialError | undefined;
-  for (const hostname of await resolve(host, signal)) {
-    try {
-      return await connectToIp(hostname, port, signal);
-    } catch (error) {
-      if (signal.aborted) throw error;
-      last = error as DialError;
-    }
+  const addresses = interleaveFamilies(await resolve(host, signal));
+  if (addresses.length === 1) return connectToIp(addresses[0]!, port, signal);
+  return connectToFirstAnswer(host, addresses, port, signal);
+}
+
+/**
+ * RFC 8305 §4: the addresses alternately of each family, starting with the
+ * resolver's first choice, so that a family that is broken here (an IPv6
+ * route into a black hole) costs one attempt delay, not every address.
+ */
+export function interleaveFamilies(addresses: readonly string[]): string[] {
+  const firstIsV6 = addresses[0]?.includes(":") ?? false;
+  const first = addresses.filter((a) => a.includes(":") === firstIsV6);
+  const other = addresses.filter((a) => a.includes(":") !== firstIsV6);
+  const out: string[] = [];
+  for (let i = 0; i < Math.max(first.length, other.length); i++) {
+    if (i < first.length) out.push(first[i]!);
+    if (i < other.length) out.push(other[i]!);
   }
-  throw last!;
+  return out;
+}
+
+/**
+ * Happy Eyeballs (RFC 8305 §5): connects to `addresses` in order, starting
+ * the next one when the last has failed or has not answered within
+ * {@linkcode ATTEMPT_DELAY_MS}. The first connection wins; the attempts
+ * still running are aborted, and one that connects anyway is closed. Tried
+ * one after another instead, an address that drops the SYN would use up the
+ * whole connect timeout and leave the others untried. Rejects with the last
+ * attempt's {@linkcode DialError}, or the session's when `signal` aborts.
+ */
+export function connectToFirstAnswer(
+  host: string,
+  addresses: readonly string[],
+  port: number,
+  signal: AbortSignal,
+): Promise<Deno.TcpConn> {
+  if (signal.aborted) {
+    return Promise.reject(new DialError(abortFailure(signal), `connect to ${host} aborted`));
+  }
+  return new Promise((resolve, reject) => {
+    const running = new Set<AbortController>();
+    let next = 0;
+    let lastError: unknown;
+    let settled = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const settle = () => {
+      settled = true;
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onAbort);
+      for (const attempt of running) attempt.abort();
+    };
+    const onAbort = () => {
+      if (settled) return;
+      settle();
+      reject(new DialError(abortFailure(signal), `connect to ${host} aborted`));
+    };
+    const startNext = () => {
+      clearTimeout(timer);
+      if (settled) return;
+      if (next === addresses.length) {
+        if (running.size === 0) {
+          settle();
+          reject(lastError);
+        }
+        return;
+      }
+      const attempt = new AbortController();
+      running.add(attempt);
+      connectToIp(addresses[next++]!, port, attempt.signal).then((conn) => {
+        running.delete(attempt);
+        if (settled) return closeQuietly(conn);
+        settle();
+        resolve(conn);
+      }, (error) => {
+        running.delete(attempt);
+        if (settled) return;
+        lastError = error;
+        startNext(); // a failure starts the next address at once
+      });
+      if (next < addresses.length) timer = setTimeout(startNext, ATTEMPT_DELAY_MS);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    startNext();
+  });
 }
 
 /** Connects to one IP address; rejects with {@linkcode DialError}. */
