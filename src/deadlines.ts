@@ -32,15 +32,25 @@ export class Deadlines {
     this.#tickMs = tickMs;
   }
 
-  /** Watches `item` until it expires or is {@linkcode unwatch}ed. */
+  /**
+   * Watches `item` until it expires or is {@linkcode unwatch}ed. Its
+   * deadline must already count from a fresh {@linkcode now}: while the
+   * sweep is running, `now` is at most a tick old.
+   */
   watch(item: Expirable): void {
-    if (this.#timer === undefined) {
-      this.now = performance.now();
-      const timer = setInterval(() => this.#sweep(), this.#tickMs);
-      // The sweep alone must never keep the process alive.
-      Deno.unrefTimer(timer);
-      this.#timer = timer;
-    }
+    this.#tick();
+    this.#watched.add(item);
+  }
+
+  /**
+   * Sets `item`'s deadline `timeoutMs` from now and watches it. Use this, not
+   * `watch()`, for a deadline counted from this moment: while nothing is
+   * watched the sweep stops and `now` stands at its last tick, so a deadline
+   * counted from it after a quiet spell would lie in the past already.
+   */
+  watchFor(item: Expirable, timeoutMs: number): void {
+    this.#tick();
+    item.deadline = this.now + timeoutMs;
     this.#watched.add(item);
   }
 
@@ -60,6 +70,16 @@ export class Deadlines {
     const expired = this.#watched.removeWhere((item) => item.deadline <= now);
     for (const item of expired) item.expire();
     if (this.#watched.size === 0) this.#stop();
+  }
+
+  /** Starts the sweep, with a fresh clock, unless it is running. */
+  #tick(): void {
+    if (this.#timer !== undefined) return;
+    this.now = performance.now();
+    const timer = setInterval(() => this.#sweep(), this.#tickMs);
+    // The sweep alone must never keep the process alive.
+    Deno.unrefTimer(timer);
+    this.#timer = timer;
   }
 
   #stop(): void {

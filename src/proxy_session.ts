@@ -124,7 +124,8 @@ let lastSessionId = 0;
  */
 export abstract class ProxySession implements Expirable {
   readonly id = ++lastSessionId;
-  deadline: number;
+  /** Set when `run()` starts watching the session. */
+  deadline = Infinity;
   /** Where the deadline sweep keeps this session (see {@linkcode Expirable}). */
   slot = -1;
   readonly controller: AbortController = new SessionController(() => {
@@ -178,10 +179,6 @@ export abstract class ProxySession implements Expirable {
     this.context = context;
     this.#started = context.logSessions ? performance.now() : 0;
     this.#phase = firstPhase;
-    const firstTimeout = firstPhase === "handshake"
-      ? context.handshakeTimeoutMs
-      : context.connectTimeoutMs;
-    this.deadline = context.deadlines.now + firstTimeout;
   }
 
   /**
@@ -225,8 +222,9 @@ export abstract class ProxySession implements Expirable {
 
   /** Runs the session to its end. Never rejects. */
   async run(): Promise<void> {
-    const { deadlines } = this.context;
-    deadlines.watch(this);
+    const { deadlines, handshakeTimeoutMs, connectTimeoutMs } = this.context;
+    const firstTimeout = this.#phase === "handshake" ? handshakeTimeoutMs : connectTimeoutMs;
+    deadlines.watchFor(this, firstTimeout);
     try {
       this.client.setNoDelay(true); // keepalive waits for a relay that lasts (KEEPALIVE_AFTER_MS)
       const relaying = await this.negotiate();
@@ -250,8 +248,9 @@ export abstract class ProxySession implements Expirable {
     this.#phase = phase;
     this.#dialAbort = null;
     this.#keepAliveDue = false;
-    this.deadline = this.context.deadlines.now + timeoutMs;
-    this.context.deadlines.watch(this); // again, if a sweep already expired the last phase
+    // Again, if a sweep already expired the last phase (and, the last one
+    // watched, stopped the clock).
+    this.context.deadlines.watchFor(this, timeoutMs);
   }
 
   /** Registers a target socket so aborting and ending the session close it. */

@@ -107,6 +107,22 @@ Deno.test("Deadlines does not expire an item before its deadline", async () => {
   assert.ok(deadlines.now >= item.deadline, "the sweep's clock had passed the deadline");
 });
 
+Deno.test("Deadlines.watchFor() after a quiet spell counts from that moment, not the last tick", async () => {
+  const deadlines = new Deadlines(TICK_MS);
+  const first = new Item(0);
+  deadlines.watch(first);
+  await within(first.expired, 5000, "first expiry");
+  assert.equal(deadlines.size, 0, "nothing watched: the sweep has stopped, and its clock with it");
+  await new Promise((resolve) => setTimeout(resolve, 300));
+
+  const start = performance.now();
+  const item = new Item(Infinity);
+  deadlines.watchFor(item, 200);
+  assert.ok(item.deadline >= start + 200, `deadline ${item.deadline - start} ms from now`);
+  await within(item.expired, 5000, "expiry");
+  assert.ok(performance.now() >= start + 200, "expired before its timeout");
+});
+
 Deno.test("Deadlines never expires an unwatched item", async () => {
   const deadlines = new Deadlines(TICK_MS);
   const unwatched = new Item(0);

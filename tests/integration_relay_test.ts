@@ -361,6 +361,28 @@ Deno.test("a handshake that stalls is closed after --handshake-timeout", async (
   assert.equal(session.outcome, "handshake-timeout");
 });
 
+Deno.test("after a quiet spell, the next client gets the whole --handshake-timeout", async () => {
+  await using ferry = await startFerry([...LISTEN, "--handshake-timeout", "1s"]);
+  using target = TcpTarget.listen();
+  // One session, then none for longer than the timeout: the deadline sweep stops.
+  {
+    const upstream = target.accept();
+    const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    (await upstream).close();
+    client.close();
+    assert.equal((await sessionOf(ferry, client.localAddr)).outcome, "ok");
+  }
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+
+  // A slow client: its greeting comes in two parts, 500 ms apart.
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(Uint8Array.of(0x05));
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await client.write(Uint8Array.of(0x01, 0x00));
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, 0x00), "the method reply");
+});
+
 Deno.test("an established session with no traffic is closed on both sides after --idle-timeout", async () => {
   await using ferry = await startFerry([...LISTEN, "--idle-timeout", "300ms"]);
   using target = TcpTarget.listen();
