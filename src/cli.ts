@@ -82,9 +82,16 @@ function addListenerOptions(command: Command, withHandshake: boolean): Command {
 
 /** Builds the program; `onCommand` receives the chosen command. */
 export function buildProgram(
-  output: CliOutput,
+  streams: CliOutput,
   onCommand: (invocation: Invocation) => void = () => {},
 ): Command {
+  const output = {
+    ...streams,
+    // commander repeats a mistyped option whole: `--usr=alice:s3cret` would
+    // print the password. The option's name is what the user needs.
+    outputError: (text: string, write: (text: string) => void) =>
+      write(text.replace(/(unknown option '[^'=]*=)[^']*'/, "$1…'")),
+  };
   const program = new Command("ferry")
     .description("A SOCKS5/SOCKS4 proxy and TCP forwarder that carries every byte.")
     .version(VERSION, "-V, --version", "print the version and exit")

@@ -151,7 +151,10 @@ const encoder = new TextEncoder();
 /** Parses `name:password` (the password may contain `:`); returns a problem text on failure. */
 export function parseUser(text: string): { name: string; password: Uint8Array } | string {
   const colon = text.indexOf(":");
-  if (colon < 0) return `expected NAME:PASSWORD, got ${JSON.stringify(text)} (no ":")`;
+  // Not repeated in the message: a line without a colon may be a password alone.
+  if (colon < 0) {
+    return `expected NAME:PASSWORD, got a value with no ":" (not shown: it may be secret)`;
+  }
   const name = text.slice(0, colon);
   const password = encoder.encode(text.slice(colon + 1));
   const nameBytes = encoder.encode(name).length;

@@ -82,6 +82,27 @@ function expecting(what: string): { error: (issue: { input?: unknown }) => strin
   };
 }
 
+/**
+ * Like {@linkcode expecting}, for values that may hold a password: says what
+ * kind of value it got, never the value itself.
+ */
+function expectingSecret(what: string): { error: (issue: { input?: unknown }) => string } {
+  return {
+    error: (issue) =>
+      issue.input === undefined
+        ? `required; expected ${what}`
+        : `expected ${what}, got ${kindOf(issue.input)} (not shown: it may be secret)`,
+  };
+}
+
+/** "a string", "a number", "an array"…: a value's kind, for messages that must not show it. */
+function kindOf(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  const type = typeof value;
+  return type === "object" ? "an object" : `a ${type}`;
+}
+
 const DURATION = `a positive duration with a unit, like "250ms", "10s", "5m" or "1h"`;
 const ADDRESS = "HOST:PORT or [IPV6]:PORT";
 const KINDS = ["socks", "forward"] as const;
@@ -127,11 +148,11 @@ const user = z.strictObject({
       }`;
     },
   }),
-  password: z.string(expecting("a password")).refine(fitsRfc1929, {
+  password: z.string(expectingSecret("a password")).refine(fitsRfc1929, {
     error: (issue) =>
       `password must be 1 to 255 bytes (RFC 1929), got ${byteLength(String(issue.input))}`,
   }),
-}, expecting(`a user like {"name": "alice", "password": "secret"}`));
+}, expectingSecret(`a user like {"name": "alice", "password": "secret"}`));
 
 /** Settings that `defaults` holds and any listener may override. */
 const shared = {
@@ -146,7 +167,7 @@ const shared = {
 const socksListener = z.strictObject({
   kind: z.literal("socks"),
   listen: address,
-  users: z.array(user, expecting("an array of users")).optional(),
+  users: z.array(user, expectingSecret("an array of users")).optional(),
   usersFile: z.string(expecting("a file path")).min(1, expecting("a file path")).optional(),
   socks4: z.boolean(expecting("true or false")).optional(),
   udpAdvertise: ip.optional(),
@@ -216,6 +237,17 @@ const PARSE_MESSAGES: Readonly<Record<string, string>> = {
   InvalidEscapeCharacter: "invalid escape character",
   InvalidCharacter: "invalid character in string",
 };
+
+/**
+ * Errors found inside a string literal, whose token is the whole string: a
+ * password, perhaps, so the message gives its place and not its text.
+ */
+const IN_STRING_ERRORS: ReadonlySet<string> = new Set([
+  "UnexpectedEndOfString",
+  "InvalidUnicode",
+  "InvalidEscapeCharacter",
+  "InvalidCharacter",
+]);
 
 /** The node at `path`, or its deepest ancestor that exists. */
 function nodeAt(root: JsonNode, path: DocPath): JsonNode {
@@ -460,6 +492,8 @@ export async function parseRunConfig(text: string, source: string): Promise<RunC
       const token = text.slice(error.offset, error.offset + error.length);
       const got = error.offset >= text.length
         ? "the end of the file"
+        : IN_STRING_ERRORS.has(name)
+        ? "a string (not shown: it may be secret)"
         : token === ""
         ? show(text.slice(error.offset, error.offset + 1))
         : show(token);

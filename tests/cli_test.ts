@@ -106,13 +106,27 @@ const BAD_VALUES: { args: string[]; value: string; expected: RegExp }[] = [
   },
   { args: ["--log-level", "loud"], value: "loud", expected: /debug.*info.*warn.*error/is },
   { args: ["--log-format", "xml"], value: "xml", expected: /text.*json/is },
-  { args: ["--user", "nocolon"], value: "nocolon", expected: /NAME:PASSWORD/i },
   {
     args: ["--users-file", "/nonexistent/ferry-users"],
     value: "/nonexistent/ferry-users",
     expected: /not found|no such file|cannot|could not|does not exist|unreadable|read/i,
   },
 ];
+
+Deno.test("--user without a colon exits 2 naming the flag, but not the value: it may be a password", async () => {
+  const run = await ferry("socks", "--user", "s3cret-only");
+  assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
+  assert.ok(run.stderr.includes("--user"), run.stderr);
+  assert.match(run.stderr, /NAME:PASSWORD/);
+  assert.ok(!run.stderr.includes("s3cret"), `stderr shows the value:\n${run.stderr}`);
+});
+
+Deno.test("a mistyped option given with =VALUE is named without its value", async () => {
+  const run = await ferry("socks", "--usr=alice:s3cret");
+  assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
+  assert.match(run.stderr, /unknown option '--usr=…'/);
+  assert.ok(!run.stderr.includes("s3cret"), `stderr shows the value:\n${run.stderr}`);
+});
 
 for (const { args, value, expected } of BAD_VALUES) {
   const flag = args[0]!;

@@ -357,7 +357,7 @@ Deno.test("bad users entries are errors naming the entry", async () => {
   assert.deepEqual(problems, [
     `listeners[0].users[0].name: user name must be 1 to 255 bytes (RFC 1929), got 0 in ""`,
     `listeners[0].users[1]: expected a user like {"name": "alice", "password": "secret"}, ` +
-    `got "carol:secret"`,
+    `got a string (not shown: it may be secret)`,
     "listeners[0].users[2].password: required; expected a password",
     "listeners[0].users[3].password: password must be 1 to 255 bytes (RFC 1929), got 256",
     `listeners[0].users[5]: user "alice" is already defined at listeners[0].users[4]`,
@@ -407,7 +407,7 @@ Deno.test("an unreadable or bad usersFile is an error", async () => {
     file.listeners[0]!.users = [{ name: "alice", password: "z" }];
     assert.deepEqual(await problemsOf(parseRunConfig(JSON.stringify(file), `${dir}/f.jsonc`)), [
       `${dir}/users:1: user "alice" is already defined at listeners[0].users[0]`,
-      `${dir}/users:2: expected NAME:PASSWORD, got "nocolon" (no ":")`,
+      `${dir}/users:2: expected NAME:PASSWORD, got a value with no ":" (not shown: it may be secret)`,
       `${dir}/users:3: user "alice" is already defined at listeners[0].users[0]`,
     ]);
 
@@ -429,6 +429,15 @@ Deno.test("a JSON syntax error is reported as FILE:LINE:COL", async () => {
   ]);
   assert.deepEqual(await problemsOf(parseRunConfig(`{\n  "a": 1,,\n}`, "x.jsonc")), [
     `x.jsonc:2:10: expected a property name in double quotes, got ","`,
+  ]);
+});
+
+Deno.test("a JSON syntax error inside a string gives its place, not its text: it may be a password", async () => {
+  const text = `{"listeners": [{"kind": "socks", "listen": "127.0.0.1:1",\n` +
+    `  "users": [{"name": "alice", "password": "s3cr\\qet"}]}]}`;
+  const problems = await problemsOf(parseRunConfig(text, "ferry.jsonc"));
+  assert.deepEqual(problems, [
+    "ferry.jsonc:2:43: invalid escape character, got a string (not shown: it may be secret)",
   ]);
 });
 
