@@ -137,6 +137,27 @@ export function parseDuration(text: string): number | null {
   return Number.isFinite(ms) ? ms : null;
 }
 
+/**
+ * The longest duration ferry accepts: 2^31 - 1 ms, about 24.8 days. Timers
+ * take a 32-bit delay, and a longer one would fire at once (a shutdown grace
+ * of 600h would cut every session immediately).
+ */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+
+/**
+ * A duration option's value in milliseconds, or what is wrong with it,
+ * phrased to follow `got "TEXT"`.
+ */
+export function checkDuration(text: string): number | { problem: string } {
+  const ms = parseDuration(text);
+  if (ms === null) {
+    return { problem: "expected a positive number with a unit, like 250ms, 1.5s, 10s, 5m or 1h" };
+  }
+  if (ms < 1) return { problem: "expected at least 1ms" };
+  if (ms > MAX_DURATION_MS) return { problem: "expected at most 596h (about 24 days)" };
+  return ms;
+}
+
 /** Parses `HOST:PORT` or `[IPV6]:PORT`, or returns `null`. Port 0 means "any free port". */
 export function parseHostPort(text: string): ListenAddress | null {
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(text.trim());
@@ -180,12 +201,9 @@ export class Checker {
 
   /** A positive duration such as `250ms`. */
   duration(flag: string, text: string): number {
-    const ms = parseDuration(text);
-    if (ms !== null && ms > 0) return ms;
-    this.problems.push(
-      `${flag}: ${JSON.stringify(text)} is not a duration; expected a positive number with ` +
-        `a unit, like 250ms, 10s, 5m or 1h`,
-    );
+    const checked = checkDuration(text);
+    if (typeof checked === "number") return checked;
+    this.problems.push(`${flag}: got ${JSON.stringify(text)}; ${checked.problem}`);
     return 0;
   }
 

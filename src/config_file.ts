@@ -19,6 +19,7 @@ import {
 } from "jsonc-parser";
 import { z } from "zod";
 import {
+  checkDuration,
   ConfigError,
   DEFAULTS,
   type ForwardConfig,
@@ -109,9 +110,10 @@ const KINDS = ["socks", "forward"] as const;
 const encoder = new TextEncoder();
 
 const duration = z.string(expecting(DURATION)).transform((text, ctx) => {
-  const ms = parseDuration(text);
-  if (ms !== null && ms > 0) return ms;
-  ctx.addIssue({ code: "custom", message: `expected ${DURATION}, got ${show(text)}`, input: text });
+  const checked = checkDuration(text);
+  if (typeof checked === "number") return checked;
+  const expected = parseDuration(text) === null ? `expected ${DURATION}` : checked.problem;
+  ctx.addIssue({ code: "custom", message: `${expected}, got ${show(text)}`, input: text });
   return z.NEVER;
 });
 

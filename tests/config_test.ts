@@ -211,6 +211,23 @@ Deno.test("buildSocksConfig() reports every bad flag at once, naming flag and va
   assert.ok(!userProblem.includes("no-colon"), `the value may be a password: ${userProblem}`);
 });
 
+Deno.test("buildSocksConfig() takes durations from 1ms to 596h and says which bound a value missed", async () => {
+  const ok = await buildSocksConfig({ shutdownGrace: "596h", idleTimeout: "1ms" });
+  assert.equal(ok.shutdownGraceMs, 596 * 3_600_000);
+  assert.equal(ok.idleTimeoutMs, 1);
+  // Past 2^31 - 1 ms a timer fires at once: 600h of grace would be none.
+  assert.deepEqual(await problemsOf({ shutdownGrace: "600h" }), [
+    `--shutdown-grace: got "600h"; expected at most 596h (about 24 days)`,
+  ]);
+  assert.deepEqual(await problemsOf({ idleTimeout: "0.4ms" }), [
+    `--idle-timeout: got "0.4ms"; expected at least 1ms`,
+  ]);
+  assert.deepEqual(await problemsOf({ connectTimeout: "soon" }), [
+    `--connect-timeout: got "soon"; expected a positive number with a unit, like 250ms, 1.5s, ` +
+    `10s, 5m or 1h`,
+  ]);
+});
+
 Deno.test("buildSocksConfig() rejects counts that are not whole numbers ≥ 1", async () => {
   for (const value of ["0", "-1", "1e3", "abc", "", "99999999999999999999"]) {
     const problems = await problemsOf({ maxConns: value });
