@@ -104,6 +104,29 @@ function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> 
 }
 
 async function serve(plan: Plan): Promise<number> {
+  // Listening for signals before the listeners open: a SIGTERM that comes
+  // while they start (or while prlimit answers) is then a clean shutdown,
+  // not the default action's death.
+  const { promise: stopRequested, resolve: requestStop } = Promise.withResolvers<Deno.Signal>();
+  let signalled = false;
+  const onSignal = (signal: Deno.Signal) => () => {
+    if (signalled) {
+      // Second signal: the operator does not want to wait.
+      Deno.exit(signal === "SIGINT" ? 130 : 143);
+    }
+    signalled = true;
+    requestStop(signal);
+  };
+  const handlers = [["SIGINT", onSignal("SIGINT")], ["SIGTERM", onSignal("SIGTERM")]] as const;
+  for (const [signal, handler] of handlers) Deno.addSignalListener(signal, handler);
+  try {
+    return await serveUntil(plan, stopRequested);
+  } finally {
+    for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
+  }
+}
+
+async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Promise<number> {
   const running: { server: Server; config: SocksConfig | ForwardConfig }[] = [];
   for (const config of plan.listeners) {
     try {
@@ -136,19 +159,6 @@ async function serve(plan: Plan): Promise<number> {
     );
   }
 
-  const { promise: stopRequested, resolve: requestStop } = Promise.withResolvers<Deno.Signal>();
-  let signalled = false;
-  const onSignal = (signal: Deno.Signal) => () => {
-    if (signalled) {
-      // Second signal: the operator does not want to wait.
-      Deno.exit(signal === "SIGINT" ? 130 : 143);
-    }
-    signalled = true;
-    requestStop(signal);
-  };
-  const handlers = [["SIGINT", onSignal("SIGINT")], ["SIGTERM", onSignal("SIGTERM")]] as const;
-  for (const [signal, handler] of handlers) Deno.addSignalListener(signal, handler);
-
   const signal = await stopRequested;
   const sessions = running.reduce((sum, { server }) => sum + server.activeSessions, 0);
   const graceMs = Math.max(...running.map(({ config }) => config.shutdownGraceMs));
@@ -165,7 +175,6 @@ async function serve(plan: Plan): Promise<number> {
   for (const { server } of running) {
     serverLog.info("stopped", { event: "stopped", ...server.metrics.snapshot() });
   }
-  for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
   return 0;
 }
 
