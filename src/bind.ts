@@ -17,12 +17,14 @@ import { type Address, unmapIPv4 } from "./protocol/address.ts";
  * the peer's address in advance, so any peer is let in.
  */
 export async function expectedPeers(address: Address): Promise<ReadonlySet<string> | null> {
+  // In the form accept() compares: an IPv4-mapped IPv6 address as its IPv4
+  // address, as a dual-stack socket would see the peer either way.
   if (address.type === "domain") {
     const results = await lookup(address.host, { all: true, verbatim: true });
-    return new Set(results.map((r) => r.address.toLowerCase()));
+    return new Set(results.map((r) => unmapIPv4(r.address).toLowerCase()));
   }
   if (address.host === "0.0.0.0" || address.host === "::") return null;
-  return new Set([address.host.toLowerCase()]);
+  return new Set([unmapIPv4(address.host).toLowerCase()]);
 }
 
 /** A BIND listener. Dispose (or `close()`) it whatever happens. */

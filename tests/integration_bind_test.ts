@@ -14,6 +14,7 @@ import {
   BufferedConn,
   deadline,
   ipv4,
+  ipv6,
   socks4,
   socks5,
   socks5Handshake,
@@ -101,6 +102,28 @@ Deno.test("SOCKS5 BIND closes a connection from another address, then times out 
     Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
     Deno.errors.ConnectionRefused,
   );
+});
+
+Deno.test("SOCKS5 BIND naming its peer as an IPv4-mapped IPv6 address lets that peer in", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "5s"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const first = await socks5Handshake(client, ipv6("::ffff:127.0.0.1", 0), {
+    command: socks5.Command.Bind,
+  });
+  assert.equal(first.reply, socks5.Reply.Succeeded);
+  using peer = new BufferedConn(
+    await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
+  );
+  const second = await client.readMessage(socks5.decodeReply, "second reply");
+  assert.equal(second.reply, socks5.Reply.Succeeded);
+  assert.deepEqual(second.address, ipv4("127.0.0.1", peer.localAddr.port));
+  await peer.write(encoder.encode("from the peer"));
+  assert.equal(decoder.decode(await client.readExactly(13)), "from the peer");
+  peer.close();
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "ok");
+  assert.equal(session.bindRefused, 0);
 });
 
 Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async () => {
