@@ -27,14 +27,25 @@ export class UpstreamSet {
     this.upstreams = upstreams;
   }
 
-  /** The upstreams to try for one client, in order: round-robin, those available first. */
+  /**
+   * The available upstreams to try for one client, in order: round-robin
+   * over those that are up. The next turn goes to the one after this
+   * client's first choice, so an upstream that is down does not hand its
+   * turns to its neighbour on top of the neighbour's own.
+   */
   candidates(): Upstream[] {
     const count = this.upstreams.length;
-    const start = this.#next;
-    this.#next = (this.#next + 1) % count;
     const ordered: Upstream[] = [];
-    for (let i = 0; i < count; i++) ordered.push(this.upstreams[(start + i) % count]!);
-    return ordered.filter((u) => u.available);
+    let first = -1;
+    for (let i = 0; i < count; i++) {
+      const index = (this.#next + i) % count;
+      const upstream = this.upstreams[index]!;
+      if (!upstream.available) continue;
+      if (first < 0) first = index;
+      ordered.push(upstream);
+    }
+    if (first >= 0) this.#next = (first + 1) % count;
+    return ordered;
   }
 }
 

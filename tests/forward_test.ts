@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { buildForwardConfig, type RawForwardOptions } from "../src/config.ts";
-import { type Forwarder, startForwarder } from "../src/forward.ts";
+import { type Forwarder, startForwarder, UpstreamSet } from "../src/forward.ts";
 import type { Upstream } from "../src/upstream/pool.ts";
 import {
   type AcceptedConn,
@@ -254,6 +254,22 @@ Deno.test("forward: with --pool 0 each client is dialled on demand, and the upst
   assert.equal(session.outcome, "ok");
   assert.equal(session.pooled, false);
   assert.equal(server.accepted, 1, "one connection, dialled for the client");
+});
+
+Deno.test("UpstreamSet: with one upstream down, the others share its turns evenly", () => {
+  const fake = (name: string, available: boolean) => ({ name, available }) as unknown as Upstream;
+  const set = new UpstreamSet([fake("A", true), fake("B", false), fake("C", true)]);
+  const firstChoices = Array.from({ length: 6 }, () => set.candidates().map((u) => u.name));
+  assert.deepEqual(firstChoices, [
+    ["A", "C"],
+    ["C", "A"],
+    ["A", "C"],
+    ["C", "A"],
+    ["A", "C"],
+    ["C", "A"],
+  ]);
+  const none = new UpstreamSet([fake("A", false), fake("B", false)]);
+  assert.deepEqual(none.candidates(), []);
 });
 
 Deno.test("forward: round-robin across two upstreams sends 4 clients 2 and 2", async () => {
