@@ -6,7 +6,7 @@
  * @module
  */
 
-import { addressOf } from "./protocol/address.ts";
+import { addressOf, parseIPv4, parseIPv6 } from "./protocol/address.ts";
 
 /** Log levels the command line accepts. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
@@ -167,6 +167,31 @@ export function parseHostPort(text: string): ListenAddress | null {
   return { hostname: match[1] ?? match[2]!, port };
 }
 
+/**
+ * A `HOST:PORT` option's value, or what is wrong with it, phrased to follow
+ * `got "TEXT"`. `minPort` is 0 where port 0 means "any free port" (a listen
+ * address) and 1 where a port must be dialled. A host that is written as an
+ * IP address must be a valid one (`999.1.1.1` is a mistake, not a name).
+ */
+export function checkHostPort(text: string, minPort: 0 | 1): ListenAddress | { problem: string } {
+  const match = /^(?:\[([^\]]*)\]|([^\s:[\]]+)):(\d+)$/.exec(text.trim());
+  if (!match) return { problem: "expected HOST:PORT or [IPV6]:PORT" };
+  const port = Number(match[3]);
+  if (port < minPort || port > 65535) {
+    return { problem: `expected a port from ${minPort} to 65535` };
+  }
+  const bracketed = match[1];
+  if (bracketed !== undefined) {
+    if (parseIPv6(bracketed) === null) return { problem: `expected an IPv6 address in [ ]` };
+    return { hostname: bracketed, port };
+  }
+  const host = match[2]!;
+  if (/^[\d.]+$/.test(host) && parseIPv4(host) === null) {
+    return { problem: "expected an IPv4 address of four numbers 0 to 255, or a host name" };
+  }
+  return { hostname: host, port };
+}
+
 const encoder = new TextEncoder();
 
 /** Parses `name:password` (the password may contain `:`); returns a problem text on failure. */
@@ -235,13 +260,11 @@ export class Checker {
     return "";
   }
 
-  /** `HOST:PORT` or `[IPV6]:PORT`. */
-  hostPort(flag: string, text: string): ListenAddress {
-    const address = parseHostPort(text);
-    if (address) return address;
-    this.problems.push(
-      `${flag}: ${JSON.stringify(text)} is not an address; expected HOST:PORT or [IPV6]:PORT`,
-    );
+  /** `HOST:PORT` or `[IPV6]:PORT`; see {@linkcode checkHostPort} for `minPort`. */
+  hostPort(flag: string, text: string, minPort: 0 | 1): ListenAddress {
+    const checked = checkHostPort(text, minPort);
+    if (!("problem" in checked)) return checked;
+    this.problems.push(`${flag}: got ${JSON.stringify(text)}; ${checked.problem}`);
     return { hostname: "", port: 0 };
   }
 
@@ -258,7 +281,7 @@ export function checkCommon(
 ): ListenerSettings & LogSettings {
   const maxConns = check.count("--max-conns", raw.maxConns ?? DEFAULTS.maxConns);
   return {
-    listen: check.hostPort("--listen", raw.listen ?? DEFAULTS.listen),
+    listen: check.hostPort("--listen", raw.listen ?? DEFAULTS.listen, 0),
     handshakeTimeoutMs: check.duration(
       "--handshake-timeout",
       raw.handshakeTimeout ?? DEFAULTS.handshakeTimeout,
@@ -357,7 +380,7 @@ export function buildForwardConfig(raw: RawForwardOptions): ForwardConfig {
   const common = checkCommon(raw, check);
   const targets = raw.to ?? [];
   if (targets.length === 0) check.problems.push("--to: required; expected HOST:PORT (repeatable)");
-  const upstreams = targets.map((text) => check.hostPort("--to", text));
+  const upstreams = targets.map((text) => check.hostPort("--to", text, 1));
   const poolSize = check.count("--pool", raw.pool ?? DEFAULTS.pool, 0);
   const poolMaxIdleMs = check.duration("--pool-max-idle", raw.poolMaxIdle ?? DEFAULTS.poolMaxIdle);
   check.done();

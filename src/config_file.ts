@@ -20,6 +20,7 @@ import {
 import { z } from "zod";
 import {
   checkDuration,
+  checkHostPort,
   ConfigError,
   DEFAULTS,
   type ForwardConfig,
@@ -130,12 +131,16 @@ const count = (min: number) => {
   return z.number(what).int(what).min(min, what);
 };
 
-const address = z.string(expecting(ADDRESS)).transform((text, ctx): ListenAddress => {
-  const parsed = parseHostPort(text);
-  if (parsed) return parsed;
-  ctx.addIssue({ code: "custom", message: `expected ${ADDRESS}, got ${show(text)}`, input: text });
-  return z.NEVER;
-});
+/** A `HOST:PORT` value: a listen address (port 0: any free port) or an upstream's (1 to 65535). */
+const hostPort = (minPort: 0 | 1) =>
+  z.string(expecting(ADDRESS)).transform((text, ctx): ListenAddress => {
+    const checked = checkHostPort(text, minPort);
+    if (!("problem" in checked)) return checked;
+    ctx.addIssue({ code: "custom", message: `${checked.problem}, got ${show(text)}`, input: text });
+    return z.NEVER;
+  });
+const listenAddress = hostPort(0);
+const upstreamAddress = hostPort(1);
 
 /** RFC 1929 limits user names and passwords to 1–255 bytes, as {@linkcode parseUser} does. */
 const byteLength = (text: string) => encoder.encode(text).length;
@@ -168,7 +173,7 @@ const shared = {
 
 const socksListener = z.strictObject({
   kind: z.literal("socks"),
-  listen: address,
+  listen: listenAddress,
   users: z.array(user, expectingSecret("an array of users")).optional(),
   usersFile: z.string(expecting("a file path")).min(1, expecting("a file path")).optional(),
   socks4: z.boolean(expecting("true or false")).optional(),
@@ -180,8 +185,8 @@ const socksListener = z.strictObject({
 
 const forwardListener = z.strictObject({
   kind: z.literal("forward"),
-  listen: address,
-  to: z.array(address, expecting(`an array of ${ADDRESS} upstreams`)).min(1, {
+  listen: listenAddress,
+  to: z.array(upstreamAddress, expecting(`an array of ${ADDRESS} upstreams`)).min(1, {
     error: () => `expected at least one upstream ${ADDRESS}, got []`,
   }),
   pool: count(0).optional(),

@@ -241,9 +241,14 @@ Deno.test("comments and trailing commas are accepted", async () => {
 
 Deno.test("a bad address in to[0] is named by its path and quoted", async () => {
   const file = validFile();
-  file.listeners[1]!.to = ["nope"];
+  file.listeners[1]!.to = ["nope", "10.0.0.5:0"];
+  file.listeners[0]!.listen = "300.1.1.1:1080";
   assert.deepEqual(await problemsOfValue(file), [
+    `listeners[0].listen: expected an IPv4 address of four numbers 0 to 255, or a host name, ` +
+    `got "300.1.1.1:1080"`,
     `listeners[1].to[0]: expected HOST:PORT or [IPV6]:PORT, got "nope"`,
+    // Port 0 means "any free port" to listen on; an upstream cannot have it.
+    `listeners[1].to[1]: expected a port from 1 to 65535, got "10.0.0.5:0"`,
   ]);
 });
 

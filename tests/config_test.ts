@@ -5,7 +5,9 @@
  */
 import assert from "node:assert/strict";
 import {
+  buildForwardConfig,
   buildSocksConfig,
+  checkHostPort,
   ConfigError,
   parseDuration,
   parseHostPort,
@@ -67,6 +69,36 @@ Deno.test("parseHostPort() parses HOST:PORT and [IPV6]:PORT", () => {
     hostname: "::ffff:127.0.0.1",
     port: 80,
   });
+});
+
+Deno.test("checkHostPort() says what is wrong: the form, the port's range, or the IP", () => {
+  assert.deepEqual(checkHostPort("localhost:0", 0), { hostname: "localhost", port: 0 });
+  assert.deepEqual(checkHostPort("[::1]:1080", 1), { hostname: "::1", port: 1080 });
+  assert.deepEqual(checkHostPort("10.0.0.5:80", 1), { hostname: "10.0.0.5", port: 80 });
+  const cases: [string, 0 | 1, string][] = [
+    ["nope", 0, "expected HOST:PORT or [IPV6]:PORT"],
+    ["127.0.0.1:65536", 0, "expected a port from 0 to 65535"],
+    ["127.0.0.1:0", 1, "expected a port from 1 to 65535"], // an upstream cannot be port 0
+    ["999.1.1.1:1080", 0, "expected an IPv4 address of four numbers 0 to 255, or a host name"],
+    ["1.2.3:1080", 0, "expected an IPv4 address of four numbers 0 to 255, or a host name"],
+    ["[nope]:1080", 0, "expected an IPv6 address in [ ]"],
+  ];
+  for (const [text, minPort, problem] of cases) {
+    assert.deepEqual(checkHostPort(text, minPort), { problem }, text);
+  }
+});
+
+Deno.test("--listen and --to report a bad address naming the flag, the value and the problem", async () => {
+  assert.deepEqual(await problemsOf({ listen: "999.1.1.1:1080" }), [
+    `--listen: got "999.1.1.1:1080"; expected an IPv4 address of four numbers 0 to 255, ` +
+    `or a host name`,
+  ]);
+  assert.throws(
+    () => buildForwardConfig({ listen: "127.0.0.1:0", to: ["10.0.0.5:0"] }),
+    (error: unknown) =>
+      error instanceof ConfigError &&
+      error.problems.join("\n") === `--to: got "10.0.0.5:0"; expected a port from 1 to 65535`,
+  );
 });
 
 Deno.test("parseHostPort() rejects malformed addresses", () => {
