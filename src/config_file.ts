@@ -171,6 +171,9 @@ const shared = {
   maxConnsPerIp: count(1).optional(),
 };
 
+/** A forwarder has no handshake: on its listener the setting is a mistake, as the flag is. */
+const { handshakeTimeout: _socksOnly, ...forwardShared } = shared;
+
 const socksListener = z.strictObject({
   kind: z.literal("socks"),
   listen: listenAddress,
@@ -191,7 +194,7 @@ const forwardListener = z.strictObject({
   }),
   pool: count(0).optional(),
   poolMaxIdle: duration.optional(),
-  ...shared,
+  ...forwardShared,
 }, expecting("a listener object"));
 
 const fileSchema = z.strictObject({
@@ -442,7 +445,8 @@ function buildListeners(
     const maxConns = listener.maxConns ?? defaults.maxConns ?? Number(DEFAULTS.maxConns);
     const common = {
       listen: listener.listen,
-      handshakeTimeoutMs: listener.handshakeTimeout ?? defaults.handshakeTimeout ??
+      handshakeTimeoutMs: (listener.kind === "socks" ? listener.handshakeTimeout : undefined) ??
+        defaults.handshakeTimeout ??
         defaultMs(DEFAULTS.handshakeTimeout),
       connectTimeoutMs: listener.connectTimeout ?? defaults.connectTimeout ??
         defaultMs(DEFAULTS.connectTimeout),

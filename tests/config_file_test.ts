@@ -280,12 +280,14 @@ Deno.test("unknown keys are errors, one problem each, at every level", async () 
   const file = validFile();
   file.listeners[1]!.bogus = 1;
   file.listeners[1]!.users = []; // a socks key on a forward listener
+  file.listeners[1]!.handshakeTimeout = "5s"; // a forwarder has no handshake
   file.log = { level: "info", colour: true };
   file.extra = {};
   const problems = await problemsOfValue(file);
   assert.deepEqual([...problems].sort(), [
     "extra: unknown key",
     "listeners[1].bogus: unknown key",
+    "listeners[1].handshakeTimeout: unknown key",
     "listeners[1].users: unknown key",
     "log.colour: unknown key",
   ]);
