@@ -23,26 +23,28 @@ const ROOT = new URL("../", import.meta.url).pathname;
 const PROBE = new URL("./_helpers/netns_probe.ts", import.meta.url).pathname;
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 
-async function canUnshare(): Promise<boolean> {
+/**
+ * Whether `unshare ARGS` runs here; if not, says which test is ignored and
+ * why, so a skipped test is never silent.
+ */
+async function canUnshare(args: string[], ignored: string): Promise<boolean> {
+  let ran = false;
   try {
-    const out = await new Deno.Command("unshare", {
-      args: ["-n", "ip", "link", "set", "lo", "up"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return out.success;
+    const out = await new Deno.Command("unshare", { args, stdout: "null", stderr: "null" })
+      .output();
+    ran = out.success;
   } catch {
-    return false;
+    ran = false;
   }
+  if (!ran) console.log(`integration_netns_test: ignoring ${ignored}`);
+  return ran;
 }
 
-const netnsAvailable = await canUnshare();
-if (!netnsAvailable) {
-  console.log(
-    "integration_netns_test: ignoring the network-namespace test: `unshare -n` is not " +
-      "permitted here (it needs root or unprivileged user namespaces, and iproute2)",
-  );
-}
+const netnsAvailable = await canUnshare(
+  ["-n", "ip", "link", "set", "lo", "up"],
+  "the network-namespace test: `unshare -n` is not permitted here (it needs root or " +
+    "unprivileged user namespaces, and iproute2)",
+);
 
 /** Runs a command to completion, killing it by PID after `ms`. */
 async function run(
@@ -184,26 +186,11 @@ Deno.test("CONNECT to a listener that never answers the SYN gets 0x04 after --co
   assert.equal(session.target, `127.0.0.1:${port}`);
 });
 
-async function canUnshareMount(): Promise<boolean> {
-  try {
-    const out = await new Deno.Command("unshare", {
-      args: ["-m", "true"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return out.success;
-  } catch {
-    return false;
-  }
-}
-
-const mountNsAvailable = await canUnshareMount();
-if (!mountNsAvailable) {
-  console.log(
-    "integration_netns_test: ignoring the Happy Eyeballs test: `unshare -m` is not permitted " +
-      "here (it needs root), and the test gives ferry its own /etc/hosts that way",
-  );
-}
+const mountNsAvailable = await canUnshare(
+  ["-m", "true"],
+  "the Happy Eyeballs test: `unshare -m` is not permitted here (it needs root), and the " +
+    "test gives ferry its own /etc/hosts that way",
+);
 
 /** Runs a command in a mount namespace whose /etc/hosts is `hostsFile`. */
 function withHostsFile(hostsFile: string): string[] {
