@@ -38,7 +38,7 @@ export class Deadlines {
    * sweep is running, `now` is at most a tick old.
    */
   watch(item: Expirable): void {
-    this.#tick();
+    this.#startSweep();
     this.#watched.add(item);
   }
 
@@ -49,7 +49,7 @@ export class Deadlines {
    * counted from it after a quiet spell would lie in the past already.
    */
   watchFor(item: Expirable, timeoutMs: number): void {
-    this.#tick();
+    this.#startSweep();
     item.deadline = this.now + timeoutMs;
     this.#watched.add(item);
   }
@@ -72,8 +72,8 @@ export class Deadlines {
     if (this.#watched.size === 0) this.#stop();
   }
 
-  /** Starts the sweep, with a fresh clock, unless it is running. */
-  #tick(): void {
+  /** Starts the sweep, with a fresh clock, unless it is running already. */
+  #startSweep(): void {
     if (this.#timer !== undefined) return;
     this.now = performance.now();
     const timer = setInterval(() => this.#sweep(), this.#tickMs);
