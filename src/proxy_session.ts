@@ -90,8 +90,6 @@ class SessionController extends AbortController {
 export interface Relaying {
   readonly target: RelayEnd;
   readonly early: Uint8Array;
-  /** The client end to relay from, when not the connection itself (see `ControlWatch`). */
-  readonly client?: RelayEnd;
 }
 
 /**
@@ -317,7 +315,7 @@ export abstract class ProxySession implements Expirable {
   }
 
   /** Relays until both directions end; the early bytes from the client go to the target first. */
-  async #relay({ target, early, client }: Relaying): Promise<void> {
+  async #relay({ target, early }: Relaying): Promise<void> {
     const { deadlines, idleTimeoutMs } = this.context;
     this.enter("relay", Math.min(idleTimeoutMs, KEEPALIVE_AFTER_MS));
     this.#keepAliveDue = true;
@@ -326,7 +324,7 @@ export abstract class ProxySession implements Expirable {
       await writeAll(target, early);
       this.#up += early.length;
     }
-    const totals = await relay(client ?? this.client, target, {
+    const totals = await relay(this.client, target, {
       controller: this.controller,
       onActivity: () => {
         if (this.#keepAliveDue) this.#activeAt = deadlines.now;

@@ -6,7 +6,7 @@
  * @module
  */
 import type { UserTable } from "./auth.ts";
-import { BindListener, ControlWatch, expectedPeers } from "./bind.ts";
+import { BindListener, expectedPeers } from "./bind.ts";
 import { type Address, addressOf, formatAddress, unmapIPv4 } from "./protocol/address.ts";
 import { type Decoded, ProtocolError } from "./protocol/decoded.ts";
 import * as socks4 from "./protocol/socks4.ts";
@@ -18,7 +18,7 @@ import {
   SessionAbort,
   type SessionContext,
 } from "./proxy_session.ts";
-import { FIRST_BUFFER_SIZE, writeAll } from "./relay.ts";
+import { writeAll } from "./relay.ts";
 import { UdpAssociation } from "./udp_associate.ts";
 import { raceAbort } from "./upstream/dial.ts";
 
@@ -196,11 +196,6 @@ export class SocksSession extends ProxySession {
     }
     using listener = this.#bindListener;
     await writeAll(this.client, replies.bound(listener.addr));
-    const watch = new ControlWatch(
-      this.client,
-      FIRST_BUFFER_SIZE,
-      () => this.abort("client-closed"),
-    );
     let peer: Deno.TcpConn;
     try {
       peer = await this.waitInConnectPhase(
@@ -208,7 +203,6 @@ export class SocksSession extends ProxySession {
         (signal) => listener.accept(peers, signal),
       );
     } catch (error) {
-      watch.stop();
       if (this.controller.signal.aborted) throw error;
       const timedOut = error instanceof SessionAbort && error.failure === "connect-timeout";
       await writeAll(this.client, replies.failure(socks5.Reply.HostUnreachable));
@@ -219,9 +213,7 @@ export class SocksSession extends ProxySession {
     peer.setNoDelay(true); // keepalive: as for any relay, once it has lasted
     this.#bindPeer = formatAddress({ host: peer.remoteAddr.hostname, port: peer.remoteAddr.port });
     await writeAll(this.client, replies.bound(peer.remoteAddr));
-    const client = watch.handOver();
-    const early = [this.#takeEarlyData(), ...watch.early].filter((bytes) => bytes.length > 0);
-    return { target: peer, early: early.length === 1 ? early[0]! : concat(early), client };
+    return { target: peer, early: this.#takeEarlyData() };
   }
 
   /**
@@ -372,15 +364,4 @@ export class SocksSession extends ProxySession {
     ) return "address-type-not-supported";
     return super.outcomeOf(error);
   }
-}
-
-/** `parts` in one array. */
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }

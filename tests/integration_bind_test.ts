@@ -126,49 +126,6 @@ Deno.test("SOCKS5 BIND naming its peer as an IPv4-mapped IPv6 address lets that 
   assert.equal(session.bindRefused, 0);
 });
 
-Deno.test("a client that leaves while its BIND waits ends it at once, and the listener with it", async () => {
-  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "60s"]);
-  const client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
-    command: socks5.Command.Bind,
-  });
-  assert.equal(first.reply, socks5.Reply.Succeeded);
-  client.close();
-  // Well before the 60 s bind timeout: the session line waits 10 s at most.
-  const session = await sessionOf(ferry, client.localAddr);
-  assert.equal(session.outcome, "client-closed");
-  await assert.rejects(
-    Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
-    Deno.errors.ConnectionRefused,
-  );
-});
-
-Deno.test("bytes a client sends while its BIND waits reach the peer first, then the rest in order", async () => {
-  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "10s"]);
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
-    command: socks5.Command.Bind,
-  });
-  assert.equal(first.reply, socks5.Reply.Succeeded);
-  await client.write(encoder.encode("early,"));
-  await new Promise((resolve) => setTimeout(resolve, 200)); // read by ferry while it waits
-  using peer = new BufferedConn(
-    await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
-  );
-  const second = await client.readMessage(socks5.decodeReply, "second reply");
-  assert.equal(second.reply, socks5.Reply.Succeeded);
-  await client.write(encoder.encode("late"));
-  assert.equal(decoder.decode(await peer.readExactly(10)), "early,late");
-  await peer.write(encoder.encode("back"));
-  assert.equal(decoder.decode(await client.readExactly(4)), "back");
-  peer.close();
-  client.close();
-  const session = await sessionOf(ferry, client.localAddr);
-  assert.equal(session.outcome, "ok");
-  assert.equal(session.up, 10);
-  assert.equal(session.down, 4);
-});
-
 Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "300ms"]);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);
