@@ -126,6 +126,32 @@ Deno.test("SOCKS5 BIND naming its peer as an IPv4-mapped IPv6 address lets that 
   assert.equal(session.bindRefused, 0);
 });
 
+Deno.test("a client that half-closes while its BIND waits still gets the peer's answer", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "10s"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
+    command: socks5.Command.Bind,
+  });
+  assert.equal(first.reply, socks5.Reply.Succeeded);
+  // The request, then FIN, before anyone has connected: a FIN is not a close.
+  await client.write(encoder.encode("request"));
+  await client.closeWrite();
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  using peer = new BufferedConn(
+    await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
+  );
+  const second = await client.readMessage(socks5.decodeReply, "second reply");
+  assert.equal(second.reply, socks5.Reply.Succeeded);
+  assert.equal(decoder.decode(await peer.readToEnd()), "request", "the request, then EOF");
+  await peer.write(encoder.encode("answer"));
+  peer.close();
+  assert.equal(decoder.decode(await client.readToEnd()), "answer");
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "ok");
+  assert.equal(session.up, 7);
+  assert.equal(session.down, 6);
+});
+
 Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "300ms"]);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);
