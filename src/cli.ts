@@ -90,7 +90,8 @@ export function buildProgram(
     // commander repeats a mistyped option whole: `--usr=alice:s3cret` would
     // print the password. The option's name is what the user needs.
     outputError: (text: string, write: (text: string) => void) =>
-      write(text.replace(/(unknown option '[^'=]*=)[^']*'/, "$1…'")),
+      // To the line's last quote: the value may hold quotes of its own.
+      write(text.replace(/(unknown option '[^'=]*=).*'/, "$1…'")),
   };
   const program = new Command("ferry")
     .description("A SOCKS5/SOCKS4 proxy and TCP forwarder that carries every byte.")
