@@ -76,7 +76,7 @@ function addListenerOptions(command: Command, withHandshake: boolean): Command {
     )
     .addHelpText(
       "after",
-      "\nDurations: 250ms, 1.5s, 10s, 5m, 1h (1ms to 596h). Logs go to stderr, one line per session.",
+      "\nDurations: 250ms, 1.5s, 10s, 5m, 1h (at least 1ms). Logs go to stderr, one line per session.",
     );
 }
 

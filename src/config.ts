@@ -138,23 +138,25 @@ export function parseDuration(text: string): number | null {
 }
 
 /**
- * The longest duration ferry accepts: 2^31 - 1 ms, about 24.8 days. Timers
- * take a 32-bit delay, and a longer one would fire at once (a shutdown grace
- * of 600h would cut every session immediately).
+ * The longest a timer can wait: 2^31 - 1 ms, about 24.8 days. Timers take a
+ * 32-bit delay, and a longer one fires at once: a shutdown grace of 600h
+ * would cut every session immediately. The other durations go to the
+ * deadline sweep, which compares numbers and has no such limit.
  */
-export const MAX_DURATION_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * A duration option's value in milliseconds, or what is wrong with it,
- * phrased to follow `got "TEXT"`.
+ * phrased to follow `got "TEXT"`. `timer`: the value is a timer's delay,
+ * at most {@linkcode MAX_TIMER_MS}.
  */
-export function checkDuration(text: string): number | { problem: string } {
+export function checkDuration(text: string, timer = false): number | { problem: string } {
   const ms = parseDuration(text);
   if (ms === null) {
     return { problem: "expected a positive number with a unit, like 250ms, 1.5s, 10s, 5m or 1h" };
   }
   if (ms < 1) return { problem: "expected at least 1ms" };
-  if (ms > MAX_DURATION_MS) return { problem: "expected at most 596h (about 24 days)" };
+  if (timer && ms > MAX_TIMER_MS) return { problem: "expected at most 596h (about 24 days)" };
   return ms;
 }
 
@@ -225,8 +227,8 @@ export class Checker {
   readonly problems: string[] = [];
 
   /** A positive duration such as `250ms`. */
-  duration(flag: string, text: string): number {
-    const checked = checkDuration(text);
+  duration(flag: string, text: string, timer = false): number {
+    const checked = checkDuration(text, timer);
     if (typeof checked === "number") return checked;
     this.problems.push(`${flag}: got ${JSON.stringify(text)}; ${checked.problem}`);
     return 0;
@@ -294,6 +296,7 @@ export function checkCommon(
     shutdownGraceMs: check.duration(
       "--shutdown-grace",
       raw.shutdownGrace ?? DEFAULTS.shutdownGrace,
+      true,
     ),
     maxConns,
     maxConnsPerIp: raw.maxConnsPerIp === undefined

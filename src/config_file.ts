@@ -110,13 +110,16 @@ const ADDRESS = "HOST:PORT or [IPV6]:PORT";
 const KINDS = ["socks", "forward"] as const;
 const encoder = new TextEncoder();
 
-const duration = z.string(expecting(DURATION)).transform((text, ctx) => {
-  const checked = checkDuration(text);
-  if (typeof checked === "number") return checked;
-  const expected = parseDuration(text) === null ? `expected ${DURATION}` : checked.problem;
-  ctx.addIssue({ code: "custom", message: `${expected}, got ${show(text)}`, input: text });
-  return z.NEVER;
-});
+/** A duration; `timer`: a timer's delay (see `MAX_TIMER_MS`). */
+const durationOf = (timer: boolean) =>
+  z.string(expecting(DURATION)).transform((text, ctx) => {
+    const checked = checkDuration(text, timer);
+    if (typeof checked === "number") return checked;
+    const expected = parseDuration(text) === null ? `expected ${DURATION}` : checked.problem;
+    ctx.addIssue({ code: "custom", message: `${expected}, got ${show(text)}`, input: text });
+    return z.NEVER;
+  });
+const duration = durationOf(false);
 
 const IP = 'an IPv4 or IPv6 address, like "203.0.113.7" or "2001:db8::7"';
 const ip = z.string(expecting(IP)).transform((text, ctx) => {
@@ -166,7 +169,7 @@ const shared = {
   handshakeTimeout: duration.optional(),
   connectTimeout: duration.optional(),
   idleTimeout: duration.optional(),
-  shutdownGrace: duration.optional(),
+  shutdownGrace: durationOf(true).optional(),
   maxConns: count(1).optional(),
   maxConnsPerIp: count(1).optional(),
 };

@@ -243,10 +243,13 @@ Deno.test("buildSocksConfig() reports every bad flag at once, naming flag and va
   assert.ok(!userProblem.includes("no-colon"), `the value may be a password: ${userProblem}`);
 });
 
-Deno.test("buildSocksConfig() takes durations from 1ms to 596h and says which bound a value missed", async () => {
+Deno.test("buildSocksConfig() takes durations from 1ms, --shutdown-grace to 596h, and says which bound a value missed", async () => {
   const ok = await buildSocksConfig({ shutdownGrace: "596h", idleTimeout: "1ms" });
   assert.equal(ok.shutdownGraceMs, 596 * 3_600_000);
   assert.equal(ok.idleTimeoutMs, 1);
+  // The deadline sweep has no timer's limit: a month of idle time is fine.
+  const long = await buildSocksConfig({ idleTimeout: "720h", handshakeTimeout: "1000h" });
+  assert.equal(long.idleTimeoutMs, 720 * 3_600_000);
   // Past 2^31 - 1 ms a timer fires at once: 600h of grace would be none.
   assert.deepEqual(await problemsOf({ shutdownGrace: "600h" }), [
     `--shutdown-grace: got "600h"; expected at most 596h (about 24 days)`,
