@@ -160,13 +160,13 @@ export function checkDuration(text: string, timer = false): number | { problem: 
   return ms;
 }
 
-/** Parses `HOST:PORT` or `[IPV6]:PORT`, or returns `null`. Port 0 means "any free port". */
+/**
+ * Parses `HOST:PORT` or `[IPV6]:PORT`, or returns `null`; port 0 means "any
+ * free port". {@linkcode checkHostPort} without the reason.
+ */
 export function parseHostPort(text: string): ListenAddress | null {
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(text.trim());
-  if (!match) return null;
-  const port = Number(match[3]);
-  if (port > 65535) return null;
-  return { hostname: match[1] ?? match[2]!, port };
+  const checked = checkHostPort(text, 0);
+  return "problem" in checked ? null : checked;
 }
 
 /**
