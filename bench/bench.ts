@@ -867,7 +867,7 @@ function report(
       ],
       rows.map((r) => {
         const m = medianRun(r.sessions, (s) => s.rate);
-        const perSession = (cpu: number) => m ? fmt(cpu / m.rate * 1e6) : "—";
+        const perSession = (cpu: number, rate: number) => fmt(cpu / rate * 1e6);
         const rates = r.sessions.map((s) => s.rate);
         return [
           label(r),
@@ -881,7 +881,7 @@ function report(
           r.id === "direct" ? "n/a" : m ? pct(m.cpu.proxyCpu) : "—",
           r.id === "direct" || !m
             ? "n/a"
-            : `${perSession(m.cpu.proxyCpu)} (${perSession(m.cpu.proxySystemCpu)})`,
+            : `${perSession(m.cpu.proxyCpu, m.rate)} (${perSession(m.cpu.proxySystemCpu, m.rate)})`,
           m ? pct(m.cpu.core1Busy) : "—",
           m ? pct(m.cpu.otherCpu) : "—",
         ];
