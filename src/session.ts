@@ -219,7 +219,8 @@ export class SocksSession extends ProxySession {
   /**
    * UDP ASSOCIATE: a relay socket on the interface the client came in on,
    * alive while the control connection is, and evicted by the idle timeout,
-   * which datagrams reset as bytes on a TCP relay do.
+   * which datagrams (and bytes on the control connection) reset as bytes on
+   * a TCP relay do.
    */
   async #udpAssociate(
     declared: Address,
@@ -235,6 +236,9 @@ export class SocksSession extends ProxySession {
       return await this.refuse("max-udp-per-ip");
     }
     udpPerIp.set(clientIp, live + 1);
+    const stillActive = () => {
+      this.deadline = deadlines.now + idleTimeoutMs;
+    };
     try {
       try {
         this.#association = await UdpAssociation.open({
@@ -243,9 +247,7 @@ export class SocksSession extends ProxySession {
           // DST.ADDR is often 0.0.0.0 or a placeholder name; the sender must be
           // the control connection's host anyway, so only the port is taken.
           clientPort: declared.port,
-          onActivity: () => {
-            this.deadline = deadlines.now + idleTimeoutMs;
-          },
+          onActivity: stillActive,
         });
       } catch {
         await writeAll(this.client, replyWith(socks5.Reply.GeneralFailure));
@@ -263,9 +265,11 @@ export class SocksSession extends ProxySession {
       this.enter("relay", idleTimeoutMs);
       this.#takeEarlyData(); // nothing is meant to follow the request on a control connection
       // The association lives exactly as long as its control connection (RFC 1928 §7).
+      // Bytes on it mean nothing, but a client may send them to keep an
+      // association alive between datagrams, so they count as activity.
       const scratch = new Uint8Array(64);
       try {
-        while ((await this.client.read(scratch)) !== null) { /* ignored */ }
+        while ((await this.client.read(scratch)) !== null) stillActive();
       } catch (error) {
         if (!this.controller.signal.aborted) throw error;
       }

@@ -47,7 +47,9 @@ export interface UdpCounters {
 
 /**
  * A peer answers only if the client sent to it; the set is bounded so a
- * client spraying addresses cannot grow it without end (oldest forgotten).
+ * client spraying addresses cannot grow it without end. The peer sent to
+ * least recently is forgotten first, so that one the client is talking to
+ * right now (a DNS server among a DHT client's many peers) keeps answering.
  */
 const MAX_PEERS = 1024;
 
@@ -141,14 +143,16 @@ export class UdpAssociation {
       return void this.counters.dropped++;
     }
     const key = peerKey(ip, port);
-    if (!this.#peers.has(key)) {
-      if (this.#peers.size >= MAX_PEERS) this.#peers.delete(this.#peers.values().next().value!);
-      this.#peers.add(key);
+    // A Set iterates in insertion order: re-adding moves the key to the end.
+    if (!this.#peers.delete(key) && this.#peers.size >= MAX_PEERS) {
+      this.#peers.delete(this.#peers.values().next().value!);
     }
-    if (!sent(socket, data, port, ip, this.counters)) return;
-    this.counters.udpIn++;
-    this.counters.up += data.length;
-    this.#options.onActivity();
+    this.#peers.add(key);
+    send(socket, data, port, ip, this.counters, () => {
+      this.counters.udpIn++;
+      this.counters.up += data.length;
+      this.#options.onActivity();
+    });
   }
 
   #outboundFor(type: "udp4" | "udp6"): dgram.Socket {
@@ -172,36 +176,39 @@ export class UdpAssociation {
     const out = new Uint8Array(header.length + message.length);
     out.set(header);
     out.set(message, header.length);
-    if (!sent(this.#clientSocket, out, this.#clientPort, this.#options.clientIp, this.counters)) {
-      return;
-    }
-    this.counters.udpOut++;
-    this.counters.down += message.length;
-    this.#options.onActivity();
+    send(this.#clientSocket, out, this.#clientPort, this.#options.clientIp, this.counters, () => {
+      this.counters.udpOut++;
+      this.counters.down += message.length;
+      this.#options.onActivity();
+    });
   }
 }
 
 /**
- * Sends `data`, counting it as dropped if the send fails, now or later.
- * node:dgram throws at once on what it rejects (a bad port or address): here
- * that would escape into an event handler or a promise callback, and an
- * unhandled rejection ends the process with every session in it.
+ * Sends `data`; calls `onSent` once the kernel took it, or counts it as
+ * dropped if the send fails, now or later. A datagram is counted as relayed
+ * only in the send's callback: many sends fail only there (EACCES for a
+ * broadcast address, EMSGSIZE for an answer too big to wrap), and the log
+ * must not count one datagram both relayed and dropped. node:dgram throws at
+ * once on what it rejects outright (a bad port or address): here that would
+ * escape into an event handler or a promise callback, and an unhandled
+ * rejection ends the process with every session in it.
  */
-function sent(
+function send(
   socket: dgram.Socket,
   data: Uint8Array,
   port: number,
   ip: string,
   counters: UdpCounters,
-): boolean {
+  onSent: () => void,
+): void {
   try {
     socket.send(data, port, ip, (error) => {
       if (error) counters.dropped++;
+      else onSent();
     });
-    return true;
   } catch {
     counters.dropped++;
-    return false;
   }
 }
 

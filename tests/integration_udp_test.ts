@@ -375,3 +375,91 @@ Deno.test("an idle association is evicted: the control connection is closed and 
   // The log line is written once the session has closed everything it held.
   assert.equal(await udpPortTaken(host, port), false, "the relay socket was closed");
 });
+
+Deno.test("bytes on the control connection keep an association alive, as datagrams do", async () => {
+  await using ferry = await startFerry([...LISTEN, "--idle-timeout", "1s"]);
+  await using udp = await associate(ferry);
+  assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  let ended = false;
+  const end = udp.control.waitForEnd().finally(() => ended = true);
+  // Three idle timeouts' worth of a byte every 100 ms, and no datagram.
+  for (let i = 0; i < 30; i++) {
+    await udp.control.write(Uint8Array.of(0));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.equal(ended, false, "the control connection was closed while bytes kept arriving");
+  assert.equal(await udpPortTaken("127.0.0.1", udp.reply.address.port), true);
+  // Once the bytes stop, the idle timeout applies again.
+  assert.equal((await end).ending, "eof");
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.equal(session.outcome, "idle-timeout");
+});
+
+Deno.test("a datagram whose send fails is counted dropped, not relayed, either way", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using udp = await associate(ferry);
+  const relayPort = udp.reply.address.port;
+  // A peer whose first answer is too big to wrap in a header (EMSGSIZE at
+  // ferry's send), then a small one.
+  const peer = await udpSocket();
+  try {
+    peer.on("message", (_message, from) => {
+      peer.send(new Uint8Array(65507), from.port, from.address);
+      peer.send(encoder.encode("small"), from.port, from.address);
+    });
+    // Broadcast without SO_BROADCAST: the kernel refuses it (EACCES).
+    udp.local.send(frame(ipv4("255.255.255.255", 9), "abc"), relayPort, "127.0.0.1");
+    const answer = nextDatagram(udp.local);
+    udp.local.send(frame(ipv4("127.0.0.1", peer.address().port), "x"), relayPort, "127.0.0.1");
+    assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "small");
+  } finally {
+    await closeUdp(peer);
+  }
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.deepEqual(
+    [session.udpIn, session.up, session.udpOut, session.down, session.dropped],
+    [1, 1, 1, 5, 2],
+  );
+});
+
+Deno.test("the peer table forgets the peer sent to least recently, not the first one met", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using udp = await associate(ferry);
+  const relayPort = udp.reply.address.port;
+  const send = (address: socks5.ReplyMessage["address"], text: string) =>
+    udp.local.send(frame(address, text), relayPort, "127.0.0.1");
+  // Peers that only record what reaches them; nothing answers on its own.
+  const talker = await udpSocket();
+  const newcomer = await udpSocket();
+  try {
+    const talkerAddress = ipv4("127.0.0.1", talker.address().port);
+    send(talkerAddress, "first");
+    await nextDatagram(talker);
+    // 1,023 more peers fill the table (1,024): ports below the ephemeral
+    // range on an address nothing here binds, so no filler reaches a socket.
+    for (let i = 0; i < 1023; i++) {
+      send(ipv4("127.0.0.3", 20000 + i), "filler");
+      if (i % 32 === 31) await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    const again = deadline(once(talker, "message"), 5000, "the second datagram");
+    send(talkerAddress, "again");
+    const [, from] = await again;
+    // A 1,025th peer: the table forgets one, and it must not be the talker.
+    const arrived = nextDatagram(newcomer);
+    send(ipv4("127.0.0.1", newcomer.address().port), "new");
+    await arrived;
+    const answer = nextDatagram(udp.local);
+    const { port, address } = from as dgram.RemoteInfo;
+    talker.send(encoder.encode("answer"), port, address);
+    assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "answer");
+  } finally {
+    await closeUdp(talker);
+    await closeUdp(newcomer);
+  }
+  udp.control.close();
+  // Every filler went through ferry (none was lost in a socket buffer), so
+  // the table really was full when the newcomer came.
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.equal(session.udpIn, 1 + 1023 + 2);
+});
