@@ -169,6 +169,8 @@ export abstract class ProxySession implements Expirable {
   protected user: string | null = null;
   protected requested: string | null = null;
   #outcome = "ok";
+  /** For outcome `error`: what went wrong, since no outcome name says it. */
+  #unexpected: string | undefined;
   /** Set once a refusal has recorded the outcome; later errors are its aftermath. */
   #refused = false;
   #up = 0;
@@ -230,7 +232,15 @@ export abstract class ProxySession implements Expirable {
       const relaying = await this.negotiate();
       if (relaying) await this.#relay(relaying);
     } catch (error) {
-      if (!this.#refused) this.#outcome = this.outcomeOf(error);
+      if (!this.#refused) {
+        this.#outcome = this.outcomeOf(error);
+        if (this.#outcome === "error") {
+          const reason = this.controller.signal.aborted ? this.controller.signal.reason : error;
+          this.#unexpected = reason instanceof Error
+            ? `${reason.name}: ${reason.message}`
+            : String(reason);
+        }
+      }
     } finally {
       deadlines.unwatch(this);
       this.#closeSockets();
@@ -404,6 +414,7 @@ export abstract class ProxySession implements Expirable {
       down: this.#down,
       ms: Math.round(performance.now() - this.#started),
       ...this.logFields(),
+      ...(this.#unexpected === undefined ? {} : { error: this.#unexpected }),
     });
   }
 }
