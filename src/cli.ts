@@ -108,7 +108,10 @@ export function buildProgram(
       "allow this user (repeatable); enables RFC 1929 auth",
       collect,
     )
-    .option("--users-file <path>", "file of name:password lines (# starts a comment)")
+    .option(
+      "--users-file <path>",
+      "file of name:password lines (a line starting with # is a comment)",
+    )
     .option("--no-socks4", "refuse SOCKS4 and SOCKS4a requests (reply 91)")
     .option(
       "--udp-advertise <ip>",
@@ -131,8 +134,12 @@ export function buildProgram(
     .description(
       "Forward TCP connections to upstreams, round-robin, from a warm pool of connections.",
     )
-    .requiredOption("--listen <host:port>", "address to listen on")
-    .option("--to <host:port>", "upstream to forward to (repeatable; round-robin)", collect)
+    .requiredOption("--listen <host:port>", "address to listen on (required)")
+    .option(
+      "--to <host:port>",
+      "upstream to forward to (required, repeatable; round-robin)",
+      collect,
+    )
     .option("--pool <n>", "connections kept dialled per upstream; 0 dials on demand", DEFAULTS.pool)
     .option(
       "--pool-max-idle <duration>",
