@@ -140,8 +140,10 @@ export function parseDuration(text: string): number | null {
 /**
  * The longest a timer can wait: 2^31 - 1 ms, about 24.8 days. Timers take a
  * 32-bit delay, and a longer one fires at once: a shutdown grace of 600h
- * would cut every session immediately. The other durations go to the
- * deadline sweep, which compares numbers and has no such limit.
+ * would cut every session immediately, and a connect timeout of 600h would
+ * fail every dial of the forwarder's pool (`AbortSignal.timeout`). The other
+ * durations go to the deadline sweep, which compares numbers and has no such
+ * limit.
  */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -291,6 +293,7 @@ export function checkCommon(
     connectTimeoutMs: check.duration(
       "--connect-timeout",
       raw.connectTimeout ?? DEFAULTS.connectTimeout,
+      true,
     ),
     idleTimeoutMs: check.duration("--idle-timeout", raw.idleTimeout ?? DEFAULTS.idleTimeout),
     shutdownGraceMs: check.duration(

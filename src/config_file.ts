@@ -167,7 +167,7 @@ const user = z.strictObject({
 /** Settings that `defaults` holds and any listener may override. */
 const shared = {
   handshakeTimeout: duration.optional(),
-  connectTimeout: duration.optional(),
+  connectTimeout: durationOf(true).optional(),
   idleTimeout: duration.optional(),
   shutdownGrace: durationOf(true).optional(),
   maxConns: count(1).optional(),

@@ -295,15 +295,19 @@ Deno.test("unknown keys are errors, one problem each, at every level", async () 
 
 Deno.test("a bad or zero duration is an error quoting the value", async () => {
   const file = validFile();
-  file.defaults = { idleTimeout: "5 minutes" };
+  file.defaults = { idleTimeout: "5 minutes", connectTimeout: "600h" };
   file.listeners[1]!.poolMaxIdle = "0s";
   file.listeners[0]!.connectTimeout = 10;
   file.listeners[0]!.shutdownGrace = "600h"; // past what a timer can wait
   const problems = await problemsOfValue(file);
-  assert.equal(problems.length, 4);
+  assert.equal(problems.length, 5);
   assert.equal(
     problems.find((p) => p.startsWith("listeners[0].shutdownGrace: ")),
     `listeners[0].shutdownGrace: expected at most 596h (about 24 days), got "600h"`,
+  );
+  assert.equal(
+    problems.find((p) => p.startsWith("defaults.connectTimeout: ")),
+    `defaults.connectTimeout: expected at most 596h (about 24 days), got "600h"`,
   );
   assert.match(problems.find((p) => p.startsWith("defaults.idleTimeout: "))!, /got "5 minutes"$/);
   assert.match(problems.find((p) => p.startsWith("listeners[1].poolMaxIdle: "))!, /got "0s"$/);

@@ -243,7 +243,7 @@ Deno.test("buildSocksConfig() reports every bad flag at once, naming flag and va
   assert.ok(!userProblem.includes("no-colon"), `the value may be a password: ${userProblem}`);
 });
 
-Deno.test("buildSocksConfig() takes durations from 1ms, --shutdown-grace to 596h, and says which bound a value missed", async () => {
+Deno.test("durations are taken from 1ms, --shutdown-grace and --connect-timeout to 596h, and says which bound a value missed", async () => {
   const ok = await buildSocksConfig({ shutdownGrace: "596h", idleTimeout: "1ms" });
   assert.equal(ok.shutdownGraceMs, 596 * 3_600_000);
   assert.equal(ok.idleTimeoutMs, 1);
@@ -254,6 +254,19 @@ Deno.test("buildSocksConfig() takes durations from 1ms, --shutdown-grace to 596h
   assert.deepEqual(await problemsOf({ shutdownGrace: "600h" }), [
     `--shutdown-grace: got "600h"; expected at most 596h (about 24 days)`,
   ]);
+  // The forwarder's pool dials under AbortSignal.timeout(connect timeout).
+  assert.deepEqual(await problemsOf({ connectTimeout: "600h" }), [
+    `--connect-timeout: got "600h"; expected at most 596h (about 24 days)`,
+  ]);
+  assert.throws(
+    () =>
+      buildForwardConfig({ listen: "127.0.0.1:0", to: ["127.0.0.1:1"], connectTimeout: "600h" }),
+    (error: unknown) =>
+      error instanceof ConfigError &&
+      error.problems.includes(
+        `--connect-timeout: got "600h"; expected at most 596h (about 24 days)`,
+      ),
+  );
   assert.deepEqual(await problemsOf({ idleTimeout: "0.4ms" }), [
     `--idle-timeout: got "0.4ms"; expected at least 1ms`,
   ]);
