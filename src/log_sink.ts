@@ -10,8 +10,10 @@
  *
  * Memory is bounded: while a write is stuck (a stderr pipe nobody reads),
  * records beyond `maxPending` are dropped, counted, and reported by one
- * record of their own once writing resumes. A failed write never throws into
- * the logging call; the sink stops writing.
+ * record of their own once writing resumes. A full pipe on a non-blocking
+ * stderr (a parent may leave it so) is the same case: the write is retried
+ * until the reader catches up. Any other failed write never throws into the
+ * logging call; the sink stops writing.
  *
  * @module
  */
@@ -50,8 +52,20 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
   let disposed = false;
 
   const writeAll = async (bytes: Uint8Array) => {
-    for (let offset = 0; offset < bytes.length;) {
-      offset += await write(bytes.subarray(offset));
+    for (let offset = 0, backOffMs = 0; offset < bytes.length;) {
+      try {
+        offset += await write(bytes.subarray(offset));
+        backOffMs = 0;
+      } catch (error) {
+        if (
+          !(error instanceof Deno.errors.WouldBlock || error instanceof Deno.errors.Interrupted)
+        ) {
+          throw error;
+        }
+        // Nothing says when the reader will catch up: poll, from 1 ms to 100.
+        backOffMs = Math.min(100, backOffMs * 2 || 1);
+        await unrefSleep(backOffMs);
+      }
     }
   };
 
@@ -116,10 +130,17 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
   return Object.assign(sink, {
     async [Symbol.asyncDispose]() {
       disposed = true;
-      flush();
-      while (writing !== null) await writing;
+      // flush() does nothing while a write is in progress, and a record may
+      // come after a drain took its last batch but before it ended: flush
+      // again after every write until nothing is left.
+      for (flush(); writing !== null; flush()) await writing;
     },
   });
+}
+
+/** A sleep that alone does not keep the process alive, as logging must not. */
+function unrefSleep(ms: number): Promise<void> {
+  return new Promise((resolve) => Deno.unrefTimer(setTimeout(resolve, ms)));
 }
 
 /** The record that stands for `count` dropped ones, in the sink's own format. */

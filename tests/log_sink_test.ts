@@ -182,6 +182,43 @@ Deno.test("batchedSink never throws into the logging call when writing fails", a
   assert.equal(calls, 1, "a broken stderr is not written to again");
 });
 
+Deno.test("batchedSink retries a write that would block (a full non-blocking pipe), and keeps writing", async () => {
+  const stderr = new FakeStderr();
+  let refusals = 3;
+  const write = (bytes: Uint8Array) => {
+    if (refusals > 0) {
+      refusals--;
+      return Promise.reject(new Deno.errors.WouldBlock("Resource temporarily unavailable"));
+    }
+    return stderr.write(bytes);
+  };
+  const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 1 });
+  // The back-off's timer is unref'd; this one keeps the test's loop running.
+  const keepAlive = setTimeout(() => {}, 10_000);
+  const written = stderr.nextWrite();
+  sink(record("while the pipe was full"));
+  await written;
+  clearTimeout(keepAlive);
+  sink(record("after"));
+  await sink[Symbol.asyncDispose]();
+  assert.equal(refusals, 0);
+  assert.equal(stderr.text, "while the pipe was full\nafter\n");
+});
+
+Deno.test("batchedSink at dispose writes a record that came as a drain was ending", async () => {
+  // A record logged a few microtasks after another, with dispose right after
+  // it: at some hop it lands between the drain's last batch and its end.
+  for (let hops = 0; hops < 8; hops++) {
+    const stderr = new FakeStderr();
+    const sink = batchedSink({ formatter: lineFormatter, write: stderr.write, batchSize: 1 });
+    sink(record("A"));
+    for (let i = 0; i < hops; i++) await Promise.resolve();
+    sink(record("B"));
+    await sink[Symbol.asyncDispose]();
+    assert.equal(stderr.text, "A\nB\n", `B logged ${hops} microtasks after A`);
+  }
+});
+
 Deno.test("batchedSink carries LogTape's JSON lines, properties flattened, written at dispose", async () => {
   const stderr = new FakeStderr();
   await configure({
