@@ -59,9 +59,19 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
   });
 }
 
-/** Flushes pending records and releases stderr. */
+/**
+ * How long the last lines may take to reach stderr at exit. A reader that
+ * has stopped (a hung log shipper, a paused `| less`) would otherwise keep
+ * ferry from ever exiting after a signal.
+ */
+const FINAL_FLUSH_MS = 2000;
+
+/** Flushes pending records and releases stderr, giving up after {@linkcode FINAL_FLUSH_MS}. */
 export async function stopLogging(): Promise<void> {
-  await dispose();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const gaveUp = new Promise<void>((resolve) => timer = setTimeout(resolve, FINAL_FLUSH_MS));
+  await Promise.race([dispose(), gaveUp]);
+  clearTimeout(timer);
 }
 
 /**

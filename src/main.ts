@@ -103,19 +103,26 @@ function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> 
   };
 }
 
+/** The same signal again within this long is the first one delivered twice. */
+const REPEAT_SIGNAL_MS = 250;
+
 async function serve(plan: Plan): Promise<number> {
   // Listening for signals before the listeners open: a SIGTERM that comes
   // while they start (or while prlimit answers) is then a clean shutdown,
   // not the default action's death.
   const { promise: stopRequested, resolve: requestStop } = Promise.withResolvers<Deno.Signal>();
-  let signalled = false;
+  let first: { signal: Deno.Signal; at: number } | null = null;
   const onSignal = (signal: Deno.Signal) => () => {
-    if (signalled) {
-      // Second signal: the operator does not want to wait.
-      Deno.exit(signal === "SIGINT" ? 130 : 143);
+    if (first === null) {
+      first = { signal, at: performance.now() };
+      requestStop(signal);
+      return;
     }
-    signalled = true;
-    requestStop(signal);
+    // One Ctrl-C can arrive twice: the terminal signals the whole process
+    // group, and `deno task` (or another supervisor) passes it on as well.
+    if (signal === first.signal && performance.now() - first.at < REPEAT_SIGNAL_MS) return;
+    // A second signal: the operator does not want to wait.
+    Deno.exit(signal === "SIGINT" ? 130 : 143);
   };
   const handlers = [["SIGINT", onSignal("SIGINT")], ["SIGTERM", onSignal("SIGTERM")]] as const;
   for (const [signal, handler] of handlers) Deno.addSignalListener(signal, handler);

@@ -4,8 +4,9 @@
  * second signal exits immediately.
  */
 import assert from "node:assert/strict";
-import { type FerryProcess, startFerry } from "./_helpers/ferry.ts";
+import { ferryCommandArgs, type FerryProcess, startFerry } from "./_helpers/ferry.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
+import { TextLineStream } from "./_helpers/text_line_stream.ts";
 import {
   concat,
   deadline,
@@ -146,10 +147,131 @@ Deno.test("a second SIGTERM during the grace period exits immediately", async ()
   // Still relaying: the first signal did not end the open session.
   await server.write(Uint8Array.of(42));
   assert.deepEqual(await client.readExactly(1), Uint8Array.of(42));
+  // Past the window in which the same signal counts as the first one again.
+  await new Promise((resolve) => setTimeout(resolve, 300));
   ferry.kill("SIGTERM");
   await Promise.all([
     exitWithin(ferry, 5_000, "ferry to exit on the second signal"),
     client.waitForEnd(5_000),
     server.waitForEnd(5_000),
   ]);
+});
+
+Deno.test("Ctrl-C under deno task (one SIGINT that arrives twice) drains; a later SIGINT exits at once", async () => {
+  // `deno task start`, as the README runs it from source, in a process group
+  // of its own: Ctrl-C at a terminal signals the whole group, and the task
+  // runner passes the SIGINT on to ferry as well.
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "task",
+      "--quiet",
+      "start",
+      "socks",
+      "--listen",
+      "127.0.0.1:0",
+      "--log-format",
+      "json",
+      "--shutdown-grace",
+      "60s",
+    ],
+    cwd: new URL("..", import.meta.url).pathname,
+    detached: true,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+  }).spawn();
+  const events: string[] = [];
+  const lines = child.stderr.pipeThrough(new TextDecoderStream()).pipeThrough(new TextLineStream());
+  const seen = new Map<string, () => void>();
+  const waitForEvent = (event: string) =>
+    events.includes(event)
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => seen.set(event, resolve));
+  let port = 0;
+  const reading = (async () => {
+    for await (const raw of lines) {
+      const line = JSON.parse(raw);
+      if (line.event === "listening") port = Number(String(line.listen).split(":")[1]);
+      events.push(line.event);
+      seen.get(line.event)?.();
+    }
+  })();
+  const exited = child.status.then((status) => {
+    throw new Error(`ferry exited (status ${status.code}) after the events ${events.join(", ")}`);
+  });
+  exited.catch(() => {});
+  const signalGroup = () => Deno.kill(-child.pid, "SIGINT");
+  try {
+    await deadline(Promise.race([waitForEvent("listening"), exited]), 20_000, "ferry to listen");
+    using target = TcpTarget.listen();
+    const upstream = target.accept();
+    const { client, reply } = await socks5Connect(
+      { hostname: "127.0.0.1", port },
+      ipv4("127.0.0.1", target.port),
+    );
+    using _client = client;
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    const server = await upstream;
+
+    signalGroup();
+    await deadline(Promise.race([waitForEvent("shutdown"), exited]), 5_000, "the shutdown line");
+    // Draining, not gone: the session still relays.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await server.write(Uint8Array.of(42));
+    assert.deepEqual(await client.readExactly(1), Uint8Array.of(42));
+    signalGroup();
+    const status = await deadline(child.status, 5_000, "ferry to exit on a later Ctrl-C");
+    assert.equal(status.success, false, "the second Ctrl-C is not a clean drain");
+  } finally {
+    try {
+      Deno.kill(-child.pid, "SIGKILL");
+    } catch {
+      // the group has exited
+    }
+    await child.status;
+    await reading;
+  }
+});
+
+Deno.test("SIGTERM exits 0 even when nobody reads ferry's stderr any more", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ferryCommandArgs(["socks", "--listen", "127.0.0.1:0", "--log-format", "json"]),
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+  }).spawn();
+  // Read stderr only up to the start-up line, straight from the pipe so that
+  // no stream reads ahead, then never again, as a hung log shipper would.
+  const reader = child.stderr.getReader();
+  let text = "";
+  const decoder = new TextDecoder();
+  let port: number | undefined;
+  while (port === undefined) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`ferry ended before listening:\n${text}`);
+    text += decoder.decode(value, { stream: true });
+    port = Number(text.match(/"event":"listening".*?"listen":"127\.0\.0\.1:(\d+)"/)?.[1]) ||
+      undefined;
+  }
+  try {
+    // Session lines (about 250 bytes each) for several times a pipe's 64 KiB.
+    for (let i = 0; i < 2000; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      conn.close();
+    }
+    // Let the batches go out and stick in the full pipe.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    child.kill("SIGTERM");
+    const status = await deadline(
+      child.status,
+      15_000,
+      "ferry to exit with its stderr stuck",
+      () => child.kill("SIGKILL"),
+    );
+    assert.equal(status.code, 0);
+  } finally {
+    await reader.cancel();
+  }
 });
