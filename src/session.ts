@@ -205,7 +205,10 @@ export class SocksSession extends ProxySession {
     } catch (error) {
       if (this.controller.signal.aborted) throw error;
       const timedOut = error instanceof SessionAbort && error.failure === "connect-timeout";
-      await writeAll(this.client, replies.failure(socks5.Reply.HostUnreachable));
+      // No peer in time: the host did not come (0x04). Accepting it failed
+      // (EMFILE): ferry's own failure (0x01), as the README's table says.
+      const code = timedOut ? socks5.Reply.HostUnreachable : socks5.Reply.GeneralFailure;
+      await writeAll(this.client, replies.failure(code));
       return await this.refuse(timedOut ? "bind-timeout" : "bind-failed");
     }
     listener.close(); // one peer per BIND: nobody else may connect from here on

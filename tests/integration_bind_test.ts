@@ -104,6 +104,45 @@ Deno.test("SOCKS5 BIND closes a connection from another address, then times out 
   );
 });
 
+Deno.test("SOCKS5 BIND whose peer cannot be accepted (EMFILE) gets a second reply 0x01", async () => {
+  const limit = 64;
+  await using ferry = await startFerry(
+    [...LISTEN, "--handshake-timeout", "60s", "--bind-timeout", "30s"],
+    { wrapper: ["prlimit", `--nofile=${limit}`] },
+  );
+  await ferry.waitFor((l) => l.event === "nofile-low"); // the prlimit child is done
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const first = await socks5Handshake(client, ipv4("0.0.0.0", 0), {
+    command: socks5.Command.Bind,
+  });
+  assert.equal(first.reply, socks5.Reply.Succeeded);
+  // Idle clients take ferry's last descriptors, until its accept loop fails
+  // (EMFILE); a few more wait in the backlog, so that a descriptor freed
+  // inside ferry is taken by the accept loop's next try, not by the BIND.
+  const fillers: Deno.TcpConn[] = [];
+  try {
+    const exhausted = ferry.waitFor((l) => l.event === "accept-error");
+    while (!ferry.lines.some((l) => l.event === "accept-error")) {
+      assert.ok(fillers.length < limit, "ferry accepted more clients than it has descriptors");
+      fillers.push(await Deno.connect({ hostname: "127.0.0.1", port: ferry.port }));
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.equal((await exhausted).code, "EMFILE");
+    for (let i = 0; i < 5; i++) {
+      fillers.push(await Deno.connect({ hostname: "127.0.0.1", port: ferry.port }));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 600)); // > the accept loop's longest back-off
+    using _peer = await Deno.connect({ hostname: "127.0.0.1", port: first.address.port });
+    const second = await client.readMessage(socks5.decodeReply, "second reply");
+    assert.equal(second.reply, socks5.Reply.GeneralFailure);
+  } finally {
+    for (const conn of fillers) conn.close();
+  }
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "bind-failed");
+});
+
 Deno.test("SOCKS5 BIND naming its peer as an IPv4-mapped IPv6 address lets that peer in", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "5s"]);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);
