@@ -63,11 +63,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   await setupLogging({ level: plan.logLevel, format: plan.logFormat });
-  try {
-    return await serve(plan);
-  } finally {
-    await stopLogging();
-  }
+  return await serve(plan);
 }
 
 function start(config: SocksConfig | ForwardConfig): Server {
@@ -124,12 +120,15 @@ async function serve(plan: Plan): Promise<number> {
     // A second signal: the operator does not want to wait.
     Deno.exit(signal === "SIGINT" ? 130 : 143);
   };
-  const handlers = [["SIGINT", onSignal("SIGINT")], ["SIGTERM", onSignal("SIGTERM")]] as const;
-  for (const [signal, handler] of handlers) Deno.addSignalListener(signal, handler);
+  Deno.addSignalListener("SIGINT", onSignal("SIGINT"));
+  Deno.addSignalListener("SIGTERM", onSignal("SIGTERM"));
+  // The listeners stay until Deno.exit: without one, a signal takes the
+  // default action, and a Ctrl-C's second copy (or the operator's second
+  // signal) during the last log lines would kill ferry mid-flush.
   try {
     return await serveUntil(plan, stopRequested);
   } finally {
-    for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
+    await stopLogging();
   }
 }
 

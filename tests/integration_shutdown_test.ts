@@ -234,6 +234,22 @@ Deno.test("Ctrl-C under deno task (one SIGINT that arrives twice) drains; a late
   }
 });
 
+Deno.test("a SIGINT repeated as ferry writes its last lines is still the first one", async () => {
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
+  // No sessions: ferry is past its drain within milliseconds, which is when
+  // a Ctrl-C's second copy (from deno task) arrives. Copies every 2 ms for
+  // 150 ms (inside the 250 ms in which they count as the first) cover every
+  // step from the drain to the exit.
+  ferry.kill("SIGINT");
+  for (let i = 0; i < 75; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    ferry.kill("SIGINT");
+  }
+  const status = await exitWithin(ferry, 5_000, "ferry to exit after SIGINT");
+  assert.deepEqual([status.signal, status.code], [null, 0]);
+  assert.ok(ferry.lines.some((line) => line.event === "stopped"), "the last line was written");
+});
+
 Deno.test("SIGTERM exits 0 even when nobody reads ferry's stderr any more", async () => {
   const child = new Deno.Command(Deno.execPath(), {
     args: ferryCommandArgs(["socks", "--listen", "127.0.0.1:0", "--log-format", "json"]),
