@@ -432,15 +432,26 @@ Deno.test("the peer table forgets the peer sent to least recently, not the first
   // Peers that only record what reaches them; nothing answers on its own.
   const talker = await udpSocket();
   const newcomer = await udpSocket();
+  // One socket on every loopback address: 1,023 more peers, 127.0.1.0 and
+  // up on one port, fill the table (1,024), and it counts what arrives.
+  const sink = await udpSocket("0.0.0.0");
+  let sunk = 0;
+  sink.on("message", () => sunk++);
   try {
     const talkerAddress = ipv4("127.0.0.1", talker.address().port);
     send(talkerAddress, "first");
     await nextDatagram(talker);
-    // 1,023 more peers fill the table (1,024): ports below the ephemeral
-    // range on an address nothing here binds, so no filler reaches a socket.
+    // In bursts that ferry has relayed before the next: none is lost in a
+    // socket buffer, so the table is full for sure.
     for (let i = 0; i < 1023; i++) {
-      send(ipv4("127.0.0.3", 20000 + i), "filler");
-      if (i % 32 === 31) await new Promise((resolve) => setTimeout(resolve, 5));
+      send(ipv4(`127.0.${1 + (i >> 8)}.${i & 255}`, sink.address().port), "filler");
+      if (i % 32 === 31 || i === 1022) {
+        const until = Date.now() + 5_000;
+        while (sunk < i + 1) {
+          assert.ok(Date.now() < until, `${sunk} of ${i + 1} fillers arrived`);
+          await new Promise((resolve) => setTimeout(resolve, 2));
+        }
+      }
     }
     const again = deadline(once(talker, "message"), 5000, "the second datagram");
     send(talkerAddress, "again");
@@ -454,12 +465,6 @@ Deno.test("the peer table forgets the peer sent to least recently, not the first
     talker.send(encoder.encode("answer"), port, address);
     assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "answer");
   } finally {
-    await closeUdp(talker);
-    await closeUdp(newcomer);
+    for (const socket of [talker, newcomer, sink]) await closeUdp(socket);
   }
-  udp.control.close();
-  // Every filler went through ferry (none was lost in a socket buffer), so
-  // the table really was full when the newcomer came.
-  const session = await sessionOf(ferry, udp.control.localAddr);
-  assert.equal(session.udpIn, 1 + 1023 + 2);
 });
