@@ -13,6 +13,12 @@ export const OUT = `${ROOT}/bench/out`;
 /** BENCHMARKS.md, which the benches write their sections into. */
 export const DOC = `${ROOT}/BENCHMARKS.md`;
 
+/** The core that the load generators, the targets and the bench drivers run on. */
+export const GEN_CORE = "0";
+
+/** The core that the proxy (or forwarder) under test runs on. */
+export const PROXY_CORE = "1";
+
 /** An environment variable, or undefined. */
 export const env = (name: string): string | undefined => Deno.env.get(name);
 
@@ -84,6 +90,43 @@ export async function which(program: string): Promise<string | null> {
   return found.code === 0 && found.stdout.trim() !== "" ? found.stdout.trim() : null;
 }
 
+/** Compiles the C program `source` with `cc -O2 -Wall` into `output` (under bench/out/). */
+export async function compileC(source: string, output: string): Promise<void> {
+  await Deno.mkdir(OUT, { recursive: true });
+  const cc = (await which("cc")) ?? (await which("gcc")) ?? "cc";
+  await run([cc, "-O2", "-Wall", "-o", output, source]);
+}
+
+/**
+ * Installs the Debian packages `missing` with apt-get; when that fails,
+ * updates the package lists and tries once more. Throws if it still fails.
+ */
+export async function aptInstall(missing: string[], log: (text: string) => void): Promise<void> {
+  if (missing.length === 0) return;
+  log(`installing ${missing.join(" ")} with apt-get`);
+  const aptEnv = { ...Deno.env.toObject(), DEBIAN_FRONTEND: "noninteractive" };
+  const install = ["apt-get", "install", "-y", "-q", ...new Set(missing)];
+  let result = await run(install, { allowFail: true, env: aptEnv });
+  if (result.code !== 0) {
+    await run(["apt-get", "update", "-q"], { allowFail: true, env: aptEnv });
+    result = await run(install, { allowFail: true, env: aptEnv });
+  }
+  if (result.code !== 0) {
+    throw new Error(`apt-get install ${missing.join(" ")} failed:\n${result.stderr}`);
+  }
+}
+
+/** The open-files limit to give every process: as high as the hard limit allows. */
+export async function fdLimit(): Promise<number> {
+  const want = 65536;
+  const probe = await run(["prlimit", `--nofile=${want}:${want}`, "true"], { allowFail: true });
+  if (probe.code === 0) return want;
+  const limits = await Deno.readTextFile("/proc/self/limits");
+  const m = limits.match(/^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m);
+  const hard = m?.[2] === "unlimited" ? want : Number(m?.[2] ?? 1024);
+  return Math.min(want, hard);
+}
+
 /** The median of `values` (NaN when empty). */
 export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -146,6 +189,72 @@ export class Lines {
     }
   }
   #pending: Promise<ReadableStreamReadResult<string>> | undefined;
+}
+
+/**
+ * Reads the `NAME PORT` lines a target server prints before `ready`; null
+ * when `ready` does not come (no line for `timeoutMs`, or EOF).
+ */
+export async function readPorts(
+  lines: Lines,
+  timeoutMs: number,
+): Promise<Record<string, number> | null> {
+  const ports: Record<string, number> = {};
+  for (;;) {
+    const line = await lines.next(timeoutMs);
+    if (line === null) return null;
+    if (line === "ready") return ports;
+    const [name, port] = line.split(" ");
+    if (name && port) ports[name] = Number(port);
+  }
+}
+
+/** Sends SIGKILL to a child, unless it is already gone. */
+export function killChild(child: Deno.ChildProcess): void {
+  try {
+    child.kill("SIGKILL");
+  } catch {
+    // already gone
+  }
+}
+
+/** Gives a child `graceMs` to exit, then kills it; resolves once it is gone. */
+export async function endChild(child: Deno.ChildProcess, graceMs = 3000): Promise<void> {
+  const done = await Promise.race([child.status.then(() => true), sleep(graceMs)]);
+  if (!done) killChild(child);
+  await child.status.catch(() => undefined);
+}
+
+/** A server that exits at EOF on its stdin (the C targets and echo servers). */
+export interface StdinServer {
+  child: Deno.ChildProcess;
+  stdin: WritableStreamDefaultWriter<Uint8Array>;
+}
+
+/** Stops a {@linkcode StdinServer}: closes its stdin, then {@linkcode endChild}. */
+export async function stopServer(server: StdinServer): Promise<void> {
+  await server.stdin.close().catch(() => undefined);
+  await endChild(server.child);
+}
+
+/**
+ * On SIGINT or SIGTERM: logs, runs `cleanup` (which stops what the bench
+ * started) and exits with 130. Returns a function that removes the listeners.
+ */
+export function exitOnSignal(
+  cleanup: () => Promise<void>,
+  log: (text: string) => void,
+): () => void {
+  const onSignal = () => {
+    log("interrupted: stopping the processes this bench started");
+    cleanup().finally(() => Deno.exit(130));
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  return () => {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+  };
 }
 
 /** The last `chars` characters of a file, trimmed ("" when it cannot be read). */
@@ -271,6 +380,10 @@ export const pct = (x: number) => (Number.isFinite(x) ? `${Math.round(x * 100)}%
 /** A ratio with two decimals and a × sign ("—" when not finite). */
 export const ratio = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}×` : "—");
 
+/** A "min – max" cell for `values` ("—" when there are none). */
+export const spread = (values: number[]) =>
+  values.length ? `${fmt(Math.min(...values))} – ${fmt(Math.max(...values))}` : "—";
+
 /** A Markdown table: first column left-aligned, the others right-aligned. */
 export function table(header: string[], rows: string[][]): string[] {
   return [
@@ -278,6 +391,74 @@ export function table(header: string[], rows: string[][]): string[] {
     `| ${header.map((_, i) => (i === 0 ? "---" : "---:")).join(" | ")} |`,
     ...rows.map((r) => `| ${r.join(" | ")} |`),
   ];
+}
+
+/** The first line a command prints (its stderr when its stdout is empty), trimmed. */
+export async function firstLine(cmd: string[]): Promise<string> {
+  const r = await run(cmd, { allowFail: true });
+  return (r.stdout || r.stderr).trim().split("\n")[0]?.trim() ?? "";
+}
+
+/** The installed version of Debian package `pkg` ("" when it is not installed). */
+export const dpkgVersion = (pkg: string) =>
+  firstLine(["dpkg-query", "-W", "-f", "${Version}", pkg]);
+
+/** The report's first lines: the date, the machine, and ferry's commit and Deno version. */
+export async function machineLines(): Promise<string[]> {
+  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
+  const model = cpuinfo.match(/^model name\s*:\s*(.*)$/m)?.[1] ?? "unknown";
+  const memKiB = Number(
+    (await Deno.readTextFile("/proc/meminfo")).match(/^MemTotal:\s+(\d+)/m)?.[1] ?? 0,
+  );
+  const osRelease = await Deno.readTextFile("/etc/os-release").catch(() => "");
+  const os = osRelease.match(/^PRETTY_NAME="?([^"\n]*)"?/m)?.[1] ?? "unknown";
+  const commit = await firstLine(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
+  const dirty = (await run(["git", "-C", ROOT, "status", "--porcelain", "--", "src"], {
+    allowFail: true,
+  })).stdout.trim() !== "";
+  return [
+    `- Date: ${new Date().toISOString().replace(/\.\d+Z$/, "Z")}`,
+    `- Machine: ${await firstLine(["nproc", "--all"])} cores (${model}), ${
+      (memKiB / 1048576).toFixed(1)
+    } GiB RAM, ${os}, kernel ${await firstLine(["uname", "-r"])}`,
+    `- ferry: commit ${commit}${dirty ? " plus uncommitted changes in src/" : ""}, ` +
+    `Deno ${Deno.version.deno} (V8 ${Deno.version.v8})`,
+  ];
+}
+
+/** Where {@linkcode publishSection} puts a bench's section in BENCHMARKS.md. */
+export interface SectionOptions {
+  /** The marker line before the section. */
+  start: string;
+  /** The marker line after it. */
+  end: string;
+  /** The file's text when there is no BENCHMARKS.md yet. */
+  newFile: string;
+  /** What goes before the section when the file has no markers yet and the section is appended. */
+  heading: string;
+  /** Whether to write BENCHMARKS.md at all. */
+  write: boolean;
+  log: (text: string) => void;
+}
+
+/**
+ * Prints a bench's report `section` (Markdown) and, if `write`, puts it into
+ * BENCHMARKS.md between its markers (or appends it), then formats the file as
+ * `deno fmt` wants it (tables get padded), so that `deno fmt --check` stays
+ * green after a bench run.
+ */
+export async function publishSection(section: string, options: SectionOptions): Promise<void> {
+  console.log(section);
+  if (!options.write) return;
+  const { start, end } = options;
+  let doc = await Deno.readTextFile(DOC).catch(() => options.newFile);
+  const a = doc.indexOf(start), b = doc.indexOf(end);
+  const body = `${start}\n\n${section}\n\n${end}`;
+  if (a >= 0 && b > a) doc = doc.slice(0, a) + body + doc.slice(b + end.length);
+  else doc = `${doc.trimEnd()}\n\n${options.heading}${body}\n`;
+  await Deno.writeTextFile(DOC, doc);
+  await run([Deno.execPath(), "fmt", "--quiet", DOC], { allowFail: true });
+  options.log(`wrote ${DOC}`);
 }
 
 /** The run whose rate is the median; its CPU figures go with it. */
@@ -327,4 +508,126 @@ export async function stopWrapped(p: WrappedProcess): Promise<void> {
   delete p.child;
   delete p.pid;
   delete p.wrapperPid;
+}
+
+/** How to run a proxy: its command line, working directory and environment. */
+export interface ProxyCommand {
+  cmd: string[];
+  cwd: string;
+  /** Its environment (default: this process's). */
+  env?: Record<string, string>;
+}
+
+/**
+ * Dante (`danted`) on 127.0.0.1:`port`, without authentication, with
+ * `rules` (its `socks pass` blocks): writes its configuration into
+ * `tmp`/dante, where it also runs, and returns how to start it.
+ */
+export async function danteCommand(
+  tmp: string,
+  port: number,
+  rules: string[],
+): Promise<ProxyCommand> {
+  const dir = `${tmp}/dante`;
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.chmod(dir, 0o777);
+  const conf = `${dir}/danted.conf`;
+  await Deno.writeTextFile(
+    conf,
+    [
+      `logoutput: ${dir}/danted.log`,
+      `internal: 127.0.0.1 port = ${port}`,
+      "external: 127.0.0.1",
+      "clientmethod: none",
+      "socksmethod: none",
+      "user.privileged: root",
+      "user.unprivileged: nobody",
+      "client pass {",
+      "  from: 127.0.0.0/8 to: 0.0.0.0/0",
+      "}",
+      ...rules,
+      "",
+    ].join("\n"),
+  );
+  return {
+    // Foreground (no -D), one "main server" (-N 1); it forks its own
+    // negotiate, request and io children, all of which inherit its core.
+    cmd: [(await which("danted")) ?? "danted", "-f", conf, "-N", "1"],
+    cwd: dir,
+    env: { ...Deno.env.toObject(), TMPDIR: dir },
+  };
+}
+
+/** How {@linkcode startWrapped} starts a proxy. */
+export interface StartWrappedOptions extends ProxyCommand {
+  /** What the proxy's process name (comm) starts with, to tell it from its wrappers. */
+  expect: string;
+  /** The port it listens on, on 127.0.0.1. */
+  port: number;
+  /** The file for its stderr; its stdout goes to this name plus `.stdout`. */
+  errFile: string;
+  /** `timeout` kills it after this many seconds. */
+  budgetSeconds: number;
+  /** Its open-files limit (default: the one it inherits). */
+  nofile?: number | undefined;
+  /** Starts the wrapper (default: `new Deno.Command(program, options).spawn()`). */
+  spawn?: (program: string, options: Deno.CommandOptions) => Deno.ChildProcess;
+}
+
+/**
+ * Starts a proxy as `timeout … prlimit … taskset -c PROXY_CORE cmd`, its
+ * output in files, and waits until it accepts connections (up to 120 s for
+ * Deno, which compiles first, 20 s for the others). Returns undefined once it
+ * does; otherwise stops it and returns why it failed.
+ */
+export async function startWrapped(
+  p: WrappedProcess,
+  options: StartWrappedOptions,
+): Promise<string | undefined> {
+  const { cmd, expect, port, errFile, nofile } = options;
+  delete p.pid;
+  const wrapped = [
+    "timeout",
+    "-k",
+    "5",
+    String(options.budgetSeconds),
+    ...(nofile === undefined ? [] : ["prlimit", `--nofile=${nofile}:${nofile}`]),
+    "taskset",
+    "-c",
+    PROXY_CORE,
+    ...cmd,
+  ];
+  const spawn = options.spawn ??
+    ((program: string, o: Deno.CommandOptions) => new Deno.Command(program, o).spawn());
+  // sh sends the proxy's stdout and stderr to files, then execs `timeout`.
+  const child = spawn("sh", {
+    args: ["-c", 'exec >"$1.stdout" 2>"$1"; shift; exec "$@"', "sh", errFile, ...wrapped],
+    cwd: options.cwd,
+    ...(options.env ? { env: options.env } : {}),
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  });
+  p.child = child;
+  p.wrapperPid = child.pid;
+  let exited = false;
+  child.status.then(() => (exited = true));
+
+  const deadline = Date.now() + (expect === "deno" ? 120_000 : 20_000);
+  while (Date.now() < deadline && !exited) {
+    if (p.pid === undefined) {
+      // comm holds at most 15 characters.
+      const proxy = (await allStats()).find((s) =>
+        s.ppid === child.pid && s.comm.startsWith(expect.slice(0, 15))
+      );
+      if (proxy) p.pid = proxy.pid;
+    }
+    if (p.pid !== undefined && (await canConnect(port))) return undefined;
+    await sleep(100);
+  }
+  await stopWrapped(p);
+  const tail = await readTail(errFile);
+  return exited
+    ? `exited at start: ${tail || "(no output)"}`
+    : `did not accept connections on 127.0.0.1:${port} in time: ${tail || "(no output)"}`;
 }

@@ -40,34 +40,59 @@
  * @module
  */
 import {
-  allStats,
-  canConnect,
+  aptInstall,
   CLK_TCK,
-  type CoreTimes,
-  coreTimes,
-  DOC,
+  compileC,
+  danteCommand,
+  dpkgVersion,
+  endChild,
   env,
+  exitOnSignal,
+  fdLimit,
   ferryRunFlags,
+  firstLine,
   fmt,
   freePort,
+  GEN_CORE,
   Lines,
-  median,
+  machineLines,
   medianRun,
   num,
   OUT,
   pct,
   processTree,
+  type ProxyCommand,
+  publishSection,
   ratio,
+  readPorts,
   readStat,
   readTail,
   ROOT,
   run,
   sleep,
+  spread,
+  startWrapped,
+  stopServer,
   stopWrapped,
   table,
-  treeOf,
   which,
 } from "./_common.ts";
+import {
+  busyWarning,
+  type Client,
+  type CpuWindow,
+  type DownloadResult,
+  medianMibs,
+  medianRate,
+  pinnedClient,
+  runDownload,
+  runSessions,
+  type SampleOptions,
+  type SessionResult,
+  undisturbed as undisturbedBy,
+  waitForQuiet as waitForQuietBy,
+  warmUpFailure,
+} from "./_measure.ts";
 
 const LOADGEN = `${OUT}/loadgen`;
 const START = "<!-- bench:start -->";
@@ -85,9 +110,8 @@ const CLIENT_CLOSES_FIRST = env("BENCH_CLOSE") === "client";
 const WRITE_DOC = env("BENCH_WRITE") === undefined ? !QUICK : env("BENCH_WRITE") === "1";
 /** Proxies run under `timeout` with this budget, so none outlives the bench. */
 const PROXY_BUDGET_SECONDS = 1200;
-
-const GEN_CORE = "0";
-const PROXY_CORE = "1";
+/** Other processes' CPU time counts their reaped children too (see SampleOptions). */
+const SAMPLING: SampleOptions = { reapedChildren: true };
 
 // ---------------------------------------------------------------------------
 // Small helpers
@@ -123,25 +147,6 @@ async function treeMemory(root: number): Promise<Memory> {
   return { rssKiB, pssKiB, processes: tree.length };
 }
 
-interface Sample {
-  t: number;
-  cores: Map<string, CoreTimes>;
-  serveTicks: number;
-  proxyTicks: number;
-  proxySystemTicks: number;
-  /** Processes this bench did not start: pid -> CPU ticks and start time. */
-  foreign: Map<number, { ticks: number; start: number }>;
-}
-
-interface CpuWindow {
-  genCpu: number; // load generator + targets: CPU seconds per wall second
-  core0Busy: number; // fraction of core 0 busy (any process, incl. kernel)
-  core1Busy: number;
-  proxyCpu: number; // proxy process tree: CPU seconds per wall second
-  proxySystemCpu: number; // the part of proxyCpu spent in the kernel
-  otherCpu: number; // every process this bench did not start, together
-}
-
 // ---------------------------------------------------------------------------
 // The rows
 
@@ -159,22 +164,6 @@ interface Row {
   sessions: SessionResult[];
   downloads: DownloadResult[];
   idle?: IdleResult;
-}
-
-interface SessionResult {
-  rate: number;
-  sessions: number;
-  errors: number;
-  p50Ms: number;
-  p99Ms: number;
-  cpu: CpuWindow;
-}
-
-interface DownloadResult {
-  mibPerS: number;
-  bytes: number;
-  endedEarly: boolean;
-  cpu: CpuWindow;
 }
 
 interface IdleResult {
@@ -200,35 +189,7 @@ async function ensurePackages(): Promise<void> {
   for (const tool of ["taskset", "prlimit"]) {
     if (!(await which(tool))) missing.push("util-linux");
   }
-  if (missing.length === 0) return;
-  log(`installing ${missing.join(" ")} with apt-get`);
-  const aptEnv = { ...Deno.env.toObject(), DEBIAN_FRONTEND: "noninteractive" };
-  const install = ["apt-get", "install", "-y", "-q", ...new Set(missing)];
-  let result = await run(install, { allowFail: true, env: aptEnv });
-  if (result.code !== 0) {
-    await run(["apt-get", "update", "-q"], { allowFail: true, env: aptEnv });
-    result = await run(install, { allowFail: true, env: aptEnv });
-  }
-  if (result.code !== 0) {
-    throw new Error(`apt-get install ${missing.join(" ")} failed:\n${result.stderr}`);
-  }
-}
-
-async function compileLoadgen(): Promise<void> {
-  await Deno.mkdir(OUT, { recursive: true });
-  const cc = (await which("cc")) ?? (await which("gcc")) ?? "cc";
-  await run([cc, "-O2", "-Wall", "-o", LOADGEN, `${ROOT}/bench/loadgen.c`]);
-}
-
-/** The open-files limit to give every process: as high as the hard limit allows. */
-async function fdLimit(): Promise<number> {
-  const want = 65536;
-  const probe = await run(["prlimit", `--nofile=${want}:${want}`, "true"], { allowFail: true });
-  if (probe.code === 0) return want;
-  const limits = await Deno.readTextFile("/proc/self/limits");
-  const m = limits.match(/^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m);
-  const hard = m?.[2] === "unlimited" ? want : Number(m?.[2] ?? 1024);
-  return Math.min(want, hard);
+  await aptInstall(missing, log);
 }
 
 // ---------------------------------------------------------------------------
@@ -262,14 +223,8 @@ async function startTargets(nofile: number): Promise<Targets> {
     stderr: "inherit",
   }).spawn();
   const lines = new Lines(child.stdout);
-  const ports: Record<string, number> = {};
-  for (;;) {
-    const line = await lines.next(10_000);
-    if (line === null) throw new Error("loadgen serve did not start");
-    if (line === "ready") break;
-    const [name, port] = line.split(" ");
-    if (name && port) ports[name] = Number(port);
-  }
+  const ports = await readPorts(lines, 10_000);
+  if (ports === null) throw new Error("loadgen serve did not start");
   const { echo, source, hold } = ports;
   if (!echo || !source || !hold) throw new Error("loadgen serve did not print its ports");
   return { child, stdin: child.stdin.getWriter(), lines, echo, source, hold };
@@ -281,48 +236,23 @@ async function startTargets(nofile: number): Promise<Targets> {
 async function startProxy(row: Row, tmp: string, nofile: number, tag = ""): Promise<void> {
   row.port = freePort();
   row.errFile = `${tmp}/${row.id}${tag}.stderr`;
-  delete row.pid;
-  let cmd: string[];
-  let cwd = ROOT;
-  const procEnv: Record<string, string> = { ...Deno.env.toObject() };
+  let command: ProxyCommand;
   if (row.id === "microsocks") {
-    cmd = [(await which("microsocks")) ?? "microsocks", "-i", "127.0.0.1", "-p", String(row.port)];
+    const microsocks = (await which("microsocks")) ?? "microsocks";
+    command = { cmd: [microsocks, "-i", "127.0.0.1", "-p", String(row.port)], cwd: ROOT };
   } else if (row.id === "dante") {
-    const dir = `${tmp}/dante`;
-    await Deno.mkdir(dir, { recursive: true });
-    await Deno.chmod(dir, 0o777);
-    const conf = `${dir}/danted.conf`;
-    await Deno.writeTextFile(
-      conf,
-      [
-        `logoutput: ${dir}/danted.log`,
-        `internal: 127.0.0.1 port = ${row.port}`,
-        "external: 127.0.0.1",
-        "clientmethod: none",
-        "socksmethod: none",
-        "user.privileged: root",
-        "user.unprivileged: nobody",
-        "client pass {",
-        "  from: 127.0.0.0/8 to: 0.0.0.0/0",
-        "}",
-        "socks pass {",
-        "  from: 127.0.0.0/8 to: 127.0.0.0/8",
-        "}",
-        "",
-      ].join("\n"),
-    );
-    procEnv.TMPDIR = dir;
-    cwd = dir;
-    // Foreground (no -D), one "main server" (-N 1); it forks its own
-    // negotiate, request and io children, all of which inherit core 1.
-    cmd = [(await which("danted")) ?? "danted", "-f", conf, "-N", "1"];
+    command = await danteCommand(tmp, row.port, [
+      "socks pass {",
+      "  from: 127.0.0.0/8 to: 127.0.0.0/8",
+      "}",
+    ]);
   } else {
     const deno = Deno.execPath();
     // The reference relay runs with ferry's flags too, so only the code differs.
     const entry = row.id === "bare"
       ? "bench/bare_relay.ts"
       : env("BENCH_FERRY_ENTRY") ?? "src/main.ts";
-    cmd = [
+    const cmd = [
       deno,
       "run",
       ...ferryRunFlags(),
@@ -338,48 +268,17 @@ async function startProxy(row: Row, tmp: string, nofile: number, tag = ""): Prom
         ? ["--log-level", "info", "--log-format", "json"]
         : ["--log-level", "warn"]),
     ];
+    command = { cmd, cwd: ROOT };
   }
-  const wrapped = [
-    "timeout",
-    "-k",
-    "5",
-    String(PROXY_BUDGET_SECONDS),
-    "prlimit",
-    `--nofile=${nofile}:${nofile}`,
-    "taskset",
-    "-c",
-    PROXY_CORE,
-    ...cmd,
-  ];
-  // sh sends the proxy's stdout and stderr to a file, then execs `timeout`.
-  row.child = new Deno.Command("sh", {
-    args: ["-c", 'exec >"$1.stdout" 2>"$1"; shift; exec "$@"', "sh", row.errFile, ...wrapped],
-    cwd,
-    env: procEnv,
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  row.wrapperPid = row.child.pid;
-  let exited = false;
-  row.child.status.then(() => (exited = true));
-
-  const expect = row.id === "dante" ? "danted" : row.id === "microsocks" ? "microsocks" : "deno";
-  const deadline = Date.now() + (expect === "deno" ? 120_000 : 20_000);
-  while (Date.now() < deadline && !exited) {
-    if (row.pid === undefined) {
-      const kids = (await allStats()).filter((s) => s.ppid === row.wrapperPid);
-      const proxy = kids.find((s) => s.comm.startsWith(expect.slice(0, 15)));
-      if (proxy) row.pid = proxy.pid;
-    }
-    if (row.pid !== undefined && (await canConnect(row.port))) return;
-    await sleep(100);
-  }
-  await stopWrapped(row);
-  const tail = await readTail(row.errFile);
-  row.failed = exited
-    ? `exited at start: ${tail || "(no output)"}`
-    : `did not accept connections on 127.0.0.1:${row.port} in time: ${tail || "(no output)"}`;
+  const failed = await startWrapped(row, {
+    ...command,
+    expect: row.id === "dante" ? "danted" : row.id === "microsocks" ? "microsocks" : "deno",
+    port: row.port,
+    errFile: row.errFile,
+    budgetSeconds: PROXY_BUDGET_SECONDS,
+    nofile,
+  });
+  if (failed) row.failed = failed;
 }
 
 /** ferry (logging on): how many per-session log lines it wrote so far. */
@@ -404,225 +303,48 @@ async function reportStderr(row: Row): Promise<void> {
 // ---------------------------------------------------------------------------
 // Measurements (one loadgen client process on core 0 per run)
 
-async function sample(targets: Targets | undefined, row: Row | undefined): Promise<Sample> {
-  const [cores, stats] = await Promise.all([coreTimes(), allStats()]);
-  const ours = new Set(treeOf(stats, Deno.pid).map((p) => p.pid));
-  const foreign = new Map<number, { ticks: number; start: number }>();
-  // Kernel threads (children of kthreadd, pid 2) are left out: ksoftirqd and
-  // kworkers do this bench's own network work; /proc/stat's busy covers them.
-  // Reaped children's time (cutime, cstime) counts too, so short-lived
-  // processes that come and go within a window are not missed.
-  for (const p of stats) {
-    if (!ours.has(p.pid) && p.pid !== 2 && p.ppid !== 2) {
-      foreign.set(p.pid, { ticks: p.ticks + p.childTicks, start: p.start });
-    }
-  }
-  const proxyTree = row?.pid ? treeOf(stats, row.pid) : [];
-  const proxyTicks = proxyTree.reduce((sum, p) => sum + p.ticks + p.childTicks, 0);
-  const proxySystemTicks = proxyTree.reduce((sum, p) => sum + p.systemTicks, 0);
-  const serve = targets ? stats.find((p) => p.pid === targets.child.pid) : undefined;
-  return {
-    t: performance.now(),
-    cores,
-    serveTicks: serve?.ticks ?? 0,
-    proxyTicks,
-    proxySystemTicks,
-    foreign,
-  };
-}
-
-/**
- * CPU seconds per wall second used by processes this bench did not start.
- * Reaped children's time can include time from before the window, so the sum
- * is capped at what /proc/stat says the cores were busy with in the window.
- */
-function foreignCpu(a: Sample, b: Sample): number {
-  let ticks = 0;
-  for (const [pid, q] of b.foreign) {
-    const p = a.foreign.get(pid);
-    ticks += p && p.start === q.start ? q.ticks - p.ticks : q.ticks;
-  }
-  const other = ticks / CLK_TCK / ((b.t - a.t) / 1000);
-  let busyCores = 0;
-  for (const core of b.cores.keys()) {
-    const busy = coreBusy(a, b, core);
-    if (Number.isFinite(busy)) busyCores += busy;
-  }
-  return Math.min(other, busyCores);
-}
-
-function coreBusy(a: Sample, b: Sample, core: string): number {
-  const x = a.cores.get(core), y = b.cores.get(core);
-  if (!x || !y || y.total === x.total) return NaN;
-  return (y.busy - x.busy) / (y.total - x.total);
-}
-
-function cpuWindow(a: Sample, b: Sample, clientCpu: number): CpuWindow {
-  const wall = (b.t - a.t) / 1000;
-  return {
-    genCpu: (clientCpu + (b.serveTicks - a.serveTicks) / CLK_TCK) / wall,
-    core0Busy: coreBusy(a, b, GEN_CORE),
-    core1Busy: coreBusy(a, b, PROXY_CORE),
-    proxyCpu: (b.proxyTicks - a.proxyTicks) / CLK_TCK / wall,
-    proxySystemCpu: (b.proxySystemTicks - a.proxySystemTicks) / CLK_TCK / wall,
-    otherCpu: foreignCpu(a, b),
-  };
-}
-
 /**
  * Other people's processes on this machine skew every number here. Waits (up
  * to BENCH_QUIET_WAIT seconds, default 180) until the cores are nearly idle.
  */
-async function waitForQuiet(
+function waitForQuiet(
   seconds = num("BENCH_QUIET_WAIT", QUICK ? 5 : 180),
 ): Promise<string | null> {
-  const limit = Date.now() + seconds * 1000;
-  let said = false;
-  for (;;) {
-    const a = await sample(undefined, undefined);
-    await sleep(2000);
-    const b = await sample(undefined, undefined);
-    const busy = [coreBusy(a, b, GEN_CORE), coreBusy(a, b, PROXY_CORE)];
-    const other = foreignCpu(a, b);
-    const what = `core 0 ${pct(busy[0]!)} busy, core 1 ${pct(busy[1]!)} busy, ` +
-      `other processes ${pct(other)} of a core`;
-    if (Math.max(busy[0]!, busy[1]!) < 0.1 && other < 0.1) {
-      if (said) log(`quiet now (${what})`);
-      return null;
-    }
-    if (Date.now() > limit) {
-      log(`the machine is not quiet (${what}); measuring anyway`);
-      return what;
-    }
-    if (!said) log(`waiting for the machine to be quiet (${what})`);
-    said = true;
-  }
+  return waitForQuietBy({ ...SAMPLING, timeoutMs: seconds * 1000, log });
 }
 
-interface ClientRun {
-  json: Record<string, unknown> | null;
-  cpu: CpuWindow | null;
-  stderr: string;
-}
-
-/** Runs `loadgen sessions|download`, sampling /proc at its M and E marks. */
-async function runClient(
-  targets: Targets,
-  row: Row,
-  mode: string,
-  args: string[],
-  timeoutMs: number,
-  nofile: number,
-): Promise<ClientRun> {
-  const child = new Deno.Command("prlimit", {
-    args: [`--nofile=${nofile}:${nofile}`, "taskset", "-c", GEN_CORE, LOADGEN, mode, ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderrText = new Response(child.stderr).text();
-  const lines = new Lines(child.stdout);
-  let start: Sample | null = null, end: Sample | null = null;
-  let json: Record<string, unknown> | null = null;
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const line = await lines.next(Math.max(1, deadline - Date.now()));
-    if (line === null) break;
-    if (line === "M") start = await sample(targets, row);
-    else if (line === "E") end = await sample(targets, row);
-    else if (line.startsWith("{")) {
-      json = JSON.parse(line);
-      break;
-    }
-  }
-  if (json === null) {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-  await child.status;
-  const stderr = await stderrText;
-  const clientCpu = typeof json?.cpu === "number" ? json.cpu : 0;
-  return { json, cpu: start && end ? cpuWindow(start, end, clientCpu) : null, stderr };
-}
+/** Runs loadgen clients on core 0, sampling the targets and the row's proxy. */
+const client = (targets: Targets, row: Row, nofile: number): Client =>
+  pinnedClient({ ...SAMPLING, nofile, targetPid: targets.child.pid, proxyPid: row.pid });
 
 const proxyArg = (row: Row) => (row.id === "direct" ? "none" : `127.0.0.1:${row.port}`);
 
-async function measureSessions(
+function measureSessions(
   targets: Targets,
   row: Row,
   seconds: number,
   nofile: number,
 ): Promise<SessionResult | string> {
-  const r = await runClient(
-    targets,
-    row,
-    "sessions",
-    [
-      "--proxy",
-      proxyArg(row),
-      "--target-port",
-      String(targets.echo),
-      "--conc",
-      String(CONCURRENCY),
-      "--payload",
-      String(PAYLOAD),
-      "--seconds",
-      String(seconds),
-      "--warmup",
-      String(WARMUP_SECONDS),
-    ],
-    (seconds + WARMUP_SECONDS + 30) * 1000,
-    nofile,
+  return runSessions(
+    client(targets, row, nofile),
+    LOADGEN,
+    ["--proxy", proxyArg(row), "--target-port", String(targets.echo)],
+    { concurrency: CONCURRENCY, payload: PAYLOAD, seconds, warmupSeconds: WARMUP_SECONDS },
   );
-  if (!r.json || !r.cpu) return `session run failed: ${r.stderr.trim() || "no result"}`;
-  const j = r.json as Record<string, number>;
-  return {
-    rate: j.rate ?? 0,
-    sessions: j.sessions ?? 0,
-    errors: j.errors ?? 0,
-    p50Ms: (j.p50_us ?? 0) / 1000,
-    p99Ms: (j.p99_us ?? 0) / 1000,
-    cpu: r.cpu,
-  };
 }
 
-async function measureDownload(
+function measureDownload(
   targets: Targets,
   row: Row,
   seconds: number,
   nofile: number,
 ): Promise<DownloadResult | string> {
-  const r = await runClient(
-    targets,
-    row,
-    "download",
-    [
-      "--proxy",
-      proxyArg(row),
-      "--target-port",
-      String(targets.source),
-      "--seconds",
-      String(seconds),
-      "--warmup",
-      String(WARMUP_SECONDS),
-    ],
-    (seconds + WARMUP_SECONDS + 30) * 1000,
-    nofile,
+  return runDownload(
+    client(targets, row, nofile),
+    LOADGEN,
+    ["--proxy", proxyArg(row), "--target-port", String(targets.source)],
+    { seconds, warmupSeconds: WARMUP_SECONDS },
   );
-  if (!r.json || !r.cpu) {
-    const why = typeof r.json?.error === "string" ? r.json.error : r.stderr.trim();
-    return `download failed: ${why || "no result"}`;
-  }
-  const j = r.json as Record<string, number | boolean>;
-  return {
-    mibPerS: Number(j.mib_s ?? 0),
-    bytes: Number(j.bytes ?? 0),
-    endedEarly: j.stream_ended_early === true,
-    cpu: r.cpu,
-  };
 }
 
 async function measureIdle(
@@ -690,15 +412,7 @@ async function measureIdle(
     if (last?.startsWith("{")) closed = JSON.parse(last);
   } finally {
     await stdin.close().catch(() => undefined);
-    const done = await Promise.race([child.status.then(() => true), sleep(5000)]);
-    if (!done) {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // gone
-      }
-    }
-    await child.status;
+    await endChild(child, 5000);
   }
   const stderr = await stderrText;
   if (!established || !after) return `idle run failed: ${stderr.trim() || "no result"}`;
@@ -714,8 +428,6 @@ async function measureIdle(
   };
 }
 
-/** Windows in which other processes used more than this share of a core are run again. */
-const OTHER_CPU_LIMIT = 0.1;
 let repeatedRuns = 0;
 
 /** At most this many runs are repeated in one bench, to keep it bounded. */
@@ -727,56 +439,30 @@ const MAX_REPEATS = 6;
  * most MAX_REPEATS times per bench). The last result counts either way, and
  * the report shows its "other processes" CPU.
  */
-async function undisturbed<T extends { cpu: CpuWindow }>(
+function undisturbed<T extends { cpu: CpuWindow }>(
   what: string,
   measure: () => Promise<T | string>,
 ): Promise<T | string> {
-  for (let attempt = 1;; attempt++) {
-    const result = await measure();
-    if (
-      typeof result === "string" || result.cpu.otherCpu <= OTHER_CPU_LIMIT || attempt === 3 ||
-      repeatedRuns >= MAX_REPEATS
-    ) {
-      return result;
-    }
+  return undisturbedBy(measure, async (otherCpu) => {
+    if (repeatedRuns >= MAX_REPEATS) return false;
     repeatedRuns++;
-    log(`${what}: other processes used ${pct(result.cpu.otherCpu)} of a core; running it again`);
+    log(`${what}: other processes used ${pct(otherCpu)} of a core; running it again`);
     await waitForQuiet(60);
-  }
+    return true;
+  });
 }
 
 // ---------------------------------------------------------------------------
 // Machine info
 
 async function machineInfo(): Promise<string[]> {
-  const first = async (cmd: string[]) => {
-    const r = await run(cmd, { allowFail: true });
-    return (r.stdout || r.stderr).trim().split("\n")[0] ?? "";
-  };
-  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
-  const model = cpuinfo.match(/^model name\s*:\s*(.*)$/m)?.[1] ?? "unknown";
-  const memKiB = Number(
-    (await Deno.readTextFile("/proc/meminfo")).match(/^MemTotal:\s+(\d+)/m)?.[1] ?? 0,
-  );
-  const osRelease = await Deno.readTextFile("/etc/os-release").catch(() => "");
-  const os = osRelease.match(/^PRETTY_NAME="?([^"\n]*)"?/m)?.[1] ?? "unknown";
-  const dpkgVersion = (pkg: string) => first(["dpkg-query", "-W", "-f", "${Version}", pkg]);
-  const commit = await first(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
-  const dirty = (await run(["git", "-C", ROOT, "status", "--porcelain", "--", "src"], {
-    allowFail: true,
-  })).stdout.trim() !== "";
   return [
-    `- Date: ${new Date().toISOString().replace(/\.\d+Z$/, "Z")}`,
-    `- Machine: ${await first(["nproc", "--all"])} cores (${model}), ${
-      (memKiB / 1048576).toFixed(1)
-    } GiB RAM, ${os}, kernel ${await first(["uname", "-r"])}`,
-    `- ferry: commit ${commit}${dirty ? " plus uncommitted changes in src/" : ""}, ` +
-    `Deno ${Deno.version.deno} (V8 ${Deno.version.v8})`,
-    `- Dante: ${await first(["danted", "-v"])} (Debian dante-server ${await dpkgVersion(
+    ...(await machineLines()),
+    `- Dante: ${await firstLine(["danted", "-v"])} (Debian dante-server ${await dpkgVersion(
       "dante-server",
     )})`,
     `- microsocks: Debian microsocks ${await dpkgVersion("microsocks")}`,
-    `- Load generator: bench/loadgen.c built with ${await first(["cc", "--version"])}`,
+    `- Load generator: bench/loadgen.c built with ${await firstLine(["cc", "--version"])}`,
   ];
 }
 
@@ -791,12 +477,6 @@ function report(
   notQuiet: string | null,
 ): string {
   const get = (id: RowId) => rows.find((r) => r.id === id);
-  const sessionRate = (
-    r?: Row,
-  ) => (r && r.sessions.length ? median(r.sessions.map((s) => s.rate)) : NaN);
-  const mibs = (
-    r?: Row,
-  ) => (r && r.downloads.length ? median(r.downloads.map((d) => d.mibPerS)) : NaN);
   const kibPerSession = (r?: Row) =>
     r?.idle && r.idle.ok > 0 ? (r.idle.after.rssKiB - r.idle.before.rssKiB) / r.idle.ok : NaN;
   const pssPerSession = (r?: Row) =>
@@ -806,17 +486,7 @@ function report(
 
   const out: string[] = [];
   out.push(...info, "");
-  const windows = rows.flatMap((r) => [...r.sessions, ...r.downloads].map((x) => x.cpu.otherCpu));
-  const worst = Math.max(0, ...windows.filter(Number.isFinite));
-  if (notQuiet || worst > OTHER_CPU_LIMIT) {
-    out.push(
-      `**Warning: other processes were using the CPU during this run** (${
-        notQuiet ? `before it: ${notQuiet}; ` : ""
-      }up to ${pct(worst)} of a core during a measured window), so these figures are low ` +
-        "and noisy. Run again on a quiet machine.",
-      "",
-    );
-  }
+  out.push(...busyWarning(rows, notQuiet));
   out.push(
     `Settings: ${ROUNDS} round${
       ROUNDS === 1 ? "" : "s"
@@ -838,10 +508,10 @@ function report(
       ["", "sessions/s", "× direct", "download MiB/s", "× direct", "KiB per idle session (RSS)"],
       rows.map((r) => [
         label(r),
-        fmt(sessionRate(r)),
-        r.id === "direct" ? "1.00×" : ratio(sessionRate(r) / sessionRate(direct)),
-        fmt(mibs(r)),
-        r.id === "direct" ? "1.00×" : ratio(mibs(r) / mibs(direct)),
+        fmt(medianRate(r)),
+        r.id === "direct" ? "1.00×" : ratio(medianRate(r) / medianRate(direct)),
+        fmt(medianMibs(r)),
+        r.id === "direct" ? "1.00×" : ratio(medianMibs(r) / medianMibs(direct)),
         r.id === "direct" ? "n/a" : fmt(kibPerSession(r), 1),
       ]),
     ),
@@ -868,11 +538,10 @@ function report(
       rows.map((r) => {
         const m = medianRun(r.sessions, (s) => s.rate);
         const perSession = (cpu: number, rate: number) => fmt(cpu / rate * 1e6);
-        const rates = r.sessions.map((s) => s.rate);
         return [
           label(r),
-          fmt(sessionRate(r)),
-          rates.length ? `${fmt(Math.min(...rates))} – ${fmt(Math.max(...rates))}` : "—",
+          fmt(medianRate(r)),
+          spread(r.sessions.map((s) => s.rate)),
           m ? fmt(m.p50Ms, 2) : "—",
           m ? fmt(m.p99Ms, 2) : "—",
           fmt(r.sessions.reduce((a, s) => a + s.errors, 0)),
@@ -906,11 +575,10 @@ function report(
       ],
       rows.map((r) => {
         const m = medianRun(r.downloads, (d) => d.mibPerS);
-        const v = r.downloads.map((d) => d.mibPerS);
         return [
           label(r),
-          fmt(mibs(r)),
-          v.length ? `${fmt(Math.min(...v))} – ${fmt(Math.max(...v))}` : "—",
+          fmt(medianMibs(r)),
+          spread(r.downloads.map((d) => d.mibPerS)),
           m ? pct(m.cpu.genCpu) : "—",
           m ? pct(m.cpu.core0Busy) : "—",
           m ? fmt(core0Limit(m)) : "—",
@@ -983,8 +651,8 @@ function report(
   const mark = (
     ok: boolean | null,
   ) => (ok === null ? "not measured" : ok ? "**pass**" : "**miss**");
-  const dl = mibs(ferry) / mibs(direct);
-  const sr = sessionRate(ferry) / sessionRate(get("microsocks"));
+  const dl = medianMibs(ferry) / medianMibs(direct);
+  const sr = medianRate(ferry) / medianRate(get("microsocks"));
   const kib = kibPerSession(ferry);
   const known = (x: number) => Number.isFinite(x);
   // Three decimals: at two, a ratio of 0.998 would read "1.00×" beside "miss".
@@ -1020,7 +688,7 @@ function report(
     direct?.downloads.map((d) => d.mibPerS) ?? [],
   );
   const ferryDownload = ferry && medianRun(ferry.downloads, (d) => d.mibPerS);
-  const directDownload = mibs(direct);
+  const directDownload = medianMibs(direct);
   if (ferryDownload && known(directDownload)) {
     const limit = core0Limit(ferryDownload);
     out.push(
@@ -1054,21 +722,16 @@ function core0Limit(run: { mibPerS: number; cpu: CpuWindow }): number {
   return run.cpu.core0Busy > 0 ? run.mibPerS / run.cpu.core0Busy : NaN;
 }
 
-async function writeDoc(section: string): Promise<void> {
-  let doc: string;
-  try {
-    doc = await Deno.readTextFile(DOC);
-  } catch {
-    doc = `# Benchmarks\n\nRun \`make bench\` to fill in this file.\n\n${START}\n${END}\n`;
-  }
-  const a = doc.indexOf(START), b = doc.indexOf(END);
-  const body = `${START}\n\n${section}\n\n${END}`;
-  if (a >= 0 && b > a) doc = doc.slice(0, a) + body + doc.slice(b + END.length);
-  else doc = `${doc.trimEnd()}\n\n## Results\n\n${body}\n`;
-  await Deno.writeTextFile(DOC, doc);
-  // Keep the file as `deno fmt` wants it (tables get padded), so `make check`
-  // stays green after a bench run.
-  await run([Deno.execPath(), "fmt", "--quiet", DOC], { allowFail: true });
+/** Prints the report and writes it into BENCHMARKS.md (see BENCH_WRITE). */
+function publish(section: string): Promise<void> {
+  return publishSection(section, {
+    start: START,
+    end: END,
+    newFile: `# Benchmarks\n\nRun \`make bench\` to fill in this file.\n\n${START}\n${END}\n`,
+    heading: "## Results\n\n",
+    write: WRITE_DOC,
+    log,
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -1082,7 +745,7 @@ async function main(): Promise<number> {
   if (cpus < 2) throw new Error(`needs 2 cores (one for the proxy, one for the load), has ${cpus}`);
 
   await ensurePackages();
-  await compileLoadgen();
+  await compileC(`${ROOT}/bench/loadgen.c`, LOADGEN);
   const nofile = await fdLimit();
   // This driver runs on the load generator's core, out of the proxies' way.
   await run(["taskset", "-a", "-p", "-c", GEN_CORE, String(Deno.pid)], { allowFail: true });
@@ -1105,25 +768,10 @@ async function main(): Promise<number> {
 
   const cleanup = async () => {
     for (const r of rows) await stopWrapped(r).catch(() => undefined);
-    if (targets) {
-      await targets.stdin.close().catch(() => undefined);
-      const done = await Promise.race([targets.child.status.then(() => true), sleep(3000)]);
-      if (!done) {
-        try {
-          targets.child.kill("SIGKILL");
-        } catch {
-          // gone
-        }
-      }
-      targets = undefined;
-    }
+    if (targets) await stopServer(targets);
+    targets = undefined;
   };
-  const onSignal = () => {
-    log("interrupted: stopping the processes this bench started");
-    cleanup().finally(() => Deno.exit(130));
-  };
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
+  const removeSignalListeners = exitOnSignal(cleanup, log);
 
   let ferryLogLines = 0;
   let notQuiet: string | null = null;
@@ -1142,9 +790,7 @@ async function main(): Promise<number> {
       // Warm-up (JIT, buffers, dante's process pool); also a smoke test.
       const warm = await measureSessions(targets, row, QUICK ? 1 : 2, nofile);
       if (typeof warm === "string" || warm.sessions === 0) {
-        row.failed = `no session completed in the warm-up: ${
-          typeof warm === "string" ? warm : `${warm.errors} errors`
-        }; ${await readTail(row.errFile!)}`;
+        row.failed = await warmUpFailure(warm, row.errFile!);
         log(`${row.label} failed: ${row.failed}`);
         continue;
       }
@@ -1224,8 +870,7 @@ async function main(): Promise<number> {
       await reportStderr(row);
     }
     await cleanup();
-    Deno.removeSignalListener("SIGINT", onSignal);
-    Deno.removeSignalListener("SIGTERM", onSignal);
+    removeSignalListeners();
     await Deno.remove(tmp, { recursive: true }).catch(() => undefined);
   }
 
@@ -1237,11 +882,7 @@ async function main(): Promise<number> {
     ferryLogLines,
     notQuiet,
   );
-  console.log(section);
-  if (WRITE_DOC) {
-    await writeDoc(section);
-    log(`wrote ${DOC}`);
-  }
+  await publish(section);
   // A failed row is reported in the table, not by the exit code.
   return 0;
 }

@@ -55,31 +55,56 @@
  * @module
  */
 import {
-  allStats,
-  canConnect,
   CLK_TCK,
-  type CoreTimes,
-  coreTimes,
-  DOC,
+  compileC,
+  dpkgVersion,
+  endChild,
   env,
+  fdLimit,
+  firstLine,
   fmt,
+  GEN_CORE,
+  killChild,
   Lines,
-  median,
+  machineLines,
   medianRun,
   num,
   OUT,
   pct,
+  publishSection,
   ratio,
+  readPorts,
   readStat,
   readTail,
   ROOT,
   run as runCommand,
   sleep,
+  spread,
+  startWrapped,
+  stopServer as stopTargets,
   stopWrapped,
   table,
-  treeOf,
   which,
 } from "./_common.ts";
+import {
+  busyWarning,
+  type Client,
+  type CpuWindow,
+  type DownloadResult,
+  foreignCpu,
+  medianMibs,
+  medianRate,
+  OTHER_CPU_LIMIT,
+  pinnedClient,
+  runDownload,
+  runSessions,
+  sample,
+  type SampleOptions,
+  type SessionResult,
+  undisturbed as undisturbedBy,
+  waitForQuiet as waitForQuietBy,
+  warmUpFailure,
+} from "./_measure.ts";
 
 const LOADGEN = `${OUT}/forward_loadgen`;
 const CLIENT = `${OUT}/forward_client`;
@@ -106,9 +131,8 @@ const WRITE_DOC = env("FORWARD_BENCH_WRITE") === undefined
   : env("FORWARD_BENCH_WRITE") === "1";
 /** Forwarders and targets run under `timeout` / alarms with this budget. */
 const BUDGET_SECONDS = 900;
-
-const GEN_CORE = "0";
-const FWD_CORE = "1";
+/** Other processes' CPU time is their own, without reaped children (see SampleOptions). */
+const SAMPLING: SampleOptions = { reapedChildren: false };
 
 // ---------------------------------------------------------------------------
 // Small helpers
@@ -180,66 +204,7 @@ async function freePort(): Promise<number> {
 }
 
 // ---------------------------------------------------------------------------
-// /proc: processes and CPU time
-
-interface Sample {
-  t: number;
-  cores: Map<string, CoreTimes>;
-  targetTicks: number;
-  fwdTicks: number;
-  /** Processes this bench did not start: pid -> CPU ticks and start time. */
-  foreign: Map<number, { ticks: number; start: number }>;
-}
-
-interface CpuWindow {
-  genCpu: number; // load generator + targets: CPU seconds per wall second
-  core0Busy: number; // fraction of core 0 busy (any process, incl. kernel)
-  core1Busy: number;
-  fwdCpu: number; // forwarder process tree: CPU seconds per wall second
-  otherCpu: number; // every process this bench did not start, together
-}
-
-async function sample(targetPid: number | undefined, fwdPid: number | undefined): Promise<Sample> {
-  const [cores, stats] = await Promise.all([coreTimes(), allStats()]);
-  const ours = new Set(treeOf(stats, Deno.pid).map((p) => p.pid));
-  const foreign = new Map<number, { ticks: number; start: number }>();
-  // Kernel threads (children of kthreadd, pid 2) are left out: they do this
-  // bench's own network work; /proc/stat's busy figures cover them.
-  for (const p of stats) {
-    if (!ours.has(p.pid) && p.pid !== 2 && p.ppid !== 2) foreign.set(p.pid, p);
-  }
-  const fwdTicks = fwdPid
-    ? treeOf(stats, fwdPid).reduce((sum, p) => sum + p.ticks + p.childTicks, 0)
-    : 0;
-  const target = targetPid ? stats.find((p) => p.pid === targetPid) : undefined;
-  return { t: performance.now(), cores, targetTicks: target?.ticks ?? 0, fwdTicks, foreign };
-}
-
-function foreignCpu(a: Sample, b: Sample): number {
-  let ticks = 0;
-  for (const [pid, q] of b.foreign) {
-    const p = a.foreign.get(pid);
-    ticks += p && p.start === q.start ? q.ticks - p.ticks : q.ticks;
-  }
-  return ticks / CLK_TCK / ((b.t - a.t) / 1000);
-}
-
-function coreBusy(a: Sample, b: Sample, core: string): number {
-  const x = a.cores.get(core), y = b.cores.get(core);
-  if (!x || !y || y.total === x.total) return NaN;
-  return (y.busy - x.busy) / (y.total - x.total);
-}
-
-function cpuWindow(a: Sample, b: Sample, clientCpu: number): CpuWindow {
-  const wall = (b.t - a.t) / 1000;
-  return {
-    genCpu: (clientCpu + (b.targetTicks - a.targetTicks) / CLK_TCK) / wall,
-    core0Busy: coreBusy(a, b, GEN_CORE),
-    core1Busy: coreBusy(a, b, FWD_CORE),
-    fwdCpu: (b.fwdTicks - a.fwdTicks) / CLK_TCK / wall,
-    otherCpu: foreignCpu(a, b),
-  };
-}
+// Waiting for quiet
 
 /** What is left of the run's budget for waiting for quiet, in ms. */
 let quietBudgetMs = num("FORWARD_BENCH_QUIET_WAIT", QUICK ? 5 : 60) * 1000;
@@ -260,30 +225,16 @@ function takeRepeat(): boolean {
  */
 async function waitForQuiet(): Promise<string | null> {
   const started = Date.now();
-  const limit = started + Math.max(0, quietBudgetMs);
-  let said = false;
-  for (;;) {
-    if (stopping) throw new Interrupted();
-    const a = await sample(undefined, undefined);
-    await sleep(2000);
-    const b = await sample(undefined, undefined);
-    const busy = [coreBusy(a, b, GEN_CORE), coreBusy(a, b, FWD_CORE)];
-    const other = foreignCpu(a, b);
-    const what = `core 0 ${pct(busy[0]!)} busy, core 1 ${pct(busy[1]!)} busy, ` +
-      `other processes ${pct(other)} of a core`;
-    if (Math.max(busy[0]!, busy[1]!) < 0.1 && other < 0.1) {
-      if (said) log(`quiet now (${what})`);
-      quietBudgetMs -= Date.now() - started;
-      return null;
-    }
-    if (Date.now() > limit) {
-      log(`the machine is not quiet (${what}); measuring anyway`);
-      quietBudgetMs -= Date.now() - started;
-      return what;
-    }
-    if (!said) log(`waiting for the machine to be quiet (${what})`);
-    said = true;
-  }
+  const what = await waitForQuietBy({
+    ...SAMPLING,
+    timeoutMs: Math.max(0, quietBudgetMs),
+    log,
+    check: () => {
+      if (stopping) throw new Interrupted();
+    },
+  });
+  quietBudgetMs -= Date.now() - started;
+  return what;
 }
 
 // ---------------------------------------------------------------------------
@@ -326,23 +277,11 @@ async function loadgenSource(): Promise<string | null> {
 }
 
 async function compile(): Promise<{ loadgen: string | null }> {
-  await Deno.mkdir(OUT, { recursive: true });
-  const cc = (await which("cc")) ?? (await which("gcc")) ?? "cc";
-  await run([cc, "-O2", "-Wall", "-o", CLIENT, `${ROOT}/bench/forward_client.c`]);
-  await run([cc, "-O2", "-Wall", "-o", DELAY_LINK, `${ROOT}/bench/delay_link.c`]);
+  await compileC(`${ROOT}/bench/forward_client.c`, CLIENT);
+  await compileC(`${ROOT}/bench/delay_link.c`, DELAY_LINK);
   const src = await loadgenSource();
-  if (src) await run([cc, "-O2", "-Wall", "-o", LOADGEN, src]);
+  if (src) await compileC(src, LOADGEN);
   return { loadgen: src };
-}
-
-async function fdLimit(): Promise<number> {
-  const want = 65536;
-  const probe = await run(["prlimit", `--nofile=${want}:${want}`, "true"], { allowFail: true });
-  if (probe.code === 0) return want;
-  const limits = await Deno.readTextFile("/proc/self/limits");
-  const m = limits.match(/^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m);
-  const hard = m?.[2] === "unlimited" ? want : Number(m?.[2] ?? 1024);
-  return Math.min(want, hard);
 }
 
 // ---------------------------------------------------------------------------
@@ -381,33 +320,14 @@ async function startTargets(nofile: number, bind: string, netns?: string): Promi
   }, "service");
   const stdin = child.stdin.getWriter();
   const lines = new Lines(child.stdout);
-  const ports: Record<string, number> = {};
-  for (;;) {
-    const line = await lines.next(15_000);
-    if (line === null) {
-      await stopTargets({ child, stdin, echo: 0, echoOpen: 0 });
-      throw new Error(`forward_client serve on ${bind} did not start`);
-    }
-    if (line === "ready") break;
-    const [name, port] = line.split(" ");
-    if (name && port) ports[name] = Number(port);
+  const ports = await readPorts(lines, 15_000);
+  if (ports === null) {
+    await stopTargets({ child, stdin });
+    throw new Error(`forward_client serve on ${bind} did not start`);
   }
   const echo = ports["echo"], echoOpen = ports["echo-open"];
   if (!echo || !echoOpen) throw new Error("forward_client serve did not print its ports");
   return { child, stdin, echo, echoOpen };
-}
-
-async function stopTargets(t: Targets): Promise<void> {
-  await t.stdin.close().catch(() => undefined); // EOF: the server exits
-  const done = await Promise.race([t.child.status.then(() => true), sleep(3000)]);
-  if (!done) {
-    try {
-      t.child.kill("SIGKILL");
-    } catch {
-      // gone
-    }
-  }
-  await t.child.status.catch(() => undefined);
 }
 
 // ---------------------------------------------------------------------------
@@ -444,7 +364,6 @@ async function startForwarder(
   f.port = await freePort();
   f.errFile = `${tmp}/${f.id}${tag}.stderr`;
   delete f.failed;
-  delete f.pid;
   let cmd: string[];
   let expect: string;
   if (f.id === "haproxy") {
@@ -510,45 +429,17 @@ async function startForwarder(
     ];
     expect = "deno";
   }
-  const wrapped = [
-    "timeout",
-    "-k",
-    "5",
-    String(BUDGET_SECONDS),
-    "prlimit",
-    `--nofile=${nofile}:${nofile}`,
-    "taskset",
-    "-c",
-    FWD_CORE,
-    ...cmd,
-  ];
-  // sh sends the forwarder's stdout and stderr to files, then execs `timeout`.
-  f.child = spawn("sh", {
-    args: ["-c", 'exec >"$1.stdout" 2>"$1"; shift; exec "$@"', "sh", f.errFile, ...wrapped],
+  const failed = await startWrapped(f, {
+    cmd,
+    expect,
+    port: f.port,
+    errFile: f.errFile,
+    budgetSeconds: BUDGET_SECONDS,
+    nofile,
     cwd: ROOT,
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }, "service");
-  f.wrapperPid = f.child.pid;
-  let exited = false;
-  f.child.status.then(() => (exited = true));
-
-  const deadline = Date.now() + (expect === "deno" ? 120_000 : 20_000);
-  while (Date.now() < deadline && !exited) {
-    if (f.pid === undefined) {
-      const kids = (await allStats()).filter((s) => s.ppid === f.wrapperPid);
-      const proc = kids.find((s) => s.comm.startsWith(expect));
-      if (proc) f.pid = proc.pid;
-    }
-    if (f.pid !== undefined && (await canConnect(f.port))) return;
-    await sleep(100);
-  }
-  await stopWrapped(f);
-  const tail = await readTail(f.errFile);
-  f.failed = exited
-    ? `exited at start: ${tail || "(no output)"}`
-    : `did not accept connections on 127.0.0.1:${f.port} in time: ${tail || "(no output)"}`;
+    spawn: (program, options) => spawn(program, options, "service"),
+  });
+  if (failed) f.failed = failed;
 }
 
 /**
@@ -647,15 +538,7 @@ async function stopLink(link: Link): Promise<void> {
         // leave it out
       }
     }
-    const done = await Promise.race([link.child.status.then(() => true), sleep(3000)]);
-    if (!done) {
-      try {
-        link.child.kill("SIGKILL");
-      } catch {
-        // gone
-      }
-    }
-    await link.child.status.catch(() => undefined);
+    await endChild(link.child);
     delete link.child;
   }
   // The devices vanish with the program's file descriptors; make sure.
@@ -695,13 +578,7 @@ async function clientJson(
     if (line === null) break;
     if (line.startsWith("{")) json = JSON.parse(line);
   }
-  if (json === null) {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // gone
-    }
-  }
+  if (json === null) killChild(child);
   await child.status;
   return json ?? `${args[0]} failed: ${(await stderr).trim() || "no result"}`;
 }
@@ -852,7 +729,7 @@ async function measureTtfb(nofile: number, tmp: string): Promise<TtfbResult> {
         const target = portOf.get(row.id);
         if (row.failed || !target) continue;
         for (let tries = 0;;) {
-          const before = await sample(undefined, undefined);
+          const before = await sample(undefined, undefined, SAMPLING);
           const r = await clientJson(
             [
               "ttfb",
@@ -874,15 +751,15 @@ async function measureTtfb(nofile: number, tmp: string): Promise<TtfbResult> {
             log(`${row.label}: ${r}`);
             break;
           }
-          const other = foreignCpu(before, await sample(undefined, undefined));
-          if (other > 0.1 && tries < 2 && takeRepeat()) {
+          const other = foreignCpu(before, await sample(undefined, undefined, SAMPLING));
+          if (other > OTHER_CPU_LIMIT && tries < 2 && takeRepeat()) {
             tries++;
             row.repeats++;
             log(`${row.label}, slice ${slice + 1}: other processes used ${pct(other)}; again`);
             await waitForQuiet();
             continue;
           }
-          if (other > 0.1) row.disturbed = Math.max(row.disturbed, other);
+          if (other > OTHER_CPU_LIMIT) row.disturbed = Math.max(row.disturbed, other);
           const got = r.first_byte_samples_ms as number[];
           const connects = r.connect_samples_ms as number[];
           const slow = got.map((ms, i) => [i, ms] as const).filter(([, ms]) => ms > 5 * RTT_MS);
@@ -922,21 +799,6 @@ async function measureTtfb(nofile: number, tmp: string): Promise<TtfbResult> {
 // ---------------------------------------------------------------------------
 // Part 2: sessions per second and one-stream download on loopback
 
-interface SessionResult {
-  rate: number;
-  sessions: number;
-  errors: number;
-  p50Ms: number;
-  p99Ms: number;
-  cpu: CpuWindow;
-}
-
-interface DownloadResult {
-  mibPerS: number;
-  endedEarly: boolean;
-  cpu: CpuWindow;
-}
-
 interface LoadRow extends Forwarder {
   sessions: SessionResult[];
   downloads: DownloadResult[];
@@ -947,76 +809,36 @@ interface LoadRow extends Forwarder {
 /**
  * Runs a measurement; when other processes used more than 10% of a core
  * during its window, waits for the machine to be quiet and runs it again (at
- * most twice). The last result counts.
+ * most twice, within the run's budget of repeats). The last result counts.
  */
-async function undisturbed<T extends { cpu: CpuWindow }>(
+function undisturbed<T extends { cpu: CpuWindow }>(
   row: LoadRow,
   what: string,
   measure: () => Promise<T | string>,
 ): Promise<T | string> {
-  for (let attempt = 0;; attempt++) {
-    const result = await measure();
-    if (typeof result === "string" || result.cpu.otherCpu <= 0.1 || attempt >= 2) return result;
-    if (!takeRepeat()) return result;
+  return undisturbedBy(measure, async (otherCpu) => {
+    if (!takeRepeat()) return false;
     row.repeats++;
-    log(`${row.label} ${what}: other processes used ${pct(result.cpu.otherCpu)}; again`);
+    log(`${row.label} ${what}: other processes used ${pct(otherCpu)}; again`);
     await waitForQuiet();
-  }
+    return true;
+  });
 }
 
-interface ClientRun {
-  json: Record<string, unknown> | null;
-  cpu: CpuWindow | null;
-  stderr: string;
-}
-
-/** Runs a client on core 0, sampling /proc at its M (measuring) and E (end) marks. */
-async function runMarked(
-  program: string,
-  args: string[],
-  targets: Targets,
-  row: LoadRow,
-  timeoutMs: number,
-  nofile: number,
-): Promise<ClientRun> {
-  const child = spawn("prlimit", {
-    args: [`--nofile=${nofile}:${nofile}`, "taskset", "-c", GEN_CORE, program, ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }, "client");
-  const stderrText = new Response(child.stderr).text();
-  const lines = new Lines(child.stdout);
-  let start: Sample | null = null, end: Sample | null = null;
-  let json: Record<string, unknown> | null = null;
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const line = await lines.next(Math.max(1, deadline - Date.now()));
-    if (line === null) break;
-    if (line === "M") start = await sample(targets.child.pid, row.pid);
-    else if (line === "E") end = await sample(targets.child.pid, row.pid);
-    else if (line.startsWith("{")) {
-      json = JSON.parse(line);
-      break;
-    }
-  }
-  if (json === null) {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // gone
-    }
-  }
-  await child.status;
-  const stderr = await stderrText;
-  const clientCpu = typeof json?.cpu === "number" ? json.cpu : 0;
-  return { json, cpu: start && end ? cpuWindow(start, end, clientCpu) : null, stderr };
-}
+/** Runs clients on core 0, sampling the target and the row's forwarder. */
+const client = (targets: Targets, row: LoadRow, nofile: number): Client =>
+  pinnedClient({
+    ...SAMPLING,
+    nofile,
+    targetPid: targets.child.pid,
+    proxyPid: row.pid,
+    spawn: (program, options) => spawn(program, options, "client"),
+  });
 
 /** Where the client connects: the forwarder, or (direct) the target itself. */
 const portFor = (row: LoadRow, targets: Targets) => row.id === "direct" ? targets.echo : row.port;
 
-async function measureSessions(
+function measureSessions(
   targets: Targets,
   row: LoadRow,
   seconds: number,
@@ -1024,72 +846,26 @@ async function measureSessions(
 ): Promise<SessionResult | string> {
   // loadgen's `sessions` with --proxy none: connect to 127.0.0.1:P, send 64
   // bytes, read the 64-byte echo, close; P is the forwarder (or the target).
-  const r = await runMarked(
+  return runSessions(
+    client(targets, row, nofile),
     LOADGEN,
-    [
-      "sessions",
-      "--proxy",
-      "none",
-      "--target-port",
-      String(portFor(row, targets)),
-      "--conc",
-      String(CONCURRENCY),
-      "--payload",
-      String(PAYLOAD),
-      "--seconds",
-      String(seconds),
-      "--warmup",
-      String(WARMUP_SECONDS),
-    ],
-    targets,
-    row,
-    (seconds + WARMUP_SECONDS + 30) * 1000,
-    nofile,
+    ["--proxy", "none", "--target-port", String(portFor(row, targets))],
+    { concurrency: CONCURRENCY, payload: PAYLOAD, seconds, warmupSeconds: WARMUP_SECONDS },
   );
-  if (!r.json || !r.cpu) return `session run failed: ${r.stderr.trim() || "no result"}`;
-  const j = r.json as Record<string, number>;
-  return {
-    rate: j.rate ?? 0,
-    sessions: j.sessions ?? 0,
-    errors: j.errors ?? 0,
-    p50Ms: (j.p50_us ?? 0) / 1000,
-    p99Ms: (j.p99_us ?? 0) / 1000,
-    cpu: r.cpu,
-  };
 }
 
-async function measureDownload(
+function measureDownload(
   targets: Targets,
   row: LoadRow,
   seconds: number,
   nofile: number,
 ): Promise<DownloadResult | string> {
-  const r = await runMarked(
+  return runDownload(
+    client(targets, row, nofile),
     CLIENT,
-    [
-      "download",
-      "--port",
-      String(portFor(row, targets)),
-      "--seconds",
-      String(seconds),
-      "--warmup",
-      String(WARMUP_SECONDS),
-    ],
-    targets,
-    row,
-    (seconds + WARMUP_SECONDS + 30) * 1000,
-    nofile,
+    ["--port", String(portFor(row, targets))],
+    { seconds, warmupSeconds: WARMUP_SECONDS },
   );
-  if (!r.json || !r.cpu) {
-    const why = typeof r.json?.error === "string" ? r.json.error : r.stderr.trim();
-    return `download failed: ${why || "no result"}`;
-  }
-  const j = r.json as Record<string, number | boolean>;
-  return {
-    mibPerS: Number(j.mib_s ?? 0),
-    endedEarly: j.stream_ended_early === true,
-    cpu: r.cpu,
-  };
 }
 
 async function measureLoad(
@@ -1131,9 +907,7 @@ async function measureLoad(
         ? await measureSessions(t, row, QUICK ? 1 : 2, nofile)
         : { sessions: 1, errors: 0, rate: NaN };
       if (typeof warm === "string" || warm.sessions === 0) {
-        row.failed = `no session completed in the warm-up: ${
-          typeof warm === "string" ? warm : `${warm.errors} errors`
-        }; ${await readTail(row.errFile!)}`;
+        row.failed = await warmUpFailure(warm, row.errFile!);
         log(`${row.label} failed: ${row.failed}`);
         continue;
       }
@@ -1181,7 +955,7 @@ async function measureLoad(
           typeof s === "string"
             ? `round ${round} ${row.label}: ${fmt(d.mibPerS)} MiB/s`
             : `round ${round} ${row.label}: ${fmt(s.rate)} sessions/s (${s.errors} errors, ` +
-              `gen ${pct(s.cpu.genCpu)}, fwd ${pct(s.cpu.fwdCpu)}), ${fmt(d.mibPerS)} MiB/s`,
+              `gen ${pct(s.cpu.genCpu)}, fwd ${pct(s.cpu.proxyCpu)}), ${fmt(d.mibPerS)} MiB/s`,
         );
         if (row.pid !== undefined && (await readStat(row.pid)) === null) {
           row.failed = `the forwarder exited: ${await readTail(row.errFile ?? "")}`;
@@ -1329,17 +1103,7 @@ function loadReport(rows: LoadRow[] | null, notQuiet: string | null): string[] {
     "",
   ];
   if (!rows) return [...out, "Not run (FORWARD_BENCH_PARTS).", ""];
-  const windows = rows.flatMap((r) => [...r.sessions, ...r.downloads].map((x) => x.cpu.otherCpu));
-  const worst = Math.max(0, ...windows.filter(Number.isFinite));
-  if (notQuiet || worst > 0.1) {
-    out.push(
-      `**Warning: other processes were using the CPU during this run** (${
-        notQuiet ? `before it: ${notQuiet}; ` : ""
-      }up to ${pct(worst)} of a core during a measured window), so these figures are low ` +
-        "and noisy. Run again on a quiet machine.",
-      "",
-    );
-  }
+  out.push(...busyWarning(rows, notQuiet));
   const repeats = rows.reduce((a, r) => a + r.repeats, 0);
   if (repeats) {
     out.push(
@@ -1348,11 +1112,6 @@ function loadReport(rows: LoadRow[] | null, notQuiet: string | null): string[] {
       "",
     );
   }
-  const rate = (
-    r?: LoadRow,
-  ) => (r && r.sessions.length ? median(r.sessions.map((s) => s.rate)) : NaN);
-  const mibs = (r?: LoadRow) =>
-    r && r.downloads.length ? median(r.downloads.map((d) => d.mibPerS)) : NaN;
   const direct = rows.find((r) => r.id === "direct");
   const label = (r: LoadRow) => (r.failed ? `${r.label} (failed)` : r.label);
   out.push(
@@ -1362,13 +1121,13 @@ function loadReport(rows: LoadRow[] | null, notQuiet: string | null): string[] {
         const m = medianRun(r.sessions, (s) => s.rate);
         return [
           label(r),
-          fmt(rate(r)),
-          r.id === "direct" ? "1.00×" : ratio(rate(r) / rate(direct)),
+          fmt(medianRate(r)),
+          r.id === "direct" ? "1.00×" : ratio(medianRate(r) / medianRate(direct)),
           m ? fmt(m.p50Ms, 2) : "—",
           m ? fmt(m.p99Ms, 2) : "—",
           fmt(r.sessions.reduce((a, s) => a + s.errors, 0)),
-          fmt(mibs(r)),
-          r.id === "direct" ? "1.00×" : ratio(mibs(r) / mibs(direct)),
+          fmt(medianMibs(r)),
+          r.id === "direct" ? "1.00×" : ratio(medianMibs(r) / medianMibs(direct)),
         ];
       }),
     ),
@@ -1386,7 +1145,7 @@ function loadReport(rows: LoadRow[] | null, notQuiet: string | null): string[] {
       ? [
         pct(c.genCpu),
         pct(c.core0Busy),
-        r.id === "direct" ? "n/a" : pct(c.fwdCpu),
+        r.id === "direct" ? "n/a" : pct(c.proxyCpu),
         pct(c.core1Busy),
         pct(c.otherCpu),
       ]
@@ -1396,11 +1155,10 @@ function loadReport(rows: LoadRow[] | null, notQuiet: string | null): string[] {
     ...table(
       ["", "sessions/s (median)", "min – max", ...cpuHeader],
       rows.map((r) => {
-        const v = r.sessions.map((s) => s.rate);
         return [
           label(r),
-          fmt(rate(r)),
-          v.length ? `${fmt(Math.min(...v))} – ${fmt(Math.max(...v))}` : "—",
+          fmt(medianRate(r)),
+          spread(r.sessions.map((s) => s.rate)),
           ...cpuCells(r, medianRun(r.sessions, (s) => s.rate)?.cpu),
         ];
       }),
@@ -1412,12 +1170,11 @@ function loadReport(rows: LoadRow[] | null, notQuiet: string | null): string[] {
     ...table(
       ["", "MiB/s (median)", "min – max", ...cpuHeader],
       rows.map((r) => {
-        const v = r.downloads.map((d) => d.mibPerS);
         const early = r.downloads.some((d) => d.endedEarly);
         return [
           label(r) + (early ? " (stream ended early)" : ""),
-          fmt(mibs(r)),
-          v.length ? `${fmt(Math.min(...v))} – ${fmt(Math.max(...v))}` : "—",
+          fmt(medianMibs(r)),
+          spread(r.downloads.map((d) => d.mibPerS)),
           ...cpuCells(r, medianRun(r.downloads, (d) => d.mibPerS)?.cpu),
         ];
       }),
@@ -1460,30 +1217,8 @@ function problemsReport(ttfb: TtfbResult | null, load: LoadRow[] | null): string
 }
 
 async function machineInfo(loadgenSrc: string | null): Promise<string[]> {
-  const first = async (cmd: string[], match?: RegExp) => {
-    const r = await run(cmd, { allowFail: true });
-    const lines = (r.stdout || r.stderr).trim().split("\n");
-    return (match ? lines.find((l) => match.test(l)) : lines[0])?.trim() ?? "";
-  };
-  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
-  const model = cpuinfo.match(/^model name\s*:\s*(.*)$/m)?.[1] ?? "unknown";
-  const memKiB = Number(
-    (await Deno.readTextFile("/proc/meminfo")).match(/^MemTotal:\s+(\d+)/m)?.[1] ?? 0,
-  );
-  const osRelease = await Deno.readTextFile("/etc/os-release").catch(() => "");
-  const os = osRelease.match(/^PRETTY_NAME="?([^"\n]*)"?/m)?.[1] ?? "unknown";
-  const dpkgVersion = (pkg: string) => first(["dpkg-query", "-W", "-f", "${Version}", pkg]);
-  const commit = await first(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
-  const dirty = (await run(["git", "-C", ROOT, "status", "--porcelain", "--", "src"], {
-    allowFail: true,
-  })).stdout.trim() !== "";
   return [
-    `- Date: ${new Date().toISOString().replace(/\.\d+Z$/, "Z")}`,
-    `- Machine: ${await first(["nproc", "--all"])} cores (${model}), ${
-      (memKiB / 1048576).toFixed(1)
-    } GiB RAM, ${os}, kernel ${await first(["uname", "-r"])}`,
-    `- ferry: commit ${commit}${dirty ? " plus uncommitted changes in src/" : ""}, ` +
-    `Deno ${Deno.version.deno} (V8 ${Deno.version.v8})`,
+    ...(await machineLines()),
     `- haproxy: Debian haproxy ${await dpkgVersion(
       "haproxy",
     )}; socat: Debian socat ${await dpkgVersion(
@@ -1491,7 +1226,7 @@ async function machineInfo(loadgenSrc: string | null): Promise<string[]> {
     )}`,
     `- Clients and targets: bench/forward_client.c, bench/delay_link.c${
       loadgenSrc ? ` and ${loadgenSrc.startsWith(ROOT) ? "bench/loadgen.c" : loadgenSrc}` : ""
-    }, built with ${await first(["cc", "--version"])}`,
+    }, built with ${await firstLine(["cc", "--version"])}`,
   ];
 }
 
@@ -1581,20 +1316,16 @@ Ctrl-C.
 ### Results
 `;
 
-async function writeDoc(section: string): Promise<void> {
-  let doc: string;
-  try {
-    doc = await Deno.readTextFile(DOC);
-  } catch {
-    doc = `${METHOD}\n${START}\n${END}\n`;
-  }
-  const a = doc.indexOf(START), b = doc.indexOf(END);
-  const body = `${START}\n\n${section}\n\n${END}`;
-  if (a >= 0 && b > a) doc = doc.slice(0, a) + body + doc.slice(b + END.length);
-  else doc = `${doc.trimEnd()}\n\n${body}\n`;
-  await Deno.writeTextFile(DOC, doc);
-  // Keep the file as `deno fmt` wants it, so `deno fmt --check` stays green.
-  await run([Deno.execPath(), "fmt", "--quiet", DOC], { allowFail: true });
+/** Prints the report and writes it into BENCHMARKS.md (see FORWARD_BENCH_WRITE). */
+function publish(section: string): Promise<void> {
+  return publishSection(section, {
+    start: START,
+    end: END,
+    newFile: `${METHOD}\n${START}\n${END}\n`,
+    heading: "",
+    write: WRITE_DOC,
+    log,
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -1623,13 +1354,7 @@ async function main(): Promise<number> {
     log("interrupted: stopping what this bench started");
     // The running client ends at once; the main flow then unwinds through its
     // `finally` blocks, which stop the forwarders, targets and link in order.
-    for (const child of liveClients) {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // gone
-      }
-    }
+    for (const child of liveClients) killChild(child);
     // Should the main flow hang, tear down from here after 30 s.
     const fallback = setTimeout(async () => {
       for (const step of [...cleanups].reverse()) await step().catch(() => undefined);
@@ -1683,11 +1408,7 @@ async function main(): Promise<number> {
     load,
     (performance.now() - started) / 1000,
   );
-  console.log(section);
-  if (WRITE_DOC) {
-    await writeDoc(section);
-    log(`wrote ${DOC}`);
-  }
+  await publish(section);
   return 0;
 }
 

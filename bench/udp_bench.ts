@@ -30,23 +30,36 @@
  */
 import {
   allStats,
-  canConnect,
+  aptInstall,
   CLK_TCK,
-  DOC,
+  compileC,
+  type CoreTimes,
+  coreTimes,
+  danteCommand,
   env,
+  exitOnSignal,
   ferryRunFlags,
   fmt,
   freePort,
+  GEN_CORE,
   Lines,
   OUT,
+  PROXY_CORE,
+  type ProxyCommand,
+  publishSection,
+  readPorts,
   readTail,
   ROOT,
   run,
   sleep,
+  startWrapped,
+  stopServer,
   stopWrapped,
+  table,
   treeOf,
   which,
 } from "./_common.ts";
+import { OTHER_CPU_LIMIT, readMarked } from "./_measure.ts";
 
 const LOADGEN = `${OUT}/udp_loadgen`;
 const START = "<!-- udp-bench:start -->";
@@ -59,10 +72,6 @@ const WARMUP_SECONDS = 0.5;
 const PAYLOAD = 64;
 const WRITE_DOC = env("UDP_BENCH_WRITE") !== "0";
 const PROXY_BUDGET_SECONDS = 300;
-const GEN_CORE = "0";
-const PROXY_CORE = "1";
-/** Runs during which other processes used more than this (cores) are repeated. */
-const OTHER_CPU_LIMIT = 0.1;
 
 // ---------------------------------------------------------------------------
 // Small helpers (the shared ones are in bench/_common.ts)
@@ -72,13 +81,8 @@ const log = (text: string) => console.error(`udp-bench: ${text}`);
 // ---------------------------------------------------------------------------
 // /proc: processes and CPU time
 
-async function coreBusyTicks(core: string): Promise<{ busy: number; total: number }> {
-  const text = await Deno.readTextFile("/proc/stat");
-  const m = text.match(new RegExp(`^cpu${core}\\s+(.*)$`, "m"));
-  const v = (m?.[1] ?? "").trim().split(/\s+/).map(Number);
-  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = v;
-  const busy = user + nice + system + irq + softirq + steal;
-  return { busy, total: busy + idle + iowait };
+async function coreBusyTicks(core: string): Promise<CoreTimes> {
+  return (await coreTimes()).get(core) ?? { busy: 0, total: 0 };
 }
 
 /** The kernel's UDP counters (all sockets): receive-buffer overflows and the like. */
@@ -96,7 +100,7 @@ interface Sample {
   foreign: Map<number, { ticks: number; start: number }>;
   snmp: Record<string, number>;
   proxyTicks: number;
-  core1: { busy: number; total: number };
+  core1: CoreTimes;
 }
 
 async function sample(pid: number | undefined): Promise<Sample> {
@@ -192,59 +196,26 @@ async function ensurePackages(): Promise<void> {
   if (!(await which("danted"))) missing.push("dante-server");
   if (!(await which("cc")) && !(await which("gcc"))) missing.push("gcc");
   if (!(await which("taskset"))) missing.push("util-linux");
-  if (missing.length === 0) return;
-  log(`installing ${missing.join(" ")} with apt-get`);
-  const aptEnv = { ...Deno.env.toObject(), DEBIAN_FRONTEND: "noninteractive" };
-  const install = ["apt-get", "install", "-y", "-q", ...new Set(missing)];
-  let result = await run(install, { allowFail: true, env: aptEnv });
-  if (result.code !== 0) {
-    await run(["apt-get", "update", "-q"], { allowFail: true, env: aptEnv });
-    result = await run(install, { allowFail: true, env: aptEnv });
-  }
-  if (result.code !== 0) throw new Error(`apt-get install failed:\n${result.stderr}`);
+  await aptInstall(missing, log);
 }
 
-function danteConfig(dir: string, port: number): string {
-  return [
-    `logoutput: ${dir}/danted.log`,
-    `internal: 127.0.0.1 port = ${port}`,
-    "external: 127.0.0.1",
-    "clientmethod: none",
-    "socksmethod: none",
-    "user.privileged: root",
-    "user.unprivileged: nobody",
-    "client pass {",
-    "  from: 127.0.0.0/8 to: 0.0.0.0/0",
-    "}",
-    "socks pass {",
-    "  from: 127.0.0.0/8 to: 0.0.0.0/0",
-    "  command: udpassociate",
-    "}",
-    "socks pass {",
-    "  from: 0.0.0.0/0 to: 127.0.0.0/8",
-    "  command: udpreply",
-    "}",
-    "",
-  ].join("\n");
-}
-
-async function startProxy(row: Row, tmp: string, nofile: number): Promise<void> {
+async function startProxy(row: Row, tmp: string, nofile: number | undefined): Promise<void> {
   row.port = freePort();
   row.errFile = `${tmp}/${row.id}.stderr`;
-  let cmd: string[];
-  let cwd = ROOT;
-  const procEnv: Record<string, string> = { ...Deno.env.toObject() };
+  let command: ProxyCommand;
   if (row.id === "dante") {
-    const dir = `${tmp}/dante`;
-    await Deno.mkdir(dir, { recursive: true });
-    await Deno.chmod(dir, 0o777);
-    const conf = `${dir}/danted.conf`;
-    await Deno.writeTextFile(conf, danteConfig(dir, row.port));
-    procEnv.TMPDIR = dir;
-    cwd = dir;
-    cmd = [(await which("danted")) ?? "danted", "-f", conf, "-N", "1"];
+    command = await danteCommand(tmp, row.port, [
+      "socks pass {",
+      "  from: 127.0.0.0/8 to: 0.0.0.0/0",
+      "  command: udpassociate",
+      "}",
+      "socks pass {",
+      "  from: 0.0.0.0/0 to: 127.0.0.0/8",
+      "  command: udpreply",
+      "}",
+    ]);
   } else {
-    cmd = [
+    const cmd = [
       Deno.execPath(),
       "run",
       ...ferryRunFlags(),
@@ -255,46 +226,17 @@ async function startProxy(row: Row, tmp: string, nofile: number): Promise<void> 
       "--log-level",
       "warn",
     ];
+    command = { cmd, cwd: ROOT };
   }
-  const wrapped = [
-    "timeout",
-    "-k",
-    "5",
-    String(PROXY_BUDGET_SECONDS),
-    ...(nofile > 0 ? ["prlimit", `--nofile=${nofile}:${nofile}`] : []),
-    "taskset",
-    "-c",
-    PROXY_CORE,
-    ...cmd,
-  ];
-  row.child = new Deno.Command("sh", {
-    args: ["-c", 'exec >"$1.stdout" 2>"$1"; shift; exec "$@"', "sh", row.errFile, ...wrapped],
-    cwd,
-    env: procEnv,
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  row.wrapperPid = row.child.pid;
-  let exited = false;
-  row.child.status.then(() => (exited = true));
-  const expect = row.id === "dante" ? "danted" : "deno";
-  const deadline = Date.now() + (row.id === "ferry" ? 120_000 : 20_000);
-  while (Date.now() < deadline && !exited) {
-    if (row.pid === undefined) {
-      const kid = (await allStats()).find((s) =>
-        s.ppid === row.wrapperPid && s.comm.startsWith(expect)
-      );
-      if (kid) row.pid = kid.pid;
-    }
-    if (row.pid !== undefined && (await canConnect(row.port))) return;
-    await sleep(100);
-  }
-  await stopWrapped(row);
-  const tail = await readTail(row.errFile);
-  row.failed = exited
-    ? `exited at start: ${tail || "(no output)"}`
-    : `did not accept connections in time: ${tail || "(no output)"}`;
+  const failed = await startWrapped(row, {
+    ...command,
+    expect: row.id === "dante" ? "danted" : "deno",
+    port: row.port,
+    errFile: row.errFile,
+    budgetSeconds: PROXY_BUDGET_SECONDS,
+    nofile,
+  });
+  if (failed) row.failed = failed;
 }
 
 // ---------------------------------------------------------------------------
@@ -313,15 +255,9 @@ async function startEcho(): Promise<Echo> {
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
-  const lines = new Lines(child.stdout);
-  let port = 0;
-  for (;;) {
-    const line = await lines.next(10_000);
-    if (line === null) throw new Error("udp_loadgen echo did not start");
-    if (line === "ready") break;
-    const [name, p] = line.split(" ");
-    if (name === "echo" && p) port = Number(p);
-  }
+  const ports = await readPorts(new Lines(child.stdout), 10_000);
+  if (ports === null) throw new Error("udp_loadgen echo did not start");
+  const port = ports.echo;
   if (!port) throw new Error("udp_loadgen echo did not print its port");
   return { child, stdin: child.stdin.getWriter(), port };
 }
@@ -350,31 +286,15 @@ async function measure(row: Row, echo: Echo, rate: number, seconds: number): Pro
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const stderrText = new Response(child.stderr).text();
-  const lines = new Lines(child.stdout);
-  let a: Sample | null = null, b: Sample | null = null;
-  let json: Record<string, number | string> | null = null;
-  const deadline = Date.now() + (seconds + WARMUP_SECONDS + 20) * 1000;
-  for (;;) {
-    const line = await lines.next(Math.max(1, deadline - Date.now()));
-    if (line === null) break;
-    if (line === "M") a = await sample(row.pid);
-    else if (line === "E") b = await sample(row.pid);
-    else if (line.startsWith("{")) {
-      json = JSON.parse(line);
-      break;
-    }
-  }
-  if (json === null) {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // gone
-    }
-  }
-  await child.status;
+  const marked = await readMarked(
+    child,
+    (seconds + WARMUP_SECONDS + 20) * 1000,
+    () => sample(row.pid),
+  );
+  const { start: a, end: b } = marked;
+  const json = marked.json as Record<string, number | string> | null;
   const c = await sample(undefined);
-  const stderr = (await stderrText).trim();
+  const stderr = marked.stderr.trim();
   const nan = NaN;
   const failed = (error: string): Result => ({
     rate,
@@ -456,17 +376,13 @@ function report(
     "core 1 busy",
     "other processes CPU",
   ];
-  out.push(`| ${header.join(" | ")} |`);
-  out.push(`| ${header.map((_, i) => (i === 0 ? "---" : "---:")).join(" | ")} |`);
-  for (const r of rows) {
-    if (r.failed && r.results.length === 0) {
-      out.push(`| ${r.label} (failed) | ${header.slice(1).map(() => "—").join(" | ")} |`);
-      continue;
-    }
-    for (const x of r.results) {
-      out.push(
-        `| ${
-          [
+  out.push(
+    ...table(
+      header,
+      rows.flatMap((r) =>
+        r.failed && r.results.length === 0
+          ? [[`${r.label} (failed)`, ...header.slice(1).map(() => "—")]]
+          : r.results.map((x) => [
             x.error ? `${r.label} (failed)` : r.label,
             fmt(x.rate),
             fmt(x.sent),
@@ -479,11 +395,10 @@ function report(
             r.id === "direct" ? "n/a" : pct(x.proxyCpu),
             pct(x.core1Busy),
             pct(x.otherCpu),
-          ].join(" | ")
-        } |`,
-      );
-    }
-  }
+          ])
+      ),
+    ),
+  );
   const notes: string[] = [];
   for (const r of rows) {
     if (r.failed) notes.push(`- ${r.label}: ${r.failed.replace(/\s+/g, " ").slice(0, 400)}`);
@@ -540,14 +455,16 @@ const METHOD = [
   "server (also on core 0) and relays the echoes back. Loss counts datagrams with no reply.",
 ].join("\n");
 
-async function writeDoc(section: string): Promise<void> {
-  let doc = await Deno.readTextFile(DOC).catch(() => "# Benchmarks\n");
-  const a = doc.indexOf(START), b = doc.indexOf(END);
-  const body = `${START}\n\n${section}\n\n${END}`;
-  if (a >= 0 && b > a) doc = doc.slice(0, a) + body + doc.slice(b + END.length);
-  else doc = `${doc.trimEnd()}\n\n${METHOD}\n\n${body}\n`;
-  await Deno.writeTextFile(DOC, doc);
-  await run([Deno.execPath(), "fmt", "--quiet", DOC], { allowFail: true });
+/** Prints the report and writes it into BENCHMARKS.md (see UDP_BENCH_WRITE). */
+function publish(section: string): Promise<void> {
+  return publishSection(section, {
+    start: START,
+    end: END,
+    newFile: "# Benchmarks\n",
+    heading: `${METHOD}\n\n`,
+    write: WRITE_DOC,
+    log,
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -557,14 +474,13 @@ async function main(): Promise<number> {
   const started = performance.now();
   if (navigator.hardwareConcurrency < 2) throw new Error("needs 2 cores");
   await ensurePackages();
-  await Deno.mkdir(OUT, { recursive: true });
-  const cc = (await which("cc")) ?? (await which("gcc")) ?? "cc";
-  await run([cc, "-O2", "-Wall", "-o", LOADGEN, `${ROOT}/bench/udp_loadgen.c`]);
-  // As bench/bench.ts does: a high open-files limit, so ferry does not warn.
+  await compileC(`${ROOT}/bench/udp_loadgen.c`, LOADGEN);
+  // As bench/bench.ts does: a high open-files limit, so ferry does not warn
+  // (but where 65536 is refused, the limit ferry inherits).
   const nofile = (await run(["prlimit", "--nofile=65536:65536", "true"], { allowFail: true }))
       .code === 0
     ? 65536
-    : 0;
+    : undefined;
   await run(["taskset", "-a", "-p", "-c", GEN_CORE, String(Deno.pid)], { allowFail: true });
 
   const wanted = (env("UDP_BENCH_ROWS") ?? "direct,ferry,dante").split(",").map((s) => s.trim());
@@ -578,25 +494,10 @@ async function main(): Promise<number> {
   let echo: Echo | undefined;
   const cleanup = async () => {
     for (const r of rows) await stopWrapped(r).catch(() => undefined);
-    if (echo) {
-      await echo.stdin.close().catch(() => undefined);
-      const done = await Promise.race([echo.child.status.then(() => true), sleep(3000)]);
-      if (!done) {
-        try {
-          echo.child.kill("SIGKILL");
-        } catch {
-          // gone
-        }
-      }
-      echo = undefined;
-    }
+    if (echo) await stopServer(echo);
+    echo = undefined;
   };
-  const onSignal = () => {
-    log("interrupted: stopping the processes this bench started");
-    cleanup().finally(() => Deno.exit(130));
-  };
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
+  const removeSignalListeners = exitOnSignal(cleanup, log);
 
   let notQuiet: string | null = null;
   let repeated = 0;
@@ -651,8 +552,7 @@ async function main(): Promise<number> {
     }
   } finally {
     await cleanup();
-    Deno.removeSignalListener("SIGINT", onSignal);
-    Deno.removeSignalListener("SIGTERM", onSignal);
+    removeSignalListeners();
     await Deno.remove(tmp, { recursive: true }).catch(() => undefined);
   }
 
@@ -663,11 +563,7 @@ async function main(): Promise<number> {
     notQuiet,
     repeated,
   );
-  console.log(section);
-  if (WRITE_DOC) {
-    await writeDoc(section);
-    log(`wrote ${DOC}`);
-  }
+  await publish(section);
   return 0;
 }
 
