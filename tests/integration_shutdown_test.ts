@@ -191,6 +191,7 @@ Deno.test("Ctrl-C under deno task (one SIGINT that arrives twice) drains; a late
   let port = 0;
   const reading = (async () => {
     for await (const raw of lines) {
+      if (!raw.startsWith("{")) continue; // the task runner's own words, if any
       const line = JSON.parse(raw);
       if (line.event === "listening") port = Number(String(line.listen).split(":")[1]);
       events.push(line.event);
