@@ -10,6 +10,7 @@ import {
   BufferedConn,
   closedPort,
   concat,
+  connectThrough,
   domain,
   ipv4,
   pseudoRandomBytes,
@@ -32,11 +33,8 @@ Deno.test("client half-close: 5 MB up, then the target's 5 MB reply after EOF ar
   const request = pseudoRandomBytes(FIVE_MB, 1);
   const response = pseudoRandomBytes(FIVE_MB, 2);
 
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
 
   const targetSide = (async () => {
     const received = await server.readToEnd(30_000);
@@ -69,11 +67,8 @@ Deno.test("target half-close: after the target's 5 MB and EOF, the client keeps 
   const download = pseudoRandomBytes(FIVE_MB, 3);
   const upload = pseudoRandomBytes(FIVE_MB, 4);
 
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
 
   const targetSide = (async () => {
     await server.write(download);
@@ -101,13 +96,8 @@ Deno.test("target half-close: after the target's 5 MB and EOF, the client keeps 
 Deno.test("a SOCKS5 handshake sent one byte per write still connects and relays", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port), {
-    bytewise: true,
-  });
+  const { client, server } = await connectThrough(ferry, target, { bytewise: true });
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
   await client.write(encoder.encode("ping"));
   assert.deepEqual(await server.readExactly(4), encoder.encode("ping"));
   await server.write(encoder.encode("pong"));
@@ -117,13 +107,11 @@ Deno.test("a SOCKS5 handshake sent one byte per write still connects and relays"
 Deno.test("a SOCKS5 handshake with a domain name sent one byte per write connects", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, domain("127.0.0.1", target.port), {
+  const { client, server } = await connectThrough(ferry, target, {
+    address: domain("127.0.0.1", target.port),
     bytewise: true,
   });
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
   await client.write(encoder.encode("x"));
   assert.deepEqual(await server.readExactly(1), encoder.encode("x"));
 });
@@ -183,15 +171,12 @@ Deno.test("RFC 1929 auth sent one byte per write succeeds; the user is logged, t
   const password = "s3cret-Pa55";
   await using ferry = await startFerry([...LISTEN, "--user", `carol:${password}`]);
   using target = TcpTarget.listen();
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port), {
+  const { client, server } = await connectThrough(ferry, target, {
     username: "carol",
     password,
     bytewise: true,
   });
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
   await client.write(encoder.encode("abc"));
   assert.deepEqual(await server.readExactly(3), encoder.encode("abc"));
   client.close();
@@ -329,11 +314,8 @@ Deno.test("SOCKS4 CONNECT to a closed port gets reply 91", async () => {
 Deno.test("the bound address in the reply is the address the target sees as its peer", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server, reply } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
   assert.equal(reply.address.type, "ipv4");
   assert.equal(reply.address.host, server.remoteAddr.hostname);
   assert.equal(reply.address.port, server.remoteAddr.port);
@@ -386,11 +368,8 @@ Deno.test("after a quiet spell, the next client gets the whole --handshake-timeo
 Deno.test("an established session with no traffic is closed on both sides after --idle-timeout", async () => {
   await using ferry = await startFerry([...LISTEN, "--idle-timeout", "300ms"]);
   using target = TcpTarget.listen();
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
   // Traffic first, so the timeout is about idleness and not the first byte.
   await client.write(encoder.encode("hi"));
   assert.deepEqual(await server.readExactly(2), encoder.encode("hi"));
@@ -412,11 +391,8 @@ Deno.test("a download to a slow reader is not cut by --idle-timeout while its by
   using target = TcpTarget.listen();
   const body = pseudoRandomBytes(24 * 1024 * 1024, 5);
   const slowPart = 12 * 1024 * 1024;
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
   const targetSide = (async () => {
     await server.write(body);
     server.close();
@@ -442,11 +418,9 @@ Deno.test("a download to a slow reader is not cut by --idle-timeout while its by
 Deno.test("a relay that lasts gets TCP keepalive on both of ferry's sockets", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  using _server = await upstream;
+  using _server = server;
   // ferry's end of the client's connection, and its connection to the target.
   const clientSide = `( sport = :${ferry.port} and dport = :${client.localAddr.port} )`;
   const targetSide = `( dport = :${target.port} )`;
@@ -508,14 +482,11 @@ Deno.test("with --user configured, SOCKS4 and SOCKS4a requests get reply 91 and 
     assert.notEqual(session.outcome, "ok");
   }
   // A SOCKS5 session afterwards is the first connection the target accepts.
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port), {
+  const { client, server, reply } = await connectThrough(ferry, target, {
     username: "carol",
     password: "pw",
   });
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
   assert.equal(
     server.remoteAddr.port,
     reply.address.port,
@@ -535,10 +506,7 @@ Deno.test("with --no-socks4, SOCKS4 and SOCKS4a requests get reply 91 and are lo
     assert.equal(session.outcome, "socks4-disabled");
   }
   // SOCKS5 still works.
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server, reply } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
   assert.equal(server.remoteAddr.port, reply.address.port);
 });

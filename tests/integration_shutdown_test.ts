@@ -9,12 +9,10 @@ import { sessionOf } from "./_helpers/session_log.ts";
 import { TextLineStream } from "./_helpers/text_line_stream.ts";
 import {
   concat,
+  connectThrough,
   deadline,
-  ipv4,
   pseudoRandomBytes,
   sha256,
-  socks5,
-  socks5Connect,
   TcpTarget,
 } from "./_helpers/socks_client.ts";
 
@@ -56,11 +54,8 @@ Deno.test("SIGTERM mid-download: new connections are refused, the download compl
   const body = pseudoRandomBytes(6 * 1024 * 1024, 7);
   const firstPart = 1024 * 1024;
 
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
 
   // The download is under way: the client has the first megabyte.
   await server.write(body.subarray(0, firstPart));
@@ -103,11 +98,8 @@ Deno.test("SIGTERM with --shutdown-grace 300ms cuts a session that never ends an
     "300ms",
   ]);
   using target = TcpTarget.listen();
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
 
   ferry.kill("SIGTERM");
   const [status] = await Promise.all([
@@ -136,11 +128,8 @@ Deno.test("a second SIGTERM during the grace period exits immediately", async ()
     "60s",
   ]);
   using target = TcpTarget.listen();
-  const upstream = target.accept();
-  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  const { client, server } = await connectThrough(ferry, target);
   using _client = client;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  const server = await upstream;
 
   ferry.kill("SIGTERM");
   await waitUntilRefused(ferry);
@@ -206,14 +195,8 @@ Deno.test("Ctrl-C under deno task (one SIGINT that arrives twice) drains; a late
   try {
     await deadline(Promise.race([waitForEvent("listening"), exited]), 20_000, "ferry to listen");
     using target = TcpTarget.listen();
-    const upstream = target.accept();
-    const { client, reply } = await socks5Connect(
-      { hostname: "127.0.0.1", port },
-      ipv4("127.0.0.1", target.port),
-    );
+    const { client, server } = await connectThrough({ hostname: "127.0.0.1", port }, target);
     using _client = client;
-    assert.equal(reply.reply, socks5.Reply.Succeeded);
-    const server = await upstream;
 
     signalGroup();
     await deadline(Promise.race([waitForEvent("shutdown"), exited]), 5_000, "the shutdown line");

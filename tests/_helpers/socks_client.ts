@@ -4,6 +4,7 @@
  * wait on the network take a deadline and close the connection when it passes,
  * so a hung server fails a test instead of hanging it.
  */
+import assert from "node:assert/strict";
 import type { Address } from "../../src/protocol/address.ts";
 import type { Decoded } from "../../src/protocol/decoded.ts";
 import * as socks4 from "../../src/protocol/socks4.ts";
@@ -341,6 +342,28 @@ export async function socks5Connect(
   try {
     const reply = await socks5Handshake(client, address, options);
     return { client, reply };
+  } catch (error) {
+    client.close();
+    throw error;
+  }
+}
+
+/**
+ * A relayed connection, the way most relay tests start one: a SOCKS5 CONNECT
+ * through `proxy` to `target` (127.0.0.1 by default) that must succeed, and
+ * the connection the target accepted for it.
+ */
+export async function connectThrough(
+  proxy: { hostname: string; port: number },
+  target: TcpTarget,
+  options: Socks5HandshakeOptions & { address?: Address } = {},
+): Promise<{ client: BufferedConn; server: BufferedConn; reply: socks5.ReplyMessage }> {
+  const upstream = target.accept();
+  const address = options.address ?? ipv4("127.0.0.1", target.port);
+  const { client, reply } = await socks5Connect(proxy, address, options);
+  try {
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    return { client, server: await upstream, reply };
   } catch (error) {
     client.close();
     throw error;
