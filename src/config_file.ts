@@ -120,6 +120,7 @@ const durationOf = (timer: boolean) =>
     return z.NEVER;
   });
 const duration = durationOf(false);
+const timerDuration = durationOf(true);
 
 const IP = 'an IPv4 or IPv6 address, like "203.0.113.7" or "2001:db8::7"';
 const ip = z.string(expecting(IP)).transform((text, ctx) => {
@@ -167,9 +168,9 @@ const user = z.strictObject({
 /** Settings that `defaults` holds and any listener may override. */
 const shared = {
   handshakeTimeout: duration.optional(),
-  connectTimeout: durationOf(true).optional(),
+  connectTimeout: timerDuration.optional(),
   idleTimeout: duration.optional(),
-  shutdownGrace: durationOf(true).optional(),
+  shutdownGrace: timerDuration.optional(),
   maxConns: count(1).optional(),
   maxConnsPerIp: count(1).optional(),
 };

@@ -148,7 +148,7 @@ export class UdpAssociation {
       this.#peers.delete(this.#peers.values().next().value!);
     }
     this.#peers.add(key);
-    send(socket, data, port, ip, this.counters, () => {
+    this.#send(socket, data, port, ip, () => {
       this.counters.udpIn++;
       this.counters.up += data.length;
       this.#options.onActivity();
@@ -176,39 +176,32 @@ export class UdpAssociation {
     const out = new Uint8Array(header.length + message.length);
     out.set(header);
     out.set(message, header.length);
-    send(this.#clientSocket, out, this.#clientPort, this.#options.clientIp, this.counters, () => {
+    this.#send(this.#clientSocket, out, this.#clientPort, this.#options.clientIp, () => {
       this.counters.udpOut++;
       this.counters.down += message.length;
       this.#options.onActivity();
     });
   }
-}
 
-/**
- * Sends `data`; calls `onSent` once the kernel took it, or counts it as
- * dropped if the send fails, now or later. A datagram is counted as relayed
- * only in the send's callback: many sends fail only there (EACCES for a
- * broadcast address, EMSGSIZE for an answer too big to wrap), and the log
- * must not count one datagram both relayed and dropped. node:dgram throws at
- * once on what it rejects outright (a bad port or address): here that would
- * escape into an event handler or a promise callback, and an unhandled
- * rejection ends the process with every session in it.
- */
-function send(
-  socket: dgram.Socket,
-  data: Uint8Array,
-  port: number,
-  ip: string,
-  counters: UdpCounters,
-  onSent: () => void,
-): void {
-  try {
-    socket.send(data, port, ip, (error) => {
-      if (error) counters.dropped++;
-      else onSent();
-    });
-  } catch {
-    counters.dropped++;
+  /**
+   * Sends `data`; calls `onSent` once the kernel took it, or counts it as
+   * dropped if the send fails, now or later. A datagram is counted as relayed
+   * only in the send's callback: many sends fail only there (EACCES for a
+   * broadcast address, EMSGSIZE for an answer too big to wrap), and the log
+   * must not count one datagram both relayed and dropped. node:dgram throws at
+   * once on what it rejects outright (a bad port or address): here that would
+   * escape into an event handler or a promise callback, and an unhandled
+   * rejection ends the process with every session in it.
+   */
+  #send(socket: dgram.Socket, data: Uint8Array, port: number, ip: string, onSent: () => void) {
+    try {
+      socket.send(data, port, ip, (error) => {
+        if (error) this.counters.dropped++;
+        else onSent();
+      });
+    } catch {
+      this.counters.dropped++;
+    }
   }
 }
 
