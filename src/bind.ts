@@ -8,6 +8,7 @@
  * @module
  */
 import { lookup } from "node:dns/promises";
+import { isOneConnectionError } from "./accept_error.ts";
 import { closeQuietly } from "./close_quietly.ts";
 import { type Address, unmapIPv4 } from "./protocol/address.ts";
 
@@ -59,6 +60,9 @@ export class BindListener implements Disposable {
           conn = await this.#listener.accept();
         } catch (error) {
           signal.throwIfAborted();
+          // A connection reset while it waited (by anyone: the peer has not
+          // been checked yet) must not cost the client its BIND.
+          if (isOneConnectionError(error)) continue;
           throw error;
         }
         const from = unmapIPv4(conn.remoteAddr.hostname).toLowerCase();

@@ -12,6 +12,7 @@ import { RateLimitedLog, serverLog, sessionLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { formatAddress } from "./protocol/address.ts";
 import { closeQuietly } from "./close_quietly.ts";
+import { isOneConnectionError } from "./accept_error.ts";
 import { SlotList, type Slotted } from "./slot_list.ts";
 import type { SessionContext } from "./proxy_session.ts";
 import { type SocksContext, SocksSession } from "./session.ts";
@@ -25,21 +26,24 @@ const ACCEPT_BACKOFF_MAX_MS = 250;
  * listener closes.
  *
  * Deno's own `for await (const conn of listener)` ends for good on the first
- * accept error, EMFILE included; this one backs off and keeps accepting, so
- * the server comes back by itself when descriptors free up. A class with an
+ * accept error, EMFILE included; this one keeps accepting. After an error of
+ * the listener (out of descriptors, buffers or memory, or one it does not
+ * know) it backs off, so the server comes back by itself when descriptors
+ * free up without spinning meanwhile; after a connection's own error it goes
+ * straight on to the next (see {@linkcode isOneConnectionError}). A class with an
  * async `next()` rather than an async generator: a generator's `yield` costs
  * an extra await and its request queue on every connection.
  */
 export class AcceptedConnections implements AsyncIterableIterator<Deno.TcpConn> {
   readonly #listener: Deno.TcpListener;
   readonly #signal: AbortSignal;
-  readonly #onError: (error: unknown) => void;
+  readonly #onError: (error: unknown, backingOff: boolean) => void;
   #backoff = ACCEPT_BACKOFF_FIRST_MS;
 
   constructor(
     listener: Deno.TcpListener,
     signal: AbortSignal,
-    onError: (error: unknown) => void,
+    onError: (error: unknown, backingOff: boolean) => void,
   ) {
     this.#listener = listener;
     this.#signal = signal;
@@ -58,7 +62,9 @@ export class AcceptedConnections implements AsyncIterableIterator<Deno.TcpConn> 
         return { done: false, value: conn };
       } catch (error) {
         if (this.#signal.aborted || error instanceof Deno.errors.BadResource) break;
-        this.#onError(error);
+        const backingOff = !isOneConnectionError(error);
+        this.#onError(error, backingOff);
+        if (!backingOff) continue;
         await sleep(this.#backoff, this.#signal);
         this.#backoff = Math.min(this.#backoff * 2, ACCEPT_BACKOFF_MAX_MS);
       }
@@ -166,19 +172,33 @@ export function startServer(
   const perIp = new Map<string, number>();
   const stopAccepting = new AbortController();
   const acceptErrors = new RateLimitedLog();
+  const lostBeforeAccept = new RateLimitedLog();
   const limitLog = new RateLimitedLog();
   const allEnded: (() => void)[] = [];
 
-  const onAcceptError = (error: unknown) => {
+  const onAcceptError = (error: unknown, backingOff: boolean) => {
     metrics.acceptErrors++;
-    acceptErrors.maybe((suppressed) =>
-      serverLog.warn("accept failed: {error}; backing off", {
-        event: "accept-error",
-        error: (error as Error)?.message ?? String(error),
-        code: (error as { code?: string })?.code ?? null,
-        suppressed,
-      })
-    );
+    const fields = (suppressed: number) => ({
+      error: (error as Error)?.message ?? String(error),
+      code: (error as { code?: string })?.code ?? null,
+      suppressed,
+    });
+    // Separate limits, so that a flood of clients resetting cannot hide EMFILE.
+    if (backingOff) {
+      acceptErrors.maybe((suppressed) =>
+        serverLog.warn("accept failed: {error}; backing off", {
+          event: "accept-error",
+          ...fields(suppressed),
+        })
+      );
+    } else {
+      lostBeforeAccept.maybe((suppressed) =>
+        serverLog.info("a connection failed before it was accepted: {error}", {
+          event: "accept-lost",
+          ...fields(suppressed),
+        })
+      );
+    }
   };
 
   const admit = (conn: Deno.TcpConn) => {

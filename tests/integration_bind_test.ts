@@ -9,6 +9,7 @@ import { once } from "node:events";
 import type { Socket } from "node:net";
 import { SocksClient } from "socks";
 import { startFerry } from "./_helpers/ferry.ts";
+import { connectAndReset } from "./_helpers/reset.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import {
   BufferedConn,
@@ -211,4 +212,29 @@ Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async ()
     Deno.connect({ hostname: "127.0.0.1", port: first.port }),
     Deno.errors.ConnectionRefused,
   );
+});
+
+Deno.test("SOCKS5 BIND goes on waiting after a connection reset before ferry accepted it", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
+    command: socks5.Command.Bind,
+  });
+  assert.equal(first.reply, socks5.Reply.Succeeded);
+  // Stopped, ferry cannot accept the connection before it is reset; its
+  // accept() then fails with ENOTCONN, which used to end the BIND with 0x01.
+  ferry.kill("SIGSTOP");
+  try {
+    await connectAndReset(first.address.port);
+  } finally {
+    ferry.kill("SIGCONT");
+  }
+  using peer = new BufferedConn(
+    await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
+  );
+  const second = await client.readMessage(socks5.decodeReply, "second reply");
+  assert.equal(second.reply, socks5.Reply.Succeeded);
+  assert.equal(second.address.port, peer.localAddr.port);
+  await peer.write(encoder.encode("late but right"));
+  assert.equal(decoder.decode(await client.readExactly(14)), "late but right");
 });

@@ -8,6 +8,7 @@ import { startFerry } from "./_helpers/ferry.ts";
 import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
 import { ss } from "./_helpers/ss.ts";
+import { connectAndReset } from "./_helpers/reset.ts";
 
 Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descriptors free up", async () => {
   const echo = startEchoServer();
@@ -44,6 +45,43 @@ Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descri
   );
   const status = await ferry.stop();
   assert.equal(status.code, 0);
+  await echo.close();
+});
+
+Deno.test("connections reset while they wait to be accepted do not hold up the next client", async () => {
+  const echo = startEchoServer();
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
+  // With ferry stopped, every connection waits in the listen queue and is
+  // reset there; accept() then fails on each with ENOTCONN. Backing off after
+  // each (as after EMFILE, up to 250 ms) kept the next client waiting ~75 s.
+  const resets = 300;
+  ferry.kill("SIGSTOP");
+  try {
+    for (let i = 0; i < resets; i++) await connectAndReset(ferry.port);
+  } finally {
+    ferry.kill("SIGCONT");
+  }
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const stuck = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error("no reply to the next client within 10 s")), 10_000);
+  });
+  try {
+    const conn = await Promise.race([socks5Connect(ferry.port, echo.addr), stuck]);
+    try {
+      await conn.write(new TextEncoder().encode("next"));
+      assert.equal(new TextDecoder().decode(await readExactly(conn, 4)), "next");
+    } finally {
+      conn.close();
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  const lost = await ferry.waitFor((l) => l.event === "accept-lost");
+  assert.equal(lost.code, "ENOTCONN");
+  assert.equal(ferry.lines.filter((l) => l.event === "accept-error").length, 0, "no back-off");
+  assert.equal((await ferry.stop()).code, 0);
+  const stopped = ferry.lines.find((l) => l.event === "stopped");
+  assert.equal(stopped?.acceptErrors, resets);
   await echo.close();
 });
 
