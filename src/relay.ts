@@ -88,7 +88,14 @@ export async function relay(
     let spare: Uint8Array<ArrayBuffer> | null = null;
     let flying: Uint8Array<ArrayBuffer> | null = null;
     let inFlight: Promise<void> | null = null;
+    // Bytes the other side's kernel took: what was read but never written
+    // (an aborted session) is not carried, so the log line matches what the
+    // far end can receive.
     let carried = 0;
+    const progress = (written: number) => {
+      carried += written;
+      onActivity();
+    };
     try {
       for (;;) {
         const n = await from.read(buffer);
@@ -99,20 +106,22 @@ export async function relay(
           spare = flying;
           inFlight = flying = null;
         }
-        carried += n;
         if (n < buffer.length) {
           // writeAll() inlined: this is every small message's path.
           let written = await to.write(buffer.subarray(0, n));
+          carried += written;
           while (written < n) {
             onActivity(); // bytes moved: a slow reader is not an idle one
-            written += await to.write(buffer.subarray(written, n));
+            const more = await to.write(buffer.subarray(written, n));
+            carried += more;
+            written += more;
           }
           continue;
         }
         flying = buffer;
         // Draining a big buffer into a slow reader can outlast the idle
         // timeout, so every write that moves bytes counts as activity.
-        inFlight = writeAll(to, buffer.subarray(0, n), onActivity);
+        inFlight = writeAll(to, buffer.subarray(0, n), progress);
         inFlight.catch(fail); // a failed write aborts the relay even while a read is pending
         const wanted = Math.min(max, buffer.length * 4);
         buffer = spare !== null && spare.length >= wanted ? spare : new Uint8Array(wanted);
@@ -140,18 +149,18 @@ export async function relay(
 
 /**
  * Writes all of `bytes`; `conn.write` may take only part of them. Calls
- * `onProgress`, if given, after every write. A promise chain rather than an
+ * `onProgress`, if given, after every write, with the bytes that write took. A promise chain rather than an
  * async function: nearly every call is one whole write, and this is on every
  * session's path.
  */
 export function writeAll(
   conn: Pick<Deno.Conn, "write">,
   bytes: Uint8Array,
-  onProgress?: () => void,
+  onProgress?: (written: number) => void,
 ): Promise<void> {
   if (bytes.length === 0) return Promise.resolve();
   return conn.write(bytes).then((written) => {
-    onProgress?.();
+    onProgress?.(written);
     return written < bytes.length ? writeAll(conn, bytes.subarray(written), onProgress) : undefined;
   });
 }

@@ -357,6 +357,43 @@ Deno.test("relay() counts every write that moved bytes as activity: a slow reade
   }
 });
 
+Deno.test("relay() counts only bytes written: an aborted write's unsent rest is not carried", async () => {
+  // The client sends one full 16-byte buffer (its write is left in flight)
+  // and then nothing; the target takes 5 bytes and then stalls, like a reader
+  // that stopped. Aborting (idle timeout) must leave the count at 5, what the
+  // far end can ever receive, not the 16 read.
+  const controller = new AbortController();
+  const untilAborted = () =>
+    new Promise<never>((_, reject) =>
+      controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
+    );
+  let reads = 0;
+  const client: RelayEnd = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      if (reads++ > 0) return untilAborted();
+      buffer.fill(7);
+      return Promise.resolve(buffer.length);
+    },
+    write: untilAborted,
+    closeWrite: () => Promise.resolve(),
+  };
+  let writes = 0;
+  const target: RelayEnd = {
+    read: untilAborted,
+    write: (bytes: Uint8Array) =>
+      writes++ === 0 ? Promise.resolve(Math.min(5, bytes.length)) : untilAborted(),
+    closeWrite: () => Promise.resolve(),
+  };
+  const relayed = relay(client, target, {
+    controller,
+    onActivity: () => {},
+    initialBufferSize: 16,
+  });
+  while (writes < 2) await new Promise((resolve) => setTimeout(resolve, 1));
+  controller.abort(new Error("idle"));
+  assert.deepEqual(await relayed, { up: 5, down: 0 });
+});
+
 Deno.test("relay() does not call onActivity when nothing but EOF arrives", async () => {
   using f = await setup();
   const relayed = f.run();
