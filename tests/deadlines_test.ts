@@ -107,6 +107,26 @@ Deno.test("Deadlines does not expire an item before its deadline", async () => {
   assert.ok(deadlines.now >= item.deadline, "the sweep's clock had passed the deadline");
 });
 
+Deno.test("Deadlines never expires early a deadline counted from a clock a tick old", async () => {
+  const tick = 50;
+  const deadlines = new Deadlines(tick);
+  const keeper = new Item(Infinity); // keeps the sweep, and so its coarse clock, running
+  deadlines.watch(keeper);
+  try {
+    // As between two sweeps: `now` is almost a tick behind, and a session's
+    // activity counts its idle deadline from it.
+    const start = performance.now();
+    deadlines.now = start - (tick - 1);
+    const item = new Item(deadlines.now + 60);
+    deadlines.watch(item);
+    await within(item.expired, 5000, "expiry");
+    const waited = performance.now() - start;
+    assert.ok(waited >= 60, `a 60 ms timeout expired after ${waited.toFixed(1)} ms`);
+  } finally {
+    deadlines.unwatch(keeper);
+  }
+});
+
 Deno.test("Deadlines.watchFor() after a quiet spell counts from that moment, not the last tick", async () => {
   const deadlines = new Deadlines(TICK_MS);
   const first = new Item(0);
