@@ -34,7 +34,7 @@ import {
   parseUser,
   type SocksConfig,
 } from "./config.ts";
-import { addressOf } from "./protocol/address.ts";
+import { addressOf, formatIPv6, parseIPv6 } from "./protocol/address.ts";
 
 /** Everything a configuration file describes, validated. */
 export interface RunConfig {
@@ -62,7 +62,10 @@ export function formatPath(path: DocPath): string {
 /** A value as the user wrote it, shortened; `nothing` when absent. */
 function show(value: unknown): string {
   if (value === undefined) return "nothing";
-  const text = JSON.stringify(value) ?? String(value);
+  // JSON has no Infinity: a number too big for a double (1e400) would show as null.
+  const text = typeof value === "number" && !Number.isFinite(value)
+    ? String(value)
+    : JSON.stringify(value) ?? String(value);
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
@@ -417,7 +420,10 @@ function duplicateListens(raw: unknown, root: JsonNode, problems: Problem[]): vo
     if (!isObject(listener) || typeof listener.listen !== "string") return;
     const parsed = parseHostPort(listener.listen);
     if (!parsed || parsed.port === 0) return;
-    const key = `${parsed.hostname.toLowerCase()} ${parsed.port}`;
+    // One spelling per IPv6 address: "[::1]" and "[0:0::1]" are one listener.
+    const ipv6 = parseIPv6(parsed.hostname);
+    const host = ipv6 ? formatIPv6(ipv6) : parsed.hostname.toLowerCase();
+    const key = `${host} ${parsed.port}`;
     const earlier = first.get(key);
     if (earlier === undefined) {
       first.set(key, index);
@@ -490,6 +496,8 @@ function buildListeners(
  * every problem, in file order.
  */
 export async function parseRunConfig(text: string, source: string): Promise<RunConfig> {
+  // Editors on Windows often save a byte order mark, which is no JSON token.
+  if (text.startsWith("\uFEFF")) text = text.slice(1);
   const parseErrors: ParseError[] = [];
   const root = parseTree(text, parseErrors, {
     allowTrailingComma: true,

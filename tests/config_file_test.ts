@@ -239,6 +239,18 @@ Deno.test("comments and trailing commas are accepted", async () => {
   assert.deepEqual(forward(config.listeners[0]).upstreams, [{ hostname: "127.0.0.1", port: 22 }]);
 });
 
+Deno.test("a byte order mark at the start of the file is ignored", async () => {
+  const config = await parseRunConfig("\uFEFF" + JSON.stringify(validFile()), "test.jsonc");
+  assert.equal(config.listeners.length, 2);
+});
+
+Deno.test("a number too big for a double is shown as Infinity, not null", async () => {
+  const text = JSON.stringify(validFile()).replace(`"to":`, `"pool": 1e400, "to":`);
+  assert.deepEqual(await problemsOf(parseRunConfig(text, "test.jsonc")), [
+    "listeners[1].pool: expected a whole number ≥ 0, got Infinity",
+  ]);
+});
+
 Deno.test("a bad address in to[0] is named by its path and quoted", async () => {
   const file = validFile();
   file.listeners[1]!.to = ["nope", "10.0.0.5:0"];
@@ -337,6 +349,12 @@ Deno.test("two listeners on one address are an error; port 0 is exempt", async (
   file.listeners.push({ kind: "socks", listen: "127.0.0.1:1080" });
   assert.deepEqual(await problemsOfValue(file), [
     `listeners[2].listen: "127.0.0.1:1080" is already used by listeners[0]`,
+  ]);
+  // One IPv6 address, two spellings.
+  file.listeners[2]!.listen = "[0:0::1]:1080";
+  file.listeners[1]!.listen = "[::1]:1080";
+  assert.deepEqual(await problemsOfValue(file), [
+    `listeners[2].listen: "[0:0::1]:1080" is already used by listeners[1]`,
   ]);
   file.listeners[0]!.listen = "127.0.0.1:0";
   file.listeners[2]!.listen = "127.0.0.1:0";
