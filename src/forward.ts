@@ -28,24 +28,33 @@ export class UpstreamSet {
   }
 
   /**
-   * The available upstreams to try for one client, in order: round-robin
-   * over those that are up. The next turn goes to the one after this
-   * client's first choice, so an upstream that is down does not hand its
-   * turns to its neighbour on top of the neighbour's own.
+   * The upstreams to try for one client, in order: round-robin over those
+   * that are up, then those whose pooled connections end young (see
+   * `Standing` in src/upstream/pool.ts). The next turn goes to the one after this client's
+   * first choice, so an upstream that is down does not hand its turns to its
+   * neighbour on top of the neighbour's own.
    */
   candidates(): Upstream[] {
     const count = this.upstreams.length;
-    const ordered: Upstream[] = [];
-    let first = -1;
+    const up: Upstream[] = [];
+    const fallback: Upstream[] = [];
+    let firstUp = -1;
+    let firstFallback = -1;
     for (let i = 0; i < count; i++) {
       const index = (this.#next + i) % count;
       const upstream = this.upstreams[index]!;
-      if (!upstream.available) continue;
-      if (first < 0) first = index;
-      ordered.push(upstream);
+      const standing = upstream.standing;
+      if (standing === "up") {
+        if (firstUp < 0) firstUp = index;
+        up.push(upstream);
+      } else if (standing === "fallback") {
+        if (firstFallback < 0) firstFallback = index;
+        fallback.push(upstream);
+      }
     }
+    const first = firstUp >= 0 ? firstUp : firstFallback;
     if (first >= 0) this.#next = (first + 1) % count;
-    return ordered;
+    return fallback.length === 0 ? up : up.concat(fallback);
   }
 }
 
@@ -73,14 +82,13 @@ export class ForwardSession extends ProxySession {
       let target: Deno.TcpConn;
       try {
         const { hostname, port } = upstream.address;
-        target = await this.dialTarget(addressOf(hostname, port));
+        target = await upstream.dialForClient(() => this.dialTarget(addressOf(hostname, port)));
       } catch (error) {
         if (!(error instanceof DialError) || error.failure === "aborted") throw error;
         upstream.markDown(error);
         lastFailure = error.failure;
         continue;
       }
-      upstream.markUp();
       return { target, early: NO_EARLY_BYTES };
     }
     // Nothing to forward to: close at once rather than leave the client waiting.

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { buildForwardConfig, type RawForwardOptions } from "../src/config.ts";
 import { type Forwarder, startForwarder, UpstreamSet } from "../src/forward.ts";
-import type { Upstream } from "../src/upstream/pool.ts";
+import type { Standing, Upstream } from "../src/upstream/pool.ts";
 import {
   type AcceptedConn,
   captureLogs,
@@ -112,6 +112,9 @@ Deno.test("forward: a dead pooled connection is never handed out; after an upstr
     await using fwd = forwarder([first.name], { pool: "3" });
     const upstream = upstreamOf(fwd);
     await waitUntil(() => upstream.idle === 3, "the pool to fill");
+    // Past the settle time (1 s): connections that die younger mean an upstream
+    // that cuts them at once, and the pool would stop handing them out.
+    await new Promise((resolve) => setTimeout(resolve, 1100));
 
     await first.stop(); // the restart: listener and every accepted socket closed
     second = new ForwardUpstream(taggedEcho("v2"), port);
@@ -256,9 +259,11 @@ Deno.test("forward: with --pool 0 each client is dialled on demand, and the upst
   assert.equal(server.accepted, 1, "one connection, dialled for the client");
 });
 
+/** A stand-in for an Upstream in the given standing. */
+const fake = (name: string, standing: Standing) => ({ name, standing }) as unknown as Upstream;
+
 Deno.test("UpstreamSet: with one upstream down, the others share its turns evenly", () => {
-  const fake = (name: string, available: boolean) => ({ name, available }) as unknown as Upstream;
-  const set = new UpstreamSet([fake("A", true), fake("B", false), fake("C", true)]);
+  const set = new UpstreamSet([fake("A", "up"), fake("B", "skip"), fake("C", "up")]);
   const firstChoices = Array.from({ length: 6 }, () => set.candidates().map((u) => u.name));
   assert.deepEqual(firstChoices, [
     ["A", "C"],
@@ -268,8 +273,17 @@ Deno.test("UpstreamSet: with one upstream down, the others share its turns evenl
     ["A", "C"],
     ["C", "A"],
   ]);
-  const none = new UpstreamSet([fake("A", false), fake("B", false)]);
+  const none = new UpstreamSet([fake("A", "skip"), fake("B", "skip")]);
   assert.deepEqual(none.candidates(), []);
+});
+
+Deno.test("UpstreamSet: an upstream whose pooled connections end young comes after those up, in turn", () => {
+  const set = new UpstreamSet([fake("A", "fallback"), fake("B", "up"), fake("C", "fallback")]);
+  const orders = Array.from({ length: 3 }, () => set.candidates().map((u) => u.name));
+  // The turn follows the first choice, B, each time.
+  assert.deepEqual(orders, [["B", "A", "C"], ["B", "C", "A"], ["B", "C", "A"]]);
+  const alone = new UpstreamSet([fake("A", "fallback")]);
+  assert.deepEqual(alone.candidates().map((u) => u.name), ["A"], "dialled when nothing is up");
 });
 
 Deno.test("forward: round-robin across two upstreams sends 4 clients 2 and 2", async () => {
@@ -329,6 +343,28 @@ Deno.test("forward: failover on demand (--pool 0): a refused dial moves on to th
   }
   assert.ok(upstreamOf(fwd, 0).stats.failures >= 1, "the dead upstream was tried");
   assert.equal(live.accepted, 4);
+});
+
+Deno.test("forward: an upstream that talks first at length (too much to pool) still serves every client, dialled on demand", async () => {
+  const banner = pseudoRandomBytes(200 * 1024, 7);
+  await using talker = new ForwardUpstream(async ({ conn }) => {
+    await conn.write(banner);
+    await conn.waitForEnd();
+  });
+  await using fwd = forwarder([talker.name], { pool: "2" });
+  // Each pooled connection is dropped once it holds more than 64 KiB unasked,
+  // within the settle time: the pool backs off, but the upstream is reachable.
+  await waitUntil(() => upstreamOf(fwd).stats.dropped > 0, "the pool to drop one");
+  assert.equal(logs.events("pool-unsettled").length, 1);
+  for (let i = 0; i < 3; i++) {
+    using client = await connect(fwd);
+    assert.equal(await sha256(await client.readExactly(banner.length)), await sha256(banner));
+    client.close();
+    const session = await sessionOf(client.localAddr);
+    assert.equal(session.outcome, "ok");
+    assert.equal(session.down, banner.length);
+  }
+  assert.equal(logs.events("upstream-down").length, 0);
 });
 
 Deno.test("forward: with no upstream up (--pool 0) the client is closed at once and the session says connection-refused", async () => {

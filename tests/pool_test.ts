@@ -83,7 +83,7 @@ Deno.test("pool: fills to N connections after start, and close() closes every on
     await waitUntil(() => upstream.idle === 3, "the pool to fill");
     assert.equal(upstream.stats.dialled, 3);
     await waitUntil(() => server.accepted === 3, "the upstream to accept 3");
-    assert.equal(upstream.available, true);
+    assert.equal(upstream.standing, "up");
   } finally {
     upstream.close();
   }
@@ -130,6 +130,9 @@ Deno.test("pool: connections of a restarted upstream are dropped, never handed o
   let pooled: PooledConnection | null = null;
   try {
     await waitUntil(() => upstream.idle === 3, "the pool to fill");
+    // Past the settle time (1 s): connections that die younger mean an upstream
+    // that cuts them at once, and the pool would stop handing them out.
+    await new Promise((resolve) => setTimeout(resolve, 1100));
     await first.stop(); // listener and every accepted socket closed
     second = new ForwardUpstream(taggedEcho("v2"), port);
     await waitUntil(
@@ -252,7 +255,7 @@ Deno.test("pool: while the upstream is down it backs off, logs upstream-down onc
       "the pool to refill once the upstream is back",
       15_000,
     );
-    assert.equal(upstream.available, true);
+    assert.equal(upstream.standing, "up");
     // Up is declared once a connection has lived past the settle time, not on connect.
     await waitUntil(() => logs.events("upstream-up").length > 0, "upstream-up", 5_000);
     assert.equal(logs.events("upstream-up").length, 1, "one upstream-up line");
@@ -314,5 +317,71 @@ Deno.test("pool: an upstream that accepts and closes at once is redialled with b
     assert.equal(upstream.idle, 0, "nothing kept: every connection was closed by the upstream");
   } finally {
     upstream.close();
+  }
+});
+
+Deno.test("pool: an upstream that accepts and closes at once leaves its pool unsettled, not down: clients may still dial it", async () => {
+  logs.records.length = 0;
+  await using server = new ForwardUpstream(async () => {});
+  const upstream = upstreamTo(server.port, 2);
+  upstream.start();
+  try {
+    await waitUntil(() => logs.events("pool-unsettled").length > 0, "pool-unsettled");
+    // Dials succeed, so a client is not refused: it dials on demand, after
+    // any upstream that is up (it used to be skipped as down, and a
+    // forwarder with only this upstream refused every client).
+    assert.equal(upstream.standing, "fallback");
+    assert.equal(logs.events("upstream-down").length, 0);
+    assert.equal(logs.events("pool-unsettled")[0]!.reason, "eof");
+  } finally {
+    upstream.close();
+  }
+});
+
+Deno.test("pool: a connection past poolMaxIdleMs is not handed out, even before the sweep gets to it", async () => {
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const upstream = upstreamTo(server.port, 1, 100);
+  // Not started: no sweep. take() refills the pool all the same.
+  try {
+    assert.equal(upstream.take(), null);
+    await waitUntil(() => upstream.idle === 1, "one pooled connection");
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    assert.equal(upstream.take(), null, "a connection 150 ms old under a 100 ms limit");
+    assert.equal(upstream.stats.recycled, 1);
+    await waitUntil(() => upstream.idle === 1, "a fresh connection in its place");
+    const pooled = upstream.take();
+    assert.ok(pooled);
+    try {
+      assert.equal(await roundTrip(pooled, "fresh"), "up");
+    } finally {
+      pooled.close();
+    }
+  } finally {
+    upstream.close();
+  }
+});
+
+Deno.test("pool: while an upstream is down, one client at a time may probe it, and only without a pool", async () => {
+  for (const poolSize of [0, 2]) {
+    const upstream = upstreamTo(unusedPort(), poolSize);
+    try {
+      upstream.markDown(new Error("refused"));
+      assert.equal(upstream.standing, "skip", "within the back-off");
+      await new Promise((resolve) => setTimeout(resolve, 150)); // the first back-off is 100 ms
+      if (poolSize > 0) {
+        assert.equal(upstream.standing, "skip", "the pool probes by itself");
+        continue;
+      }
+      assert.equal(upstream.standing, "up", "due for a retry");
+      // A probe that takes long (an upstream that drops SYNs): other clients skip it meanwhile.
+      const probe = Promise.withResolvers<Deno.TcpConn>();
+      const probing = upstream.dialForClient(() => probe.promise);
+      assert.equal(upstream.standing, "skip", "one probe at a time");
+      probe.reject(new Error("timed out"));
+      await assert.rejects(probing);
+      assert.equal(upstream.standing, "up", "the next client may try");
+    } finally {
+      upstream.close();
+    }
   }
 });

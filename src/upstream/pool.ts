@@ -125,11 +125,22 @@ export interface UpstreamOptions {
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 10_000;
 /**
- * A pooled connection that dies sooner than this after connecting counts as a
- * failed dial: an upstream that accepts and closes at once (a stopped service
- * behind a port proxy) must be backed off from, not redialled in a hot loop.
+ * A pooled connection that ends sooner than this after connecting (FIN, reset,
+ * or more bytes than it may send unasked) leaves the pool unsettled: refilling
+ * backs off, so an upstream that accepts and closes at once (a stopped service
+ * behind a port proxy) is not redialled in a hot loop.
  */
 const SETTLE_MS = 1000;
+
+/**
+ * How a client may use an upstream now. `up`: take a pooled connection or
+ * dial. `fallback`: its pooled connections end young (an upstream that closes
+ * idle connections within a second, or talks first at length), so it comes
+ * after the upstreams that are up, and is dialled on demand. `skip`: dials to
+ * it fail, and another client's dial is already finding out whether it is back,
+ * or its pool's is.
+ */
+export type Standing = "up" | "fallback" | "skip";
 
 /** One upstream: its pool, and whether it is up (with back-off while it is not). */
 export class Upstream {
@@ -138,9 +149,14 @@ export class Upstream {
   readonly #options: UpstreamOptions;
   readonly #idle: PooledConnection[] = [];
   #dialing = 0;
+  /** Clients' dials in progress (sessions dialling on demand). */
+  #clientDials = 0;
+  /** Dials fail: clients skip it until it is due for a retry. */
   #down = false;
+  /** Pooled connections end right after connecting: refilling backs off. */
+  #unsettled = false;
   #backoffMs = BACKOFF_FIRST_MS;
-  /** While down: no dial before this `performance.now()`. */
+  /** While down or unsettled: no dial before this `performance.now()`. */
   #retryAt = 0;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #recycleTimer: ReturnType<typeof setInterval> | undefined;
@@ -168,26 +184,64 @@ export class Upstream {
     return this.#idle.length;
   }
 
-  /** Whether a client may be sent here now: up, or down but due for a retry. */
-  get available(): boolean {
-    return !this.#down || performance.now() >= this.#retryAt;
+  /** How a client may use this upstream now (see {@linkcode Standing}). */
+  get standing(): Standing {
+    if (this.#down) {
+      // The pool's probe got through: a live connection is waiting.
+      if (this.#idle.length > 0 && !this.#unsettled) return "up";
+      // Down, a client may find out whether it is back only without a pool
+      // (the pool probes by itself) and one at a time: against an upstream
+      // that drops SYNs each probe costs its client the whole connect timeout.
+      const due = performance.now() >= this.#retryAt;
+      return this.#options.poolSize === 0 && due && this.#clientDials === 0 ? "up" : "skip";
+    }
+    return this.#unsettled ? "fallback" : "up";
   }
 
-  /** Takes a pooled connection (oldest first), or `null` if none is ready. */
+  /**
+   * Takes a pooled connection (oldest first), or `null` if none is ready.
+   * Never while the pool is unsettled: the upstream may be about to cut the
+   * one pooled connection, which is left to find out whether they last again.
+   */
   take(): PooledConnection | null {
-    const pooled = this.#idle.shift() ?? null;
+    if (this.#unsettled) return null;
+    // The sweep runs every quarter of --pool-max-idle at most: a connection
+    // may have passed the limit since, and the upstream may be cutting it now.
+    const oldest = performance.now() - this.#options.poolMaxIdleMs;
+    let pooled = this.#idle.shift() ?? null;
+    while (pooled && pooled.pooledAt <= oldest) {
+      retire(pooled);
+      this.stats.recycled++;
+      pooled = this.#idle.shift() ?? null;
+    }
     if (pooled) {
       pooled.take();
       this.stats.taken++;
       this.markUp();
-      this.#fill();
     }
+    this.#fill();
     return pooled;
+  }
+
+  /**
+   * Wraps a client's dial to this upstream, so that while it is down only one
+   * client at a time tries it. Records the outcome: up, or down.
+   */
+  async dialForClient<T>(dial: () => Promise<T>): Promise<T> {
+    this.#clientDials++;
+    try {
+      const conn = await dial();
+      this.markUp();
+      return conn;
+    } finally {
+      this.#clientDials--;
+    }
   }
 
   /** Records that a connection (on demand or pooled) reached the upstream. */
   markUp(): void {
-    this.#backoffMs = BACKOFF_FIRST_MS;
+    // Reaching it says nothing about how long pooled connections last.
+    if (!this.#unsettled) this.#backoffMs = BACKOFF_FIRST_MS;
     if (!this.#down) return;
     this.#down = false;
     serverLog.info("upstream {upstream} is up again", {
@@ -199,6 +253,18 @@ export class Upstream {
   /** Records a failed dial: the upstream is skipped until its back-off ends. */
   markDown(error: unknown): void {
     this.stats.failures++;
+    this.#backOff();
+    if (this.#down) return;
+    this.#down = true;
+    serverLog.warn("upstream {upstream} is down: {error}; retrying with back-off", {
+      event: "upstream-down",
+      upstream: this.name,
+      error: (error as Error)?.message ?? String(error),
+    });
+  }
+
+  /** The next retry waits longer. */
+  #backOff(): void {
     const now = performance.now();
     // Failures within one back-off window (a pool's dials failing together)
     // count once, so the wait grows per retry, not per failed connection.
@@ -206,12 +272,30 @@ export class Upstream {
       this.#retryAt = now + this.#backoffMs;
       this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
     }
-    if (this.#down) return;
-    this.#down = true;
-    serverLog.warn("upstream {upstream} is down: {error}; retrying with back-off", {
-      event: "upstream-down",
+  }
+
+  /** A pooled connection ended right after connecting: refill with back-off. */
+  #markUnsettled(reason: DropReason): void {
+    this.stats.failures++;
+    this.#backOff();
+    if (this.#unsettled) return;
+    this.#unsettled = true;
+    serverLog.warn(
+      "upstream {upstream} ends pooled connections right after accepting them ({reason}); " +
+        "refilling with back-off, clients dial it on demand after the upstreams that are up",
+      { event: "pool-unsettled", upstream: this.name, reason },
+    );
+  }
+
+  /** A pooled connection has lasted: the pool works again. */
+  #markSettled(): void {
+    this.markUp();
+    this.#backoffMs = BACKOFF_FIRST_MS;
+    if (!this.#unsettled) return;
+    this.#unsettled = false;
+    serverLog.info("upstream {upstream}: pooled connections last again", {
+      event: "pool-settled",
       upstream: this.name,
-      error: (error as Error)?.message ?? String(error),
     });
   }
 
@@ -226,7 +310,8 @@ export class Upstream {
   #fill(): void {
     if (this.#closed || this.#retryTimer !== undefined) return;
     while (this.#idle.length + this.#dialing < this.#options.poolSize) {
-      if (this.#down && performance.now() < this.#retryAt) {
+      const backingOff = this.#down || this.#unsettled;
+      if (backingOff && performance.now() < this.#retryAt) {
         this.#retryTimer = setTimeout(() => {
           this.#retryTimer = undefined;
           this.#fill();
@@ -236,8 +321,8 @@ export class Upstream {
       }
       this.#dialing++;
       this.#dialOne().finally(() => this.#dialing--).then(() => this.#fill());
-      // While down, one probe at a time; the rest wait for it to succeed.
-      if (this.#down) return;
+      // While backing off, one probe at a time; the rest wait for it to succeed.
+      if (backingOff) return;
     }
   }
 
@@ -266,11 +351,7 @@ export class Upstream {
       if (at >= 0) this.#idle.splice(at, 1);
       pooled.close();
       this.stats.dropped++;
-      if (performance.now() - pooled.pooledAt < this.#settleMs) {
-        this.markDown(
-          new Error(`upstream ended the connection right after accepting it (${reason})`),
-        );
-      }
+      if (performance.now() - pooled.pooledAt < this.#settleMs) this.#markUnsettled(reason);
       this.#fill();
     });
     this.#idle.push(pooled);
@@ -283,7 +364,9 @@ export class Upstream {
 
   #recycle(): void {
     const now = performance.now();
-    if (this.#down && this.#idle.some((p) => now - p.pooledAt >= this.#settleMs)) this.markUp();
+    if (
+      (this.#down || this.#unsettled) && this.#idle.some((p) => now - p.pooledAt >= this.#settleMs)
+    ) this.#markSettled();
     const oldest = now - this.#options.poolMaxIdleMs;
     while (this.#idle.length > 0 && this.#idle[0]!.pooledAt <= oldest) {
       retire(this.#idle.shift()!);
