@@ -53,19 +53,105 @@ export interface UdpCounters {
  */
 const MAX_PEERS = 1024;
 
+/**
+ * Datagrams that may wait, in order, behind a name lookup or the outbound
+ * socket's bind; more are dropped. A lookup can take the resolver's whole
+ * timeout, and a client may keep sending meanwhile.
+ */
+const MAX_WAITING = 256;
+
+/**
+ * The local ports of every association's outbound sockets, in this process.
+ * A datagram from one of them, arriving at a client-facing socket from that
+ * socket's own address, is ferry relaying into itself: another client
+ * sending through its own association to this one's relay port. When this
+ * association's client is on ferry's host, such a datagram would pass the
+ * client address check, be relayed, and (DST.PORT 0) take the client's port.
+ */
+const outboundPorts = new Set<number>();
+
+/** A datagram from the client, decoded, on its way out. */
+interface Outgoing {
+  readonly address: Address;
+  readonly data: Uint8Array;
+}
+
+/**
+ * Sends on one node:dgram socket one datagram at a time, each once the last
+ * one's callback has come. Deno completes sends that waited together (on a
+ * fresh socket, or a full send buffer) in reverse order: 20 datagrams sent at
+ * once reached their peer as 19, 18, … 0. A send that completes at once, as
+ * nearly all do, costs no more than its callback.
+ */
+class OrderedSender {
+  readonly socket: dgram.Socket;
+  readonly #queue: [Uint8Array, number, string, (error: unknown) => void][] = [];
+  #busy = false;
+
+  constructor(socket: dgram.Socket) {
+    this.socket = socket;
+  }
+
+  /** Sends `data` after those before it; `done` gets the send's error, if any. */
+  send(data: Uint8Array, port: number, ip: string, done: (error: unknown) => void): void {
+    if (!this.#busy) return this.#start(data, port, ip, done);
+    if (this.#queue.length >= MAX_WAITING) return done(new Error("too many datagrams waiting"));
+    this.#queue.push([data, port, ip, done]);
+  }
+
+  /** Forgets the datagrams not sent yet; returns how many. */
+  clear(): number {
+    const count = this.#queue.length;
+    this.#queue.length = 0;
+    return count;
+  }
+
+  #start(data: Uint8Array, port: number, ip: string, done: (error: unknown) => void): void {
+    this.#busy = true;
+    try {
+      this.socket.send(data, port, ip, (error) => {
+        done(error);
+        this.#next();
+      });
+    } catch (error) {
+      // node:dgram throws at once on what it rejects outright (a bad port
+      // or address). Thrown here it would escape into an event handler or a
+      // promise callback, and an unhandled rejection ends the process.
+      done(error);
+      this.#next();
+    }
+  }
+
+  #next(): void {
+    this.#busy = false;
+    const waiting = this.#queue.shift();
+    if (waiting) this.#start(...waiting);
+  }
+}
+
 /** One association's sockets and counters. */
 export class UdpAssociation {
   readonly counters: UdpCounters = { udpIn: 0, udpOut: 0, dropped: 0, up: 0, down: 0 };
   readonly #options: UdpAssociationOptions;
-  readonly #clientSocket: dgram.Socket;
+  readonly #client: OrderedSender;
+  /** The client-facing socket's own IP, as a datagram's source address shows it. */
+  readonly #relayIp: string;
   #clientPort: number;
-  readonly #outbound = new Map<"udp4" | "udp6", dgram.Socket>();
+  /** Outbound sockets by family, once bound (see `#outboundReady`). */
+  readonly #outbound = new Map<"udp4" | "udp6", OrderedSender>();
+  readonly #binding = new Map<"udp4" | "udp6", Promise<OrderedSender>>();
   readonly #peers = new Set<string>();
+  /**
+   * Datagrams waiting for a lookup or a bind, and any sent after them: they
+   * go out one by one, in the order the client sent them.
+   */
+  readonly #waiting: Outgoing[] = [];
   #closed = false;
 
   private constructor(options: UdpAssociationOptions, clientSocket: dgram.Socket) {
     this.#options = options;
-    this.#clientSocket = clientSocket;
+    this.#client = new OrderedSender(clientSocket);
+    this.#relayIp = clientSocket.address().address;
     this.#clientPort = options.clientPort;
     clientSocket.on("message", (message, from) => this.#fromClient(message, from));
     clientSocket.on("error", () => this.counters.dropped++);
@@ -86,16 +172,22 @@ export class UdpAssociation {
 
   /** The client-facing socket's address. */
   get address(): { host: string; port: number } {
-    const { address, port } = this.#clientSocket.address();
+    const { address, port } = this.#client.socket.address();
     return { host: address, port };
   }
 
-  /** Closes every socket. Idempotent; datagrams in flight are dropped. */
+  /** Closes every socket. Idempotent; datagrams still waiting are dropped and counted. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    closeSocket(this.#clientSocket);
-    for (const socket of this.#outbound.values()) closeSocket(socket);
+    this.counters.dropped += this.#waiting.length + this.#client.clear();
+    this.#waiting.length = 0;
+    closeSocket(this.#client.socket);
+    for (const sender of this.#outbound.values()) {
+      this.counters.dropped += sender.clear();
+      outboundPorts.delete(sender.socket.address().port);
+      closeSocket(sender.socket);
+    }
     this.#outbound.clear();
   }
 
@@ -104,8 +196,12 @@ export class UdpAssociation {
     // Only the control connection's host may use the relay, and only from the
     // port it declared: anyone else could otherwise send through it.
     if (from.address !== this.#options.clientIp) return void this.counters.dropped++;
-    if (this.#clientPort === 0) this.#clientPort = from.port;
-    else if (from.port !== this.#clientPort) return void this.counters.dropped++;
+    if (this.#clientPort !== 0 && from.port !== this.#clientPort) {
+      return void this.counters.dropped++;
+    }
+    if (from.address === this.#relayIp && outboundPorts.has(from.port)) {
+      return void this.counters.dropped++; // ferry relaying into itself (see outboundPorts)
+    }
     let datagram;
     try {
       datagram = decodeUdpDatagram(message);
@@ -118,11 +214,39 @@ export class UdpAssociation {
     const { address, data } = datagram;
     // Port 0 cannot be sent to (node:dgram throws on it); a client asking for it is wrong.
     if (address.port === 0) return void this.counters.dropped++;
-    if (address.type !== "domain") return this.#sendOut(address.host, address.port, data);
-    this.#resolve(address).then(
-      (ip) => this.#sendOut(ip, address.port, data),
-      () => this.counters.dropped++,
-    );
+    // Learnt from the first datagram that is one: not from stray bytes.
+    if (this.#clientPort === 0) this.#clientPort = from.port;
+    if (this.#waiting.length === 0 && address.type !== "domain") {
+      const sender = this.#outbound.get(familyOf(address.host));
+      if (sender) return this.#sendOut(sender, address.host, address.port, data);
+    }
+    if (this.#waiting.length >= MAX_WAITING) return void this.counters.dropped++;
+    this.#waiting.push({ address, data });
+    if (this.#waiting.length === 1) this.#sendWaiting();
+  }
+
+  /**
+   * Sends the waiting datagrams one at a time, each after its lookup and its
+   * outbound socket's bind, so none overtakes another: a burst at the start of
+   * an association, or behind a name, reaches the peer in the order sent.
+   */
+  async #sendWaiting(): Promise<void> {
+    while (this.#waiting.length > 0 && !this.#closed) {
+      const { address, data } = this.#waiting[0]!;
+      let sent = false;
+      try {
+        const ip = address.type === "domain" ? await this.#resolve(address) : address.host;
+        const sender = await this.#outboundReady(familyOf(ip));
+        if (this.#closed) return; // close() counted what was waiting
+        this.#sendOut(sender, ip, address.port, data);
+        sent = true;
+      } catch {
+        // an unresolvable name, or no socket for its family
+      }
+      if (this.#closed) return;
+      if (!sent) this.counters.dropped++;
+      this.#waiting.shift();
+    }
   }
 
   async #resolve(address: Address): Promise<string> {
@@ -134,37 +258,57 @@ export class UdpAssociation {
     return chosen.address;
   }
 
-  #sendOut(ip: string, port: number, data: Uint8Array): void {
-    if (this.#closed) return;
-    let socket: dgram.Socket;
-    try {
-      socket = this.#outboundFor(familyOf(ip));
-    } catch {
-      return void this.counters.dropped++;
-    }
+  #sendOut(sender: OrderedSender, ip: string, port: number, data: Uint8Array): void {
     const key = peerKey(ip, port);
     // A Set iterates in insertion order: re-adding moves the key to the end.
     if (!this.#peers.delete(key) && this.#peers.size >= MAX_PEERS) {
       this.#peers.delete(this.#peers.values().next().value!);
     }
     this.#peers.add(key);
-    this.#send(socket, data, port, ip, () => {
+    this.#send(sender, data, port, ip, () => {
       this.counters.udpIn++;
       this.counters.up += data.length;
       this.#options.onActivity();
     });
   }
 
-  #outboundFor(type: "udp4" | "udp6"): dgram.Socket {
+  /**
+   * The outbound socket for `type`, bound on first use: to the wildcard
+   * address, so the kernel still picks the source address for each
+   * destination, which the client-facing socket (bound to one interface)
+   * could not. Bound before the first send, which needs its port (see
+   * `outboundPorts`).
+   */
+  #outboundReady(type: "udp4" | "udp6"): Promise<OrderedSender> {
     const existing = this.#outbound.get(type);
-    if (existing) return existing;
-    // Unbound: the kernel picks the source address for each destination,
-    // which the client-facing socket (bound to one interface) could not.
+    if (existing) return Promise.resolve(existing);
+    let binding = this.#binding.get(type);
+    if (!binding) {
+      binding = this.#bindOutbound(type).finally(() => this.#binding.delete(type));
+      this.#binding.set(type, binding);
+    }
+    return binding;
+  }
+
+  async #bindOutbound(type: "udp4" | "udp6"): Promise<OrderedSender> {
     const socket = dgram.createSocket(type);
+    socket.bind(0, type === "udp4" ? "0.0.0.0" : "::");
+    try {
+      await once(socket, "listening");
+    } catch (error) {
+      closeSocket(socket);
+      throw error;
+    }
+    if (this.#closed) {
+      closeSocket(socket);
+      throw new Error("association closed");
+    }
     socket.on("message", (message, from) => this.#fromPeer(message, from));
     socket.on("error", () => this.counters.dropped++);
-    this.#outbound.set(type, socket);
-    return socket;
+    outboundPorts.add(socket.address().port);
+    const sender = new OrderedSender(socket);
+    this.#outbound.set(type, sender);
+    return sender;
   }
 
   #fromPeer(message: Uint8Array, from: dgram.RemoteInfo): void {
@@ -176,7 +320,7 @@ export class UdpAssociation {
     const out = new Uint8Array(header.length + message.length);
     out.set(header);
     out.set(message, header.length);
-    this.#send(this.#clientSocket, out, this.#clientPort, this.#options.clientIp, () => {
+    this.#send(this.#client, out, this.#clientPort, this.#options.clientIp, () => {
       this.counters.udpOut++;
       this.counters.down += message.length;
       this.#options.onActivity();
@@ -185,23 +329,16 @@ export class UdpAssociation {
 
   /**
    * Sends `data`; calls `onSent` once the kernel took it, or counts it as
-   * dropped if the send fails, now or later. A datagram is counted as relayed
-   * only in the send's callback: many sends fail only there (EACCES for a
-   * broadcast address, EMSGSIZE for an answer too big to wrap), and the log
-   * must not count one datagram both relayed and dropped. node:dgram throws at
-   * once on what it rejects outright (a bad port or address): here that would
-   * escape into an event handler or a promise callback, and an unhandled
-   * rejection ends the process with every session in it.
+   * dropped if the send fails. A datagram is counted as relayed only in the
+   * send's callback: many sends fail only there (EACCES for a broadcast
+   * address, EMSGSIZE for an answer too big to wrap), and the log must not
+   * count one datagram both relayed and dropped.
    */
-  #send(socket: dgram.Socket, data: Uint8Array, port: number, ip: string, onSent: () => void) {
-    try {
-      socket.send(data, port, ip, (error) => {
-        if (error) this.counters.dropped++;
-        else onSent();
-      });
-    } catch {
-      this.counters.dropped++;
-    }
+  #send(sender: OrderedSender, data: Uint8Array, port: number, ip: string, onSent: () => void) {
+    sender.send(data, port, ip, (error) => {
+      if (error) this.counters.dropped++;
+      else onSent();
+    });
   }
 }
 

@@ -318,6 +318,99 @@ Deno.test("DST 0.0.0.0:0 learns the client's port from its first datagram", asyn
   assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "hi");
 });
 
+/**
+ * Sends each datagram once the last has gone: Deno's node:dgram may send a
+ * burst in reverse (see OrderedSender in src/udp_associate.ts), and these
+ * tests check the order ferry keeps.
+ */
+async function sendInOrder(
+  socket: dgram.Socket,
+  datagrams: Uint8Array[],
+  port: number,
+  host = "127.0.0.1",
+): Promise<void> {
+  for (const datagram of datagrams) {
+    await new Promise<void>((resolve, reject) =>
+      socket.send(datagram, port, host, (error) => error ? reject(error) : resolve())
+    );
+  }
+}
+
+/** Waits until `received` holds `count` payloads (5 s at most). */
+async function receivedAtLeast(received: string[], count: number): Promise<void> {
+  for (const started = performance.now(); received.length < count;) {
+    if (performance.now() - started > 5000) {
+      throw new Error(`${received.length} of ${count} datagrams arrived`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+Deno.test("a burst at the start of an association reaches the peer in the order sent", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  const sent = Array.from({ length: 20 }, (_, i) => `${i}`);
+  // The client sends them one by one, but they reach ferry's fresh outbound
+  // socket together, and Deno's node:dgram sent them on in reverse: 19, 18, … 0.
+  const datagrams = sent.map((text) => frame(ipv4("127.0.0.1", echo.port), text));
+  await sendInOrder(udp.local, datagrams, udp.reply.address.port);
+  await receivedAtLeast(echo.received, sent.length);
+  assert.deepEqual(echo.received, sent);
+});
+
+Deno.test("datagrams to a name reach the peer in the order sent, each after its lookup", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  const sent = Array.from({ length: 40 }, (_, i) => `${i}`);
+  // A lookup each, which used to finish in any order.
+  const datagrams = sent.map((text) => frame(domain("localhost", echo.port), text));
+  await sendInOrder(udp.local, datagrams, udp.reply.address.port);
+  await receivedAtLeast(echo.received, sent.length);
+  assert.deepEqual(echo.received, sent);
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.equal(session.udpIn, sent.length);
+  assert.equal(session.dropped, 0);
+});
+
+Deno.test("one association cannot send through another's relay, even when both clients are on ferry's host", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using victim = await associate(ferry, 0); // its port is learnt from its first datagram
+  await using attacker = await associate(ferry);
+  // The attacker's relay sends to the victim's relay port from ferry's own
+  // outbound socket: the victim's address (127.0.0.1), so it passed the
+  // client check, was relayed, and its port taken for the victim's.
+  const inner = frame(ipv4("127.0.0.1", echo.port), "INJECTED");
+  const header = socks5.encodeUdpHeader(ipv4("127.0.0.1", victim.reply.address.port));
+  const outer = new Uint8Array(header.length + inner.length);
+  outer.set(header);
+  outer.set(inner, header.length);
+  // Then a marker to the echo server: ferry keeps the order, so once the
+  // marker is there the injection has been sent, and on loopback it already
+  // waits at the victim's relay socket, ahead of the victim's own datagram.
+  const marker = frame(ipv4("127.0.0.1", echo.port), "marker");
+  await sendInOrder(attacker.local, [outer, marker], attacker.reply.address.port);
+  await receivedAtLeast(echo.received, 1);
+  attacker.control.close();
+  const attackerSession = await sessionOf(ferry, attacker.control.localAddr);
+  assert.equal(attackerSession.udpIn, 2, "the injection went out");
+  const answer = nextDatagram(victim.local);
+  victim.local.send(
+    frame(ipv4("127.0.0.1", echo.port), "mine"),
+    victim.reply.address.port,
+    "127.0.0.1",
+  );
+  assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "mine");
+  assert.deepEqual(echo.received, ["marker", "mine"]);
+  victim.control.close();
+  const victimSession = await sessionOf(ferry, victim.control.localAddr);
+  assert.equal(victimSession.dropped, 1);
+  assert.equal(victimSession.udpIn, 1);
+});
+
 Deno.test("IPv6: a client on ::1 gets a relay on ::1 and reaches an IPv6 echo server", async () => {
   await using ferry = await startFerry(["socks", "--listen", "[::1]:0"]);
   await using echo = await udpEcho("::1");
