@@ -1,6 +1,6 @@
 /**
- * Entry point: parse the command line, start the listeners, and map SIGINT
- * and SIGTERM to one graceful shutdown (a second signal exits at once).
+ * Entry point: parse the command line, start the listeners, and map SIGINT,
+ * SIGTERM and SIGHUP to one graceful shutdown (a second signal exits at once).
  *
  * @module
  */
@@ -24,8 +24,23 @@ import { formatAddress } from "./protocol/address.ts";
 import { type Server, startSocksServer } from "./server.ts";
 
 const encoder = new TextEncoder();
-const writeOut = (text: string) => void Deno.stdout.writeSync(encoder.encode(text));
-const writeErr = (text: string) => void Deno.stderr.writeSync(encoder.encode(text));
+/**
+ * Writes help, version or usage errors. A reader that has gone (`ferry
+ * --help | head -1`) must not turn them into a crash with a stack trace and
+ * the wrong exit status.
+ */
+function writeTo(stream: typeof Deno.stdout | typeof Deno.stderr, text: string): void {
+  const bytes = encoder.encode(text);
+  try {
+    for (let offset = 0; offset < bytes.length;) {
+      offset += stream.writeSync(bytes.subarray(offset));
+    }
+  } catch {
+    // nobody is reading
+  }
+}
+const writeOut = (text: string) => writeTo(Deno.stdout, text);
+const writeErr = (text: string) => writeTo(Deno.stderr, text);
 
 /** Settings and listeners of one run of the process. */
 interface Plan extends LogSettings {
@@ -102,13 +117,17 @@ function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> 
 /** The same signal again within this long is the first one delivered twice. */
 const REPEAT_SIGNAL_MS = 250;
 
+/** Signals that stop ferry gracefully, with their numbers for the exit status of a second one. */
+const SIGNAL_NUMBERS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
+const STOP_SIGNALS = Object.keys(SIGNAL_NUMBERS) as (keyof typeof SIGNAL_NUMBERS)[];
+
 async function serve(plan: Plan): Promise<number> {
   // Listening for signals before the listeners open: a SIGTERM that comes
   // while they start (or while prlimit answers) is then a clean shutdown,
   // not the default action's death.
   const { promise: stopRequested, resolve: requestStop } = Promise.withResolvers<Deno.Signal>();
   let first: { signal: Deno.Signal; at: number } | null = null;
-  const onSignal = (signal: Deno.Signal) => () => {
+  const onSignal = (signal: keyof typeof SIGNAL_NUMBERS) => () => {
     if (first === null) {
       first = { signal, at: performance.now() };
       requestStop(signal);
@@ -118,10 +137,11 @@ async function serve(plan: Plan): Promise<number> {
     // group, and `deno task` (or another supervisor) passes it on as well.
     if (signal === first.signal && performance.now() - first.at < REPEAT_SIGNAL_MS) return;
     // A second signal: the operator does not want to wait.
-    Deno.exit(signal === "SIGINT" ? 130 : 143);
+    Deno.exit(128 + SIGNAL_NUMBERS[signal]);
   };
-  Deno.addSignalListener("SIGINT", onSignal("SIGINT"));
-  Deno.addSignalListener("SIGTERM", onSignal("SIGTERM"));
+  // SIGHUP too: the terminal ferry runs in has closed (an ssh session ended),
+  // and its default action would cut every session and lose the last lines.
+  for (const signal of STOP_SIGNALS) Deno.addSignalListener(signal, onSignal(signal));
   // The listeners stay until Deno.exit: without one, a signal takes the
   // default action, and a Ctrl-C's second copy (or the operator's second
   // signal) during the last log lines would kill ferry mid-flush.
@@ -179,7 +199,11 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
   );
   await Promise.all(running.map(({ server, config }) => server.shutdown(config.shutdownGraceMs)));
   for (const { server } of running) {
-    serverLog.info("stopped", { event: "stopped", ...server.metrics.snapshot() });
+    serverLog.info("stopped {listen}", {
+      event: "stopped",
+      listen: formatAddress({ host: server.addr.hostname, port: server.addr.port }),
+      ...server.metrics.snapshot(),
+    });
   }
   return 0;
 }

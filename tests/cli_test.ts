@@ -83,6 +83,27 @@ Deno.test("ferry --version prints the version from deno.json and exits 0", async
   assert.ok(run.stdout.includes(VERSION), `stdout: ${JSON.stringify(run.stdout)}`);
 });
 
+Deno.test("--help and --version into a pipe nobody reads exit 0 without a stack trace", async () => {
+  for (const args of [["socks", "--help"], ["--version"]]) {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ferryCommandArgs(args),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    }).spawn();
+    // `ferry --help | true`: the reader is gone before ferry writes (Deno
+    // takes far longer to start), so the write fails with EPIPE.
+    await child.stdout.cancel();
+    const [status, stderr] = await Promise.all([
+      child.status,
+      new Response(child.stderr).text(),
+    ]);
+    assert.equal(stderr, "", `ferry ${args.join(" ")}`);
+    assert.equal(status.code, 0, `ferry ${args.join(" ")}`);
+  }
+});
+
 Deno.test("an unknown flag exits 2 and is named on stderr", async () => {
   const run = await ferry("socks", "--listen", "127.0.0.1:0", "--frobnicate");
   assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);

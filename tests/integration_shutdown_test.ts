@@ -119,6 +119,28 @@ Deno.test("SIGINT with no sessions exits 0 promptly", async () => {
   assert.equal(status.code, 0);
 });
 
+Deno.test("SIGHUP (the terminal closed) drains like SIGTERM: the session finishes, its line and the totals are written, exit 0", async () => {
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
+  using target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  using _client = client;
+  ferry.kill("SIGHUP");
+  await waitUntilRefused(ferry);
+  // Still relaying: SIGHUP's default action used to kill ferry here (exit 129).
+  await server.write(Uint8Array.of(7));
+  assert.deepEqual(await client.readExactly(1), Uint8Array.of(7));
+  client.close();
+  await server.waitForEnd(5_000);
+  server.close();
+  const status = await exitWithin(ferry, 5_000, "ferry to exit once the session ended");
+  assert.equal(status.code, 0);
+  const session = await sessionOf(ferry, client.localAddr, 1_000);
+  assert.equal(session.outcome, "ok");
+  const stopped = ferry.lines.find((line) => line.event === "stopped");
+  assert.equal(stopped?.listen, ferry.listen);
+  assert.equal(ferry.lines.find((line) => line.event === "shutdown")?.signal, "SIGHUP");
+});
+
 Deno.test("a second SIGTERM during the grace period exits immediately", async () => {
   await using ferry = await startFerry([
     "socks",
