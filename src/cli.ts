@@ -87,11 +87,20 @@ export function buildProgram(
 ): Command {
   const output = {
     ...streams,
-    // commander repeats a mistyped option whole: `--usr=alice:s3cret` would
-    // print the password. The option's name is what the user needs.
+    // commander repeats what it did not expect: a mistyped option whole
+    // (`--usr=alice:s3cret`) and stray arguments (`--user alice s3cret`
+    // gives "got 1: s3cret"), so either could print a password. The option's
+    // name, or the count, is what the user needs.
     outputError: (text: string, write: (text: string) => void) =>
-      // To the line's last quote: the value may hold quotes of its own.
-      write(text.replace(/(unknown option '[^'=]*=).*'/, "$1…'")),
+      write(
+        text
+          // To the value's last quote: it may hold quotes, and newlines, of its own.
+          .replace(/(unknown option '[^'=]*=)[\s\S]*'/, "$1…'")
+          .replace(
+            /(too many arguments[^\n]*? got \d+): [\s\S]*\.\n/,
+            "$1 (not shown: one may be a password; is a value missing its flag, or split by a space?).\n",
+          ),
+      ),
   };
   const program = new Command("ferry")
     .description("A SOCKS5/SOCKS4 proxy and TCP forwarder that carries every byte.")

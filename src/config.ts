@@ -6,6 +6,7 @@
  * @module
  */
 
+import { isAbsolute } from "node:path";
 import { addressOf, parseIPv4, parseIPv6 } from "./protocol/address.ts";
 
 /** Log levels the command line accepts. */
@@ -198,6 +199,19 @@ export function checkHostPort(text: string, minPort: 0 | 1): ListenAddress | { p
 
 const encoder = new TextEncoder();
 
+/**
+ * ` (from DIR)` for a relative path, so a user can see where it was looked
+ * for: `deno task` runs in the project's directory, not the caller's.
+ */
+export function fromWhere(path: string): string {
+  if (isAbsolute(path)) return "";
+  try {
+    return ` (from ${Deno.cwd()})`;
+  } catch {
+    return "";
+  }
+}
+
 /** Parses `name:password` (the password may contain `:`); returns a problem text on failure. */
 export function parseUser(text: string): { name: string; password: Uint8Array } | string {
   const colon = text.indexOf(":");
@@ -342,7 +356,9 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
       content = await Deno.readTextFile(raw.usersFile);
     } catch (error) {
       check.problems.push(
-        `--users-file: cannot read ${JSON.stringify(raw.usersFile)}: ${(error as Error).message}`,
+        `--users-file: cannot read ${JSON.stringify(raw.usersFile)}${fromWhere(raw.usersFile)}: ${
+          (error as Error).message
+        }`,
       );
     }
     if (content !== null) {

@@ -24,6 +24,7 @@ import {
   ConfigError,
   DEFAULTS,
   type ForwardConfig,
+  fromWhere,
   type ListenAddress,
   LOG_FORMATS,
   LOG_LEVELS,
@@ -259,6 +260,9 @@ const PARSE_MESSAGES: Readonly<Record<string, string>> = {
  * Errors found inside a string literal, whose token is the whole string: a
  * password, perhaps, so the message gives its place and not its text.
  */
+/** Text that ends with a password key: what comes next is not shown, even unquoted. */
+const AFTER_PASSWORD_KEY = /"password"\s*:\s*$/;
+
 const IN_STRING_ERRORS: ReadonlySet<string> = new Set([
   "UnexpectedEndOfString",
   "InvalidUnicode",
@@ -517,6 +521,8 @@ export async function parseRunConfig(text: string, source: string): Promise<RunC
         ? "the end of the file"
         : IN_STRING_ERRORS.has(name)
         ? "a string (not shown: it may be secret)"
+        : AFTER_PASSWORD_KEY.test(text.slice(Math.max(0, error.offset - 64), error.offset))
+        ? "a value (not shown: it may be secret)"
         : token === ""
         ? show(text.slice(error.offset, error.offset + 1))
         : show(token);
@@ -574,7 +580,7 @@ export async function loadConfigFile(path: string): Promise<RunConfig> {
     text = await Deno.readTextFile(path);
   } catch (error) {
     throw new ConfigError([
-      `${path}: cannot read the configuration file: ${(error as Error).message}`,
+      `${path}: cannot read the configuration file${fromWhere(path)}: ${(error as Error).message}`,
     ]);
   }
   return await parseRunConfig(text, path);

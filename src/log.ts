@@ -15,6 +15,7 @@ import {
   getLogger,
   type Logger,
   type LogLevel as LogTapeLevel,
+  type TextFormatter,
 } from "@logtape/logtape";
 import type { LogFormat, LogLevel } from "./config.ts";
 import { batchedSink } from "./log_sink.ts";
@@ -39,9 +40,7 @@ export interface LoggingOptions {
 
 /** Routes ferry's loggers to stderr. Call {@linkcode stopLogging} before exit to flush. */
 export async function setupLogging(options: LoggingOptions): Promise<void> {
-  const formatter = options.format === "json"
-    ? getJsonLinesFormatter({ properties: "flatten", message: "rendered" })
-    : getLogfmtFormatter({ properties: "flatten", message: "rendered" });
+  const formatter = lineFormatter(options.format);
   await configure({
     reset: true,
     sinks: {
@@ -57,6 +56,33 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
     ],
   });
+}
+
+/**
+ * Characters some readers take as line breaks (U+2028, U+2029: Python's
+ * splitlines(), JavaScript's regexps) and those that reorder how a line is
+ * displayed (bidi controls). Clients choose user names and host names, and
+ * LogTape escapes only the C0 and C1 controls, so a user-id holding U+2028
+ * could make one line look like two.
+ */
+const UNSAFE_ANYWHERE = /[\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+const UNSAFE_EVERYWHERE = new RegExp(UNSAFE_ANYWHERE.source, "g");
+
+/** `\uXXXX` for each unsafe character: an escape in JSON, and plain text in logfmt. */
+function escapeUnsafe(line: string): string {
+  if (!UNSAFE_ANYWHERE.test(line)) return line;
+  return line.replace(
+    UNSAFE_EVERYWHERE,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
+
+/** The formatter of one log line, properties flattened into it, in `format`. */
+export function lineFormatter(format: LogFormat): TextFormatter {
+  const base = format === "json"
+    ? getJsonLinesFormatter({ properties: "flatten", message: "rendered" })
+    : getLogfmtFormatter({ properties: "flatten", message: "rendered" });
+  return (record) => escapeUnsafe(base(record));
 }
 
 /**

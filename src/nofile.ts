@@ -30,6 +30,10 @@ export async function openFilesLimit(): Promise<number | null> {
       stdin: "null",
       stdout: "piped",
       stderr: "null",
+      // Deno refuses to run a program with LD_* variables in its environment
+      // (LD_LIBRARY_PATH is common) unless given --allow-all, and prlimit
+      // needs none of ours. The program is still found on ferry's PATH.
+      clearEnv: true,
     }).output();
     return success ? parseSoftLimit(new TextDecoder().decode(stdout)) : null;
   } catch {

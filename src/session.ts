@@ -45,7 +45,14 @@ interface BindReplies {
 /** A handshake larger than this is not SOCKS; the codecs cap every field well below it. */
 const MAX_HANDSHAKE_BYTES = 8192;
 
-const decoder = new TextDecoder();
+/**
+ * User names as configured text: a byte order mark is kept and invalid UTF-8
+ * is an error, so that no other byte string passes for a user's name (the
+ * default decoder drops a leading BOM and turns bad bytes into U+FFFD).
+ */
+const exactName = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+/** User names and user-ids as logged: what the bytes show, bad ones as U+FFFD. */
+const shownName = new TextDecoder("utf-8", { ignoreBOM: true });
 /** No early data, and the handshake buffer once the handshake is over; never written to. */
 const NO_BYTES = new Uint8Array(0);
 
@@ -87,8 +94,14 @@ export class SocksSession extends ProxySession {
 
     if (method === socks5.Method.UserPass) {
       const credentials = await this.#decode(socks5.decodeCredentials, socks5.encodeAuthStatus);
-      this.user = decoder.decode(credentials.username);
-      if (!users.verify(this.user, credentials.password)) {
+      this.user = shownName.decode(credentials.username);
+      let name = ""; // no configured user has an empty name, so this never matches
+      try {
+        name = exactName.decode(credentials.username);
+      } catch {
+        // not UTF-8: it cannot be a configured name
+      }
+      if (!users.verify(name, credentials.password)) {
         await writeAll(this.client, socks5.encodeAuthStatus(socks5.AuthStatus.Failure));
         return await this.refuse("auth-failed");
       }
@@ -135,7 +148,7 @@ export class SocksSession extends ProxySession {
     const replyWith = (code: number) => socks4.encodeReply({ reply: code, port: 0, ip: "0.0.0.0" });
     const request = await this.#decode(socks4.decodeRequest, replyWith);
     if (request.address.type === "domain") this.protocol = "socks4a";
-    if (request.userId.length > 0) this.user = decoder.decode(request.userId);
+    if (request.userId.length > 0) this.user = shownName.decode(request.userId);
     this.requested = formatAddress(request.address);
     const refusal = !this.#socks.socks4 ? "socks4-disabled" : users.required
       ? "auth-required" // SOCKS4 has no way to carry a password.

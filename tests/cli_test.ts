@@ -194,6 +194,18 @@ Deno.test("a users file with a malformed line exits 2 naming the file and the li
   }
 });
 
+Deno.test("stray arguments are counted, not shown: `--user alice s3cret` must not print the password", async () => {
+  const run = await ferry("socks", "--user", "alice", "Sup3rSecret");
+  assert.equal(run.code, 2, run.stderr);
+  assert.match(run.stderr, /too many arguments/);
+  assert.ok(!run.stderr.includes("Sup3rSecret"), `password printed:\n${run.stderr}`);
+  // A value with a newline in a mistyped option is not shown either.
+  const typo = await ferry("socks", "--usr=alice:Sup3r\nSecret");
+  assert.equal(typo.code, 2, typo.stderr);
+  assert.match(typo.stderr, /--usr=/);
+  assert.ok(!/Sup3r|Secret/.test(typo.stderr), `password printed:\n${typo.stderr}`);
+});
+
 Deno.test("a password given with --user is not echoed when another value is bad", async () => {
   const run = await ferry("socks", "--user", "alice:Sup3rSecret", "--listen", "nope");
   assert.equal(run.code, 2, run.stderr);

@@ -239,6 +239,14 @@ Deno.test("comments and trailing commas are accepted", async () => {
   assert.deepEqual(forward(config.listeners[0]).upstreams, [{ hostname: "127.0.0.1", port: 22 }]);
 });
 
+Deno.test("an unquoted password is not shown in the syntax error", async () => {
+  const text = `{ "users": [{ "name": "alice", "password": Sup3rSecret }], "listeners": [] }`;
+  const problems = await problemsOf(parseRunConfig(text, "test.jsonc"));
+  assert.ok(problems.length > 0);
+  for (const problem of problems) assert.doesNotMatch(problem, /Sup3rSecret/);
+  assert.match(problems[0]!, /^test\.jsonc:1:\d+: .*not shown/);
+});
+
 Deno.test("a byte order mark at the start of the file is ignored", async () => {
   const config = await parseRunConfig("\uFEFF" + JSON.stringify(validFile()), "test.jsonc");
   assert.equal(config.listeners.length, 2);

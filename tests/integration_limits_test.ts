@@ -48,6 +48,17 @@ Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descri
   await echo.close();
 });
 
+Deno.test("the open-files warning comes also when LD_LIBRARY_PATH is set", async () => {
+  // Deno will not run a program with LD_* variables in its environment without
+  // --allow-all, so ferry's prlimit check was skipped, silently.
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"], {
+    wrapper: ["prlimit", "--nofile=64"],
+    env: { LD_LIBRARY_PATH: "/usr/lib" },
+  });
+  const warning = await ferry.waitFor((l) => l.event === "nofile-low", 10_000);
+  assert.equal(warning.limit, 64);
+});
+
 Deno.test("connections reset while they wait to be accepted do not hold up the next client", async () => {
   const echo = startEchoServer();
   await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);

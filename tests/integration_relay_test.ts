@@ -236,6 +236,26 @@ Deno.test("a wrong password gets status 01 01 and the connection is closed", asy
   assert.equal(session.outcome, "auth-failed");
 });
 
+Deno.test("a user name is compared byte for byte: a BOM before it, or invalid UTF-8 after it, is another name", async () => {
+  await using ferry = await startFerry([...LISTEN, "--user", "carol:right"]);
+  const carol = encoder.encode("carol");
+  const names = [
+    Uint8Array.of(0xef, 0xbb, 0xbf, ...carol), // the default decoder dropped the BOM: "carol"
+    Uint8Array.of(...carol, 0xff), // invalid UTF-8, once "carol\ufffd"
+  ];
+  for (const username of names) {
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    await client.write(socks5.encodeGreeting({ methods: [socks5.Method.UserPass] }));
+    assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, 0x02));
+    await client.write(socks5.encodeCredentials({ username, password: encoder.encode("right") }));
+    assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x01, 0x01), "auth must fail");
+    client.close(); // ferry waits for the client to close first
+    const session = await sessionOf(ferry, client.localAddr);
+    assert.equal(session.outcome, "auth-failed");
+    assert.notEqual(session.user, "carol", "logged as what the bytes show");
+  }
+});
+
 Deno.test("with users configured, a client offering only no-auth gets 05 FF", async () => {
   await using ferry = await startFerry([...LISTEN, "--user", "carol:pw"]);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);
