@@ -14,15 +14,20 @@ interface Run {
   stderr: string;
 }
 
-/** Runs ferry with `args`; killed (and failing) if it is still running after 20 s. */
-async function ferry(...args: string[]): Promise<Run> {
-  const child = new Deno.Command(Deno.execPath(), {
+/** Starts ferry with `args`, stdout and stderr piped. */
+function spawnFerry(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
     args: ferryCommandArgs(args),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
   }).spawn();
+}
+
+/** Runs ferry with `args`; killed (and failing) if it is still running after 20 s. */
+async function ferry(...args: string[]): Promise<Run> {
+  const child = spawnFerry(args);
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -85,13 +90,7 @@ Deno.test("ferry --version prints the version from deno.json and exits 0", async
 
 Deno.test("--help and --version into a pipe nobody reads exit 0 without a stack trace", async () => {
   for (const args of [["socks", "--help"], ["--version"]]) {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ferryCommandArgs(args),
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
-    }).spawn();
+    const child = spawnFerry(args);
     // `ferry --help | true`: the reader is gone before ferry writes (Deno
     // takes far longer to start), so the write fails with EPIPE.
     await child.stdout.cancel();
