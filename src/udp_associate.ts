@@ -77,16 +77,20 @@ interface Outgoing {
 }
 
 /**
- * Sends on one node:dgram socket one datagram at a time, each once the last
- * one's callback has come. Deno completes sends that waited together (on a
- * fresh socket, or a full send buffer) in reverse order: 20 datagrams sent at
- * once reached their peer as 19, 18, … 0. A send that completes at once, as
- * nearly all do, costs no more than its callback.
+ * Sends on one node:dgram socket, in order. Deno completes sends that wait
+ * together on a socket it has not yet seen writable in reverse: a burst of
+ * 20 datagrams on a new association reached its peer as 19, 18, … 0. So the
+ * first datagram goes alone, and the rest wait for its callback; from then
+ * on sends complete as they are made, in order (200 at once, 3 runs: no
+ * inversion). Waiting for each send's callback instead kept the order too,
+ * but paced sends to one per event-loop turn: at 50,000 datagrams/s offered
+ * ferry relayed 286.
  */
 class OrderedSender {
   readonly socket: dgram.Socket;
-  readonly #queue: [Uint8Array, number, string, (error: unknown) => void][] = [];
-  #busy = false;
+  /** Sends held until the first one's callback; `null` once it has come. */
+  #held: [Uint8Array, number, string, (error: unknown) => void][] | null = null;
+  #warm = false;
 
   constructor(socket: dgram.Socket) {
     this.socket = socket;
@@ -94,38 +98,37 @@ class OrderedSender {
 
   /** Sends `data` after those before it; `done` gets the send's error, if any. */
   send(data: Uint8Array, port: number, ip: string, done: (error: unknown) => void): void {
-    if (!this.#busy) return this.#start(data, port, ip, done);
-    if (this.#queue.length >= MAX_WAITING) return done(new Error("too many datagrams waiting"));
-    this.#queue.push([data, port, ip, done]);
+    if (this.#warm) return this.#sendNow(data, port, ip, done);
+    if (this.#held === null) {
+      this.#held = [];
+      return this.#sendNow(data, port, ip, (error) => {
+        done(error);
+        this.#warm = true;
+        const held = this.#held ?? [];
+        this.#held = null;
+        for (const [data, port, ip, done] of held) this.#sendNow(data, port, ip, done);
+      });
+    }
+    if (this.#held.length >= MAX_WAITING) return done(new Error("too many datagrams waiting"));
+    this.#held.push([data, port, ip, done]);
   }
 
   /** Forgets the datagrams not sent yet; returns how many. */
   clear(): number {
-    const count = this.#queue.length;
-    this.#queue.length = 0;
+    const count = this.#held?.length ?? 0;
+    if (this.#held) this.#held.length = 0;
     return count;
   }
 
-  #start(data: Uint8Array, port: number, ip: string, done: (error: unknown) => void): void {
-    this.#busy = true;
+  #sendNow(data: Uint8Array, port: number, ip: string, done: (error: unknown) => void): void {
     try {
-      this.socket.send(data, port, ip, (error) => {
-        done(error);
-        this.#next();
-      });
+      this.socket.send(data, port, ip, done);
     } catch (error) {
       // node:dgram throws at once on what it rejects outright (a bad port
       // or address). Thrown here it would escape into an event handler or a
       // promise callback, and an unhandled rejection ends the process.
       done(error);
-      this.#next();
     }
-  }
-
-  #next(): void {
-    this.#busy = false;
-    const waiting = this.#queue.shift();
-    if (waiting) this.#start(...waiting);
   }
 }
 
