@@ -28,33 +28,37 @@ export class UpstreamSet {
   }
 
   /**
-   * The upstreams to try for one client, in order: round-robin over those
-   * that are up, then those whose pooled connections end young (see
-   * `Standing` in src/upstream/pool.ts). The next turn goes to the one after this client's
-   * first choice, so an upstream that is down does not hand its turns to its
-   * neighbour on top of the neighbour's own.
+   * The upstreams to try for one client, in order, each group round-robin:
+   * those that are up with a pooled connection ready, those up without one,
+   * then those whose pooled connections end young (see `Standing` in
+   * src/upstream/pool.ts). A pool with nothing ready has used it all or
+   * cannot connect yet: an upstream that drops SYNs has an empty pool for a
+   * whole connect timeout before its first dial fails, and the clients sent
+   * there meanwhile waited all of it. The next turn goes to the one after
+   * this client's first choice, so an upstream that is down does not hand
+   * its turns to its neighbour on top of the neighbour's own.
    */
   candidates(): Upstream[] {
     const count = this.upstreams.length;
-    const up: Upstream[] = [];
+    const ready: Upstream[] = [];
+    const cold: Upstream[] = [];
     const fallback: Upstream[] = [];
-    let firstUp = -1;
-    let firstFallback = -1;
+    let first = -1;
+    let firstRank = 3;
     for (let i = 0; i < count; i++) {
       const index = (this.#next + i) % count;
       const upstream = this.upstreams[index]!;
       const standing = upstream.standing;
-      if (standing === "up") {
-        if (firstUp < 0) firstUp = index;
-        up.push(upstream);
-      } else if (standing === "fallback") {
-        if (firstFallback < 0) firstFallback = index;
-        fallback.push(upstream);
+      if (standing === "skip") continue;
+      const rank = standing === "fallback" ? 2 : upstream.idle > 0 ? 0 : 1;
+      [ready, cold, fallback][rank]!.push(upstream);
+      if (rank < firstRank) {
+        firstRank = rank;
+        first = index;
       }
     }
-    const first = firstUp >= 0 ? firstUp : firstFallback;
     if (first >= 0) this.#next = (first + 1) % count;
-    return fallback.length === 0 ? up : up.concat(fallback);
+    return ready.concat(cold, fallback);
   }
 }
 

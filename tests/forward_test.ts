@@ -259,8 +259,9 @@ Deno.test("forward: with --pool 0 each client is dialled on demand, and the upst
   assert.equal(server.accepted, 1, "one connection, dialled for the client");
 });
 
-/** A stand-in for an Upstream in the given standing. */
-const fake = (name: string, standing: Standing) => ({ name, standing }) as unknown as Upstream;
+/** A stand-in for an Upstream in the given standing, with `idle` pooled connections ready. */
+const fake = (name: string, standing: Standing, idle = 1) =>
+  ({ name, standing, idle }) as unknown as Upstream;
 
 Deno.test("UpstreamSet: with one upstream down, the others share its turns evenly", () => {
   const set = new UpstreamSet([fake("A", "up"), fake("B", "skip"), fake("C", "up")]);
@@ -275,6 +276,17 @@ Deno.test("UpstreamSet: with one upstream down, the others share its turns evenl
   ]);
   const none = new UpstreamSet([fake("A", "skip"), fake("B", "skip")]);
   assert.deepEqual(none.candidates(), []);
+});
+
+Deno.test("UpstreamSet: an upstream with a pooled connection ready comes before one without", () => {
+  // B's pool is empty (its first dials still hang on an upstream that drops
+  // SYNs): clients go to A while A has connections ready, then to B.
+  const set = new UpstreamSet([fake("A", "up", 2), fake("B", "up", 0)]);
+  const orders = Array.from({ length: 3 }, () => set.candidates().map((u) => u.name));
+  assert.deepEqual(orders, [["A", "B"], ["A", "B"], ["A", "B"]]);
+  const even = new UpstreamSet([fake("A", "up", 0), fake("B", "up", 0)]);
+  const turns = Array.from({ length: 4 }, () => even.candidates()[0]!.name);
+  assert.deepEqual(turns, ["A", "B", "A", "B"], "round-robin when no pool has one (--pool 0)");
 });
 
 Deno.test("UpstreamSet: an upstream whose pooled connections end young comes after those up, in turn", () => {
