@@ -402,7 +402,11 @@ export abstract class ProxySession implements Expirable {
   #logEnd(): void {
     this.context.metrics.sessionEnded(this.#outcome, this.#up, this.#down);
     if (!this.context.logSessions) return;
-    sessionLog.info("session {id} {client} → {target}: {outcome}", {
+    // Without a target (no request got that far) the message says nothing of one, not "→ null".
+    const template = this.requested === null
+      ? "session {id} {client}: {outcome}"
+      : "session {id} {client} → {target}: {outcome}";
+    sessionLog.info(template, {
       event: "session",
       id: this.id,
       client: this.clientAddress,

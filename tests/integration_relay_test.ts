@@ -361,6 +361,9 @@ Deno.test("a handshake that stalls is closed after --handshake-timeout", async (
   await client.waitForEnd(5_000);
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "handshake-timeout");
+  assert.equal(session.target, null);
+  // The message leaves out the target nobody asked for, rather than "→ null".
+  assert.doesNotMatch(String(session.message), /→|null/);
 });
 
 Deno.test("after a quiet spell, the next client gets the whole --handshake-timeout", async () => {
