@@ -60,6 +60,9 @@ const MAX_PEERS = 1024;
  */
 const MAX_WAITING = 256;
 
+/** Sends at most in flight on one socket (see `OrderedSender`); more datagrams are dropped. */
+const MAX_IN_FLIGHT = 64;
+
 /**
  * The local ports of every association's outbound sockets, in this process.
  * A datagram from one of them, arriving at a client-facing socket from that
@@ -86,11 +89,13 @@ interface Outgoing {
  * but paced sends to one per event-loop turn: at 50,000 datagrams/s offered
  * ferry relayed 286.
  */
-class OrderedSender {
+export class OrderedSender {
   readonly socket: dgram.Socket;
   /** Sends held until the first one's callback; `null` once it has come. */
   #held: [Uint8Array, number, string, (error: unknown) => void][] | null = null;
   #warm = false;
+  /** Sends made whose callback has not come yet. */
+  #inFlight = 0;
 
   constructor(socket: dgram.Socket) {
     this.socket = socket;
@@ -98,7 +103,14 @@ class OrderedSender {
 
   /** Sends `data` after those before it; `done` gets the send's error, if any. */
   send(data: Uint8Array, port: number, ip: string, done: (error: unknown) => void): void {
-    if (this.#warm) return this.#sendNow(data, port, ip, done);
+    if (this.#warm) {
+      // Under overload sends complete later than datagrams come, and each
+      // holds its datagram and Deno's 64 KiB receive buffer: 16 flooded
+      // associations grew ferry past 2 GB in 9 s. A datagram beyond the cap
+      // is dropped, as a full socket buffer would drop it.
+      if (this.#inFlight >= MAX_IN_FLIGHT) return done(new Error("too many sends in flight"));
+      return this.#sendNow(data, port, ip, done);
+    }
     if (this.#held === null) {
       this.#held = [];
       return this.#sendNow(data, port, ip, (error) => {
@@ -121,12 +133,17 @@ class OrderedSender {
   }
 
   #sendNow(data: Uint8Array, port: number, ip: string, done: (error: unknown) => void): void {
+    this.#inFlight++;
     try {
-      this.socket.send(data, port, ip, done);
+      this.socket.send(data, port, ip, (error) => {
+        this.#inFlight--;
+        done(error);
+      });
     } catch (error) {
       // node:dgram throws at once on what it rejects outright (a bad port
       // or address). Thrown here it would escape into an event handler or a
       // promise callback, and an unhandled rejection ends the process.
+      this.#inFlight--;
       done(error);
     }
   }
