@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { lookup } from "node:dns/promises";
+import { lookupAll } from "./upstream/lookups.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { closeQuietly } from "./close_quietly.ts";
 import { type Address, unmapIPv4 } from "./protocol/address.ts";
@@ -17,11 +17,14 @@ import { type Address, unmapIPv4 } from "./protocol/address.ts";
  * name. An unspecified address (0.0.0.0 or ::) means the client does not know
  * the peer's address in advance, so any peer is let in.
  */
-export async function expectedPeers(address: Address): Promise<ReadonlySet<string> | null> {
+export async function expectedPeers(
+  address: Address,
+  client: string,
+): Promise<ReadonlySet<string> | null> {
   // In the form accept() compares: an IPv4-mapped IPv6 address as its IPv4
   // address, as a dual-stack socket would see the peer either way.
   if (address.type === "domain") {
-    const results = await lookup(address.host, { all: true, verbatim: true });
+    const results = await lookupAll(address.host, client);
     return new Set(results.map((r) => unmapIPv4(r.address).toLowerCase()));
   }
   if (address.host === "0.0.0.0" || address.host === "::") return null;

@@ -276,7 +276,7 @@ export abstract class ProxySession implements Expirable {
   protected dialTarget(address: Address): Promise<Deno.TcpConn> {
     return this.waitInConnectPhase(
       this.context.connectTimeoutMs,
-      (signal) => dial(address, signal),
+      (signal) => dial(address, signal, this.client.remoteAddr.hostname),
     ).then((target) => {
       this.adoptTarget(target);
       if (this.controller.signal.aborted) throw this.controller.signal.reason;

@@ -192,7 +192,7 @@ export class SocksSession extends ProxySession {
     try {
       peers = await this.waitInConnectPhase(
         this.#socks.connectTimeoutMs,
-        (signal) => raceAbort(expectedPeers(address), signal),
+        (signal) => raceAbort(expectedPeers(address, this.client.remoteAddr.hostname), signal),
       );
     } catch (error) {
       if (this.controller.signal.aborted) throw error;

@@ -14,7 +14,7 @@
  */
 import dgram from "node:dgram";
 import { once } from "node:events";
-import { lookup } from "node:dns/promises";
+import { lookupAll } from "./upstream/lookups.ts";
 import { type Address, addressOf } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { decodeUdpDatagram, encodeUdpHeader } from "./protocol/socks5.ts";
@@ -270,7 +270,7 @@ export class UdpAssociation {
   }
 
   async #resolve(address: Address): Promise<string> {
-    const results = await lookup(address.host, { all: true, verbatim: true });
+    const results = await lookupAll(address.host, this.#options.clientIp);
     // A datagram cannot fall back to the next address the way a connect can,
     // so IPv4 is preferred: it is what a name's UDP service most often listens on.
     const chosen = results.find((r) => r.family === 4) ?? results[0];

@@ -132,6 +132,7 @@ Deno.test("REPLY_FOR_FAILURE gives each failure its SOCKS5 reply code", () => {
     "name-not-resolved": Reply.HostUnreachable,
     "not-allowed": Reply.NotAllowed,
     "connect-timeout": Reply.HostUnreachable,
+    "lookups-busy": Reply.GeneralFailure,
     "aborted": Reply.GeneralFailure,
     "general-failure": Reply.GeneralFailure,
   });

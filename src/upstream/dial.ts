@@ -6,10 +6,10 @@
  *
  * @module
  */
-import { lookup } from "node:dns/promises";
 import { closeQuietly } from "../close_quietly.ts";
 import type { Address } from "../protocol/address.ts";
 import { Reply } from "../protocol/socks5.ts";
+import { lookupAll, LookupsBusy } from "./lookups.ts";
 
 /** Stable names for the ways a dial fails. */
 export type DialFailure =
@@ -19,6 +19,7 @@ export type DialFailure =
   | "name-not-resolved"
   | "not-allowed"
   | "connect-timeout"
+  | "lookups-busy"
   | "aborted"
   | "general-failure";
 
@@ -34,6 +35,7 @@ export const REPLY_FOR_FAILURE: Readonly<Record<DialFailure, number>> = {
   "name-not-resolved": Reply.HostUnreachable,
   "not-allowed": Reply.NotAllowed,
   "connect-timeout": Reply.HostUnreachable,
+  "lookups-busy": Reply.GeneralFailure,
   "aborted": Reply.GeneralFailure,
   "general-failure": Reply.GeneralFailure,
 };
@@ -81,12 +83,13 @@ function abortFailure(signal: AbortSignal): DialFailure {
 }
 
 /** Resolves a name to its addresses, in the order the system prefers. */
-async function resolve(host: string, signal: AbortSignal): Promise<string[]> {
+async function resolve(host: string, client: string, signal: AbortSignal): Promise<string[]> {
   let results: { address: string }[];
   try {
-    results = await raceAbort(lookup(host, { all: true, verbatim: true }), signal);
+    results = await raceAbort(lookupAll(host, client), signal);
   } catch (error) {
     if (signal.aborted) throw new DialError(abortFailure(signal), `resolving ${host} aborted`);
+    if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
     throw new DialError("name-not-resolved", `cannot resolve ${JSON.stringify(host)}`, {
       cause: error,
     });
@@ -109,13 +112,18 @@ export function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> 
 
 /**
  * Connects to `address`; a name's addresses are raced, Happy Eyeballs style
- * (see `connectToFirstAnswer`). Rejects with
+ * (see `connectToFirstAnswer`). A name is looked up under `client`'s share
+ * of the lookups in progress (see src/upstream/lookups.ts). Rejects with
  * {@linkcode DialError}. The connection has TCP_NODELAY set; keepalive is the
  * session's to turn on once the relay has lasted (see `KEEPALIVE_AFTER_MS`).
  */
-export function dial(address: Address, signal: AbortSignal): Promise<Deno.TcpConn> {
+export function dial(
+  address: Address,
+  signal: AbortSignal,
+  client = "",
+): Promise<Deno.TcpConn> {
   return address.type === "domain"
-    ? dialName(address.host, address.port, signal)
+    ? dialName(address.host, address.port, client, signal)
     : connectToIp(address.host, address.port, signal);
 }
 
@@ -126,8 +134,13 @@ export function dial(address: Address, signal: AbortSignal): Promise<Deno.TcpCon
 export const ATTEMPT_DELAY_MS = 250;
 
 /** Resolves `host` and connects to the first of its addresses that answers. */
-async function dialName(host: string, port: number, signal: AbortSignal): Promise<Deno.TcpConn> {
-  const addresses = interleaveFamilies(await resolve(host, signal));
+async function dialName(
+  host: string,
+  port: number,
+  client: string,
+  signal: AbortSignal,
+): Promise<Deno.TcpConn> {
+  const addresses = interleaveFamilies(await resolve(host, client, signal));
   if (addresses.length === 1) return connectToIp(addresses[0]!, port, signal);
   return connectToFirstAnswer(host, addresses, port, signal);
 }
