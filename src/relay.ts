@@ -38,7 +38,25 @@ export interface RelayOptions {
   readonly initialBuffers?: readonly [Uint8Array<ArrayBuffer>, Uint8Array<ArrayBuffer>];
   /** Largest read buffer a busy direction grows to. */
   readonly maxBufferSize?: number;
+  /** What grown buffers count against; the process's shared budget unless given. */
+  readonly budget?: BufferBudget;
 }
+
+/**
+ * Bytes of grown read buffers that all relays together may hold. A busy
+ * direction grows to two buffers of 4 MiB, and a peer that stops reading
+ * keeps them: 300 such sessions held 828 MB. With the budget spent, a
+ * direction grows no further and writes each read before the next.
+ */
+export const BUFFER_BUDGET_BYTES = 256 * 1048576;
+
+/** Grown read buffers held, against a limit. */
+export interface BufferBudget {
+  used: number;
+  readonly limit: number;
+}
+
+const sharedBudget: BufferBudget = { used: 0, limit: BUFFER_BUDGET_BYTES };
 
 /** Bytes carried each way. `up` is client → target. */
 export interface RelayTotals {
@@ -70,6 +88,7 @@ export async function relay(
   const initial = options.initialBufferSize ?? FIRST_BUFFER_SIZE;
   const max = options.maxBufferSize ?? DEFAULT_MAX_BUFFER;
   const { controller, onActivity, onEnd } = options;
+  const budget = options.budget ?? sharedBudget;
   let open = 2; // directions still copying
   const fail = (error: unknown) => {
     if (!controller.signal.aborted) controller.abort(error);
@@ -92,6 +111,7 @@ export async function relay(
     // (an aborted session) is not carried, so the log line matches what the
     // far end can receive.
     let carried = 0;
+    let granted = 0; // bytes of this direction's buffers counted against the budget
     const progress = (written: number) => {
       carried += written;
       onActivity();
@@ -124,7 +144,20 @@ export async function relay(
         inFlight = writeAll(to, buffer.subarray(0, n), progress);
         inFlight.catch(fail); // a failed write aborts the relay even while a read is pending
         const wanted = Math.min(max, buffer.length * 4);
-        buffer = spare !== null && spare.length >= wanted ? spare : new Uint8Array(wanted);
+        if (spare !== null && spare.length >= wanted) {
+          buffer = spare;
+        } else if (budget.used + wanted <= budget.limit) {
+          buffer = new Uint8Array(wanted);
+          budget.used += wanted;
+          granted += wanted;
+        } else if (spare !== null) {
+          buffer = spare; // the budget is spent: no bigger
+        } else {
+          // The budget is spent: one buffer, written before the next read.
+          await inFlight;
+          buffer = flying;
+          inFlight = flying = null;
+        }
         spare = null;
       }
       if (inFlight) await inFlight;
@@ -137,6 +170,7 @@ export async function relay(
       fail(error);
     } finally {
       totals[direction] = carried;
+      budget.used -= granted;
     }
   };
   const buffers = options.initialBuffers;

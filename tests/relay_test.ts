@@ -394,6 +394,46 @@ Deno.test("relay() counts only bytes written: an aborted write's unsent rest is 
   assert.deepEqual(await relayed, { up: 5, down: 0 });
 });
 
+Deno.test("relay() grows its buffers only within the budget, and gives the budget back at the end", async () => {
+  // The client sends full buffers without end; the target takes everything.
+  // Without a budget the reads grow 16 → 64 → 256 → 1,024 bytes (max 1 KiB here).
+  const budget = { used: 0, limit: 64 + 256 };
+  const sizes: number[] = [];
+  let reads = 0;
+  const client: RelayEnd = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      sizes.push(buffer.length);
+      if (++reads > 12) return Promise.resolve(null);
+      return Promise.resolve(buffer.length);
+    },
+    write: () => Promise.reject(new Error("the target sends nothing")),
+    closeWrite: () => Promise.resolve(),
+  };
+  let written = 0;
+  const target: RelayEnd = {
+    read: () => Promise.resolve(null),
+    write(bytes: Uint8Array): Promise<number> {
+      written += bytes.length;
+      assert.ok(budget.used <= budget.limit, `budget ${budget.used} over ${budget.limit}`);
+      return Promise.resolve(bytes.length);
+    },
+    closeWrite: () => Promise.resolve(),
+  };
+  const controller = new AbortController();
+  const totals = await relay(client, target, {
+    controller,
+    onActivity: () => {},
+    initialBufferSize: 16,
+    maxBufferSize: 1024,
+    budget,
+  });
+  assert.equal(controller.signal.aborted, false);
+  assert.ok(Math.max(...sizes) <= 256, `grew to ${Math.max(...sizes)} with the budget spent`);
+  assert.ok(sizes.includes(256), `sizes ${sizes}`);
+  assert.equal(totals.up, written, "every byte read was written");
+  assert.equal(budget.used, 0, "given back when the relay ended");
+});
+
 Deno.test("relay() does not call onActivity when nothing but EOF arrives", async () => {
   using f = await setup();
   const relayed = f.run();
