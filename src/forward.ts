@@ -40,9 +40,8 @@ export class UpstreamSet {
    */
   candidates(): Upstream[] {
     const count = this.upstreams.length;
-    const ready: Upstream[] = [];
-    const cold: Upstream[] = [];
-    const fallback: Upstream[] = [];
+    // By rank: ready, cold, fallback.
+    const groups: [Upstream[], Upstream[], Upstream[]] = [[], [], []];
     let first = -1;
     let firstRank = 3;
     for (let i = 0; i < count; i++) {
@@ -51,14 +50,14 @@ export class UpstreamSet {
       const standing = upstream.standing;
       if (standing === "skip") continue;
       const rank = standing === "fallback" ? 2 : upstream.idle > 0 ? 0 : 1;
-      [ready, cold, fallback][rank]!.push(upstream);
+      groups[rank].push(upstream);
       if (rank < firstRank) {
         firstRank = rank;
         first = index;
       }
     }
     if (first >= 0) this.#next = (first + 1) % count;
-    return ready.concat(cold, fallback);
+    return groups.flat();
   }
 }
 
@@ -89,8 +88,7 @@ export class ForwardSession extends ProxySession {
         target = await upstream.dialForClient(() => this.dialTarget(addressOf(hostname, port)));
       } catch (error) {
         if (!(error instanceof DialError) || error.failure === "aborted") throw error;
-        upstream.markDown(error);
-        lastFailure = error.failure;
+        lastFailure = error.failure; // dialForClient marked the upstream down
         continue;
       }
       return { target, early: NO_EARLY_BYTES };

@@ -183,9 +183,9 @@ export async function relay(
 
 /**
  * Writes all of `bytes`; `conn.write` may take only part of them. Calls
- * `onProgress`, if given, after every write, with the bytes that write took. A promise chain rather than an
- * async function: nearly every call is one whole write, and this is on every
- * session's path.
+ * `onProgress`, if given, after every write, with the bytes that write took.
+ * A promise chain rather than an async function: nearly every call is one
+ * whole write, and this is on every session's path.
  */
 export function writeAll(
   conn: Pick<Deno.Conn, "write">,

@@ -253,18 +253,15 @@ export class UdpAssociation {
   async #sendWaiting(): Promise<void> {
     while (this.#waiting.length > 0 && !this.#closed) {
       const { address, data } = this.#waiting[0]!;
-      let sent = false;
       try {
         const ip = address.type === "domain" ? await this.#resolve(address) : address.host;
         const sender = await this.#outboundReady(familyOf(ip));
         if (this.#closed) return; // close() counted what was waiting
         this.#sendOut(sender, ip, address.port, data);
-        sent = true;
       } catch {
-        // an unresolvable name, or no socket for its family
+        if (this.#closed) return;
+        this.counters.dropped++; // an unresolvable name, or no socket for its family
       }
-      if (this.#closed) return;
-      if (!sent) this.counters.dropped++;
       this.#waiting.shift();
     }
   }

@@ -17,6 +17,7 @@ import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
 import { formatAddress } from "../protocol/address.ts";
 import type { RelayEnd } from "../relay.ts";
+import { DialError } from "./dial.ts";
 
 /** Most bytes an upstream may send unasked while pooled; more means it is not waiting for us. */
 export const POOLED_BYTES_LIMIT = 64 * 1024;
@@ -225,7 +226,8 @@ export class Upstream {
 
   /**
    * Wraps a client's dial to this upstream, so that while it is down only one
-   * client at a time tries it. Records the outcome: up, or down.
+   * client at a time tries it. Records the outcome: up, or down (a
+   * {@linkcode DialError} other than the session's own abort).
    */
   async dialForClient<T>(dial: () => Promise<T>): Promise<T> {
     this.#clientDials++;
@@ -233,6 +235,9 @@ export class Upstream {
       const conn = await dial();
       this.markUp();
       return conn;
+    } catch (error) {
+      if (error instanceof DialError && error.failure !== "aborted") this.markDown(error);
+      throw error;
     } finally {
       this.#clientDials--;
     }
@@ -310,7 +315,7 @@ export class Upstream {
   #fill(): void {
     if (this.#closed || this.#retryTimer !== undefined) return;
     while (this.#idle.length + this.#dialing < this.#options.poolSize) {
-      const backingOff = this.#down || this.#unsettled;
+      const backingOff = this.#backingOff;
       if (backingOff && performance.now() < this.#retryAt) {
         this.#retryTimer = setTimeout(() => {
           this.#retryTimer = undefined;
@@ -357,6 +362,11 @@ export class Upstream {
     this.#idle.push(pooled);
   }
 
+  /** Whether refilling waits for `#retryAt`: dials fail, or pooled connections end young. */
+  get #backingOff(): boolean {
+    return this.#down || this.#unsettled;
+  }
+
   /** How long a new connection must live to count as a working upstream. */
   get #settleMs(): number {
     return Math.min(SETTLE_MS, this.#options.poolMaxIdleMs / 2);
@@ -364,9 +374,9 @@ export class Upstream {
 
   #recycle(): void {
     const now = performance.now();
-    if (
-      (this.#down || this.#unsettled) && this.#idle.some((p) => now - p.pooledAt >= this.#settleMs)
-    ) this.#markSettled();
+    if (this.#backingOff && this.#idle.some((p) => now - p.pooledAt >= this.#settleMs)) {
+      this.#markSettled();
+    }
     const oldest = now - this.#options.poolMaxIdleMs;
     while (this.#idle.length > 0 && this.#idle[0]!.pooledAt <= oldest) {
       retire(this.#idle.shift()!);
