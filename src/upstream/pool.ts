@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { ByteQueue } from "../byte_queue.ts";
 import { closeQuietly } from "../close_quietly.ts";
 import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
@@ -31,7 +32,8 @@ export class PooledConnection implements RelayEnd {
   /** `performance.now()` when it entered the pool. */
   readonly pooledAt = performance.now();
   /** Bytes the upstream sent while pooled, not yet handed to the session. */
-  #received: Uint8Array[] = [];
+  #received = new ByteQueue();
+  /** All bytes the upstream sent while pooled, handed on or not. */
   #receivedBytes = 0;
   #taken = false;
   #ended: { eof: true } | { error: unknown } | null = null;
@@ -59,7 +61,7 @@ export class PooledConnection implements RelayEnd {
         if (!this.#taken) onDrop("eof");
         return;
       }
-      this.#received.push(scratch.slice(0, n));
+      this.#received.push(scratch.subarray(0, n));
       this.#receivedBytes += n;
       if (this.#taken) return;
       if (this.#receivedBytes > POOLED_BYTES_LIMIT) {
@@ -86,14 +88,7 @@ export class PooledConnection implements RelayEnd {
       await this.#watching; // the read pending since the pool is this session's first read
       this.#watching = null;
     }
-    const chunk = this.#received[0];
-    if (chunk) {
-      const n = Math.min(chunk.length, buffer.length);
-      buffer.set(chunk.subarray(0, n));
-      if (n === chunk.length) this.#received.shift();
-      else this.#received[0] = chunk.subarray(n);
-      return n;
-    }
+    if (this.#received.length > 0) return this.#received.shift(buffer);
     if (this.#ended) {
       if ("eof" in this.#ended) return null;
       throw this.#ended.error;

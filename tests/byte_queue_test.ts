@@ -1,0 +1,64 @@
+/**
+ * Unit tests of ByteQueue, which holds what a pooled upstream sends before a
+ * client takes the connection. The property test runs random pushes and
+ * shifts against a plain array of bytes as the model.
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { ByteQueue } from "../src/byte_queue.ts";
+
+Deno.test("ByteQueue: bytes pushed one at a time cost a byte each, not an object each", () => {
+  const queue = new ByteQueue();
+  const one = new Uint8Array(1);
+  for (let i = 0; i < 65536; i++) {
+    one[0] = i & 0xff;
+    queue.push(one);
+  }
+  assert.equal(queue.length, 65536);
+  assert.equal(queue.capacity, 65536, "one buffer, doubled from 1 KiB");
+  const out = new Uint8Array(70000);
+  assert.equal(queue.shift(out), 65536);
+  for (let i = 0; i < 65536; i++) assert.equal(out[i], i & 0xff, `byte ${i}`);
+  assert.equal(queue.capacity, 0, "an emptied queue lets go of its buffer");
+});
+
+Deno.test("ByteQueue: a push after partial shifts reuses the room at the front before growing", () => {
+  const queue = new ByteQueue();
+  queue.push(new Uint8Array(1000).fill(1));
+  assert.equal(queue.shift(new Uint8Array(900)), 900);
+  queue.push(new Uint8Array(500).fill(2)); // 100 + 500 fit in the 1 KiB buffer once moved forward
+  assert.equal(queue.capacity, 1024);
+  const out = new Uint8Array(600);
+  assert.equal(queue.shift(out), 600);
+  assert.deepEqual(out, Uint8Array.from([...Array(100).fill(1), ...Array(500).fill(2)]));
+  assert.equal(queue.shift(new Uint8Array(10)), 0, "an empty queue gives nothing");
+});
+
+Deno.test("ByteQueue: random pushes and shifts give the bytes back in order (model: an array)", () => {
+  const step = fc.oneof(
+    fc.record({ push: fc.uint8Array({ maxLength: 3000 }) }),
+    fc.record({ shift: fc.nat({ max: 4000 }) }),
+  );
+  fc.assert(fc.property(fc.array(step, { maxLength: 60 }), (steps) => {
+    const queue = new ByteQueue();
+    const model: number[] = [];
+    let peak = 0; // most bytes queued at once so far
+    for (const s of steps) {
+      if ("push" in s) {
+        queue.push(s.push);
+        model.push(...s.push);
+        peak = Math.max(peak, model.length);
+      } else {
+        const out = new Uint8Array(s.shift);
+        const n = queue.shift(out);
+        assert.equal(n, Math.min(s.shift, model.length));
+        assert.deepEqual([...out.subarray(0, n)], model.splice(0, n));
+      }
+      assert.equal(queue.length, model.length);
+      assert.ok(
+        queue.capacity <= Math.max(1024, 2 * peak),
+        `capacity ${queue.capacity}, peak ${peak}`,
+      );
+    }
+  }));
+});
