@@ -22,6 +22,8 @@ import { dial, DialError } from "./upstream/dial.ts";
 
 /** What a session shares with every other session of its listener. */
 export interface SessionContext {
+  /** The listener's address as logged (`127.0.0.1:1080`), so lines of several listeners can be told apart. */
+  readonly listen: string;
   readonly deadlines: Deadlines;
   readonly metrics: Metrics;
   readonly handshakeTimeoutMs: number;
@@ -409,6 +411,7 @@ export abstract class ProxySession implements Expirable {
     sessionLog.info(template, {
       event: "session",
       id: this.id,
+      listen: this.context.listen,
       client: this.clientAddress,
       user: this.user,
       protocol: this.protocol,

@@ -158,6 +158,7 @@ export function startServer(
   });
   const metrics = new Metrics();
   const context: SessionContext = {
+    listen: formatAddress({ host: listener.addr.hostname, port: listener.addr.port }),
     deadlines: new Deadlines(
       tickFor(config.handshakeTimeoutMs, config.connectTimeoutMs, config.idleTimeoutMs),
     ),

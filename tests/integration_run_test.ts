@@ -51,8 +51,12 @@ Deno.test("ferry run --config serves a socks and a forward listener from one fil
     await ferry.waitFor(() =>
       ferry.lines.filter((l) => l.event === "session" && l.outcome === "ok").length === 2
     );
-    const protocols = ferry.lines.filter((l) => l.event === "session").map((l) => l.protocol);
-    assert.deepEqual(protocols.sort(), ["forward", "socks5"]);
+    // Each session line names the listener it came in on.
+    const sessions = ferry.lines.filter((l) => l.event === "session");
+    assert.deepEqual(
+      sessions.map((l) => `${l.protocol} ${l.listen}`).sort(),
+      [`forward ${forwardLine.listen}`, `socks5 ${socksLine.listen}`],
+    );
     assert.equal((await ferry.stop()).code, 0);
   } finally {
     await Deno.remove(path);

@@ -32,6 +32,7 @@ Deno.test("an unexpected failure is logged as outcome error, with what the error
   using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
   try {
     const session = new FailingSession(await listener.accept(), {
+      listen: "127.0.0.1:1080",
       deadlines,
       metrics: new Metrics(),
       handshakeTimeoutMs: 5000,
