@@ -13,6 +13,17 @@ import { addressOf, parseIPv4, parseIPv6 } from "./protocol/address.ts";
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 /** A log level. */
 export type LogLevel = typeof LOG_LEVELS[number];
+
+/**
+ * The level a `--log-level` value names, or null. Case does not matter, and
+ * `warning` (LogTape's name for the level, which text lines show) means `warn`,
+ * so the spellings operators bring from other tools (`WARN`, `warning`) work.
+ */
+export function logLevelOf(text: string): LogLevel | null {
+  const word = text.trim().toLowerCase();
+  const level = word === "warning" ? "warn" : word;
+  return (LOG_LEVELS as readonly string[]).includes(level) ? level as LogLevel : null;
+}
 /** Log formats the command line accepts. */
 export const LOG_FORMATS = ["text", "json"] as const;
 /** A log format: logfmt-style text, or one JSON object a line. */
@@ -267,6 +278,14 @@ export class Checker {
     return allowed[0]!;
   }
 
+  /** A log level; see {@linkcode logLevelOf} for the spellings taken. */
+  logLevel(flag: string, text: string): LogLevel {
+    const level = logLevelOf(text);
+    if (level) return level;
+    this.problems.push(`${flag}: ${JSON.stringify(text)} is not one of ${LOG_LEVELS.join(", ")}`);
+    return DEFAULTS.logLevel;
+  }
+
   /** An IPv4 or IPv6 literal, without brackets. */
   ip(flag: string, text: string): string {
     const address = addressOf(text.trim(), 0);
@@ -319,7 +338,7 @@ export function checkCommon(
     maxConnsPerIp: raw.maxConnsPerIp === undefined
       ? maxConns
       : check.count("--max-conns-per-ip", raw.maxConnsPerIp),
-    logLevel: check.oneOf("--log-level", raw.logLevel ?? DEFAULTS.logLevel, LOG_LEVELS),
+    logLevel: check.logLevel("--log-level", raw.logLevel ?? DEFAULTS.logLevel),
     logFormat: check.oneOf("--log-format", raw.logFormat ?? DEFAULTS.logFormat, LOG_FORMATS),
   };
 }

@@ -30,6 +30,7 @@ import {
   LOG_LEVELS,
   type LogFormat,
   type LogLevel,
+  logLevelOf,
   parseDuration,
   parseHostPort,
   parseUser,
@@ -126,6 +127,17 @@ const durationOf = (timer: boolean) =>
 const duration = durationOf(false);
 const timerDuration = durationOf(true);
 
+const logLevel = z.string(expecting(alternatives(LOG_LEVELS))).transform((text, ctx) => {
+  const level = logLevelOf(text);
+  if (level) return level;
+  ctx.addIssue({
+    code: "custom",
+    message: `expected ${alternatives(LOG_LEVELS)}, got ${show(text)}`,
+    input: text,
+  });
+  return z.NEVER;
+});
+
 const IP = 'an IPv4 or IPv6 address, like "203.0.113.7" or "2001:db8::7"';
 const ip = z.string(expecting(IP)).transform((text, ctx) => {
   const address = addressOf(text, 0);
@@ -207,7 +219,7 @@ const forwardListener = z.strictObject({
 
 const fileSchema = z.strictObject({
   log: z.strictObject({
-    level: z.enum(LOG_LEVELS, expecting(alternatives(LOG_LEVELS))).optional(),
+    level: logLevel.optional(),
     format: z.enum(LOG_FORMATS, expecting(alternatives(LOG_FORMATS))).optional(),
   }, expecting(`an object like {"level": "info", "format": "text"}`)).optional(),
   defaults: z.strictObject(shared, expecting("an object")).optional(),

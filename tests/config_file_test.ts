@@ -228,7 +228,7 @@ Deno.test("comments and trailing commas are accepted", async () => {
     {
       /* a block
          comment */
-      "log": { "level": "warn", }, // trailing comma in an object
+      "log": { "level": "WARNING", }, // trailing comma in an object; any case, warning for warn
       "listeners": [
         { "kind": "forward", "listen": "127.0.0.1:2222", "to": ["127.0.0.1:22",], },
       ], // trailing comma in an array

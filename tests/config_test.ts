@@ -211,6 +211,20 @@ Deno.test("buildSocksConfig() takes every option as given", async () => {
   assert.equal(config.logFormat, "json");
 });
 
+Deno.test("--log-level takes any case, and warning for warn (the name text lines show)", async () => {
+  for (
+    const [given, level] of [["WARN", "warn"], ["warning", "warn"], ["Debug", "debug"], [
+      "ERROR",
+      "error",
+    ]]
+  ) {
+    const config = await buildSocksConfig({ logLevel: given });
+    assert.equal(config.logLevel, level, given);
+  }
+  const problems = await problemsOf({ logLevel: "warnings" });
+  assert.deepEqual(problems, ['--log-level: "warnings" is not one of debug, info, warn, error']);
+});
+
 Deno.test("buildSocksConfig() defaults --max-conns-per-ip to --max-conns", async () => {
   const config = await buildSocksConfig({ maxConns: "5" });
   assert.equal(config.maxConnsPerIp, 5);
