@@ -15,6 +15,7 @@ import {
   getLogger,
   type Logger,
   type LogLevel as LogTapeLevel,
+  type LogRecord,
   type TextFormatter,
 } from "@logtape/logtape";
 import type { LogFormat, LogLevel } from "./config.ts";
@@ -73,12 +74,34 @@ function escapeUnsafe(line: string): string {
   return line.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
+/**
+ * The record with its message rendered as text lines show it. LogTape's JSON
+ * formatter writes each string value into the message JSON-quoted
+ * (`listening on \"127.0.0.1:1080\"`); the values are in their own fields anyway.
+ */
+function withPlainMessage(record: LogRecord): LogRecord {
+  const parts = record.message;
+  if (parts.length === 1) return record;
+  let text = "";
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i];
+    text += typeof part === "string"
+      ? part
+      : part !== null && typeof part === "object"
+      ? JSON.stringify(part)
+      : String(part);
+  }
+  return { ...record, message: [text] };
+}
+
 /** The formatter of one log line, properties flattened into it, in `format`. */
 export function lineFormatter(format: LogFormat): TextFormatter {
-  const base = format === "json"
-    ? getJsonLinesFormatter({ properties: "flatten", message: "rendered" })
-    : getLogfmtFormatter({ properties: "flatten", message: "rendered" });
-  return (record) => escapeUnsafe(base(record));
+  if (format === "json") {
+    const json = getJsonLinesFormatter({ properties: "flatten", message: "rendered" });
+    return (record) => escapeUnsafe(json(withPlainMessage(record)));
+  }
+  const logfmt = getLogfmtFormatter({ properties: "flatten", message: "rendered" });
+  return (record) => escapeUnsafe(logfmt(record));
 }
 
 /**

@@ -40,6 +40,19 @@ Deno.test("logfmt: line separators and bidi controls from a client are written a
   assert.match(line, /evil\\u2029\\u202emoc\.elgoog\\u2066:80/);
 });
 
+Deno.test("json lines: the message reads as in text lines, values not JSON-quoted", () => {
+  const parsed = JSON.parse(lineFormatter("json")(sessionRecord("alice", "example.com:443")));
+  assert.equal(parsed.message, "session 1 example.com:443: ok");
+  const numbers: LogRecord = {
+    ...sessionRecord("alice", "x"),
+    message: ["stopped: ", 3, " sessions, ", null, " ", { a: 1 }, ""],
+  };
+  assert.equal(
+    JSON.parse(lineFormatter("json")(numbers)).message,
+    'stopped: 3 sessions, null {"a":1}',
+  );
+});
+
 Deno.test("a line with nothing to escape is left as the formatter made it", () => {
   const record = sessionRecord("alice", "example.com:443");
   const line = lineFormatter("json")(record);
