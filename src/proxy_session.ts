@@ -20,6 +20,21 @@ import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
 import { dial, DialError } from "./upstream/dial.ts";
 
+/**
+ * The `error` field of a session line whose outcome name does not say what
+ * went wrong: which byte of the handshake was wrong, which system error a
+ * connect failed with (port 0, a blackhole route), or an unexpected error.
+ */
+export function errorDetail(outcome: string, error: unknown): string | undefined {
+  if (outcome === "protocol-error" || outcome === "general-failure") {
+    const cause = (error as { cause?: unknown } | null)?.cause;
+    const message = error instanceof Error ? error.message : String(error);
+    return cause instanceof Error ? `${message}: ${cause.message}` : message;
+  }
+  if (outcome !== "error") return undefined;
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}
+
 /** What a session shares with every other session of its listener. */
 export interface SessionContext {
   /** The listener's address as logged (`127.0.0.1:1080`), so lines of several listeners can be told apart. */
@@ -171,8 +186,11 @@ export abstract class ProxySession implements Expirable {
   protected user: string | null = null;
   protected requested: string | null = null;
   #outcome = "ok";
-  /** For outcome `error`: what went wrong, since no outcome name says it. */
-  #unexpected: string | undefined;
+  /**
+   * What went wrong, for outcomes whose name does not say it: `error`, a
+   * protocol error, a general failure (the system's error). Logged as `error`.
+   */
+  #errorDetail: string | undefined;
   /** Set once a refusal has recorded the outcome; later errors are its aftermath. */
   #refused = false;
   #up = 0;
@@ -236,12 +254,8 @@ export abstract class ProxySession implements Expirable {
     } catch (error) {
       if (!this.#refused) {
         this.#outcome = this.outcomeOf(error);
-        if (this.#outcome === "error") {
-          const reason = this.controller.signal.aborted ? this.controller.signal.reason : error;
-          this.#unexpected = reason instanceof Error
-            ? `${reason.name}: ${reason.message}`
-            : String(reason);
-        }
+        const reason = this.controller.signal.aborted ? this.controller.signal.reason : error;
+        this.#errorDetail = errorDetail(this.#outcome, reason);
       }
     } finally {
       deadlines.unwatch(this);
@@ -322,7 +336,7 @@ export abstract class ProxySession implements Expirable {
     return this.dialTarget(address).catch(async (error) => {
       if (!(error instanceof DialError) || error.failure === "aborted") throw error;
       await writeAll(this.client, failureReply(error));
-      return this.refuse(error.failure);
+      return this.refuse(error.failure, errorDetail(error.failure, error));
     });
   }
 
@@ -355,8 +369,9 @@ export abstract class ProxySession implements Expirable {
    * client to close first, so the reply is never destroyed by a reset from
    * closing with unread input, and the TIME_WAIT stays on the client's side.
    */
-  protected async refuse(outcome: string): Promise<null> {
+  protected async refuse(outcome: string, detail?: string): Promise<null> {
     this.#outcome = outcome;
+    this.#errorDetail = detail;
     this.#refused = true;
     this.enter("linger", LINGER_MS);
     const scratch = new Uint8Array(512);
@@ -421,7 +436,7 @@ export abstract class ProxySession implements Expirable {
       down: this.#down,
       ms: Math.round(performance.now() - this.#started),
       ...this.logFields(),
-      ...(this.#unexpected === undefined ? {} : { error: this.#unexpected }),
+      ...(this.#errorDetail === undefined ? {} : { error: this.#errorDetail }),
     });
   }
 }

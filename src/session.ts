@@ -329,7 +329,7 @@ export class SocksSession extends ProxySession {
       } catch (error) {
         if (error instanceof ProtocolError && error.reply !== null && errorReply) {
           await writeAll(this.client, errorReply(error.reply));
-          await this.refuse(this.outcomeOf(error));
+          await this.refuse(this.outcomeOf(error), error.message);
         }
         throw error;
       }

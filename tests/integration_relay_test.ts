@@ -311,6 +311,50 @@ Deno.test("SOCKS5 address type 0x02 gets reply 0x08 address type not supported",
   assert.equal(session.outcome, "address-type-not-supported");
 });
 
+Deno.test("a domain name that is not UTF-8 gets 0x04, and the log line says why", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+  assert.equal(await client.readMessage(socks5.decodeMethodSelection, "method"), 0x00);
+  // "caf\xe9.test": Latin-1, not UTF-8. Replacing the byte with U+FFFD would look up another name.
+  await client.write(
+    Uint8Array.of(
+      0x05,
+      0x01,
+      0x00,
+      0x03,
+      9,
+      0x63,
+      0x61,
+      0x66,
+      0xe9,
+      0x2e,
+      0x74,
+      0x65,
+      0x73,
+      0x74,
+      0x00,
+      0x50,
+    ),
+  );
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, socks5.Reply.HostUnreachable));
+  client.close(); // ferry would linger for the client to close first
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "protocol-error");
+  assert.equal(session.error, "host name is not valid UTF-8");
+});
+
+Deno.test("CONNECT to port 0 gets 0x01, and the log line names the system's reason", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(client, ipv4("127.0.0.1", 0));
+  assert.equal(reply.reply, socks5.Reply.GeneralFailure);
+  client.close(); // ferry would linger for the client to close first
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "general-failure");
+  assert.match(String(session.error), /^connect to 127\.0\.0\.1 failed: .*port.*0/i);
+});
+
 Deno.test("CONNECT to a closed port gets reply 0x05 connection refused", async () => {
   await using ferry = await startFerry(LISTEN);
   const port = closedPort();

@@ -316,6 +316,32 @@ Deno.test("decodeRequest() rejects an empty SOCKS4a host name with reply 91", ()
   });
 });
 
+Deno.test("decodeRequest() rejects a SOCKS4a host name that is not UTF-8 with reply 91", () => {
+  assertRejectsFrom(decodeRequest, {
+    // VN  CD=CONNECT  DSTPORT  DSTIP 0.0.0.1  NUL  HOST "caf\xe9.test"  NUL
+    bytes: Uint8Array.of(
+      0x04,
+      0x01,
+      0x00,
+      0x50,
+      0,
+      0,
+      0,
+      1,
+      0x00,
+      0x63,
+      0x61,
+      0x66,
+      0xe9,
+      ...ascii(".test"),
+      0x00,
+    ),
+    throwsFrom: 19,
+    code: "bad-host-name",
+    reply: Reply.Rejected,
+  });
+});
+
 Deno.test("decodeRequest() rejects a 256-byte SOCKS4a host name with reply 91", () => {
   assertRejectsFrom(decodeRequest, {
     // VN  CD=CONNECT  DSTPORT  DSTIP 0.0.0.1  NUL  HOST "h"*256  NUL

@@ -398,6 +398,27 @@ const requestErrors: ErrorFixture[] = [
     reply: Reply.HostUnreachable,
   },
   {
+    name: "a domain name that is not UTF-8 (never replaced with U+FFFD and looked up)",
+    // VER  CMD  RSV  ATYP=DOMAIN  LEN=9  "caf\xe9.test"  DST.PORT
+    bytes: Uint8Array.of(
+      0x05,
+      0x01,
+      0x00,
+      0x03,
+      9,
+      0x63,
+      0x61,
+      0x66,
+      0xe9,
+      ...ascii(".test"),
+      0x1b,
+      0x58,
+    ),
+    throwsFrom: 14,
+    code: "bad-host-name",
+    reply: Reply.HostUnreachable,
+  },
+  {
     name: "SOCKS4 version byte",
     // VER=4  CMD  RSV  ATYP  DST.ADDR  DST.PORT
     bytes: Uint8Array.of(0x04, 0x01, 0x00, 0x01, 1, 2, 3, 4, 0x00, 0x50),

@@ -38,6 +38,7 @@ export type ProtocolErrorCode =
   | "bad-address-type"
   | "bad-command"
   | "empty-field"
+  | "bad-host-name"
   | "field-too-long"
   | "truncated";
 
@@ -55,6 +56,21 @@ export class ProtocolError extends Error {
     super(message);
     this.code = code;
     this.reply = reply;
+  }
+}
+
+const exactUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * A host name's bytes as text, exactly. Bytes that are not UTF-8 are refused
+ * with `reply`, not replaced with U+FFFD: two different names must never turn
+ * into one before the lookup (or one log line).
+ */
+export function decodeHostName(bytes: Uint8Array, reply: number): string {
+  try {
+    return exactUtf8.decode(bytes);
+  } catch {
+    throw new ProtocolError("bad-host-name", reply, "host name is not valid UTF-8");
   }
 }
 

@@ -9,7 +9,7 @@
  * @module
  */
 import { type Address, formatIPv4, parseIPv4 } from "./address.ts";
-import { type Decoded, hex, MORE, ok, ProtocolError, room } from "./decoded.ts";
+import { type Decoded, decodeHostName, hex, MORE, ok, ProtocolError, room } from "./decoded.ts";
 
 /** Version byte of a SOCKS4 request. */
 export const VERSION = 0x04;
@@ -46,7 +46,6 @@ export interface ReplyMessage {
   readonly ip: string;
 }
 
-const textDecoder = new TextDecoder();
 const textEncoder = new TextEncoder();
 
 /**
@@ -104,7 +103,7 @@ export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
   if (hostEnd === hostStart) {
     throw new ProtocolError("empty-field", Reply.Rejected, "empty SOCKS4a host name");
   }
-  const host = textDecoder.decode(bytes.subarray(hostStart, hostEnd));
+  const host = decodeHostName(bytes.subarray(hostStart, hostEnd), Reply.Rejected);
   return ok({ command, userId, address: { type: "domain", host, port } }, hostEnd + 1);
 }
 

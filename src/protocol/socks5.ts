@@ -7,7 +7,7 @@
  * @module
  */
 import { type Address, formatIPv4, formatIPv6, parseIPv6, writeIPv4 } from "./address.ts";
-import { type Decoded, hex, MORE, ok, ProtocolError, room } from "./decoded.ts";
+import { type Decoded, decodeHostName, hex, MORE, ok, ProtocolError, room } from "./decoded.ts";
 
 /** Protocol version byte of every SOCKS5 message but the RFC 1929 ones. */
 export const VERSION = 0x05;
@@ -195,7 +195,6 @@ export function decodeAuthStatus(bytes: Uint8Array): Decoded<number> {
   return ok(bytes[1]!, 2);
 }
 
-const textDecoder = new TextDecoder();
 const textEncoder = new TextEncoder();
 
 /**
@@ -232,7 +231,7 @@ function decodeAddressAt(
       }
       hostEnd = offset + 2 + length;
       if (bytes.length < hostEnd) return null;
-      host = textDecoder.decode(bytes.subarray(offset + 2, hostEnd));
+      host = decodeHostName(bytes.subarray(offset + 2, hostEnd), Reply.HostUnreachable);
       kind = "domain";
       break;
     }
