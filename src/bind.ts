@@ -20,11 +20,12 @@ import { type Address, unmapIPv4 } from "./protocol/address.ts";
 export async function expectedPeers(
   address: Address,
   client: string,
+  signal?: AbortSignal,
 ): Promise<ReadonlySet<string> | null> {
   // In the form accept() compares: an IPv4-mapped IPv6 address as its IPv4
   // address, as a dual-stack socket would see the peer either way.
   if (address.type === "domain") {
-    const results = await lookupAll(address.host, client);
+    const results = await lookupAll(address.host, client, signal);
     return new Set(results.map((r) => unmapIPv4(r.address).toLowerCase()));
   }
   if (address.host === "0.0.0.0" || address.host === "::") return null;

@@ -192,7 +192,8 @@ export class SocksSession extends ProxySession {
     try {
       peers = await this.waitInConnectPhase(
         this.#socks.connectTimeoutMs,
-        (signal) => raceAbort(expectedPeers(address, this.client.remoteAddr.hostname), signal),
+        (signal) =>
+          raceAbort(expectedPeers(address, this.client.remoteAddr.hostname, signal), signal),
       );
     } catch (error) {
       if (this.controller.signal.aborted) throw error;

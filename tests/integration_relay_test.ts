@@ -311,6 +311,39 @@ Deno.test("SOCKS5 address type 0x02 gets reply 0x08 address type not supported",
   assert.equal(session.outcome, "address-type-not-supported");
 });
 
+Deno.test("40 CONNECTs by name at once from one client all succeed (a browser opening a page)", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  // Each its own spelling of localhost, so no two share a lookup: 40 lookups
+  // for one client IP, past its share of 8 at a time, must wait, not fail.
+  const names = Array.from(
+    { length: 40 },
+    (_, i) => [..."localhost"].map((c, bit) => (i >> bit) & 1 ? c.toUpperCase() : c).join(""),
+  );
+  const clients: BufferedConn[] = [];
+  try {
+    for (let i = 0; i < names.length; i++) {
+      const client = await BufferedConn.connect(ferry.hostname, ferry.port);
+      clients.push(client);
+      await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+      assert.equal(await client.readMessage(socks5.decodeMethodSelection, "method"), 0);
+    }
+    // All requests in one burst, before any reply is read.
+    await Promise.all(clients.map((client, i) =>
+      client.write(socks5.encodeRequest({
+        command: socks5.Command.Connect,
+        address: domain(names[i]!, target.port),
+      }))
+    ));
+    const replies = await Promise.all(
+      clients.map((client) => client.readMessage(socks5.decodeReply, "reply")),
+    );
+    assert.deepEqual(replies.map((r) => r.reply), names.map(() => socks5.Reply.Succeeded));
+  } finally {
+    for (const client of clients) client.close();
+  }
+});
+
 Deno.test("a domain name that is not UTF-8 gets 0x04, and the log line says why", async () => {
   await using ferry = await startFerry(LISTEN);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);

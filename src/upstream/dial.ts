@@ -86,7 +86,7 @@ function abortFailure(signal: AbortSignal): DialFailure {
 async function resolve(host: string, client: string, signal: AbortSignal): Promise<string[]> {
   let results: { address: string }[];
   try {
-    results = await raceAbort(lookupAll(host, client), signal);
+    results = await raceAbort(lookupAll(host, client, signal), signal);
   } catch (error) {
     if (signal.aborted) throw new DialError(abortFailure(signal), `resolving ${host} aborted`);
     if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
