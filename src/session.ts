@@ -202,8 +202,15 @@ export class SocksSession extends ProxySession {
         error instanceof SessionAbort ? error.failure : "name-not-resolved",
       );
     }
+    const listenOn = unmapIPv4(this.client.localAddr.hostname);
+    if (peers && ![...peers].some((peer) => peer.includes(":") === listenOn.includes(":"))) {
+      // An IPv4 peer cannot connect to a listener on an IPv6 address, nor the
+      // reverse: say so now rather than after the whole bind timeout.
+      await writeAll(this.client, replies.failure(socks5.Reply.HostUnreachable));
+      return await this.refuse("host-unreachable");
+    }
     try {
-      this.#bindListener = new BindListener(unmapIPv4(this.client.localAddr.hostname));
+      this.#bindListener = new BindListener(listenOn);
     } catch {
       await writeAll(this.client, replies.failure(socks5.Reply.GeneralFailure));
       return await this.refuse("bind-failed");

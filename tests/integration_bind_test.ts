@@ -105,6 +105,25 @@ Deno.test("SOCKS5 BIND closes a connection from another address, then times out 
   );
 });
 
+Deno.test("SOCKS5 BIND over IPv6 for an IPv4 peer, which could never connect, gets 0x04 at once", async () => {
+  await using ferry = await startFerry(["socks", "--listen", "[::1]:0", "--bind-timeout", "30s"]);
+  using client = await BufferedConn.connect("::1", ferry.port);
+  const started = performance.now();
+  const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
+    command: socks5.Command.Bind,
+  });
+  assert.equal(first.reply, socks5.Reply.HostUnreachable);
+  assert.ok(performance.now() - started < 10_000, "answered long before the 30 s bind timeout");
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "host-unreachable");
+  // A peer of the listener's own family is still let in.
+  using other = await BufferedConn.connect("::1", ferry.port);
+  const bound = await socks5Handshake(other, ipv6("::1", 0), { command: socks5.Command.Bind });
+  assert.equal(bound.reply, socks5.Reply.Succeeded);
+  assert.equal(bound.address.host, "::1");
+});
+
 Deno.test("SOCKS5 BIND whose peer cannot be accepted (EMFILE) gets a second reply 0x01", async () => {
   const limit = 64;
   await using ferry = await startFerry(
