@@ -181,6 +181,8 @@ export abstract class ProxySession implements Expirable {
   #socketsClosed = false;
   /** Aborts the dial in progress on connect timeout; the session goes on to reply. */
   #dialAbort: AbortController | null = null;
+  /** Shutdown's abort of a session that was connecting: it replies, then ends without lingering. */
+  #cutShort: SessionAbort | null = null;
   // Fields of the session's log line.
   protected protocol: string | null = null;
   protected user: string | null = null;
@@ -237,9 +239,19 @@ export abstract class ProxySession implements Expirable {
     else this.controller.abort(reason);
   }
 
-  /** Cuts the session short (shutdown). */
+  /**
+   * Cuts the session short (shutdown). Mid-connect only the wait is aborted,
+   * as a connect timeout does, so the client still gets a failure reply
+   * (0x01, SOCKS4 91) rather than a bare close; the session then ends at once.
+   */
   abort(failure: string): void {
-    this.controller.abort(new SessionAbort(failure));
+    const reason = new SessionAbort(failure);
+    if (this.#phase === "connect" && this.#dialAbort && !this.controller.signal.aborted) {
+      this.#cutShort = reason;
+      this.#dialAbort.abort(reason);
+    } else {
+      this.controller.abort(reason);
+    }
   }
 
   /** Runs the session to its end. Never rejects. */
@@ -334,7 +346,10 @@ export abstract class ProxySession implements Expirable {
     failureReply: (error: DialError) => Uint8Array,
   ): Promise<Deno.TcpConn | null> {
     return this.dialTarget(address).catch(async (error) => {
-      if (!(error instanceof DialError) || error.failure === "aborted") throw error;
+      if (!(error instanceof DialError)) throw error;
+      if (error.failure === "aborted" && (!this.#cutShort || this.controller.signal.aborted)) {
+        throw error;
+      }
       await writeAll(this.client, failureReply(error));
       return this.refuse(error.failure, errorDetail(error.failure, error));
     });
@@ -370,9 +385,13 @@ export abstract class ProxySession implements Expirable {
    * closing with unread input, and the TIME_WAIT stays on the client's side.
    */
   protected async refuse(outcome: string, detail?: string): Promise<null> {
+    this.#refused = true;
+    if (this.#cutShort) {
+      this.#outcome = this.#cutShort.failure; // the reply is sent; no lingering at shutdown
+      return null;
+    }
     this.#outcome = outcome;
     this.#errorDetail = detail;
-    this.#refused = true;
     this.enter("linger", LINGER_MS);
     const scratch = new Uint8Array(512);
     try {
@@ -385,7 +404,9 @@ export abstract class ProxySession implements Expirable {
 
   /** The outcome an error stands for; an abort's reason wins over the error it caused. */
   protected outcomeOf(error: unknown): string {
-    const reason = this.controller.signal.aborted ? this.controller.signal.reason : error;
+    const reason = this.controller.signal.aborted
+      ? this.controller.signal.reason
+      : this.#cutShort ?? error;
     if (reason instanceof SessionAbort) return reason.failure;
     if (reason instanceof DialError) return reason.failure;
     if (reason instanceof ClientGone) return "client-closed";

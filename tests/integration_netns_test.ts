@@ -186,6 +186,32 @@ Deno.test("CONNECT to a listener that never answers the SYN gets 0x04 after --co
   assert.equal(session.target, `127.0.0.1:${port}`);
 });
 
+Deno.test("SIGTERM while a CONNECT is still connecting: after the grace the client gets 0x01, not a bare close", async () => {
+  await using blackHole = await fullQueueListeners(["127.0.0.1"]);
+  await using ferry = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--connect-timeout",
+    "60s",
+    "--shutdown-grace",
+    "300ms",
+  ]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const replying = socks5Handshake(client, ipv4("127.0.0.1", blackHole.port));
+  await new Promise((resolve) => setTimeout(resolve, 300)); // the CONNECT is in, the dial hangs
+  const started = performance.now();
+  ferry.kill("SIGTERM");
+  const reply = await replying;
+  assert.equal(reply.reply, socks5.Reply.GeneralFailure);
+  const status = await deadline(ferry.status, 10_000, "ferry to exit", () => ferry.kill("SIGKILL"));
+  assert.equal(status.code, 0);
+  // No lingering for the client to close first: shutdown does not wait 2 s more.
+  assert.ok(performance.now() - started < 2_000, "ferry lingered after its shutdown reply");
+  const session = await sessionOf(ferry, client.localAddr, 1_000);
+  assert.equal(session.outcome, "shutdown");
+});
+
 const mountNsAvailable = await canUnshare(
   ["-m", "true"],
   "the Happy Eyeballs test: `unshare -m` is not permitted here (it needs root), and the " +
