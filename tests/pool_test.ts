@@ -150,6 +150,37 @@ Deno.test("pool: connections of a restarted upstream are dropped, never handed o
   }
 });
 
+Deno.test("pool: after a restart that also cut a young connection, clients may dial as soon as the pool reconnects", async () => {
+  logs.records.length = 0;
+  const first = new ForwardUpstream(taggedEcho("v1"), unusedPort());
+  const port = first.port;
+  const upstream = upstreamTo(port, 2);
+  upstream.start();
+  let second: ForwardUpstream | null = null;
+  let pooled: PooledConnection | null = null;
+  try {
+    await waitUntil(() => upstream.idle === 2, "the pool to fill");
+    await new Promise((resolve) => setTimeout(resolve, 1100)); // settled
+    pooled = upstream.take(); // a busy forwarder: the pool dials a new, young connection
+    assert.ok(pooled);
+    await waitUntil(() => upstream.idle === 2, "the pool to refill");
+    await first.stop(); // the restart cuts the young connection too, then refuses
+    await waitUntil(() => logs.events("upstream-down").length > 0, "upstream-down");
+    assert.equal(logs.events("pool-unsettled")[0]?.reason, "eof");
+    assert.equal(upstream.standing, "skip", "down, and nothing has reached it since");
+    second = new ForwardUpstream(taggedEcho("v2"), port);
+    await waitUntil(() => upstream.idle > 0, "the pool's probe to reach the new instance", 5_000);
+    // Before the pooled connection has lasted the settle time (1 s): clients
+    // were refused here for up to 2 s; now they dial on demand.
+    assert.equal(upstream.standing, "fallback");
+  } finally {
+    pooled?.close();
+    upstream.close();
+    await first.stop();
+    await second?.stop();
+  }
+});
+
 Deno.test("pooled connection: bytes the upstream sent while pooled come first, intact and in order", async () => {
   const { near, far } = await socketPair();
   const drops: DropReason[] = [];

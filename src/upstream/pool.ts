@@ -183,8 +183,10 @@ export class Upstream {
   /** How a client may use this upstream now (see {@linkcode Standing}). */
   get standing(): Standing {
     if (this.#down) {
-      // The pool's probe got through: a live connection is waiting.
-      if (this.#idle.length > 0 && !this.#unsettled) return "up";
+      // The pool's probe got through: the upstream accepts connections again.
+      // Unsettled (an upstream restart also cuts young connections), clients
+      // dial it on demand until a pooled connection has lasted.
+      if (this.#idle.length > 0) return this.#unsettled ? "fallback" : "up";
       // Down, a client may find out whether it is back only without a pool
       // (the pool probes by itself) and one at a time: against an upstream
       // that drops SYNs each probe costs its client the whole connect timeout.
@@ -275,15 +277,17 @@ export class Upstream {
   }
 
   /** A pooled connection ended right after connecting: refill with back-off. */
-  #markUnsettled(reason: DropReason): void {
+  #markUnsettled(reason: DropReason, ageMs: number): void {
     this.stats.failures++;
     this.#backOff();
     if (this.#unsettled) return;
     this.#unsettled = true;
+    // Said as seen: an upstream that restarts cuts its young connections too,
+    // so this is not necessarily an upstream that cuts every connection.
     serverLog.warn(
-      "upstream {upstream} ends pooled connections right after accepting them ({reason}); " +
+      "upstream {upstream} ended a pooled connection {ageMs} ms after accepting it ({reason}); " +
         "refilling with back-off, clients dial it on demand after the upstreams that are up",
-      { event: "pool-unsettled", upstream: this.name, reason },
+      { event: "pool-unsettled", upstream: this.name, reason, ageMs: Math.round(ageMs) },
     );
   }
 
@@ -351,7 +355,8 @@ export class Upstream {
       if (at >= 0) this.#idle.splice(at, 1);
       pooled.close();
       this.stats.dropped++;
-      if (performance.now() - pooled.pooledAt < this.#settleMs) this.#markUnsettled(reason);
+      const age = performance.now() - pooled.pooledAt;
+      if (age < this.#settleMs) this.#markUnsettled(reason, age);
       this.#fill();
     });
     this.#idle.push(pooled);
