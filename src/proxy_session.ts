@@ -183,6 +183,8 @@ export abstract class ProxySession implements Expirable {
   #dialAbort: AbortController | null = null;
   /** Shutdown's abort of a session that was connecting: it replies, then ends without lingering. */
   #cutShort: SessionAbort | null = null;
+  /** The target's error, once the relay is ending gently towards the client after it. */
+  #targetError: Error | null = null;
   // Fields of the session's log line.
   protected protocol: string | null = null;
   protected user: string | null = null;
@@ -232,6 +234,12 @@ export abstract class ProxySession implements Expirable {
       this.#turnOnKeepAlive();
       this.deadline = this.#activeAt + this.context.idleTimeoutMs;
       this.context.deadlines.watch(this);
+      return;
+    }
+    if (this.#targetError && this.#phase === "linger") {
+      // The client took too long to close after the target failed: the
+      // target's error, not the wait, is what the line reports.
+      this.controller.abort(this.#targetError);
       return;
     }
     const reason = new SessionAbort(TIMEOUT_OUTCOME[this.#phase]);
@@ -369,7 +377,13 @@ export abstract class ProxySession implements Expirable {
       controller: this.controller,
       onActivity: () => {
         if (this.#keepAliveDue) this.#activeAt = deadlines.now;
-        else this.deadline = deadlines.now + idleTimeoutMs;
+        else this.deadline = deadlines.now + (this.#targetError ? LINGER_MS : idleTimeoutMs);
+      },
+      // The client gets what the target sent and a FIN, and its upload is
+      // dropped until it closes; bytes still reaching it extend the wait.
+      onTargetFailure: (error) => {
+        this.#targetError = error instanceof Error ? error : new Error(String(error));
+        this.enter("linger", LINGER_MS);
       },
       onEnd: () => this.#closeSockets(),
       initialBuffers: this.firstBuffers,
@@ -377,6 +391,7 @@ export abstract class ProxySession implements Expirable {
     this.#up += totals.up;
     this.#down += totals.down;
     if (this.controller.signal.aborted) throw this.controller.signal.reason;
+    if (this.#targetError) throw this.#targetError;
   }
 
   /**

@@ -11,6 +11,14 @@
  * owns the controller closes both sockets, which ends the pending reads. The
  * relay never closes a socket itself and knows nothing of SOCKS.
  *
+ * Except, when the owner asks (`onTargetFailure`), an error of the target's:
+ * closing the client's socket with its upload unread would send a reset, and
+ * the client's kernel would throw away what the relay had already sent it,
+ * such as the error response a server sends before it stops reading a large
+ * upload. So the client gets what was read from the target and a FIN, as if
+ * the target had closed, and its upload is read and dropped until it closes;
+ * the owner bounds how long that may take.
+ *
  * @module
  */
 
@@ -23,6 +31,13 @@ export interface RelayOptions {
   readonly controller: AbortController;
   /** Called on every read that carried bytes: the idle clock's heartbeat. */
   readonly onActivity: () => void;
+  /**
+   * Called once when the target fails (reset, or gone while we write): the
+   * relay then ends towards the client gently instead of aborting (see the
+   * module's notes), and the owner should abort it if that takes too long.
+   * Without it, a target's error aborts the relay like any other.
+   */
+  readonly onTargetFailure?: (error: unknown) => void;
   /**
    * Called when both directions have ended cleanly, in place of the last
    * `closeWrite()`: the owner closes both sockets there and then.
@@ -87,11 +102,32 @@ export async function relay(
   const totals: RelayTotals = { up: 0, down: 0 };
   const initial = options.initialBufferSize ?? FIRST_BUFFER_SIZE;
   const max = options.maxBufferSize ?? DEFAULT_MAX_BUFFER;
-  const { controller, onActivity, onEnd } = options;
+  const { controller, onActivity, onEnd, onTargetFailure } = options;
   const budget = options.budget ?? sharedBudget;
   let open = 2; // directions still copying
   const fail = (error: unknown) => {
     if (!controller.signal.aborted) controller.abort(error);
+  };
+  let targetFailed = false;
+  /** Whether a target's `error` is to be ended gently (told to the owner once) rather than aborting. */
+  const gentle = (error: unknown): boolean => {
+    if (!onTargetFailure || controller.signal.aborted) return false;
+    if (!targetFailed) {
+      targetFailed = true;
+      onTargetFailure(error);
+    }
+    return true;
+  };
+  /** A direction is done: carry the FIN on (if `to` can take one), or end the relay. */
+  const finish = async (to: RelayEnd, canWrite: boolean) => {
+    // When the other direction has ended already and the owner closes both
+    // sockets at once (onEnd), close() sends that FIN: a shutdown() first
+    // would be a syscall for nothing.
+    if (--open > 0 || !onEnd) {
+      if (canWrite) await to.closeWrite();
+    } else {
+      onEnd();
+    }
   };
   const copy = async (
     from: RelayEnd,
@@ -103,6 +139,10 @@ export async function relay(
     // session should cost. A read that fills its buffer means a bulk transfer:
     // its write is left in flight while the next read fills a second buffer,
     // so both sockets stay busy (one write at a time keeps the order).
+    const towardsTarget = direction === "up";
+    // A write's error towards the target may be ended gently; any other aborts.
+    const failWriting = towardsTarget ? (error: unknown) => gentle(error) || fail(error) : fail;
+    let reading = true; // whether an error now is the read's or a write's
     let buffer = first ?? new Uint8Array(initial);
     let spare: Uint8Array<ArrayBuffer> | null = null;
     let flying: Uint8Array<ArrayBuffer> | null = null;
@@ -118,7 +158,9 @@ export async function relay(
     };
     try {
       for (;;) {
+        reading = true;
         const n = await from.read(buffer);
+        reading = false;
         if (n === null) break;
         onActivity();
         if (inFlight) {
@@ -142,7 +184,7 @@ export async function relay(
         // Draining a big buffer into a slow reader can outlast the idle
         // timeout, so every write that moves bytes counts as activity.
         inFlight = writeAll(to, buffer.subarray(0, n), progress);
-        inFlight.catch(fail); // a failed write aborts the relay even while a read is pending
+        inFlight.catch(failWriting); // a failed write ends the relay even while a read is pending
         const wanted = Math.min(max, buffer.length * 4);
         if (spare !== null && spare.length >= wanted) {
           buffer = spare;
@@ -161,13 +203,13 @@ export async function relay(
         spare = null;
       }
       if (inFlight) await inFlight;
-      // Carry the FIN on. When the other direction has ended already and the
-      // owner closes both sockets at once (onEnd), close() sends that FIN: a
-      // shutdown() first would be a syscall for nothing.
-      if (--open > 0 || !onEnd) await to.closeWrite();
-      else onEnd();
+      await finish(to, true);
     } catch (error) {
-      fail(error);
+      // The target's error: a read from it (down), or a write to it (up).
+      const targetsError = reading !== towardsTarget;
+      if (!targetsError || !gentle(error)) fail(error);
+      else if (towardsTarget) await dropUntilEof(from, buffer, () => finish(to, false), fail);
+      else await settle(inFlight, () => finish(to, true), fail);
     } finally {
       totals[direction] = carried;
       budget.used -= granted;
@@ -179,6 +221,35 @@ export async function relay(
     copy(target, client, "down", buffers?.[1]),
   ]);
   return totals;
+}
+
+/** After the target failed: reads and drops the client's upload until it closes, then `then()`. */
+async function dropUntilEof(
+  client: RelayEnd,
+  scratch: Uint8Array,
+  then: () => Promise<void>,
+  fail: (error: unknown) => void,
+): Promise<void> {
+  try {
+    while ((await client.read(scratch)) !== null) { /* dropped: the target is gone */ }
+    await then();
+  } catch (error) {
+    fail(error);
+  }
+}
+
+/** After the target failed: lets the write in flight to the client finish, then `then()`. */
+async function settle(
+  inFlight: Promise<void> | null,
+  then: () => Promise<void>,
+  fail: (error: unknown) => void,
+): Promise<void> {
+  try {
+    if (inFlight) await inFlight;
+    await then();
+  } catch (error) {
+    fail(error);
+  }
 }
 
 /**

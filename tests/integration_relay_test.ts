@@ -311,6 +311,41 @@ Deno.test("SOCKS5 address type 0x02 gets reply 0x08 address type not supported",
   assert.equal(session.outcome, "address-type-not-supported");
 });
 
+Deno.test("a target that answers and resets mid-upload: the client still gets the whole answer, then EOF", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  using _client = client;
+  using _server = server;
+  // The client sends a large body and reads nothing yet (as an HTTP client
+  // does while uploading); the server reads the start, answers in full, and
+  // closes with the rest unread, so its kernel resets the connection.
+  const uploading = (async () => {
+    const chunk = new Uint8Array(64 * 1024);
+    const until = performance.now() + 2_000;
+    try {
+      while (performance.now() < until) await client.conn.write(chunk);
+    } catch {
+      // ferry may end the session before the client has finished
+    }
+  })();
+  await server.readExactly(100);
+  const answer = pseudoRandomBytes(200_000, 11);
+  await server.write(answer);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  server.conn.close();
+  await uploading;
+  // Closing the client's socket with its upload unread would reset it, and the
+  // client's kernel would drop the part of the answer it had not read yet.
+  const received = await client.readToEnd();
+  assert.equal(received.length, answer.length);
+  assert.equal(await sha256(received), await sha256(answer));
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "reset");
+  assert.equal(session.down, answer.length);
+});
+
 Deno.test("40 CONNECTs by name at once from one client all succeed (a browser opening a page)", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();

@@ -285,6 +285,68 @@ Deno.test("relay() aborts the controller when the target resets", async () => {
   );
 });
 
+Deno.test("relay() with onTargetFailure: a target that resets mid-upload leaves the client its answer, then a FIN", async () => {
+  using f = await setup();
+  const failures: unknown[] = [];
+  const relayed = f.run({ onTargetFailure: (error) => failures.push(error) });
+  // The client uploads and reads nothing yet. The target reads a little,
+  // answers in full, then closes with the upload unread, which makes its
+  // kernel reset the connection (as an HTTP server refusing a large body does).
+  const uploading = (async () => {
+    const chunk = new Uint8Array(64 * 1024);
+    let sent = 0;
+    try {
+      while (sent < 64 * 1024 * 1024) sent += await f.clientApp.write(chunk);
+    } catch {
+      // refused once the relay has stopped
+    }
+    return sent;
+  })();
+  const answer = randomBytes(64 * 1024); // fits the sockets' buffers while the client reads nothing
+  await f.targetApp.read(new Uint8Array(100));
+  await writeAll(f.targetApp, answer);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  f.targetApp.close(); // unread upload: RST
+  // The relay drops the upload now (no back-pressure) while the answer waits.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const received = await within(readToEnd(f.clientApp), "client EOF", () => f[Symbol.dispose]());
+  assert.equal(
+    await sha256(received),
+    await sha256(answer),
+    "the whole answer, then EOF (no reset)",
+  );
+  assert.equal(f.controller.signal.aborted, false, "ended gently, not aborted");
+  assert.equal(failures.length, 1);
+  f.clientApp.close(); // the client closes: the relay is done
+  const totals = await within(relayed, "relay to end", () => f.controller.abort());
+  await uploading;
+  assert.equal(totals.down, answer.length);
+});
+
+Deno.test("relay() with onTargetFailure: the owner's abort still ends a client that never closes", async () => {
+  using f = await setup();
+  let failed = false;
+  const relayed = f.run({ onTargetFailure: () => failed = true });
+  await writeAll(f.clientApp, new Uint8Array(100));
+  await f.targetApp.read(new Uint8Array(100));
+  f.targetApp.close();
+  // Deno reads a reset as EOF: the client sees the target's end as a FIN.
+  assert.equal(
+    await within(readEnding(f.clientApp), "client EOF", () => f[Symbol.dispose]()),
+    "eof",
+  );
+  // The client sends on; writing that to the closed target fails.
+  for (let i = 0; i < 100 && !failed; i++) {
+    await writeAll(f.clientApp, new Uint8Array(1000));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  assert.ok(failed, "onTargetFailure called");
+  assert.equal(f.controller.signal.aborted, false);
+  // The client neither sends more nor closes: the relay waits, the owner ends it.
+  f.controller.abort(new Error("linger over"));
+  await within(relayed, "relay to end after abort", () => f[Symbol.dispose]());
+});
+
 Deno.test("relay() calls onActivity for every read that carried bytes", async () => {
   using f = await setup();
   const payload = randomBytes(200_000);
