@@ -118,6 +118,8 @@ export async function relay(
     }
     return true;
   };
+  /** A write's error towards the target may be ended gently; any other aborts. */
+  const failWritingTarget = (error: unknown) => gentle(error) || fail(error);
   /** A direction is done: carry the FIN on (if `to` can take one), or end the relay. */
   const finish = async (to: RelayEnd, canWrite: boolean) => {
     // When the other direction has ended already and the owner closes both
@@ -140,8 +142,6 @@ export async function relay(
     // its write is left in flight while the next read fills a second buffer,
     // so both sockets stay busy (one write at a time keeps the order).
     const towardsTarget = direction === "up";
-    // A write's error towards the target may be ended gently; any other aborts.
-    const failWriting = towardsTarget ? (error: unknown) => gentle(error) || fail(error) : fail;
     let reading = true; // whether an error now is the read's or a write's
     let buffer = first ?? new Uint8Array(initial);
     let spare: Uint8Array<ArrayBuffer> | null = null;
@@ -184,7 +184,8 @@ export async function relay(
         // Draining a big buffer into a slow reader can outlast the idle
         // timeout, so every write that moves bytes counts as activity.
         inFlight = writeAll(to, buffer.subarray(0, n), progress);
-        inFlight.catch(failWriting); // a failed write ends the relay even while a read is pending
+        // A failed write ends the relay even while a read is pending.
+        inFlight.catch(towardsTarget ? failWritingTarget : fail);
         const wanted = Math.min(max, buffer.length * 4);
         if (spare !== null && spare.length >= wanted) {
           buffer = spare;
@@ -203,7 +204,9 @@ export async function relay(
         spare = null;
       }
       if (inFlight) await inFlight;
-      await finish(to, true);
+      // Carry the FIN on (inlined finish(): every session's path).
+      if (--open > 0 || !onEnd) await to.closeWrite();
+      else onEnd();
     } catch (error) {
       // The target's error: a read from it (down), or a write to it (up).
       const targetsError = reading !== towardsTarget;
