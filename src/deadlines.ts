@@ -49,13 +49,17 @@ export class Deadlines {
 
   /**
    * Sets `item`'s deadline `timeoutMs` from now and watches it. Use this, not
-   * `watch()`, for a deadline counted from this moment: while nothing is
-   * watched the sweep stops and `now` stands at its last tick, so a deadline
-   * counted from it after a quiet spell would lie in the past already.
+   * `watch()`, for a deadline counted from this moment. It reads the clock
+   * afresh (and so refreshes {@linkcode now} for everyone): `now` may be
+   * older than a tick when the event loop is late (a soak test under load
+   * saw a 1 s handshake timeout fire at 945 ms), and stands still at its last
+   * tick while nothing is watched.
    */
   watchFor(item: Expirable, timeoutMs: number): void {
     this.#startSweep();
-    item.deadline = this.now + timeoutMs;
+    const now = performance.now();
+    this.now = now;
+    item.deadline = now + timeoutMs;
     this.#watched.add(item);
   }
 

@@ -127,6 +127,25 @@ Deno.test("Deadlines never expires early a deadline counted from a clock a tick 
   }
 });
 
+Deno.test("Deadlines.watchFor() counts from this moment even when the sweep is late (a busy event loop)", async () => {
+  const tick = 20;
+  const deadlines = new Deadlines(tick);
+  const keeper = new Item(Infinity); // keeps the sweep running
+  deadlines.watch(keeper);
+  try {
+    // As after the event loop was held up for 300 ms: the clock is 15 ticks old.
+    const start = performance.now();
+    deadlines.now = start - 300;
+    const item = new Item(Infinity);
+    deadlines.watchFor(item, 100);
+    await within(item.expired, 5000, "expiry");
+    const waited = performance.now() - start;
+    assert.ok(waited >= 100, `a 100 ms timeout expired after ${waited.toFixed(1)} ms`);
+  } finally {
+    deadlines.unwatch(keeper);
+  }
+});
+
 Deno.test("Deadlines.watchFor() after a quiet spell counts from that moment, not the last tick", async () => {
   const deadlines = new Deadlines(TICK_MS);
   const first = new Item(0);
