@@ -279,6 +279,9 @@ export class SocksSession extends ProxySession {
       }
       this.adoptTarget(this.#association);
       const bound = this.#association.address;
+      // Relaying from the reply on: datagrams may follow it at once, and a
+      // handshake deadline still running would cut an association in use.
+      this.enter("relay", idleTimeoutMs);
       await writeAll(
         this.client,
         socks5.encodeReply({
@@ -286,7 +289,6 @@ export class SocksSession extends ProxySession {
           address: addressOf(udpAdvertise ?? bound.host, bound.port),
         }),
       );
-      this.enter("relay", idleTimeoutMs);
       this.#takeEarlyData(); // nothing is meant to follow the request on a control connection
       // The association lives exactly as long as its control connection (RFC 1928 §7).
       // Bytes on it mean nothing, but a client may send them to keep an

@@ -315,11 +315,12 @@ export class Upstream {
     if (this.#closed || this.#retryTimer !== undefined) return;
     while (this.#idle.length + this.#dialing < this.#options.poolSize) {
       const backingOff = this.#backingOff;
-      if (backingOff && performance.now() < this.#retryAt) {
+      const wait = this.#retryAt - performance.now(); // read once: a negative delay makes Node warn
+      if (backingOff && wait > 0) {
         this.#retryTimer = setTimeout(() => {
           this.#retryTimer = undefined;
           this.#fill();
-        }, this.#retryAt - performance.now());
+        }, wait);
         Deno.unrefTimer(this.#retryTimer);
         return;
       }
