@@ -385,26 +385,9 @@ Deno.test("a domain name that is not UTF-8 gets 0x04, and the log line says why"
   await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
   assert.equal(await client.readMessage(socks5.decodeMethodSelection, "method"), 0x00);
   // "caf\xe9.test": Latin-1, not UTF-8. Replacing the byte with U+FFFD would look up another name.
-  await client.write(
-    Uint8Array.of(
-      0x05,
-      0x01,
-      0x00,
-      0x03,
-      9,
-      0x63,
-      0x61,
-      0x66,
-      0xe9,
-      0x2e,
-      0x74,
-      0x65,
-      0x73,
-      0x74,
-      0x00,
-      0x50,
-    ),
-  );
+  const name = concat([encoder.encode("caf"), Uint8Array.of(0xe9), encoder.encode(".test")]);
+  // VER CMD=CONNECT RSV ATYP=DOMAIN LEN NAME PORT
+  await client.write(concat([Uint8Array.of(5, 1, 0, 3, name.length), name, Uint8Array.of(0, 80)]));
   assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, socks5.Reply.HostUnreachable));
   client.close(); // ferry would linger for the client to close first
   const session = await sessionOf(ferry, client.localAddr);
