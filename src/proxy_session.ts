@@ -18,7 +18,7 @@ import type { Metrics } from "./metrics.ts";
 import { type Address, formatAddress } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
-import { dial, DialError } from "./upstream/dial.ts";
+import { dial, DialError, messageWithCause } from "./upstream/dial.ts";
 
 /**
  * The `error` field of a session line whose outcome name does not say what
@@ -26,11 +26,7 @@ import { dial, DialError } from "./upstream/dial.ts";
  * connect failed with (port 0, a blackhole route), or an unexpected error.
  */
 export function errorDetail(outcome: string, error: unknown): string | undefined {
-  if (outcome === "protocol-error" || outcome === "general-failure") {
-    const cause = (error as { cause?: unknown } | null)?.cause;
-    const message = error instanceof Error ? error.message : String(error);
-    return cause instanceof Error ? `${message}: ${cause.message}` : message;
-  }
+  if (outcome === "protocol-error" || outcome === "general-failure") return messageWithCause(error);
   if (outcome !== "error") return undefined;
   return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }

@@ -181,6 +181,68 @@ Deno.test("pool: after a restart that also cut a young connection, clients may d
   }
 });
 
+Deno.test("pool: an upstream at its connection limit refuses refills, yet its pooled connections are handed out", async () => {
+  logs.records.length = 0;
+  // Like sshd's MaxStartups or redis's maxclients: past 3 connections at once, new ones are closed.
+  let live = 0;
+  const echo = taggedEcho("limited");
+  await using server = new ForwardUpstream(async (accepted) => {
+    if (live >= 3) return;
+    live++;
+    try {
+      await echo(accepted);
+    } finally {
+      live--;
+    }
+  });
+  const upstream = upstreamTo(server.port, 4);
+  upstream.start();
+  const taken: PooledConnection[] = [];
+  try {
+    await waitUntil(() => logs.events("pool-unsettled").length > 0, "the 4th refill to be refused");
+    await waitUntil(() => upstream.idle === 3, "three good pooled connections");
+    await new Promise((resolve) => setTimeout(resolve, 1100)); // they have lasted the settle time
+    // Clients used to get nothing here (unsettled: no take), then dialled on
+    // demand and were refused too: the pool held every slot.
+    const pooled = upstream.take();
+    assert.ok(pooled, "a pooled connection that has lasted is handed out");
+    taken.push(pooled);
+    assert.equal(await roundTrip(pooled, "hello"), "limited");
+    // The old connections alone never declare the pool settled.
+    assert.equal(logs.events("pool-settled").length, 0);
+  } finally {
+    for (const pooled of taken) pooled.close();
+    upstream.close();
+  }
+});
+
+Deno.test("pool: connections alive after the upstream's listener died do not declare it up again", async () => {
+  logs.records.length = 0;
+  await using server = new ForwardUpstream(taggedEcho("old"));
+  const upstream = upstreamTo(server.port, 2);
+  upstream.start();
+  const taken: PooledConnection[] = [];
+  try {
+    await waitUntil(() => upstream.idle === 2, "the pool to fill");
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    server.listener.close(); // as when sshd's listener dies: its connections live on
+    const first = upstream.take();
+    assert.ok(first);
+    taken.push(first);
+    await waitUntil(() => logs.events("upstream-down").length > 0, "the refill to be refused");
+    const second = upstream.take(); // a good old connection, still handed out
+    assert.ok(second);
+    taken.push(second);
+    assert.equal(await roundTrip(second, "still"), "old");
+    await new Promise((resolve) => setTimeout(resolve, 1500)); // sweeps run; the old ones live
+    assert.equal(logs.events("upstream-up").length, 0, "nothing new reached it: not up again");
+    assert.equal(logs.events("upstream-down").length, 1);
+  } finally {
+    for (const pooled of taken) pooled.close();
+    upstream.close();
+  }
+});
+
 Deno.test("pooled connection: bytes the upstream sent while pooled come first, intact and in order", async () => {
   const { near, far } = await socketPair();
   const drops: DropReason[] = [];

@@ -53,6 +53,13 @@ export class DialError extends Error {
   }
 }
 
+/** An error's message, with its cause's: a DialError wraps the system's error. */
+export function messageWithCause(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const cause = (error as { cause?: unknown } | null)?.cause;
+  return cause instanceof Error ? `${message}: ${cause.message}` : message;
+}
+
 /** Errno codes that name a failure, for errors Deno does not give a class of their own. */
 const FAILURE_FOR_ERRNO: Readonly<Record<string, DialFailure>> = {
   ECONNREFUSED: "connection-refused",

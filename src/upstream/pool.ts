@@ -18,7 +18,7 @@ import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
 import { formatAddress } from "../protocol/address.ts";
 import type { RelayEnd } from "../relay.ts";
-import { DialError } from "./dial.ts";
+import { DialError, messageWithCause } from "./dial.ts";
 
 /** Most bytes an upstream may send unasked while pooled; more means it is not waiting for us. */
 export const POOLED_BYTES_LIMIT = 64 * 1024;
@@ -119,7 +119,18 @@ export interface UpstreamOptions {
 }
 
 const BACKOFF_FIRST_MS = 100;
-const BACKOFF_MAX_MS = 10_000;
+/**
+ * Longest back-off while dials fail: a probe that is refused costs nothing,
+ * and a longer wait kept clients refused after the upstream was back (5.7 s
+ * after a 7 s outage with 10 s).
+ */
+const DOWN_BACKOFF_MAX_MS = 2_000;
+/**
+ * Longest back-off while pooled connections end young: each refill the
+ * upstream accepts and drops shows in its logs (sshd, MariaDB), and one at
+ * its connection limit refuses every refill while its pool is good.
+ */
+const UNSETTLED_BACKOFF_MAX_MS = 10_000;
 /**
  * A pooled connection that ends sooner than this after connecting (FIN, reset,
  * or more bytes than it may send unasked) leaves the pool unsettled: refilling
@@ -154,6 +165,8 @@ export class Upstream {
   #backoffMs = BACKOFF_FIRST_MS;
   /** While down or unsettled: no dial before this `performance.now()`. */
   #retryAt = 0;
+  /** When it last went from fine to down or unsettled: only connections dialled since can show it is fine again. */
+  #troubleSince = 0;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #recycleTimer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
@@ -202,20 +215,30 @@ export class Upstream {
    * one pooled connection, which is left to find out whether they last again.
    */
   take(): PooledConnection | null {
-    if (this.#unsettled) return null;
+    const now = performance.now();
     // The sweep runs every quarter of --pool-max-idle at most: a connection
     // may have passed the limit since, and the upstream may be cutting it now.
-    const oldest = performance.now() - this.#options.poolMaxIdleMs;
+    const oldest = now - this.#options.poolMaxIdleMs;
     let pooled = this.#idle.shift() ?? null;
     while (pooled && pooled.pooledAt <= oldest) {
       retire(pooled);
       this.stats.recycled++;
       pooled = this.#idle.shift() ?? null;
     }
+    // Unsettled, only a connection that has lasted is handed out: the
+    // upstream may cut younger ones (one that closes idle connections within
+    // a second). One at its connection limit refuses the pool's refills, yet
+    // the connections it holds are good, and clients dialling on demand
+    // would be refused too. The pool is oldest first.
+    if (pooled && this.#unsettled && now - pooled.pooledAt < this.#settleMs) {
+      this.#idle.unshift(pooled);
+      pooled = null;
+    }
     if (pooled) {
       pooled.take();
       this.stats.taken++;
-      this.markUp();
+      // Not markUp(): a connection from before an outage proves nothing of
+      // new ones (sshd's listener can die while its connections live).
     }
     this.#fill();
     return pooled;
@@ -255,31 +278,33 @@ export class Upstream {
   /** Records a failed dial: the upstream is skipped until its back-off ends. */
   markDown(error: unknown): void {
     this.stats.failures++;
-    this.#backOff();
+    if (!this.#backingOff) this.#troubleSince = performance.now();
+    this.#backOff(DOWN_BACKOFF_MAX_MS);
     if (this.#down) return;
     this.#down = true;
     serverLog.warn("upstream {upstream} is down: {error}; retrying with back-off", {
       event: "upstream-down",
       upstream: this.name,
-      error: (error as Error)?.message ?? String(error),
+      error: messageWithCause(error),
     });
   }
 
   /** The next retry waits longer. */
-  #backOff(): void {
+  #backOff(maxMs: number): void {
     const now = performance.now();
     // Failures within one back-off window (a pool's dials failing together)
     // count once, so the wait grows per retry, not per failed connection.
     if (now >= this.#retryAt) {
       this.#retryAt = now + this.#backoffMs;
-      this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
+      this.#backoffMs = Math.min(this.#backoffMs * 2, maxMs);
     }
   }
 
   /** A pooled connection ended right after connecting: refill with back-off. */
   #markUnsettled(reason: DropReason, ageMs: number): void {
     this.stats.failures++;
-    this.#backOff();
+    if (!this.#backingOff) this.#troubleSince = performance.now();
+    this.#backOff(UNSETTLED_BACKOFF_MAX_MS);
     if (this.#unsettled) return;
     this.#unsettled = true;
     // Said as seen: an upstream that restarts cuts its young connections too,
@@ -293,8 +318,10 @@ export class Upstream {
 
   /** A pooled connection has lasted: the pool works again. */
   #markSettled(): void {
+    // The back-off stays: an upstream at its connection limit settles each
+    // time a client frees a slot, and unsettles at the next refill. It starts
+    // over once the pool is full (#recycle).
     this.markUp();
-    this.#backoffMs = BACKOFF_FIRST_MS;
     if (!this.#unsettled) return;
     this.#unsettled = false;
     serverLog.info("upstream {upstream}: pooled connections last again", {
@@ -375,8 +402,15 @@ export class Upstream {
 
   #recycle(): void {
     const now = performance.now();
-    if (this.#backingOff && this.#idle.some((p) => now - p.pooledAt >= this.#settleMs)) {
-      this.#markSettled();
+    // Only a connection dialled since the trouble began shows it is over:
+    // ones from before (at an upstream's connection limit, or alive after
+    // its listener died) would declare it fine again and again.
+    const since = this.#troubleSince;
+    const settled = (p: PooledConnection) =>
+      p.pooledAt >= since && now - p.pooledAt >= this.#settleMs;
+    if (this.#backingOff && this.#idle.some(settled)) this.#markSettled();
+    if (!this.#backingOff && this.#idle.length >= this.#options.poolSize) {
+      this.#backoffMs = BACKOFF_FIRST_MS;
     }
     const oldest = now - this.#options.poolMaxIdleMs;
     while (this.#idle.length > 0 && this.#idle[0]!.pooledAt <= oldest) {
