@@ -138,6 +138,12 @@ const UNSETTLED_BACKOFF_MAX_MS = 10_000;
  * behind a port proxy) is not redialled in a hot loop.
  */
 const SETTLE_MS = 1000;
+/**
+ * A pooled connection that ends sooner than this after connecting was
+ * refused (an upstream at its connection limit accepts and closes at once),
+ * not cut after idling.
+ */
+const REFUSED_WITHIN_MS = 100;
 
 /**
  * How a client may use an upstream now. `up`: take a pooled connection or
@@ -165,6 +171,8 @@ export class Upstream {
   #backoffMs = BACKOFF_FIRST_MS;
   /** While down or unsettled: no dial before this `performance.now()`. */
   #retryAt = 0;
+  /** Whether the last pooled connection to end young had idled a while first, rather than being refused at once. */
+  #cutAfterIdling = false;
   /** When it last went from fine to down or unsettled: only connections dialled since can show it is fine again. */
   #troubleSince = 0;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -225,20 +233,25 @@ export class Upstream {
       this.stats.recycled++;
       pooled = this.#idle.shift() ?? null;
     }
-    // Unsettled, only a connection that has lasted is handed out: the
-    // upstream may cut younger ones (one that closes idle connections within
-    // a second). One at its connection limit refuses the pool's refills, yet
-    // the connections it holds are good, and clients dialling on demand
-    // would be refused too. The pool is oldest first.
-    if (pooled && this.#unsettled && now - pooled.pooledAt < this.#settleMs) {
+    // Unsettled by an upstream that cuts connections after they idled a
+    // while (one that closes idle connections within a second), only a
+    // connection that has lasted is handed out: it may cut younger ones. One
+    // that refused the connection at once (at its connection limit) has
+    // nothing against those it holds, and clients dialling on demand would be
+    // refused too. The pool is oldest first.
+    if (
+      pooled && this.#unsettled && this.#cutAfterIdling && now - pooled.pooledAt < this.#settleMs
+    ) {
       this.#idle.unshift(pooled);
       pooled = null;
     }
     if (pooled) {
       pooled.take();
       this.stats.taken++;
-      // Not markUp(): a connection from before an outage proves nothing of
-      // new ones (sshd's listener can die while its connections live).
+      // Serving a client shows the upstream is up, but only with a connection
+      // dialled since the trouble began: one from before an outage proves
+      // nothing of new ones (sshd's listener can die while its connections live).
+      if (pooled.pooledAt >= this.#troubleSince) this.markUp();
     }
     this.#fill();
     return pooled;
@@ -295,8 +308,10 @@ export class Upstream {
     // Failures within one back-off window (a pool's dials failing together)
     // count once, so the wait grows per retry, not per failed connection.
     if (now >= this.#retryAt) {
-      this.#retryAt = now + this.#backoffMs;
-      this.#backoffMs = Math.min(this.#backoffMs * 2, maxMs);
+      // Clamped first: the wait may have grown under the other, longer cap.
+      const wait = Math.min(this.#backoffMs, maxMs);
+      this.#retryAt = now + wait;
+      this.#backoffMs = Math.min(wait * 2, maxMs);
     }
   }
 
@@ -384,7 +399,10 @@ export class Upstream {
       pooled.close();
       this.stats.dropped++;
       const age = performance.now() - pooled.pooledAt;
-      if (age < this.#settleMs) this.#markUnsettled(reason, age);
+      if (age < this.#settleMs) {
+        this.#cutAfterIdling = age >= REFUSED_WITHIN_MS;
+        this.#markUnsettled(reason, age);
+      }
       this.#fill();
     });
     this.#idle.push(pooled);
