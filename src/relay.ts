@@ -120,15 +120,30 @@ export async function relay(
   };
   /** A write's error towards the target may be ended gently; any other aborts. */
   const failWritingTarget = (error: unknown) => gentle(error) || fail(error);
-  /** A direction is done: carry the FIN on (if `to` can take one), or end the relay. */
-  const finish = async (to: RelayEnd, canWrite: boolean) => {
-    // When the other direction has ended already and the owner closes both
-    // sockets at once (onEnd), close() sends that FIN: a shutdown() first
-    // would be a syscall for nothing.
-    if (--open > 0 || !onEnd) {
-      if (canWrite) await to.closeWrite();
-    } else {
-      onEnd();
+  /**
+   * After the target failed, one direction ends as if the target had closed:
+   * up, the client's upload is read and dropped until it closes; down, the
+   * write in flight to the client finishes and the FIN follows it.
+   */
+  const endGently = async (
+    client: RelayEnd,
+    up: boolean,
+    scratch: Uint8Array,
+    inFlight: Promise<void> | null,
+  ) => {
+    try {
+      if (up) {
+        while ((await client.read(scratch)) !== null) { /* dropped: the target is gone */ }
+      } else if (inFlight) {
+        await inFlight;
+      }
+      if (--open > 0 || !onEnd) {
+        if (!up) await client.closeWrite();
+      } else {
+        onEnd();
+      }
+    } catch (error) {
+      fail(error);
     }
   };
   const copy = async (
@@ -204,15 +219,16 @@ export async function relay(
         spare = null;
       }
       if (inFlight) await inFlight;
-      // Carry the FIN on (inlined finish(): every session's path).
+      // Carry the FIN on. When the other direction has ended already and the
+      // owner closes both sockets at once (onEnd), close() sends that FIN: a
+      // shutdown() first would be a syscall for nothing.
       if (--open > 0 || !onEnd) await to.closeWrite();
       else onEnd();
     } catch (error) {
       // The target's error: a read from it (down), or a write to it (up).
       const targetsError = reading !== towardsTarget;
       if (!targetsError || !gentle(error)) fail(error);
-      else if (towardsTarget) await dropUntilEof(from, buffer, () => finish(to, false), fail);
-      else await settle(inFlight, () => finish(to, true), fail);
+      else await endGently(towardsTarget ? from : to, towardsTarget, buffer, inFlight);
     } finally {
       totals[direction] = carried;
       budget.used -= granted;
@@ -224,35 +240,6 @@ export async function relay(
     copy(target, client, "down", buffers?.[1]),
   ]);
   return totals;
-}
-
-/** After the target failed: reads and drops the client's upload until it closes, then `then()`. */
-async function dropUntilEof(
-  client: RelayEnd,
-  scratch: Uint8Array,
-  then: () => Promise<void>,
-  fail: (error: unknown) => void,
-): Promise<void> {
-  try {
-    while ((await client.read(scratch)) !== null) { /* dropped: the target is gone */ }
-    await then();
-  } catch (error) {
-    fail(error);
-  }
-}
-
-/** After the target failed: lets the write in flight to the client finish, then `then()`. */
-async function settle(
-  inFlight: Promise<void> | null,
-  then: () => Promise<void>,
-  fail: (error: unknown) => void,
-): Promise<void> {
-  try {
-    if (inFlight) await inFlight;
-    await then();
-  } catch (error) {
-    fail(error);
-  }
 }
 
 /**
