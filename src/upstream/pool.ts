@@ -203,48 +203,34 @@ export class Upstream {
 
   /** How a client may use this upstream now (see {@linkcode Standing}). */
   get standing(): Standing {
-    if (this.#down) {
-      // The pool's probe got through: the upstream accepts connections again.
-      // Unsettled (an upstream restart also cuts young connections), clients
-      // dial it on demand until a pooled connection has lasted.
-      if (this.#idle.length > 0) return this.#unsettled ? "fallback" : "up";
-      // Down, a client may find out whether it is back only without a pool
-      // (the pool probes by itself) and one at a time: against an upstream
-      // that drops SYNs each probe costs its client the whole connect timeout.
-      const due = performance.now() >= this.#retryAt;
-      return this.#options.poolSize === 0 && due && this.#clientDials === 0 ? "up" : "skip";
-    }
-    return this.#unsettled ? "fallback" : "up";
+    // Down with connections waiting: the pool's probe got through, and the
+    // upstream accepts connections again. Unsettled (an upstream restart also
+    // cuts young connections), clients come after the upstreams that are up.
+    if (!this.#down || this.#idle.length > 0) return this.#unsettled ? "fallback" : "up";
+    // Down, a client may find out whether it is back only without a pool
+    // (the pool probes by itself) and one at a time: against an upstream
+    // that drops SYNs each probe costs its client the whole connect timeout.
+    const due = performance.now() >= this.#retryAt;
+    return this.#options.poolSize === 0 && due && this.#clientDials === 0 ? "up" : "skip";
   }
 
   /**
    * Takes a pooled connection (oldest first), or `null` if none is ready.
-   * Never while the pool is unsettled: the upstream may be about to cut the
-   * one pooled connection, which is left to find out whether they last again.
+   * Unsettled by an upstream that cuts connections after they idled a while
+   * (one that closes idle connections within a second), only a connection
+   * that has lasted is handed out: it may cut younger ones. One that refused
+   * connections at once (at its connection limit) has nothing against those
+   * it holds, and clients dialling on demand would be refused too.
    */
   take(): PooledConnection | null {
     const now = performance.now();
     // The sweep runs every quarter of --pool-max-idle at most: a connection
     // may have passed the limit since, and the upstream may be cutting it now.
-    const oldest = now - this.#options.poolMaxIdleMs;
-    let pooled = this.#idle.shift() ?? null;
-    while (pooled && pooled.pooledAt <= oldest) {
-      retire(pooled);
-      this.stats.recycled++;
-      pooled = this.#idle.shift() ?? null;
-    }
-    // Unsettled by an upstream that cuts connections after they idled a
-    // while (one that closes idle connections within a second), only a
-    // connection that has lasted is handed out: it may cut younger ones. One
-    // that refused the connection at once (at its connection limit) has
-    // nothing against those it holds, and clients dialling on demand would be
-    // refused too. The pool is oldest first.
-    if (
-      pooled && this.#unsettled && this.#cutAfterIdling && now - pooled.pooledAt < this.#settleMs
-    ) {
-      this.#idle.unshift(pooled);
-      pooled = null;
-    }
+    this.#retireExpired(now);
+    const oldest = this.#idle[0];
+    const withheld = oldest !== undefined && this.#unsettled && this.#cutAfterIdling &&
+      now - oldest.pooledAt < this.#settleMs;
+    const pooled = oldest === undefined || withheld ? null : this.#idle.shift()!;
     if (pooled) {
       pooled.take();
       this.stats.taken++;
@@ -290,8 +276,6 @@ export class Upstream {
 
   /** Records a failed dial: the upstream is skipped until its back-off ends. */
   markDown(error: unknown): void {
-    this.stats.failures++;
-    if (!this.#backingOff) this.#troubleSince = performance.now();
     this.#backOff(DOWN_BACKOFF_MAX_MS);
     if (this.#down) return;
     this.#down = true;
@@ -302,9 +286,11 @@ export class Upstream {
     });
   }
 
-  /** The next retry waits longer. */
+  /** Counts a failure (dial or pooled connection), and the next retry waits longer. */
   #backOff(maxMs: number): void {
     const now = performance.now();
+    this.stats.failures++;
+    if (!this.#backingOff) this.#troubleSince = now;
     // Failures within one back-off window (a pool's dials failing together)
     // count once, so the wait grows per retry, not per failed connection.
     if (now >= this.#retryAt) {
@@ -317,8 +303,6 @@ export class Upstream {
 
   /** A pooled connection ended right after connecting: refill with back-off. */
   #markUnsettled(reason: DropReason, ageMs: number): void {
-    this.stats.failures++;
-    if (!this.#backingOff) this.#troubleSince = performance.now();
     this.#backOff(UNSETTLED_BACKOFF_MAX_MS);
     if (this.#unsettled) return;
     this.#unsettled = true;
@@ -430,12 +414,17 @@ export class Upstream {
     if (!this.#backingOff && this.#idle.length >= this.#options.poolSize) {
       this.#backoffMs = BACKOFF_FIRST_MS;
     }
+    this.#retireExpired(now);
+    this.#fill();
+  }
+
+  /** Closes the pooled connections older than --pool-max-idle (the pool is oldest first). */
+  #retireExpired(now: number): void {
     const oldest = now - this.#options.poolMaxIdleMs;
     while (this.#idle.length > 0 && this.#idle[0]!.pooledAt <= oldest) {
       retire(this.#idle.shift()!);
       this.stats.recycled++;
     }
-    this.#fill();
   }
 }
 
