@@ -280,10 +280,7 @@ export class Checker {
 
   /** A log level; see {@linkcode logLevelOf} for the spellings taken. */
   logLevel(flag: string, text: string): LogLevel {
-    const level = logLevelOf(text);
-    if (level) return level;
-    this.problems.push(`${flag}: ${JSON.stringify(text)} is not one of ${LOG_LEVELS.join(", ")}`);
-    return DEFAULTS.logLevel;
+    return this.oneOf(flag, logLevelOf(text) ?? text, LOG_LEVELS);
   }
 
   /** An IPv4 or IPv6 literal, without brackets. */

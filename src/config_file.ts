@@ -127,16 +127,11 @@ const durationOf = (timer: boolean) =>
 const duration = durationOf(false);
 const timerDuration = durationOf(true);
 
-const logLevel = z.string(expecting(alternatives(LOG_LEVELS))).transform((text, ctx) => {
-  const level = logLevelOf(text);
-  if (level) return level;
-  ctx.addIssue({
-    code: "custom",
-    message: `expected ${alternatives(LOG_LEVELS)}, got ${show(text)}`,
-    input: text,
-  });
-  return z.NEVER;
-});
+/** A log level, in the spellings `--log-level` takes (see `logLevelOf`). */
+const logLevel = z.preprocess(
+  (value) => typeof value === "string" ? logLevelOf(value) ?? value : value,
+  z.enum(LOG_LEVELS, expecting(alternatives(LOG_LEVELS))),
+);
 
 const IP = 'an IPv4 or IPv6 address, like "203.0.113.7" or "2001:db8::7"';
 const ip = z.string(expecting(IP)).transform((text, ctx) => {
