@@ -10,7 +10,7 @@
 import { lookupAll } from "./upstream/lookups.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { closeQuietly } from "./close_quietly.ts";
-import { type Address, unmapIPv4 } from "./protocol/address.ts";
+import { type Address, bindableHost, unmapIPv4 } from "./protocol/address.ts";
 
 /**
  * Which peers may connect: the request's DST.ADDR, resolved when it is a
@@ -35,17 +35,16 @@ export async function expectedPeers(
 /** A BIND listener. Dispose (or `close()`) it whatever happens. */
 export class BindListener implements Disposable {
   readonly #listener: Deno.TcpListener;
+  /** The address to send in the first reply. */
+  readonly addr: Deno.NetAddr;
   /** Connections closed because they came from another address. */
   refused = 0;
   #closed = false;
 
+  /** Listens on an ephemeral port of `hostname`, the address the client came in on. */
   constructor(hostname: string) {
-    this.#listener = Deno.listen({ hostname, port: 0, transport: "tcp" });
-  }
-
-  /** The address to send in the first reply. */
-  get addr(): Deno.NetAddr {
-    return this.#listener.addr;
+    this.#listener = Deno.listen({ hostname: bindableHost(hostname), port: 0, transport: "tcp" });
+    this.addr = { ...this.#listener.addr, hostname };
   }
 
   /**

@@ -124,7 +124,9 @@ export function buildProgram(
     .option("--no-socks4", "refuse SOCKS4 and SOCKS4a requests (reply 91)")
     .option(
       "--udp-advertise <ip>",
-      "address to put in UDP ASSOCIATE replies (behind NAT); default: the interface's",
+      "address to put in UDP ASSOCIATE replies (behind NAT; one per address family); " +
+        "default: the interface's",
+      collect,
     )
     .option(
       "--bind-timeout <duration>",

@@ -58,8 +58,8 @@ export interface SocksConfig extends ListenerSettings, LogSettings {
   /** User name → password, as UTF-8 bytes. Empty: no authentication. */
   readonly users: ReadonlyMap<string, Uint8Array>;
   readonly socks4: boolean;
-  /** BND.ADDR of UDP ASSOCIATE replies instead of the interface address (NAT); `null`: none. */
-  readonly udpAdvertise: string | null;
+  /** BND.ADDR of UDP ASSOCIATE replies instead of the interface address (NAT), per family. */
+  readonly udpAdvertise: UdpAdvertise;
   /** How long a BIND waits for its peer to connect. */
   readonly bindTimeoutMs: number;
   /** Most UDP associations at once from one client IP. */
@@ -95,7 +95,7 @@ export interface RawSocksOptions extends RawListenerOptions {
   user?: string[] | undefined;
   usersFile?: string | undefined;
   socks4?: boolean | undefined;
-  udpAdvertise?: string | undefined;
+  udpAdvertise?: string[] | undefined;
   bindTimeout?: string | undefined;
   maxUdpPerIp?: string | undefined;
 }
@@ -172,6 +172,65 @@ export function checkDuration(text: string, timer = false): number | { problem: 
   if (ms < 1) return { problem: "expected at least 1ms" };
   if (timer && ms > MAX_TIMER_MS) return { problem: "expected at most 596h (about 24 days)" };
   return ms;
+}
+
+/**
+ * The addresses UDP ASSOCIATE replies name instead of the relay socket's own
+ * (ferry behind NAT), one per address family: the relay socket has the
+ * family of the client's control connection, and a client told an address
+ * of the other family could not reach it.
+ */
+export interface UdpAdvertise {
+  readonly ipv4: string | null;
+  readonly ipv6: string | null;
+}
+
+/** No advertised addresses: replies name the interface the client came in on. */
+export const NO_UDP_ADVERTISE: UdpAdvertise = { ipv4: null, ipv6: null };
+
+/** Whether an IP literal names one host: not 0.0.0.0, ::, 255.255.255.255 or multicast. */
+function isUnicast(ip: string): boolean {
+  const v4 = parseIPv4(ip);
+  if (v4 !== null) {
+    return ip !== "0.0.0.0" && ip !== "255.255.255.255" && (v4[0]! & 0xf0) !== 0xe0;
+  }
+  const v6 = parseIPv6(ip);
+  return v6 !== null && v6[0] !== 0xff && v6.some((byte) => byte !== 0);
+}
+
+/**
+ * `--udp-advertise` values: IP literals (IPv6 with or without brackets), not
+ * the wildcard (nobody can send to 0.0.0.0), at most one per family. Problems
+ * name the value's index, phrased to follow `got "TEXT"`.
+ */
+export function checkUdpAdvertise(
+  texts: readonly string[],
+): UdpAdvertise | { problems: { index: number; problem: string }[] } {
+  const found: { ipv4: string | null; ipv6: string | null } = { ipv4: null, ipv6: null };
+  const problems: { index: number; problem: string }[] = [];
+  texts.forEach((text, index) => {
+    const trimmed = text.trim();
+    const bare = /^\[.*\]$/.test(trimmed) ? trimmed.slice(1, -1) : trimmed;
+    const address = addressOf(bare, 0);
+    if (address.type === "domain" || (address.type === "ipv4" && bare !== trimmed)) {
+      const problem = "expected an IPv4 or IPv6 address, like 203.0.113.7 or 2001:db8::7";
+      return void problems.push({ index, problem });
+    }
+    if (!isUnicast(address.host)) {
+      const problem = "expected the address clients reach ferry at, not a wildcard, broadcast " +
+        "or multicast address";
+      return void problems.push({ index, problem });
+    }
+    const family = address.type;
+    const earlier = found[family];
+    if (earlier !== null) {
+      const problem = `expected one ${family === "ipv4" ? "IPv4" : "IPv6"} address at most ` +
+        `(one per address family), and ${earlier} came first`;
+      return void problems.push({ index, problem });
+    }
+    found[family] = address.host;
+  });
+  return problems.length > 0 ? { problems } : found;
 }
 
 /**
@@ -283,15 +342,14 @@ export class Checker {
     return this.oneOf(flag, logLevelOf(text) ?? text, LOG_LEVELS);
   }
 
-  /** An IPv4 or IPv6 literal, without brackets. */
-  ip(flag: string, text: string): string {
-    const address = addressOf(text.trim(), 0);
-    if (address.type !== "domain" && !text.includes("[")) return address.host;
-    this.problems.push(
-      `${flag}: ${JSON.stringify(text)} is not an IP address; expected IPv4 or IPv6, like ` +
-        `203.0.113.7 or 2001:db8::7`,
-    );
-    return "";
+  /** Addresses to advertise; see {@linkcode checkUdpAdvertise}. */
+  udpAdvertise(flag: string, texts: readonly string[]): UdpAdvertise {
+    const checked = checkUdpAdvertise(texts);
+    if (!("problems" in checked)) return checked;
+    for (const { index, problem } of checked.problems) {
+      this.problems.push(`${flag}: got ${JSON.stringify(texts[index])}; ${problem}`);
+    }
+    return NO_UDP_ADVERTISE;
   }
 
   /** `HOST:PORT` or `[IPV6]:PORT`; see {@linkcode checkHostPort} for `minPort`. */
@@ -393,9 +451,7 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     }
   }
 
-  const udpAdvertise = raw.udpAdvertise === undefined
-    ? null
-    : check.ip("--udp-advertise", raw.udpAdvertise);
+  const udpAdvertise = check.udpAdvertise("--udp-advertise", raw.udpAdvertise ?? []);
   const bindTimeoutMs = raw.bindTimeout === undefined
     ? common.connectTimeoutMs
     : check.duration("--bind-timeout", raw.bindTimeout);

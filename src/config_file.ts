@@ -21,6 +21,7 @@ import { z } from "zod";
 import {
   checkDuration,
   checkHostPort,
+  checkUdpAdvertise,
   ConfigError,
   DEFAULTS,
   type ForwardConfig,
@@ -31,12 +32,13 @@ import {
   type LogFormat,
   type LogLevel,
   logLevelOf,
+  NO_UDP_ADVERTISE,
   parseDuration,
   parseHostPort,
   parseUser,
   type SocksConfig,
 } from "./config.ts";
-import { addressOf, formatIPv6, parseIPv6 } from "./protocol/address.ts";
+import { formatIPv6, parseIPv6 } from "./protocol/address.ts";
 
 /** Everything a configuration file describes, validated. */
 export interface RunConfig {
@@ -134,10 +136,25 @@ const logLevel = z.preprocess(
 );
 
 const IP = 'an IPv4 or IPv6 address, like "203.0.113.7" or "2001:db8::7"';
-const ip = z.string(expecting(IP)).transform((text, ctx) => {
-  const address = addressOf(text, 0);
-  if (address.type !== "domain" && !text.includes("[")) return address.host;
-  ctx.addIssue({ code: "custom", message: `expected ${IP}, got ${show(text)}`, input: text });
+/** One address, or an array of at most one per family; see `checkUdpAdvertise`. */
+const udpAdvertise = z.union(
+  [z.string(), z.array(z.string()).min(1)],
+  expecting(
+    `${IP}, or an array of one IPv4 and one IPv6 address`,
+  ),
+).transform((value, ctx) => {
+  const texts = typeof value === "string" ? [value] : value;
+  const checked = checkUdpAdvertise(texts);
+  if (!("problems" in checked)) return checked;
+  for (const { index, problem } of checked.problems) {
+    const input = texts[index];
+    ctx.addIssue({
+      code: "custom",
+      message: `${problem}, got ${show(input)}`,
+      input,
+      path: typeof value === "string" ? [] : [index],
+    });
+  }
   return z.NEVER;
 });
 
@@ -195,7 +212,7 @@ const socksListener = z.strictObject({
   users: z.array(user, expectingSecret("an array of users")).optional(),
   usersFile: z.string(expecting("a file path")).min(1, expecting("a file path")).optional(),
   socks4: z.boolean(expecting("true or false")).optional(),
-  udpAdvertise: ip.optional(),
+  udpAdvertise: udpAdvertise.optional(),
   bindTimeout: duration.optional(),
   maxUdpPerIp: count(1).optional(),
   ...shared,
@@ -485,7 +502,7 @@ function buildListeners(
         ...common,
         users: users.get(index) ?? new Map(),
         socks4: listener.socks4 ?? true,
-        udpAdvertise: listener.udpAdvertise ?? null,
+        udpAdvertise: listener.udpAdvertise ?? NO_UDP_ADVERTISE,
         bindTimeoutMs: listener.bindTimeout ?? common.connectTimeoutMs,
         maxUdpPerIp: listener.maxUdpPerIp ?? Number(DEFAULTS.maxUdpPerIp),
       } satisfies SocksConfig;

@@ -6,6 +6,7 @@
  * @module
  */
 import type { UserTable } from "./auth.ts";
+import type { UdpAdvertise } from "./config.ts";
 import { BindListener, expectedPeers } from "./bind.ts";
 import { type Address, addressOf, formatAddress, unmapIPv4 } from "./protocol/address.ts";
 import { type Decoded, ProtocolError } from "./protocol/decoded.ts";
@@ -20,14 +21,14 @@ import {
 } from "./proxy_session.ts";
 import { writeAll } from "./relay.ts";
 import { UdpAssociation } from "./udp_associate.ts";
-import { raceAbort } from "./upstream/dial.ts";
+import { messageWithCause, raceAbort } from "./upstream/dial.ts";
 
 /** What SOCKS sessions share beyond {@linkcode SessionContext}. */
 export interface SocksContext extends SessionContext {
   readonly users: UserTable;
   readonly socks4: boolean;
   /** BND.ADDR for UDP ASSOCIATE replies, overriding the interface address; `null`: none. */
-  readonly udpAdvertise: string | null;
+  readonly udpAdvertise: UdpAdvertise;
   readonly bindTimeoutMs: number;
   readonly maxUdpPerIp: number;
   /** Live UDP associations by client IP, shared by the listener's sessions. */
@@ -211,9 +212,9 @@ export class SocksSession extends ProxySession {
     }
     try {
       this.#bindListener = new BindListener(listenOn);
-    } catch {
+    } catch (error) {
       await writeAll(this.client, replies.failure(socks5.Reply.GeneralFailure));
-      return await this.refuse("bind-failed");
+      return await this.refuse("bind-failed", messageWithCause(error));
     }
     using listener = this.#bindListener;
     await writeAll(this.client, replies.bound(listener.addr));
@@ -273,9 +274,9 @@ export class SocksSession extends ProxySession {
           clientPort: declared.port,
           onActivity: stillActive,
         });
-      } catch {
+      } catch (error) {
         await writeAll(this.client, replyWith(socks5.Reply.GeneralFailure));
-        return await this.refuse("udp-bind-failed");
+        return await this.refuse("udp-bind-failed", messageWithCause(error));
       }
       this.adoptTarget(this.#association);
       const bound = this.#association.address;
@@ -286,7 +287,10 @@ export class SocksSession extends ProxySession {
         this.client,
         socks5.encodeReply({
           reply: socks5.Reply.Succeeded,
-          address: addressOf(udpAdvertise ?? bound.host, bound.port),
+          address: addressOf(
+            (bound.host.includes(":") ? udpAdvertise.ipv6 : udpAdvertise.ipv4) ?? bound.host,
+            bound.port,
+          ),
         }),
       );
       this.#takeEarlyData(); // nothing is meant to follow the request on a control connection

@@ -15,13 +15,13 @@
 import dgram from "node:dgram";
 import { once } from "node:events";
 import { lookupAll } from "./upstream/lookups.ts";
-import { type Address, addressOf } from "./protocol/address.ts";
+import { type Address, addressOf, bindableHost } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { decodeUdpDatagram, encodeUdpHeader } from "./protocol/socks5.ts";
 
 /** Options for {@linkcode UdpAssociation.open}. */
 export interface UdpAssociationOptions {
-  /** The IP the client-facing socket binds to: the control connection's local address. */
+  /** The IP the client-facing socket listens on: the control connection's local address. */
   readonly bindHost: string;
   /** Datagrams are taken from this IP only: the control connection's peer. */
   readonly clientIp: string;
@@ -154,7 +154,7 @@ export class UdpAssociation {
   readonly counters: UdpCounters = { udpIn: 0, udpOut: 0, dropped: 0, up: 0, down: 0 };
   readonly #options: UdpAssociationOptions;
   readonly #client: OrderedSender;
-  /** The client-facing socket's own IP, as a datagram's source address shows it. */
+  /** The client-facing socket's own IP (the interface's, when bound to the wildcard). */
   readonly #relayIp: string;
   #clientPort: number;
   /** Outbound sockets by family, once bound (see `#outboundReady`). */
@@ -171,7 +171,7 @@ export class UdpAssociation {
   private constructor(options: UdpAssociationOptions, clientSocket: dgram.Socket) {
     this.#options = options;
     this.#client = new OrderedSender(clientSocket);
-    this.#relayIp = clientSocket.address().address;
+    this.#relayIp = options.bindHost;
     this.#clientPort = options.clientPort;
     clientSocket.on("message", (message, from) => this.#fromClient(message, from));
     clientSocket.on("error", () => this.counters.dropped++);
@@ -180,7 +180,7 @@ export class UdpAssociation {
   /** Binds the client-facing socket on an ephemeral port. Rejects if it cannot be bound. */
   static async open(options: UdpAssociationOptions): Promise<UdpAssociation> {
     const socket = dgram.createSocket(familyOf(options.bindHost));
-    socket.bind(0, options.bindHost);
+    socket.bind(0, bindableHost(options.bindHost));
     try {
       await once(socket, "listening"); // rejects on an "error" event first
     } catch (error) {
@@ -190,10 +190,9 @@ export class UdpAssociation {
     return new UdpAssociation(options, socket);
   }
 
-  /** The client-facing socket's address. */
+  /** The client-facing socket's address (`bindHost`, even where the socket took the wildcard). */
   get address(): { host: string; port: number } {
-    const { address, port } = this.#client.socket.address();
-    return { host: address, port };
+    return { host: this.#options.bindHost, port: this.#client.socket.address().port };
   }
 
   /** Closes every socket. Idempotent; datagrams still waiting are dropped and counted. */

@@ -82,7 +82,7 @@ Deno.test("the example file loads into one socks and one forward listener", asyn
     logFormat: "text",
     users: new Map([["alice", encoder.encode("change-me")]]),
     socks4: true,
-    udpAdvertise: null,
+    udpAdvertise: { ipv4: null, ipv6: null },
     bindTimeoutMs: 10_000,
     maxUdpPerIp: 16,
   });
@@ -545,7 +545,7 @@ Deno.test("udpAdvertise, bindTimeout and maxUdpPerIp are read, and a bad udpAdve
       }),
     );
     const config = socks((await loadConfigFile(path)).listeners[0]);
-    assert.equal(config.udpAdvertise, "203.0.113.7");
+    assert.deepEqual(config.udpAdvertise, { ipv4: "203.0.113.7", ipv6: null });
     assert.equal(config.bindTimeoutMs, 120_000);
     assert.equal(config.maxUdpPerIp, 4);
     await Deno.writeTextFile(
@@ -555,6 +555,30 @@ Deno.test("udpAdvertise, bindTimeout and maxUdpPerIp are read, and a bad udpAdve
       }),
     );
     await assert.rejects(loadConfigFile(path), /udpAdvertise.*IPv4 or IPv6/s);
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [{
+          kind: "socks",
+          listen: "127.0.0.1:1080",
+          udpAdvertise: ["2001:db8::7", "203.0.113.7"],
+        }],
+      }),
+    );
+    assert.deepEqual(socks((await loadConfigFile(path)).listeners[0]).udpAdvertise, {
+      ipv4: "203.0.113.7",
+      ipv6: "2001:db8::7",
+    });
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [{ kind: "socks", listen: "127.0.0.1:1080", udpAdvertise: ["::1", "0.0.0.0"] }],
+      }),
+    );
+    await assert.rejects(
+      loadConfigFile(path),
+      /listeners\[0\]\.udpAdvertise\[1\]: expected the address clients reach ferry at.*got "0\.0\.0\.0"/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -8,6 +8,7 @@ import {
   buildForwardConfig,
   buildSocksConfig,
   checkHostPort,
+  checkUdpAdvertise,
   ConfigError,
   parseDuration,
   parseHostPort,
@@ -385,25 +386,47 @@ Deno.test("buildSocksConfig() does not add 'defines no users' when the file's li
 
 Deno.test("buildSocksConfig() reads --udp-advertise, --bind-timeout and --max-udp-per-ip", async () => {
   const config = await buildSocksConfig({
-    udpAdvertise: "2001:db8::7",
+    udpAdvertise: ["2001:DB8::7"],
     bindTimeout: "30s",
     maxUdpPerIp: "2",
   });
-  assert.equal(config.udpAdvertise, "2001:db8::7");
+  assert.deepEqual(config.udpAdvertise, { ipv4: null, ipv6: "2001:db8::7" });
   assert.equal(config.bindTimeoutMs, 30_000);
   assert.equal(config.maxUdpPerIp, 2);
+  const both = await buildSocksConfig({ udpAdvertise: ["[2001:db8::7]", " 203.0.113.7 "] });
+  assert.deepEqual(both.udpAdvertise, { ipv4: "203.0.113.7", ipv6: "2001:db8::7" });
   const defaults = await buildSocksConfig({ connectTimeout: "3s" });
-  assert.equal(defaults.udpAdvertise, null);
+  assert.deepEqual(defaults.udpAdvertise, { ipv4: null, ipv6: null });
   assert.equal(defaults.bindTimeoutMs, 3_000, "--bind-timeout defaults to --connect-timeout");
   assert.equal(defaults.maxUdpPerIp, 16);
 });
 
 Deno.test("buildSocksConfig() reports a --udp-advertise that is not an IP and a zero --max-udp-per-ip", async () => {
   await assert.rejects(
-    buildSocksConfig({ udpAdvertise: "nat.example", maxUdpPerIp: "0" }),
+    buildSocksConfig({ udpAdvertise: ["nat.example"], maxUdpPerIp: "0" }),
     (error: unknown) =>
       error instanceof ConfigError && error.problems.length === 2 &&
-      error.problems[0]!.startsWith('--udp-advertise: "nat.example"') &&
+      error.problems[0]!.startsWith('--udp-advertise: got "nat.example"; expected an IPv4') &&
       error.problems[1]!.startsWith('--max-udp-per-ip: "0"'),
   );
+});
+
+Deno.test("checkUdpAdvertise() refuses what a client could not send to, and two of one family", () => {
+  const problemsOf = (texts: string[]) => {
+    const checked = checkUdpAdvertise(texts);
+    return "problems" in checked ? checked.problems : [];
+  };
+  for (const nowhere of ["0.0.0.0", "::", "[::]", "255.255.255.255", "224.0.0.1", "ff02::1"]) {
+    const problems = problemsOf([nowhere]);
+    assert.equal(problems.length, 1, nowhere);
+    assert.match(problems[0]!.problem, /expected the address clients reach ferry at/, nowhere);
+  }
+  for (const notAnIp of ["nat.example", "[203.0.113.7]", "", "2001:db8::7%eth0"]) {
+    assert.match(problemsOf([notAnIp])[0]?.problem ?? "", /expected an IPv4 or IPv6 address/);
+  }
+  assert.deepEqual(problemsOf(["203.0.113.7", "2001:db8::7", "198.51.100.1"]), [{
+    index: 2,
+    problem: "expected one IPv4 address at most (one per address family), and 203.0.113.7 " +
+      "came first",
+  }]);
 });

@@ -112,6 +112,35 @@ Deno.test({
   },
 });
 
+const LINK_LOCAL_PROBE = new URL("./_helpers/linklocal_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name: "a client that came in over a link-local IPv6 address gets working BIND and UDP ASSOCIATE",
+  ignore: !netnsAvailable,
+  async fn() {
+    // Deno reports fe80::1 without its zone (%ll0), and that cannot be bound:
+    // both used to fail with 0x01 while CONNECT worked.
+    const cached = await run(Deno.execPath(), ["cache", MAIN, LINK_LOCAL_PROBE], 120_000);
+    assert.equal(cached.code, 0, `deno cache failed:\n${cached.stderr}`);
+    const result = await run("unshare", [
+      "-n",
+      "bash",
+      "-c",
+      "set -e; ip link set lo up; ip link add ll0 type veth peer name ll1; " +
+      "ip link set ll1 up; ip link set ll0 up; ip addr add fe80::1/64 dev ll0 nodad; " +
+      'exec "$0" run -A "$1"',
+      Deno.execPath(),
+      LINK_LOCAL_PROBE,
+    ], 60_000);
+    assert.equal(result.code, 0, `probe failed:\n${result.stdout}\n${result.stderr}`);
+    const probed = JSON.parse(result.stdout.trim().split("\n").at(-1) ?? "");
+    assert.deepEqual(probed, {
+      bind: { first: 0, firstHost: "fe80::1", second: 0, carried: "from the peer" },
+      udp: { reply: 0, host: "fe80::1", echoed: "ping" },
+    });
+  },
+});
+
 /**
  * python3 listeners with backlog 0 and one client already queued, one on
  * each IPv4 address given as an argument, all on one port: the kernel drops

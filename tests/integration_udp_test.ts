@@ -444,6 +444,23 @@ Deno.test("--udp-advertise replaces the bound address in the reply", async () =>
   assert.notEqual(udp.reply.address.port, 0);
 });
 
+Deno.test("--udp-advertise: a client gets the address of its own family, or else the interface's", async () => {
+  // A client told an address of the other family could never reach its relay.
+  const both = ["--udp-advertise", "203.0.113.7", "--udp-advertise", "2001:db8::7"];
+  const cases: [string, string[], string][] = [
+    ["127.0.0.1:0", both, "203.0.113.7"],
+    ["[::1]:0", both, "2001:db8::7"],
+    ["[::1]:0", ["--udp-advertise", "203.0.113.7"], "::1"],
+    ["127.0.0.1:0", ["--udp-advertise", "2001:db8::7"], "127.0.0.1"],
+  ];
+  for (const [listen, advertise, expected] of cases) {
+    await using ferry = await startFerry(["socks", "--listen", listen, ...advertise]);
+    await using udp = await associate(ferry);
+    assert.equal(udp.reply.reply, socks5.Reply.Succeeded, listen);
+    assert.equal(udp.reply.address.host, expected, `${listen} ${advertise.join(" ")}`);
+  }
+});
+
 Deno.test("--max-udp-per-ip: one association too many gets reply 0x01", async () => {
   await using ferry = await startFerry([...LISTEN, "--max-udp-per-ip", "1"]);
   await using first = await associate(ferry);

@@ -158,6 +158,27 @@ export function formatAddress(address: { host: string; port: number }): string {
  * dual-stack listener reports an IPv4 client); any other host unchanged.
  */
 export function unmapIPv4(host: string): string {
+  if (!host.startsWith("::")) return host; // nearly every host: no regular expression
   const match = /^::ffff:(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/i.exec(host);
   return match && parseIPv4(match[1]!) !== null ? match[1]! : host;
+}
+
+/**
+ * Whether `host` is an IPv6 link-local address (fe80::/10). Deno reports such
+ * an address without its zone (`%eth0`), and one without a zone cannot be
+ * bound: a socket meant for "the interface the client came in on" has to
+ * take the wildcard address instead (see {@linkcode bindableHost}).
+ */
+export function isLinkLocalIPv6(host: string): boolean {
+  const bytes = parseIPv6(host);
+  return bytes !== null && bytes[0] === 0xfe && (bytes[1]! & 0xc0) === 0x80;
+}
+
+/**
+ * The address to bind a socket to so that it listens on the interface whose
+ * address is `host`: `host` itself, or `::` for a link-local address (see
+ * {@linkcode isLinkLocalIPv6}); the client is still told `host`.
+ */
+export function bindableHost(host: string): string {
+  return isLinkLocalIPv6(host) ? "::" : host;
 }
