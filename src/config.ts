@@ -7,7 +7,7 @@
  */
 
 import { isAbsolute } from "node:path";
-import { addressOf, parseIPv4, parseIPv6 } from "./protocol/address.ts";
+import { addressOf, formatIPv6, parseIPv4, parseIPv6, unmapIPv4 } from "./protocol/address.ts";
 
 /** Log levels the command line accepts. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
@@ -28,6 +28,20 @@ export function logLevelOf(text: string): LogLevel | null {
 export const LOG_FORMATS = ["text", "json"] as const;
 /** A log format: logfmt-style text, or one JSON object a line. */
 export type LogFormat = typeof LOG_FORMATS[number];
+
+/** A log format in any case (`JSON`), as log levels are taken; `null` if it is none. */
+export function logFormatOf(text: string): LogFormat | null {
+  const word = text.trim().toLowerCase();
+  return (LOG_FORMATS as readonly string[]).includes(word) ? word as LogFormat : null;
+}
+
+/**
+ * Most connections `--pool` keeps dialled per upstream. Each holds a
+ * descriptor and one of the upstream's connection slots, and a pool is
+ * filled in one go: 200,000 took every descriptor before ferry could even
+ * say it was listening.
+ */
+export const MAX_POOL = 1024;
 
 /** An address to listen on. `hostname` has no brackets. */
 export interface ListenAddress {
@@ -233,6 +247,45 @@ export function checkUdpAdvertise(
   return problems.length > 0 ? { problems } : found;
 }
 
+/** A host in one spelling: IPv6 canonical and IPv4-mapped unmapped, names in lower case. */
+function hostKey(host: string): string {
+  const v6 = parseIPv6(host);
+  return v6 === null ? host.toLowerCase() : unmapIPv4(formatIPv6(v6));
+}
+
+const isWildcard = (key: string) => key === "0.0.0.0" || key === "::";
+const isLoopback = (key: string) =>
+  key === "::1" || key === "localhost" || /^127\.\d+\.\d+\.\d+$/.test(key);
+
+/**
+ * How two listen addresses collide, or `null`: the same address (in any
+ * spelling), or a wildcard that takes the other's connections too. On Linux
+ * `[::]` listens on IPv4 as well, and `0.0.0.0` on every IPv4 address. Port 0,
+ * "any free port", never collides.
+ */
+export function listensCollide(a: ListenAddress, b: ListenAddress): string | null {
+  if (a.port === 0 || a.port !== b.port) return null;
+  const [keyA, keyB] = [hostKey(a.hostname), hostKey(b.hostname)];
+  if (keyA === keyB) return "the same address";
+  for (const [wild, other] of [[keyA, keyB], [keyB, keyA]] as const) {
+    if (wild === "::") return "[::] takes IPv4 connections too";
+    if (wild === "0.0.0.0" && parseIPv6(other) === null) return "0.0.0.0 takes every IPv4 address";
+  }
+  return null;
+}
+
+/**
+ * Whether a forwarder listening on `listen` would forward to itself through
+ * `to`: every pooled connection would become a session taking another, until
+ * no descriptor is left.
+ */
+export function forwardsToItself(listen: ListenAddress, to: ListenAddress): boolean {
+  if (listen.port === 0 || listen.port !== to.port) return false;
+  const [listenKey, toKey] = [hostKey(listen.hostname), hostKey(to.hostname)];
+  return listenKey === toKey ||
+    isWildcard(listenKey) && (isWildcard(toKey) || isLoopback(toKey));
+}
+
 /**
  * Parses `HOST:PORT` or `[IPV6]:PORT`, or returns `null`; port 0 means "any
  * free port". {@linkcode checkHostPort} without the reason.
@@ -321,12 +374,13 @@ export class Checker {
   }
 
   /** A whole number of at least `min`. */
-  count(flag: string, text: string, min = 1): number {
+  count(flag: string, text: string, min = 1, max = Number.MAX_SAFE_INTEGER): number {
     const value = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
-    if (Number.isSafeInteger(value) && value >= min) return value;
-    this.problems.push(
-      `${flag}: ${JSON.stringify(text)} is not a count; expected a whole number ≥ ${min}`,
-    );
+    if (Number.isSafeInteger(value) && value >= min && value <= max) return value;
+    const expected = max === Number.MAX_SAFE_INTEGER
+      ? `a whole number ≥ ${min}`
+      : `a whole number from ${min} to ${max}`;
+    this.problems.push(`${flag}: ${JSON.stringify(text)} is not a count; expected ${expected}`);
     return 0;
   }
 
@@ -340,6 +394,11 @@ export class Checker {
   /** A log level; see {@linkcode logLevelOf} for the spellings taken. */
   logLevel(flag: string, text: string): LogLevel {
     return this.oneOf(flag, logLevelOf(text) ?? text, LOG_LEVELS);
+  }
+
+  /** A log format, in any case. */
+  logFormat(flag: string, text: string): LogFormat {
+    return this.oneOf(flag, logFormatOf(text) ?? text, LOG_FORMATS);
   }
 
   /** Addresses to advertise; see {@linkcode checkUdpAdvertise}. */
@@ -394,7 +453,7 @@ export function checkCommon(
       ? maxConns
       : check.count("--max-conns-per-ip", raw.maxConnsPerIp),
     logLevel: check.logLevel("--log-level", raw.logLevel ?? DEFAULTS.logLevel),
-    logFormat: check.oneOf("--log-format", raw.logFormat ?? DEFAULTS.logFormat, LOG_FORMATS),
+    logFormat: check.logFormat("--log-format", raw.logFormat ?? DEFAULTS.logFormat),
   };
 }
 
@@ -475,7 +534,15 @@ export function buildForwardConfig(raw: RawForwardOptions): ForwardConfig {
   const targets = raw.to ?? [];
   if (targets.length === 0) check.problems.push("--to: required; expected HOST:PORT (repeatable)");
   const upstreams = targets.map((text) => check.hostPort("--to", text, 1));
-  const poolSize = check.count("--pool", raw.pool ?? DEFAULTS.pool, 0);
+  upstreams.forEach((upstream, index) => {
+    if (forwardsToItself(common.listen, upstream)) {
+      check.problems.push(
+        `--to: got ${JSON.stringify(targets[index])}; expected an address other than ` +
+          `--listen (ferry would forward to itself)`,
+      );
+    }
+  });
+  const poolSize = check.count("--pool", raw.pool ?? DEFAULTS.pool, 0, MAX_POOL);
   const poolMaxIdleMs = check.duration("--pool-max-idle", raw.poolMaxIdle ?? DEFAULTS.poolMaxIdle);
   check.done();
   return { kind: "forward", ...common, upstreams, poolSize, poolMaxIdleMs };

@@ -25,20 +25,24 @@ import {
   ConfigError,
   DEFAULTS,
   type ForwardConfig,
+  forwardsToItself,
   fromWhere,
   type ListenAddress,
+  listensCollide,
   LOG_FORMATS,
   LOG_LEVELS,
   type LogFormat,
+  logFormatOf,
   type LogLevel,
   logLevelOf,
+  MAX_POOL,
   NO_UDP_ADVERTISE,
   parseDuration,
   parseHostPort,
   parseUser,
   type SocksConfig,
 } from "./config.ts";
-import { formatIPv6, parseIPv6 } from "./protocol/address.ts";
+import { formatAddress } from "./protocol/address.ts";
 
 /** Everything a configuration file describes, validated. */
 export interface RunConfig {
@@ -129,6 +133,12 @@ const durationOf = (timer: boolean) =>
 const duration = durationOf(false);
 const timerDuration = durationOf(true);
 
+/** A log format, in any case, as `--log-format` takes it. */
+const logFormat = z.preprocess(
+  (value) => typeof value === "string" ? logFormatOf(value) ?? value : value,
+  z.enum(LOG_FORMATS, expecting(alternatives(LOG_FORMATS))),
+);
+
 /** A log level, in the spellings `--log-level` takes (see `logLevelOf`). */
 const logLevel = z.preprocess(
   (value) => typeof value === "string" ? logLevelOf(value) ?? value : value,
@@ -158,9 +168,13 @@ const udpAdvertise = z.union(
   return z.NEVER;
 });
 
-const count = (min: number) => {
-  const what = expecting(`a whole number ≥ ${min}`);
-  return z.number(what).int(what).min(min, what);
+const count = (min: number, max?: number) => {
+  if (max === undefined) {
+    const what = expecting(`a whole number ≥ ${min}`);
+    return z.number(what).int(what).min(min, what);
+  }
+  const what = expecting(`a whole number from ${min} to ${max}`);
+  return z.number(what).int(what).min(min, what).max(max, what);
 };
 
 /** A `HOST:PORT` value: a listen address (port 0: any free port) or an upstream's (1 to 65535). */
@@ -224,15 +238,25 @@ const forwardListener = z.strictObject({
   to: z.array(upstreamAddress, expecting(`an array of ${ADDRESS} upstreams`)).min(1, {
     error: () => `expected at least one upstream ${ADDRESS}, got []`,
   }),
-  pool: count(0).optional(),
+  pool: count(0, MAX_POOL).optional(),
   poolMaxIdle: duration.optional(),
   ...forwardShared,
-}, expecting("a listener object"));
+}, expecting("a listener object")).superRefine((listener, ctx) => {
+  listener.to.forEach((upstream, index) => {
+    if (!forwardsToItself(listener.listen, upstream)) return;
+    ctx.addIssue({
+      code: "custom",
+      message: `expected an address other than this listener's own (ferry would forward ` +
+        `to itself), got ${show(formatAddress({ host: upstream.hostname, port: upstream.port }))}`,
+      path: ["to", index],
+    });
+  });
+});
 
 const fileSchema = z.strictObject({
   log: z.strictObject({
     level: logLevel.optional(),
-    format: z.enum(LOG_FORMATS, expecting(alternatives(LOG_FORMATS))).optional(),
+    format: logFormat.optional(),
   }, expecting(`an object like {"level": "info", "format": "text"}`)).optional(),
   defaults: z.strictObject(shared, expecting("an object")).optional(),
   listeners: z.array(
@@ -440,29 +464,32 @@ async function collectUsers(check: UsersCheck): Promise<Map<string, Uint8Array>>
 const isObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value);
 
-/** Reports listeners that share a listen address (port 0, "any free port", excepted). */
-function duplicateListens(raw: unknown, root: JsonNode, problems: Problem[]): void {
+/**
+ * Reports listeners whose listen addresses collide (see `listensCollide`):
+ * the second could not open, and "address already in use" would not say
+ * that ferry itself holds it.
+ */
+function collidingListens(raw: unknown, root: JsonNode, problems: Problem[]): void {
   if (!isObject(raw) || !Array.isArray(raw.listeners)) return;
-  const first = new Map<string, number>();
+  const byPort = new Map<number, { index: number; text: string; address: ListenAddress }[]>();
   raw.listeners.forEach((listener: unknown, index) => {
     if (!isObject(listener) || typeof listener.listen !== "string") return;
-    const parsed = parseHostPort(listener.listen);
-    if (!parsed || parsed.port === 0) return;
-    // One spelling per IPv6 address: "[::1]" and "[0:0::1]" are one listener.
-    const ipv6 = parseIPv6(parsed.hostname);
-    const host = ipv6 ? formatIPv6(ipv6) : parsed.hostname.toLowerCase();
-    const key = `${host} ${parsed.port}`;
-    const earlier = first.get(key);
-    if (earlier === undefined) {
-      first.set(key, index);
-      return;
-    }
+    const address = parseHostPort(listener.listen);
+    if (!address || address.port === 0) return;
+    const samePort = byPort.get(address.port) ?? [];
+    const earlier = samePort.find((other) => listensCollide(other.address, address) !== null);
+    samePort.push({ index, text: listener.listen, address });
+    byPort.set(address.port, samePort);
+    if (!earlier) return;
+    const how = listensCollide(earlier.address, address);
     const path = ["listeners", index, "listen"];
     problems.push({
       offset: nodeAt(root, path).offset,
-      text: `${formatPath(path)}: ${
-        show(listener.listen)
-      } is already used by listeners[${earlier}]`,
+      text: `${formatPath(path)}: ${show(listener.listen)} ${
+        how === "the same address"
+          ? `is already used by listeners[${earlier.index}]`
+          : `collides with listeners[${earlier.index}] (${show(earlier.text)}): ${how}`
+      }`,
     });
   });
 }
@@ -563,7 +590,7 @@ export async function parseRunConfig(text: string, source: string): Promise<RunC
   if (!result.success) {
     for (const issue of result.error.issues) problems.push(...problemsOf(issue, root, source));
   }
-  duplicateListens(raw, root, problems);
+  collidingListens(raw, root, problems);
 
   const users = new Map<number, Map<string, Uint8Array>>();
   if (isObject(raw) && Array.isArray(raw.listeners)) {

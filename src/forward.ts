@@ -107,10 +107,22 @@ export class ForwardSession extends ProxySession {
 /** A running forwarder: its server and its upstreams. */
 export interface Forwarder extends Server {
   readonly upstreams: UpstreamSet;
+  /** Starts filling the upstreams' pools (once; until then clients dial on demand). */
+  startPools(): void;
 }
 
-/** Starts the upstream pools and the listener. Throws if the address cannot be bound. */
+/** Starts the listener and the upstream pools. Throws if the address cannot be bound. */
 export function startForwarder(config: ForwardConfig): Forwarder {
+  const forwarder = openForwarder(config);
+  forwarder.startPools();
+  return forwarder;
+}
+
+/**
+ * Starts the listener, but not the pools: a process opening several
+ * listeners starts them once all are open. Throws if the address cannot be bound.
+ */
+export function openForwarder(config: ForwardConfig): Forwarder {
   const upstreams = new UpstreamSet(config.upstreams.map((address) =>
     new Upstream(address, {
       poolSize: config.poolSize,
@@ -122,11 +134,13 @@ export function startForwarder(config: ForwardConfig): Forwarder {
     config,
     (conn, context) => new ForwardSession(conn, context, upstreams),
   );
-  for (const upstream of upstreams.upstreams) upstream.start();
   return {
     addr: server.addr,
     metrics: server.metrics,
     upstreams,
+    startPools() {
+      for (const upstream of upstreams.upstreams) upstream.start();
+    },
     get activeSessions() {
       return server.activeSessions;
     },

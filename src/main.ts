@@ -11,13 +11,11 @@ import {
   Checker,
   ConfigError,
   type ForwardConfig,
-  LOG_FORMATS,
-  LOG_LEVELS,
   type LogSettings,
   type SocksConfig,
 } from "./config.ts";
 import { loadConfigFile } from "./config_file.ts";
-import { startForwarder } from "./forward.ts";
+import { type Forwarder, openForwarder } from "./forward.ts";
 import { serverLog, setupLogging, stopLogging } from "./log.ts";
 import { descriptorsNeeded, openFilesLimit } from "./nofile.ts";
 import { formatAddress } from "./protocol/address.ts";
@@ -64,10 +62,10 @@ async function main(argv: string[]): Promise<number> {
       const check = new Checker();
       const logLevel = invocation.logLevel === undefined
         ? file.logLevel
-        : check.oneOf("--log-level", invocation.logLevel, LOG_LEVELS);
+        : check.logLevel("--log-level", invocation.logLevel);
       const logFormat = invocation.logFormat === undefined
         ? file.logFormat
-        : check.oneOf("--log-format", invocation.logFormat, LOG_FORMATS);
+        : check.logFormat("--log-format", invocation.logFormat);
       check.done();
       plan = { ...file, logLevel, logFormat };
     }
@@ -81,8 +79,9 @@ async function main(argv: string[]): Promise<number> {
   return await serve(plan);
 }
 
-function start(config: SocksConfig | ForwardConfig): Server {
-  return config.kind === "socks" ? startSocksServer(config) : startForwarder(config);
+/** Opens a listener; a forwarder's pools wait for `startPools()` (see serveUntil). */
+function open(config: SocksConfig | ForwardConfig): Server | Forwarder {
+  return config.kind === "socks" ? startSocksServer(config) : openForwarder(config);
 }
 
 function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> {
@@ -153,10 +152,10 @@ async function serve(plan: Plan): Promise<number> {
 }
 
 async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Promise<number> {
-  const running: { server: Server; config: SocksConfig | ForwardConfig }[] = [];
+  const running: { server: Server | Forwarder; config: SocksConfig | ForwardConfig }[] = [];
   for (const config of plan.listeners) {
     try {
-      running.push({ server: start(config), config });
+      running.push({ server: open(config), config });
     } catch (error) {
       serverLog.error("cannot listen on {listen}: {error}", {
         event: "listen-failed",
@@ -167,6 +166,9 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
       return 1;
     }
   }
+  // Only now that every listener is open: a later one that failed would
+  // have left the upstreams with connections dialled for nothing.
+  for (const { server } of running) if ("startPools" in server) server.startPools();
   for (const { server, config } of running) {
     serverLog.info("listening on {listen}", {
       event: "listening",
@@ -176,12 +178,17 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
   }
   const limit = await openFilesLimit();
   const maxConns = plan.listeners.reduce((sum, c) => sum + c.maxConns, 0);
-  const needed = descriptorsNeeded(maxConns);
+  const pooled = plan.listeners.reduce(
+    (sum, c) => sum + (c.kind === "forward" ? c.upstreams.length * c.poolSize : 0),
+    0,
+  );
+  const needed = descriptorsNeeded(maxConns, pooled);
   if (limit !== null && limit < needed) {
     serverLog.warn(
-      "open-files limit {limit} is below the {needed} that --max-conns {maxConns} needs; " +
-        "raise it (ulimit -n) or lower --max-conns",
-      { event: "nofile-low", limit, needed, maxConns },
+      "open-files limit {limit} is below the {needed} that {maxConns} sessions at once " +
+        "(two descriptors each) and {pooled} pooled connections need; raise it (ulimit -n) " +
+        "or lower the session limit (--max-conns, maxConns) or the pools",
+      { event: "nofile-low", limit, needed, maxConns, pooled },
     );
   }
 

@@ -10,9 +10,13 @@
  * @module
  */
 
-/** Descriptors a server with `maxConns` sessions needs: two a session, plus slack. */
-export function descriptorsNeeded(maxConns: number): number {
-  return maxConns * 2 + 64;
+/**
+ * Descriptors ferry needs with `maxConns` sessions at once and `pooled`
+ * connections kept dialled by forwarders: two a session, one a pooled
+ * connection, plus slack.
+ */
+export function descriptorsNeeded(maxConns: number, pooled = 0): number {
+  return maxConns * 2 + pooled + 64;
 }
 
 /** Parses `prlimit --output SOFT --noheadings` output: a number or `unlimited`. */

@@ -255,7 +255,7 @@ Deno.test("a byte order mark at the start of the file is ignored", async () => {
 Deno.test("a number too big for a double is shown as Infinity, not null", async () => {
   const text = JSON.stringify(validFile()).replace(`"to":`, `"pool": 1e400, "to":`);
   assert.deepEqual(await problemsOf(parseRunConfig(text, "test.jsonc")), [
-    "listeners[1].pool: expected a whole number ≥ 0, got Infinity",
+    "listeners[1].pool: expected a whole number from 0 to 1024, got Infinity",
   ]);
 });
 
@@ -348,7 +348,7 @@ Deno.test("negative, zero, fractional and quoted counts are errors", async () =>
     "defaults.maxConns: expected a whole number ≥ 1, got 0",
     "listeners[0].maxConnsPerIp: expected a whole number ≥ 1, got 1.5",
     `listeners[1].maxConns: expected a whole number ≥ 1, got "100"`,
-    "listeners[1].pool: expected a whole number ≥ 0, got -1",
+    "listeners[1].pool: expected a whole number from 0 to 1024, got -1",
   ]);
 });
 
@@ -368,6 +368,56 @@ Deno.test("two listeners on one address are an error; port 0 is exempt", async (
   file.listeners[2]!.listen = "127.0.0.1:0";
   const config = await parseRunConfig(JSON.stringify(file), "test.jsonc");
   assert.equal(config.listeners.length, 3);
+});
+
+Deno.test("a wildcard listener collides with the addresses it takes; other addresses do not", async () => {
+  // Such a file used to pass, then fail at start with "Address already in
+  // use", as if another program held the port.
+  const listenersAt = (...listens: string[]) => ({
+    listeners: listens.map((listen) => ({ kind: "socks", listen })),
+  });
+  assert.deepEqual(await problemsOfValue(listenersAt("[::]:1080", "0.0.0.0:1080")), [
+    `listeners[1].listen: "0.0.0.0:1080" collides with listeners[0] ("[::]:1080"): ` +
+    `[::] takes IPv4 connections too`,
+  ]);
+  assert.deepEqual(await problemsOfValue(listenersAt("127.0.0.1:1080", "0.0.0.0:1080")), [
+    `listeners[1].listen: "0.0.0.0:1080" collides with listeners[0] ("127.0.0.1:1080"): ` +
+    `0.0.0.0 takes every IPv4 address`,
+  ]);
+  assert.deepEqual(
+    await problemsOfValue(listenersAt("127.0.0.1:1080", "[::ffff:127.0.0.1]:1080")),
+    [
+      `listeners[1].listen: "[::ffff:127.0.0.1]:1080" is already used by listeners[0]`,
+    ],
+  );
+  for (
+    const apart of [
+      ["0.0.0.0:1080", "[::1]:1080"],
+      ["127.0.0.1:1080", "127.0.0.2:1080"],
+      ["[::]:0", "0.0.0.0:0"],
+    ]
+  ) {
+    const config = await parseRunConfig(JSON.stringify(listenersAt(...apart)), "test.jsonc");
+    assert.equal(config.listeners.length, 2, apart.join(" "));
+  }
+});
+
+Deno.test("a forwarder whose upstream is its own listen address is an error", async () => {
+  // It used to dial itself: every pooled connection a session taking another,
+  // every descriptor gone with no client at all.
+  const forwarder = (listen: string, to: string[]) => ({
+    listeners: [{ kind: "forward", listen, to }],
+  });
+  assert.deepEqual(
+    await problemsOfValue(forwarder("127.0.0.1:2222", ["[::1]:22", "127.0.0.1:2222"])),
+    [
+      `listeners[0].to[1]: expected an address other than this listener's own (ferry would ` +
+      `forward to itself), got "127.0.0.1:2222"`,
+    ],
+  );
+  assert.equal((await problemsOfValue(forwarder("0.0.0.0:2222", ["localhost:2222"]))).length, 1);
+  const apart = forwarder("127.0.0.1:2222", ["127.0.0.1:22"]);
+  assert.equal((await parseRunConfig(JSON.stringify(apart), "test.jsonc")).listeners.length, 1);
 });
 
 Deno.test("missing, empty or mistyped listeners are errors", async () => {

@@ -10,6 +10,7 @@ import {
   checkHostPort,
   checkUdpAdvertise,
   ConfigError,
+  MAX_POOL,
   parseDuration,
   parseHostPort,
   parseUser,
@@ -100,6 +101,39 @@ Deno.test("--listen and --to report a bad address naming the flag, the value and
       error instanceof ConfigError &&
       error.problems.join("\n") === `--to: got "10.0.0.5:0"; expected a port from 1 to 65535`,
   );
+});
+
+Deno.test("--pool is at most MAX_POOL, and --to may not be --listen itself", () => {
+  assert.throws(
+    () => buildForwardConfig({ listen: "127.0.0.1:0", to: ["127.0.0.1:22"], pool: "200000" }),
+    (error: unknown) =>
+      error instanceof ConfigError &&
+      error.problems.join("\n") ===
+        `--pool: "200000" is not a count; expected a whole number from 0 to ${MAX_POOL}`,
+  );
+  assert.equal(
+    buildForwardConfig({ listen: "127.0.0.1:0", to: ["127.0.0.1:22"], pool: String(MAX_POOL) })
+      .poolSize,
+    MAX_POOL,
+  );
+  for (
+    const [listen, to] of [
+      ["127.0.0.1:41186", "127.0.0.1:41186"],
+      ["[::1]:41186", "[0:0::1]:41186"],
+      ["0.0.0.0:41186", "127.0.0.2:41186"],
+      ["[::]:41186", "localhost:41186"],
+    ]
+  ) {
+    assert.throws(
+      () => buildForwardConfig({ listen, to: ["127.0.0.1:22", to!] }),
+      (error: unknown) =>
+        error instanceof ConfigError &&
+        error.problems.join("\n") === `--to: got ${JSON.stringify(to)}; expected an address ` +
+            `other than --listen (ferry would forward to itself)`,
+      `${listen} → ${to}`,
+    );
+  }
+  assert.equal(buildForwardConfig({ listen: "127.0.0.1:0", to: ["127.0.0.1:1"] }).kind, "forward");
 });
 
 Deno.test("parseHostPort() rejects malformed addresses", () => {

@@ -9,6 +9,7 @@ import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
 import { ss } from "./_helpers/ss.ts";
 import { connectAndReset } from "./_helpers/reset.ts";
+import { closedPort } from "./_helpers/socks_client.ts";
 
 Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descriptors free up", async () => {
   const echo = startEchoServer();
@@ -57,6 +58,27 @@ Deno.test("the open-files warning comes also when LD_LIBRARY_PATH is set", async
   });
   const warning = await ferry.waitFor((l) => l.event === "nofile-low", 10_000);
   assert.equal(warning.limit, 64);
+});
+
+Deno.test("the open-files warning counts a forwarder's pooled connections too", async () => {
+  // 10 sessions need 84 descriptors, under the limit of 256; the pool's 200
+  // more do not fit, and the warning used to count sessions alone.
+  await using ferry = await startFerry(
+    [
+      "forward",
+      "--listen",
+      "127.0.0.1:0",
+      "--to",
+      `127.0.0.1:${closedPort()}`,
+      "--pool",
+      "200",
+      "--max-conns",
+      "10",
+    ],
+    { wrapper: ["prlimit", "--nofile=256"] },
+  );
+  const warning = await ferry.waitFor((l) => l.event === "nofile-low", 10_000);
+  assert.deepEqual([warning.limit, warning.needed, warning.pooled], [256, 284, 200]);
 });
 
 Deno.test("connections reset while they wait to be accepted do not hold up the next client", async () => {

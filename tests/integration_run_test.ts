@@ -87,3 +87,79 @@ Deno.test("ferry run --config with an invalid file exits 2 and names every bad p
     await Deno.remove(path);
   }
 });
+
+/** Runs `ferry ARGS` to its end (bounded by ferry's own exit, or `ms`); its status and stderr. */
+async function runToEnd(args: string[], ms = 30_000): Promise<{ code: number; stderr: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ferryCommandArgs(args),
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), ms);
+  try {
+    const { code, stderr } = await child.output();
+    return { code, stderr: new TextDecoder().decode(stderr) };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("a listener that cannot open stops ferry before any forwarder's pool has dialled", async () => {
+  // The pool used to start with its listener, so an upstream (sshd, say) got
+  // connections that ferry dropped a moment later when the next listener failed.
+  using upstream = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [
+          { kind: "forward", listen: "127.0.0.1:0", to: [`127.0.0.1:${upstream.addr.port}`] },
+          { kind: "socks", listen: `127.0.0.1:${taken.addr.port}` },
+        ],
+      }),
+    );
+    const { code, stderr } = await runToEnd(["run", "--config", path, "--log-format", "json"]);
+    assert.equal(code, 1, stderr);
+    assert.match(stderr, /"event":"listen-failed"/);
+    // A dial that reached the upstream waits in its accept queue.
+    const dialled = await Promise.race([
+      upstream.accept().then((conn) => (conn.close(), true)),
+      new Promise<false>((resolve) => setTimeout(() => resolve(false), 500)),
+    ]);
+    assert.equal(dialled, false, "the upstream was dialled");
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("ferry run takes --log-level and --log-format in any case, as socks and forward do", async () => {
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({ listeners: [{ kind: "socks", listen: `127.0.0.1:${taken.addr.port}` }] }),
+    );
+    // They used to be refused (exit 2) under run alone. Accepted, ferry gets
+    // as far as its listener, which cannot open here (exit 1), and says so
+    // as an error-level JSON line.
+    const { code, stderr } = await runToEnd([
+      "run",
+      "--config",
+      path,
+      "--log-level",
+      "WARNING",
+      "--log-format",
+      "JSON",
+    ]);
+    assert.equal(code, 1, stderr);
+    const line = JSON.parse(stderr.trim().split("\n").at(-1)!);
+    assert.equal(line.event, "listen-failed");
+  } finally {
+    await Deno.remove(path);
+  }
+});

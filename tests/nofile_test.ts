@@ -6,6 +6,7 @@ Deno.test("descriptorsNeeded() is two a session plus slack", () => {
   assert.equal(descriptorsNeeded(0), 64);
   assert.equal(descriptorsNeeded(1), 66);
   assert.equal(descriptorsNeeded(10_000), 20_064);
+  assert.equal(descriptorsNeeded(10, 200), 284, "plus one a pooled connection");
 });
 
 Deno.test("parseSoftLimit() parses prlimit's SOFT column", () => {

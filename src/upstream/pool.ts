@@ -189,7 +189,7 @@ export class Upstream {
 
   /** Starts filling the pool, and the sweep that replaces connections idle too long. */
   start(): void {
-    if (this.#options.poolSize === 0) return;
+    if (this.#options.poolSize === 0 || this.#recycleTimer !== undefined) return;
     const sweepMs = Math.max(50, Math.min(1000, this.#options.poolMaxIdleMs / 4));
     this.#recycleTimer = setInterval(() => this.#recycle(), sweepMs);
     Deno.unrefTimer(this.#recycleTimer);
