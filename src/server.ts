@@ -140,16 +140,20 @@ export function startSocksServer(config: SocksConfig): Server {
           udpPerIp: new Map(),
         },
       ),
+    [config.bindTimeoutMs], // a BIND's wait is one of the sweep's deadlines too
   );
 }
 
 /**
  * Listens and hands every accepted connection, within the limits, to a
- * session made by `createSession`. Throws if the address cannot be bound.
+ * session made by `createSession`. `otherTimeoutsMs`: timeouts the sessions
+ * set beyond the common ones, which the deadline sweep's tick must suit too.
+ * Throws if the address cannot be bound.
  */
 export function startServer(
   config: ListenerSettings,
   createSession: (conn: Deno.TcpConn, context: SessionContext) => ServerSession,
+  otherTimeoutsMs: readonly number[] = [],
 ): Server {
   const listener = Deno.listen({
     hostname: config.listen.hostname,
@@ -160,7 +164,12 @@ export function startServer(
   const context: SessionContext = {
     listen: formatAddress({ host: listener.addr.hostname, port: listener.addr.port }),
     deadlines: new Deadlines(
-      tickFor(config.handshakeTimeoutMs, config.connectTimeoutMs, config.idleTimeoutMs),
+      tickFor(
+        config.handshakeTimeoutMs,
+        config.connectTimeoutMs,
+        config.idleTimeoutMs,
+        ...otherTimeoutsMs,
+      ),
     ),
     metrics,
     handshakeTimeoutMs: config.handshakeTimeoutMs,

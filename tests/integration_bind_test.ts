@@ -79,6 +79,22 @@ for (const type of [5, 4] as const) {
   });
 }
 
+Deno.test("a --bind-timeout shorter than the other timeouts fires on time", async () => {
+  // The deadline sweep ticked for the handshake, connect and idle timeouts
+  // only (1 s here), so a 200 ms bind timeout fired after about 2 s.
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "200ms"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const first = await socks5Handshake(client, ipv4("127.0.0.2", 0), {
+    command: socks5.Command.Bind,
+  });
+  assert.equal(first.reply, socks5.Reply.Succeeded);
+  const started = performance.now();
+  const second = await client.readMessage(socks5.decodeReply, "second reply");
+  const waited = performance.now() - started;
+  assert.equal(second.reply, socks5.Reply.HostUnreachable);
+  assert.ok(waited >= 150 && waited < 900, `the 200 ms bind timeout fired after ${waited} ms`);
+});
+
 Deno.test("SOCKS5 BIND closes a connection from another address, then times out with reply 0x04", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "500ms"]);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);
