@@ -323,6 +323,33 @@ export function checkHostPort(text: string, minPort: 0 | 1): ListenAddress | { p
 const encoder = new TextEncoder();
 
 /**
+ * Reads a text file that must be UTF-8. Deno's `readTextFile` would put
+ * U+FFFD in place of bad bytes: a Latin-1 password would then never match
+ * what a client sends, with no word said. Throws naming the first bad line.
+ */
+export async function readUtf8File(path: string): Promise<string> {
+  const bytes = await Deno.readFile(path);
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    const strict = new TextDecoder("utf-8", { fatal: true });
+    let line = 1;
+    for (let start = 0; start <= bytes.length;) {
+      const end = bytes.indexOf(0x0a, start);
+      const stop = end < 0 ? bytes.length : end;
+      try {
+        strict.decode(bytes.subarray(start, stop));
+      } catch {
+        break;
+      }
+      line++;
+      start = stop + 1;
+    }
+    throw new Error(`line ${line} is not UTF-8 text (save the file as UTF-8)`);
+  }
+}
+
+/**
  * ` (from DIR)` for a relative path, so a user can see where it was looked
  * for: `deno task` runs in the project's directory, not the caller's.
  */
@@ -486,7 +513,7 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
   if (raw.usersFile !== undefined) {
     let content: string | null = null;
     try {
-      content = await Deno.readTextFile(raw.usersFile);
+      content = await readUtf8File(raw.usersFile);
     } catch (error) {
       check.problems.push(
         `--users-file: cannot read ${JSON.stringify(raw.usersFile)}${fromWhere(raw.usersFile)}: ${

@@ -40,6 +40,7 @@ import {
   parseDuration,
   parseHostPort,
   parseUser,
+  readUtf8File,
   type SocksConfig,
 } from "./config.ts";
 import { formatAddress } from "./protocol/address.ts";
@@ -308,8 +309,17 @@ const PARSE_MESSAGES: Readonly<Record<string, string>> = {
  * Errors found inside a string literal, whose token is the whole string: a
  * password, perhaps, so the message gives its place and not its text.
  */
-/** Text that ends with a password key: what comes next is not shown, even unquoted. */
-const AFTER_PASSWORD_KEY = /"password"\s*:\s*$/;
+/**
+ * Whether a syntax error at `offset` may be in a password, written any way
+ * (unquoted, single-quoted, after a missing colon): after a `"password"` key
+ * with no `}` since, or on that key's line. Its token is then not shown.
+ */
+function nearPassword(text: string, offset: number): boolean {
+  const key = text.lastIndexOf('"password"', offset);
+  if (key < 0) return false;
+  const since = text.slice(key, offset);
+  return !since.includes("}") || !since.includes("\n");
+}
 
 const IN_STRING_ERRORS: ReadonlySet<string> = new Set([
   "UnexpectedEndOfString",
@@ -428,7 +438,7 @@ async function collectUsers(check: UsersCheck): Promise<Map<string, Uint8Array>>
   const fullPath = resolve(check.baseDir, file);
   let content: string;
   try {
-    content = await Deno.readTextFile(fullPath);
+    content = await readUtf8File(fullPath);
   } catch (error) {
     problems.push({
       offset,
@@ -551,6 +561,17 @@ function buildListeners(
  * every problem, in file order.
  */
 export async function parseRunConfig(text: string, source: string): Promise<RunConfig> {
+  try {
+    return await readRunConfig(text, source);
+  } catch (error) {
+    // The parser and the schema recurse once a level: thousands of nested
+    // arrays overflow the stack, which must not end ferry with a stack trace.
+    if (!(error instanceof RangeError)) throw error;
+    throw new ConfigError([`${source}: arrays or objects nested too deeply to read`]);
+  }
+}
+
+async function readRunConfig(text: string, source: string): Promise<RunConfig> {
   // Editors on Windows often save a byte order mark, which is no JSON token.
   if (text.startsWith("\uFEFF")) text = text.slice(1);
   const parseErrors: ParseError[] = [];
@@ -572,7 +593,7 @@ export async function parseRunConfig(text: string, source: string): Promise<RunC
         ? "the end of the file"
         : IN_STRING_ERRORS.has(name)
         ? "a string (not shown: it may be secret)"
-        : AFTER_PASSWORD_KEY.test(text.slice(Math.max(0, error.offset - 64), error.offset))
+        : nearPassword(text, error.offset)
         ? "a value (not shown: it may be secret)"
         : token === ""
         ? show(text.slice(error.offset, error.offset + 1))
@@ -628,7 +649,7 @@ export async function parseRunConfig(text: string, source: string): Promise<RunC
 export async function loadConfigFile(path: string): Promise<RunConfig> {
   let text: string;
   try {
-    text = await Deno.readTextFile(path);
+    text = await readUtf8File(path);
   } catch (error) {
     throw new ConfigError([
       `${path}: cannot read the configuration file${fromWhere(path)}: ${(error as Error).message}`,

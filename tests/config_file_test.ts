@@ -247,6 +247,39 @@ Deno.test("an unquoted password is not shown in the syntax error", async () => {
   assert.match(problems[0]!, /^test\.jsonc:1:\d+: .*not shown/);
 });
 
+Deno.test("a password is not shown however the syntax around it is wrong", async () => {
+  // Each of these used to print the password, or its second word.
+  const user = (rest: string) =>
+    `{ "listeners": [{ "kind": "socks", "listen": "127.0.0.1:0",
+    "users": [{ "name": "alice", ${rest} }] }] }`;
+  for (
+    const rest of [
+      `"password" "hunter2-S3cret"`, // no colon
+      `"password": hunter2 S3cret`, // unquoted, with a space
+      `"password": 'hunter2 S3cret'`, // single quotes
+      `"password": "hunter2" S3cret"`, // a quote inside
+      `"password": hunter2}S3cret`,
+    ]
+  ) {
+    const problems = await problemsOf(parseRunConfig(user(rest), "test.jsonc"));
+    for (const problem of problems) assert.doesNotMatch(problem, /S3cret|hunter2/, rest);
+  }
+  // Away from a password, the token is still shown.
+  const problems = await problemsOf(
+    parseRunConfig(`{ "listeners": [], "log": { "level": soon } }`, "test.jsonc"),
+  );
+  assert.match(problems[0]!, /got "soon"/);
+});
+
+Deno.test("a file nested too deeply is a problem, not a crash", async () => {
+  // 3,000 levels overflowed the stack: an uncaught RangeError, exit 1.
+  const depth = 50_000;
+  const text = `{ "listeners": [], "x": ${"[".repeat(depth)}${"]".repeat(depth)} }`;
+  assert.deepEqual(await problemsOf(parseRunConfig(text, "test.jsonc")), [
+    "test.jsonc: arrays or objects nested too deeply to read",
+  ]);
+});
+
 Deno.test("a byte order mark at the start of the file is ignored", async () => {
   const config = await parseRunConfig("\uFEFF" + JSON.stringify(validFile()), "test.jsonc");
   assert.equal(config.listeners.length, 2);
@@ -568,6 +601,21 @@ Deno.test("a missing configuration file is a ConfigError naming it", async () =>
     const problems = await problemsOf(loadConfigFile(`${dir}/absent.jsonc`));
     assert.equal(problems.length, 1);
     assert.ok(problems[0]!.startsWith(`${dir}/absent.jsonc: cannot read`), problems[0]);
+  });
+});
+
+Deno.test("a configuration file saved as UTF-16 is one problem, not a screenful", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/utf16.jsonc`;
+    const text = JSON.stringify(validFile());
+    const bytes = new Uint8Array(2 + text.length * 2);
+    bytes.set([0xff, 0xfe]);
+    for (let i = 0; i < text.length; i++) bytes[2 + 2 * i] = text.charCodeAt(i);
+    await Deno.writeFile(path, bytes);
+    assert.deepEqual(await problemsOf(loadConfigFile(path)), [
+      `${path}: cannot read the configuration file: line 1 is not UTF-8 text ` +
+      `(save the file as UTF-8)`,
+    ]);
   });
 });
 

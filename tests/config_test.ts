@@ -397,6 +397,25 @@ Deno.test("buildSocksConfig() reports a users file that cannot be read", async (
   }
 });
 
+Deno.test("buildSocksConfig() refuses a users file that is not UTF-8, naming the line", async () => {
+  // Read with U+FFFD in place of the bad byte, Latin-1 "bob:p\xe4ss" was
+  // taken, and the password as written then never matched.
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/users`;
+    await Deno.writeFile(path, new Uint8Array([...encoder.encode("alice:a\nbob:p"), 0xe4, 0x73]));
+    assert.deepEqual(await problemsOf({ usersFile: path }), [
+      `--users-file: cannot read ${JSON.stringify(path)}: line 2 is not UTF-8 text ` +
+      `(save the file as UTF-8)`,
+    ]);
+    await Deno.writeTextFile(path, "alice:a\nbob:päss\n");
+    const config = await buildSocksConfig({ usersFile: path });
+    assert.deepEqual(config.users.get("bob"), encoder.encode("päss"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("buildSocksConfig() reports a users file that defines no users", async () => {
   for (const content of ["", "# only a comment\n\n   \n"]) {
     await withTempFile(content, async (path) => {
