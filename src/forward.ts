@@ -7,7 +7,7 @@
  * @module
  */
 import type { ForwardConfig } from "./config.ts";
-import { addressOf } from "./protocol/address.ts";
+import { addressOf, formatAddress } from "./protocol/address.ts";
 import {
   NO_EARLY_BYTES,
   ProxySession,
@@ -123,17 +123,20 @@ export function startForwarder(config: ForwardConfig): Forwarder {
  * listeners starts them once all are open. Throws if the address cannot be bound.
  */
 export function openForwarder(config: ForwardConfig): Forwarder {
-  const upstreams = new UpstreamSet(config.upstreams.map((address) =>
+  // Made once the listener is open, so that their lines can name it with its real port.
+  let upstreams: UpstreamSet | undefined;
+  const server = startServer(
+    config,
+    (conn, context) => new ForwardSession(conn, context, upstreams!),
+  );
+  upstreams = new UpstreamSet(config.upstreams.map((address) =>
     new Upstream(address, {
       poolSize: config.poolSize,
       poolMaxIdleMs: config.poolMaxIdleMs,
       connectTimeoutMs: config.connectTimeoutMs,
+      listen: formatAddress({ host: server.addr.hostname, port: server.addr.port }),
     })
   ));
-  const server = startServer(
-    config,
-    (conn, context) => new ForwardSession(conn, context, upstreams),
-  );
   return {
     addr: server.addr,
     metrics: server.metrics,

@@ -189,6 +189,7 @@ export function startServer(
   const onAcceptError = (error: unknown, backingOff: boolean) => {
     metrics.acceptErrors++;
     const fields = (suppressed: number) => ({
+      listen: context.listen,
       error: (error as Error)?.message ?? String(error),
       code: (error as { code?: string })?.code ?? null,
       suppressed,
@@ -227,6 +228,7 @@ export function startServer(
       limitLog.maybe((suppressed) =>
         serverLog.warn("connection from {client} refused: {limit} reached", {
           event: "rejected",
+          listen: context.listen,
           limit,
           client: formatAddress({ host: ip, port: conn.remoteAddr.port }),
           suppressed,

@@ -27,6 +27,7 @@ Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descri
     }
     const exhausted = await ferry.waitFor((l) => l.event === "accept-error");
     assert.equal(exhausted.code, "EMFILE");
+    assert.equal(exhausted.listen, `127.0.0.1:${ferry.port}`, "names its listener");
   } finally {
     for (const conn of held) conn.close();
   }
@@ -58,6 +59,23 @@ Deno.test("the open-files warning comes also when LD_LIBRARY_PATH is set", async
   });
   const warning = await ferry.waitFor((l) => l.event === "nofile-low", 10_000);
   assert.equal(warning.limit, 64);
+});
+
+Deno.test("a connection over --max-conns-per-ip is closed and its line names the listener", async () => {
+  // With several listeners in one file, a rejected line did not say whose limit it was.
+  await using ferry = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--max-conns-per-ip",
+    "1",
+  ]);
+  using _first = await Deno.connect({ hostname: "127.0.0.1", port: ferry.port });
+  using second = await Deno.connect({ hostname: "127.0.0.1", port: ferry.port });
+  const rejected = await ferry.waitFor((l) => l.event === "rejected");
+  assert.equal(rejected.limit, "max-conns-per-ip");
+  assert.equal(rejected.listen, `127.0.0.1:${ferry.port}`);
+  assert.equal(rejected.client, `127.0.0.1:${second.localAddr.port}`);
 });
 
 Deno.test("the open-files warning counts a forwarder's pooled connections too", async () => {
@@ -110,6 +128,7 @@ Deno.test("connections reset while they wait to be accepted do not hold up the n
     clearTimeout(timer);
   }
   const lost = await ferry.waitFor((l) => l.event === "accept-lost");
+  assert.equal(lost.listen, `127.0.0.1:${ferry.port}`, "names its listener");
   assert.equal(lost.code, "ENOTCONN");
   assert.equal(ferry.lines.filter((l) => l.event === "accept-error").length, 0, "no back-off");
   assert.equal((await ferry.stop()).code, 0);

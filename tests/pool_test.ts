@@ -29,6 +29,7 @@ function upstreamTo(port: number, poolSize: number, poolMaxIdleMs = 30_000): Ups
     poolSize,
     poolMaxIdleMs,
     connectTimeoutMs: 2000,
+    listen: "127.0.0.1:2222",
   });
 }
 
@@ -340,6 +341,7 @@ Deno.test("pool: while the upstream is down it backs off, logs upstream-down onc
     const down = logs.events("upstream-down");
     assert.equal(down.length, 1, "one upstream-down line for the whole outage");
     assert.equal(down[0]!.upstream, `127.0.0.1:${port}`);
+    assert.equal(down[0]!.listen, "127.0.0.1:2222", "names the forwarder's listener");
     assert.equal(logs.events("upstream-up").length, 0);
 
     server = new ForwardUpstream(taggedEcho("back"), port);

@@ -116,6 +116,8 @@ export interface UpstreamOptions {
   /** Pooled connections older than this are replaced. */
   readonly poolMaxIdleMs: number;
   readonly connectTimeoutMs: number;
+  /** The forwarder's listen address, as its lines name it (several may share an upstream). */
+  readonly listen: string;
 }
 
 const BACKOFF_FIRST_MS = 100;
@@ -270,6 +272,7 @@ export class Upstream {
     this.#down = false;
     serverLog.info("upstream {upstream} is up again", {
       event: "upstream-up",
+      listen: this.#options.listen,
       upstream: this.name,
     });
   }
@@ -281,6 +284,7 @@ export class Upstream {
     this.#down = true;
     serverLog.warn("upstream {upstream} is down: {error}; retrying with back-off", {
       event: "upstream-down",
+      listen: this.#options.listen,
       upstream: this.name,
       error: messageWithCause(error),
     });
@@ -311,7 +315,13 @@ export class Upstream {
     serverLog.warn(
       "upstream {upstream} ended a pooled connection {ageMs} ms after accepting it ({reason}); " +
         "refilling with back-off, clients dial it on demand after the upstreams that are up",
-      { event: "pool-unsettled", upstream: this.name, reason, ageMs: Math.round(ageMs) },
+      {
+        event: "pool-unsettled",
+        listen: this.#options.listen,
+        upstream: this.name,
+        reason,
+        ageMs: Math.round(ageMs),
+      },
     );
   }
 
@@ -325,6 +335,7 @@ export class Upstream {
     this.#unsettled = false;
     serverLog.info("upstream {upstream}: pooled connections last again", {
       event: "pool-settled",
+      listen: this.#options.listen,
       upstream: this.name,
     });
   }
