@@ -186,6 +186,13 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
   // `deno task start -- socks …` passes the `--` through; it separates the
   // task's arguments, not ferry's, so it is dropped here.
   const args = argv[0] === "--" ? argv.slice(1) : argv;
+  // commander answers `help TYPO` with the general help and a clean exit, so
+  // a script would not notice the typo; `ferry TYPO` is an error, and so is this.
+  const topic = args[0] === "help" ? args[1] : undefined;
+  if (topic !== undefined && !program.commands.some((command) => command.name() === topic)) {
+    output.writeErr(`error: unknown command '${topic}'\n(run with --help for usage)\n`);
+    return { command: "exit", code: 2 };
+  }
   try {
     program.parse(args, { from: "user" });
   } catch (error) {

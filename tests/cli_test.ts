@@ -115,6 +115,16 @@ Deno.test("an unknown command exits 2 and is named on stderr", async () => {
   assert.match(run.stderr, /sockz/);
 });
 
+Deno.test("help for an unknown command exits 2 and names it; help for a known one exits 0", async () => {
+  // `ferry help sokcs` printed the general help and exited 0, so a script never saw the typo.
+  const typo = await ferry("help", "sokcs");
+  assert.equal(typo.code, 2, `stdout: ${typo.stdout}\nstderr: ${typo.stderr}`);
+  assert.match(typo.stderr, /unknown command 'sokcs'/);
+  const known = await ferry("help", "socks");
+  assert.equal(known.code, 0, known.stderr);
+  assert.match(known.stdout, /--listen/);
+});
+
 const BAD_VALUES: { args: string[]; value: string; expected: RegExp }[] = [
   { args: ["--listen", "nope"], value: "nope", expected: /HOST:PORT/i },
   { args: ["--listen", "127.0.0.1:70000"], value: "127.0.0.1:70000", expected: /HOST:PORT|port/i },
