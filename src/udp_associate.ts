@@ -60,8 +60,24 @@ const MAX_PEERS = 1024;
  */
 const MAX_WAITING = 256;
 
-/** Sends at most in flight on one socket (see `OrderedSender`); more datagrams are dropped. */
+/**
+ * Sends in flight at once on one socket (see `OrderedSender`). Thousands
+ * issued at once on one node:dgram socket can hang in Deno 2.9.6: with the
+ * socket buffer full, some sockets' sends never complete (16 sockets × 3,000
+ * sends of 1,212 bytes: 7 sockets got no callback at all, even seconds
+ * later), which starved whole associations under a flood. Within a window of
+ * 64, every send completed.
+ */
 const MAX_IN_FLIGHT = 64;
+
+/**
+ * Datagrams that may queue behind the window on one socket, by count and by
+ * payload bytes; beyond either, a datagram is dropped, as a full socket
+ * buffer would drop it. Enough for a burst (a video key frame, a window of
+ * QUIC packets); bounded, so a flood holds at most this much per socket.
+ */
+const MAX_QUEUED = 1024;
+const MAX_QUEUED_BYTES = 512 * 1024;
 
 /**
  * The local ports of every association's outbound sockets, in this process.
@@ -79,20 +95,32 @@ interface Outgoing {
   readonly data: Uint8Array;
 }
 
+/** A send waiting for room in the window. */
+interface QueuedSend {
+  readonly data: Uint8Array;
+  readonly port: number;
+  readonly ip: string;
+  readonly done: (error: unknown) => void;
+}
+
 /**
- * Sends on one node:dgram socket, in order. Deno completes sends that wait
- * together on a socket it has not yet seen writable in reverse: a burst of
- * 20 datagrams on a new association reached its peer as 19, 18, … 0. So the
- * first datagram goes alone, and the rest wait for its callback; from then
- * on sends complete as they are made, in order (200 at once, 3 runs: no
- * inversion). Waiting for each send's callback instead kept the order too,
- * but paced sends to one per event-loop turn: at 50,000 datagrams/s offered
- * ferry relayed 286.
+ * Sends on one node:dgram socket, in order, at most {@linkcode MAX_IN_FLIGHT}
+ * at a time; the rest queue (up to {@linkcode MAX_QUEUED}) and go as sends
+ * complete.
+ *
+ * The first send goes alone: Deno completes sends that wait together on a
+ * socket it has not yet seen writable in reverse (a burst of 20 datagrams on
+ * a new association reached its peer as 19, 18, … 0); once one has
+ * completed, sends complete in the order made (200 at once, 3 runs: no
+ * inversion). Waiting for each send's callback before the next kept the
+ * order too, but paced sends to one per event-loop turn: at 50,000
+ * datagrams/s offered ferry relayed 286.
  */
 export class OrderedSender {
   readonly socket: dgram.Socket;
-  /** Sends held until the first one's callback; `null` once it has come. */
-  #held: [Uint8Array, number, string, (error: unknown) => void][] | null = null;
+  readonly #queue: QueuedSend[] = [];
+  #queuedBytes = 0;
+  /** Whether a send has completed: until then the window is one. */
   #warm = false;
   /** Sends made whose callback has not come yet. */
   #inFlight = 0;
@@ -103,33 +131,31 @@ export class OrderedSender {
 
   /** Sends `data` after those before it; `done` gets the send's error, if any. */
   send(data: Uint8Array, port: number, ip: string, done: (error: unknown) => void): void {
-    if (this.#warm) {
-      // Under overload sends complete later than datagrams come, and each
-      // holds its datagram and Deno's 64 KiB receive buffer: 16 flooded
-      // associations grew ferry past 2 GB in 9 s. A datagram beyond the cap
-      // is dropped, as a full socket buffer would drop it.
-      if (this.#inFlight >= MAX_IN_FLIGHT) return done(new Error("too many sends in flight"));
+    if (this.#queue.length === 0 && this.#inFlight < this.#window) {
       return this.#sendNow(data, port, ip, done);
     }
-    if (this.#held === null) {
-      this.#held = [];
-      return this.#sendNow(data, port, ip, (error) => {
-        done(error);
-        this.#warm = true;
-        const held = this.#held ?? [];
-        this.#held = null;
-        for (const [data, port, ip, done] of held) this.#sendNow(data, port, ip, done);
-      });
+    if (
+      this.#queue.length >= MAX_QUEUED || this.#queuedBytes + data.length > MAX_QUEUED_BYTES
+    ) {
+      return done(new Error("too many datagrams queued"));
     }
-    if (this.#held.length >= MAX_WAITING) return done(new Error("too many datagrams waiting"));
-    this.#held.push([data, port, ip, done]);
+    // A received datagram is a view of Deno's 64 KiB receive buffer, which a
+    // queued view would keep alive: a copy of the datagram waits instead.
+    const own = data.byteLength === data.buffer.byteLength ? data : data.slice();
+    this.#queue.push({ data: own, port, ip, done });
+    this.#queuedBytes += data.length;
   }
 
   /** Forgets the datagrams not sent yet; returns how many. */
   clear(): number {
-    const count = this.#held?.length ?? 0;
-    if (this.#held) this.#held.length = 0;
+    const count = this.#queue.length;
+    this.#queue.length = 0;
+    this.#queuedBytes = 0;
     return count;
+  }
+
+  get #window(): number {
+    return this.#warm ? MAX_IN_FLIGHT : 1;
   }
 
   #sendNow(data: Uint8Array, port: number, ip: string, done: (error: unknown) => void): void {
@@ -137,7 +163,9 @@ export class OrderedSender {
     try {
       this.socket.send(data, port, ip, (error) => {
         this.#inFlight--;
+        this.#warm = true;
         done(error);
+        this.#pump();
       });
     } catch (error) {
       // node:dgram throws at once on what it rejects outright (a bad port
@@ -145,6 +173,15 @@ export class OrderedSender {
       // promise callback, and an unhandled rejection ends the process.
       this.#inFlight--;
       done(error);
+    }
+  }
+
+  /** Sends queued datagrams while the window has room. */
+  #pump(): void {
+    while (this.#queue.length > 0 && this.#inFlight < this.#window) {
+      const { data, port, ip, done } = this.#queue.shift()!;
+      this.#queuedBytes -= data.length;
+      this.#sendNow(data, port, ip, done);
     }
   }
 }
@@ -240,7 +277,7 @@ export class UdpAssociation {
       if (sender) return this.#sendOut(sender, address.host, address.port, data);
     }
     if (this.#waiting.length >= MAX_WAITING) return void this.counters.dropped++;
-    this.#waiting.push({ address, data });
+    this.#waiting.push({ address, data: data.slice() }); // not a view of the receive buffer
     if (this.#waiting.length === 1) this.#sendWaiting();
   }
 
@@ -281,9 +318,10 @@ export class UdpAssociation {
       this.#peers.delete(this.#peers.values().next().value!);
     }
     this.#peers.add(key);
+    const length = data.length; // not `data`: a view of the 64 KiB receive buffer
     this.#send(sender, data, port, ip, () => {
       this.counters.udpIn++;
-      this.counters.up += data.length;
+      this.counters.up += length;
       this.#options.onActivity();
     });
   }
@@ -336,9 +374,10 @@ export class UdpAssociation {
     const out = new Uint8Array(header.length + message.length);
     out.set(header);
     out.set(message, header.length);
+    const length = message.length; // not `message`: a view of the 64 KiB receive buffer
     this.#send(this.#client, out, this.#clientPort, this.#options.clientIp, () => {
       this.counters.udpOut++;
-      this.counters.down += message.length;
+      this.counters.down += length;
       this.#options.onActivity();
     });
   }

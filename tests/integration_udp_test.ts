@@ -359,6 +359,31 @@ Deno.test("a burst at the start of an association reaches the peer in the order 
   assert.deepEqual(echo.received, sent);
 });
 
+Deno.test("a burst of 150 on an association in use reaches the peer whole and in order", async () => {
+  // Beyond 64 sends in flight on one socket ferry dropped the rest, so a
+  // burst of 65 small datagrams lost one; now they queue.
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  const relay = udp.reply.address.port;
+  await sendInOrder(udp.local, [frame(ipv4("127.0.0.1", echo.port), "warm-up")], relay);
+  await receivedAtLeast(echo.received, 1);
+  const sent = Array.from({ length: 150 }, (_, i) => `${i}`);
+  const callbacks = sent.map((text) =>
+    new Promise<void>((resolve, reject) =>
+      udp.local.send(
+        frame(ipv4("127.0.0.1", echo.port), text),
+        relay,
+        "127.0.0.1",
+        (error) => error ? reject(error) : resolve(),
+      )
+    )
+  );
+  await Promise.all(callbacks);
+  await receivedAtLeast(echo.received, 1 + sent.length);
+  assert.deepEqual(echo.received.slice(1), sent);
+});
+
 Deno.test("datagrams to a name reach the peer in the order sent, each after its lookup", async () => {
   await using ferry = await startFerry(LISTEN);
   await using echo = await udpEcho();

@@ -8,10 +8,14 @@ import { OrderedSender } from "../src/udp_associate.ts";
 
 /** A stand-in socket: every send waits until the test calls back. */
 function recordingSocket() {
-  const sent: { payload: string; callback: (error: Error | null) => void }[] = [];
+  const sent: {
+    payload: string;
+    data: Uint8Array;
+    callback: (error: Error | null) => void;
+  }[] = [];
   const socket = {
     send(data: Uint8Array, _port: number, _ip: string, callback: (error: Error | null) => void) {
-      sent.push({ payload: new TextDecoder().decode(data), callback });
+      sent.push({ payload: new TextDecoder().decode(data), data, callback });
     },
   } as unknown as dgram.Socket;
   return { socket, sent };
@@ -32,20 +36,53 @@ Deno.test("OrderedSender: the first datagram goes alone; the rest follow its cal
   assert.deepEqual(results, ["a:ok"]);
 });
 
-Deno.test("OrderedSender: sends in flight are capped; beyond the cap a datagram is dropped at once", () => {
+Deno.test("OrderedSender: 64 sends in flight at most; a burst beyond waits its turn, in order", () => {
+  // Thousands of sends at once on one socket can hang in Deno; beyond 64 in
+  // flight a datagram used to be dropped, so a burst of 65 lost one.
   const { socket, sent } = recordingSocket();
   const sender = new OrderedSender(socket);
   sender.send(bytes("warm-up"), 9, "127.0.0.1", () => {});
   sent[0]!.callback(null);
-  // Overload: no send completes while datagrams keep coming.
   const errors: unknown[] = [];
-  for (let i = 0; i < 100; i++) {
+  for (let i = 0; i < 2000; i++) {
     sender.send(bytes(`${i}`), 9, "127.0.0.1", (error) => error && errors.push(error));
   }
-  assert.equal(sent.length, 1 + 64, "64 in flight at most");
-  assert.equal(errors.length, 36, "the rest dropped, each reported");
-  // As sends complete, room comes back.
+  assert.equal(sent.length, 1 + 64, "64 in flight");
+  assert.equal(errors.length, 2000 - 64 - 1024, "1,024 queued, the rest dropped, each reported");
+  // Each completed send lets the next queued one go, in order.
   for (const s of sent.slice(1, 11)) s.callback(null);
+  assert.equal(sent.length, 1 + 64 + 10);
+  assert.deepEqual(sent.slice(65).map((s) => s.payload), [
+    "64",
+    "65",
+    "66",
+    "67",
+    "68",
+    "69",
+    "70",
+    "71",
+    "72",
+    "73",
+  ]);
+  // A send made now queues behind them rather than overtaking.
   sender.send(bytes("after"), 9, "127.0.0.1", () => {});
-  assert.equal(sent.at(-1)!.payload, "after");
+  assert.notEqual(sent.at(-1)!.payload, "after");
+});
+
+Deno.test("OrderedSender: the queue is bounded in bytes too, and holds copies, not views", () => {
+  const { socket, sent } = recordingSocket();
+  const sender = new OrderedSender(socket);
+  sender.send(bytes("warm-up"), 9, "127.0.0.1", () => {});
+  sent[0]!.callback(null);
+  for (let i = 0; i < 64; i++) sender.send(bytes(`${i}`), 9, "127.0.0.1", () => {});
+  // Like a received datagram: 60,000 bytes viewed in a 64 KiB buffer.
+  const receiveBuffer = new Uint8Array(65536);
+  const big = receiveBuffer.subarray(0, 60_000);
+  let dropped = 0;
+  for (let i = 0; i < 20; i++) sender.send(big, 9, "127.0.0.1", (error) => error && dropped++);
+  assert.equal(dropped, 20 - Math.floor(512 * 1024 / 60_000), "512 KiB of datagrams queued");
+  sent[1]!.callback(null);
+  const queued = sent.at(-1)!;
+  assert.equal(queued.payload.length, 60_000);
+  assert.equal(queued.data.buffer.byteLength, 60_000, "a copy, not a view of the 64 KiB buffer");
 });
