@@ -120,29 +120,51 @@ export async function stopLogging(): Promise<void> {
 }
 
 /**
- * Lets a message through at most once per `intervalMs`, counting what it
- * held back, so a storm of identical errors (EMFILE on every accept) costs one
- * line a second instead of a flood.
+ * Lets a message through at most once per `intervalMs`, so a storm of
+ * identical events (EMFILE on every accept) costs one line a second instead
+ * of a flood. What it holds back is not lost: once the interval is over, the
+ * latest event held back is logged with how many more there were, so the
+ * lines' events plus their `suppressed` counts add up to every event.
  */
 export class RateLimitedLog {
   #last = -Infinity;
-  #suppressed = 0;
+  /** Events held back since the last line. */
+  #held = 0;
+  /** The latest of them, logged when the interval is over. */
+  #latest: ((suppressed: number) => void) | null = null;
+  #timer: ReturnType<typeof setTimeout> | undefined;
   readonly #intervalMs: number;
 
   constructor(intervalMs = 1000) {
     this.#intervalMs = intervalMs;
   }
 
-  /** Calls `emit` with the number suppressed since the last emission, or counts this call. */
+  /** Calls `emit` with the number of events held back before this one, or holds it back. */
   maybe(emit: (suppressed: number) => void): void {
     const now = performance.now();
     if (now - this.#last < this.#intervalMs) {
-      this.#suppressed++;
+      this.#held++;
+      this.#latest = emit;
+      if (this.#timer === undefined) {
+        this.#timer = setTimeout(() => this.flush(), this.#last + this.#intervalMs - now);
+        Deno.unrefTimer(this.#timer);
+      }
       return;
     }
     this.#last = now;
-    const suppressed = this.#suppressed;
-    this.#suppressed = 0;
-    emit(suppressed);
+    emit(0);
+  }
+
+  /** Logs the latest event held back, if any, now (a server stopping calls this). */
+  flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const latest = this.#latest;
+    if (latest === null) return;
+    const suppressed = this.#held - 1;
+    this.#latest = null;
+    this.#held = 0;
+    this.#last = performance.now();
+    latest(suppressed);
   }
 }

@@ -183,7 +183,8 @@ export function startServer(
   const stopAccepting = new AbortController();
   const acceptErrors = new RateLimitedLog();
   const lostBeforeAccept = new RateLimitedLog();
-  const limitLog = new RateLimitedLog();
+  // One each, so that a line of one limit never carries the other's count.
+  const limitLogs = { "max-conns": new RateLimitedLog(), "max-conns-per-ip": new RateLimitedLog() };
   const allEnded: (() => void)[] = [];
 
   const onAcceptError = (error: unknown, backingOff: boolean) => {
@@ -225,7 +226,7 @@ export function startServer(
       if (limit === "max-conns") metrics.rejectedMaxConns++;
       else metrics.rejectedPerIp++;
       closeQuietly(conn);
-      limitLog.maybe((suppressed) =>
+      limitLogs[limit].maybe((suppressed) =>
         serverLog.warn("connection from {client} refused: {limit} reached", {
           event: "rejected",
           listen: context.listen,
@@ -266,6 +267,8 @@ export function startServer(
       stopAccepting.abort();
       closeQuietly(listener);
       await acceptLoop;
+      // What they held back, before the stopped line's totals.
+      for (const log of [acceptErrors, lostBeforeAccept, ...Object.values(limitLogs)]) log.flush();
       const drained = waitForSessions();
       let timer: ReturnType<typeof setTimeout> | undefined;
       const graceOver = new Promise<"grace-over">((resolve) => {

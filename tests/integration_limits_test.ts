@@ -4,6 +4,7 @@
  * sockets left in CLOSE_WAIT and for which side closed first.
  */
 import assert from "node:assert/strict";
+import net from "node:net";
 import { startFerry } from "./_helpers/ferry.ts";
 import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
@@ -76,6 +77,55 @@ Deno.test("a connection over --max-conns-per-ip is closed and its line names the
   assert.equal(rejected.limit, "max-conns-per-ip");
   assert.equal(rejected.listen, `127.0.0.1:${ferry.port}`);
   assert.equal(rejected.client, `127.0.0.1:${second.localAddr.port}`);
+});
+
+Deno.test("rejected lines account for every refusal, each limit on its own lines", async () => {
+  // The count held back was written only on the next line of either limit,
+  // which might never come: of 30 refusals the log showed one, and a
+  // max-conns line could carry per-IP refusals.
+  await using ferry = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--max-conns",
+    "3",
+    "--max-conns-per-ip",
+    "2",
+    "--handshake-timeout",
+    "60s",
+  ]);
+  const held: net.Socket[] = [];
+  const connectFrom = (localAddress: string) =>
+    new Promise<void>((resolve, reject) => {
+      const conn = net.connect({ host: "127.0.0.1", port: ferry.port, localAddress }, resolve);
+      conn.on("error", () => {}); // refused ones are closed by ferry
+      conn.once("error", reject);
+      held.push(conn);
+    });
+  try {
+    // 127.0.0.1: 2 sessions, then 4 refused per IP. 127.0.0.2: 1 session
+    // (3 in all), then 3 refused at max-conns.
+    for (let i = 0; i < 6; i++) await connectFrom("127.0.0.1");
+    for (let i = 0; i < 4; i++) await connectFrom("127.0.0.2");
+    const refusals = () => {
+      const counts: Record<string, number> = {};
+      for (const line of ferry.lines.filter((l) => l.event === "rejected")) {
+        const limit = String(line.limit);
+        counts[limit] = (counts[limit] ?? 0) + 1 + Number(line.suppressed);
+      }
+      return counts;
+    };
+    const expected = { "max-conns-per-ip": 4, "max-conns": 3 };
+    // Held back at most a second; then logged without another refusal to carry it.
+    await ferry.waitFor(
+      () => refusals()["max-conns"] === 3 && refusals()["max-conns-per-ip"] === 4,
+      5_000,
+    )
+      .catch(() => {});
+    assert.deepEqual(refusals(), expected);
+  } finally {
+    for (const conn of held) conn.destroy();
+  }
 });
 
 Deno.test("the open-files warning counts a forwarder's pooled connections too", async () => {

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import type { LogRecord } from "@logtape/logtape";
-import { lineFormatter } from "../src/log.ts";
+import { lineFormatter, RateLimitedLog } from "../src/log.ts";
 
 /** A session record whose user and target came from a client. */
 function sessionRecord(user: string, target: string): LogRecord {
@@ -58,4 +58,28 @@ Deno.test("a line with nothing to escape is left as the formatter made it", () =
   const line = lineFormatter("json")(record);
   assert.equal(JSON.parse(line).user, "alice");
   assert.match(lineFormatter("text")(record), /user=alice/);
+});
+
+Deno.test("RateLimitedLog: one line per interval, and what it held back is logged once the interval is over", async () => {
+  // It used to tell what it held back only on the next line, which might
+  // never come: of 30 refusals in a burst, the log showed one.
+  const log = new RateLimitedLog(50);
+  const lines: { event: number; suppressed: number }[] = [];
+  for (let event = 1; event <= 5; event++) {
+    log.maybe((suppressed) => lines.push({ event, suppressed }));
+  }
+  assert.deepEqual(lines, [{ event: 1, suppressed: 0 }]);
+  await new Promise((resolve) => setTimeout(resolve, 120));
+  assert.deepEqual(lines, [{ event: 1, suppressed: 0 }, { event: 5, suppressed: 3 }]);
+  // Every event is accounted for: a line each, plus the counts.
+  assert.equal(lines.length + lines.reduce((sum, l) => sum + l.suppressed, 0), 5);
+  // The interval is over: the next event goes at once; one right after it is held.
+  log.maybe((suppressed) => lines.push({ event: 6, suppressed }));
+  log.maybe((suppressed) => lines.push({ event: 7, suppressed }));
+  log.maybe((suppressed) => lines.push({ event: 8, suppressed }));
+  assert.deepEqual(lines.at(-1), { event: 6, suppressed: 0 });
+  log.flush(); // a server stopping: what is held back goes now, not after the interval
+  assert.deepEqual(lines.at(-1), { event: 8, suppressed: 1 });
+  log.flush(); // nothing held back: nothing to log
+  assert.equal(lines.length, 4);
 });
