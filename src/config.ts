@@ -235,14 +235,16 @@ export function checkUdpAdvertise(
         "or multicast address";
       return void problems.push({ index, problem });
     }
-    const family = address.type;
+    // ::ffff:203.0.113.7 is an IPv4 address, for IPv4 clients.
+    const host = unmapIPv4(address.host);
+    const family = host.includes(":") ? "ipv6" : "ipv4";
     const earlier = found[family];
     if (earlier !== null) {
       const problem = `expected one ${family === "ipv4" ? "IPv4" : "IPv6"} address at most ` +
         `(one per address family), and ${earlier} came first`;
       return void problems.push({ index, problem });
     }
-    found[family] = address.host;
+    found[family] = host;
   });
   return problems.length > 0 ? { problems } : found;
 }

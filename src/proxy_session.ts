@@ -15,7 +15,7 @@ import { closeQuietly } from "./close_quietly.ts";
 import type { Deadlines, Expirable } from "./deadlines.ts";
 import { sessionLog } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
-import { type Address, formatAddress } from "./protocol/address.ts";
+import { type Address, formatAddress, unmapIPv4 } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
 import { dial, DialError, messageWithCause } from "./upstream/dial.ts";
@@ -216,10 +216,14 @@ export abstract class ProxySession implements Expirable {
     return {};
   }
 
-  /** The client's address as `ip:port`. */
+  /**
+   * The client's address as `ip:port`; an IPv4 client of a `[::]` listener
+   * as `127.0.0.1:…`, not `[::ffff:127.0.0.1]:…`, so its lines read the same
+   * whichever listener it came in on.
+   */
   get clientAddress(): string {
     const { hostname, port } = this.client.remoteAddr;
-    return formatAddress({ host: hostname, port });
+    return formatAddress({ host: unmapIPv4(hostname), port });
   }
 
   /** Called by the deadline sweep. */
@@ -421,7 +425,10 @@ export abstract class ProxySession implements Expirable {
     if (reason instanceof SessionAbort) return reason.failure;
     if (reason instanceof DialError) return reason.failure;
     if (reason instanceof ClientGone) return "client-closed";
-    if (reason instanceof ProtocolError) return "protocol-error";
+    if (reason instanceof ProtocolError) {
+      // SOCKS4's decoder refuses an unknown command itself; SOCKS5's session does.
+      return reason.code === "bad-command" ? "command-not-supported" : "protocol-error";
+    }
     if (
       reason instanceof Deno.errors.ConnectionReset || reason instanceof Deno.errors.BrokenPipe ||
       reason instanceof Deno.errors.ConnectionAborted || reason instanceof Deno.errors.NotConnected

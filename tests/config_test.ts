@@ -448,6 +448,12 @@ Deno.test("buildSocksConfig() reads --udp-advertise, --bind-timeout and --max-ud
   assert.equal(config.maxUdpPerIp, 2);
   const both = await buildSocksConfig({ udpAdvertise: ["[2001:db8::7]", " 203.0.113.7 "] });
   assert.deepEqual(both.udpAdvertise, { ipv4: "203.0.113.7", ipv6: "2001:db8::7" });
+  const mapped = await buildSocksConfig({ udpAdvertise: ["::ffff:203.0.113.7"] });
+  assert.deepEqual(
+    mapped.udpAdvertise,
+    { ipv4: "203.0.113.7", ipv6: null },
+    "IPv4, for IPv4 clients",
+  );
   const defaults = await buildSocksConfig({ connectTimeout: "3s" });
   assert.deepEqual(defaults.udpAdvertise, { ipv4: null, ipv6: null });
   assert.equal(defaults.bindTimeoutMs, 3_000, "--bind-timeout defaults to --connect-timeout");

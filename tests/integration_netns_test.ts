@@ -115,7 +115,8 @@ Deno.test({
 const LINK_LOCAL_PROBE = new URL("./_helpers/linklocal_probe.ts", import.meta.url).pathname;
 
 Deno.test({
-  name: "a client that came in over a link-local IPv6 address gets working BIND and UDP ASSOCIATE",
+  name:
+    "a client that came in over a link-local IPv6 address gets working BIND and UDP ASSOCIATE; an IPv4 client of [::] is logged as IPv4",
   ignore: !netnsAvailable,
   async fn() {
     // Deno reports fe80::1 without its zone (%ll0), and that cannot be bound:
@@ -137,6 +138,8 @@ Deno.test({
     assert.deepEqual(probed, {
       bind: { first: 0, firstHost: "fe80::1", second: 0, carried: "from the peer" },
       udp: { reply: 0, host: "fe80::1", echoed: "ping" },
+      // Logged as 127.0.0.1:PORT, as on a 0.0.0.0 listener, not [::ffff:127.0.0.1]:PORT.
+      ipv4Client: { client: true },
     });
   },
 });

@@ -297,6 +297,20 @@ for (const [command, name] of [[0x04, "unknown command 0x04"], [0xff, "command 0
   });
 }
 
+Deno.test("SOCKS4 unknown command 0x03 gets reply 91 and is logged as SOCKS5's is", async () => {
+  // It was logged protocol-error, with the same command refused by SOCKS5
+  // logged command-not-supported, as the README's one row for both says.
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(Uint8Array.of(0x04, 0x03, 0x00, 0x50, 127, 0, 0, 1, 0x00));
+  const reply = await client.readExactly(8);
+  assert.equal(reply[1], 91);
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "command-not-supported");
+  assert.equal(session.protocol, "socks4");
+});
+
 Deno.test("SOCKS5 address type 0x02 gets reply 0x08 address type not supported", async () => {
   await using ferry = await startFerry(LISTEN);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);

@@ -4,7 +4,8 @@
  * fe80::1 and nothing else exists. A client reaches ferry (on `[::]`) over
  * fe80::1%ll0, the way a LAN client reaches a `.local` name, and tries BIND
  * and UDP ASSOCIATE: Deno reports the address it came in on without its zone,
- * and a socket cannot be bound to a link-local address without one.
+ * and a socket cannot be bound to a link-local address without one. Also how
+ * an IPv4 client of that dual-stack listener is logged.
  *
  * Prints one JSON object: `{ bind: {...}, udp: {...} }`.
  *
@@ -70,6 +71,15 @@ async function udp() {
   }
 }
 
+/** An IPv4 client of the `[::]` listener: how its session line names it. */
+async function ipv4Client() {
+  using client = await BufferedConn.connect("127.0.0.1", ferry.port);
+  client.close();
+  // sessionOf accepts the plain form only: 127.0.0.1:PORT.
+  const session = await sessionOf(ferry, client.localAddr, 5_000);
+  return { client: session.client === `127.0.0.1:${client.localAddr.port}` };
+}
+
 const outcome = async (probe: () => Promise<unknown>) => {
   try {
     return await probe();
@@ -77,4 +87,8 @@ const outcome = async (probe: () => Promise<unknown>) => {
     return { error: String(error) };
   }
 };
-console.log(JSON.stringify({ bind: await outcome(bind), udp: await outcome(udp) }));
+console.log(JSON.stringify({
+  bind: await outcome(bind),
+  udp: await outcome(udp),
+  ipv4Client: await outcome(ipv4Client),
+}));
