@@ -312,6 +312,12 @@ export function checkHostPort(text: string, minPort: 0 | 1): ListenAddress | { p
   }
   const bracketed = match[1];
   if (bracketed !== undefined) {
+    if (bracketed.includes("%") && parseIPv6(bracketed.slice(0, bracketed.indexOf("%")))) {
+      return {
+        problem: "expected an IPv6 address without a zone (%IFACE) in [ ]: zones are not " +
+          "supported; [::] listens on every interface",
+      };
+    }
     if (parseIPv6(bracketed) === null) return { problem: `expected an IPv6 address in [ ]` };
     return { hostname: bracketed, port };
   }

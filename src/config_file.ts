@@ -647,6 +647,9 @@ async function readRunConfig(text: string, source: string): Promise<RunConfig> {
  * Throws {@linkcode ConfigError} listing every problem.
  */
 export async function loadConfigFile(path: string): Promise<RunConfig> {
+  if (path.trim() === "") {
+    throw new ConfigError([`--config: expected a file path, got ${show(path)}`]);
+  }
   let text: string;
   try {
     text = await readUtf8File(path);

@@ -105,7 +105,8 @@ function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> 
     ...common,
     auth: config.users.size > 0 ? "username/password" : "none",
     users: config.users.size,
-    socks4: config.socks4,
+    // What clients get: with users, SOCKS4 is refused whatever the setting.
+    socks4: config.socks4 && config.users.size === 0,
     handshakeTimeoutMs: config.handshakeTimeoutMs,
     bindTimeoutMs: config.bindTimeoutMs,
     udpAdvertise: config.udpAdvertise,

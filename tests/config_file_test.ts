@@ -596,6 +596,12 @@ Deno.test("several problems in one file are all reported, in file order", async 
   ]);
 });
 
+Deno.test("an empty --config is named as such, not as a file that cannot be read", async () => {
+  assert.deepEqual(await problemsOf(loadConfigFile("")), [
+    '--config: expected a file path, got ""',
+  ]);
+});
+
 Deno.test("a missing configuration file is a ConfigError naming it", async () => {
   await withTempDir(async (dir) => {
     const problems = await problemsOf(loadConfigFile(`${dir}/absent.jsonc`));

@@ -84,6 +84,12 @@ Deno.test("checkHostPort() says what is wrong: the form, the port's range, or th
     ["999.1.1.1:1080", 0, "expected an IPv4 address of four numbers 0 to 255, or a host name"],
     ["1.2.3:1080", 0, "expected an IPv4 address of four numbers 0 to 255, or a host name"],
     ["[nope]:1080", 0, "expected an IPv6 address in [ ]"],
+    [
+      "[fe80::1%eth0]:1080",
+      0,
+      "expected an IPv6 address without a zone (%IFACE) in [ ]: zones are not supported; " +
+      "[::] listens on every interface",
+    ],
   ];
   for (const [text, minPort, problem] of cases) {
     assert.deepEqual(checkHostPort(text, minPort), { problem }, text);

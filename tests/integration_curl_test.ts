@@ -160,6 +160,9 @@ Deno.test("curl --proxy-user with the right password downloads the body and ferr
   assert.equal(status.code, 0);
   assert.ok(!logsContain(ferry, password), "alice's password appears in the logs");
   assert.ok(!logsContain(ferry, "other-secret"), "bob's password appears in the logs");
+  // The listening line says what clients get: with users, no SOCKS4.
+  const listening = ferry.lines.find((l) => l.event === "listening")!;
+  assert.deepEqual([listening.auth, listening.socks4], ["username/password", false]);
 });
 
 Deno.test("curl --proxy-user with a wrong password fails with exit 97 and ferry logs auth-failed", async () => {
