@@ -123,13 +123,13 @@ export function startForwarder(config: ForwardConfig): Forwarder {
  * listeners starts them once all are open. Throws if the address cannot be bound.
  */
 export function openForwarder(config: ForwardConfig): Forwarder {
-  // Made once the listener is open, so that their lines can name it with its real port.
-  let upstreams: UpstreamSet | undefined;
   const server = startServer(
     config,
-    (conn, context) => new ForwardSession(conn, context, upstreams!),
+    // Sessions start from the accept loop, after this function has returned.
+    (conn, context) => new ForwardSession(conn, context, upstreams),
   );
-  upstreams = new UpstreamSet(config.upstreams.map((address) =>
+  // Made once the listener is open, so that their lines can name it with its real port.
+  const upstreams = new UpstreamSet(config.upstreams.map((address) =>
     new Upstream(address, {
       poolSize: config.poolSize,
       poolMaxIdleMs: config.poolMaxIdleMs,
