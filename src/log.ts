@@ -67,11 +67,46 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
  * could make one line look like two.
  */
 const UNSAFE = /[\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const HAS_UNSAFE = new RegExp(UNSAFE.source);
 
-/** `\uXXXX` for each unsafe character: an escape in JSON, and plain text in logfmt. */
+/** `\uXXXX` for each unsafe character: an escape in JSON, and in a quoted logfmt value. */
 function escapeUnsafe(line: string): string {
   // With no match, replace() returns the line itself.
   return line.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/**
+ * Puts in quotes every unquoted logfmt value that holds an unsafe character,
+ * so that {@linkcode escapeUnsafe}'s `\u2028` lands inside quotes, where
+ * logfmt reads it as an escape. Unquoted, it read as six plain characters,
+ * the same as a client's user-id that spelt them out (logged `"a\\u2028b"`).
+ * LogTape quotes any value with a space, quote or backslash, so an unquoted
+ * one has none and can be wrapped as it is.
+ */
+export function quoteUnsafeValues(line: string): string {
+  if (!HAS_UNSAFE.test(line)) return line;
+  let out = "";
+  let inQuotes = false;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i]!;
+    if (inQuotes) {
+      out += c;
+      if (c === "\\") out += line[++i] ?? "";
+      else if (c === '"') inQuotes = false;
+      continue;
+    }
+    if (c === '"') inQuotes = true;
+    if (c !== "=" || line[i + 1] === '"') {
+      out += c;
+      continue;
+    }
+    let end = i + 1;
+    while (end < line.length && line[end] !== " " && line[end] !== "\n") end++;
+    const value = line.slice(i + 1, end);
+    out += HAS_UNSAFE.test(value) ? `="${value}"` : `=${value}`;
+    i = end - 1;
+  }
+  return out;
 }
 
 /**
@@ -101,7 +136,7 @@ export function lineFormatter(format: LogFormat): TextFormatter {
     return (record) => escapeUnsafe(json(withPlainMessage(record)));
   }
   const logfmt = getLogfmtFormatter({ properties: "flatten", message: "rendered" });
-  return (record) => escapeUnsafe(logfmt(record));
+  return (record) => escapeUnsafe(quoteUnsafeValues(logfmt(record)));
 }
 
 /**

@@ -83,3 +83,24 @@ Deno.test("RateLimitedLog: one line per interval, and what it held back is logge
   log.flush(); // nothing held back: nothing to log
   assert.equal(lines.length, 4);
 });
+
+/** A logfmt reader as log tools read it: a quoted value has JSON escapes, an unquoted one none. */
+function parseLogfmt(line: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const match of line.trimEnd().matchAll(/(\w+)=("(?:[^"\\]|\\.)*"|\S*)/g)) {
+    const [, key, value] = match;
+    fields[key!] = value!.startsWith('"') ? JSON.parse(value!) : value!;
+  }
+  return fields;
+}
+
+Deno.test("logfmt: a value with U+2028 and one spelling out \\u2028 read back as themselves", () => {
+  // Unquoted, the escape read as six plain characters: the same as the user-id
+  // that spells them out, so one client could pass for another in the log.
+  const format = lineFormatter("text");
+  for (const user of ["a\u2028b", "a\\u2028b", "a b\u2028c", "\u202e", "plain"]) {
+    const line = format(sessionRecord(user, "example.com:443"));
+    assert.equal(line.trimEnd().split(/\r\n|[\n\r\u2028\u2029\u0085]/).length, 1, line);
+    assert.equal(parseLogfmt(line).user, user, line);
+  }
+});
