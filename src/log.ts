@@ -50,6 +50,8 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
         write: (bytes) => Deno.stderr.write(bytes),
         flushIntervalMs: 50,
         batchSize: 1000,
+        // Past the cap, session lines give way to the lines about ferry itself.
+        keep: (record) => record.category[1] !== "session",
       }),
     },
     loggers: [

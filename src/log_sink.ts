@@ -10,10 +10,14 @@
  *
  * Memory is bounded: while a write is stuck (a stderr pipe nobody reads),
  * records beyond `maxPending` are dropped, counted, and reported by one
- * record of their own once writing resumes. A full pipe on a non-blocking
- * stderr (a parent may leave it so) is the same case: the write is retried
- * until the reader catches up. Any other failed write never throws into the
- * logging call; the sink stops writing.
+ * record of their own once writing resumes; records that `keep` says matter
+ * more (ferry's lifecycle lines, `stopped` with its totals) are kept up to
+ * a batch more. A full pipe on a non-blocking stderr (a parent may leave it
+ * so) is the same case: the write is retried until the reader catches up.
+ * A write that fails otherwise never throws into the logging call. A reader
+ * that has gone (EPIPE) ends writing for good; any other failure (ENOSPC: a
+ * full disk until logrotate runs) loses that batch, counted as dropped, and
+ * writing is tried again a second later.
  *
  * @module
  */
@@ -31,6 +35,10 @@ export interface BatchedSinkOptions {
   readonly batchSize?: number;
   /** Records held at most while a write is in progress; more are dropped. */
   readonly maxPending?: number;
+  /** Whether a record is kept past `maxPending` (up to `batchSize` more). */
+  readonly keep?: (record: LogRecord) => boolean;
+  /** How long to wait before writing again after a failed write. */
+  readonly retryAfterMs?: number;
 }
 
 /** A sink that must be disposed (LogTape's `dispose()` does it) to write its last batch. */
@@ -44,7 +52,11 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
   const flushIntervalMs = options.flushIntervalMs ?? 50;
   const batchSize = options.batchSize ?? 1000;
   const maxPending = options.maxPending ?? 10 * batchSize;
+  const keep = options.keep ?? (() => false);
+  const retryAfterMs = options.retryAfterMs ?? 1000;
   let pending: LogRecord[] = [];
+  /** Whether a failed write may have cut a line short: the next starts a new one. */
+  let lineOpen = false;
   let dropped = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let writing: Promise<void> | null = null;
@@ -60,6 +72,7 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
         if (
           !(error instanceof Deno.errors.WouldBlock || error instanceof Deno.errors.Interrupted)
         ) {
+          lineOpen = offset > 0 && bytes[offset - 1] !== 0x0a;
           throw error;
         }
         // Nothing says when the reader will catch up: poll, from 1 ms to 100.
@@ -69,29 +82,34 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
     }
   };
 
-  const formatBatch = (records: readonly LogRecord[]): string => {
-    let text = "";
+  const formatBatch = (records: readonly LogRecord[], droppedBefore: number): string => {
+    let text = lineOpen ? "\n" : "";
     for (const record of records) text += formatter(record);
     // Records are dropped only once the pending ones fill up, so the report
     // of the drop comes after them.
-    if (dropped > 0) {
-      text += formatter(droppedRecord(dropped));
-      dropped = 0;
-    }
+    if (droppedBefore > 0) text += formatter(droppedRecord(droppedBefore));
     return text;
   };
 
   // Writes until nothing is pending; flush() runs one such loop at a time.
   const drain = async () => {
-    try {
-      while (pending.length > 0 || dropped > 0) {
-        const batch = pending;
-        pending = [];
-        await writeAll(encoder.encode(formatBatch(batch)));
-      }
-    } catch {
-      broken = true; // stderr is gone: nowhere left to report it
+    while (pending.length > 0 || dropped > 0) {
+      const batch = pending;
+      const droppedBefore = dropped;
       pending = [];
+      dropped = 0;
+      try {
+        await writeAll(encoder.encode(formatBatch(batch, droppedBefore)));
+        lineOpen = false;
+      } catch (error) {
+        if (isGone(error)) {
+          broken = true; // nowhere left to report it
+          pending = [];
+          return;
+        }
+        dropped += droppedBefore + batch.length;
+        await unrefSleep(retryAfterMs);
+      }
     }
   };
 
@@ -118,7 +136,9 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
 
   const sink = (record: LogRecord) => {
     if (broken || disposed) return;
-    if (pending.length >= maxPending) {
+    if (
+      pending.length >= maxPending && (pending.length >= maxPending + batchSize || !keep(record))
+    ) {
       dropped++;
       return;
     }
@@ -136,6 +156,12 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
       for (flush(); writing !== null; flush()) await writing;
     },
   });
+}
+
+/** Whether a write failed because nobody reads any more (EPIPE, a closed descriptor). */
+function isGone(error: unknown): boolean {
+  return error instanceof Deno.errors.BrokenPipe || error instanceof Deno.errors.BadResource ||
+    error instanceof Deno.errors.NotConnected;
 }
 
 /** A sleep that alone does not keep the process alive, as logging must not. */

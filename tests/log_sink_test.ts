@@ -248,3 +248,57 @@ Deno.test("batchedSink carries LogTape's JSON lines, properties flattened, writt
     [3, "ok", 'session 3: "ok"'],
   ]);
 });
+
+Deno.test("batchedSink keeps the records that matter past the cap: the stopped line is not dropped", async () => {
+  // The newest records were dropped, so with a stalled reader the shutdown
+  // and stopped lines (the totals) were lost, counted among the dropped.
+  const stderr = new FakeStderr();
+  const { promise: unstuck, resolve: unstick } = Promise.withResolvers<void>();
+  stderr.gate = unstuck;
+  const sink = batchedSink({
+    formatter: lineFormatter,
+    write: stderr.write,
+    batchSize: 2,
+    maxPending: 4,
+    keep: (r) => r.message[0] === "stopped",
+  });
+  const firstWrite = stderr.nextWrite();
+  sink(record("r0"));
+  sink(record("r1")); // a full batch: its write hangs
+  await firstWrite;
+  for (let i = 2; i <= 9; i++) sink(record(`r${i}`)); // 4 wait, 4 are dropped
+  sink(record("stopped")); // kept past the cap
+  unstick();
+  await sink[Symbol.asyncDispose]();
+  assert.equal(
+    stderr.text,
+    "r0\nr1\nr2\nr3\nr4\nr5\nstopped\n4 log records dropped: stderr did not keep up\n",
+  );
+});
+
+Deno.test("batchedSink survives a write error that passes (a full disk): counts the lost batch and goes on", async () => {
+  // Any error but a broken pipe used to end writing for good, silently, with
+  // the last line cut short: a full /var until logrotate ran meant no more logs.
+  const stderr = new FakeStderr();
+  let calls = 0;
+  const write = (bytes: Uint8Array) => {
+    calls++;
+    // Part of a line went out, then the disk was full.
+    if (calls === 1) return stderr.write(bytes.subarray(0, 3));
+    if (calls === 2) return Promise.reject(new Error("No space left on device (os error 28)"));
+    return stderr.write(bytes);
+  };
+  const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 2, retryAfterMs: 1 });
+  const keepAlive = setTimeout(() => {}, 10_000); // the retry's timer is unref'd
+  sink(record("lost-1"));
+  sink(record("lost-2"));
+  sink(record("after"));
+  while (calls < 3) await stderr.nextWrite();
+  clearTimeout(keepAlive);
+  await sink[Symbol.asyncDispose]();
+  assert.equal(
+    stderr.text,
+    "los\nafter\n2 log records dropped: stderr did not keep up\n",
+    "the cut line is ended, later records are written, the lost ones counted",
+  );
+});
