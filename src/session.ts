@@ -69,6 +69,8 @@ export class SocksSession extends ProxySession {
   #association: UdpAssociation | null = null;
   #bindListener: BindListener | null = null;
   #bindPeer: string | null = null;
+  /** The request's command, for the log line: a UDP association reads like a CONNECT otherwise. */
+  #command: string | null = null;
 
   constructor(client: Deno.TcpConn, context: SocksContext) {
     super(client, context, "handshake");
@@ -113,6 +115,7 @@ export class SocksSession extends ProxySession {
       socks5.encodeReply({ reply: code, address: socks5.UNBOUND });
     const request = await this.#decode(socks5.decodeRequest, replyWith);
     this.requested = formatAddress(request.address);
+    this.#command = commandName(request.command);
     if (request.command === socks5.Command.Bind) {
       return await this.#bind(request.address, {
         bound: (addr) =>
@@ -148,6 +151,7 @@ export class SocksSession extends ProxySession {
     const { users } = this.#socks;
     const replyWith = (code: number) => socks4.encodeReply({ reply: code, port: 0, ip: "0.0.0.0" });
     const request = await this.#decode(socks4.decodeRequest, replyWith);
+    this.#command = commandName(request.command);
     if (request.address.type === "domain") this.protocol = "socks4a";
     if (request.userId.length > 0) this.user = shownName.decode(request.userId);
     this.requested = formatAddress(request.address);
@@ -317,7 +321,7 @@ export class SocksSession extends ProxySession {
   }
 
   protected override logFields(): Record<string, unknown> {
-    const fields: Record<string, unknown> = {};
+    const fields: Record<string, unknown> = { command: this.#command };
     if (this.#association) {
       const { udpIn, udpOut, dropped } = this.#association.counters;
       Object.assign(fields, { udpIn, udpOut, dropped });
@@ -399,3 +403,14 @@ export class SocksSession extends ProxySession {
     return super.outcomeOf(error);
   }
 }
+
+/** `connect`, `bind` or `udp-associate` (SOCKS4 and SOCKS5 share the codes 1 and 2), else `0x09`. */
+function commandName(code: number): string {
+  return COMMAND_NAMES[code] ?? `0x${code.toString(16).padStart(2, "0")}`;
+}
+
+const COMMAND_NAMES: Readonly<Record<number, string>> = {
+  [socks5.Command.Connect]: "connect",
+  [socks5.Command.Bind]: "bind",
+  [socks5.Command.UdpAssociate]: "udp-associate",
+};

@@ -113,6 +113,7 @@ Deno.test("SOCKS5 BIND closes a connection from another address, then times out 
   client.close();
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "bind-timeout");
+  assert.equal(session.command, "bind");
   assert.equal(session.bindRefused, 1);
   // The listener is closed: its port refuses connections now.
   await assert.rejects(

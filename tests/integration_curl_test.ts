@@ -153,6 +153,7 @@ Deno.test("curl --proxy-user with the right password downloads the body and ferr
   const exchange = await target.nextExchange();
   const session = await onlySession(ferry);
   assert.equal(session.outcome, "ok");
+  assert.equal(session.command, "connect");
   assert.equal(session.user, "alice");
   assert.equal(session.up, exchange.received);
   assert.equal(session.down, exchange.sent);

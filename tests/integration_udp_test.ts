@@ -495,6 +495,7 @@ Deno.test("--max-udp-per-ip: one association too many gets reply 0x01", async ()
   second.control.close();
   const session = await sessionOf(ferry, second.control.localAddr);
   assert.equal(session.outcome, "max-udp-per-ip");
+  assert.equal(session.command, "udp-associate", "told apart from a CONNECT");
 });
 
 Deno.test("an idle association is evicted: the control connection is closed and so is the relay", async () => {
