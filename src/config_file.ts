@@ -306,10 +306,6 @@ const PARSE_MESSAGES: Readonly<Record<string, string>> = {
 };
 
 /**
- * Errors found inside a string literal, whose token is the whole string: a
- * password, perhaps, so the message gives its place and not its text.
- */
-/**
  * Whether a syntax error at `offset` may be in a password, written any way
  * (unquoted, single-quoted, after a missing colon): after a `"password"` key
  * with no `}` since, or on that key's line. Its token is then not shown.
@@ -321,6 +317,10 @@ function nearPassword(text: string, offset: number): boolean {
   return !since.includes("}") || !since.includes("\n");
 }
 
+/**
+ * Errors found inside a string literal, whose token is the whole string: a
+ * password, perhaps, so the message gives its place and not its text.
+ */
 const IN_STRING_ERRORS: ReadonlySet<string> = new Set([
   "UnexpectedEndOfString",
   "InvalidUnicode",

@@ -428,6 +428,7 @@ Deno.test("a wildcard listener collides with the addresses it takes; other addre
       ["0.0.0.0:1080", "[::1]:1080"],
       ["127.0.0.1:1080", "127.0.0.2:1080"],
       ["[::]:0", "0.0.0.0:0"],
+      ["0.0.0.0:1080", "localhost:1080"], // localhost may be ::1
     ]
   ) {
     const config = await parseRunConfig(JSON.stringify(listenersAt(...apart)), "test.jsonc");
