@@ -189,7 +189,9 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
   // commander answers `help TYPO` with the general help and a clean exit, so
   // a script would not notice the typo; `ferry TYPO` is an error, and so is this.
   const topic = args[0] === "help" ? args[1] : undefined;
-  if (topic !== undefined && !program.commands.some((command) => command.name() === topic)) {
+  const known = (name: string) =>
+    name.startsWith("-") || name === "help" || program.commands.some((c) => c.name() === name);
+  if (topic !== undefined && !known(topic)) {
     output.writeErr(`error: unknown command '${topic}'\n(run with --help for usage)\n`);
     return { command: "exit", code: 2 };
   }

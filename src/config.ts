@@ -270,7 +270,7 @@ export function listensCollide(a: ListenAddress, b: ListenAddress): string | nul
   const [keyA, keyB] = [hostKey(a.hostname), hostKey(b.hostname)];
   if (keyA === keyB) return "the same address";
   for (const [wild, other] of [[keyA, keyB], [keyB, keyA]] as const) {
-    if (wild === "::") return "[::] takes IPv4 connections too";
+    if (wild === "::") return "[::] takes every address, IPv4 ones too";
     // A name may resolve to IPv6 (localhost to ::1): only IPv4 literals are sure to collide.
     if (wild === "0.0.0.0" && parseIPv4(other) !== null) return "0.0.0.0 takes every IPv4 address";
   }

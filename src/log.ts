@@ -188,6 +188,13 @@ export class RateLimitedLog {
       }
       return;
     }
+    if (this.#latest !== null) {
+      // The flush is due but has not run yet (a busy event loop): this event
+      // joins the held ones, and one line tells of them all.
+      this.#held++;
+      this.#latest = emit;
+      return this.flush();
+    }
     this.#last = now;
     emit(0);
   }

@@ -123,6 +123,10 @@ Deno.test("help for an unknown command exits 2 and names it; help for a known on
   const known = await ferry("help", "socks");
   assert.equal(known.code, 0, known.stderr);
   assert.match(known.stdout, /--listen/);
+  for (const topic of ["help", "--help", "-h"]) {
+    const run = await ferry("help", topic);
+    assert.equal(run.code, 0, `help ${topic}: ${run.stderr}`);
+  }
 });
 
 const BAD_VALUES: { args: string[]; value: string; expected: RegExp }[] = [

@@ -411,7 +411,7 @@ Deno.test("a wildcard listener collides with the addresses it takes; other addre
   });
   assert.deepEqual(await problemsOfValue(listenersAt("[::]:1080", "0.0.0.0:1080")), [
     `listeners[1].listen: "0.0.0.0:1080" collides with listeners[0] ("[::]:1080"): ` +
-    `[::] takes IPv4 connections too`,
+    `[::] takes every address, IPv4 ones too`,
   ]);
   assert.deepEqual(await problemsOfValue(listenersAt("127.0.0.1:1080", "0.0.0.0:1080")), [
     `listeners[1].listen: "0.0.0.0:1080" collides with listeners[0] ("127.0.0.1:1080"): ` +

@@ -104,3 +104,18 @@ Deno.test("logfmt: a value with U+2028 and one spelling out \\u2028 read back as
     assert.equal(parseLogfmt(line).user, user, line);
   }
 });
+
+Deno.test("RateLimitedLog: an event after a late flush joins the held ones: one line, not two", async () => {
+  // With the flush timer late (a busy loop), the next event went out on its
+  // own line saying suppressed=0, right before the held ones' line.
+  const log = new RateLimitedLog(20);
+  const lines: { event: number; suppressed: number }[] = [];
+  log.maybe((suppressed) => lines.push({ event: 1, suppressed }));
+  log.maybe((suppressed) => lines.push({ event: 2, suppressed })); // held; flush due in 20 ms
+  for (const until = performance.now() + 40; performance.now() < until;) {
+    // the event loop is busy past the flush's time
+  }
+  log.maybe((suppressed) => lines.push({ event: 3, suppressed }));
+  await new Promise((resolve) => setTimeout(resolve, 50)); // the late timer finds nothing
+  assert.deepEqual(lines, [{ event: 1, suppressed: 0 }, { event: 3, suppressed: 1 }]);
+});
