@@ -255,7 +255,6 @@ function hostKey(host: string): string {
   return v6 === null ? host.toLowerCase() : unmapIPv4(formatIPv6(v6));
 }
 
-const isWildcard = (key: string) => key === "0.0.0.0" || key === "::";
 const isLoopback = (key: string) =>
   key === "::1" || key === "localhost" || /^127\.\d+\.\d+\.\d+$/.test(key);
 
@@ -278,15 +277,35 @@ export function listensCollide(a: ListenAddress, b: ListenAddress): string | nul
 }
 
 /**
- * Whether a forwarder listening on `listen` would forward to itself through
- * `to`: every pooled connection would become a session taking another, until
- * no descriptor is left.
+ * The hosts a connection to `key` surely lands on when it is local: `0.0.0.0`
+ * and `::` connect to the loopback address, and `localhost` may be either.
  */
-export function forwardsToItself(listen: ListenAddress, to: ListenAddress): boolean {
+function localTargets(key: string): readonly string[] {
+  if (key === "0.0.0.0") return ["127.0.0.1"];
+  if (key === "::") return ["::1"];
+  if (key === "localhost") return ["127.0.0.1", "::1"];
+  return [key];
+}
+
+/**
+ * Whether a connection dialled to `to` may arrive at a listener on `listen`
+ * of this host: the same address, the loopback address that a wildcard or
+ * `localhost` dials, or any local address of `listen`'s wildcard (`[::]`
+ * takes both families, `0.0.0.0` IPv4 only). A forwarder whose upstream
+ * reaches its own listener forwards to itself: every pooled connection
+ * becomes a session taking another, until no descriptor is left. Names other
+ * than `localhost` are not looked up, so loops through them are not caught.
+ */
+export function reaches(to: ListenAddress, listen: ListenAddress): boolean {
   if (listen.port === 0 || listen.port !== to.port) return false;
-  const [listenKey, toKey] = [hostKey(listen.hostname), hostKey(to.hostname)];
-  return listenKey === toKey ||
-    isWildcard(listenKey) && (isWildcard(toKey) || isLoopback(toKey));
+  const [toKey, listenKey] = [hostKey(to.hostname), hostKey(listen.hostname)];
+  if (toKey === listenKey) return true;
+  const landsOn = localTargets(toKey);
+  if (listenKey === "::") return landsOn.some(isLoopback);
+  if (listenKey === "0.0.0.0") {
+    return landsOn.some((host) => parseIPv4(host) !== null && isLoopback(host));
+  }
+  return localTargets(listenKey).some((host) => landsOn.includes(host));
 }
 
 /**
@@ -571,7 +590,7 @@ export function buildForwardConfig(raw: RawForwardOptions): ForwardConfig {
   if (targets.length === 0) check.problems.push("--to: required; expected HOST:PORT (repeatable)");
   const upstreams = targets.map((text) => check.hostPort("--to", text, 1));
   upstreams.forEach((upstream, index) => {
-    if (forwardsToItself(common.listen, upstream)) {
+    if (reaches(upstream, common.listen)) {
       check.problems.push(
         `--to: got ${JSON.stringify(targets[index])}; expected an address other than ` +
           `--listen (ferry would forward to itself)`,

@@ -25,7 +25,6 @@ import {
   ConfigError,
   DEFAULTS,
   type ForwardConfig,
-  forwardsToItself,
   fromWhere,
   type ListenAddress,
   listensCollide,
@@ -40,6 +39,7 @@ import {
   parseDuration,
   parseHostPort,
   parseUser,
+  reaches,
   readUtf8File,
   type SocksConfig,
 } from "./config.ts";
@@ -242,17 +242,7 @@ const forwardListener = z.strictObject({
   pool: count(0, MAX_POOL).optional(),
   poolMaxIdle: duration.optional(),
   ...forwardShared,
-}, expecting("a listener object")).superRefine((listener, ctx) => {
-  listener.to.forEach((upstream, index) => {
-    if (!forwardsToItself(listener.listen, upstream)) return;
-    ctx.addIssue({
-      code: "custom",
-      message: `expected an address other than this listener's own (ferry would forward ` +
-        `to itself), got ${show(formatAddress({ host: upstream.hostname, port: upstream.port }))}`,
-      path: ["to", index],
-    });
-  });
-});
+}, expecting("a listener object"));
 
 const fileSchema = z.strictObject({
   log: z.strictObject({
@@ -504,6 +494,63 @@ function collidingListens(raw: unknown, root: JsonNode, problems: Problem[]): vo
   });
 }
 
+/**
+ * Reports forwarders whose upstream leads back to themselves: directly (its
+ * own listen address), or through other forwarders of the file (A to B, B to
+ * A). Either way each connection would make another until no descriptor is
+ * left. A chain that ends anywhere else is fine.
+ */
+function forwardingLoops(
+  listeners: FileConfig["listeners"],
+  root: JsonNode,
+  problems: Problem[],
+): void {
+  /** The forwarders a connection from forwarder `from` may arrive at. */
+  const next = (from: number): number[] => {
+    const listener = listeners[from]!;
+    if (listener.kind !== "forward") return [];
+    return listeners.flatMap((other, index) =>
+      other.kind === "forward" && listener.to.some((to) => reaches(to, other.listen)) ? [index] : []
+    );
+  };
+  listeners.forEach((listener, index) => {
+    if (listener.kind !== "forward") return;
+    listener.to.forEach((to, toIndex) => {
+      const firsts = listeners.flatMap((other, hop) =>
+        other.kind === "forward" && reaches(to, other.listen) ? [hop] : []
+      );
+      for (const first of firsts) {
+        // Breadth-first from `first`: does it lead back to `index`?
+        const seen = new Map<number, number>([[first, -1]]); // forwarder → the one before it
+        for (const queue = [first]; queue.length > 0;) {
+          const at = queue.shift()!;
+          if (at === index) {
+            const path: number[] = [];
+            for (let hop = at; hop !== -1; hop = seen.get(hop)!) path.unshift(hop);
+            const via = path.length === 1
+              ? ""
+              : ` through ${path.slice(0, -1).map((hop) => `listeners[${hop}]`).join(", ")}`;
+            const where = ["listeners", index, "to", toIndex];
+            problems.push({
+              offset: nodeAt(root, where).offset,
+              text: `${formatPath(where)}: expected an address that does not lead back to this ` +
+                `listener${via} (ferry would forward to itself), got ${
+                  show(formatAddress({ host: to.hostname, port: to.port }))
+                }`,
+            });
+            return;
+          }
+          for (const hop of next(at)) {
+            if (seen.has(hop)) continue;
+            seen.set(hop, at);
+            queue.push(hop);
+          }
+        }
+      }
+    });
+  });
+}
+
 const defaultMs = (text: string): number => parseDuration(text)!;
 
 /** Puts defaults, file-wide defaults and per-listener settings together. */
@@ -612,6 +659,7 @@ async function readRunConfig(text: string, source: string): Promise<RunConfig> {
     for (const issue of result.error.issues) problems.push(...problemsOf(issue, root, source));
   }
   collidingListens(raw, root, problems);
+  if (result.success) forwardingLoops(result.data.listeners, root, problems);
 
   const users = new Map<number, Map<string, Uint8Array>>();
   if (isObject(raw) && Array.isArray(raw.listeners)) {

@@ -436,22 +436,56 @@ Deno.test("a wildcard listener collides with the addresses it takes; other addre
   }
 });
 
-Deno.test("a forwarder whose upstream is its own listen address is an error", async () => {
+Deno.test("a forwarder whose upstream leads back to it is an error, directly or through another", async () => {
   // It used to dial itself: every pooled connection a session taking another,
   // every descriptor gone with no client at all.
-  const forwarder = (listen: string, to: string[]) => ({
-    listeners: [{ kind: "forward", listen, to }],
-  });
+  const forwarder = (listen: string, to: string[]) => ({ kind: "forward", listen, to });
+  const file = (...listeners: unknown[]) => ({ listeners });
   assert.deepEqual(
-    await problemsOfValue(forwarder("127.0.0.1:2222", ["[::1]:22", "127.0.0.1:2222"])),
+    await problemsOfValue(file(forwarder("127.0.0.1:2222", ["[::1]:22", "127.0.0.1:2222"]))),
     [
-      `listeners[0].to[1]: expected an address other than this listener's own (ferry would ` +
-      `forward to itself), got "127.0.0.1:2222"`,
+      `listeners[0].to[1]: expected an address that does not lead back to this listener ` +
+      `(ferry would forward to itself), got "127.0.0.1:2222"`,
     ],
   );
-  assert.equal((await problemsOfValue(forwarder("0.0.0.0:2222", ["localhost:2222"]))).length, 1);
-  const apart = forwarder("127.0.0.1:2222", ["127.0.0.1:22"]);
-  assert.equal((await parseRunConfig(JSON.stringify(apart), "test.jsonc")).listeners.length, 1);
+  for (
+    const [listen, to] of [["0.0.0.0:2222", "localhost:2222"], ["127.0.0.1:2222", "localhost:2222"]]
+  ) {
+    assert.equal(
+      (await problemsOfValue(file(forwarder(listen!, [to!])))).length,
+      1,
+      `${listen} ${to}`,
+    );
+  }
+  // Two forwarders pointing at each other.
+  assert.deepEqual(
+    await problemsOfValue(
+      file(
+        forwarder("127.0.0.1:2001", ["127.0.0.1:2002"]),
+        forwarder("127.0.0.1:2002", ["127.0.0.1:2001"]),
+      ),
+    ),
+    [
+      `listeners[0].to[0]: expected an address that does not lead back to this listener through ` +
+      `listeners[1] (ferry would forward to itself), got "127.0.0.1:2002"`,
+      `listeners[1].to[0]: expected an address that does not lead back to this listener through ` +
+      `listeners[0] (ferry would forward to itself), got "127.0.0.1:2001"`,
+    ],
+  );
+  // Fine: another port, a chain that ends, and IPv4 only to an IPv6-only service.
+  for (
+    const listeners of [
+      [forwarder("127.0.0.1:2222", ["127.0.0.1:22"])],
+      [
+        forwarder("127.0.0.1:2001", ["127.0.0.1:2002"]),
+        forwarder("127.0.0.1:2002", ["127.0.0.1:22"]),
+      ],
+      [forwarder("0.0.0.0:2222", ["[::1]:2222"])],
+    ]
+  ) {
+    const config = await parseRunConfig(JSON.stringify(file(...listeners)), "test.jsonc");
+    assert.equal(config.listeners.length, listeners.length);
+  }
 });
 
 Deno.test("missing, empty or mistyped listeners are errors", async () => {

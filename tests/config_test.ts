@@ -128,6 +128,8 @@ Deno.test("--pool is at most MAX_POOL, and --to may not be --listen itself", () 
       ["[::1]:41186", "[0:0::1]:41186"],
       ["0.0.0.0:41186", "127.0.0.2:41186"],
       ["[::]:41186", "localhost:41186"],
+      ["127.0.0.1:41186", "localhost:41186"],
+      ["0.0.0.0:41186", "0.0.0.0:41186"],
     ]
   ) {
     assert.throws(
@@ -140,6 +142,8 @@ Deno.test("--pool is at most MAX_POOL, and --to may not be --listen itself", () 
     );
   }
   assert.equal(buildForwardConfig({ listen: "127.0.0.1:0", to: ["127.0.0.1:1"] }).kind, "forward");
+  // 0.0.0.0 is IPv4 only: an IPv6-only service on the same port is another listener.
+  assert.equal(buildForwardConfig({ listen: "0.0.0.0:2222", to: ["[::1]:2222"] }).kind, "forward");
 });
 
 Deno.test("parseHostPort() rejects malformed addresses", () => {
