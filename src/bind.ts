@@ -10,7 +10,8 @@
 import { lookupAll } from "./upstream/lookups.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { closeQuietly } from "./close_quietly.ts";
-import { type Address, bindableHost, unmapIPv4 } from "./protocol/address.ts";
+import { type Address, unmapIPv4 } from "./protocol/address.ts";
+import { zonedHost } from "./link_local.ts";
 
 /**
  * Which peers may connect: the request's DST.ADDR, resolved when it is a
@@ -41,9 +42,12 @@ export class BindListener implements Disposable {
   refused = 0;
   #closed = false;
 
-  /** Listens on an ephemeral port of `hostname`, the address the client came in on. */
+  /**
+   * Listens on an ephemeral port of `hostname`, the address the client came
+   * in on (on its interface, for a link-local one: see src/link_local.ts).
+   */
   constructor(hostname: string) {
-    this.#listener = Deno.listen({ hostname: bindableHost(hostname), port: 0, transport: "tcp" });
+    this.#listener = Deno.listen({ hostname: zonedHost(hostname), port: 0, transport: "tcp" });
     this.addr = { ...this.#listener.addr, hostname };
   }
 

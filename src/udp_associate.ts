@@ -15,7 +15,8 @@
 import dgram from "node:dgram";
 import { once } from "node:events";
 import { lookupAll } from "./upstream/lookups.ts";
-import { type Address, addressOf, bindableHost } from "./protocol/address.ts";
+import { type Address, addressOf } from "./protocol/address.ts";
+import { zonedHost } from "./link_local.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { decodeUdpDatagram, encodeUdpHeader } from "./protocol/socks5.ts";
 
@@ -194,6 +195,8 @@ export class UdpAssociation {
   /** The client-facing socket's own IP (the interface's, when bound to the wildcard). */
   readonly #relayIp: string;
   #clientPort: number;
+  /** Where answers go: the client's IP, with the zone (`%2`) of a link-local one. */
+  readonly #clientSendIp: string;
   /** Outbound sockets by family, once bound (see `#outboundReady`). */
   readonly #outbound = new Map<"udp4" | "udp6", OrderedSender>();
   readonly #binding = new Map<"udp4" | "udp6", Promise<OrderedSender>>();
@@ -205,8 +208,10 @@ export class UdpAssociation {
   readonly #waiting: Outgoing[] = [];
   #closed = false;
 
-  private constructor(options: UdpAssociationOptions, clientSocket: dgram.Socket) {
+  private constructor(options: UdpAssociationOptions, clientSocket: dgram.Socket, zone: string) {
     this.#options = options;
+    // A link-local client is on the relay socket's link: answers go out of it.
+    this.#clientSendIp = options.clientIp + zone;
     this.#client = new OrderedSender(clientSocket);
     this.#relayIp = options.bindHost;
     this.#clientPort = options.clientPort;
@@ -216,15 +221,18 @@ export class UdpAssociation {
 
   /** Binds the client-facing socket on an ephemeral port. Rejects if it cannot be bound. */
   static async open(options: UdpAssociationOptions): Promise<UdpAssociation> {
+    // On the interface the client came in on, for a link-local address too:
+    // bound without its zone, a socket would not know which link to answer on.
+    const bindTo = zonedHost(options.bindHost);
     const socket = dgram.createSocket(familyOf(options.bindHost));
-    socket.bind(0, bindableHost(options.bindHost));
+    socket.bind(0, bindTo);
     try {
       await once(socket, "listening"); // rejects on an "error" event first
     } catch (error) {
       closeSocket(socket);
       throw error;
     }
-    return new UdpAssociation(options, socket);
+    return new UdpAssociation(options, socket, bindTo.slice(options.bindHost.length));
   }
 
   /** The client-facing socket's address (`bindHost`, even where the socket took the wildcard). */
@@ -375,7 +383,7 @@ export class UdpAssociation {
     out.set(header);
     out.set(message, header.length);
     const length = message.length; // not `message`: a view of the 64 KiB receive buffer
-    this.#send(this.#client, out, this.#clientPort, this.#options.clientIp, () => {
+    this.#send(this.#client, out, this.#clientPort, this.#clientSendIp, () => {
       this.counters.udpOut++;
       this.counters.down += length;
       this.#options.onActivity();

@@ -165,20 +165,10 @@ export function unmapIPv4(host: string): string {
 
 /**
  * Whether `host` is an IPv6 link-local address (fe80::/10). Deno reports such
- * an address without its zone (`%eth0`), and one without a zone cannot be
- * bound: a socket meant for "the interface the client came in on" has to
- * take the wildcard address instead (see {@linkcode bindableHost}).
+ * an address without its zone (`%eth0`), and one without a zone can be
+ * neither bound nor sent to reliably: see {@linkcode zonedHost}.
  */
 export function isLinkLocalIPv6(host: string): boolean {
   const bytes = parseIPv6(host);
   return bytes !== null && bytes[0] === 0xfe && (bytes[1]! & 0xc0) === 0x80;
-}
-
-/**
- * The address to bind a socket to so that it listens on the interface whose
- * address is `host`: `host` itself, or `::` for a link-local address (see
- * {@linkcode isLinkLocalIPv6}); the client is still told `host`.
- */
-export function bindableHost(host: string): string {
-  return isLinkLocalIPv6(host) ? "::" : host;
 }

@@ -49,6 +49,7 @@ export function ferryCommandArgs(args: string[]): string[] {
     "--allow-read",
     "--allow-env=NO_COLOR,FORCE_COLOR,CLICOLOR_FORCE",
     "--allow-run=prlimit",
+    "--allow-sys=networkInterfaces",
     MAIN,
     ...args,
   ];
