@@ -350,30 +350,42 @@ export function checkHostPort(text: string, minPort: 0 | 1): ListenAddress | { p
 
 const encoder = new TextEncoder();
 
+/** A text file's content, and which of its lines (from 1) are not UTF-8. */
+export interface TextFile {
+  /** Decoded with U+FFFD in place of bytes that are not UTF-8. */
+  readonly text: string;
+  readonly notUtf8: ReadonlySet<number>;
+}
+
+/** The problem of a users-file line that is not UTF-8, to follow `PATH:LINE: `. */
+export const NOT_UTF8_USER =
+  "not UTF-8 text; save the file as UTF-8 (a password is compared as its UTF-8 bytes)";
+
 /**
- * Reads a text file that must be UTF-8. Deno's `readTextFile` would put
- * U+FFFD in place of bad bytes: a Latin-1 password would then never match
- * what a client sends, with no word said. Throws naming the first bad line.
+ * Reads a text file that should be UTF-8, and says which lines are not.
+ * Deno's `readTextFile` puts U+FFFD in place of bad bytes without a word: a
+ * Latin-1 password in a users file was then taken, and never matched what a
+ * client sends. Callers refuse such lines, unless they are comments.
  */
-export async function readUtf8File(path: string): Promise<string> {
+export async function readTextFile(path: string): Promise<TextFile> {
   const bytes = await Deno.readFile(path);
+  const lenient = new TextDecoder("utf-8");
+  const strict = new TextDecoder("utf-8", { fatal: true });
   try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return { text: strict.decode(bytes), notUtf8: new Set() };
   } catch {
-    const strict = new TextDecoder("utf-8", { fatal: true });
-    let line = 1;
-    for (let start = 0; start <= bytes.length;) {
+    const notUtf8 = new Set<number>();
+    for (let start = 0, line = 1; start <= bytes.length; line++) {
       const end = bytes.indexOf(0x0a, start);
       const stop = end < 0 ? bytes.length : end;
       try {
         strict.decode(bytes.subarray(start, stop));
       } catch {
-        break;
+        notUtf8.add(line);
       }
-      line++;
       start = stop + 1;
     }
-    throw new Error(`line ${line} is not UTF-8 text (save the file as UTF-8)`);
+    return { text: lenient.decode(bytes), notUtf8 };
   }
 }
 
@@ -539,9 +551,9 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
   };
   for (const text of raw.user ?? []) addUser(text, "--user");
   if (raw.usersFile !== undefined) {
-    let content: string | null = null;
+    let content: TextFile | null = null;
     try {
-      content = await readUtf8File(raw.usersFile);
+      content = await readTextFile(raw.usersFile);
     } catch (error) {
       check.problems.push(
         `--users-file: cannot read ${JSON.stringify(raw.usersFile)}${fromWhere(raw.usersFile)}: ${
@@ -551,10 +563,13 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     }
     if (content !== null) {
       const before = users.size;
-      content.split(/\r?\n/).forEach((line, index) => {
+      const { notUtf8 } = content;
+      content.text.split(/\r?\n/).forEach((line, index) => {
         const trimmed = line.trim();
         if (trimmed === "" || trimmed.startsWith("#")) return;
-        addUser(trimmed, `${raw.usersFile}:${index + 1}`);
+        const where = `${raw.usersFile}:${index + 1}`;
+        if (notUtf8.has(index + 1)) check.problems.push(`${where}: ${NOT_UTF8_USER}`);
+        else addUser(trimmed, where);
       });
       if (users.size === before && !check.problems.some((p) => p.startsWith(`${raw.usersFile}:`))) {
         check.problems.push(

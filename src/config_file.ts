@@ -36,12 +36,14 @@ import {
   logLevelOf,
   MAX_POOL,
   NO_UDP_ADVERTISE,
+  NOT_UTF8_USER,
   parseDuration,
   parseHostPort,
   parseUser,
   reaches,
-  readUtf8File,
+  readTextFile,
   type SocksConfig,
+  type TextFile,
 } from "./config.ts";
 import { formatAddress } from "./protocol/address.ts";
 
@@ -297,10 +299,20 @@ const PARSE_MESSAGES: Readonly<Record<string, string>> = {
 
 /**
  * Whether a syntax error at `offset` may be in a password, written any way
- * (unquoted, single-quoted, after a missing colon): after a `"password"` key
- * with no `}` since, or on that key's line. Its token is then not shown.
+ * (unquoted, single-quoted, after a missing colon, holding a `}`): anywhere
+ * inside a `"users"` array, or after a `"password"` key with no `}` since or
+ * on that key's line. Its token is then not shown.
  */
 function nearPassword(text: string, offset: number): boolean {
+  const users = text.lastIndexOf('"users"', offset);
+  if (users >= 0) {
+    let depth = 0; // of [ ] since the key: a password's own brackets may skew it, rarely
+    for (let i = users; i < offset; i++) {
+      if (text[i] === "[") depth++;
+      else if (text[i] === "]") depth--;
+    }
+    if (depth > 0) return true;
+  }
   const key = text.lastIndexOf('"password"', offset);
   if (key < 0) return false;
   const since = text.slice(key, offset);
@@ -426,9 +438,9 @@ async function collectUsers(check: UsersCheck): Promise<Map<string, Uint8Array>>
   const filePath = [...path, "usersFile"];
   const offset = nodeAt(root, filePath).offset;
   const fullPath = resolve(check.baseDir, file);
-  let content: string;
+  let content: TextFile;
   try {
-    content = await readUtf8File(fullPath);
+    content = await readTextFile(fullPath);
   } catch (error) {
     problems.push({
       offset,
@@ -438,10 +450,15 @@ async function collectUsers(check: UsersCheck): Promise<Map<string, Uint8Array>>
   }
   let defined = 0;
   let bad = false;
-  content.split(/\r?\n/).forEach((line, index) => {
+  content.text.split(/\r?\n/).forEach((line, index) => {
     const trimmed = line.trim();
     if (trimmed === "" || trimmed.startsWith("#")) return;
     const where = `${fullPath}:${index + 1}`;
+    if (content.notUtf8.has(index + 1)) {
+      problems.push({ offset, text: `${where}: ${NOT_UTF8_USER}` });
+      bad = true;
+      return;
+    }
     const parsed = parseUser(trimmed);
     if (typeof parsed === "string") {
       problems.push({ offset, text: `${where}: ${parsed}` });
@@ -459,6 +476,12 @@ async function collectUsers(check: UsersCheck): Promise<Map<string, Uint8Array>>
     });
   }
   return users;
+}
+
+/** Every string in the document, keys included. */
+function stringNodes(node: JsonNode): JsonNode[] {
+  if (node.type === "string") return [node];
+  return (node.children ?? []).flatMap(stringNodes);
 }
 
 const isObject = (value: unknown): value is Record<string, unknown> =>
@@ -607,9 +630,13 @@ function buildListeners(
  * reading those files is the only I/O. Throws {@linkcode ConfigError} listing
  * every problem, in file order.
  */
-export async function parseRunConfig(text: string, source: string): Promise<RunConfig> {
+export async function parseRunConfig(
+  text: string,
+  source: string,
+  notUtf8: ReadonlySet<number> = new Set(),
+): Promise<RunConfig> {
   try {
-    return await readRunConfig(text, source);
+    return await readRunConfig(text, source, notUtf8);
   } catch (error) {
     // The parser and the schema recurse once a level: thousands of nested
     // arrays overflow the stack, which must not end ferry with a stack trace.
@@ -618,7 +645,11 @@ export async function parseRunConfig(text: string, source: string): Promise<RunC
   }
 }
 
-async function readRunConfig(text: string, source: string): Promise<RunConfig> {
+async function readRunConfig(
+  text: string,
+  source: string,
+  notUtf8: ReadonlySet<number>,
+): Promise<RunConfig> {
   // Editors on Windows often save a byte order mark, which is no JSON token.
   if (text.startsWith("\uFEFF")) text = text.slice(1);
   const parseErrors: ParseError[] = [];
@@ -627,6 +658,22 @@ async function readRunConfig(text: string, source: string): Promise<RunConfig> {
     disallowComments: false,
     allowEmptyContent: false,
   });
+  // Bytes that are not UTF-8 may sit in a comment (a Latin-1 é); in a value
+  // they would change it, and a file in another encoding (UTF-16) is one
+  // problem, not a parse error for every character.
+  const notUtf8Problem = (line: number) =>
+    `${source}:${line}: not UTF-8 text; save the file as UTF-8`;
+  if (notUtf8.size > 0 && (parseErrors.length > 0 || !root)) {
+    throw new ConfigError([notUtf8Problem(Math.min(...notUtf8))]);
+  }
+  if (notUtf8.size > 0) {
+    const spoilt = stringNodes(root!).find((node) =>
+      text.slice(node.offset, node.offset + node.length).includes("\uFFFD")
+    );
+    if (spoilt) {
+      throw new ConfigError([notUtf8Problem(Number(lineCol(text, spoilt.offset).split(":")[0]))]);
+    }
+  }
   if (parseErrors.length > 0 || !root) {
     // One error a place: the parser often reports a second one where it recovers.
     const firsts = parseErrors.filter((error, index) =>
@@ -698,13 +745,13 @@ export async function loadConfigFile(path: string): Promise<RunConfig> {
   if (path.trim() === "") {
     throw new ConfigError([`--config: expected a file path, got ${show(path)}`]);
   }
-  let text: string;
+  let file: TextFile;
   try {
-    text = await readUtf8File(path);
+    file = await readTextFile(path);
   } catch (error) {
     throw new ConfigError([
       `${path}: cannot read the configuration file${fromWhere(path)}: ${(error as Error).message}`,
     ]);
   }
-  return await parseRunConfig(text, path);
+  return await parseRunConfig(file.text, path, file.notUtf8);
 }

@@ -259,6 +259,7 @@ Deno.test("a password is not shown however the syntax around it is wrong", async
       `"password": 'hunter2 S3cret'`, // single quotes
       `"password": "hunter2" S3cret"`, // a quote inside
       `"password": hunter2}S3cret`,
+      `"password":\n  'hunter2}S3cret'`, // on the next line, holding a brace
     ]
   ) {
     const problems = await problemsOf(parseRunConfig(user(rest), "test.jsonc"));
@@ -654,8 +655,31 @@ Deno.test("a configuration file saved as UTF-16 is one problem, not a screenful"
     for (let i = 0; i < text.length; i++) bytes[2 + 2 * i] = text.charCodeAt(i);
     await Deno.writeFile(path, bytes);
     assert.deepEqual(await problemsOf(loadConfigFile(path)), [
-      `${path}: cannot read the configuration file: line 1 is not UTF-8 text ` +
-      `(save the file as UTF-8)`,
+      `${path}:1: not UTF-8 text; save the file as UTF-8`,
+    ]);
+  });
+});
+
+Deno.test("bytes that are not UTF-8 are refused in a value, and let be in a comment", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/latin1.jsonc`;
+    const latin1 = (text: string) =>
+      new Uint8Array([...text].map((c) => c === "é" ? 0xe9 : c.charCodeAt(0)));
+    const listener = `{ "kind": "socks", "listen": "127.0.0.1:0", "users": ` +
+      `[{ "name": "alice", "password": "PASSWORD" }] }`;
+    // A comment in Latin-1 used to be fine, and is again.
+    await Deno.writeFile(
+      path,
+      latin1(`// café\n{ "listeners": [${listener.replace("PASSWORD", "plain")}] }`),
+    );
+    assert.equal((await loadConfigFile(path)).listeners.length, 1);
+    // In a password it would change it.
+    await Deno.writeFile(
+      path,
+      latin1(`{ "listeners": [\n${listener.replace("PASSWORD", "café")}] }`),
+    );
+    assert.deepEqual(await problemsOf(loadConfigFile(path)), [
+      `${path}:2: not UTF-8 text; save the file as UTF-8`,
     ]);
   });
 });

@@ -415,9 +415,15 @@ Deno.test("buildSocksConfig() refuses a users file that is not UTF-8, naming the
     const path = `${dir}/users`;
     await Deno.writeFile(path, new Uint8Array([...encoder.encode("alice:a\nbob:p"), 0xe4, 0x73]));
     assert.deepEqual(await problemsOf({ usersFile: path }), [
-      `--users-file: cannot read ${JSON.stringify(path)}: line 2 is not UTF-8 text ` +
-      `(save the file as UTF-8)`,
+      `${path}:2: not UTF-8 text; save the file as UTF-8 (a password is compared as its UTF-8 ` +
+      `bytes)`,
     ]);
+    // In a comment, any bytes will do: such files used to work.
+    await Deno.writeFile(
+      path,
+      new Uint8Array([...encoder.encode("# caf"), 0xe9, 0x0a, ...encoder.encode("alice:a\n")]),
+    );
+    assert.equal((await buildSocksConfig({ usersFile: path })).users.size, 1);
     await Deno.writeTextFile(path, "alice:a\nbob:päss\n");
     const config = await buildSocksConfig({ usersFile: path });
     assert.deepEqual(config.users.get("bob"), encoder.encode("päss"));
