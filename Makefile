@@ -8,8 +8,9 @@ DENO := $(or $(shell command -v deno 2>/dev/null),$(LOCAL_DENO))
 
 .PHONY: run test check bench build clean deno
 
+# make run ARGS="--listen 0.0.0.0:1080 --user alice:secret"
 run: $(DENO)
-	$(DENO) task start socks
+	$(DENO) task start socks $(ARGS)
 
 test: $(DENO)
 	@sh tests/check_tools.sh

@@ -55,7 +55,7 @@ function addListenerOptions(command: Command, withHandshake: boolean): Command {
     )
     .option(
       "--shutdown-grace <duration>",
-      "on SIGINT/SIGTERM, let sessions finish for this long",
+      "on SIGINT, SIGTERM or SIGHUP, let sessions finish for this long",
       DEFAULTS.shutdownGrace,
     )
     .option(
