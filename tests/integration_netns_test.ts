@@ -80,26 +80,35 @@ async function run(
   }
 }
 
+/**
+ * Runs `probe` (a Deno script printing one JSON line last) in a new network
+ * namespace with `lo` up, after the shell commands `setup`; returns that line.
+ */
+async function probeInNamespace(setup: string, probe: string): Promise<unknown> {
+  // The namespace has no network: fetch ferry's dependencies out here first.
+  const cached = await run(Deno.execPath(), ["cache", MAIN, probe], 120_000);
+  assert.equal(cached.code, 0, `deno cache failed:\n${cached.stderr}`);
+  const result = await run("unshare", [
+    "-n",
+    "bash",
+    "-c",
+    `set -e; ip link set lo up; ${setup}; exec "$0" run -A "$1"`,
+    Deno.execPath(),
+    probe,
+  ], 60_000);
+  assert.equal(result.code, 0, `probe failed:\n${result.stdout}\n${result.stderr}`);
+  return JSON.parse(result.stdout.trim().split("\n").at(-1) ?? "");
+}
+
 Deno.test({
   name:
     "in a namespace with no route, an unreachable route and no resolver, CONNECT gets 0x03, 0x04 and 0x04",
   ignore: !netnsAvailable,
   async fn() {
-    // The namespace has no network: fetch ferry's dependencies out here first.
-    const cached = await run(Deno.execPath(), ["cache", MAIN, PROBE], 120_000);
-    assert.equal(cached.code, 0, `deno cache failed:\n${cached.stderr}`);
-
-    const result = await run("unshare", [
-      "-n",
-      "bash",
-      "-c",
-      'set -e; ip link set lo up; ip route add unreachable 198.51.100.0/24; exec "$0" run -A "$1"',
-      Deno.execPath(),
+    const { results } = await probeInNamespace(
+      "ip route add unreachable 198.51.100.0/24",
       PROBE,
-    ], 60_000);
-    assert.equal(result.code, 0, `probe failed:\n${result.stdout}\n${result.stderr}`);
-    const lastLine = result.stdout.trim().split("\n").at(-1) ?? "";
-    const { results } = JSON.parse(lastLine) as { results: ProbeResult[] };
+    ) as { results: ProbeResult[] };
     const byName = Object.fromEntries(results.map((r) => [r.name, r]));
     const show = JSON.stringify(results);
 
@@ -121,20 +130,11 @@ Deno.test({
   async fn() {
     // Deno reports fe80::1 without its zone (%ll0), and that cannot be bound:
     // both used to fail with 0x01 while CONNECT worked.
-    const cached = await run(Deno.execPath(), ["cache", MAIN, LINK_LOCAL_PROBE], 120_000);
-    assert.equal(cached.code, 0, `deno cache failed:\n${cached.stderr}`);
-    const result = await run("unshare", [
-      "-n",
-      "bash",
-      "-c",
-      "set -e; ip link set lo up; ip link add ll0 type veth peer name ll1; " +
-      "ip link set ll1 up; ip link set ll0 up; ip addr add fe80::1/64 dev ll0 nodad; " +
-      'exec "$0" run -A "$1"',
-      Deno.execPath(),
+    const probed = await probeInNamespace(
+      "ip link add ll0 type veth peer name ll1; ip link set ll1 up; ip link set ll0 up; " +
+        "ip addr add fe80::1/64 dev ll0 nodad",
       LINK_LOCAL_PROBE,
-    ], 60_000);
-    assert.equal(result.code, 0, `probe failed:\n${result.stdout}\n${result.stderr}`);
-    const probed = JSON.parse(result.stdout.trim().split("\n").at(-1) ?? "");
+    );
     assert.deepEqual(probed, {
       bind: { first: 0, firstHost: "fe80::1", second: 0, carried: "from the peer" },
       udp: { reply: 0, host: "fe80::1", echoed: "ping" },
