@@ -113,7 +113,13 @@ export class SocksSession extends ProxySession {
 
     const replyWith = (code: number) =>
       socks5.encodeReply({ reply: code, address: socks5.UNBOUND });
-    const request = await this.#decode(socks5.decodeRequest, replyWith);
+    let request: socks5.Request;
+    try {
+      request = await this.#decode(socks5.decodeRequest, replyWith);
+    } catch (error) {
+      this.#describeRefusedRequest(error, false);
+      throw error;
+    }
     this.requested = formatAddress(request.address);
     this.#command = commandName(request.command);
     if (request.command === socks5.Command.Bind) {
@@ -150,7 +156,13 @@ export class SocksSession extends ProxySession {
     this.protocol = "socks4";
     const { users } = this.#socks;
     const replyWith = (code: number) => socks4.encodeReply({ reply: code, port: 0, ip: "0.0.0.0" });
-    const request = await this.#decode(socks4.decodeRequest, replyWith);
+    let request: socks4.Request;
+    try {
+      request = await this.#decode(socks4.decodeRequest, replyWith);
+    } catch (error) {
+      this.#describeRefusedRequest(error, true);
+      throw error;
+    }
     this.#command = commandName(request.command);
     if (request.address.type === "domain") this.protocol = "socks4a";
     if (request.userId.length > 0) this.user = shownName.decode(request.userId);
@@ -320,6 +332,21 @@ export class SocksSession extends ProxySession {
     }
   }
 
+  /**
+   * What the log line says of a request the decoder refused (a name that is
+   * not UTF-8, an unknown SOCKS4 command), from the bytes it had: the command,
+   * and for SOCKS4 whether it was SOCKS4a (a 0.0.0.x address).
+   */
+  #describeRefusedRequest(error: unknown, socks4Request: boolean): void {
+    if (!(error instanceof ProtocolError)) return;
+    const bytes = this.#pending.subarray(0, this.#pendingLength);
+    if (bytes.length >= 2) this.#command = commandName(bytes[1]!, socks4Request);
+    if (
+      socks4Request && bytes.length >= 8 && bytes[4] === 0 && bytes[5] === 0 && bytes[6] === 0 &&
+      bytes[7] !== 0
+    ) this.protocol = "socks4a";
+  }
+
   protected override logFields(): Record<string, unknown> {
     const fields: Record<string, unknown> = { command: this.#command };
     if (this.#association) {
@@ -404,9 +431,15 @@ export class SocksSession extends ProxySession {
   }
 }
 
-/** `connect`, `bind` or `udp-associate` (SOCKS4 and SOCKS5 share the codes 1 and 2), else `0x09`. */
-function commandName(code: number): string {
-  return COMMAND_NAMES[code] ?? `0x${code.toString(16).padStart(2, "0")}`;
+/**
+ * `connect`, `bind` or (SOCKS5 only) `udp-associate`, else the code, `0x09`.
+ * SOCKS4 and SOCKS5 share the codes 1 and 2.
+ */
+function commandName(code: number, socks4Request = false): string {
+  const name = socks4Request && code === socks5.Command.UdpAssociate
+    ? undefined
+    : COMMAND_NAMES[code];
+  return name ?? `0x${code.toString(16).padStart(2, "0")}`;
 }
 
 const COMMAND_NAMES: Readonly<Record<number, string>> = {

@@ -309,6 +309,7 @@ Deno.test("SOCKS4 unknown command 0x03 gets reply 91 and is logged as SOCKS5's i
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "command-not-supported");
   assert.equal(session.protocol, "socks4");
+  assert.equal(session.command, "0x03");
 });
 
 Deno.test("SOCKS5 address type 0x02 gets reply 0x08 address type not supported", async () => {
@@ -407,6 +408,22 @@ Deno.test("a domain name that is not UTF-8 gets 0x04, and the log line says why"
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "protocol-error");
   assert.equal(session.error, "host name is not valid UTF-8");
+  assert.equal(session.command, "connect", "what was asked, though refused");
+});
+
+Deno.test("a SOCKS4a name that is not UTF-8 gets 91 and is logged as SOCKS4a", async () => {
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const name = concat([encoder.encode("caf"), Uint8Array.of(0xe9), encoder.encode(".test")]);
+  // VN CD=CONNECT PORT 0.0.0.1 USERID NUL NAME NUL
+  await client.write(concat([Uint8Array.of(4, 1, 0, 80, 0, 0, 0, 1, 0), name, Uint8Array.of(0)]));
+  const reply = await client.readExactly(8);
+  assert.equal(reply[1], 91);
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "protocol-error");
+  assert.equal(session.protocol, "socks4a");
+  assert.equal(session.command, "connect");
 });
 
 Deno.test("CONNECT to port 0 gets 0x01, and the log line names the system's reason", async () => {
