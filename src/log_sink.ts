@@ -58,6 +58,8 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
   /** Whether a failed write may have cut a line short: the next starts a new one. */
   let lineOpen = false;
   let dropped = 0;
+  /** The last failed write's error, if records were dropped for it since the last report. */
+  let failure: string | null = null;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let writing: Promise<void> | null = null;
   let broken = false;
@@ -72,7 +74,9 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
         if (
           !(error instanceof Deno.errors.WouldBlock || error instanceof Deno.errors.Interrupted)
         ) {
-          lineOpen = offset > 0 && bytes[offset - 1] !== 0x0a;
+          // A line cut short stays open until a write ends it, through any
+          // number of failed retries that wrote nothing.
+          if (offset > 0) lineOpen = bytes[offset - 1] !== 0x0a;
           throw error;
         }
         // Nothing says when the reader will catch up: poll, from 1 ms to 100.
@@ -87,7 +91,7 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
     for (const record of records) text += formatter(record);
     // Records are dropped only once the pending ones fill up, so the report
     // of the drop comes after them.
-    if (droppedBefore > 0) text += formatter(droppedRecord(droppedBefore));
+    if (droppedBefore > 0) text += formatter(droppedRecord(droppedBefore, failure));
     return text;
   };
 
@@ -101,6 +105,7 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
       try {
         await writeAll(encoder.encode(formatBatch(batch, droppedBefore)));
         lineOpen = false;
+        if (droppedBefore > 0) failure = null;
       } catch (error) {
         if (isGone(error)) {
           broken = true; // nowhere left to report it
@@ -108,6 +113,7 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
           return;
         }
         dropped += droppedBefore + batch.length;
+        failure = error instanceof Error ? error.message : String(error);
         await unrefSleep(retryAfterMs);
       }
     }
@@ -170,8 +176,10 @@ function unrefSleep(ms: number): Promise<void> {
 }
 
 /** The record that stands for `count` dropped ones, in the sink's own format. */
-function droppedRecord(count: number): LogRecord {
-  const message = `${count} log records dropped: stderr did not keep up`;
+function droppedRecord(count: number, failure: string | null): LogRecord {
+  const message = failure === null
+    ? `${count} log records dropped: stderr did not keep up`
+    : `${count} log records dropped: writing to stderr failed (${failure})`;
   return {
     category: ["ferry", "log"],
     level: "warning",
