@@ -528,21 +528,22 @@ function forwardingLoops(
   root: JsonNode,
   problems: Problem[],
 ): void {
+  /** For each `to` of each forwarder, the forwarders a connection to it may arrive at. */
+  const arrivesAt = listeners.map((listener) =>
+    listener.kind !== "forward"
+      ? []
+      : listener.to.map((to) =>
+        listeners.flatMap((other, index) =>
+          other.kind === "forward" && reaches(to, other.listen) ? [index] : []
+        )
+      )
+  );
   /** The forwarders a connection from forwarder `from` may arrive at. */
-  const next = (from: number): number[] => {
-    const listener = listeners[from]!;
-    if (listener.kind !== "forward") return [];
-    return listeners.flatMap((other, index) =>
-      other.kind === "forward" && listener.to.some((to) => reaches(to, other.listen)) ? [index] : []
-    );
-  };
+  const next = arrivesAt.map((perTo) => [...new Set(perTo.flat())]);
   listeners.forEach((listener, index) => {
     if (listener.kind !== "forward") return;
     listener.to.forEach((to, toIndex) => {
-      const firsts = listeners.flatMap((other, hop) =>
-        other.kind === "forward" && reaches(to, other.listen) ? [hop] : []
-      );
-      for (const first of firsts) {
+      for (const first of arrivesAt[index]![toIndex]!) {
         // Breadth-first from `first`: does it lead back to `index`?
         const seen = new Map<number, number>([[first, -1]]); // forwarder → the one before it
         for (const queue = [first]; queue.length > 0;) {
@@ -563,7 +564,7 @@ function forwardingLoops(
             });
             return;
           }
-          for (const hop of next(at)) {
+          for (const hop of next[at]!) {
             if (seen.has(hop)) continue;
             seen.set(hop, at);
             queue.push(hop);
@@ -663,16 +664,21 @@ async function readRunConfig(
   // problem, not a parse error for every character.
   const notUtf8Problem = (line: number) =>
     `${source}:${line}: not UTF-8 text; save the file as UTF-8`;
-  if (notUtf8.size > 0 && (parseErrors.length > 0 || !root)) {
+  const lineOf = (offset: number) => Number(lineCol(text, offset).split(":")[0]);
+  // UTF-16 (a BOM, or NULs between the characters) is not JSON with a bad byte here and there.
+  if (notUtf8.size > 0 && (text.includes("\u0000") || text.startsWith("\uFFFD\uFFFD"))) {
     throw new ConfigError([notUtf8Problem(Math.min(...notUtf8))]);
   }
   if (notUtf8.size > 0) {
-    const spoilt = stringNodes(root!).find((node) =>
-      text.slice(node.offset, node.offset + node.length).includes("\uFFFD")
-    );
-    if (spoilt) {
-      throw new ConfigError([notUtf8Problem(Number(lineCol(text, spoilt.offset).split(":")[0]))]);
-    }
+    // A syntax error or a string on a line with bad bytes: those bytes are to blame.
+    const spoilt = parseErrors.map((error) => lineOf(error.offset))
+      .concat(
+        root === undefined ? [] : stringNodes(root)
+          .filter((node) => text.slice(node.offset, node.offset + node.length).includes("\uFFFD"))
+          .map((node) => lineOf(node.offset)),
+      )
+      .filter((line) => notUtf8.has(line));
+    if (spoilt.length > 0) throw new ConfigError([notUtf8Problem(Math.min(...spoilt))]);
   }
   if (parseErrors.length > 0 || !root) {
     // One error a place: the parser often reports a second one where it recovers.

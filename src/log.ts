@@ -68,7 +68,7 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
  * LogTape escapes only the C0 and C1 controls, so a user-id holding U+2028
  * could make one line look like two.
  */
-const UNSAFE = /[\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const UNSAFE = /[\u061c\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 const HAS_UNSAFE = new RegExp(UNSAFE.source);
 
 /** `\uXXXX` for each unsafe character: an escape in JSON, and in a quoted logfmt value. */

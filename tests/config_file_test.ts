@@ -673,6 +673,25 @@ Deno.test("bytes that are not UTF-8 are refused in a value, and let be in a comm
       latin1(`// café\n{ "listeners": [${listener.replace("PASSWORD", "plain")}] }`),
     );
     assert.equal((await loadConfigFile(path)).listeners.length, 1);
+    // A syntax error elsewhere is still named, not blamed on the comment.
+    await Deno.writeFile(
+      path,
+      latin1(`// café\n{ "listeners": [\n${listener.replace("PASSWORD", "plain")}\n] "log": {} }`),
+    );
+    const problems = await problemsOf(loadConfigFile(path));
+    assert.equal(problems.length, 1, problems.join("\n"));
+    assert.match(problems[0]!, /:4:\d+: expected ","/);
+    // A real U+FFFD (in UTF-8) in a password is a character like any other.
+    await Deno.writeFile(
+      path,
+      new Uint8Array([
+        ...latin1("// café\n"),
+        ...new TextEncoder().encode(
+          `{ "listeners": [${listener.replace("PASSWORD", "a\uFFFDb")}] }`,
+        ),
+      ]),
+    );
+    assert.equal((await loadConfigFile(path)).listeners.length, 1);
     // In a password it would change it.
     await Deno.writeFile(
       path,

@@ -98,7 +98,7 @@ Deno.test("logfmt: a value with U+2028 and one spelling out \\u2028 read back as
   // Unquoted, the escape read as six plain characters: the same as the user-id
   // that spells them out, so one client could pass for another in the log.
   const format = lineFormatter("text");
-  for (const user of ["a\u2028b", "a\\u2028b", "a b\u2028c", "\u202e", "plain"]) {
+  for (const user of ["a\u2028b", "a\\u2028b", "a b\u2028c", "\u202e", "u\u061cv", "plain"]) {
     const line = format(sessionRecord(user, "example.com:443"));
     assert.equal(line.trimEnd().split(/\r\n|[\n\r\u2028\u2029\u0085]/).length, 1, line);
     assert.equal(parseLogfmt(line).user, user, line);
