@@ -113,15 +113,8 @@ export class SocksSession extends ProxySession {
 
     const replyWith = (code: number) =>
       socks5.encodeReply({ reply: code, address: socks5.UNBOUND });
-    let request: socks5.Request;
-    try {
-      request = await this.#decode(socks5.decodeRequest, replyWith);
-    } catch (error) {
-      this.#describeRefusedRequest(error, false);
-      throw error;
-    }
+    const request = await this.#decodeRequest(socks5.decodeRequest, replyWith, false);
     this.requested = formatAddress(request.address);
-    this.#command = commandName(request.command);
     if (request.command === socks5.Command.Bind) {
       return await this.#bind(request.address, {
         bound: (addr) =>
@@ -156,14 +149,7 @@ export class SocksSession extends ProxySession {
     this.protocol = "socks4";
     const { users } = this.#socks;
     const replyWith = (code: number) => socks4.encodeReply({ reply: code, port: 0, ip: "0.0.0.0" });
-    let request: socks4.Request;
-    try {
-      request = await this.#decode(socks4.decodeRequest, replyWith);
-    } catch (error) {
-      this.#describeRefusedRequest(error, true);
-      throw error;
-    }
-    this.#command = commandName(request.command);
+    const request = await this.#decodeRequest(socks4.decodeRequest, replyWith, true);
     if (request.address.type === "domain") this.protocol = "socks4a";
     if (request.userId.length > 0) this.user = shownName.decode(request.userId);
     this.requested = formatAddress(request.address);
@@ -329,6 +315,22 @@ export class SocksSession extends ProxySession {
       const left = (udpPerIp.get(clientIp) ?? 1) - 1;
       if (left <= 0) udpPerIp.delete(clientIp);
       else udpPerIp.set(clientIp, left);
+    }
+  }
+
+  /** Decodes the request, and notes its command for the log line, also when refused. */
+  async #decodeRequest<T extends { readonly command: number }>(
+    decode: (bytes: Uint8Array) => Decoded<T>,
+    replyWith: (code: number) => Uint8Array,
+    socks4Request: boolean,
+  ): Promise<T> {
+    try {
+      const request = await this.#decode(decode, replyWith);
+      this.#command = commandName(request.command, socks4Request);
+      return request;
+    } catch (error) {
+      this.#describeRefusedRequest(error, socks4Request);
+      throw error;
     }
   }
 
