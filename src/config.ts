@@ -357,10 +357,6 @@ export interface TextFile {
   readonly notUtf8: ReadonlySet<number>;
 }
 
-/** The problem of a users-file line that is not UTF-8, to follow `PATH:LINE: `. */
-export const NOT_UTF8_USER =
-  "not UTF-8 text; save the file as UTF-8 (a password is compared as its UTF-8 bytes)";
-
 /**
  * Reads a text file that should be UTF-8, and says which lines are not.
  * Deno's `readTextFile` puts U+FFFD in place of bad bytes without a word: a
@@ -423,6 +419,33 @@ export function parseUser(text: string): { name: string; password: Uint8Array } 
     } must be 1 to 255 bytes (RFC 1929), got ${password.length}`;
   }
   return { name, password };
+}
+
+/** A user line of a users file, parsed, or what is wrong with it; `where` is `PATH:LINE`. */
+export type UsersFileLine =
+  | { readonly where: string; readonly name: string; readonly password: Uint8Array }
+  | { readonly where: string; readonly problem: string };
+
+/**
+ * The user lines of a users file, in order: blank lines and `#` comments
+ * (whatever their bytes) are skipped, and a line that is not UTF-8 is a
+ * problem, since a password is compared as its UTF-8 bytes.
+ */
+export function usersFileLines(content: TextFile, path: string): UsersFileLine[] {
+  const lines: UsersFileLine[] = [];
+  content.text.split(/\r?\n/).forEach((line, index) => {
+    const trimmed = line.trim();
+    if (trimmed === "" || trimmed.startsWith("#")) return;
+    const where = `${path}:${index + 1}`;
+    if (content.notUtf8.has(index + 1)) {
+      const problem =
+        "not UTF-8 text; save the file as UTF-8 (a password is compared as its UTF-8 bytes)";
+      return void lines.push({ where, problem });
+    }
+    const user = parseUser(trimmed);
+    lines.push(typeof user === "string" ? { where, problem: user } : { where, ...user });
+  });
+  return lines;
 }
 
 /**
@@ -533,12 +556,7 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
   const common = checkCommon(raw, check);
   const users = new Map<string, Uint8Array>();
   const defined = new Map<string, string>();
-  const addUser = (text: string, where: string) => {
-    const user = parseUser(text);
-    if (typeof user === "string") {
-      check.problems.push(`${where}: ${user}`);
-      return;
-    }
+  const addUser = (user: { name: string; password: Uint8Array }, where: string) => {
     const earlier = defined.get(user.name);
     if (earlier) {
       check.problems.push(
@@ -549,7 +567,11 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     defined.set(user.name, where);
     users.set(user.name, user.password);
   };
-  for (const text of raw.user ?? []) addUser(text, "--user");
+  for (const text of raw.user ?? []) {
+    const user = parseUser(text);
+    if (typeof user === "string") check.problems.push(`--user: ${user}`);
+    else addUser(user, "--user");
+  }
   if (raw.usersFile !== undefined) {
     let content: TextFile | null = null;
     try {
@@ -562,16 +584,12 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
       );
     }
     if (content !== null) {
-      const before = users.size;
-      const { notUtf8 } = content;
-      content.text.split(/\r?\n/).forEach((line, index) => {
-        const trimmed = line.trim();
-        if (trimmed === "" || trimmed.startsWith("#")) return;
-        const where = `${raw.usersFile}:${index + 1}`;
-        if (notUtf8.has(index + 1)) check.problems.push(`${where}: ${NOT_UTF8_USER}`);
-        else addUser(trimmed, where);
-      });
-      if (users.size === before && !check.problems.some((p) => p.startsWith(`${raw.usersFile}:`))) {
+      const lines = usersFileLines(content, raw.usersFile);
+      for (const line of lines) {
+        if ("problem" in line) check.problems.push(`${line.where}: ${line.problem}`);
+        else addUser(line, line.where);
+      }
+      if (lines.length === 0) {
         check.problems.push(
           `--users-file: ${JSON.stringify(raw.usersFile)} defines no users; ` +
             `expected lines of NAME:PASSWORD`,

@@ -36,14 +36,13 @@ import {
   logLevelOf,
   MAX_POOL,
   NO_UDP_ADVERTISE,
-  NOT_UTF8_USER,
   parseDuration,
   parseHostPort,
-  parseUser,
   reaches,
   readTextFile,
   type SocksConfig,
   type TextFile,
+  usersFileLines,
 } from "./config.ts";
 import { formatAddress } from "./protocol/address.ts";
 
@@ -448,27 +447,12 @@ async function collectUsers(check: UsersCheck): Promise<Map<string, Uint8Array>>
     });
     return users;
   }
-  let defined = 0;
-  let bad = false;
-  content.text.split(/\r?\n/).forEach((line, index) => {
-    const trimmed = line.trim();
-    if (trimmed === "" || trimmed.startsWith("#")) return;
-    const where = `${fullPath}:${index + 1}`;
-    if (content.notUtf8.has(index + 1)) {
-      problems.push({ offset, text: `${where}: ${NOT_UTF8_USER}` });
-      bad = true;
-      return;
-    }
-    const parsed = parseUser(trimmed);
-    if (typeof parsed === "string") {
-      problems.push({ offset, text: `${where}: ${parsed}` });
-      bad = true;
-      return;
-    }
-    defined++;
-    add(parsed.name, parsed.password, where, offset);
-  });
-  if (defined === 0 && !bad) {
+  const lines = usersFileLines(content, fullPath);
+  for (const line of lines) {
+    if ("problem" in line) problems.push({ offset, text: `${line.where}: ${line.problem}` });
+    else add(line.name, line.password, line.where, offset);
+  }
+  if (lines.length === 0) {
     problems.push({
       offset,
       text: `${formatPath(filePath)}: ${show(fullPath)} defines no users; ` +
