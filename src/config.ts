@@ -255,8 +255,8 @@ function hostKey(host: string): string {
   return v6 === null ? host.toLowerCase() : unmapIPv4(formatIPv6(v6));
 }
 
-const isLoopback = (key: string) =>
-  key === "::1" || key === "localhost" || /^127\.\d+\.\d+\.\d+$/.test(key);
+/** Whether `key` (see hostKey) is a loopback address; `localhost` is mapped by localTargets. */
+const isLoopback = (key: string) => key === "::1" || /^127\.\d+\.\d+\.\d+$/.test(key);
 
 /**
  * How two listen addresses collide, or `null`: the same address (in any
