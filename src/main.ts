@@ -185,14 +185,13 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
   );
   const needed = descriptorsNeeded(maxConns, pooled);
   if (limit !== null && limit < needed) {
+    const sessions = "open-files limit {limit} is below the {needed} that {maxConns} sessions " +
+      "at once (two descriptors each)";
+    const lower = "raise it (ulimit -n) or lower the session limit (--max-conns, maxConns)";
     serverLog.warn(
       pooled === 0
-        ? "open-files limit {limit} is below the {needed} that {maxConns} sessions at once " +
-          "(two descriptors each) need; raise it (ulimit -n) or lower the session limit " +
-          "(--max-conns, maxConns)"
-        : "open-files limit {limit} is below the {needed} that {maxConns} sessions at once " +
-          "(two descriptors each) and {pooled} pooled connections need; raise it (ulimit -n) " +
-          "or lower the session limit (--max-conns, maxConns) or the pools",
+        ? `${sessions} need; ${lower}`
+        : `${sessions} and {pooled} pooled connections need; ${lower} or the pools`,
       { event: "nofile-low", limit, needed, maxConns, pooled },
     );
   }
