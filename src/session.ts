@@ -9,7 +9,7 @@ import type { UserTable } from "./auth.ts";
 import type { UdpAdvertise } from "./config.ts";
 import { BindListener, expectedPeers } from "./bind.ts";
 import { type Address, addressOf, formatAddress, unmapIPv4 } from "./protocol/address.ts";
-import { type Decoded, ProtocolError } from "./protocol/decoded.ts";
+import { type Decoded, hex, ProtocolError } from "./protocol/decoded.ts";
 import * as socks4 from "./protocol/socks4.ts";
 import * as socks5 from "./protocol/socks5.ts";
 import {
@@ -113,7 +113,7 @@ export class SocksSession extends ProxySession {
 
     const replyWith = (code: number) =>
       socks5.encodeReply({ reply: code, address: socks5.UNBOUND });
-    const request = await this.#decodeRequest(socks5.decodeRequest, replyWith, false);
+    const request = await this.#decodeRequest(socks5.decodeRequest, replyWith, SOCKS5_COMMANDS);
     this.requested = formatAddress(request.address);
     if (request.command === socks5.Command.Bind) {
       return await this.#bind(request.address, {
@@ -149,7 +149,7 @@ export class SocksSession extends ProxySession {
     this.protocol = "socks4";
     const { users } = this.#socks;
     const replyWith = (code: number) => socks4.encodeReply({ reply: code, port: 0, ip: "0.0.0.0" });
-    const request = await this.#decodeRequest(socks4.decodeRequest, replyWith, true);
+    const request = await this.#decodeRequest(socks4.decodeRequest, replyWith, SOCKS4_COMMANDS);
     if (request.address.type === "domain") this.protocol = "socks4a";
     if (request.userId.length > 0) this.user = shownName.decode(request.userId);
     this.requested = formatAddress(request.address);
@@ -318,35 +318,28 @@ export class SocksSession extends ProxySession {
     }
   }
 
-  /** Decodes the request, and notes its command for the log line, also when refused. */
+  /**
+   * Decodes the request, and notes its command for the log line, also when
+   * the decoder refuses it (a name that is not UTF-8, an unknown SOCKS4
+   * command): then from the bytes it had, with SOCKS4a told by its address.
+   */
   async #decodeRequest<T extends { readonly command: number }>(
     decode: (bytes: Uint8Array) => Decoded<T>,
     replyWith: (code: number) => Uint8Array,
-    socks4Request: boolean,
+    commands: CommandNames,
   ): Promise<T> {
     try {
       const request = await this.#decode(decode, replyWith);
-      this.#command = commandName(request.command, socks4Request);
+      this.#command = commandName(request.command, commands);
       return request;
     } catch (error) {
-      this.#describeRefusedRequest(error, socks4Request);
+      const bytes = this.#pending.subarray(0, this.#pendingLength);
+      if (error instanceof ProtocolError && bytes.length >= 2) {
+        this.#command = commandName(bytes[1]!, commands);
+        if (commands === SOCKS4_COMMANDS && socks4.asksForName(bytes)) this.protocol = "socks4a";
+      }
       throw error;
     }
-  }
-
-  /**
-   * What the log line says of a request the decoder refused (a name that is
-   * not UTF-8, an unknown SOCKS4 command), from the bytes it had: the command,
-   * and for SOCKS4 whether it was SOCKS4a (a 0.0.0.x address).
-   */
-  #describeRefusedRequest(error: unknown, socks4Request: boolean): void {
-    if (!(error instanceof ProtocolError)) return;
-    const bytes = this.#pending.subarray(0, this.#pendingLength);
-    if (bytes.length >= 2) this.#command = commandName(bytes[1]!, socks4Request);
-    if (
-      socks4Request && bytes.length >= 8 && bytes[4] === 0 && bytes[5] === 0 && bytes[6] === 0 &&
-      bytes[7] !== 0
-    ) this.protocol = "socks4a";
   }
 
   protected override logFields(): Record<string, unknown> {
@@ -433,19 +426,21 @@ export class SocksSession extends ProxySession {
   }
 }
 
-/**
- * `connect`, `bind` or (SOCKS5 only) `udp-associate`, else the code, `0x09`.
- * SOCKS4 and SOCKS5 share the codes 1 and 2.
- */
-function commandName(code: number, socks4Request = false): string {
-  const name = socks4Request && code === socks5.Command.UdpAssociate
-    ? undefined
-    : COMMAND_NAMES[code];
-  return name ?? `0x${code.toString(16).padStart(2, "0")}`;
-}
+/** A protocol's request commands by code, as log lines name them. */
+type CommandNames = Readonly<Record<number, string>>;
 
-const COMMAND_NAMES: Readonly<Record<number, string>> = {
+const SOCKS4_COMMANDS: CommandNames = {
+  [socks4.Command.Connect]: "connect",
+  [socks4.Command.Bind]: "bind",
+};
+
+const SOCKS5_COMMANDS: CommandNames = {
   [socks5.Command.Connect]: "connect",
   [socks5.Command.Bind]: "bind",
   [socks5.Command.UdpAssociate]: "udp-associate",
 };
+
+/** The name of command `code`, or the code itself (`0x09`) for one the protocol does not have. */
+function commandName(code: number, names: CommandNames): string {
+  return names[code] ?? hex(code);
+}

@@ -65,6 +65,15 @@ function findNul(bytes: Uint8Array, start: number, max: number, field: string): 
   return -1;
 }
 
+/**
+ * Whether a request (its first 8 bytes at least) is SOCKS4a: DSTIP 0.0.0.x
+ * with x ≠ 0 means a host name follows the user-id.
+ */
+export function asksForName(request: Uint8Array): boolean {
+  return request.length >= 8 && request[4] === 0 && request[5] === 0 && request[6] === 0 &&
+    request[7] !== 0;
+}
+
 /** Decodes `VN CD DSTPORT DSTIP USERID NUL [HOST NUL]`. */
 export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
   if (bytes.length < 1) return MORE;
@@ -90,8 +99,7 @@ export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
   const userIdEnd = findNul(bytes, 8, MAX_USER_ID, "user id");
   if (userIdEnd < 0) return MORE;
   const userId = bytes.slice(8, userIdEnd);
-  const isSocks4a = ip[0] === 0 && ip[1] === 0 && ip[2] === 0 && ip[3] !== 0;
-  if (!isSocks4a) {
+  if (!asksForName(bytes)) {
     return ok(
       { command, userId, address: { type: "ipv4", host: formatIPv4(ip), port } },
       userIdEnd + 1,
