@@ -425,10 +425,7 @@ export abstract class ProxySession implements Expirable {
     if (reason instanceof SessionAbort) return reason.failure;
     if (reason instanceof DialError) return reason.failure;
     if (reason instanceof ClientGone) return "client-closed";
-    if (reason instanceof ProtocolError) {
-      // SOCKS4's decoder refuses an unknown command itself; SOCKS5's session does.
-      return reason.code === "bad-command" ? "command-not-supported" : "protocol-error";
-    }
+    if (reason instanceof ProtocolError) return "protocol-error";
     if (
       reason instanceof Deno.errors.ConnectionReset || reason instanceof Deno.errors.BrokenPipe ||
       reason instanceof Deno.errors.ConnectionAborted || reason instanceof Deno.errors.NotConnected

@@ -418,10 +418,13 @@ export class SocksSession extends ProxySession {
 
   protected override outcomeOf(error: unknown): string {
     const reason = this.controller.signal.aborted ? this.controller.signal.reason : error;
-    if (
-      reason instanceof ProtocolError && this.protocol === "socks5" &&
-      reason.reply === socks5.Reply.AddressTypeNotSupported
-    ) return "address-type-not-supported";
+    if (reason instanceof ProtocolError) {
+      if (this.protocol === "socks5" && reason.reply === socks5.Reply.AddressTypeNotSupported) {
+        return "address-type-not-supported";
+      }
+      // SOCKS4's decoder refuses an unknown command itself; for SOCKS5 the session does.
+      if (reason.code === "bad-command") return "command-not-supported";
+    }
     return super.outcomeOf(error);
   }
 }
