@@ -15,7 +15,7 @@ import { closeQuietly } from "./close_quietly.ts";
 import type { Deadlines, Expirable } from "./deadlines.ts";
 import { sessionLog } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
-import { type Address, formatAddress, unmapIPv4 } from "./protocol/address.ts";
+import { type Address, formatPeer } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
 import { dial, DialError, messageWithCause } from "./upstream/dial.ts";
@@ -216,14 +216,9 @@ export abstract class ProxySession implements Expirable {
     return {};
   }
 
-  /**
-   * The client's address as `ip:port`; an IPv4 client of a `[::]` listener
-   * as `127.0.0.1:…`, not `[::ffff:127.0.0.1]:…`, so its lines read the same
-   * whichever listener it came in on.
-   */
+  /** The client's address as `ip:port` (see {@linkcode formatPeer}). */
   get clientAddress(): string {
-    const { hostname, port } = this.client.remoteAddr;
-    return formatAddress({ host: unmapIPv4(hostname), port });
+    return formatPeer(this.client.remoteAddr);
   }
 
   /** Called by the deadline sweep. */

@@ -10,7 +10,7 @@ import type { ListenerSettings, SocksConfig } from "./config.ts";
 import { Deadlines, tickFor } from "./deadlines.ts";
 import { RateLimitedLog, serverLog, sessionLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
-import { formatAddress, unmapIPv4 } from "./protocol/address.ts";
+import { formatAddress, formatPeer } from "./protocol/address.ts";
 import { closeQuietly } from "./close_quietly.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { SlotList, type Slotted } from "./slot_list.ts";
@@ -231,7 +231,7 @@ export function startServer(
           event: "rejected",
           listen: context.listen,
           limit,
-          client: formatAddress({ host: unmapIPv4(ip), port: conn.remoteAddr.port }),
+          client: formatPeer(conn.remoteAddr),
           suppressed,
         })
       );

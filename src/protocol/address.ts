@@ -164,6 +164,15 @@ export function unmapIPv4(host: string): string {
 }
 
 /**
+ * A connection's peer as log lines name it, `ip:port`: an IPv4 client of a
+ * dual-stack `[::]` listener as `127.0.0.1:…`, not `[::ffff:127.0.0.1]:…`,
+ * so its lines read the same whichever listener it came in on.
+ */
+export function formatPeer(addr: { hostname: string; port: number }): string {
+  return formatAddress({ host: unmapIPv4(addr.hostname), port: addr.port });
+}
+
+/**
  * Whether `host` is an IPv6 link-local address (fe80::/10). Deno reports such
  * an address without its zone (`%eth0`), and one without a zone can be
  * neither bound nor sent to reliably: see {@linkcode zonedHost}.
