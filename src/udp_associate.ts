@@ -195,8 +195,6 @@ export class UdpAssociation {
   readonly counters: UdpCounters = { udpIn: 0, udpOut: 0, dropped: 0, up: 0, down: 0 };
   readonly #options: UdpAssociationOptions;
   readonly #client: OrderedSender;
-  /** The client-facing socket's own IP (the interface's, when bound to the wildcard). */
-  readonly #relayIp: string;
   #clientPort: number;
   /** Where answers go: the client's IP, with the zone (`%2`) of a link-local one. */
   readonly #clientSendIp: string;
@@ -216,7 +214,6 @@ export class UdpAssociation {
     // A link-local client is on the relay socket's link: answers go out of it.
     this.#clientSendIp = options.clientIp + zone;
     this.#client = new OrderedSender(clientSocket);
-    this.#relayIp = options.bindHost;
     this.#clientPort = options.clientPort;
     clientSocket.on("message", (message, from) => this.#fromClient(message, from));
     clientSocket.on("error", () => this.counters.dropped++);
@@ -238,7 +235,7 @@ export class UdpAssociation {
     return new UdpAssociation(options, socket, bindTo.slice(options.bindHost.length));
   }
 
-  /** The client-facing socket's address (`bindHost`, even where the socket took the wildcard). */
+  /** The client-facing socket's address, as the reply names it (`bindHost`, without a zone). */
   get address(): { host: string; port: number } {
     return { host: this.#options.bindHost, port: this.#client.socket.address().port };
   }
@@ -266,7 +263,7 @@ export class UdpAssociation {
     if (this.#clientPort !== 0 && from.port !== this.#clientPort) {
       return void this.counters.dropped++;
     }
-    if (from.address === this.#relayIp && outboundPorts.has(from.port)) {
+    if (from.address === this.#options.bindHost && outboundPorts.has(from.port)) {
       return void this.counters.dropped++; // ferry relaying into itself (see outboundPorts)
     }
     let datagram;
