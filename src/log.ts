@@ -179,24 +179,20 @@ export class RateLimitedLog {
   /** Calls `emit` with the number of events held back before this one, or holds it back. */
   maybe(emit: (suppressed: number) => void): void {
     const now = performance.now();
-    if (now - this.#last < this.#intervalMs) {
-      this.#held++;
-      this.#latest = emit;
-      if (this.#timer === undefined) {
-        this.#timer = setTimeout(() => this.flush(), this.#last + this.#intervalMs - now);
-        Deno.unrefTimer(this.#timer);
-      }
-      return;
+    const intervalOver = now - this.#last >= this.#intervalMs;
+    if (intervalOver && this.#latest === null) {
+      this.#last = now;
+      return emit(0);
     }
-    if (this.#latest !== null) {
-      // The flush is due but has not run yet (a busy event loop): this event
-      // joins the held ones, and one line tells of them all.
-      this.#held++;
-      this.#latest = emit;
-      return this.flush();
+    this.#held++;
+    this.#latest = emit;
+    // Over, with events held: their flush is due but late (a busy event loop),
+    // and one line tells of them all, this one included.
+    if (intervalOver) return this.flush();
+    if (this.#timer === undefined) {
+      this.#timer = setTimeout(() => this.flush(), this.#last + this.#intervalMs - now);
+      Deno.unrefTimer(this.#timer);
     }
-    this.#last = now;
-    emit(0);
   }
 
   /** Logs the latest event held back, if any, now (a server stopping calls this). */
