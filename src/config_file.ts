@@ -462,6 +462,31 @@ async function collectUsers(check: UsersCheck): Promise<Map<string, Uint8Array>>
   return users;
 }
 
+/**
+ * The first line whose bytes that are not UTF-8 (`notUtf8`) matter, or
+ * `null`. They may sit in a comment (a Latin-1 é), harmless; in a string they
+ * change it, and on a line with a syntax error they are the likely cause. A
+ * file in another encoding (UTF-16: NULs between the characters, or its BOM)
+ * is blamed as a whole, not with a parse error for every character.
+ */
+function lineToBlame(
+  text: string,
+  root: JsonNode | undefined,
+  parseErrors: readonly ParseError[],
+  notUtf8: ReadonlySet<number>,
+): number | null {
+  if (text.includes("\u0000") || text.startsWith("\uFFFD\uFFFD")) return Math.min(...notUtf8);
+  const lineOf = (offset: number) => Number(lineCol(text, offset).split(":")[0]);
+  const spoilt = parseErrors.map((error) => lineOf(error.offset))
+    .concat(
+      root === undefined ? [] : stringNodes(root)
+        .filter((node) => text.slice(node.offset, node.offset + node.length).includes("\uFFFD"))
+        .map((node) => lineOf(node.offset)),
+    )
+    .filter((line) => notUtf8.has(line));
+  return spoilt.length > 0 ? Math.min(...spoilt) : null;
+}
+
 /** Every string in the document, keys included. */
 function stringNodes(node: JsonNode): JsonNode[] {
   if (node.type === "string") return [node];
@@ -643,26 +668,9 @@ async function readRunConfig(
     disallowComments: false,
     allowEmptyContent: false,
   });
-  // Bytes that are not UTF-8 may sit in a comment (a Latin-1 é); in a value
-  // they would change it, and a file in another encoding (UTF-16) is one
-  // problem, not a parse error for every character.
-  const notUtf8Problem = (line: number) =>
-    `${source}:${line}: not UTF-8 text; save the file as UTF-8`;
-  const lineOf = (offset: number) => Number(lineCol(text, offset).split(":")[0]);
-  // UTF-16 (a BOM, or NULs between the characters) is not JSON with a bad byte here and there.
-  if (notUtf8.size > 0 && (text.includes("\u0000") || text.startsWith("\uFFFD\uFFFD"))) {
-    throw new ConfigError([notUtf8Problem(Math.min(...notUtf8))]);
-  }
-  if (notUtf8.size > 0) {
-    // A syntax error or a string on a line with bad bytes: those bytes are to blame.
-    const spoilt = parseErrors.map((error) => lineOf(error.offset))
-      .concat(
-        root === undefined ? [] : stringNodes(root)
-          .filter((node) => text.slice(node.offset, node.offset + node.length).includes("\uFFFD"))
-          .map((node) => lineOf(node.offset)),
-      )
-      .filter((line) => notUtf8.has(line));
-    if (spoilt.length > 0) throw new ConfigError([notUtf8Problem(Math.min(...spoilt))]);
+  const badLine = notUtf8.size === 0 ? null : lineToBlame(text, root, parseErrors, notUtf8);
+  if (badLine !== null) {
+    throw new ConfigError([`${source}:${badLine}: not UTF-8 text; save the file as UTF-8`]);
   }
   if (parseErrors.length > 0 || !root) {
     // One error a place: the parser often reports a second one where it recovers.
