@@ -7,7 +7,14 @@
  */
 
 import { isAbsolute } from "node:path";
-import { addressOf, formatIPv6, parseIPv4, parseIPv6, unmapIPv4 } from "./protocol/address.ts";
+import {
+  addressOf,
+  formatIPv6,
+  isLoopbackIp,
+  parseIPv4,
+  parseIPv6,
+  unmapIPv4,
+} from "./protocol/address.ts";
 
 /** Log levels the command line accepts. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
@@ -255,9 +262,6 @@ function hostKey(host: string): string {
   return v6 === null ? host.toLowerCase() : unmapIPv4(formatIPv6(v6));
 }
 
-/** Whether `key` (see hostKey) is a loopback address; `localhost` is mapped by localTargets. */
-const isLoopback = (key: string) => key === "::1" || /^127\.\d+\.\d+\.\d+$/.test(key);
-
 /**
  * How two listen addresses collide, or `null`: the same address (in any
  * spelling), or a wildcard that takes the other's connections too. On Linux
@@ -301,9 +305,9 @@ export function reaches(to: ListenAddress, listen: ListenAddress): boolean {
   const [toKey, listenKey] = [hostKey(to.hostname), hostKey(listen.hostname)];
   if (toKey === listenKey) return true;
   const landsOn = localTargets(toKey);
-  if (listenKey === "::") return landsOn.some(isLoopback);
+  if (listenKey === "::") return landsOn.some(isLoopbackIp);
   if (listenKey === "0.0.0.0") {
-    return landsOn.some((host) => parseIPv4(host) !== null && isLoopback(host));
+    return landsOn.some((host) => parseIPv4(host) !== null && isLoopbackIp(host));
   }
   return localTargets(listenKey).some((host) => landsOn.includes(host));
 }

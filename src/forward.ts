@@ -7,7 +7,7 @@
  * @module
  */
 import type { ForwardConfig } from "./config.ts";
-import { addressOf, formatAddress } from "./protocol/address.ts";
+import { addressOf, formatAddress, isLoopbackIp, unmapIPv4 } from "./protocol/address.ts";
 import {
   NO_EARLY_BYTES,
   ProxySession,
@@ -104,6 +104,24 @@ export class ForwardSession extends ProxySession {
   }
 }
 
+/**
+ * Whether `conn`, just dialled, arrived at `listener` (an open listener's
+ * address): a forwarding loop that the start-up check cannot see, because it
+ * goes through a name that resolves to this host. A wildcard listener takes
+ * its port on every address of the host; a connection to one of those comes
+ * from that very address on Linux (a loopback one: from 127.0.0.1 or ::1).
+ * `[::]` takes IPv4 connections too, `0.0.0.0` IPv4 only.
+ */
+export function reachesListener(listener: Deno.NetAddr, conn: Deno.TcpConn): boolean {
+  const { remoteAddr, localAddr } = conn;
+  if (remoteAddr.port !== listener.port) return false;
+  const to = unmapIPv4(remoteAddr.hostname);
+  const listenHost = unmapIPv4(listener.hostname);
+  if (listenHost !== "0.0.0.0" && listenHost !== "::") return to === listenHost;
+  if (listenHost === "0.0.0.0" && to.includes(":")) return false;
+  return isLoopbackIp(to) || to === unmapIPv4(localAddr.hostname);
+}
+
 /** A running forwarder: its server and its upstreams. */
 export interface Forwarder extends Server {
   readonly upstreams: UpstreamSet;
@@ -135,6 +153,7 @@ export function openForwarder(config: ForwardConfig): Forwarder {
       poolMaxIdleMs: config.poolMaxIdleMs,
       connectTimeoutMs: config.connectTimeoutMs,
       listen: formatAddress({ host: server.addr.hostname, port: server.addr.port }),
+      leadsBack: (conn) => reachesListener(server.addr, conn),
     })
   ));
   return {

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { buildForwardConfig, type RawForwardOptions } from "../src/config.ts";
-import { type Forwarder, startForwarder, UpstreamSet } from "../src/forward.ts";
+import { type Forwarder, reachesListener, startForwarder, UpstreamSet } from "../src/forward.ts";
 import type { Standing, Upstream } from "../src/upstream/pool.ts";
 import {
   type AcceptedConn,
@@ -431,4 +431,39 @@ Deno.test("forward: shutdown closes every pooled connection; the upstream sees t
   assert.equal(upstreamOf(fwd).idle, 0);
   await waitUntil(() => server.open === 0, "the upstream to see every connection closed");
   assert.equal(fwd.activeSessions, 0);
+});
+
+Deno.test("reachesListener: a dialled connection that arrived at the forwarder's own listener", () => {
+  const addr = (hostname: string, port: number): Deno.NetAddr => ({
+    transport: "tcp",
+    hostname,
+    port,
+  });
+  /** A connection from `local` to `remote`, as a dial would return it. */
+  const conn = (local: string, remote: string, port = 8080) =>
+    ({ localAddr: addr(local, 40000), remoteAddr: addr(remote, port) }) as Deno.TcpConn;
+  const cases: [listener: Deno.NetAddr, dialled: Deno.TcpConn, loops: boolean][] = [
+    [addr("127.0.0.1", 8080), conn("127.0.0.1", "127.0.0.1"), true],
+    [addr("127.0.0.1", 8080), conn("127.0.0.1", "127.0.0.1", 8081), false],
+    [addr("127.0.0.1", 8080), conn("127.0.0.1", "127.0.0.2"), false],
+    [addr("::1", 8080), conn("::1", "::1"), true],
+    [addr("10.0.0.5", 8080), conn("10.0.0.5", "10.0.0.5"), true],
+    // Wildcards: a loopback address, or the host's own (the source is then the destination).
+    [addr("0.0.0.0", 8080), conn("127.0.0.1", "127.0.0.9"), true],
+    [addr("0.0.0.0", 8080), conn("10.0.0.5", "10.0.0.5"), true],
+    [addr("0.0.0.0", 8080), conn("10.0.0.5", "10.0.0.6"), false],
+    [addr("0.0.0.0", 8080), conn("::1", "::1"), false],
+    [addr("::", 8080), conn("::1", "::1"), true],
+    [addr("::", 8080), conn("127.0.0.1", "127.0.0.1"), true],
+    [addr("::", 8080), conn("::ffff:10.0.0.5", "::ffff:10.0.0.5"), true],
+    [addr("::", 8080), conn("2001:db8::1", "2001:db8::2"), false],
+  ];
+  for (const [listener, dialled, loops] of cases) {
+    const { localAddr, remoteAddr } = dialled;
+    assert.equal(
+      reachesListener(listener, dialled),
+      loops,
+      `${localAddr.hostname} → ${remoteAddr.hostname}:${remoteAddr.port} on ${listener.hostname}:${listener.port}`,
+    );
+  }
 });

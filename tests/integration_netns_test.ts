@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { startFerry } from "./_helpers/ferry.ts";
+import { unusedPort } from "./_helpers/forward_support.ts";
 import type { ProbeResult } from "./_helpers/netns_probe.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import {
@@ -313,6 +314,40 @@ Deno.test({
         const session = await sessionOf(ferry, client.localAddr);
         assert.equal(session.outcome, "connect-timeout");
       }
+    } finally {
+      await Deno.remove(hostsFile);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a forwarder whose upstream name resolves to its own listener marks it down as a loop, not a descriptor storm",
+  ignore: !mountNsAvailable,
+  async fn() {
+    const hostsFile = await Deno.makeTempFile({ suffix: ".hosts" });
+    try {
+      // A name the start-up check cannot look up, for this very listener.
+      await Deno.writeTextFile(hostsFile, "127.0.0.1 self.test\n");
+      const port = unusedPort();
+      await using ferry = await startFerry(
+        ["forward", "--listen", `127.0.0.1:${port}`, "--to", `self.test:${port}`, "--pool", "4"],
+        { wrapper: withHostsFile(hostsFile) },
+      );
+      const down = await ferry.waitFor((line) => line.event === "upstream-down", 5_000);
+      assert.match(String(down.error), /leads back to this forwarder's own listener .*loop/);
+
+      // A client is closed at once, and the pool's probes stay few.
+      using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+      assert.equal((await client.readToEnd()).length, 0, "closed, not forwarded");
+      const session = await sessionOf(ferry, client.localAddr);
+      assert.ok(
+        ["no-upstream-up", "forwarding-loop"].includes(String(session.outcome)),
+        `outcome ${session.outcome}`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      const descriptors = [...Deno.readDirSync(`/proc/${ferry.pid}/fd`)].length;
+      assert.ok(descriptors < 40, `${descriptors} descriptors open after 1.5 s`);
     } finally {
       await Deno.remove(hostsFile);
     }

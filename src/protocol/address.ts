@@ -163,6 +163,11 @@ export function unmapIPv4(host: string): string {
   return match && parseIPv4(match[1]!) !== null ? match[1]! : host;
 }
 
+/** Whether `host` (an IP address, IPv4-mapped ones unmapped) is a loopback address: 127.0.0.0/8 or ::1. */
+export function isLoopbackIp(host: string): boolean {
+  return host === "::1" || (host.startsWith("127.") && parseIPv4(host) !== null);
+}
+
 /**
  * A connection's peer as log lines name it, `ip:port`: an IPv4 client of a
  * dual-stack `[::]` listener as `127.0.0.1:…`, not `[::ffff:127.0.0.1]:…`,

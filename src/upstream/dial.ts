@@ -20,6 +20,7 @@ export type DialFailure =
   | "not-allowed"
   | "connect-timeout"
   | "lookups-busy"
+  | "forwarding-loop"
   | "aborted"
   | "general-failure";
 
@@ -36,6 +37,7 @@ export const REPLY_FOR_FAILURE: Readonly<Record<DialFailure, number>> = {
   "not-allowed": Reply.NotAllowed,
   "connect-timeout": Reply.HostUnreachable,
   "lookups-busy": Reply.GeneralFailure,
+  "forwarding-loop": Reply.GeneralFailure,
   "aborted": Reply.GeneralFailure,
   "general-failure": Reply.GeneralFailure,
 };

@@ -118,6 +118,13 @@ export interface UpstreamOptions {
   readonly connectTimeoutMs: number;
   /** The forwarder's listen address, as its lines name it (several may share an upstream). */
   readonly listen: string;
+  /**
+   * Whether a connection just dialled arrived at the forwarder's own listener
+   * (see `reachesListener` in src/forward.ts). Each such connection would
+   * become a session dialling another, so it is closed and the upstream is
+   * down (retried with back-off, as after a failed dial).
+   */
+  readonly leadsBack?: (conn: Deno.TcpConn) => boolean;
 }
 
 const BACKOFF_FIRST_MS = 100;
@@ -250,10 +257,12 @@ export class Upstream {
    * client at a time tries it. Records the outcome: up, or down (a
    * {@linkcode DialError} other than the session's own abort).
    */
-  async dialForClient<T>(dial: () => Promise<T>): Promise<T> {
+  async dialForClient(dial: () => Promise<Deno.TcpConn>): Promise<Deno.TcpConn> {
     this.#clientDials++;
     try {
       const conn = await dial();
+      const loop = this.#loopError(conn);
+      if (loop) throw loop;
       this.markUp();
       return conn;
     } catch (error) {
@@ -262,6 +271,16 @@ export class Upstream {
     } finally {
       this.#clientDials--;
     }
+  }
+
+  /** Closes `conn` and says why when it arrived at the forwarder's own listener; else `null`. */
+  #loopError(conn: Deno.TcpConn): DialError | null {
+    if (!this.#options.leadsBack?.(conn)) return null;
+    closeQuietly(conn);
+    return new DialError(
+      "forwarding-loop",
+      `it leads back to this forwarder's own listener ${this.#options.listen} (a forwarding loop)`,
+    );
   }
 
   /** Records that a connection (on demand or pooled) reached the upstream. */
@@ -385,6 +404,8 @@ export class Upstream {
       conn.close();
       return;
     }
+    const loop = this.#loopError(conn);
+    if (loop) return this.markDown(loop);
     conn.setNoDelay(true);
     conn.setKeepAlive(true);
     // Up only once a connection has lasted (see SETTLE_MS) or served a client.
