@@ -233,7 +233,9 @@ export class SocksSession extends ProxySession {
       // (EMFILE): ferry's own failure (0x01), as the README's table says.
       const code = timedOut ? socks5.Reply.HostUnreachable : socks5.Reply.GeneralFailure;
       await writeAll(this.client, replies.failure(code));
-      return await this.refuse(timedOut ? "bind-timeout" : "bind-failed");
+      return await (timedOut
+        ? this.refuse("bind-timeout")
+        : this.refuse("bind-failed", messageWithCause(error)));
     }
     listener.close(); // one peer per BIND: nobody else may connect from here on
     this.adoptTarget(peer);
