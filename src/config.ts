@@ -371,22 +371,30 @@ export async function readTextFile(path: string): Promise<TextFile> {
   const bytes = await Deno.readFile(path);
   const lenient = new TextDecoder("utf-8");
   const strict = new TextDecoder("utf-8", { fatal: true });
-  try {
-    return { text: strict.decode(bytes), notUtf8: new Set() };
-  } catch {
-    const notUtf8 = new Set<number>();
-    for (let start = 0, line = 1; start <= bytes.length; line++) {
-      const end = bytes.indexOf(0x0a, start);
-      const stop = end < 0 ? bytes.length : end;
-      try {
-        strict.decode(bytes.subarray(start, stop));
-      } catch {
-        notUtf8.add(line);
-      }
-      start = stop + 1;
+  // A NUL is UTF-8, but no text file holds one: UTF-16 without its byte
+  // order mark has one beside every ASCII character, and would otherwise
+  // be taken for UTF-8 and fail in every token instead of once.
+  if (!bytes.includes(0)) {
+    try {
+      return { text: strict.decode(bytes), notUtf8: new Set() };
+    } catch {
+      // Some line is not UTF-8: found below.
     }
-    return { text: lenient.decode(bytes), notUtf8 };
   }
+  const notUtf8 = new Set<number>();
+  for (let start = 0, line = 1; start <= bytes.length; line++) {
+    const end = bytes.indexOf(0x0a, start);
+    const stop = end < 0 ? bytes.length : end;
+    const lineBytes = bytes.subarray(start, stop);
+    try {
+      strict.decode(lineBytes);
+      if (lineBytes.includes(0)) notUtf8.add(line);
+    } catch {
+      notUtf8.add(line);
+    }
+    start = stop + 1;
+  }
+  return { text: lenient.decode(bytes), notUtf8 };
 }
 
 /**
@@ -444,6 +452,12 @@ export function usersFileLines(content: TextFile, path: string): UsersFileLine[]
     if (content.notUtf8.has(index + 1)) {
       const problem =
         "not UTF-8 text; save the file as UTF-8 (a password is compared as its UTF-8 bytes)";
+      return void lines.push({ where, problem });
+    }
+    if (trimmed.includes("\r")) {
+      // Line ends of CR alone (classic Mac): read by LF, the file is one line.
+      const problem =
+        "a carriage return (CR) inside the line; save the file with LF or CRLF line ends";
       return void lines.push({ where, problem });
     }
     const user = parseUser(trimmed);

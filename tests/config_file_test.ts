@@ -650,13 +650,16 @@ Deno.test("a configuration file saved as UTF-16 is one problem, not a screenful"
   await withTempDir(async (dir) => {
     const path = `${dir}/utf16.jsonc`;
     const text = JSON.stringify(validFile());
-    const bytes = new Uint8Array(2 + text.length * 2);
-    bytes.set([0xff, 0xfe]);
-    for (let i = 0; i < text.length; i++) bytes[2 + 2 * i] = text.charCodeAt(i);
-    await Deno.writeFile(path, bytes);
-    assert.deepEqual(await problemsOf(loadConfigFile(path)), [
-      `${path}:1: not UTF-8 text; save the file as UTF-8`,
-    ]);
+    // With its byte order mark, and without: ASCII in UTF-16 is valid UTF-8 with NULs.
+    for (const bom of [[0xff, 0xfe], []]) {
+      const bytes = new Uint8Array(bom.length + text.length * 2);
+      bytes.set(bom);
+      for (let i = 0; i < text.length; i++) bytes[bom.length + 2 * i] = text.charCodeAt(i);
+      await Deno.writeFile(path, bytes);
+      assert.deepEqual(await problemsOf(loadConfigFile(path)), [
+        `${path}:1: not UTF-8 text; save the file as UTF-8`,
+      ], `BOM: ${bom.length > 0}`);
+    }
   });
 });
 

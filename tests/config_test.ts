@@ -384,6 +384,19 @@ Deno.test("buildSocksConfig() reports a bad users-file line as path:lineNumber",
   });
 });
 
+Deno.test("buildSocksConfig() refuses a users file with carriage returns alone as line ends", async () => {
+  // Classic Mac line ends: read by LF, the whole file was one user "alice"
+  // with the password "x\rbob:y", and nothing said so.
+  await withTempFile("alice:x\rbob:y\r", async (path) => {
+    const problems = await problemsOf({ usersFile: path });
+    assert.equal(problems.length, 1, problems.join("\n"));
+    assert.equal(
+      problems[0],
+      `${path}:1: a carriage return (CR) inside the line; save the file with LF or CRLF line ends`,
+    );
+  });
+});
+
 Deno.test("buildSocksConfig() reports users defined twice, in the file or on the command line", async () => {
   await withTempFile("alice:one\nbob:b\nalice:two\ncarol:c\n", async (path) => {
     const problems = await problemsOf({ usersFile: path, user: ["carol:x"] });
