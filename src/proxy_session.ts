@@ -15,7 +15,7 @@ import { closeQuietly } from "./close_quietly.ts";
 import type { Deadlines, Expirable } from "./deadlines.ts";
 import { sessionLog } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
-import { type Address, formatPeer } from "./protocol/address.ts";
+import { type Address, formatPeer, unmapIPv4 } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
 import { dial, DialError, messageWithCause } from "./upstream/dial.ts";
@@ -46,6 +46,13 @@ export interface SessionContext {
    * asks neither LogTape nor the clock for a line nobody will see.
    */
   readonly logSessions: boolean;
+  /**
+   * The local address of a connection that a session of this listener holds
+   * to one of `peers`, or `null`. A BIND listens there: the peer (an FTP
+   * server the client reached with CONNECT) can route to it, and sees the
+   * address its control connection comes from.
+   */
+  readonly sourceFor: (peers: ReadonlySet<string>) => string | null;
 }
 
 /** The phases a deadline can cut short, and the outcome each timeout is logged as. */
@@ -214,6 +221,19 @@ export abstract class ProxySession implements Expirable {
   /** Extra fields for the session's log line. */
   protected logFields(): Record<string, unknown> {
     return {};
+  }
+
+  /**
+   * The local address of this session's TCP connection to one of `peers`
+   * (IP addresses as {@linkcode expectedPeers} gives them), or `null`: where
+   * ferry already reaches that host from (see `SessionContext.sourceFor`).
+   */
+  sourceFor(peers: ReadonlySet<string>): string | null {
+    const target = this.#target;
+    if (target === null || !("remoteAddr" in target) || this.#socketsClosed) return null;
+    const { remoteAddr, localAddr } = target as Deno.TcpConn;
+    if (!peers.has(unmapIPv4(remoteAddr.hostname).toLowerCase())) return null;
+    return unmapIPv4(localAddr.hostname);
   }
 
   /** The client's address as `ip:port` (see {@linkcode formatPeer}). */

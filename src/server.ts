@@ -90,6 +90,8 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 export interface ServerSession {
   run(): Promise<void>;
   abort(failure: string): void;
+  /** The local address of its connection to one of `peers`, or `null` (see ProxySession). */
+  sourceFor(peers: ReadonlySet<string>): string | null;
 }
 
 /**
@@ -176,6 +178,14 @@ export function startServer(
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.idleTimeoutMs,
     logSessions: sessionLog.isEnabledFor("info"),
+    sourceFor(peers) {
+      // Only a BIND asks, so no index is kept on every CONNECT's path.
+      for (const { session } of sessions.toArray()) {
+        const source = session.sourceFor(peers);
+        if (source !== null) return source;
+      }
+      return null;
+    },
   };
   // Not a Set: see SlotList for what a Set's churn costs the GC.
   const sessions = new SlotList<RunningSession>();

@@ -186,9 +186,9 @@ export class SocksSession extends ProxySession {
   }
 
   /**
-   * BIND: listen on the interface the client came in on, reply with that
-   * address, wait (bounded by the bind timeout) for the peer the request
-   * named, reply with the peer's address, then relay as CONNECT does.
+   * BIND: listen (see #bindAddress), reply with that address, wait (bounded
+   * by the bind timeout) for the peer the request named, reply with the
+   * peer's address, then relay as CONNECT does.
    */
   async #bind(address: Address, replies: BindReplies): Promise<Relaying | null> {
     let peers: ReadonlySet<string> | null;
@@ -205,7 +205,7 @@ export class SocksSession extends ProxySession {
         error instanceof SessionAbort ? error.failure : "name-not-resolved",
       );
     }
-    const listenOn = unmapIPv4(this.client.localAddr.hostname);
+    const listenOn = this.#bindAddress(peers);
     if (peers && ![...peers].some((peer) => peer.includes(":") === listenOn.includes(":"))) {
       // An IPv4 peer cannot connect to a listener on an IPv6 address, nor the
       // reverse: say so now rather than after the whole bind timeout.
@@ -243,6 +243,21 @@ export class SocksSession extends ProxySession {
     this.#bindPeer = formatAddress({ host: peer.remoteAddr.hostname, port: peer.remoteAddr.port });
     await writeAll(this.client, replies.bound(peer.remoteAddr));
     return { target: peer, early: this.#takeEarlyData() };
+  }
+
+  /**
+   * Where a BIND listens: where ferry already reaches the peer from (the
+   * address of the FTP control connection the client made with CONNECT, say)
+   * when a session of this listener holds such a connection; else the address
+   * the client came in on. On a host between two networks the client's side
+   * may be one the peer cannot route to, and FTP servers refuse a PORT that
+   * names another address than the control connection's. A SOCKS4 reply has
+   * room for an IPv4 address only.
+   */
+  #bindAddress(peers: ReadonlySet<string> | null): string {
+    const source = peers && this.context.sourceFor(peers);
+    if (source && !(this.protocol !== "socks5" && source.includes(":"))) return source;
+    return unmapIPv4(this.client.localAddr.hostname);
   }
 
   /**

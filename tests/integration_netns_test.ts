@@ -145,6 +145,21 @@ Deno.test({
   },
 });
 
+const BIND_ROUTE_PROBE = new URL("./_helpers/bind_route_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "a BIND listens where ferry reaches the peer from (the control connection's address), not where the client came in",
+  ignore: !netnsAvailable,
+  async fn() {
+    // ferry on 127.0.0.1 (an ssh -L tunnel's end) between a client and an
+    // FTP server at 10.77.0.2: a BIND listening on 127.0.0.1 could never be
+    // reached by the server, and a PORT naming it would be refused anyway.
+    const probed = await probeInNamespace("true", BIND_ROUTE_PROBE);
+    assert.deepEqual(probed, { firstHost: "10.77.0.1", second: 0, carried: "from the peer" });
+  },
+});
+
 /**
  * python3 listeners with backlog 0 and one client already queued, one on
  * each IPv4 address given as an argument, all on one port: the kernel drops

@@ -39,6 +39,7 @@ Deno.test("an unexpected failure is logged as outcome error, with what the error
       connectTimeoutMs: 5000,
       idleTimeoutMs: 5000,
       logSessions: true,
+      sourceFor: () => null,
     }, "handshake");
     await session.run();
     // The session closed its end: the client reads EOF.
