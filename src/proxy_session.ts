@@ -20,13 +20,17 @@ import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
 import { dial, DialError, messageWithCause } from "./upstream/dial.ts";
 
+/** Outcomes whose name does not say what went wrong (see errorDetail). */
+const OUTCOMES_WITH_DETAIL = new Set(["protocol-error", "general-failure", "name-not-resolved"]);
+
 /**
  * The `error` field of a session line whose outcome name does not say what
  * went wrong: which byte of the handshake was wrong, which system error a
- * connect failed with (port 0, a blackhole route), or an unexpected error.
+ * connect failed with (port 0, a blackhole route), what the resolver said
+ * (a name that does not exist, a server that failed), or an unexpected error.
  */
 export function errorDetail(outcome: string, error: unknown): string | undefined {
-  if (outcome === "protocol-error" || outcome === "general-failure") return messageWithCause(error);
+  if (OUTCOMES_WITH_DETAIL.has(outcome)) return messageWithCause(error);
   if (outcome !== "error") return undefined;
   return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }
@@ -327,7 +331,7 @@ export abstract class ProxySession implements Expirable {
   protected dialTarget(address: Address): Promise<Deno.TcpConn> {
     return this.waitInConnectPhase(
       this.context.connectTimeoutMs,
-      (signal) => dial(address, signal, this.client.remoteAddr.hostname),
+      (signal) => dial(address, signal, unmapIPv4(this.client.remoteAddr.hostname)),
     ).then((target) => {
       this.adoptTarget(target);
       if (this.controller.signal.aborted) throw this.controller.signal.reason;

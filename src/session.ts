@@ -196,7 +196,10 @@ export class SocksSession extends ProxySession {
       peers = await this.waitInConnectPhase(
         this.#socks.connectTimeoutMs,
         (signal) =>
-          raceAbort(expectedPeers(address, this.client.remoteAddr.hostname, signal), signal),
+          raceAbort(
+            expectedPeers(address, unmapIPv4(this.client.remoteAddr.hostname), signal),
+            signal,
+          ),
       );
     } catch (error) {
       if (this.controller.signal.aborted) throw error;

@@ -85,12 +85,16 @@ async function run(
  * Runs `probe` (a Deno script printing one JSON line last) in a new network
  * namespace with `lo` up, after the shell commands `setup`; returns that line.
  */
-async function probeInNamespace(setup: string, probe: string): Promise<unknown> {
+async function probeInNamespace(
+  setup: string,
+  probe: string,
+  namespaces = ["-n"],
+): Promise<unknown> {
   // The namespace has no network: fetch ferry's dependencies out here first.
   const cached = await run(Deno.execPath(), ["cache", MAIN, probe], 120_000);
   assert.equal(cached.code, 0, `deno cache failed:\n${cached.stderr}`);
   const result = await run("unshare", [
-    "-n",
+    ...namespaces,
     "bash",
     "-c",
     `set -e; ip link set lo up; ${setup}; exec "$0" run -A "$1"`,
@@ -119,6 +123,8 @@ Deno.test({
     assert.equal(byName["unreachable-route"]?.outcome, "host-unreachable", show);
     assert.equal(byName["unresolvable-name"]?.reply, socks5.Reply.HostUnreachable, show);
     assert.equal(byName["unresolvable-name"]?.outcome, "name-not-resolved", show);
+    // What the resolver said, so a missing name and a failing resolver can be told apart.
+    assert.match(String(byName["unresolvable-name"]?.detail), /^cannot resolve ".+": ./, show);
   },
 });
 
@@ -365,6 +371,34 @@ Deno.test({
       assert.ok(descriptors < 40, `${descriptors} descriptors open after 1.5 s`);
     } finally {
       await Deno.remove(hostsFile);
+    }
+  },
+});
+
+const DARK_DNS_PROBE = new URL("./_helpers/dark_dns_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "lookups hanging on a silent name server leave ferry's log writing, and a name that spells an IP address needs no lookup",
+  ignore: !mountNsAvailable || !netnsAvailable,
+  async fn() {
+    // Deno has 32 threads for blocking work, and a lookup holds one until the
+    // resolver gives up; so does every write to stderr. With 32 lookups
+    // allowed, four clients' names froze the log (and lost it at SIGTERM).
+    const resolvConf = await Deno.makeTempFile({ suffix: ".resolv.conf" });
+    try {
+      await Deno.writeTextFile(resolvConf, "nameserver 127.0.0.1\noptions timeout:20 attempts:1\n");
+      const probed = await probeInNamespace(
+        `mount --bind ${resolvConf} /etc/resolv.conf`,
+        DARK_DNS_PROBE,
+        ["-n", "-m"],
+      ) as { literal?: { reply: number; ms: number }; lineMs?: number };
+      const show = JSON.stringify(probed);
+      assert.equal(probed.literal?.reply, socks5.Reply.Succeeded, show);
+      assert.ok(probed.literal!.ms < 2_000, `"127.0.0.1" by name waited for a lookup: ${show}`);
+      assert.ok(probed.lineMs! < 2_000, `the session line was held up: ${show}`);
+    } finally {
+      await Deno.remove(resolvConf);
     }
   },
 });

@@ -27,8 +27,14 @@ export interface LookupAddress {
   readonly family: number;
 }
 
-/** Lookups in progress at most, in the whole process. */
-export const MAX_LOOKUPS = 32;
+/**
+ * Lookups in progress at most, in the whole process. Each holds one of the
+ * 32 threads Deno's runtime has for blocking work until the resolver answers
+ * or gives up, and every write to stderr needs one of those threads too: 32
+ * lookups of names whose server never answers froze ferry's log for the
+ * resolver's whole timeout, and lost its last lines at SIGTERM.
+ */
+export const MAX_LOOKUPS = 24;
 /** Lookups in progress at most for one client IP. */
 export const MAX_LOOKUPS_PER_CLIENT = 8;
 /** Requests at most waiting for a slot, per client IP; more fail at once. */

@@ -18,6 +18,8 @@ export interface ProbeResult {
   reply: number | null;
   outcome: unknown;
   error?: string;
+  /** The session line's `error` field. */
+  detail?: unknown;
 }
 
 const PROBES: { name: string; address: Address }[] = [
@@ -36,7 +38,7 @@ const results: ProbeResult[] = [];
       const reply = await socks5Handshake(conn, address);
       conn.close();
       const session = await sessionOf(ferry, conn.localAddr);
-      results.push({ name, reply: reply.reply, outcome: session.outcome });
+      results.push({ name, reply: reply.reply, outcome: session.outcome, detail: session.error });
     } catch (error) {
       results.push({ name, reply: null, outcome: null, error: String(error) });
     } finally {

@@ -1,0 +1,97 @@
+/**
+ * Runs inside a network and mount namespace that
+ * tests/integration_netns_test.ts creates, whose /etc/resolv.conf names a
+ * server on 127.0.0.1 that never answers. Clients on four addresses ask
+ * ferry for 32 names at once, the most its caps let run; each lookup then
+ * holds a thread of Deno's blocking pool until the resolver gives up. Then:
+ * a name that spells an IP address, and whether ferry's log still gets
+ * its lines (stderr writes take a thread of that pool too).
+ *
+ * Prints one JSON object: `{ literal: { reply, ms }, lineMs }`, or what failed.
+ *
+ * Run: deno run -A tests/_helpers/dark_dns_probe.ts
+ */
+import { startFerry } from "./ferry.ts";
+import { sessionOf } from "./session_log.ts";
+import { BufferedConn, domain, ipv4, socks5Handshake, TcpTarget } from "./socks_client.ts";
+
+/** Python: a DNS server on 127.0.0.1:53 that reads every query and answers none. */
+const DARK_DNS = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+print("ready", flush=True)
+while True:
+    s.recvfrom(4096)
+`;
+/** Python: 8 CONNECTs by name from each of 127.0.0.2–5, held until stdin closes. */
+const ASKERS = `
+import socket, sys
+port, held = int(sys.argv[1]), []
+for client in range(2, 6):
+    for i in range(8):
+        s = socket.socket()
+        s.bind((f"127.0.0.{client}", 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"\\x05\\x01\\x00")
+        assert s.recv(2) == b"\\x05\\x00"
+        name = f"n{client}-{i}.dark.test".encode()
+        s.sendall(b"\\x05\\x01\\x00\\x03" + bytes([len(name)]) + name + b"\\x00\\x50")
+        held.append(s)
+print("asked", flush=True)
+sys.stdin.read()
+`;
+
+/** Starts a python3 script and waits for its first line. */
+async function python(script: string, ...args: string[]) {
+  const child = new Deno.Command("python3", {
+    args: ["-c", script, ...args],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const first = await child.stdout.getReader().read();
+  if (first.done) throw new Error("python exited before its first line");
+  return {
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // already gone
+      }
+      await child.status;
+    },
+  };
+}
+
+let result: unknown;
+try {
+  await using _dns = await python(DARK_DNS);
+  await using ferry = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--connect-timeout",
+    "30s",
+  ]);
+  using target = new TcpTarget(Deno.listen({ hostname: "127.0.0.1", port: 0 }));
+  await using _askers = await python(ASKERS, String(ferry.port));
+  await new Promise((resolve) => setTimeout(resolve, 500)); // the lookups are under way
+
+  const started = performance.now();
+  using byName = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(byName, domain("127.0.0.1", target.port));
+  const literal = { reply: reply.reply, ms: Math.round(performance.now() - started) };
+
+  // A session that ends at once (its target refuses), so that its line is due now.
+  const refusing = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  refusing.close();
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await socks5Handshake(client, ipv4("127.0.0.1", refusing.addr.port));
+  client.close();
+  const closed = performance.now();
+  await sessionOf(ferry, client.localAddr, 5_000);
+  result = { literal, lineMs: Math.round(performance.now() - closed) };
+} catch (error) {
+  result = { error: String(error) };
+}
+console.log(JSON.stringify(result));
