@@ -15,7 +15,7 @@
 import dgram from "node:dgram";
 import { once } from "node:events";
 import { lookupAll } from "./upstream/lookups.ts";
-import { type Address, addressOf } from "./protocol/address.ts";
+import { type Address, addressOf, ipOfName } from "./protocol/address.ts";
 import { zonedHost } from "./link_local.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { decodeUdpDatagram, encodeUdpHeader } from "./protocol/socks5.ts";
@@ -53,6 +53,15 @@ export interface UdpCounters {
  * right now (a DNS server among a DHT client's many peers) keeps answering.
  */
 const MAX_PEERS = 1024;
+/**
+ * How long an association sends to a name's address without looking it up
+ * again. A lookup per datagram held every datagram behind the one before's
+ * lookup: to a name answered in 50 ms, 100 datagrams a second came back 5 s
+ * late, and the resolver got two queries a datagram.
+ */
+const NAME_KEPT_MS = 60_000;
+/** Names kept at most per association; the oldest goes first. */
+const MAX_NAMES = 256;
 
 /**
  * Datagrams that may wait, in order, behind a name lookup or the outbound
@@ -207,6 +216,8 @@ export class UdpAssociation {
    * go out one by one, in the order the client sent them.
    */
   readonly #waiting: Outgoing[] = [];
+  /** Names this association's datagrams went to, and their addresses (see NAME_KEPT_MS). */
+  readonly #names = new Map<string, { ip: string; at: number }>();
   #closed = false;
 
   private constructor(options: UdpAssociationOptions, clientSocket: dgram.Socket, zone: string) {
@@ -280,9 +291,10 @@ export class UdpAssociation {
     if (address.port === 0) return void this.counters.dropped++;
     // Learnt from the first datagram that is one: not from stray bytes.
     if (this.#clientPort === 0) this.#clientPort = from.port;
-    if (this.#waiting.length === 0 && address.type !== "domain") {
-      const sender = this.#outbound.get(familyOf(address.host));
-      if (sender) return this.#sendOut(sender, address.host, address.port, data);
+    if (this.#waiting.length === 0) {
+      const ip = address.type === "domain" ? this.#knownIp(address.host) : address.host;
+      const sender = ip === null ? undefined : this.#outbound.get(familyOf(ip));
+      if (sender) return this.#sendOut(sender, ip!, address.port, data);
     }
     if (this.#waiting.length >= MAX_WAITING) return void this.counters.dropped++;
     this.#waiting.push({ address, data: data.slice() }); // not a view of the receive buffer
@@ -298,7 +310,9 @@ export class UdpAssociation {
     while (this.#waiting.length > 0 && !this.#closed) {
       const { address, data } = this.#waiting[0]!;
       try {
-        const ip = address.type === "domain" ? await this.#resolve(address) : address.host;
+        const ip = address.type !== "domain"
+          ? address.host
+          : this.#knownIp(address.host) ?? await this.#resolve(address.host);
         const sender = await this.#outboundReady(familyOf(ip));
         if (this.#closed) return; // close() counted what was waiting
         this.#sendOut(sender, ip, address.port, data);
@@ -310,12 +324,24 @@ export class UdpAssociation {
     }
   }
 
-  async #resolve(address: Address): Promise<string> {
-    const results = await lookupAll(address.host, this.#options.clientIp);
+  /** The address `name` was resolved to for this association, if still fresh, or that it spells. */
+  #knownIp(name: string): string | null {
+    const known = this.#names.get(name);
+    if (known && performance.now() - known.at < NAME_KEPT_MS) return known.ip;
+    return ipOfName(name);
+  }
+
+  async #resolve(name: string): Promise<string> {
+    const results = await lookupAll(name, this.#options.clientIp);
     // A datagram cannot fall back to the next address the way a connect can,
     // so IPv4 is preferred: it is what a name's UDP service most often listens on.
     const chosen = results.find((r) => r.family === 4) ?? results[0];
-    if (!chosen) throw new Error(`no addresses for ${address.host}`);
+    if (!chosen) throw new Error(`no addresses for ${name}`);
+    // Oldest out first (a Map iterates in insertion order).
+    if (!this.#names.delete(name) && this.#names.size >= MAX_NAMES) {
+      this.#names.delete(this.#names.keys().next().value!);
+    }
+    this.#names.set(name, { ip: chosen.address, at: performance.now() });
     return chosen.address;
   }
 

@@ -146,6 +146,16 @@ export function addressOf(host: string, port: number): Address {
   return { type: "domain", host, port };
 }
 
+/**
+ * The IP address a host name spells (`"127.0.0.1"`, `"::1"`), or `null`: such
+ * a name needs no lookup. `"[::1]"` is no IP address here, and no name either.
+ */
+export function ipOfName(name: string): string | null {
+  if (name.startsWith("[")) return null;
+  const address = addressOf(name, 0);
+  return address.type === "domain" ? null : address.host;
+}
+
 /** `host:port`, with IPv6 hosts in brackets, as logs and URLs expect. */
 export function formatAddress(address: { host: string; port: number }): string {
   return address.host.includes(":")

@@ -7,7 +7,7 @@
  * @module
  */
 import { closeQuietly } from "../close_quietly.ts";
-import { type Address, addressOf } from "../protocol/address.ts";
+import { type Address, ipOfName } from "../protocol/address.ts";
 import { Reply } from "../protocol/socks5.ts";
 import { lookupAll, LookupsBusy } from "./lookups.ts";
 
@@ -131,13 +131,12 @@ export function dial(
   signal: AbortSignal,
   client = "",
 ): Promise<Deno.TcpConn> {
-  // A name that spells an IP address ("127.0.0.1", "::1") needs no lookup,
-  // and must not wait behind other clients' lookups for a slot.
-  const literal = address.type === "domain" && !address.host.startsWith("["); // "[::1]" is no name
-  const target = literal ? addressOf(address.host, address.port) : address;
-  return target.type === "domain"
-    ? dialName(target.host, target.port, client, signal)
-    : connectToIp(target.host, target.port, signal);
+  if (address.type !== "domain") return connectToIp(address.host, address.port, signal);
+  // A name that spells an IP address must not wait behind other clients' lookups.
+  const ip = ipOfName(address.host);
+  return ip === null
+    ? dialName(address.host, address.port, client, signal)
+    : connectToIp(ip, address.port, signal);
 }
 
 /**

@@ -1,0 +1,96 @@
+/**
+ * Runs inside a network and mount namespace that
+ * tests/integration_netns_test.ts creates, whose /etc/resolv.conf names a
+ * server on 127.0.0.1 that this probe runs: it answers `echo.test` with
+ * 127.0.0.1 (and no IPv6 address), 50 ms late, and counts the queries. A
+ * UDP association sends 20 datagrams to `echo.test`, an echo server.
+ *
+ * Prints one JSON object: `{ echoed, queries }`, or what failed.
+ *
+ * Run: deno run -A tests/_helpers/udp_name_probe.ts
+ */
+import dgram from "node:dgram";
+import { once } from "node:events";
+import { startFerry } from "./ferry.ts";
+import { BufferedConn, deadline, domain, ipv4, socks5, socks5Handshake } from "./socks_client.ts";
+
+const COUNT = 20;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/**
+ * Python: a name server for echo.test (A 127.0.0.1, no AAAA), answering
+ * after 50 ms; it writes the number of queries it got to argv[1].
+ */
+const NAME_SERVER = `
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+print("ready", flush=True)
+queries = 0
+while True:
+    query, client = s.recvfrom(4096)
+    queries += 1
+    open(sys.argv[1], "w").write(str(queries))
+    qid, qend = query[:2], 12
+    while query[qend] != 0:
+        qend += 1 + query[qend]
+    question = query[12:qend + 5]
+    qtype = struct.unpack(">H", query[qend + 1:qend + 3])[0]
+    answers = b""
+    if qtype == 1:
+        answers = b"\\xc0\\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([127, 0, 0, 1])
+    header = qid + struct.pack(">HHHHH", 0x8180, 1, 1 if answers else 0, 0, 0)
+    time.sleep(0.05)
+    s.sendto(header + question + answers, client)
+`;
+
+let result: unknown;
+const countFile = await Deno.makeTempFile();
+const nameServer = new Deno.Command("python3", {
+  args: ["-c", NAME_SERVER, countFile],
+  stdout: "piped",
+}).spawn();
+const echo = dgram.createSocket("udp4");
+const local = dgram.createSocket("udp4");
+try {
+  await nameServer.stdout.getReader().read(); // "ready"
+  echo.on("message", (message, from) => echo.send(message, from.port, from.address));
+  echo.bind(0, "127.0.0.1");
+  await once(echo, "listening");
+  local.bind(0, "127.0.0.1");
+  await once(local, "listening");
+
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
+  using control = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(control, ipv4("127.0.0.1", local.address().port), {
+    command: socks5.Command.UdpAssociate,
+  });
+  const echoed = new Set<string>();
+  const allBack = new Promise<void>((resolve) =>
+    local.on("message", (message: Uint8Array) => {
+      echoed.add(decoder.decode(socks5.decodeUdpDatagram(message).data));
+      if (echoed.size === COUNT) resolve();
+    })
+  );
+  const header = socks5.encodeUdpHeader(domain("echo.test", echo.address().port));
+  for (let i = 0; i < COUNT; i++) {
+    local.send(
+      new Uint8Array([...header, ...encoder.encode(`d${i}`)]),
+      reply.address.port,
+      reply.address.host,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  await deadline(allBack, 10_000, `${COUNT} echoes (got ${echoed.size})`);
+  result = { echoed: echoed.size, queries: Number(await Deno.readTextFile(countFile)) };
+} catch (error) {
+  result = { error: String(error) };
+} finally {
+  local.close();
+  echo.close();
+  nameServer.kill("SIGKILL");
+  await nameServer.status;
+  await Deno.remove(countFile);
+}
+console.log(JSON.stringify(result));
