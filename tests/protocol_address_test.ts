@@ -6,6 +6,8 @@ import {
   formatAddress,
   formatIPv4,
   formatIPv6,
+  ipOfName,
+  isLoopbackIp,
   parseIPv4,
   parseIPv6,
 } from "../src/protocol/address.ts";
@@ -238,4 +240,20 @@ Deno.test("formatAddress() brackets IPv6 hosts only", () => {
   assert.equal(formatAddress({ host: "::1", port: 443 }), "[::1]:443");
   assert.equal(formatAddress({ host: "2001:db8::1", port: 0 }), "[2001:db8::1]:0");
   assert.equal(formatAddress(addressOf("[::1]", 8080)), "[::1]:8080");
+});
+
+Deno.test("ipOfName: a name that spells an IP address is that address; anything else needs a lookup", () => {
+  assert.equal(ipOfName("127.0.0.1"), "127.0.0.1");
+  assert.equal(ipOfName("::1"), "::1");
+  assert.equal(ipOfName("0:0:0:0:0:0:0:1"), "::1", "in its canonical form");
+  for (const name of ["localhost", "[::1]", "127.1", "127.0.0.256", "::1%lo", "example.com"]) {
+    assert.equal(ipOfName(name), null, name);
+  }
+});
+
+Deno.test("isLoopbackIp: 127.0.0.0/8 and ::1", () => {
+  for (const ip of ["127.0.0.1", "127.255.0.9", "::1"]) assert.ok(isLoopbackIp(ip), ip);
+  for (const ip of ["128.0.0.1", "10.0.0.1", "::2", "127.foo", "localhost", "::ffff:127.0.0.1"]) {
+    assert.ok(!isLoopbackIp(ip), ip);
+  }
 });

@@ -91,13 +91,19 @@ function abortFailure(signal: AbortSignal): DialFailure {
   return reason?.failure === "connect-timeout" ? "connect-timeout" : "aborted";
 }
 
+/** How an aborted dial ended, for its message. */
+const endedBy = (failure: DialFailure) => failure === "connect-timeout" ? "timed out" : "aborted";
+
 /** Resolves a name to its addresses, in the order the system prefers. */
 async function resolve(host: string, client: string, signal: AbortSignal): Promise<string[]> {
   let results: { address: string }[];
   try {
     results = await raceAbort(lookupAll(host, client, signal), signal);
   } catch (error) {
-    if (signal.aborted) throw new DialError(abortFailure(signal), `resolving ${host} aborted`);
+    if (signal.aborted) {
+      const failure = abortFailure(signal);
+      throw new DialError(failure, `resolving ${host} ${endedBy(failure)}`);
+    }
     if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
     throw new DialError("name-not-resolved", `cannot resolve ${JSON.stringify(host)}`, {
       cause: error,
@@ -253,7 +259,7 @@ async function connectToIp(
   } catch (error) {
     if (conn) closeQuietly(conn);
     const failure = signal.aborted ? abortFailure(signal) : classifyConnectError(error);
-    const what = signal.aborted ? "aborted" : "failed";
+    const what = signal.aborted ? endedBy(failure) : "failed";
     throw new DialError(failure, `connect to ${hostname} ${what}`, { cause: error });
   }
 }

@@ -16,9 +16,9 @@ import { ByteQueue } from "../byte_queue.ts";
 import { closeQuietly } from "../close_quietly.ts";
 import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
-import { formatAddress } from "../protocol/address.ts";
+import { addressOf, formatAddress } from "../protocol/address.ts";
 import type { RelayEnd } from "../relay.ts";
-import { DialError, messageWithCause } from "./dial.ts";
+import { dial, DialError, messageWithCause } from "./dial.ts";
 
 /** Most bytes an upstream may send unasked while pooled; more means it is not waiting for us. */
 export const POOLED_BYTES_LIMIT = 64 * 1024;
@@ -126,6 +126,9 @@ export interface UpstreamOptions {
    */
   readonly leadsBack?: (conn: Deno.TcpConn) => boolean;
 }
+
+/** Why a pooled dial was aborted: dial() reports it as a connect timeout. */
+const CONNECT_TIMEOUT = { failure: "connect-timeout" } as const;
 
 const BACKOFF_FIRST_MS = 100;
 /**
@@ -389,15 +392,23 @@ export class Upstream {
 
   async #dialOne(): Promise<void> {
     let conn: Deno.TcpConn;
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(CONNECT_TIMEOUT), this.#options.connectTimeoutMs);
     try {
-      conn = await Deno.connect({
-        hostname: this.address.hostname,
-        port: this.address.port,
-        signal: AbortSignal.timeout(this.#options.connectTimeoutMs),
-      });
+      // Through dial(), not Deno.connect: a name is then looked up under the
+      // caps, once for all the pool's dials at a time. Deno.connect looks it
+      // up on a thread of Deno's blocking pool each; --pool 40 with a name
+      // server that did not answer took all 32, and ferry's log (stderr
+      // writes need one) said nothing, not even `listening`, until the
+      // resolver gave up.
+      const { hostname, port } = this.address;
+      // The pool's lookups count as one client's (see src/upstream/lookups.ts).
+      conn = await dial(addressOf(hostname, port), timeout.signal, `pool ${this.name}`);
     } catch (error) {
       this.markDown(error);
       return;
+    } finally {
+      clearTimeout(timer);
     }
     this.stats.dialled++;
     if (this.#closed) {
@@ -406,8 +417,7 @@ export class Upstream {
     }
     const loop = this.#loopError(conn);
     if (loop) return this.markDown(loop);
-    conn.setNoDelay(true);
-    conn.setKeepAlive(true);
+    conn.setKeepAlive(true); // dial() set TCP_NODELAY
     // Up only once a connection has lasted (see SETTLE_MS) or served a client.
     const pooled: PooledConnection = new PooledConnection(conn, (reason) => {
       const at = this.#idle.indexOf(pooled);

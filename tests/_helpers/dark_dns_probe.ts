@@ -5,9 +5,11 @@
  * ferry for 32 names at once, the most its caps let run; each lookup then
  * holds a thread of Deno's blocking pool until the resolver gives up. Then:
  * a name that spells an IP address, and whether ferry's log still gets
- * its lines (stderr writes take a thread of that pool too).
+ * its lines (stderr writes take a thread of that pool too). Last, how soon
+ * a forwarder whose pool of 40 dials such a name logs `listening`.
  *
- * Prints one JSON object: `{ literal: { reply, ms }, lineMs }`, or what failed.
+ * Prints one JSON object: `{ literal: { reply, ms }, lineMs, poolListeningMs }`,
+ * or what failed.
  *
  * Run: deno run -A tests/_helpers/dark_dns_probe.ts
  */
@@ -90,7 +92,16 @@ try {
   client.close();
   const closed = performance.now();
   await sessionOf(ferry, client.localAddr, 5_000);
-  result = { literal, lineMs: Math.round(performance.now() - closed) };
+  const lineMs = Math.round(performance.now() - closed);
+
+  // A forwarder whose pool dials a name: its dials share one lookup.
+  const starting = performance.now();
+  await using _forwarder = await startFerry(
+    ["forward", "--listen", "127.0.0.1:0", "--to", "pool.dark.test:80", "--pool", "40"],
+    { startTimeoutMs: 15_000 },
+  );
+  const poolListeningMs = Math.round(performance.now() - starting);
+  result = { literal, lineMs, poolListeningMs };
 } catch (error) {
   result = { error: String(error) };
 }
