@@ -195,6 +195,17 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
     output.writeErr(`error: unknown command '${topic}'\n(run with --help for usage)\n`);
     return { command: "exit", code: 2 };
   }
+  // `ferry --log-format json socks`: commander calls the option unknown,
+  // though the command takes it. Only its name is shown: a value may be a password.
+  const command = program.commands.find((c) => args.includes(c.name()));
+  const option = args[0]?.split("=")[0];
+  if (command && command.options.some((o) => o.long === option || o.short === option)) {
+    output.writeErr(
+      `error: option '${option}' before the command; options go after it: ` +
+        `ferry ${command.name()} ${option} …\n(run with --help for usage)\n`,
+    );
+    return { command: "exit", code: 2 };
+  }
   try {
     program.parse(args, { from: "user" });
   } catch (error) {

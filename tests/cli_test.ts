@@ -109,6 +109,16 @@ Deno.test("an unknown flag exits 2 and is named on stderr", async () => {
   assert.match(run.stderr, /--frobnicate/);
 });
 
+Deno.test("an option before the command exits 2 and says where it goes, without its value", async () => {
+  const run = await ferry("--user=alice:s3cret", "socks", "--listen", "127.0.0.1:0");
+  assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
+  assert.match(
+    run.stderr,
+    /option '--user' before the command; options go after it: ferry socks --user/,
+  );
+  assert.ok(!run.stderr.includes("s3cret"), run.stderr);
+});
+
 Deno.test("an unknown command exits 2 and is named on stderr", async () => {
   const run = await ferry("sockz");
   assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
