@@ -11,11 +11,13 @@
 
 import { dirname, resolve } from "node:path";
 import {
+  createScanner,
   getNodeValue,
   type Node as JsonNode,
   type ParseError,
   parseTree,
   printParseErrorCode,
+  type SyntaxKind,
 } from "jsonc-parser";
 import { z } from "zod";
 import {
@@ -477,14 +479,41 @@ function lineToBlame(
 ): number | null {
   if (text.includes("\u0000") || text.startsWith("\uFFFD\uFFFD")) return Math.min(...notUtf8);
   const lineOf = (offset: number) => Number(lineCol(text, offset).split(":")[0]);
+  // A syntax error on a line whose bad bytes all sit in a comment is the
+  // syntax's fault: it is reported as such (`"a": 1 // café` missing a comma).
+  const inComments = commentRanges(text);
+  const outside = new Set<number>();
+  for (let at = text.indexOf("\uFFFD"); at >= 0; at = text.indexOf("\uFFFD", at + 1)) {
+    if (!inComments.some(([start, end]) => at >= start && at < end)) outside.add(lineOf(at));
+  }
   const spoilt = parseErrors.map((error) => lineOf(error.offset))
     .concat(
       root === undefined ? [] : stringNodes(root)
         .filter((node) => text.slice(node.offset, node.offset + node.length).includes("\uFFFD"))
         .map((node) => lineOf(node.offset)),
     )
-    .filter((line) => notUtf8.has(line));
+    .filter((line) => notUtf8.has(line) && outside.has(line));
   return spoilt.length > 0 ? Math.min(...spoilt) : null;
+}
+
+/**
+ * jsonc-parser's SyntaxKind values for comments and the end: a const enum,
+ * which cannot be read at run time under isolatedModules.
+ */
+const LINE_COMMENT = 12 as SyntaxKind;
+const BLOCK_COMMENT = 13 as SyntaxKind;
+const END = 17 as SyntaxKind;
+
+/** Where the comments of a JSONC text are, as [start, end) offsets. */
+function commentRanges(text: string): [number, number][] {
+  const ranges: [number, number][] = [];
+  const scanner = createScanner(text, false);
+  for (let kind = scanner.scan(); kind !== END; kind = scanner.scan()) {
+    if (kind === LINE_COMMENT || kind === BLOCK_COMMENT) {
+      ranges.push([scanner.getTokenOffset(), scanner.getTokenOffset() + scanner.getTokenLength()]);
+    }
+  }
+  return ranges;
 }
 
 /** Every string in the document, keys included. */
