@@ -687,11 +687,11 @@ Deno.test("bytes that are not UTF-8 are refused in a value, and let be in a comm
     // Nor when the comment shares the line with the error.
     await Deno.writeFile(
       path,
-      latin1(`{ "listeners": [\n${listener.replace("PASSWORD", "plain")} // café\n] "log": {} }`),
+      latin1(`{ "listeners": [\n${listener.replace("PASSWORD", "plain")}] "log": {} } // café\n`),
     );
     const sameLine = await problemsOf(loadConfigFile(path));
     assert.equal(sameLine.length, 1, sameLine.join("\n"));
-    assert.match(sameLine[0]!, /:3:\d+: expected ","/);
+    assert.match(sameLine[0]!, /:2:\d+: expected ","/);
     // A real U+FFFD (in UTF-8) in a password is a character like any other.
     await Deno.writeFile(
       path,
