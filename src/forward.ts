@@ -9,6 +9,7 @@
 import type { ForwardConfig } from "./config.ts";
 import { addressOf, formatAddress, isLoopbackIp, unmapIPv4 } from "./protocol/address.ts";
 import {
+  errorDetail,
   NO_EARLY_BYTES,
   ProxySession,
   type Relaying,
@@ -73,7 +74,7 @@ export class ForwardSession extends ProxySession {
   }
 
   protected async negotiate(): Promise<Relaying | null> {
-    let lastFailure = "no-upstream-up";
+    let lastFailure: DialError | null = null;
     for (const upstream of this.#upstreams.candidates()) {
       this.requested = upstream.name;
       const pooled = upstream.take();
@@ -88,14 +89,15 @@ export class ForwardSession extends ProxySession {
         target = await upstream.dialForClient(() => this.dialTarget(addressOf(hostname, port)));
       } catch (error) {
         if (!(error instanceof DialError) || error.failure === "aborted") throw error;
-        lastFailure = error.failure; // dialForClient marked the upstream down
+        lastFailure = error; // dialForClient marked the upstream down
         continue;
       }
       return { target, early: NO_EARLY_BYTES };
     }
     // Nothing to forward to: close at once rather than leave the client waiting.
     this.requested ??= this.#upstreams.upstreams.map((u) => u.name).join(",");
-    this.setOutcome(lastFailure);
+    if (lastFailure === null) this.setOutcome("no-upstream-up");
+    else this.setOutcome(lastFailure.failure, errorDetail(lastFailure.failure, lastFailure));
     return null;
   }
 
@@ -120,6 +122,28 @@ export function reachesListener(listener: Deno.NetAddr, conn: Deno.TcpConn): boo
   if (listenHost !== "0.0.0.0" && listenHost !== "::") return to === listenHost;
   if (listenHost === "0.0.0.0" && to.includes(":")) return false;
   return isLoopbackIp(to) || to === unmapIPv4(localAddr.hostname);
+}
+
+/** How long a dial that may have reached the listener waits to see it accepted there. */
+const LOOP_CONFIRM_MS = 250;
+
+/**
+ * Whether `conn`, just dialled, is a connection the forwarder's own
+ * listener accepted. {@linkcode reachesListener} says it may be; the
+ * listener accepting that very connection (its client address is the
+ * dial's local address) says it is. Without that, a `[::]` listener that
+ * takes IPv6 only (net.ipv6.bindv6only), or a local address that NAT sends
+ * elsewhere, made a working upstream look like a loop.
+ */
+async function leadsBack(server: Server, conn: Deno.TcpConn): Promise<boolean> {
+  if (!reachesListener(server.addr, conn)) return false;
+  const ip = unmapIPv4(conn.localAddr.hostname);
+  const { port } = conn.localAddr;
+  for (const started = performance.now(); performance.now() - started < LOOP_CONFIRM_MS;) {
+    if (server.hasClient(ip, port)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  return server.hasClient(ip, port);
 }
 
 /** A running forwarder: its server and its upstreams. */
@@ -153,7 +177,7 @@ export function openForwarder(config: ForwardConfig): Forwarder {
       poolMaxIdleMs: config.poolMaxIdleMs,
       connectTimeoutMs: config.connectTimeoutMs,
       listen: formatAddress({ host: server.addr.hostname, port: server.addr.port }),
-      leadsBack: (conn) => reachesListener(server.addr, conn),
+      leadsBack: (conn) => leadsBack(server, conn),
     })
   ));
   return {
@@ -166,6 +190,7 @@ export function openForwarder(config: ForwardConfig): Forwarder {
     get activeSessions() {
       return server.activeSessions;
     },
+    hasClient: (ip, port) => server.hasClient(ip, port),
     get finished() {
       return server.finished;
     },

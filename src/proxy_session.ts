@@ -52,11 +52,11 @@ export interface SessionContext {
   readonly logSessions: boolean;
   /**
    * The local address of a connection that a session of this listener holds
-   * to one of `peers`, or `null`. A BIND listens there: the peer (an FTP
+   * to one of `peers` (one of `clientIp`'s sessions first), or `null`. A BIND listens there: the peer (an FTP
    * server the client reached with CONNECT) can route to it, and sees the
    * address its control connection comes from.
    */
-  readonly sourceFor: (peers: ReadonlySet<string>) => string | null;
+  readonly sourceFor: (peers: ReadonlySet<string>, clientIp: string) => string | null;
 }
 
 /** The phases a deadline can cut short, and the outcome each timeout is logged as. */
@@ -240,6 +240,12 @@ export abstract class ProxySession implements Expirable {
     return unmapIPv4(localAddr.hostname);
   }
 
+  /** Whether the client connected from `ip` (unmapped) and `port` (any port: -1). */
+  isFrom(ip: string, port: number): boolean {
+    const { hostname, port: from } = this.client.remoteAddr;
+    return (port === -1 || from === port) && unmapIPv4(hostname) === ip;
+  }
+
   /** The client's address as `ip:port` (see {@linkcode formatPeer}). */
   get clientAddress(): string {
     return formatPeer(this.client.remoteAddr);
@@ -304,8 +310,9 @@ export abstract class ProxySession implements Expirable {
   }
 
   /** Records an outcome without ending the session (e.g. `unknown-protocol`). */
-  protected setOutcome(outcome: string): void {
+  protected setOutcome(outcome: string, detail?: string): void {
     this.#outcome = outcome;
+    this.#errorDetail = detail;
   }
 
   /** Enters `phase`, with its deadline `timeoutMs` from now. */

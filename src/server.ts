@@ -92,6 +92,8 @@ export interface ServerSession {
   abort(failure: string): void;
   /** The local address of its connection to one of `peers`, or `null` (see ProxySession). */
   sourceFor(peers: ReadonlySet<string>): string | null;
+  /** Whether its client connected from `ip` (IPv4-mapped ones unmapped) and `port`. */
+  isFrom(ip: string, port: number): boolean;
 }
 
 /**
@@ -114,6 +116,8 @@ export interface Server {
   readonly metrics: Metrics;
   /** Number of sessions in progress. */
   readonly activeSessions: number;
+  /** Whether a session in progress has a client that connected from `ip` and `port`. */
+  hasClient(ip: string, port: number): boolean;
   /** Resolves when the accept loop has ended and every session has finished. */
   readonly finished: Promise<void>;
   /**
@@ -178,13 +182,18 @@ export function startServer(
     connectTimeoutMs: config.connectTimeoutMs,
     idleTimeoutMs: config.idleTimeoutMs,
     logSessions: sessionLog.isEnabledFor("info"),
-    sourceFor(peers) {
-      // Only a BIND asks, so no index is kept on every CONNECT's path.
+    sourceFor(peers, clientIp) {
+      // Only a BIND asks, so no index is kept on every CONNECT's path. The
+      // asking client's own connection first: another client's may come from
+      // another address (a route changed, IPv6 privacy addresses).
+      let other: string | null = null;
       for (const { session } of sessions.toArray()) {
         const source = session.sourceFor(peers);
-        if (source !== null) return source;
+        if (source === null) continue;
+        if (session.isFrom(clientIp, -1)) return source;
+        other ??= source;
       }
-      return null;
+      return other;
     },
   };
   // Not a Set: see SlotList for what a Set's churn costs the GC.
@@ -299,6 +308,9 @@ export function startServer(
     metrics,
     get activeSessions() {
       return sessions.size;
+    },
+    hasClient(ip, port) {
+      return sessions.toArray().some(({ session }) => session.isFrom(ip, port));
     },
     get finished() {
       return finished ?? acceptLoop.then(waitForSessions);

@@ -432,3 +432,34 @@ Deno.test({
     }
   },
 });
+
+const V6ONLY_PROBE = new URL("./_helpers/v6only_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "a [::] forwarder that takes IPv6 only forwards to an IPv4 server on its port: no false loop",
+  ignore: !mountNsAvailable || !netnsAvailable,
+  async fn() {
+    // The loop check took [::] for dual-stack and refused this working upstream.
+    const hostsFile = await Deno.makeTempFile({ suffix: ".hosts" });
+    const serverFile = await Deno.makeTempFile({ suffix: ".py" });
+    try {
+      await Deno.writeTextFile(hostsFile, "127.0.0.1 v4.test\n");
+      await Deno.writeTextFile(
+        serverFile,
+        "import socket\ns = socket.create_server(('127.0.0.1', 9000))\n" +
+          "while True:\n    c, _ = s.accept()\n    c.sendall(b'V4')\n    c.close()\n",
+      );
+      const probed = await probeInNamespace(
+        `sysctl -qw net.ipv6.bindv6only=1; mount --bind ${hostsFile} /etc/hosts; ` +
+          `(timeout 30 python3 ${serverFile} >/dev/null 2>&1 &); sleep 0.3`,
+        V6ONLY_PROBE,
+        ["-n", "-m"],
+      );
+      assert.deepEqual(probed, { got: "V4", loopLines: 0 });
+    } finally {
+      await Deno.remove(hostsFile);
+      await Deno.remove(serverFile);
+    }
+  },
+});

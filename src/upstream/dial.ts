@@ -91,6 +91,12 @@ function abortFailure(signal: AbortSignal): DialFailure {
   return reason?.failure === "connect-timeout" ? "connect-timeout" : "aborted";
 }
 
+/** The error of a dial to `host` ended by `signal`. */
+function aborted(signal: AbortSignal, host: string): DialError {
+  const failure = abortFailure(signal);
+  return new DialError(failure, `connect to ${host} ${endedBy(failure)}`);
+}
+
 /** How an aborted dial ended, for its message. */
 const endedBy = (failure: DialFailure) => failure === "connect-timeout" ? "timed out" : "aborted";
 
@@ -196,7 +202,7 @@ export function connectToFirstAnswer(
   signal: AbortSignal,
 ): Promise<Deno.TcpConn> {
   if (signal.aborted) {
-    return Promise.reject(new DialError(abortFailure(signal), `connect to ${host} aborted`));
+    return Promise.reject(aborted(signal, host));
   }
   return new Promise((resolve, reject) => {
     const running = new Set<AbortController>();
@@ -213,7 +219,7 @@ export function connectToFirstAnswer(
     const onAbort = () => {
       if (settled) return;
       settle();
-      reject(new DialError(abortFailure(signal), `connect to ${host} aborted`));
+      reject(aborted(signal, host));
     };
     const startNext = () => {
       clearTimeout(timer);

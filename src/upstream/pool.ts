@@ -124,7 +124,7 @@ export interface UpstreamOptions {
    * become a session dialling another, so it is closed and the upstream is
    * down (retried with back-off, as after a failed dial).
    */
-  readonly leadsBack?: (conn: Deno.TcpConn) => boolean;
+  readonly leadsBack?: (conn: Deno.TcpConn) => Promise<boolean>;
 }
 
 /** Why a pooled dial was aborted: dial() reports it as a connect timeout. */
@@ -264,7 +264,7 @@ export class Upstream {
     this.#clientDials++;
     try {
       const conn = await dial();
-      const loop = this.#loopError(conn);
+      const loop = await this.#loopError(conn);
       if (loop) throw loop;
       this.markUp();
       return conn;
@@ -277,8 +277,8 @@ export class Upstream {
   }
 
   /** Closes `conn` and says why when it arrived at the forwarder's own listener; else `null`. */
-  #loopError(conn: Deno.TcpConn): DialError | null {
-    if (!this.#options.leadsBack?.(conn)) return null;
+  async #loopError(conn: Deno.TcpConn): Promise<DialError | null> {
+    if (!this.#options.leadsBack || !await this.#options.leadsBack(conn)) return null;
     closeQuietly(conn);
     return new DialError(
       "forwarding-loop",
@@ -415,8 +415,9 @@ export class Upstream {
       conn.close();
       return;
     }
-    const loop = this.#loopError(conn);
+    const loop = await this.#loopError(conn);
     if (loop) return this.markDown(loop);
+    if (this.#closed) return void conn.close();
     conn.setKeepAlive(true); // dial() set TCP_NODELAY
     // Up only once a connection has lasted (see SETTLE_MS) or served a client.
     const pooled: PooledConnection = new PooledConnection(conn, (reason) => {
