@@ -10,7 +10,7 @@
 import { lookupAll } from "./upstream/lookups.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { closeQuietly } from "./close_quietly.ts";
-import { type Address, unmapIPv4 } from "./protocol/address.ts";
+import { type Address, ipOfName, unmapIPv4 } from "./protocol/address.ts";
 import { zonedHost } from "./link_local.ts";
 
 /**
@@ -25,6 +25,8 @@ export async function expectedPeers(
 ): Promise<ReadonlySet<string> | null> {
   // In the form accept() compares: an IPv4-mapped IPv6 address as its IPv4
   // address, as a dual-stack socket would see the peer either way.
+  const ip = address.type === "domain" ? ipOfName(address.host) : null;
+  if (ip !== null) return new Set([unmapIPv4(ip).toLowerCase()]); // no lookup to wait for
   if (address.type === "domain") {
     const results = await lookupAll(address.host, client, signal);
     return new Set(results.map((r) => unmapIPv4(r.address).toLowerCase()));

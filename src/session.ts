@@ -22,6 +22,7 @@ import {
 import { writeAll } from "./relay.ts";
 import { UdpAssociation } from "./udp_associate.ts";
 import { messageWithCause, raceAbort } from "./upstream/dial.ts";
+import { LookupsBusy } from "./upstream/lookups.ts";
 
 /** What SOCKS sessions share beyond {@linkcode SessionContext}. */
 export interface SocksContext extends SessionContext {
@@ -203,10 +204,15 @@ export class SocksSession extends ProxySession {
       );
     } catch (error) {
       if (this.controller.signal.aborted) throw error;
+      // As a CONNECT's lookup fails: too many waiting is ferry's (0x01).
+      if (error instanceof LookupsBusy) {
+        await writeAll(this.client, replies.failure(socks5.Reply.GeneralFailure));
+        return await this.refuse("lookups-busy");
+      }
       await writeAll(this.client, replies.failure(socks5.Reply.HostUnreachable));
-      return await this.refuse(
-        error instanceof SessionAbort ? error.failure : "name-not-resolved",
-      );
+      return error instanceof SessionAbort
+        ? await this.refuse(error.failure)
+        : await this.refuse("name-not-resolved", messageWithCause(error));
     }
     const listenOn = this.#bindAddress(peers);
     if (peers && ![...peers].some((peer) => peer.includes(":") === listenOn.includes(":"))) {
@@ -258,7 +264,8 @@ export class SocksSession extends ProxySession {
    * room for an IPv4 address only.
    */
   #bindAddress(peers: ReadonlySet<string> | null): string {
-    const source = peers && this.context.sourceFor(peers);
+    const source = peers &&
+      this.context.sourceFor(peers, unmapIPv4(this.client.remoteAddr.hostname));
     if (source && !(this.protocol !== "socks5" && source.includes(":"))) return source;
     return unmapIPv4(this.client.localAddr.hostname);
   }

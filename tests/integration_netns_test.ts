@@ -125,6 +125,10 @@ Deno.test({
     assert.equal(byName["unresolvable-name"]?.outcome, "name-not-resolved", show);
     // What the resolver said, so a missing name and a failing resolver can be told apart.
     assert.match(String(byName["unresolvable-name"]?.detail), /^cannot resolve ".+": ./, show);
+    // A BIND's peer by name likewise.
+    assert.equal(byName["bind-unresolvable-name"]?.reply, socks5.Reply.HostUnreachable, show);
+    assert.equal(byName["bind-unresolvable-name"]?.outcome, "name-not-resolved", show);
+    assert.match(String(byName["bind-unresolvable-name"]?.detail), /no-such-host/, show);
   },
 });
 
@@ -394,10 +398,17 @@ Deno.test({
         `mount --bind ${resolvConf} /etc/resolv.conf`,
         DARK_DNS_PROBE,
         ["-n", "-m"],
-      ) as { literal?: { reply: number; ms: number }; lineMs?: number; poolListeningMs?: number };
+      ) as {
+        literal?: { reply: number; ms: number };
+        bind?: { reply: number; ms: number };
+        lineMs?: number;
+        poolListeningMs?: number;
+      };
       const show = JSON.stringify(probed);
       assert.equal(probed.literal?.reply, socks5.Reply.Succeeded, show);
       assert.ok(probed.literal!.ms < 2_000, `"127.0.0.1" by name waited for a lookup: ${show}`);
+      assert.equal(probed.bind?.reply, socks5.Reply.Succeeded, show);
+      assert.ok(probed.bind!.ms < 2_000, `a BIND's peer "127.0.0.1" waited: ${show}`);
       assert.ok(probed.lineMs! < 2_000, `the session line was held up: ${show}`);
       // Its process starts in about a second; a pool taking every thread held it for 20 s.
       assert.ok(probed.poolListeningMs! < 8_000, `the pool's lookups held up the log: ${show}`);

@@ -15,7 +15,7 @@
  */
 import { startFerry } from "./ferry.ts";
 import { sessionOf } from "./session_log.ts";
-import { BufferedConn, domain, ipv4, socks5Handshake, TcpTarget } from "./socks_client.ts";
+import { BufferedConn, domain, ipv4, socks5, socks5Handshake, TcpTarget } from "./socks_client.ts";
 
 /** Python: a DNS server on 127.0.0.1:53 that reads every query and answers none. */
 const DARK_DNS = `
@@ -83,6 +83,13 @@ try {
   using byName = await BufferedConn.connect(ferry.hostname, ferry.port);
   const reply = await socks5Handshake(byName, domain("127.0.0.1", target.port));
   const literal = { reply: reply.reply, ms: Math.round(performance.now() - started) };
+  // A BIND's peer spelled that way too.
+  const bindStarted = performance.now();
+  using binder = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const bound = await socks5Handshake(binder, domain("127.0.0.1", 0), {
+    command: socks5.Command.Bind,
+  });
+  const bind = { reply: bound.reply, ms: Math.round(performance.now() - bindStarted) };
 
   // A session that ends at once (its target refuses), so that its line is due now.
   const refusing = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -101,7 +108,7 @@ try {
     { startTimeoutMs: 15_000 },
   );
   const poolListeningMs = Math.round(performance.now() - starting);
-  result = { literal, lineMs, poolListeningMs };
+  result = { literal, bind, lineMs, poolListeningMs };
 } catch (error) {
   result = { error: String(error) };
 }

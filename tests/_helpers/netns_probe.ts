@@ -10,7 +10,7 @@
 import type { Address } from "../../src/protocol/address.ts";
 import { startFerry } from "./ferry.ts";
 import { sessionOf } from "./session_log.ts";
-import { BufferedConn, domain, ipv4, socks5Handshake } from "./socks_client.ts";
+import { BufferedConn, domain, ipv4, socks5, socks5Handshake } from "./socks_client.ts";
 
 /** One probe's result. */
 export interface ProbeResult {
@@ -22,20 +22,25 @@ export interface ProbeResult {
   detail?: unknown;
 }
 
-const PROBES: { name: string; address: Address }[] = [
+const PROBES: { name: string; address: Address; command?: number }[] = [
   { name: "no-route", address: ipv4("192.0.2.1", 80) },
   { name: "unreachable-route", address: ipv4("198.51.100.1", 80) },
   { name: "unresolvable-name", address: domain("no-such-host.invalid", 80) },
+  {
+    name: "bind-unresolvable-name",
+    address: domain("no-such-host.invalid", 0),
+    command: socks5.Command.Bind,
+  },
 ];
 
 const results: ProbeResult[] = [];
 {
   await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
-  for (const { name, address } of PROBES) {
+  for (const { name, address, command } of PROBES) {
     let conn: BufferedConn | undefined;
     try {
       conn = await BufferedConn.connect(ferry.hostname, ferry.port);
-      const reply = await socks5Handshake(conn, address);
+      const reply = await socks5Handshake(conn, address, command ? { command } : {});
       conn.close();
       const session = await sessionOf(ferry, conn.localAddr);
       results.push({ name, reply: reply.reply, outcome: session.outcome, detail: session.error });
