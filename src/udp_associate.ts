@@ -60,6 +60,12 @@ const MAX_PEERS = 1024;
  * late, and the resolver got two queries a datagram.
  */
 const NAME_KEPT_MS = 60_000;
+/**
+ * How long a name whose lookup failed is not looked up again: each lookup
+ * of a name whose server never answers held every later datagram of the
+ * association for the resolver's timeout (3 s each, growing without end).
+ */
+const NAME_FAILED_KEPT_MS = 5_000;
 /** Names kept at most per association; the oldest goes first. */
 const MAX_NAMES = 256;
 
@@ -217,7 +223,7 @@ export class UdpAssociation {
    */
   readonly #waiting: Outgoing[] = [];
   /** Names this association's datagrams went to, and their addresses (see NAME_KEPT_MS). */
-  readonly #names = new Map<string, { ip: string; at: number }>();
+  readonly #names = new Map<string, { ip: string | null; at: number }>();
   #closed = false;
 
   private constructor(options: UdpAssociationOptions, clientSocket: dgram.Socket, zone: string) {
@@ -291,10 +297,11 @@ export class UdpAssociation {
     if (address.port === 0) return void this.counters.dropped++;
     // Learnt from the first datagram that is one: not from stray bytes.
     if (this.#clientPort === 0) this.#clientPort = from.port;
-    if (this.#waiting.length === 0) {
-      const ip = address.type === "domain" ? this.#knownIp(address.host) : address.host;
-      const sender = ip === null ? undefined : this.#outbound.get(familyOf(ip));
-      if (sender) return this.#sendOut(sender, ip!, address.port, data);
+    const ip = address.type === "domain" ? this.#knownIp(address.host) : address.host;
+    if (ip === false) return void this.counters.dropped++; // its lookup failed just now
+    if (this.#waiting.length === 0 && ip !== null) {
+      const sender = this.#outbound.get(familyOf(ip));
+      if (sender) return this.#sendOut(sender, ip, address.port, data);
     }
     if (this.#waiting.length >= MAX_WAITING) return void this.counters.dropped++;
     this.#waiting.push({ address, data: data.slice() }); // not a view of the receive buffer
@@ -310,9 +317,9 @@ export class UdpAssociation {
     while (this.#waiting.length > 0 && !this.#closed) {
       const { address, data } = this.#waiting[0]!;
       try {
-        const ip = address.type !== "domain"
-          ? address.host
-          : this.#knownIp(address.host) ?? await this.#resolve(address.host);
+        const known = address.type !== "domain" ? address.host : this.#knownIp(address.host);
+        if (known === false) throw new Error(`${address.host} failed to resolve just now`);
+        const ip = known ?? await this.#resolve(address.host);
         const sender = await this.#outboundReady(familyOf(ip));
         if (this.#closed) return; // close() counted what was waiting
         this.#sendOut(sender, ip, address.port, data);
@@ -324,25 +331,42 @@ export class UdpAssociation {
     }
   }
 
-  /** The address `name` was resolved to for this association, if still fresh, or that it spells. */
-  #knownIp(name: string): string | null {
+  /**
+   * What this association knows of `name`: the address it spells or was
+   * resolved to (while fresh), `false` while its lookup's failure is fresh,
+   * or `null`: look it up.
+   */
+  #knownIp(name: string): string | false | null {
     const known = this.#names.get(name);
-    if (known && performance.now() - known.at < NAME_KEPT_MS) return known.ip;
+    if (known) {
+      const age = performance.now() - known.at;
+      if (known.ip === null ? age < NAME_FAILED_KEPT_MS : age < NAME_KEPT_MS) {
+        return known.ip ?? false;
+      }
+    }
     return ipOfName(name);
   }
 
   async #resolve(name: string): Promise<string> {
-    const results = await lookupAll(name, this.#options.clientIp);
-    // A datagram cannot fall back to the next address the way a connect can,
-    // so IPv4 is preferred: it is what a name's UDP service most often listens on.
-    const chosen = results.find((r) => r.family === 4) ?? results[0];
-    if (!chosen) throw new Error(`no addresses for ${name}`);
-    // Oldest out first (a Map iterates in insertion order).
-    if (!this.#names.delete(name) && this.#names.size >= MAX_NAMES) {
-      this.#names.delete(this.#names.keys().next().value!);
+    let chosen: { address: string } | undefined;
+    try {
+      const results = await lookupAll(name, this.#options.clientIp);
+      // A datagram cannot fall back to the next address the way a connect can,
+      // so IPv4 is preferred: it is what a name's UDP service most often listens on.
+      chosen = results.find((r) => r.family === 4) ?? results[0];
+    } finally {
+      this.#remember(name, chosen?.address ?? null);
     }
-    this.#names.set(name, { ip: chosen.address, at: performance.now() });
+    if (!chosen) throw new Error(`no addresses for ${name}`);
     return chosen.address;
+  }
+
+  /** Keeps a lookup's result, or its failure (`null`); oldest out first past MAX_NAMES. */
+  #remember(name: string, ip: string | null): void {
+    if (!this.#names.delete(name) && this.#names.size >= MAX_NAMES) {
+      this.#names.delete(this.#names.keys().next().value!); // a Map iterates in insertion order
+    }
+    this.#names.set(name, { ip, at: performance.now() });
   }
 
   #sendOut(sender: OrderedSender, ip: string, port: number, data: Uint8Array): void {

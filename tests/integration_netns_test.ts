@@ -421,21 +421,25 @@ Deno.test({
 const UDP_NAME_PROBE = new URL("./_helpers/udp_name_probe.ts", import.meta.url).pathname;
 
 Deno.test({
-  name: "a UDP association looks a name up once for its datagrams, not once each",
+  name:
+    "a UDP association looks a name up once for its datagrams, not once each, and a failed name too",
   ignore: !mountNsAvailable || !netnsAvailable,
   async fn() {
     // One lookup per datagram held each behind the one before's: to a name
     // answered in 50 ms, 100 datagrams a second came back 5 s late.
     const resolvConf = await Deno.makeTempFile({ suffix: ".resolv.conf" });
     try {
-      await Deno.writeTextFile(resolvConf, "nameserver 127.0.0.1\n");
+      await Deno.writeTextFile(resolvConf, "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
       const probed = await probeInNamespace(
         `mount --bind ${resolvConf} /etc/resolv.conf`,
         UDP_NAME_PROBE,
         ["-n", "-m"],
-      ) as { echoed?: number; queries?: number };
+      ) as { echoed?: number; queries?: number; deadQueries?: number };
       const show = JSON.stringify(probed);
-      assert.equal(probed.echoed, 20, show);
+      assert.equal(probed.echoed, 23, show);
+      // A failed lookup is kept a while too: each of a dead name's datagrams
+      // held every later one for the resolver's whole timeout.
+      assert.ok(probed.deadQueries! <= 2, `a lookup per datagram to a dead name: ${show}`);
       // getaddrinfo asks for A and AAAA: one lookup is two queries.
       assert.ok(probed.queries! <= 4, `a lookup per datagram: ${show}`);
     } finally {

@@ -5,7 +5,10 @@
  * 127.0.0.1 (and no IPv6 address), 50 ms late, and counts the queries. A
  * UDP association sends 20 datagrams to `echo.test`, an echo server.
  *
- * Prints one JSON object: `{ echoed, queries }`, or what failed.
+ * Then 3 datagrams to `dead.test`, which it never answers, between 3 more
+ * to `echo.test`.
+ *
+ * Prints one JSON object: `{ echoed, queries, deadQueries }`, or what failed.
  *
  * Run: deno run -A tests/_helpers/udp_name_probe.ts
  */
@@ -27,9 +30,13 @@ import socket, struct, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", 53))
 print("ready", flush=True)
-queries = 0
+queries = dead = 0
 while True:
     query, client = s.recvfrom(4096)
+    if query[12:17] == b"\\x04dead":
+        dead += 1
+        open(sys.argv[1] + ".dead", "w").write(str(dead))
+        continue  # never answered
     queries += 1
     open(sys.argv[1], "w").write(str(queries))
     qid, qend = query[:2], 12
@@ -83,7 +90,22 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   await deadline(allBack, 10_000, `${COUNT} echoes (got ${echoed.size})`);
-  result = { echoed: echoed.size, queries: Number(await Deno.readTextFile(countFile)) };
+  const queries = Number(await Deno.readTextFile(countFile));
+
+  // A name whose server never answers, between datagrams to echo.test.
+  const deadHeader = socks5.encodeUdpHeader(domain("dead.test", echo.address().port));
+  const moreBack = new Promise<void>((resolve) =>
+    local.on("message", () => echoed.size === COUNT + 3 && resolve())
+  );
+  for (let i = 0; i < 3; i++) {
+    local.send(deadHeader, reply.address.port, reply.address.host);
+    const more = new Uint8Array([...header, ...encoder.encode(`e${i}`)]);
+    local.send(more, reply.address.port, reply.address.host);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await deadline(moreBack, 15_000, `3 more echoes (got ${echoed.size - COUNT})`);
+  const deadQueries = Number(await Deno.readTextFile(`${countFile}.dead`));
+  result = { echoed: echoed.size, queries, deadQueries };
 } catch (error) {
   result = { error: String(error) };
 } finally {
@@ -92,5 +114,6 @@ try {
   nameServer.kill("SIGKILL");
   await nameServer.status;
   await Deno.remove(countFile);
+  await Deno.remove(`${countFile}.dead`).catch(() => {});
 }
 console.log(JSON.stringify(result));
