@@ -381,6 +381,20 @@ Deno.test({
   },
 });
 
+/**
+ * Runs `probe` in a new network and mount namespace whose /etc/resolv.conf
+ * says `resolvConf` (a name server on 127.0.0.1 that the probe runs).
+ */
+async function probeWithResolver(resolvConf: string, probe: string): Promise<unknown> {
+  const file = await Deno.makeTempFile({ suffix: ".resolv.conf" });
+  try {
+    await Deno.writeTextFile(file, resolvConf);
+    return await probeInNamespace(`mount --bind ${file} /etc/resolv.conf`, probe, ["-n", "-m"]);
+  } finally {
+    await Deno.remove(file);
+  }
+}
+
 const DARK_DNS_PROBE = new URL("./_helpers/dark_dns_probe.ts", import.meta.url).pathname;
 
 Deno.test({
@@ -391,30 +405,23 @@ Deno.test({
     // Deno has 32 threads for blocking work, and a lookup holds one until the
     // resolver gives up; so does every write to stderr. With 32 lookups
     // allowed, four clients' names froze the log (and lost it at SIGTERM).
-    const resolvConf = await Deno.makeTempFile({ suffix: ".resolv.conf" });
-    try {
-      await Deno.writeTextFile(resolvConf, "nameserver 127.0.0.1\noptions timeout:20 attempts:1\n");
-      const probed = await probeInNamespace(
-        `mount --bind ${resolvConf} /etc/resolv.conf`,
-        DARK_DNS_PROBE,
-        ["-n", "-m"],
-      ) as {
-        literal?: { reply: number; ms: number };
-        bind?: { reply: number; ms: number };
-        lineMs?: number;
-        poolListeningMs?: number;
-      };
-      const show = JSON.stringify(probed);
-      assert.equal(probed.literal?.reply, socks5.Reply.Succeeded, show);
-      assert.ok(probed.literal!.ms < 2_000, `"127.0.0.1" by name waited for a lookup: ${show}`);
-      assert.equal(probed.bind?.reply, socks5.Reply.Succeeded, show);
-      assert.ok(probed.bind!.ms < 2_000, `a BIND's peer "127.0.0.1" waited: ${show}`);
-      assert.ok(probed.lineMs! < 2_000, `the session line was held up: ${show}`);
-      // Its process starts in about a second; a pool taking every thread held it for 20 s.
-      assert.ok(probed.poolListeningMs! < 8_000, `the pool's lookups held up the log: ${show}`);
-    } finally {
-      await Deno.remove(resolvConf);
-    }
+    const probed = await probeWithResolver(
+      "nameserver 127.0.0.1\noptions timeout:20 attempts:1\n",
+      DARK_DNS_PROBE,
+    ) as {
+      literal?: { reply: number; ms: number };
+      bind?: { reply: number; ms: number };
+      lineMs?: number;
+      poolListeningMs?: number;
+    };
+    const show = JSON.stringify(probed);
+    assert.equal(probed.literal?.reply, socks5.Reply.Succeeded, show);
+    assert.ok(probed.literal!.ms < 2_000, `"127.0.0.1" by name waited for a lookup: ${show}`);
+    assert.equal(probed.bind?.reply, socks5.Reply.Succeeded, show);
+    assert.ok(probed.bind!.ms < 2_000, `a BIND's peer "127.0.0.1" waited: ${show}`);
+    assert.ok(probed.lineMs! < 2_000, `the session line was held up: ${show}`);
+    // Its process starts in about a second; a pool taking every thread held it for 20 s.
+    assert.ok(probed.poolListeningMs! < 8_000, `the pool's lookups held up the log: ${show}`);
   },
 });
 
@@ -427,24 +434,17 @@ Deno.test({
   async fn() {
     // One lookup per datagram held each behind the one before's: to a name
     // answered in 50 ms, 100 datagrams a second came back 5 s late.
-    const resolvConf = await Deno.makeTempFile({ suffix: ".resolv.conf" });
-    try {
-      await Deno.writeTextFile(resolvConf, "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
-      const probed = await probeInNamespace(
-        `mount --bind ${resolvConf} /etc/resolv.conf`,
-        UDP_NAME_PROBE,
-        ["-n", "-m"],
-      ) as { echoed?: number; queries?: number; deadQueries?: number };
-      const show = JSON.stringify(probed);
-      assert.equal(probed.echoed, 23, show);
-      // A failed lookup is kept a while too: each of a dead name's datagrams
-      // held every later one for the resolver's whole timeout.
-      assert.ok(probed.deadQueries! <= 2, `a lookup per datagram to a dead name: ${show}`);
-      // getaddrinfo asks for A and AAAA: one lookup is two queries.
-      assert.ok(probed.queries! <= 4, `a lookup per datagram: ${show}`);
-    } finally {
-      await Deno.remove(resolvConf);
-    }
+    const probed = await probeWithResolver(
+      "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+      UDP_NAME_PROBE,
+    ) as { echoed?: number; queries?: number; deadQueries?: number };
+    const show = JSON.stringify(probed);
+    assert.equal(probed.echoed, 23, show);
+    // A failed lookup is kept a while too: each of a dead name's datagrams
+    // held every later one for the resolver's whole timeout.
+    assert.ok(probed.deadQueries! <= 2, `a lookup per datagram to a dead name: ${show}`);
+    // getaddrinfo asks for A and AAAA: one lookup is two queries.
+    assert.ok(probed.queries! <= 4, `a lookup per datagram: ${show}`);
   },
 });
 
