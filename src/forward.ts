@@ -131,7 +131,8 @@ const LOOP_CONFIRM_MS = 250;
  * Whether `conn`, just dialled, is a connection the forwarder's own
  * listener accepted. {@linkcode reachesListener} says it may be; the
  * listener accepting that very connection (its client address is the
- * dial's local address) says it is. Without that, a `[::]` listener that
+ * dial's local address) says it is: the accept is remembered, as the
+ * session it became may be over already, or refused at a limit. Without that, a `[::]` listener that
  * takes IPv6 only (net.ipv6.bindv6only), or a local address that NAT sends
  * elsewhere, made a working upstream look like a loop.
  */
@@ -140,10 +141,10 @@ async function leadsBack(server: Server, conn: Deno.TcpConn): Promise<boolean> {
   const ip = unmapIPv4(conn.localAddr.hostname);
   const { port } = conn.localAddr;
   for (const started = performance.now(); performance.now() - started < LOOP_CONFIRM_MS;) {
-    if (server.hasClient(ip, port)) return true;
+    if (server.acceptedFrom(ip, port)) return true;
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
-  return server.hasClient(ip, port);
+  return server.acceptedFrom(ip, port);
 }
 
 /** A running forwarder: its server and its upstreams. */
@@ -169,6 +170,8 @@ export function openForwarder(config: ForwardConfig): Forwarder {
     config,
     // Sessions start from the accept loop, after this function has returned.
     (conn, context) => new ForwardSession(conn, context, upstreams),
+    [],
+    true, // for leadsBack()
   );
   // Made once the listener is open, so that their lines can name it with its real port.
   const upstreams = new UpstreamSet(config.upstreams.map((address) =>
@@ -190,7 +193,7 @@ export function openForwarder(config: ForwardConfig): Forwarder {
     get activeSessions() {
       return server.activeSessions;
     },
-    hasClient: (ip, port) => server.hasClient(ip, port),
+    acceptedFrom: (ip, port) => server.acceptedFrom(ip, port),
     get finished() {
       return server.finished;
     },

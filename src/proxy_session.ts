@@ -240,10 +240,9 @@ export abstract class ProxySession implements Expirable {
     return unmapIPv4(localAddr.hostname);
   }
 
-  /** Whether the client connected from `ip` (unmapped) and `port` (any port: -1). */
-  isFrom(ip: string, port: number): boolean {
-    const { hostname, port: from } = this.client.remoteAddr;
-    return (port === -1 || from === port) && unmapIPv4(hostname) === ip;
+  /** Whether the client connected from `ip` (IPv4-mapped ones unmapped). */
+  isFrom(ip: string): boolean {
+    return unmapIPv4(this.client.remoteAddr.hostname) === ip;
   }
 
   /** The client's address as `ip:port` (see {@linkcode formatPeer}). */

@@ -10,7 +10,7 @@ import type { ListenerSettings, SocksConfig } from "./config.ts";
 import { Deadlines, tickFor } from "./deadlines.ts";
 import { RateLimitedLog, serverLog, sessionLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
-import { formatAddress, formatPeer } from "./protocol/address.ts";
+import { formatAddress, formatPeer, unmapIPv4 } from "./protocol/address.ts";
 import { closeQuietly } from "./close_quietly.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { SlotList, type Slotted } from "./slot_list.ts";
@@ -92,8 +92,8 @@ export interface ServerSession {
   abort(failure: string): void;
   /** The local address of its connection to one of `peers`, or `null` (see ProxySession). */
   sourceFor(peers: ReadonlySet<string>): string | null;
-  /** Whether its client connected from `ip` (IPv4-mapped ones unmapped) and `port`. */
-  isFrom(ip: string, port: number): boolean;
+  /** Whether its client connected from `ip` (IPv4-mapped ones unmapped). */
+  isFrom(ip: string): boolean;
 }
 
 /**
@@ -109,6 +109,33 @@ class RunningSession implements Slotted {
   }
 }
 
+/**
+ * The addresses connections were accepted from lately: those of the last
+ * one to two seconds. A forwarder asks whether a connection it just dialled
+ * arrived at its own listener (src/forward.ts); the session that connection
+ * became may already have ended, or never begun (refused at a limit).
+ */
+class RecentClients {
+  #current = new Set<string>();
+  #previous = new Set<string>();
+  #since = performance.now();
+
+  add(ip: string, port: number): void {
+    const now = performance.now();
+    if (now - this.#since > 1_000) {
+      this.#previous = this.#current;
+      this.#current = new Set();
+      this.#since = now;
+    }
+    this.#current.add(`${ip} ${port}`);
+  }
+
+  has(ip: string, port: number): boolean {
+    const key = `${ip} ${port}`;
+    return this.#current.has(key) || this.#previous.has(key);
+  }
+}
+
 /** A running server. */
 export interface Server {
   /** The address actually bound (port 0 resolved). */
@@ -116,8 +143,12 @@ export interface Server {
   readonly metrics: Metrics;
   /** Number of sessions in progress. */
   readonly activeSessions: number;
-  /** Whether a session in progress has a client that connected from `ip` and `port`. */
-  hasClient(ip: string, port: number): boolean;
+  /**
+   * Whether the listener accepted a connection from `ip` (unmapped) and
+   * `port` within the last second or two, whatever became of it; only a
+   * server started with `rememberClients` knows (see {@linkcode RecentClients}).
+   */
+  acceptedFrom(ip: string, port: number): boolean;
   /** Resolves when the accept loop has ended and every session has finished. */
   readonly finished: Promise<void>;
   /**
@@ -160,7 +191,9 @@ export function startServer(
   config: ListenerSettings,
   createSession: (conn: Deno.TcpConn, context: SessionContext) => ServerSession,
   otherTimeoutsMs: readonly number[] = [],
+  rememberClients = false,
 ): Server {
+  const recentClients = rememberClients ? new RecentClients() : null;
   const listener = Deno.listen({
     hostname: config.listen.hostname,
     port: config.listen.port,
@@ -190,7 +223,7 @@ export function startServer(
       for (const { session } of sessions.toArray()) {
         const source = session.sourceFor(peers);
         if (source === null) continue;
-        if (session.isFrom(clientIp, -1)) return source;
+        if (session.isFrom(clientIp)) return source;
         other ??= source;
       }
       return other;
@@ -234,6 +267,8 @@ export function startServer(
 
   const admit = (conn: Deno.TcpConn) => {
     metrics.accepted++;
+    // Before the limits: a loop fills them, and must still be seen.
+    recentClients?.add(unmapIPv4(conn.remoteAddr.hostname), conn.remoteAddr.port);
     const ip = conn.remoteAddr.hostname;
     const fromIp = perIp.get(ip) ?? 0;
     const limit = sessions.size >= config.maxConns
@@ -309,8 +344,8 @@ export function startServer(
     get activeSessions() {
       return sessions.size;
     },
-    hasClient(ip, port) {
-      return sessions.toArray().some(({ session }) => session.isFrom(ip, port));
+    acceptedFrom(ip, port) {
+      return recentClients?.has(ip, port) ?? false;
     },
     get finished() {
       return finished ?? acceptLoop.then(waitForSessions);

@@ -375,6 +375,35 @@ Deno.test({
       const listed = await new Deno.Command("ls", { args: [`/proc/${ferry.pid}/fd`] }).output();
       const descriptors = new TextDecoder().decode(listed.stdout).trim().split("\n").length;
       assert.ok(descriptors < 40, `${descriptors} descriptors open after 1.5 s`);
+      // It stays down: the pool's retries are loops too (a retry whose looped
+      // session had already ended was once taken for a working upstream).
+      await new Promise((resolve) => setTimeout(resolve, 2_500));
+      const lines = ferry.lines.filter((l) =>
+        l.event === "upstream-up" || l.event === "upstream-down"
+      );
+      assert.deepEqual(lines.map((l) => l.event), ["upstream-down"]);
+      assert.ok(!ferry.lines.some((l) => l.outcome === "ok"), "a looped session logged ok");
+
+      // With its per-IP limit full, the looped connection is refused at accept: still a loop.
+      const fullPort = unusedPort();
+      await using full = await startFerry(
+        [
+          "forward",
+          "--listen",
+          `127.0.0.1:${fullPort}`,
+          "--to",
+          `self.test:${fullPort}`,
+          "--pool",
+          "0",
+          "--max-conns-per-ip",
+          "1",
+        ],
+        { wrapper: withHostsFile(hostsFile) },
+      );
+      using second = await BufferedConn.connect(full.hostname, full.port);
+      assert.equal((await second.readToEnd()).length, 0);
+      const loop = await full.waitFor((line) => line.event === "upstream-down", 5_000);
+      assert.match(String(loop.error), /forwarding loop/);
     } finally {
       await Deno.remove(hostsFile);
     }
