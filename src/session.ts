@@ -210,9 +210,10 @@ export class SocksSession extends ProxySession {
         return await this.refuse("lookups-busy");
       }
       await writeAll(this.client, replies.failure(socks5.Reply.HostUnreachable));
-      return error instanceof SessionAbort
-        ? await this.refuse(error.failure)
-        : await this.refuse("name-not-resolved", messageWithCause(error));
+      return error instanceof SessionAbort ? await this.refuse(error.failure) : await this.refuse(
+        "name-not-resolved",
+        `cannot resolve ${JSON.stringify(address.host)}: ${messageWithCause(error)}`,
+      );
     }
     const listenOn = this.#bindAddress(peers);
     if (peers && ![...peers].some((peer) => peer.includes(":") === listenOn.includes(":"))) {
