@@ -52,9 +52,10 @@ export interface SessionContext {
   readonly logSessions: boolean;
   /**
    * The local address of a connection that a session of this listener holds
-   * to one of `peers` (one of `clientIp`'s sessions first), or `null`. A BIND listens there: the peer (an FTP
-   * server the client reached with CONNECT) can route to it, and sees the
-   * address its control connection comes from.
+   * to one of `peers` (one of `clientIp`'s sessions first), or `null`. A
+   * BIND listens there: the peer (an FTP server the client reached with
+   * CONNECT) can route to it, and sees the address its control connection
+   * comes from.
    */
   readonly sourceFor: (peers: ReadonlySet<string>, clientIp: string) => string | null;
 }
@@ -240,9 +241,17 @@ export abstract class ProxySession implements Expirable {
     return unmapIPv4(localAddr.hostname);
   }
 
-  /** Whether the client connected from `ip` (IPv4-mapped ones unmapped). */
+  /**
+   * The client's IP, an IPv4 client of a `[::]` listener as IPv4: the key of
+   * its share of lookups and UDP associations, whichever listener it used.
+   */
+  protected get clientIp(): string {
+    return unmapIPv4(this.client.remoteAddr.hostname);
+  }
+
+  /** Whether the client connected from `ip` (see {@linkcode clientIp}). */
   isFrom(ip: string): boolean {
-    return unmapIPv4(this.client.remoteAddr.hostname) === ip;
+    return this.clientIp === ip;
   }
 
   /** The client's address as `ip:port` (see {@linkcode formatPeer}). */
@@ -337,7 +346,7 @@ export abstract class ProxySession implements Expirable {
   protected dialTarget(address: Address): Promise<Deno.TcpConn> {
     return this.waitInConnectPhase(
       this.context.connectTimeoutMs,
-      (signal) => dial(address, signal, unmapIPv4(this.client.remoteAddr.hostname)),
+      (signal) => dial(address, signal, this.clientIp),
     ).then((target) => {
       this.adoptTarget(target);
       if (this.controller.signal.aborted) throw this.controller.signal.reason;

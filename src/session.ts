@@ -198,7 +198,7 @@ export class SocksSession extends ProxySession {
         this.#socks.connectTimeoutMs,
         (signal) =>
           raceAbort(
-            expectedPeers(address, unmapIPv4(this.client.remoteAddr.hostname), signal),
+            expectedPeers(address, this.clientIp, signal),
             signal,
           ),
       );
@@ -266,7 +266,7 @@ export class SocksSession extends ProxySession {
    */
   #bindAddress(peers: ReadonlySet<string> | null): string {
     const source = peers &&
-      this.context.sourceFor(peers, unmapIPv4(this.client.remoteAddr.hostname));
+      this.context.sourceFor(peers, this.clientIp);
     if (source && !(this.protocol !== "socks5" && source.includes(":"))) return source;
     return unmapIPv4(this.client.localAddr.hostname);
   }
@@ -284,7 +284,7 @@ export class SocksSession extends ProxySession {
     const { udpPerIp, maxUdpPerIp, udpAdvertise, idleTimeoutMs, deadlines } = this.#socks;
     // A control connection is meant to last: keepalive now, not after KEEPALIVE_AFTER_MS.
     this.client.setKeepAlive(true);
-    const clientIp = unmapIPv4(this.client.remoteAddr.hostname);
+    const clientIp = this.clientIp;
     const live = udpPerIp.get(clientIp) ?? 0;
     if (live >= maxUdpPerIp) {
       await writeAll(this.client, replyWith(socks5.Reply.GeneralFailure));

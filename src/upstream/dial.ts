@@ -91,10 +91,10 @@ function abortFailure(signal: AbortSignal): DialFailure {
   return reason?.failure === "connect-timeout" ? "connect-timeout" : "aborted";
 }
 
-/** The error of a dial to `host` ended by `signal`. */
-function aborted(signal: AbortSignal, host: string): DialError {
+/** The error of a dial's step (`connect to HOST`, `resolving HOST`) ended by `signal`. */
+function aborted(signal: AbortSignal, step: string): DialError {
   const failure = abortFailure(signal);
-  return new DialError(failure, `connect to ${host} ${endedBy(failure)}`);
+  return new DialError(failure, `${step} ${endedBy(failure)}`);
 }
 
 /** How an aborted dial ended, for its message. */
@@ -106,10 +106,7 @@ async function resolve(host: string, client: string, signal: AbortSignal): Promi
   try {
     results = await raceAbort(lookupAll(host, client, signal), signal);
   } catch (error) {
-    if (signal.aborted) {
-      const failure = abortFailure(signal);
-      throw new DialError(failure, `resolving ${host} ${endedBy(failure)}`);
-    }
+    if (signal.aborted) throw aborted(signal, `resolving ${host}`);
     if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
     throw new DialError("name-not-resolved", `cannot resolve ${JSON.stringify(host)}`, {
       cause: error,
@@ -202,7 +199,7 @@ export function connectToFirstAnswer(
   signal: AbortSignal,
 ): Promise<Deno.TcpConn> {
   if (signal.aborted) {
-    return Promise.reject(aborted(signal, host));
+    return Promise.reject(aborted(signal, `connect to ${host}`));
   }
   return new Promise((resolve, reject) => {
     const running = new Set<AbortController>();
@@ -219,7 +216,7 @@ export function connectToFirstAnswer(
     const onAbort = () => {
       if (settled) return;
       settle();
-      reject(aborted(signal, host));
+      reject(aborted(signal, `connect to ${host}`));
     };
     const startNext = () => {
       clearTimeout(timer);
