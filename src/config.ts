@@ -433,7 +433,23 @@ export function parseUser(text: string): { name: string; password: Uint8Array } 
   return { name, password };
 }
 
-/** A user line of a users file, parsed, or what is wrong with it; `where` is `PATH:LINE`. */
+const SAVE_AS_UTF8 = "save the file as UTF-8 (a password is compared as its UTF-8 bytes)";
+
+/**
+ * Whether `text`, read as UTF-8, was written as UTF-16: ASCII characters
+ * then have a NUL beside each. (Not told by its byte order mark: that reads
+ * as two bad bytes, as Latin-1 "ÄÖ" does.)
+ */
+function looksLikeUtf16(text: string): boolean {
+  let nuls = 0;
+  for (let at = text.indexOf("\0"); at >= 0; at = text.indexOf("\0", at + 1)) nuls++;
+  return nuls > 0 && nuls >= text.length / 4;
+}
+
+/**
+ * A user line of a users file, parsed, or what is wrong with it; `where` is
+ * `PATH:LINE`, or `PATH` for the whole file.
+ */
 export type UsersFileLine =
   | { readonly where: string; readonly name: string; readonly password: Uint8Array }
   | { readonly where: string; readonly problem: string };
@@ -444,15 +460,24 @@ export type UsersFileLine =
  * problem, since a password is compared as its UTF-8 bytes.
  */
 export function usersFileLines(content: TextFile, path: string): UsersFileLine[] {
+  if (looksLikeUtf16(content.text)) {
+    // One problem for the file: read as UTF-8, every line of it is wrong, and
+    // its line ends (a NUL after each) make a line more than the editor shows.
+    const problem = `looks like UTF-16 text; ${SAVE_AS_UTF8}`;
+    return [{ where: path, problem }];
+  }
   const lines: UsersFileLine[] = [];
   content.text.split(/\r?\n/).forEach((line, index) => {
     const trimmed = line.trim();
     if (trimmed === "" || trimmed.startsWith("#")) return;
     const where = `${path}:${index + 1}`;
-    if (content.notUtf8.has(index + 1)) {
-      const problem =
-        "not UTF-8 text; save the file as UTF-8 (a password is compared as its UTF-8 bytes)";
+    if (trimmed.includes("\0")) {
+      // Valid UTF-8, so not called "not UTF-8"; no name or password holds one.
+      const problem = "a NUL byte; a users file holds lines of NAME:PASSWORD text";
       return void lines.push({ where, problem });
+    }
+    if (content.notUtf8.has(index + 1)) {
+      return void lines.push({ where, problem: `not UTF-8 text; ${SAVE_AS_UTF8}` });
     }
     if (trimmed.includes("\r")) {
       // Line ends of CR alone (classic Mac): read by LF, the file is one line.

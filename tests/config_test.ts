@@ -445,6 +445,38 @@ Deno.test("buildSocksConfig() refuses a users file that is not UTF-8, naming the
   }
 });
 
+Deno.test("buildSocksConfig() reports a users file saved as UTF-16 once, and a NUL byte as such", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/users`;
+    // Two users in UTF-16 little-endian, with its byte order mark and without.
+    const text = "alice:secret\nbob:pw\n";
+    for (const bom of [[0xff, 0xfe], []]) {
+      const bytes = new Uint8Array(bom.length + text.length * 2);
+      bytes.set(bom);
+      for (let i = 0; i < text.length; i++) bytes[bom.length + 2 * i] = text.charCodeAt(i);
+      await Deno.writeFile(path, bytes);
+      assert.deepEqual(await problemsOf({ usersFile: path }), [
+        `${path}: looks like UTF-16 text; save the file as UTF-8 (a password is compared as ` +
+        `its UTF-8 bytes)`,
+      ], `BOM: ${bom.length > 0}`);
+    }
+    // One NUL in a UTF-8 file: the line is named, and not called "not UTF-8".
+    await Deno.writeFile(path, encoder.encode("alice:a\nbob:p\0w\n"));
+    assert.deepEqual(await problemsOf({ usersFile: path }), [
+      `${path}:2: a NUL byte; a users file holds lines of NAME:PASSWORD text`,
+    ]);
+    // Latin-1 that starts as a UTF-16 byte order mark would read: still "not UTF-8".
+    await Deno.writeFile(path, new Uint8Array([0xc4, 0xd6, ...encoder.encode(":pw\n")]));
+    assert.deepEqual(await problemsOf({ usersFile: path }), [
+      `${path}:1: not UTF-8 text; save the file as UTF-8 (a password is compared as its UTF-8 ` +
+      `bytes)`,
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("buildSocksConfig() reports a users file that defines no users", async () => {
   for (const content of ["", "# only a comment\n\n   \n"]) {
     await withTempFile(content, async (path) => {
