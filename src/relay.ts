@@ -22,6 +22,8 @@
  * @module
  */
 
+import { GrownBuffers } from "./grown_buffers.ts";
+
 /** What the relay needs of a connection: a TCP connection, or a wrapper around one. */
 export type RelayEnd = Pick<Deno.TcpConn, "read" | "write" | "closeWrite">;
 
@@ -53,8 +55,8 @@ export interface RelayOptions {
   readonly initialBuffers?: readonly [Uint8Array<ArrayBuffer>, Uint8Array<ArrayBuffer>];
   /** Largest read buffer a busy direction grows to. */
   readonly maxBufferSize?: number;
-  /** What grown buffers count against; the process's shared budget unless given. */
-  readonly budget?: BufferBudget;
+  /** Where grown buffers come from and go back to; the process's shared ones unless given. */
+  readonly grown?: GrownBuffers;
 }
 
 /**
@@ -65,13 +67,7 @@ export interface RelayOptions {
  */
 export const BUFFER_BUDGET_BYTES = 256 * 1048576;
 
-/** Grown read buffers held, against a limit. */
-export interface BufferBudget {
-  used: number;
-  readonly limit: number;
-}
-
-const sharedBudget: BufferBudget = { used: 0, limit: BUFFER_BUDGET_BYTES };
+const sharedGrownBuffers = new GrownBuffers(BUFFER_BUDGET_BYTES);
 
 /** Bytes carried each way. `up` is client → target. */
 export interface RelayTotals {
@@ -103,7 +99,7 @@ export async function relay(
   const initial = options.initialBufferSize ?? FIRST_BUFFER_SIZE;
   const max = options.maxBufferSize ?? DEFAULT_MAX_BUFFER;
   const { controller, onActivity, onEnd, onTargetFailure } = options;
-  const budget = options.budget ?? sharedBudget;
+  const grown = options.grown ?? sharedGrownBuffers;
   let open = 2; // directions still copying
   const fail = (error: unknown) => {
     if (!controller.signal.aborted) controller.abort(error);
@@ -166,7 +162,6 @@ export async function relay(
     // (an aborted session) is not carried, so the log line matches what the
     // far end can receive.
     let carried = 0;
-    let granted = 0; // bytes of this direction's buffers counted against the budget
     const progress = (written: number) => {
       carried += written;
       onActivity();
@@ -202,14 +197,12 @@ export async function relay(
         // A failed write ends the relay even while a read is pending.
         inFlight.catch(towardsTarget ? failWritingTarget : fail);
         const wanted = Math.min(max, buffer.length * 4);
-        if (spare !== null && spare.length >= wanted) {
-          buffer = spare;
-        } else if (budget.used + wanted <= budget.limit) {
-          buffer = new Uint8Array(wanted);
-          budget.used += wanted;
-          granted += wanted;
+        const taken = spare !== null && spare.length >= wanted ? null : grown.take(wanted);
+        if (taken !== null) {
+          if (spare !== null) grown.give(spare); // outgrown
+          buffer = taken;
         } else if (spare !== null) {
-          buffer = spare; // the budget is spent: no bigger
+          buffer = spare; // big enough, or the budget is spent: no bigger
         } else {
           // The budget is spent: one buffer, written before the next read.
           await inFlight;
@@ -231,7 +224,15 @@ export async function relay(
       else await endGently(towardsTarget ? from : to, towardsTarget, buffer, inFlight);
     } finally {
       totals[direction] = carried;
-      budget.used -= granted;
+      // Back to the grown buffers once nothing uses them: a write still in
+      // flight (a failed session) holds its buffer until it settles.
+      for (const idle of [buffer, spare]) if (idle !== null && idle !== flying) grown.give(idle);
+      if (flying !== null) {
+        const held = flying;
+        const giveBack = () => grown.give(held);
+        if (inFlight === null) giveBack();
+        else inFlight.then(giveBack, giveBack);
+      }
     }
   };
   const buffers = options.initialBuffers;

@@ -6,6 +6,7 @@
  *   clientApp ⇄ clientEnd ═relay═ targetEnd ⇄ targetApp
  */
 import assert from "node:assert/strict";
+import { GrownBuffers } from "../src/grown_buffers.ts";
 import {
   relay,
   type RelayEnd,
@@ -459,7 +460,7 @@ Deno.test("relay() counts only bytes written: an aborted write's unsent rest is 
 Deno.test("relay() grows its buffers only within the budget, and gives the budget back at the end", async () => {
   // The client sends full buffers without end; the target takes everything.
   // Without a budget the reads grow 16 → 64 → 256 → 1,024 bytes (max 1 KiB here).
-  const budget = { used: 0, limit: 64 + 256 };
+  const grown = new GrownBuffers(64 + 256);
   const sizes: number[] = [];
   let reads = 0;
   const client: RelayEnd = {
@@ -476,7 +477,7 @@ Deno.test("relay() grows its buffers only within the budget, and gives the budge
     read: () => Promise.resolve(null),
     write(bytes: Uint8Array): Promise<number> {
       written += bytes.length;
-      assert.ok(budget.used <= budget.limit, `budget ${budget.used} over ${budget.limit}`);
+      assert.ok(grown.inUse <= grown.limit, `budget ${grown.inUse} over ${grown.limit}`);
       return Promise.resolve(bytes.length);
     },
     closeWrite: () => Promise.resolve(),
@@ -487,13 +488,65 @@ Deno.test("relay() grows its buffers only within the budget, and gives the budge
     onActivity: () => {},
     initialBufferSize: 16,
     maxBufferSize: 1024,
-    budget,
+    grown,
   });
   assert.equal(controller.signal.aborted, false);
   assert.ok(Math.max(...sizes) <= 256, `grew to ${Math.max(...sizes)} with the budget spent`);
   assert.ok(sizes.includes(256), `sizes ${sizes}`);
   assert.equal(totals.up, written, "every byte read was written");
-  assert.equal(budget.used, 0, "given back when the relay ended");
+  assert.equal(grown.inUse, 0, "given back when the relay ended");
+  assert.ok(grown.inUse + grown.kept <= grown.limit, `kept ${grown.kept}`);
+});
+
+Deno.test("relay() reuses grown buffers across waves of stalled readers, and they carry bytes intact", async () => {
+  // Each wave: the target streams, the client reads nothing, so the relay's
+  // buffers grow and a write stays in flight; then the session is aborted
+  // (a reset, an idle timeout). Dropped, such buffers piled up as garbage
+  // beyond the budget; kept, every wave reuses the last one's.
+  // Three sessions would grow to 1.5 MiB (two 256 KiB buffers a direction): the budget runs out.
+  const grown = new GrownBuffers(1048576);
+  const options = { grown, initialBufferSize: 1024, maxBufferSize: 256 * 1024 };
+  const chunk = randomBytes(1048576);
+  for (let wave = 0; wave < 4; wave++) {
+    const sessions = await Promise.all(Array.from({ length: 3 }, () => setup()));
+    const runs = sessions.map((f) => f.run(options));
+    const streams = sessions.map(async (f) => {
+      try {
+        for (;;) await writeAll(f.targetApp, chunk);
+      } catch {
+        // the relay's end went away
+      }
+    });
+    // Until the budget is spent: the relays have grown as far as they may.
+    const deadline = performance.now() + WAIT_MS;
+    while (grown.inUse + 256 * 1024 <= grown.limit && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    for (const f of sessions) f.controller.abort(new Error("stalled"));
+    await within(Promise.all(runs), "aborted relays", () => {});
+    for (const f of sessions) f[Symbol.dispose]();
+    await within(Promise.all(streams), "target streams", () => {});
+    // Writes in flight settle once their sockets are closed.
+    while (grown.inUse > 0 && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.equal(grown.inUse, 0, `wave ${wave}: every buffer given back`);
+    assert.ok(grown.allocated <= grown.limit, `wave ${wave}: ${grown.allocated} bytes allocated`);
+  }
+  // The kept buffers still hold the last waves' bytes: a transfer through
+  // them must carry its own, byte for byte.
+  const kept = grown.kept;
+  using f = await setup();
+  const payload = randomBytes(3 * 1048576);
+  const relayed = f.run(options);
+  const [, received] = await Promise.all([
+    sendAndFinish(f.targetApp, payload),
+    readToEnd(f.clientApp),
+    f.clientApp.closeWrite(),
+  ]);
+  await within(relayed, "relay", () => f.controller.abort());
+  assert.equal(await sha256(received), await sha256(payload));
+  assert.ok(grown.kept > 0 && grown.allocated <= grown.limit, `kept ${kept} → ${grown.kept}`);
 });
 
 Deno.test("relay() does not call onActivity when nothing but EOF arrives", async () => {

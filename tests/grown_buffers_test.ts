@@ -1,0 +1,59 @@
+/** Unit tests of the relays' grown buffers: the limit, and reuse of what is given back. */
+import assert from "node:assert/strict";
+import { GrownBuffers } from "../src/grown_buffers.ts";
+
+Deno.test("GrownBuffers hands out new buffers up to its limit, then null", () => {
+  const grown = new GrownBuffers(100);
+  const a = grown.take(60)!;
+  assert.equal(a.length, 60);
+  assert.equal(grown.take(50), null, "60 + 50 is over 100");
+  const b = grown.take(40)!;
+  assert.equal(b.length, 40);
+  assert.deepEqual([grown.inUse, grown.kept, grown.allocated], [100, 0, 100]);
+});
+
+Deno.test("GrownBuffers keeps what is given back and hands the same buffer out again", () => {
+  const grown = new GrownBuffers(100);
+  const a = grown.take(60)!;
+  a.fill(7);
+  grown.give(a);
+  assert.deepEqual([grown.inUse, grown.kept], [0, 60]);
+  const again = grown.take(60)!;
+  assert.equal(again.buffer, a.buffer, "the kept buffer, not a new one");
+  assert.deepEqual([grown.inUse, grown.kept, grown.allocated], [60, 0, 60]);
+});
+
+Deno.test("GrownBuffers ignores buffers that are not its own and ones given back twice", () => {
+  const grown = new GrownBuffers(100);
+  grown.give(new Uint8Array(30)); // a relay's first buffer
+  const a = grown.take(50)!;
+  grown.give(a);
+  grown.give(a); // twice: must not be kept twice, or two relays would share it
+  assert.deepEqual([grown.inUse, grown.kept], [0, 50]);
+  const first = grown.take(50)!;
+  const second = grown.take(50)!;
+  assert.notEqual(first.buffer, second.buffer);
+});
+
+Deno.test("GrownBuffers lends the front of a larger kept buffer when a new one would not fit", () => {
+  const grown = new GrownBuffers(100);
+  const big = grown.take(80)!;
+  grown.give(big);
+  // 80 kept + 30 new would pass 100: the kept one is lent as a 30-byte view.
+  const view = grown.take(30)!;
+  assert.equal(view.length, 30);
+  assert.equal(view.buffer, big.buffer);
+  assert.deepEqual([grown.inUse, grown.kept, grown.allocated], [80, 0, 80]);
+  grown.give(view); // the whole buffer comes back
+  assert.deepEqual([grown.inUse, grown.kept], [0, 80]);
+});
+
+Deno.test("GrownBuffers drops smaller kept buffers to make room for a larger one", () => {
+  const grown = new GrownBuffers(100);
+  const small = [grown.take(30)!, grown.take(30)!, grown.take(30)!];
+  for (const buffer of small) grown.give(buffer);
+  const large = grown.take(70)!;
+  assert.equal(large.length, 70);
+  assert.ok(grown.inUse + grown.kept <= grown.limit, `${grown.inUse} + ${grown.kept}`);
+  assert.deepEqual([grown.inUse, grown.kept], [70, 30], "two of the three dropped");
+});
