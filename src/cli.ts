@@ -119,7 +119,8 @@ export function buildProgram(
     )
     .option(
       "--users-file <path>",
-      "file of name:password lines (a line starting with # is a comment)",
+      "file of name:password lines (a line starting with # is a comment); repeatable",
+      collect,
     )
     .option("--no-socks4", "refuse SOCKS4 and SOCKS4a requests (reply 91)")
     .option(

@@ -114,7 +114,8 @@ export interface RawListenerOptions {
 /** The SOCKS command line's options as typed, before validation. */
 export interface RawSocksOptions extends RawListenerOptions {
   user?: string[] | undefined;
-  usersFile?: string | undefined;
+  /** Every `--users-file`: their users together, as with `--user`. */
+  usersFile?: string[] | undefined;
   socks4?: boolean | undefined;
   udpAdvertise?: string[] | undefined;
   bindTimeout?: string | undefined;
@@ -354,6 +355,27 @@ export function checkHostPort(text: string, minPort: 0 | 1): ListenAddress | { p
 
 const encoder = new TextEncoder();
 
+/**
+ * The most a users or configuration file may hold: far more than either
+ * needs, and a bound for a wrong path (`/dev/zero` took 2 GB in 5 s).
+ */
+export const MAX_TEXT_FILE_BYTES = 16 * 1048576;
+
+/** The bytes of file `path`; throws when it holds more than `limit`. */
+async function readAtMost(path: string, limit: number): Promise<Uint8Array> {
+  using file = await Deno.open(path);
+  const bytes = new Uint8Array(limit + 1);
+  let length = 0;
+  for (;;) {
+    const n = await file.read(bytes.subarray(length));
+    if (n === null) return bytes.slice(0, length);
+    length += n;
+    if (length > limit) {
+      throw new Error(`larger than ${limit / 1048576} MiB; is it the right file?`);
+    }
+  }
+}
+
 /** A text file's content, and which of its lines (from 1) are not UTF-8. */
 export interface TextFile {
   /** Decoded with U+FFFD in place of bytes that are not UTF-8. */
@@ -368,7 +390,7 @@ export interface TextFile {
  * client sends. Callers refuse such lines, unless they are comments.
  */
 export async function readTextFile(path: string): Promise<TextFile> {
-  const bytes = await Deno.readFile(path);
+  const bytes = await readAtMost(path, MAX_TEXT_FILE_BYTES);
   const lenient = new TextDecoder("utf-8");
   const strict = new TextDecoder("utf-8", { fatal: true });
   // A NUL is UTF-8, but no text file holds one: UTF-16 without its byte
@@ -485,7 +507,9 @@ export function usersFileLines(content: TextFile, path: string): UsersFileLine[]
         "a carriage return (CR) inside the line; save the file with LF or CRLF line ends";
       return void lines.push({ where, problem });
     }
-    const user = parseUser(trimmed);
+    // `alice : secret` is alice's secret, as people write it; a password that
+    // starts with a space can still be given with --user.
+    const user = parseUser(trimmed.replace(/\s*:\s*/, ":"));
     lines.push(typeof user === "string" ? { where, problem: user } : { where, ...user });
   });
   return lines;
@@ -615,26 +639,26 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     if (typeof user === "string") check.problems.push(`--user: ${user}`);
     else addUser(user, "--user");
   }
-  if (raw.usersFile !== undefined) {
+  for (const path of raw.usersFile ?? []) {
     let content: TextFile | null = null;
     try {
-      content = await readTextFile(raw.usersFile);
+      content = await readTextFile(path);
     } catch (error) {
       check.problems.push(
-        `--users-file: cannot read ${JSON.stringify(raw.usersFile)}${fromWhere(raw.usersFile)}: ${
+        `--users-file: cannot read ${JSON.stringify(path)}${fromWhere(path)}: ${
           (error as Error).message
         }`,
       );
     }
     if (content !== null) {
-      const lines = usersFileLines(content, raw.usersFile);
+      const lines = usersFileLines(content, path);
       for (const line of lines) {
         if ("problem" in line) check.problems.push(`${line.where}: ${line.problem}`);
         else addUser(line, line.where);
       }
       if (lines.length === 0) {
         check.problems.push(
-          `--users-file: ${JSON.stringify(raw.usersFile)} defines no users; ` +
+          `--users-file: ${JSON.stringify(path)} defines no users; ` +
             `expected lines of NAME:PASSWORD`,
         );
       }

@@ -361,7 +361,7 @@ Deno.test("buildSocksConfig() reads --users-file, skipping comments and blank li
     "",
   ].join("\n");
   await withTempFile(content, async (path) => {
-    const config = await buildSocksConfig({ usersFile: path, user: ["dave:d"] });
+    const config = await buildSocksConfig({ usersFile: [path], user: ["dave:d"] });
     assert.deepEqual([...config.users.keys()].sort(), ["alice", "bob", "carol", "dave"]);
     assert.deepEqual(config.users.get("alice"), encoder.encode("secret"));
     assert.deepEqual(config.users.get("bob"), encoder.encode("pa:ss"));
@@ -369,9 +369,33 @@ Deno.test("buildSocksConfig() reads --users-file, skipping comments and blank li
   });
 });
 
+Deno.test("buildSocksConfig() takes the users of every --users-file, and spaces around the colon", async () => {
+  // A second --users-file used to replace the first without a word, and
+  // `name : password` made the user "name " with the password " password".
+  await withTempFile("alice : secret\n\tbob:\tpw word\n", async (first) => {
+    await withTempFile("carol:c\nalice:again\n", async (second) => {
+      const config = await buildSocksConfig({ usersFile: [first] });
+      assert.deepEqual([...config.users.keys()].sort(), ["alice", "bob"]);
+      assert.deepEqual(config.users.get("alice"), encoder.encode("secret"));
+      assert.deepEqual(config.users.get("bob"), encoder.encode("pw word"));
+      assert.deepEqual(await problemsOf({ usersFile: [first, second] }), [
+        `${second}:2: user "alice" is already defined at ${first}:1`,
+      ]);
+    });
+  });
+});
+
+Deno.test("buildSocksConfig() refuses a users file larger than 16 MiB instead of reading it all", async () => {
+  // /dev/zero as the users file took 2 GB of memory in 5 s and went on.
+  const problems = await problemsOf({ usersFile: ["/dev/zero"] });
+  assert.deepEqual(problems, [
+    '--users-file: cannot read "/dev/zero": larger than 16 MiB; is it the right file?',
+  ]);
+});
+
 Deno.test("buildSocksConfig() reports a bad users-file line as path:lineNumber", async () => {
   await withTempFile("# header\nalice:secret\n\nnocolon\nbob:\n", async (path) => {
-    const problems = await problemsOf({ usersFile: path });
+    const problems = await problemsOf({ usersFile: [path] });
     assert.equal(problems.length, 2, problems.join("\n"));
     assert.ok(problems[0]!.startsWith(`${path}:4: `), problems[0]);
     assert.match(problems[0]!, /expected NAME:PASSWORD, got a value with no ":"/);
@@ -388,7 +412,7 @@ Deno.test("buildSocksConfig() refuses a users file with carriage returns alone a
   // Classic Mac line ends: read by LF, the whole file was one user "alice"
   // with the password "x\rbob:y", and nothing said so.
   await withTempFile("alice:x\rbob:y\r", async (path) => {
-    const problems = await problemsOf({ usersFile: path });
+    const problems = await problemsOf({ usersFile: [path] });
     assert.equal(problems.length, 1, problems.join("\n"));
     assert.equal(
       problems[0],
@@ -399,7 +423,7 @@ Deno.test("buildSocksConfig() refuses a users file with carriage returns alone a
 
 Deno.test("buildSocksConfig() reports users defined twice, in the file or on the command line", async () => {
   await withTempFile("alice:one\nbob:b\nalice:two\ncarol:c\n", async (path) => {
-    const problems = await problemsOf({ usersFile: path, user: ["carol:x"] });
+    const problems = await problemsOf({ usersFile: [path], user: ["carol:x"] });
     assert.equal(problems.length, 2, problems.join("\n"));
     assert.equal(problems[0], `${path}:3: user "alice" is already defined at ${path}:1`);
     assert.equal(problems[1], `${path}:4: user "carol" is already defined at --user`);
@@ -410,7 +434,7 @@ Deno.test("buildSocksConfig() reports a users file that cannot be read", async (
   const dir = await Deno.makeTempDir({ prefix: "ferry-config-" });
   try {
     const missing = `${dir}/no-such-file`;
-    const problems = await problemsOf({ usersFile: missing, maxConns: "zero" });
+    const problems = await problemsOf({ usersFile: [missing], maxConns: "zero" });
     assert.equal(problems.length, 2, problems.join("\n"));
     const problem = problems.find((p) => p.startsWith("--users-file: "));
     assert.ok(problem, problems.join("\n"));
@@ -427,7 +451,7 @@ Deno.test("buildSocksConfig() refuses a users file that is not UTF-8, naming the
   try {
     const path = `${dir}/users`;
     await Deno.writeFile(path, new Uint8Array([...encoder.encode("alice:a\nbob:p"), 0xe4, 0x73]));
-    assert.deepEqual(await problemsOf({ usersFile: path }), [
+    assert.deepEqual(await problemsOf({ usersFile: [path] }), [
       `${path}:2: not UTF-8 text; save the file as UTF-8 (a password is compared as its UTF-8 ` +
       `bytes)`,
     ]);
@@ -436,9 +460,9 @@ Deno.test("buildSocksConfig() refuses a users file that is not UTF-8, naming the
       path,
       new Uint8Array([...encoder.encode("# caf"), 0xe9, 0x0a, ...encoder.encode("alice:a\n")]),
     );
-    assert.equal((await buildSocksConfig({ usersFile: path })).users.size, 1);
+    assert.equal((await buildSocksConfig({ usersFile: [path] })).users.size, 1);
     await Deno.writeTextFile(path, "alice:a\nbob:päss\n");
-    const config = await buildSocksConfig({ usersFile: path });
+    const config = await buildSocksConfig({ usersFile: [path] });
     assert.deepEqual(config.users.get("bob"), encoder.encode("päss"));
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -456,19 +480,19 @@ Deno.test("buildSocksConfig() reports a users file saved as UTF-16 once, and a N
       bytes.set(bom);
       for (let i = 0; i < text.length; i++) bytes[bom.length + 2 * i] = text.charCodeAt(i);
       await Deno.writeFile(path, bytes);
-      assert.deepEqual(await problemsOf({ usersFile: path }), [
+      assert.deepEqual(await problemsOf({ usersFile: [path] }), [
         `${path}: looks like UTF-16 text; save the file as UTF-8 (a password is compared as ` +
         `its UTF-8 bytes)`,
       ], `BOM: ${bom.length > 0}`);
     }
     // One NUL in a UTF-8 file: the line is named, and not called "not UTF-8".
     await Deno.writeFile(path, encoder.encode("alice:a\nbob:p\0w\n"));
-    assert.deepEqual(await problemsOf({ usersFile: path }), [
+    assert.deepEqual(await problemsOf({ usersFile: [path] }), [
       `${path}:2: a NUL byte; a users file holds lines of NAME:PASSWORD text`,
     ]);
     // Latin-1 that starts as a UTF-16 byte order mark would read: still "not UTF-8".
     await Deno.writeFile(path, new Uint8Array([0xc4, 0xd6, ...encoder.encode(":pw\n")]));
-    assert.deepEqual(await problemsOf({ usersFile: path }), [
+    assert.deepEqual(await problemsOf({ usersFile: [path] }), [
       `${path}:1: not UTF-8 text; save the file as UTF-8 (a password is compared as its UTF-8 ` +
       `bytes)`,
     ]);
@@ -480,7 +504,7 @@ Deno.test("buildSocksConfig() reports a users file saved as UTF-16 once, and a N
 Deno.test("buildSocksConfig() reports a users file that defines no users", async () => {
   for (const content of ["", "# only a comment\n\n   \n"]) {
     await withTempFile(content, async (path) => {
-      const problems = await problemsOf({ usersFile: path });
+      const problems = await problemsOf({ usersFile: [path] });
       assert.equal(problems.length, 1, problems.join("\n"));
       assert.equal(
         problems[0],
@@ -492,7 +516,7 @@ Deno.test("buildSocksConfig() reports a users file that defines no users", async
 
 Deno.test("buildSocksConfig() does not add 'defines no users' when the file's lines were bad", async () => {
   await withTempFile("nocolon\n", async (path) => {
-    const problems = await problemsOf({ usersFile: path });
+    const problems = await problemsOf({ usersFile: [path] });
     assert.equal(problems.length, 1, problems.join("\n"));
     assert.ok(problems[0]!.startsWith(`${path}:1: `), problems[0]);
   });
