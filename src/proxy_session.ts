@@ -392,8 +392,7 @@ export abstract class ProxySession implements Expirable {
       if (error.failure === "aborted" && (!this.#cutShort || this.controller.signal.aborted)) {
         throw error;
       }
-      await writeAll(this.client, failureReply(error));
-      return this.refuse(error.failure, errorDetail(error.failure, error));
+      return this.refuse(failureReply(error), error.failure, errorDetail(error.failure, error));
     });
   }
 
@@ -429,21 +428,25 @@ export abstract class ProxySession implements Expirable {
   }
 
   /**
-   * After a failure reply: records the outcome, then waits (bounded) for the
-   * client to close first, so the reply is never destroyed by a reset from
-   * closing with unread input, and the TIME_WAIT stays on the client's side.
+   * Refuses: records the outcome, sends the failure `reply`, then waits
+   * (bounded) for the client to close first, so the reply is never destroyed
+   * by a reset from closing with unread input, and the TIME_WAIT stays on the
+   * client's side. The outcome comes first: a client that resets without
+   * reading the reply (one trying passwords) is still logged as refused.
    */
-  protected async refuse(outcome: string, detail?: string): Promise<null> {
+  protected async refuse(reply: Uint8Array, outcome: string, detail?: string): Promise<null> {
     this.#refused = true;
     if (this.#cutShort) {
-      this.#outcome = this.#cutShort.failure; // the reply is sent; no lingering at shutdown
+      this.#outcome = this.#cutShort.failure; // the reply, and no lingering at shutdown
+      await writeAll(this.client, reply).catch(() => {});
       return null;
     }
     this.#outcome = outcome;
     this.#errorDetail = detail;
-    this.enter("linger", LINGER_MS);
-    const scratch = new Uint8Array(512);
+    this.enter("linger", LINGER_MS); // bounds the reply's write too
     try {
+      await writeAll(this.client, reply);
+      const scratch = new Uint8Array(512);
       while ((await this.client.read(scratch)) !== null) { /* discard */ }
     } catch {
       // reset, or closed by the linger deadline: either way we are done

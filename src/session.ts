@@ -93,8 +93,11 @@ export class SocksSession extends ProxySession {
     const greeting = await this.#decode(socks5.decodeGreeting, null);
     const wanted = users.required ? socks5.Method.UserPass : socks5.Method.NoAuth;
     const method = greeting.methods.includes(wanted) ? wanted : socks5.Method.NoAcceptable;
-    await writeAll(this.client, socks5.encodeMethodSelection(method));
-    if (method === socks5.Method.NoAcceptable) return await this.refuse("no-acceptable-method");
+    const selection = socks5.encodeMethodSelection(method);
+    if (method === socks5.Method.NoAcceptable) {
+      return await this.refuse(selection, "no-acceptable-method");
+    }
+    await writeAll(this.client, selection);
 
     if (method === socks5.Method.UserPass) {
       const credentials = await this.#decode(socks5.decodeCredentials, socks5.encodeAuthStatus);
@@ -106,8 +109,10 @@ export class SocksSession extends ProxySession {
         // not UTF-8: it cannot be a configured name
       }
       if (!users.verify(name, credentials.password)) {
-        await writeAll(this.client, socks5.encodeAuthStatus(socks5.AuthStatus.Failure));
-        return await this.refuse("auth-failed");
+        return await this.refuse(
+          socks5.encodeAuthStatus(socks5.AuthStatus.Failure),
+          "auth-failed",
+        );
       }
       await writeAll(this.client, socks5.encodeAuthStatus(socks5.AuthStatus.Success));
     }
@@ -130,8 +135,10 @@ export class SocksSession extends ProxySession {
       return await this.#udpAssociate(request.address, replyWith);
     }
     if (request.command !== socks5.Command.Connect) {
-      await writeAll(this.client, replyWith(socks5.Reply.CommandNotSupported));
-      return await this.refuse("command-not-supported");
+      return await this.refuse(
+        replyWith(socks5.Reply.CommandNotSupported),
+        "command-not-supported",
+      );
     }
     const target = await this.connectTo(request.address, (failure) => replyWith(failure.reply));
     if (!target) return null;
@@ -158,8 +165,7 @@ export class SocksSession extends ProxySession {
       ? "auth-required" // SOCKS4 has no way to carry a password.
       : null;
     if (refusal) {
-      await writeAll(this.client, replyWith(socks4.Reply.Rejected));
-      return await this.refuse(refusal);
+      return await this.refuse(replyWith(socks4.Reply.Rejected), refusal);
     }
     if (request.command === socks4.Command.Bind) {
       return await this.#bind(request.address, {
@@ -206,27 +212,31 @@ export class SocksSession extends ProxySession {
       if (this.controller.signal.aborted) throw error;
       // As a CONNECT's lookup fails: too many waiting is ferry's (0x01).
       if (error instanceof LookupsBusy) {
-        await writeAll(this.client, replies.failure(socks5.Reply.GeneralFailure));
-        return await this.refuse("lookups-busy");
+        return await this.refuse(replies.failure(socks5.Reply.GeneralFailure), "lookups-busy");
       }
-      await writeAll(this.client, replies.failure(socks5.Reply.HostUnreachable));
-      return error instanceof SessionAbort ? await this.refuse(error.failure) : await this.refuse(
-        "name-not-resolved",
-        `cannot resolve ${JSON.stringify(address.host)}: ${messageWithCause(error)}`,
-      );
+      const reply = replies.failure(socks5.Reply.HostUnreachable);
+      return error instanceof SessionAbort
+        ? await this.refuse(reply, error.failure)
+        : await this.refuse(
+          reply,
+          "name-not-resolved",
+          `cannot resolve ${JSON.stringify(address.host)}: ${messageWithCause(error)}`,
+        );
     }
     const listenOn = this.#bindAddress(peers);
     if (peers && ![...peers].some((peer) => peer.includes(":") === listenOn.includes(":"))) {
       // An IPv4 peer cannot connect to a listener on an IPv6 address, nor the
       // reverse: say so now rather than after the whole bind timeout.
-      await writeAll(this.client, replies.failure(socks5.Reply.HostUnreachable));
-      return await this.refuse("host-unreachable");
+      return await this.refuse(replies.failure(socks5.Reply.HostUnreachable), "host-unreachable");
     }
     try {
       this.#bindListener = new BindListener(listenOn);
     } catch (error) {
-      await writeAll(this.client, replies.failure(socks5.Reply.GeneralFailure));
-      return await this.refuse("bind-failed", messageWithCause(error));
+      return await this.refuse(
+        replies.failure(socks5.Reply.GeneralFailure),
+        "bind-failed",
+        messageWithCause(error),
+      );
     }
     using listener = this.#bindListener;
     await writeAll(this.client, replies.bound(listener.addr));
@@ -242,10 +252,9 @@ export class SocksSession extends ProxySession {
       // No peer in time: the host did not come (0x04). Accepting it failed
       // (EMFILE): ferry's own failure (0x01), as the README's table says.
       const code = timedOut ? socks5.Reply.HostUnreachable : socks5.Reply.GeneralFailure;
-      await writeAll(this.client, replies.failure(code));
       return await (timedOut
-        ? this.refuse("bind-timeout")
-        : this.refuse("bind-failed", messageWithCause(error)));
+        ? this.refuse(replies.failure(code), "bind-timeout")
+        : this.refuse(replies.failure(code), "bind-failed", messageWithCause(error)));
     }
     listener.close(); // one peer per BIND: nobody else may connect from here on
     this.adoptTarget(peer);
@@ -287,8 +296,7 @@ export class SocksSession extends ProxySession {
     const clientIp = this.clientIp;
     const live = udpPerIp.get(clientIp) ?? 0;
     if (live >= maxUdpPerIp) {
-      await writeAll(this.client, replyWith(socks5.Reply.GeneralFailure));
-      return await this.refuse("max-udp-per-ip");
+      return await this.refuse(replyWith(socks5.Reply.GeneralFailure), "max-udp-per-ip");
     }
     udpPerIp.set(clientIp, live + 1);
     const stillActive = () => {
@@ -305,8 +313,11 @@ export class SocksSession extends ProxySession {
           onActivity: stillActive,
         });
       } catch (error) {
-        await writeAll(this.client, replyWith(socks5.Reply.GeneralFailure));
-        return await this.refuse("udp-bind-failed", messageWithCause(error));
+        return await this.refuse(
+          replyWith(socks5.Reply.GeneralFailure),
+          "udp-bind-failed",
+          messageWithCause(error),
+        );
       }
       this.adoptTarget(this.#association);
       const bound = this.#association.address;
@@ -396,8 +407,7 @@ export class SocksSession extends ProxySession {
         result = decode(this.#pending.subarray(0, this.#pendingLength));
       } catch (error) {
         if (error instanceof ProtocolError && error.reply !== null && errorReply) {
-          await writeAll(this.client, errorReply(error.reply));
-          await this.refuse(this.outcomeOf(error), error.message);
+          await this.refuse(errorReply(error.reply), this.outcomeOf(error), error.message);
         }
         throw error;
       }

@@ -3,6 +3,7 @@
  * built on the protocol codecs, against raw TCP targets on loopback.
  */
 import assert from "node:assert/strict";
+import net from "node:net";
 import { startFerry } from "./_helpers/ferry.ts";
 import { logsContain, sessionOf } from "./_helpers/session_log.ts";
 import { ss } from "./_helpers/ss.ts";
@@ -234,6 +235,37 @@ Deno.test("a wrong password gets status 01 01 and the connection is closed", asy
   assert.equal(end.discarded, 0, "nothing after the failure status");
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "auth-failed");
+});
+
+Deno.test("a wrong password is logged auth-failed also when the client resets without reading the status", async () => {
+  // One trying passwords need not read the answer; logged as a mere reset,
+  // its attempts escaped anyone counting auth-failed lines.
+  await using ferry = await startFerry([...LISTEN, "--user", "carol:right"]);
+  const credentials = socks5.encodeCredentials({
+    username: encoder.encode("carol"),
+    password: encoder.encode("wrong"),
+  });
+  const localPort = await new Promise<number>((resolve, reject) => {
+    const socket = net.connect(ferry.port, ferry.hostname, () => {
+      socket.write(socks5.encodeGreeting({ methods: [socks5.Method.UserPass] }));
+    });
+    socket.once("data", () => { // the method selection, 05 02
+      const port = socket.localPort!;
+      // Written straight into the kernel (libuv tries that first), then the
+      // reset right behind it: the status is never read.
+      socket.write(credentials);
+      socket.resetAndDestroy();
+      resolve(port);
+    });
+    socket.once("error", reject);
+  });
+  const session = await sessionOf(ferry, {
+    transport: "tcp",
+    hostname: "127.0.0.1",
+    port: localPort,
+  });
+  assert.equal(session.outcome, "auth-failed");
+  assert.equal(session.user, "carol");
 });
 
 Deno.test("a user name is compared byte for byte: a BOM before it, or invalid UTF-8 after it, is another name", async () => {
