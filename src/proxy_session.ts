@@ -387,7 +387,7 @@ export abstract class ProxySession implements Expirable {
     address: Address,
     failureReply: (error: DialError) => Uint8Array,
   ): Promise<Deno.TcpConn | null> {
-    return this.dialTarget(address).catch(async (error) => {
+    return this.dialTarget(address).catch((error) => {
       if (!(error instanceof DialError)) throw error;
       if (error.failure === "aborted" && (!this.#cutShort || this.controller.signal.aborted)) {
         throw error;
