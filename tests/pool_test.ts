@@ -415,6 +415,28 @@ Deno.test("pool: an upstream that accepts and closes at once is redialled with b
   }
 });
 
+Deno.test("pool: unsettled, each back-off step dials one probe, not the pool again", async () => {
+  logs.records.length = 0;
+  // It accepts, and closes 200 ms later: each refill connects, then drops.
+  await using server = new ForwardUpstream(async () => {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  });
+  const upstream = upstreamTo(server.port, 20);
+  upstream.start();
+  try {
+    await waitUntil(() => logs.events("pool-unsettled").length > 0, "pool-unsettled");
+    const atUnsettled = server.accepted;
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    // Back-off steps of 0.1, 0.2, 0.4, 0.8 and 1.6 s after a 0.2 s life each:
+    // about five probes. Refilling the pool on each step made it 20 or more.
+    const probes = server.accepted - atUnsettled;
+    assert.ok(probes <= 8, `${probes} connections dialled in 3 s while unsettled`);
+    assert.ok(probes >= 1, "it still probes");
+  } finally {
+    upstream.close();
+  }
+});
+
 Deno.test("pool: an upstream that accepts and closes at once leaves its pool unsettled, not down: clients may still dial it", async () => {
   logs.records.length = 0;
   await using server = new ForwardUpstream(async () => {});

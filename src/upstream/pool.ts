@@ -372,6 +372,12 @@ export class Upstream {
 
   #fill(): void {
     if (this.#closed || this.#retryTimer !== undefined) return;
+    // Unsettled, a probe that connected proves nothing until it has lasted:
+    // an upstream that accepts and then closes (at its connection limit, or
+    // a stopped service behind a TCP proxy) got the whole pool again on each
+    // back-off step. The sweep settles the probe, or its drop backs off.
+    const since = this.#troubleSince;
+    if (this.#unsettled && this.#idle.some((pooled) => pooled.pooledAt >= since)) return;
     while (this.#idle.length + this.#dialing < this.#options.poolSize) {
       const backingOff = this.#backingOff;
       const wait = this.#retryAt - performance.now(); // read once: a negative delay makes Node warn
