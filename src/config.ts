@@ -462,7 +462,7 @@ const SAVE_AS_UTF8 = "save the file as UTF-8 (a password is compared as its UTF-
  * then have a NUL beside each. (Not told by its byte order mark: that reads
  * as two bad bytes, as Latin-1 "ÄÖ" does.)
  */
-function looksLikeUtf16(text: string): boolean {
+export function looksLikeUtf16(text: string): boolean {
   let nuls = 0;
   for (let at = text.indexOf("\0"); at >= 0; at = text.indexOf("\0", at + 1)) nuls++;
   return nuls > 0 && nuls >= text.length / 4;

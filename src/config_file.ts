@@ -36,6 +36,7 @@ import {
   logFormatOf,
   type LogLevel,
   logLevelOf,
+  looksLikeUtf16,
   MAX_POOL,
   NO_UDP_ADVERTISE,
   parseDuration,
@@ -477,7 +478,7 @@ function lineToBlame(
   parseErrors: readonly ParseError[],
   notUtf8: ReadonlySet<number>,
 ): number | null {
-  if (text.includes("\u0000") || text.startsWith("\uFFFD\uFFFD")) return Math.min(...notUtf8);
+  if (looksLikeUtf16(text)) return Math.min(...notUtf8);
   const lineOf = (offset: number) => Number(lineCol(text, offset).split(":")[0]);
   // A syntax error on a line whose bad bytes all sit in a comment is the
   // syntax's fault: it is reported as such (`"a": 1 // café` missing a comma).

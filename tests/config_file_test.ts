@@ -663,6 +663,17 @@ Deno.test("a configuration file saved as UTF-16 is one problem, not a screenful"
   });
 });
 
+Deno.test("a NUL byte in a UTF-8 configuration file is reported where it is, not as 'not UTF-8'", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/nul.jsonc`;
+    const text = JSON.stringify(validFile()).replace('"127.0.0.1', '"127.0.0.1\u0000');
+    await Deno.writeTextFile(path, text);
+    const problems = await problemsOf(loadConfigFile(path));
+    assert.equal(problems.length, 1, problems.join("\n"));
+    assert.match(problems[0]!, /^[^:]+:1:\d+: invalid character in string/);
+  });
+});
+
 Deno.test("bytes that are not UTF-8 are refused in a value, and let be in a comment", async () => {
   await withTempDir(async (dir) => {
     const path = `${dir}/latin1.jsonc`;
