@@ -63,18 +63,29 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
 
 /**
  * Characters some readers take as line breaks (U+2028, U+2029: Python's
- * splitlines(), JavaScript's regexps) and those that reorder how a line is
- * displayed (bidi controls). Clients choose user names and host names, and
- * LogTape escapes only the C0 and C1 controls, so a user-id holding U+2028
- * could make one line look like two.
+ * splitlines(), JavaScript's regexps), and the invisible format characters
+ * (Unicode's Cf: bidi controls, which reorder how a line is displayed, and
+ * soft hyphens, zero-width spaces and joiners, tag characters, which do not
+ * show at all). Clients choose user names and host names, and LogTape
+ * escapes only the C0 and C1 controls, so a user-id holding U+2028 could make
+ * one line look like two, and `loc\u00adalhost` read as `localhost`.
  */
-const UNSAFE = /[\u061c\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
-const HAS_UNSAFE = new RegExp(UNSAFE.source);
+const UNSAFE = /[\u2028\u2029\p{Cf}]/gu;
+const HAS_UNSAFE = new RegExp(UNSAFE.source, "u");
 
-/** `\uXXXX` for each unsafe character: an escape in JSON, and in a quoted logfmt value. */
+/**
+ * `\uXXXX` for each unsafe character, a pair of them for one beyond the BMP
+ * (a tag character): an escape in JSON, and in a quoted logfmt value.
+ */
 function escapeUnsafe(line: string): string {
   // With no match, replace() returns the line itself.
-  return line.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return line.replace(UNSAFE, (c) => {
+    let escaped = "";
+    for (let i = 0; i < c.length; i++) {
+      escaped += `\\u${c.charCodeAt(i).toString(16).padStart(4, "0")}`;
+    }
+    return escaped;
+  });
 }
 
 /**

@@ -40,6 +40,19 @@ Deno.test("logfmt: line separators and bidi controls from a client are written a
   assert.match(line, /evil\\u2029\\u202emoc\.elgoog\\u2066:80/);
 });
 
+Deno.test("invisible format characters from a client are escaped, so a name shows what it holds", () => {
+  // Soft hyphen, zero-width space and joiner, BOM, and a tag character
+  // (outside the BMP): "loc\u00adalhost" looked like "localhost".
+  const target = "loc\u00adal\u200bho\u200dst\ufeff\u{e0041}:80";
+  const json = lineFormatter("json")(sessionRecord("alice", target));
+  const text = lineFormatter("text")(sessionRecord("alice", target));
+  for (const line of [json, text]) {
+    assert.doesNotMatch(line, /\p{Cf}/u, line);
+    assert.match(line, /loc\\u00adal\\u200bho\\u200dst\\ufeff\\udb40\\udc41:80/);
+  }
+  assert.equal(JSON.parse(json).target, target, "and JSON reads it back");
+});
+
 Deno.test("json lines: the message reads as in text lines, values not JSON-quoted", () => {
   const parsed = JSON.parse(lineFormatter("json")(sessionRecord("alice", "example.com:443")));
   assert.equal(parsed.message, "session 1 example.com:443: ok");
