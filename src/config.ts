@@ -165,9 +165,15 @@ const DURATION_UNITS: Readonly<Record<string, number>> = {
 
 /** Parses `250ms`, `10s`, `1.5m`, `1h` into milliseconds, or `null`. */
 export function parseDuration(text: string): number | null {
+  const ms = exactDuration(text);
+  return ms === null ? null : Math.round(ms);
+}
+
+/** Milliseconds in duration `text`, unrounded; `null` if it is no duration. */
+function exactDuration(text: string): number | null {
   const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
   if (!match) return null;
-  const ms = Math.round(Number(match[1]) * DURATION_UNITS[match[2]!]!);
+  const ms = Number(match[1]) * DURATION_UNITS[match[2]!]!;
   return Number.isFinite(ms) ? ms : null;
 }
 
@@ -187,11 +193,13 @@ export const MAX_TIMER_MS = 2 ** 31 - 1;
  * at most {@linkcode MAX_TIMER_MS}.
  */
 export function checkDuration(text: string, timer = false): number | { problem: string } {
-  const ms = parseDuration(text);
-  if (ms === null) {
+  const exact = exactDuration(text);
+  if (exact === null) {
     return { problem: "expected a positive number with a unit, like 250ms, 1.5s, 10s, 5m or 1h" };
   }
-  if (ms < 1) return { problem: "expected at least 1ms" };
+  // Before rounding: 0.5ms is less than the 1ms the message asks for.
+  if (exact < 1) return { problem: "expected at least 1ms" };
+  const ms = Math.round(exact);
   if (timer && ms > MAX_TIMER_MS) return { problem: "expected at most 596h (about 24 days)" };
   return ms;
 }

@@ -329,6 +329,11 @@ Deno.test("durations are taken from 1ms, --shutdown-grace and --connect-timeout 
   assert.deepEqual(await problemsOf({ idleTimeout: "0.4ms" }), [
     `--idle-timeout: got "0.4ms"; expected at least 1ms`,
   ]);
+  // Rounded to 1 ms, 0.5ms was taken, though less than the least asked for.
+  assert.deepEqual(await problemsOf({ idleTimeout: "0.5ms" }), [
+    `--idle-timeout: got "0.5ms"; expected at least 1ms`,
+  ]);
+  assert.equal((await buildSocksConfig({ idleTimeout: "1.4ms" })).idleTimeoutMs, 1);
   assert.deepEqual(await problemsOf({ connectTimeout: "soon" }), [
     `--connect-timeout: got "soon"; expected a positive number with a unit, like 250ms, 1.5s, ` +
     `10s, 5m or 1h`,
