@@ -437,8 +437,9 @@ export class SocksSession extends ProxySession {
         : this.#pending.subarray(this.#pendingLength);
       n = await this.client.read(free);
     } catch (error) {
-      if (this.controller.signal.aborted) throw this.controller.signal.reason;
-      throw new ClientGone("client reset during the handshake", { cause: error });
+      // Aborted: the abort's reason says why. Else the client's own error, so
+      // that a reset is logged `reset`, as it is in the relay.
+      throw this.controller.signal.aborted ? this.controller.signal.reason : error;
     }
     if (n === null) throw new ClientGone("client closed during the handshake");
     this.#pendingLength += n;

@@ -268,6 +268,33 @@ Deno.test("a wrong password is logged auth-failed also when the client resets wi
   assert.equal(session.user, "carol");
 });
 
+Deno.test("a client that resets mid-handshake is logged reset, one that closes client-closed", async () => {
+  await using ferry = await startFerry(LISTEN);
+  const partialGreeting = Uint8Array.of(0x05, 0x02, 0x00); // two methods announced, one sent
+  for (const ending of ["reset", "close"] as const) {
+    const localPort = await new Promise<number>((resolve, reject) => {
+      const socket = net.connect(ferry.port, ferry.hostname, () => {
+        const port = socket.localPort!;
+        socket.write(partialGreeting, () => {
+          // Time for ferry to read the bytes, so the end is what it meets next.
+          setTimeout(() => {
+            if (ending === "reset") socket.resetAndDestroy();
+            else socket.end();
+            resolve(port);
+          }, 100);
+        });
+      });
+      socket.once("error", reject);
+    });
+    const session = await sessionOf(ferry, {
+      transport: "tcp",
+      hostname: "127.0.0.1",
+      port: localPort,
+    });
+    assert.equal(session.outcome, ending === "reset" ? "reset" : "client-closed");
+  }
+});
+
 Deno.test("a user name is compared byte for byte: a BOM before it, or invalid UTF-8 after it, is another name", async () => {
   await using ferry = await startFerry([...LISTEN, "--user", "carol:right"]);
   const carol = encoder.encode("carol");
