@@ -146,7 +146,8 @@ export function buildProgram(
     .description(
       "Forward TCP connections to upstreams, round-robin, from a warm pool of connections.",
     )
-    .requiredOption("--listen <host:port>", "address to listen on (required)")
+    // Checked with the other values, so that every problem is told at once.
+    .option("--listen <host:port>", "address to listen on (required)")
     .option(
       "--to <host:port>",
       "upstream to forward to (required, repeatable; round-robin)",

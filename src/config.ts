@@ -693,12 +693,15 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
 /** Validates raw options into a {@linkcode ForwardConfig}; throws {@linkcode ConfigError}. */
 export function buildForwardConfig(raw: RawForwardOptions): ForwardConfig {
   const check = new Checker();
+  if (raw.listen === undefined) {
+    check.problems.push("--listen: required; expected HOST:PORT ([::1]:PORT for IPv6)");
+  }
   const common = checkCommon(raw, check);
   const targets = raw.to ?? [];
   if (targets.length === 0) check.problems.push("--to: required; expected HOST:PORT (repeatable)");
   const upstreams = targets.map((text) => check.hostPort("--to", text, 1));
   upstreams.forEach((upstream, index) => {
-    if (reaches(upstream, common.listen)) {
+    if (raw.listen !== undefined && reaches(upstream, common.listen)) {
       check.problems.push(
         `--to: got ${JSON.stringify(targets[index])}; expected an address other than ` +
           `--listen (ferry would forward to itself)`,

@@ -203,6 +203,16 @@ Deno.test("several bad values are all reported at once", async () => {
   }
 });
 
+Deno.test("ferry forward without --listen and --to names both, in ferry's own words", async () => {
+  // --listen was commander's required option: it alone was reported, as
+  // "error: required option '--listen <host:port>' not specified".
+  const run = await ferry("forward", "--pool", "many");
+  assert.equal(run.code, 2, run.stderr);
+  for (const text of ["ferry forward: --listen: required", "--to: required", '"many"']) {
+    assert.ok(run.stderr.includes(text), `stderr does not mention ${text}:\n${run.stderr}`);
+  }
+});
+
 Deno.test("a users file with a malformed line exits 2 naming the file and the line", async () => {
   const file = await Deno.makeTempFile({ prefix: "ferry-users-" });
   try {
