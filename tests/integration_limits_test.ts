@@ -10,7 +10,8 @@ import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
 import { ss } from "./_helpers/ss.ts";
 import { connectAndReset } from "./_helpers/reset.ts";
-import { closedPort } from "./_helpers/socks_client.ts";
+import { BufferedConn, closedPort, socks5 } from "./_helpers/socks_client.ts";
+import { sessionOf } from "./_helpers/session_log.ts";
 
 Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descriptors free up", async () => {
   const echo = startEchoServer();
@@ -49,6 +50,41 @@ Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descri
   const status = await ferry.stop();
   assert.equal(status.code, 0);
   await echo.close();
+});
+
+Deno.test("a name that cannot be looked up for want of descriptors gets 0x01 and says so, not 'no such name'", async () => {
+  // Out of descriptors, the system resolver cannot open /etc/hosts or a
+  // socket, and says the name does not exist (ENOTFOUND): the client got
+  // 0x04 and the log pointed at DNS instead of the open-files limit.
+  await using ferry = await startFerry(
+    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s"],
+    { wrapper: ["prlimit", "--nofile=48"] },
+  );
+  await ferry.waitFor((l) => l.event === "nofile-low");
+  using asking = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await asking.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+  assert.equal(
+    await asking.readMessage(socks5.decodeMethodSelection, "method"),
+    socks5.Method.NoAuth,
+  );
+  const held: Deno.TcpConn[] = [];
+  try {
+    for (let i = 0; i < 60; i++) {
+      held.push(await Deno.connect({ hostname: "127.0.0.1", port: ferry.port }));
+    }
+    await ferry.waitFor((l) => l.event === "accept-error" && l.code === "EMFILE");
+    await asking.write(socks5.encodeRequest({
+      command: socks5.Command.Connect,
+      address: { type: "domain", host: "localhost", port: 9 },
+    }));
+    const reply = await asking.readMessage(socks5.decodeReply, "reply");
+    assert.equal(reply.reply, socks5.Reply.GeneralFailure);
+  } finally {
+    for (const conn of held) conn.close();
+  }
+  const session = await sessionOf(ferry, asking.localAddr);
+  assert.equal(session.outcome, "general-failure");
+  assert.match(String(session.error), /cannot resolve "localhost": .*Too many open files/);
 });
 
 Deno.test("the open-files warning comes also when LD_LIBRARY_PATH is set", async () => {

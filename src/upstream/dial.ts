@@ -108,6 +108,15 @@ async function resolve(host: string, client: string, signal: AbortSignal): Promi
   } catch (error) {
     if (signal.aborted) throw aborted(signal, `resolving ${host}`);
     if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
+    const shortOf = outOfDescriptors();
+    if (shortOf !== null) {
+      // ferry's own failure (0x01), as for BIND and UDP at EMFILE, not the name's.
+      throw new DialError(
+        "general-failure",
+        `cannot resolve ${JSON.stringify(host)}: ${shortOf.message}`,
+        { cause: shortOf },
+      );
+    }
     throw new DialError("name-not-resolved", `cannot resolve ${JSON.stringify(host)}`, {
       cause: error,
     });
@@ -116,6 +125,23 @@ async function resolve(host: string, client: string, signal: AbortSignal): Promi
     throw new DialError("name-not-resolved", `no addresses for ${JSON.stringify(host)}`);
   }
   return results.map((r) => r.address);
+}
+
+/**
+ * The error of opening a file now if it is EMFILE or ENFILE, else `null`.
+ * Out of descriptors, the system resolver cannot open /etc/hosts or a socket
+ * to the name server, and reports the name as not found (ENOTFOUND); asked
+ * after a lookup failed, this tells that apart. Files may be read (ferry
+ * reads users and configuration files), so /dev/null may be opened.
+ */
+function outOfDescriptors(): Error | null {
+  try {
+    Deno.openSync("/dev/null").close();
+    return null;
+  } catch (error) {
+    const code = (error as { code?: unknown } | null)?.code;
+    return code === "EMFILE" || code === "ENFILE" ? error as Error : null;
+  }
 }
 
 /** Rejects with the signal's reason as soon as it aborts; the work itself is not cancelled. */
