@@ -437,6 +437,35 @@ Deno.test("pool: unsettled, each back-off step dials one probe, not the pool aga
   }
 });
 
+Deno.test("pool: unsettled, with clients taking every probe, it settles and fills once the upstream keeps connections", async () => {
+  // One probe at a time, taken by a client each time before it could idle a
+  // second, never settled: a forwarder with steady traffic kept one pooled
+  // connection for good after an upstream's hiccup.
+  logs.records.length = 0;
+  let keep = false;
+  await using server = new ForwardUpstream(async (accepted) => {
+    if (keep) await accepted.conn.waitForEnd(); // else: accept and close at once
+  });
+  const upstream = upstreamTo(server.port, 4);
+  upstream.start();
+  const taken: PooledConnection[] = [];
+  try {
+    await waitUntil(() => logs.events("pool-unsettled").length > 0, "pool-unsettled");
+    keep = true;
+    const deadline = performance.now() + 10_000;
+    while (logs.events("pool-settled").length === 0 && performance.now() < deadline) {
+      const pooled = upstream.take(); // a client every 300 ms
+      if (pooled) taken.push(pooled);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    assert.equal(logs.events("pool-settled").length, 1, `stats ${JSON.stringify(upstream.stats)}`);
+    await waitUntil(() => upstream.idle === 4, "the pool to fill", 3000);
+  } finally {
+    for (const pooled of taken) pooled.close();
+    upstream.close();
+  }
+});
+
 Deno.test("pool: an upstream that accepts and closes at once leaves its pool unsettled, not down: clients may still dial it", async () => {
   logs.records.length = 0;
   await using server = new ForwardUpstream(async () => {});

@@ -187,6 +187,10 @@ export class Upstream {
   #cutAfterIdling = false;
   /** When it last went from fine to down or unsettled: only connections dialled since can show it is fine again. */
   #troubleSince = 0;
+  /** When a pooled connection last ended young (see #markUnsettled). */
+  #lastYoungDrop = 0;
+  /** Connections dialled since then that clients took: probes that served instead of idling. */
+  #takenSinceYoungDrop = 0;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #recycleTimer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
@@ -250,6 +254,7 @@ export class Upstream {
       // dialled since the trouble began: one from before an outage proves
       // nothing of new ones (sshd's listener can die while its connections live).
       if (pooled.pooledAt >= this.#troubleSince) this.markUp();
+      if (pooled.pooledAt >= this.#lastYoungDrop) this.#takenSinceYoungDrop++;
     }
     this.#fill();
     return pooled;
@@ -433,6 +438,8 @@ export class Upstream {
       this.stats.dropped++;
       const age = performance.now() - pooled.pooledAt;
       if (age < this.#settleMs) {
+        this.#lastYoungDrop = performance.now();
+        this.#takenSinceYoungDrop = 0;
         this.#cutAfterIdling = age >= REFUSED_WITHIN_MS;
         this.#markUnsettled(reason, age);
       }
@@ -459,7 +466,12 @@ export class Upstream {
     const since = this.#troubleSince;
     const settled = (p: PooledConnection) =>
       p.pooledAt >= since && now - p.pooledAt >= this.#settleMs;
-    if (this.#backingOff && this.#idle.some(settled)) this.#markSettled();
+    // Clients may take every probe before it idles that long (one probe at a
+    // time, see #fill): then probes taken, and none ended young for as long,
+    // show it too.
+    const served = this.#unsettled && this.#takenSinceYoungDrop > 0 &&
+      now - this.#lastYoungDrop >= this.#settleMs;
+    if (this.#backingOff && (served || this.#idle.some(settled))) this.#markSettled();
     if (!this.#backingOff && this.#idle.length >= this.#options.poolSize) {
       this.#backoffMs = BACKOFF_FIRST_MS;
     }
