@@ -524,6 +524,39 @@ export function usersFileLines(content: TextFile, path: string): UsersFileLine[]
 }
 
 /**
+ * Problems one users file may raise before the rest of it goes unchecked: a
+ * wrong file (a log) gave half a million lines, and a 16 MiB file of one
+ * user repeated four million "already defined" lines and 3.6 GB of memory.
+ */
+export const MAX_USERS_FILE_PROBLEMS = 20;
+
+/**
+ * Takes a users file's lines: `add` for each user (it may report the name as
+ * defined twice), `report` for each problem. After the file has raised
+ * {@linkcode MAX_USERS_FILE_PROBLEMS} (counted by `problems`, which both add
+ * to), one more says the rest was not checked.
+ */
+export function takeUsersFileLines(
+  lines: readonly UsersFileLine[],
+  path: string,
+  problems: { readonly length: number },
+  report: (text: string) => void,
+  add: (user: { where: string; name: string; password: Uint8Array }) => void,
+): void {
+  const before = problems.length;
+  for (const [index, line] of lines.entries()) {
+    if (problems.length - before >= MAX_USERS_FILE_PROBLEMS) {
+      return report(
+        `${path}: ${MAX_USERS_FILE_PROBLEMS} problems; its other ${lines.length - index} ` +
+          `entries were not checked (is it the right file?)`,
+      );
+    }
+    if ("problem" in line) report(`${line.where}: ${line.problem}`);
+    else add(line);
+  }
+}
+
+/**
  * Collects problems while validating; each check returns a usable placeholder
  * on failure so validation goes on and every problem is reported at once.
  */
@@ -660,10 +693,13 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     }
     if (content !== null) {
       const lines = usersFileLines(content, path);
-      for (const line of lines) {
-        if ("problem" in line) check.problems.push(`${line.where}: ${line.problem}`);
-        else addUser(line, line.where);
-      }
+      takeUsersFileLines(
+        lines,
+        path,
+        check.problems,
+        (text) => check.problems.push(text),
+        (user) => addUser(user, user.where),
+      );
       if (lines.length === 0) {
         check.problems.push(
           `--users-file: ${JSON.stringify(path)} defines no users; ` +

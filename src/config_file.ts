@@ -44,6 +44,7 @@ import {
   reaches,
   readTextFile,
   type SocksConfig,
+  takeUsersFileLines,
   type TextFile,
   usersFileLines,
 } from "./config.ts";
@@ -451,10 +452,13 @@ async function collectUsers(check: UsersCheck): Promise<Map<string, Uint8Array>>
     return users;
   }
   const lines = usersFileLines(content, fullPath);
-  for (const line of lines) {
-    if ("problem" in line) problems.push({ offset, text: `${line.where}: ${line.problem}` });
-    else add(line.name, line.password, line.where, offset);
-  }
+  takeUsersFileLines(
+    lines,
+    fullPath,
+    problems,
+    (text) => problems.push({ offset, text }),
+    (user) => add(user.name, user.password, user.where, offset),
+  );
   if (lines.length === 0) {
     problems.push({
       offset,

@@ -390,6 +390,25 @@ Deno.test("buildSocksConfig() takes the users of every --users-file, and spaces 
   });
 });
 
+Deno.test("buildSocksConfig() reports at most 20 problems of one users file, then that the rest went unchecked", async () => {
+  // A log file given by mistake made one problem a line: half a million.
+  const logLines = Array.from({ length: 500 }, (_, i) => `GET /${i} HTTP/1.1 200`).join("\n");
+  const repeated = Array.from({ length: 500 }, () => "u:p").join("\n");
+  for (const content of [logLines, repeated]) {
+    await withTempFile(content, async (path) => {
+      const problems = await problemsOf({ usersFile: [path], maxConns: "zero" });
+      assert.equal(problems.length, 22, problems.slice(18).join("\n")); // 20, the note, --max-conns
+      const lineProblems = problems.filter((p) =>
+        p.startsWith(`${path}:`) && !p.includes("not checked")
+      );
+      assert.equal(lineProblems.length, 20);
+      const note = problems.find((p) => p.includes("were not checked"));
+      assert.ok(note?.startsWith(`${path}: 20 problems; its other `), note);
+      assert.ok(problems.some((p) => p.startsWith("--max-conns")), "other options still checked");
+    });
+  }
+});
+
 Deno.test("buildSocksConfig() refuses a users file larger than 16 MiB instead of reading it all", async () => {
   // /dev/zero as the users file took 2 GB of memory in 5 s and went on.
   const problems = await problemsOf({ usersFile: ["/dev/zero"] });
