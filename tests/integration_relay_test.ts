@@ -466,7 +466,7 @@ Deno.test("a domain name that is not UTF-8 gets 0x04, and the log line says why"
   client.close(); // ferry would linger for the client to close first
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "protocol-error");
-  assert.equal(session.error, "host name is not valid UTF-8");
+  assert.equal(session.error, 'host name is not valid UTF-8: "caf\\xe9.test"', "which name, too");
   assert.equal(session.command, "connect", "what was asked, though refused");
 });
 
@@ -483,6 +483,7 @@ Deno.test("a SOCKS4a name that is not UTF-8 gets 91 and is logged as SOCKS4a", a
   assert.equal(session.outcome, "protocol-error");
   assert.equal(session.protocol, "socks4a");
   assert.equal(session.command, "connect");
+  assert.equal(session.error, 'host name is not valid UTF-8: "caf\\xe9.test"');
 });
 
 Deno.test("CONNECT to port 0 gets 0x01, and the log line names the system's reason", async () => {

@@ -10,6 +10,7 @@ import {
   type Decoded,
   hex,
   MORE,
+  printableBytes,
   ProtocolError,
   type ProtocolErrorCode,
 } from "../src/protocol/decoded.ts";
@@ -719,4 +720,17 @@ Deno.test("replyName() falls back to reply-0xNN for unknown codes", () => {
   assert.equal(replyName(0x09), "reply-0x09");
   assert.equal(replyName(0x2a), "reply-0x2a");
   assert.equal(replyName(0xff), "reply-0xff");
+});
+
+Deno.test("printableBytes() keeps printable ASCII and writes every other byte, quote and backslash as \\xNN", () => {
+  assert.equal(printableBytes(new TextEncoder().encode("example.com")), "example.com");
+  assert.equal(
+    printableBytes(Uint8Array.of(0x63, 0xe9, 0x22, 0x5c, 0x0a, 0x7f)),
+    "c\\xe9\\x22\\x5c\\x0a\\x7f",
+  );
+  // Two different names stay two texts (U+FFFD would have made both "c\ufffd").
+  assert.notEqual(
+    printableBytes(Uint8Array.of(0x63, 0xe9)),
+    printableBytes(Uint8Array.of(0x63, 0xe8)),
+  );
 });

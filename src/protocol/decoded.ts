@@ -70,8 +70,26 @@ export function decodeHostName(bytes: Uint8Array, reply: number): string {
   try {
     return exactUtf8.decode(bytes);
   } catch {
-    throw new ProtocolError("bad-host-name", reply, "host name is not valid UTF-8");
+    throw new ProtocolError(
+      "bad-host-name",
+      reply,
+      `host name is not valid UTF-8: "${printableBytes(bytes)}"`,
+    );
   }
+}
+
+/**
+ * `bytes` for a message: printable ASCII as it is, every other byte (and
+ * `"` and `\`) as `\xNN`, so that the log line shows which name was sent
+ * without turning two different ones into the same text.
+ */
+export function printableBytes(bytes: Uint8Array): string {
+  let out = "";
+  for (const byte of bytes) {
+    const plain = byte >= 0x20 && byte < 0x7f && byte !== 0x22 && byte !== 0x5c;
+    out += plain ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, "0")}`;
+  }
+  return out;
 }
 
 /** Formats a byte for error messages: `0x2a`. */
