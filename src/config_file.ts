@@ -560,6 +560,40 @@ function collidingListens(raw: unknown, root: JsonNode, problems: Problem[]): vo
   });
 }
 
+/** What the loop check needs of a listener: whether it forwards, and its addresses that parse. */
+interface LoopNode {
+  readonly forwards: boolean;
+  readonly listen: ListenAddress | null;
+  /** Its upstreams by index in `to`; `null` where one does not parse (reported already). */
+  readonly to: readonly (ListenAddress | null)[];
+}
+
+/**
+ * The listeners of the raw file as the loop check sees them, also when the
+ * file has other problems (an unknown key, a bad value elsewhere): a loop is
+ * then reported with them, not only on the next start.
+ */
+function loopView(raw: unknown): LoopNode[] {
+  if (!isObject(raw) || !Array.isArray(raw.listeners)) return [];
+  // As the schema checks them, so that only values it takes count.
+  const address = (value: unknown, minPort: 0 | 1) => {
+    if (typeof value !== "string") return null;
+    const checked = checkHostPort(value, minPort);
+    return "problem" in checked ? null : checked;
+  };
+  return raw.listeners.map((listener: unknown) => {
+    if (!isObject(listener) || listener.kind !== "forward") {
+      return { forwards: false, listen: null, to: [] };
+    }
+    const to = Array.isArray(listener.to) ? listener.to : [];
+    return {
+      forwards: true,
+      listen: address(listener.listen, 0),
+      to: to.map((value: unknown) => address(value, 1)),
+    };
+  });
+}
+
 /**
  * Reports forwarders whose upstream leads back to themselves: directly (its
  * own listen address), or through other forwarders of the file (A to B, B to
@@ -567,25 +601,26 @@ function collidingListens(raw: unknown, root: JsonNode, problems: Problem[]): vo
  * left. A chain that ends anywhere else is fine.
  */
 function forwardingLoops(
-  listeners: FileConfig["listeners"],
+  listeners: readonly LoopNode[],
   root: JsonNode,
   problems: Problem[],
 ): void {
   /** For each `to` of each forwarder, the forwarders a connection to it may arrive at. */
   const arrivesAt = listeners.map((listener) =>
-    listener.kind !== "forward"
-      ? []
-      : listener.to.map((to) =>
-        listeners.flatMap((other, index) =>
-          other.kind === "forward" && reaches(to, other.listen) ? [index] : []
+    listener.to.map((to) =>
+      to === null
+        ? []
+        : listeners.flatMap((other, index) =>
+          other.forwards && other.listen !== null && reaches(to, other.listen) ? [index] : []
         )
-      )
+    )
   );
   /** The forwarders a connection from forwarder `from` may arrive at. */
   const next = arrivesAt.map((perTo) => [...new Set(perTo.flat())]);
   listeners.forEach((listener, index) => {
-    if (listener.kind !== "forward") return;
+    if (!listener.forwards) return;
     listener.to.forEach((to, toIndex) => {
+      if (to === null) return;
       for (const first of arrivesAt[index]![toIndex]!) {
         // Breadth-first from `first`: does it lead back to `index`?
         const seen = new Map<number, number>([[first, -1]]); // forwarder → the one before it
@@ -738,7 +773,7 @@ async function readRunConfig(
     for (const issue of result.error.issues) problems.push(...problemsOf(issue, root, source));
   }
   collidingListens(raw, root, problems);
-  if (result.success) forwardingLoops(result.data.listeners, root, problems);
+  forwardingLoops(loopView(raw), root, problems);
 
   const users = new Map<number, Map<string, Uint8Array>>();
   if (isObject(raw) && Array.isArray(raw.listeners)) {

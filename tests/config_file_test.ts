@@ -437,6 +437,26 @@ Deno.test("a wildcard listener collides with the addresses it takes; other addre
   }
 });
 
+Deno.test("a forwarding loop is reported with the file's other problems, not only once they are fixed", async () => {
+  // A schema problem anywhere (an unknown key) skipped the loop check: the
+  // loop came up only on the next start.
+  const problems = await problemsOfValue({
+    listeners: [
+      { kind: "socks", listen: "127.0.0.1:1080", colour: "red" },
+      { kind: "forward", listen: "127.0.0.1:2222", to: ["localhost:2222", 22] },
+    ],
+  });
+  assert.equal(problems.length, 3, problems.join("\n"));
+  assert.ok(problems.some((p) => p.startsWith("listeners[0].colour: ")), problems.join("\n"));
+  assert.ok(problems.some((p) => p.startsWith("listeners[1].to[1]: ")), problems.join("\n"));
+  assert.ok(
+    problems.some((p) =>
+      p.startsWith("listeners[1].to[0]: expected an address that does not lead")
+    ),
+    problems.join("\n"),
+  );
+});
+
 Deno.test("a forwarder whose upstream leads back to it is an error, directly or through another", async () => {
   // It used to dial itself: every pooled connection a session taking another,
   // every descriptor gone with no client at all.
