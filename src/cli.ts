@@ -45,7 +45,7 @@ function addListenerOptions(command: Command, withHandshake: boolean): Command {
   return command
     .option(
       "--connect-timeout <duration>",
-      "give up connecting to a target after this long",
+      "give up connecting to a target (socks) or an upstream (forward) after this long",
       DEFAULTS.connectTimeout,
     )
     .option(
