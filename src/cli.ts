@@ -110,6 +110,8 @@ export function buildProgram(
     .configureOutput(output)
     .exitOverride();
   const socks = program.command("socks")
+    // As a bad value's message ends (src/main.ts), not "run with --help".
+    .showHelpAfterError("(run ferry socks --help for usage)")
     .description("Run a SOCKS5 server that also speaks SOCKS4 and SOCKS4a on the same port.")
     .option("--listen <host:port>", "address to listen on ([::1]:1080 for IPv6)", DEFAULTS.listen)
     .option(
@@ -143,6 +145,8 @@ export function buildProgram(
     .exitOverride()
     .action(() => onCommand({ command: "socks", options: socks.opts<RawSocksOptions>() }));
   const forward = program.command("forward")
+    // As a bad value's message ends (src/main.ts), not "run with --help".
+    .showHelpAfterError("(run ferry forward --help for usage)")
     .description(
       "Forward TCP connections to upstreams, round-robin, from a warm pool of connections.",
     )
@@ -164,6 +168,8 @@ export function buildProgram(
     .exitOverride()
     .action(() => onCommand({ command: "forward", options: forward.opts<RawForwardOptions>() }));
   program.command("run")
+    // As a bad value's message ends (src/main.ts), not "run with --help".
+    .showHelpAfterError("(run ferry run --help for usage)")
     .description("Run every listener declared in a JSON (JSONC) configuration file.")
     .requiredOption("--config <file>", "the configuration file (see ferry.example.jsonc)")
     .option("--log-level <level>", "override the file's log level")

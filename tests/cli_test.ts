@@ -107,6 +107,8 @@ Deno.test("an unknown flag exits 2 and is named on stderr", async () => {
   const run = await ferry("socks", "--listen", "127.0.0.1:0", "--frobnicate");
   assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
   assert.match(run.stderr, /--frobnicate/);
+  // Where to look, as for a bad value: the command's own help.
+  assert.match(run.stderr, /\(run ferry socks --help for usage\)/);
 });
 
 Deno.test("an option before the command exits 2 and says where it goes, without its value", async () => {
