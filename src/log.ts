@@ -63,14 +63,16 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
 
 /**
  * Characters some readers take as line breaks (U+2028, U+2029: Python's
- * splitlines(), JavaScript's regexps), and the invisible format characters
- * (Unicode's Cf: bidi controls, which reorder how a line is displayed, and
- * soft hyphens, zero-width spaces and joiners, tag characters, which do not
- * show at all). Clients choose user names and host names, and LogTape
- * escapes only the C0 and C1 controls, so a user-id holding U+2028 could make
- * one line look like two, and `loc\u00adalhost` read as `localhost`.
+ * splitlines(), JavaScript's regexps), the format characters (Unicode's Cf:
+ * bidi controls, which reorder how a line is displayed, soft hyphens,
+ * zero-width spaces and joiners, tag characters), and the rest of what
+ * Unicode says may be shown as nothing (Default_Ignorable_Code_Point: Hangul
+ * fillers, variation selectors). Clients choose user names and host names,
+ * and LogTape escapes only the C0 and C1 controls, so a user-id holding
+ * U+2028 could make one line look like two, and `loc\u00adalhost` or
+ * `\u3164admin` read as `localhost` or ` admin`.
  */
-const UNSAFE = /[\u2028\u2029\p{Cf}]/gu;
+const UNSAFE = /[\u2028\u2029\p{Cf}\p{Default_Ignorable_Code_Point}]/gu;
 const HAS_UNSAFE = new RegExp(UNSAFE.source, "u");
 
 /**
