@@ -188,9 +188,16 @@ function exactDuration(text: string): number | null {
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
+ * The longest timer duration taken: 596h, the whole hours below
+ * {@linkcode MAX_TIMER_MS}, so that the limit is the one the message says
+ * (596.4h passed, and "at most 596h" was not true).
+ */
+const MAX_TIMER_DURATION_MS = 596 * 3_600_000;
+
+/**
  * A duration option's value in milliseconds, or what is wrong with it,
  * phrased to follow `got "TEXT"`. `timer`: the value is a timer's delay,
- * at most {@linkcode MAX_TIMER_MS}.
+ * at most 596h (see {@linkcode MAX_TIMER_MS}).
  */
 export function checkDuration(text: string, timer = false): number | { problem: string } {
   const exact = exactDuration(text);
@@ -200,7 +207,9 @@ export function checkDuration(text: string, timer = false): number | { problem: 
   // Before rounding: 0.5ms is less than the 1ms the message asks for.
   if (exact < 1) return { problem: "expected at least 1ms" };
   const ms = Math.round(exact);
-  if (timer && ms > MAX_TIMER_MS) return { problem: "expected at most 596h (about 24 days)" };
+  if (timer && ms > MAX_TIMER_DURATION_MS) {
+    return { problem: "expected at most 596h (about 24 days)" };
+  }
   return ms;
 }
 

@@ -305,6 +305,10 @@ Deno.test("buildSocksConfig() reports every bad flag at once, naming flag and va
 Deno.test("durations are taken from 1ms, --shutdown-grace and --connect-timeout to 596h, and says which bound a value missed", async () => {
   const ok = await buildSocksConfig({ shutdownGrace: "596h", idleTimeout: "1ms" });
   assert.equal(ok.shutdownGraceMs, 596 * 3_600_000);
+  // Below the timer's real limit (about 596.5h), but above what the message says.
+  assert.deepEqual(await problemsOf({ shutdownGrace: "596.4h" }), [
+    `--shutdown-grace: got "596.4h"; expected at most 596h (about 24 days)`,
+  ]);
   assert.equal(ok.idleTimeoutMs, 1);
   // The deadline sweep has no timer's limit: a month of idle time is fine.
   const long = await buildSocksConfig({ idleTimeout: "720h", handshakeTimeout: "1000h" });
