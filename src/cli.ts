@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, InvalidArgumentError } from "commander";
 import denoJson from "../deno.json" with { type: "json" };
 import { DEFAULTS, type RawForwardOptions, type RawSocksOptions } from "./config.ts";
 
@@ -32,6 +32,24 @@ export interface CliOutput {
 }
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+/**
+ * A parser for `--listen` that refuses a second one: commander lets the last
+ * win, and `--listen A --listen B` reads as two listeners, which one command
+ * does not make. One parser per command line parsed.
+ */
+function onlyOnce(): (value: string) => string {
+  let seen = false;
+  return (value) => {
+    if (seen) {
+      throw new InvalidArgumentError(
+        "--listen given twice; one command listens once (ferry run --config for several)",
+      );
+    }
+    seen = true;
+    return value;
+  };
+}
 
 /** Options every listener takes: timeouts, limits, logging. */
 function addListenerOptions(command: Command, withHandshake: boolean): Command {
@@ -113,7 +131,12 @@ export function buildProgram(
     // As a bad value's message ends (src/main.ts), not "run with --help".
     .showHelpAfterError("(run ferry socks --help for usage)")
     .description("Run a SOCKS5 server that also speaks SOCKS4 and SOCKS4a on the same port.")
-    .option("--listen <host:port>", "address to listen on ([::1]:1080 for IPv6)", DEFAULTS.listen)
+    .option(
+      "--listen <host:port>",
+      "address to listen on ([::1]:1080 for IPv6)",
+      onlyOnce(),
+      DEFAULTS.listen,
+    )
     .option(
       "--user <name:password>",
       "allow this user (repeatable); enables RFC 1929 auth",
@@ -151,7 +174,7 @@ export function buildProgram(
       "Forward TCP connections to upstreams, round-robin, from a warm pool of connections.",
     )
     // Checked with the other values, so that every problem is told at once.
-    .option("--listen <host:port>", "address to listen on (required)")
+    .option("--listen <host:port>", "address to listen on (required)", onlyOnce())
     .option(
       "--to <host:port>",
       "upstream to forward to (required, repeatable; round-robin)",

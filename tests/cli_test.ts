@@ -215,6 +215,23 @@ Deno.test("ferry forward without --listen and --to names both, in ferry's own wo
   }
 });
 
+Deno.test("--listen given twice exits 2: one command listens once", async () => {
+  // The last one used to win silently, where two listeners were meant.
+  for (const command of ["socks", "forward"]) {
+    const run = await ferry(
+      command,
+      "--listen",
+      "127.0.0.1:0",
+      "--listen",
+      "127.0.0.1:1",
+      "--to",
+      "127.0.0.1:9",
+    );
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(run.stderr, /--listen given twice.*ferry run --config/, run.stderr);
+  }
+});
+
 Deno.test("a users file with a malformed line exits 2 naming the file and the line", async () => {
   const file = await Deno.makeTempFile({ prefix: "ferry-users-" });
   try {
