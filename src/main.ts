@@ -18,7 +18,7 @@ import { loadConfigFile } from "./config_file.ts";
 import { type Forwarder, openForwarder } from "./forward.ts";
 import { serverLog, setupLogging, stopLogging } from "./log.ts";
 import { descriptorsNeeded, openFilesLimit } from "./nofile.ts";
-import { formatAddress } from "./protocol/address.ts";
+import { formatAddress, ipOfName } from "./protocol/address.ts";
 import { type Server, startSocksServer } from "./server.ts";
 
 const encoder = new TextEncoder();
@@ -158,10 +158,22 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
     try {
       running.push({ server: open(config), config });
     } catch (error) {
+      // A name (`localhost`) that resolved to the address of a listener
+      // already open: the file's collision check does not look names up, and
+      // "address in use" alone sounds like another program's doing.
+      const holder = error instanceof Deno.errors.AddrInUse
+        ? running.find(({ server }) => server.addr.port === config.listen.port)
+        : undefined;
+      const name = ipOfName(config.listen.hostname) === null ? config.listen.hostname : null;
+      const ownListener = holder
+        ? ` (ferry's own listener on ${
+          formatAddress({ host: holder.server.addr.hostname, port: holder.server.addr.port })
+        } may hold it${name ? `: ${name} may resolve to its address` : ""})`
+        : "";
       serverLog.error("cannot listen on {listen}: {error}", {
         event: "listen-failed",
         listen: formatAddress({ host: config.listen.hostname, port: config.listen.port }),
-        error: (error as Error).message,
+        error: `${(error as Error).message}${ownListener}`,
       });
       await Promise.all(running.map(({ server }) => server.shutdown(0)));
       return 1;

@@ -136,6 +136,46 @@ Deno.test("a listener that cannot open stops ferry before any forwarder's pool h
   }
 });
 
+Deno.test("a listener whose name resolves to another listener's address says that ferry itself holds it", async () => {
+  // `localhost:P` beside `127.0.0.1:P` passes the file's collision check (a
+  // name is not looked up there) and then fails at bind with only "Address
+  // already in use", as if another program held the port.
+  let localhostAt: string;
+  {
+    using probe = Deno.listen({ hostname: "localhost", port: 0 });
+    localhostAt = probe.addr.hostname; // what Deno binds for the name here
+  }
+  using free = Deno.listen({ hostname: localhostAt, port: 0 });
+  const port = free.addr.port;
+  free.close();
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    const literal = localhostAt.includes(":")
+      ? `[${localhostAt}]:${port}`
+      : `${localhostAt}:${port}`;
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [
+          { kind: "socks", listen: literal },
+          { kind: "socks", listen: `localhost:${port}` },
+        ],
+      }),
+    );
+    const { code, stderr } = await runToEnd(["run", "--config", path, "--log-format", "json"]);
+    assert.equal(code, 1, stderr);
+    const line = JSON.parse(stderr.trim().split("\n").at(-1)!);
+    assert.equal(line.event, "listen-failed");
+    assert.equal(line.listen, `localhost:${port}`);
+    assert.match(
+      String(line.error),
+      new RegExp(`ferry's own listener on ${literal.replace(/[[\]]/g, "\\$&")}`),
+    );
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
 Deno.test("ferry run takes --log-level and --log-format in any case, as socks and forward do", async () => {
   using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const path = await Deno.makeTempFile({ suffix: ".jsonc" });
