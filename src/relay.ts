@@ -158,6 +158,7 @@ export async function relay(
     let spare: Uint8Array<ArrayBuffer> | null = null;
     let flying: Uint8Array<ArrayBuffer> | null = null;
     let inFlight: Promise<void> | null = null;
+    let grew = false; // whether this direction took a buffer from `grown`
     // Bytes the other side's kernel took: what was read but never written
     // (an aborted session) is not carried, so the log line matches what the
     // far end can receive.
@@ -201,6 +202,7 @@ export async function relay(
         if (taken !== null) {
           if (spare !== null) grown.give(spare); // outgrown
           buffer = taken;
+          grew = true;
         } else if (spare !== null) {
           buffer = spare; // big enough, or the budget is spent: no bigger
         } else {
@@ -225,13 +227,17 @@ export async function relay(
     } finally {
       totals[direction] = carried;
       // Back to the grown buffers once nothing uses them: a write still in
-      // flight (a failed session) holds its buffer until it settles.
-      for (const idle of [buffer, spare]) if (idle !== null && idle !== flying) grown.give(idle);
-      if (flying !== null) {
-        const held = flying;
-        const giveBack = () => grown.give(held);
-        if (inFlight === null) giveBack();
-        else inFlight.then(giveBack, giveBack);
+      // flight (a failed session) holds its buffer until it settles. Nothing
+      // to do for a direction that never grew: nearly every short session.
+      if (grew) {
+        if (buffer !== flying) grown.give(buffer);
+        if (spare !== null && spare !== flying) grown.give(spare);
+        if (flying !== null) {
+          const held = flying;
+          const giveBack = () => grown.give(held);
+          if (inFlight === null) giveBack();
+          else inFlight.then(giveBack, giveBack);
+        }
       }
     }
   };
