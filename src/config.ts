@@ -378,19 +378,31 @@ const encoder = new TextEncoder();
  */
 export const MAX_TEXT_FILE_BYTES = 16 * 1048576;
 
-/** The bytes of file `path`; throws when it holds more than `limit`. */
+/**
+ * The bytes of file `path`; throws when it holds more than `limit`. Read a
+ * chunk at a time, so that a file of a few lines costs a few lines.
+ */
 async function readAtMost(path: string, limit: number): Promise<Uint8Array> {
   using file = await Deno.open(path);
-  const bytes = new Uint8Array(limit + 1);
+  const chunks: Uint8Array[] = [];
   let length = 0;
   for (;;) {
-    const n = await file.read(bytes.subarray(length));
-    if (n === null) return bytes.slice(0, length);
+    const chunk = new Uint8Array(65536);
+    const n = await file.read(chunk);
+    if (n === null) break;
+    chunks.push(chunk.subarray(0, n));
     length += n;
     if (length > limit) {
       throw new Error(`larger than ${limit / 1048576} MiB; is it the right file?`);
     }
   }
+  const bytes = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.length;
+  }
+  return bytes;
 }
 
 /** A text file's content, and which of its lines (from 1) are not UTF-8. */
