@@ -127,9 +127,10 @@ export function buildProgram(
     .showHelpAfterError("(run with --help for usage)")
     .configureOutput(output)
     .exitOverride();
-  const socks = program.command("socks")
-    // As a bad value's message ends (src/main.ts), not "run with --help".
-    .showHelpAfterError("(run ferry socks --help for usage)")
+  /** A command whose errors end as a bad value's do (src/main.ts), not "run with --help". */
+  const subcommand = (name: string) =>
+    program.command(name).showHelpAfterError(`(run ferry ${name} --help for usage)`);
+  const socks = subcommand("socks")
     .description("Run a SOCKS5 server that also speaks SOCKS4 and SOCKS4a on the same port.")
     .option(
       "--listen <host:port>",
@@ -167,9 +168,7 @@ export function buildProgram(
     .configureOutput(output)
     .exitOverride()
     .action(() => onCommand({ command: "socks", options: socks.opts<RawSocksOptions>() }));
-  const forward = program.command("forward")
-    // As a bad value's message ends (src/main.ts), not "run with --help".
-    .showHelpAfterError("(run ferry forward --help for usage)")
+  const forward = subcommand("forward")
     .description(
       "Forward TCP connections to upstreams, round-robin, from a warm pool of connections.",
     )
@@ -190,9 +189,7 @@ export function buildProgram(
     .configureOutput(output)
     .exitOverride()
     .action(() => onCommand({ command: "forward", options: forward.opts<RawForwardOptions>() }));
-  program.command("run")
-    // As a bad value's message ends (src/main.ts), not "run with --help".
-    .showHelpAfterError("(run ferry run --help for usage)")
+  subcommand("run")
     .description("Run every listener declared in a JSON (JSONC) configuration file.")
     .requiredOption("--config <file>", "the configuration file (see ferry.example.jsonc)")
     .option("--log-level <level>", "override the file's log level")

@@ -436,9 +436,10 @@ export class Upstream {
       if (at >= 0) this.#idle.splice(at, 1);
       pooled.close();
       this.stats.dropped++;
-      const age = performance.now() - pooled.pooledAt;
+      const now = performance.now();
+      const age = now - pooled.pooledAt;
       if (age < this.#settleMs) {
-        this.#lastYoungDrop = performance.now();
+        this.#lastYoungDrop = now;
         this.#takenSinceYoungDrop = 0;
         this.#cutAfterIdling = age >= REFUSED_WITHIN_MS;
         this.#markUnsettled(reason, age);
