@@ -367,10 +367,16 @@ export abstract class ProxySession implements Expirable {
     if (this.controller.signal.aborted) return Promise.reject(this.controller.signal.reason);
     this.enter("connect", timeoutMs);
     // Aborted by the deadline alone, or with the session by SessionController:
-    // one controller instead of an AbortSignal.any() per session. The next
-    // phase drops it (enter()).
-    this.#dialAbort = new AbortController();
-    return work(this.#dialAbort.signal);
+    // one controller instead of an AbortSignal.any() per session.
+    const dialAbort = new AbortController();
+    this.#dialAbort = dialAbort;
+    // Dropped once `work` has succeeded: from then on, up to the next phase
+    // (a forwarder's 250 ms loop check, a reply being written), aborting the
+    // dial would stop nothing, and shutdown must abort the session itself.
+    return work(dialAbort.signal).then((value) => {
+      if (this.#dialAbort === dialAbort) this.#dialAbort = null;
+      return value;
+    });
   }
 
   /** Counts bytes carried outside the TCP relay (UDP payloads); `up` is client → target. */
@@ -398,6 +404,8 @@ export abstract class ProxySession implements Expirable {
 
   /** Relays until both directions end; the early bytes from the client go to the target first. */
   async #relay({ target, early }: Relaying): Promise<void> {
+    // Shutdown may have come after the dial, while a forwarder confirmed it was no loop.
+    if (this.controller.signal.aborted) throw this.controller.signal.reason;
     const { deadlines, idleTimeoutMs } = this.context;
     this.enter("relay", Math.min(idleTimeoutMs, KEEPALIVE_AFTER_MS));
     this.#keepAliveDue = true;

@@ -1,12 +1,18 @@
 /**
- * ProxySession in process, over a real loopback connection: what its log
- * line says when a session fails in a way no outcome name covers.
+ * ProxySession in process, over real loopback connections: what its log
+ * line says when a session fails in a way no outcome name covers, and how
+ * shutdown ends a session between its dial and its relay.
  */
 import assert from "node:assert/strict";
 import { configure, type LogRecord, reset } from "@logtape/logtape";
 import { Deadlines } from "../src/deadlines.ts";
 import { Metrics } from "../src/metrics.ts";
-import { ProxySession, type Relaying } from "../src/proxy_session.ts";
+import {
+  NO_EARLY_BYTES,
+  ProxySession,
+  type Relaying,
+  type SessionContext,
+} from "../src/proxy_session.ts";
 
 /** A session whose negotiation fails with an error ferry has no name for. */
 class FailingSession extends ProxySession {
@@ -54,4 +60,74 @@ Deno.test("an unexpected failure is logged as outcome error, with what the error
     "TypeError: something nobody planned for",
     "test",
   ]);
+});
+
+/**
+ * A session whose dial has succeeded but which waits once more before it
+ * relays, as a forwarder waits up to 250 ms to learn whether its dial came
+ * back to its own listener.
+ */
+class WaitsAfterDialSession extends ProxySession {
+  readonly dialled = Promise.withResolvers<void>();
+  readonly goOn = Promise.withResolvers<void>();
+  readonly #targetPort: number;
+
+  constructor(client: Deno.TcpConn, context: SessionContext, targetPort: number) {
+    super(client, context, "connect");
+    this.#targetPort = targetPort;
+  }
+
+  protected async negotiate(): Promise<Relaying | null> {
+    this.protocol = "test";
+    const target = await this.dialTarget({
+      type: "ipv4",
+      host: "127.0.0.1",
+      port: this.#targetPort,
+    });
+    this.dialled.resolve();
+    await this.goOn.promise;
+    return { target, early: NO_EARLY_BYTES };
+  }
+}
+
+Deno.test("shutdown after the dial but before the relay ends the session, not just the finished dial", async () => {
+  const records: LogRecord[] = [];
+  await configure({
+    reset: true,
+    sinks: { memory: (record) => records.push(record) },
+    loggers: [
+      { category: ["ferry", "session"], lowestLevel: "info", sinks: ["memory"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["memory"] },
+    ],
+  });
+  const deadlines = new Deadlines(100);
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using targets = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  try {
+    const session = new WaitsAfterDialSession(await listener.accept(), {
+      listen: "127.0.0.1:1080",
+      deadlines,
+      metrics: new Metrics(),
+      handshakeTimeoutMs: 5000,
+      connectTimeoutMs: 5000,
+      idleTimeoutMs: 5000,
+      logSessions: true,
+      sourceFor: () => null,
+    }, targets.addr.port);
+    const running = session.run();
+    using target = await targets.accept();
+    await session.dialled.promise;
+    session.abort("shutdown"); // what the server does to every session at the end of the grace
+    session.goOn.resolve();
+    await client.write(new TextEncoder().encode("after shutdown"));
+    // Nothing is relayed: both ends read EOF.
+    assert.equal(await target.read(new Uint8Array(64)), null);
+    assert.equal(await client.read(new Uint8Array(1)), null);
+    await running;
+  } finally {
+    await reset();
+  }
+  assert.equal(records.length, 1);
+  assert.equal(records[0]!.properties.outcome, "shutdown");
 });
