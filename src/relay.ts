@@ -126,8 +126,12 @@ export async function relay(
     up: boolean,
     scratch: Uint8Array,
     inFlight: Promise<void> | null,
+    ended: boolean,
   ) => {
     try {
+      // Counted already: the client's FIN came, and passing it on failed. The
+      // other direction ends the relay, once the client has the whole answer.
+      if (ended) return;
       if (up) {
         while ((await client.read(scratch)) !== null) { /* dropped: the target is gone */ }
       } else if (inFlight) {
@@ -154,6 +158,7 @@ export async function relay(
     // so both sockets stay busy (one write at a time keeps the order).
     const towardsTarget = direction === "up";
     let reading = true; // whether an error now is the read's or a write's
+    let ended = false; // whether this direction is counted out of `open`
     let buffer = first ?? new Uint8Array(initial);
     let spare: Uint8Array<ArrayBuffer> | null = null;
     let flying: Uint8Array<ArrayBuffer> | null = null;
@@ -217,13 +222,14 @@ export async function relay(
       // Carry the FIN on. When the other direction has ended already and the
       // owner closes both sockets at once (onEnd), close() sends that FIN: a
       // shutdown() first would be a syscall for nothing.
+      ended = true;
       if (--open > 0 || !onEnd) await to.closeWrite();
       else onEnd();
     } catch (error) {
       // The target's error: a read from it (down), or a write to it (up).
       const targetsError = reading !== towardsTarget;
       if (!targetsError || !gentle(error)) fail(error);
-      else await endGently(towardsTarget ? from : to, towardsTarget, buffer, inFlight);
+      else await endGently(towardsTarget ? from : to, towardsTarget, buffer, inFlight, ended);
     } finally {
       totals[direction] = carried;
       // Back to the grown buffers once nothing uses them: a write still in

@@ -420,6 +420,50 @@ Deno.test("relay() counts every write that moved bytes as activity: a slow reade
   }
 });
 
+Deno.test("relay() with onTargetFailure: a client FIN the gone target cannot take still leaves the client the whole answer", async () => {
+  // The client half-closes at once; passing its FIN on fails, as shutdown()
+  // does on a target that has reset (ENOTCONN). Meanwhile the answer the
+  // target sent before is still being written to the client, slowly: the
+  // relay must not end (and close both sockets) until that write is done.
+  const controller = new AbortController();
+  const toClient = Promise.withResolvers<number>();
+  const written: number[] = [];
+  const client: RelayEnd = {
+    read: () => Promise.resolve(null),
+    write: (bytes: Uint8Array) => {
+      written.push(bytes.length);
+      return toClient.promise;
+    },
+    closeWrite: () => Promise.resolve(),
+  };
+  let targetReads = 0;
+  const target: RelayEnd = {
+    read: (buffer: Uint8Array) => {
+      if (targetReads++ > 0) return Promise.resolve(null);
+      buffer.fill(9, 0, 10);
+      return Promise.resolve(10);
+    },
+    write: () => Promise.reject(new Error("no upload expected")),
+    closeWrite: () => Promise.reject(new Deno.errors.NotConnected("shutdown: not connected")),
+  };
+  let ends = 0;
+  let failures = 0;
+  const relayed = relay(client, target, {
+    controller,
+    onActivity: () => {},
+    onTargetFailure: () => failures++,
+    onEnd: () => ends++,
+  });
+  while (written.length === 0 || failures === 0) {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  assert.equal(ends, 0, "ended (closing both sockets) while the answer was still being written");
+  toClient.resolve(10);
+  assert.deepEqual(await relayed, { up: 0, down: 10 });
+  assert.equal(ends, 1);
+  assert.equal(controller.signal.aborted, false);
+});
+
 Deno.test("relay() counts only bytes written: an aborted write's unsent rest is not carried", async () => {
   // The client sends one full 16-byte buffer (its write is left in flight)
   // and then nothing; the target takes 5 bytes and then stalls, like a reader
