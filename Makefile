@@ -9,8 +9,10 @@ DENO := $(or $(shell command -v deno 2>/dev/null),$(LOCAL_DENO))
 .PHONY: run test check bench build clean deno
 
 # make run ARGS="--listen 0.0.0.0:1080 --user alice:secret"
+# Quiet: make echoing the recipe, or deno task its command line (to stderr,
+# where the logs go), would write a --user password into whatever keeps them.
 run: $(DENO)
-	$(DENO) task start socks $(ARGS)
+	@$(DENO) task --quiet start socks $(ARGS)
 
 test: $(DENO)
 	@sh tests/check_tools.sh

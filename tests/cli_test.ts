@@ -264,3 +264,80 @@ Deno.test("a password given with --user is not echoed when another value is bad"
   assert.ok(!run.stderr.includes("Sup3rSecret"), `password printed:\n${run.stderr}`);
   assert.ok(!run.stdout.includes("Sup3rSecret"));
 });
+
+/**
+ * Runs `command` in a process group of its own until ferry says it listens,
+ * then ends the group with SIGTERM; returns everything it wrote.
+ */
+async function outputUntilListening(command: string, args: string[]): Promise<Run> {
+  const child = new Deno.Command(command, {
+    args,
+    cwd: new URL("..", import.meta.url).pathname,
+    detached: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: {
+      NO_COLOR: "1",
+      DENO_NO_UPDATE_CHECK: "1",
+      // make's `deno` is this one, not one it would install.
+      PATH: `${Deno.execPath().replace(/\/[^/]*$/, "")}:${Deno.env.get("PATH") ?? ""}`,
+    },
+  }).spawn();
+  const texts = { stdout: "", stderr: "" };
+  const collect = async (name: keyof typeof texts, stream: ReadableStream<Uint8Array>) => {
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) texts[name] += text;
+  };
+  const collecting = Promise.all([
+    collect("stdout", child.stdout),
+    collect("stderr", child.stderr),
+  ]);
+  const signalGroup = (signal: Deno.Signal) => {
+    try {
+      Deno.kill(-child.pid, signal);
+    } catch {
+      // the group has exited
+    }
+  };
+  const giveUp = setTimeout(() => signalGroup("SIGKILL"), 60_000);
+  try {
+    let exited = false;
+    child.status.then(() => exited = true);
+    while (!texts.stderr.includes("event=listening") && !exited) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    signalGroup("SIGTERM");
+    const status = await child.status;
+    await collecting;
+    return { code: status.code, ...texts };
+  } finally {
+    clearTimeout(giveUp);
+    signalGroup("SIGKILL");
+  }
+}
+
+Deno.test("make run and the README's deno task command do not print a --user password", async () => {
+  const password = "Pw-" + crypto.randomUUID();
+  const listenAndUser = ["--listen", "127.0.0.1:0", "--user", `alice:${password}`];
+  const runs = {
+    "make run": await outputUntilListening("make", [
+      "--no-print-directory",
+      "run",
+      `ARGS=${listenAndUser.join(" ")}`,
+    ]),
+    "deno task --quiet start": await outputUntilListening(Deno.execPath(), [
+      "task",
+      "--quiet",
+      "start",
+      "--",
+      "socks",
+      ...listenAndUser,
+    ]),
+  };
+  for (const [what, run] of Object.entries(runs)) {
+    assert.match(run.stderr, /event=listening/, `${what} did not start:\n${run.stderr}`);
+    for (const text of [run.stdout, run.stderr]) {
+      assert.ok(!text.includes(password), `${what} printed the password:\n${text}`);
+    }
+  }
+});
