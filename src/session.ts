@@ -360,7 +360,8 @@ export class SocksSession extends ProxySession {
   /**
    * Decodes the request, and notes its command for the log line, also when
    * the decoder refuses it (a name that is not UTF-8, an unknown SOCKS4
-   * command): then from the bytes it had, with SOCKS4a told by its address.
+   * command): then from the bytes it had, with SOCKS4a told by its address,
+   * and the user-id and target as far as the decoder had read them.
    */
   async #decodeRequest<T extends { readonly command: number }>(
     decode: (bytes: Uint8Array) => Decoded<T>,
@@ -376,6 +377,9 @@ export class SocksSession extends ProxySession {
       if (error instanceof ProtocolError && bytes.length >= 2) {
         this.#command = commandName(bytes[1]!, commands);
         if (commands === SOCKS4_COMMANDS && socks4.asksForName(bytes)) this.protocol = "socks4a";
+        const { userId, target } = error.readSoFar;
+        if (userId !== undefined && userId.length > 0) this.user = shownName.decode(userId);
+        if (target !== undefined) this.requested = target;
       }
       throw error;
     }

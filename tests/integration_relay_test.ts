@@ -467,6 +467,7 @@ Deno.test("a domain name that is not UTF-8 gets 0x04, and the log line says why"
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "protocol-error");
   assert.equal(session.error, 'host name is not valid UTF-8: "caf\\xe9.test"', "which name, too");
+  assert.equal(session.target, "caf\\xe9.test:80", "and which target");
   assert.equal(session.command, "connect", "what was asked, though refused");
 });
 
@@ -474,8 +475,15 @@ Deno.test("a SOCKS4a name that is not UTF-8 gets 91 and is logged as SOCKS4a", a
   await using ferry = await startFerry(LISTEN);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);
   const name = concat([encoder.encode("caf"), Uint8Array.of(0xe9), encoder.encode(".test")]);
-  // VN CD=CONNECT PORT 0.0.0.1 USERID NUL NAME NUL
-  await client.write(concat([Uint8Array.of(4, 1, 0, 80, 0, 0, 0, 1, 0), name, Uint8Array.of(0)]));
+  // VN CD=CONNECT PORT 0.0.0.1 USERID "bob" NUL NAME NUL
+  await client.write(
+    concat([
+      Uint8Array.of(4, 1, 0, 80, 0, 0, 0, 1),
+      encoder.encode("bob\0"),
+      name,
+      Uint8Array.of(0),
+    ]),
+  );
   const reply = await client.readExactly(8);
   assert.equal(reply[1], 91);
   client.close();
@@ -484,6 +492,8 @@ Deno.test("a SOCKS4a name that is not UTF-8 gets 91 and is logged as SOCKS4a", a
   assert.equal(session.protocol, "socks4a");
   assert.equal(session.command, "connect");
   assert.equal(session.error, 'host name is not valid UTF-8: "caf\\xe9.test"');
+  assert.equal(session.target, "caf\\xe9.test:80");
+  assert.equal(session.user, "bob", "who asked, though refused");
 });
 
 Deno.test("CONNECT to port 0 gets 0x01, and the log line names the system's reason", async () => {

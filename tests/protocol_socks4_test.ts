@@ -364,6 +364,39 @@ Deno.test("decodeRequest() rejects a 256-byte SOCKS4a host name with reply 91", 
   });
 });
 
+Deno.test("decodeRequest() refusing a SOCKS4a host name says who asked, and for which target when it can", () => {
+  const refusal = (host: ArrayLike<number>) => {
+    // VN  CD=CONNECT  DSTPORT 80  DSTIP 0.0.0.1  USERID "bob"  NUL  HOST  NUL
+    const bytes = Uint8Array.of(
+      0x04,
+      0x01,
+      0x00,
+      0x50,
+      0,
+      0,
+      0,
+      1,
+      ...ascii("bob"),
+      0,
+      ...Array.from(host),
+      0,
+    );
+    try {
+      decodeRequest(bytes);
+    } catch (error) {
+      assert.ok(error instanceof ProtocolError);
+      return error.readSoFar;
+    }
+    assert.fail("not refused");
+  };
+  assert.deepEqual(refusal([0x63, 0x61, 0x66, 0xe9]), {
+    userId: ascii("bob"),
+    target: "caf\\xe9:80",
+  });
+  assert.deepEqual(refusal(filled(MAX_HOST_NAME + 1, 0x68)), { userId: ascii("bob") });
+  assert.deepEqual(refusal([]), { userId: ascii("bob") });
+});
+
 for (const command of [0x00, 0x03, 0xff]) {
   Deno.test(`decodeRequest() rejects command ${hex(command)} with reply 91`, () => {
     assertRejectsFrom(decodeRequest, {

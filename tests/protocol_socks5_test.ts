@@ -415,7 +415,7 @@ const requestErrors: ErrorFixture[] = [
       0x1b,
       0x58,
     ),
-    throwsFrom: 14,
+    throwsFrom: 16, // with its port, for the log line
     code: "bad-host-name",
     reply: Reply.HostUnreachable,
   },
@@ -733,4 +733,14 @@ Deno.test("printableBytes() keeps printable ASCII and writes every other byte, q
     printableBytes(Uint8Array.of(0x63, 0xe9)),
     printableBytes(Uint8Array.of(0x63, 0xe8)),
   );
+});
+
+Deno.test("decodeRequest() refusing a name that is not UTF-8 says which target it was, odd bytes as \\xNN", () => {
+  // VER  CMD  RSV  ATYP=DOMAIN  LEN=5  "caf\xe9\\"  DST.PORT 7000
+  const bytes = Uint8Array.of(0x05, 0x01, 0x00, 0x03, 5, 0x63, 0x61, 0x66, 0xe9, 0x5c, 0x1b, 0x58);
+  assert.throws(() => decodeRequest(bytes), (error: unknown) => {
+    assert.ok(error instanceof ProtocolError);
+    assert.deepEqual(error.readSoFar, { target: "caf\\xe9\\x5c:7000" });
+    return true;
+  });
 });

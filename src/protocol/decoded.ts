@@ -43,6 +43,16 @@ export type ProtocolErrorCode =
   | "truncated";
 
 /**
+ * What a decoder had read of a request before it found it malformed, for the
+ * log line: which user-id, which target (a name as {@linkcode printableBytes}
+ * shows it).
+ */
+export interface ReadSoFar {
+  readonly userId?: Uint8Array;
+  readonly target?: string;
+}
+
+/**
  * Malformed protocol input. `reply` is the reply code the server should send
  * before closing, or `null` when the protocol has no way to say it (a greeting
  * with the wrong version, for instance).
@@ -51,11 +61,23 @@ export class ProtocolError extends Error {
   override readonly name = "ProtocolError";
   readonly code: ProtocolErrorCode;
   readonly reply: number | null;
+  readonly readSoFar: ReadSoFar;
 
-  constructor(code: ProtocolErrorCode, reply: number | null, message: string) {
+  constructor(
+    code: ProtocolErrorCode,
+    reply: number | null,
+    message: string,
+    readSoFar: ReadSoFar = {},
+  ) {
     super(message);
     this.code = code;
     this.reply = reply;
+    this.readSoFar = readSoFar;
+  }
+
+  /** The same error, also saying that `more` had been read. */
+  alsoRead(more: ReadSoFar): ProtocolError {
+    return new ProtocolError(this.code, this.reply, this.message, { ...this.readSoFar, ...more });
   }
 }
 
@@ -64,17 +86,17 @@ const exactUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 /**
  * A host name's bytes as text, exactly. Bytes that are not UTF-8 are refused
  * with `reply`, not replaced with U+FFFD: two different names must never turn
- * into one before the lookup (or one log line).
+ * into one before the lookup (or one log line). The refusal's target is the
+ * name as {@linkcode printableBytes} shows it, with `port`.
  */
-export function decodeHostName(bytes: Uint8Array, reply: number): string {
+export function decodeHostName(bytes: Uint8Array, reply: number, port: number): string {
   try {
     return exactUtf8.decode(bytes);
   } catch {
-    throw new ProtocolError(
-      "bad-host-name",
-      reply,
-      `host name is not valid UTF-8: "${printableBytes(bytes)}"`,
-    );
+    const shown = printableBytes(bytes);
+    throw new ProtocolError("bad-host-name", reply, `host name is not valid UTF-8: "${shown}"`, {
+      target: `${shown}:${port}`,
+    });
   }
 }
 

@@ -105,14 +105,19 @@ export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
       userIdEnd + 1,
     );
   }
-  const hostStart = userIdEnd + 1;
-  const hostEnd = findNul(bytes, hostStart, MAX_HOST_NAME, "SOCKS4a host name");
-  if (hostEnd < 0) return MORE;
-  if (hostEnd === hostStart) {
-    throw new ProtocolError("empty-field", Reply.Rejected, "empty SOCKS4a host name");
+  try {
+    const hostStart = userIdEnd + 1;
+    const hostEnd = findNul(bytes, hostStart, MAX_HOST_NAME, "SOCKS4a host name");
+    if (hostEnd < 0) return MORE;
+    if (hostEnd === hostStart) {
+      throw new ProtocolError("empty-field", Reply.Rejected, "empty SOCKS4a host name");
+    }
+    const host = decodeHostName(bytes.subarray(hostStart, hostEnd), Reply.Rejected, port);
+    return ok({ command, userId, address: { type: "domain", host, port } }, hostEnd + 1);
+  } catch (error) {
+    // A refused name: the line still says who asked.
+    throw error instanceof ProtocolError ? error.alsoRead({ userId }) : error;
   }
-  const host = decodeHostName(bytes.subarray(hostStart, hostEnd), Reply.Rejected);
-  return ok({ command, userId, address: { type: "domain", host, port } }, hostEnd + 1);
 }
 
 /**

@@ -207,34 +207,27 @@ function decodeAddressAt(
 ): { address: Address; end: number } | null {
   if (bytes.length < offset + 1) return null;
   const type = bytes[offset]!;
-  let hostEnd: number;
-  let host: string;
+  let hostStart = offset + 1;
+  let hostLength: number;
   let kind: Address["type"];
   switch (type) {
     case AddressType.IPv4:
-      hostEnd = offset + 1 + 4;
-      if (bytes.length < hostEnd) return null;
-      host = formatIPv4(bytes.subarray(offset + 1, hostEnd));
+      hostLength = 4;
       kind = "ipv4";
       break;
     case AddressType.IPv6:
-      hostEnd = offset + 1 + 16;
-      if (bytes.length < hostEnd) return null;
-      host = formatIPv6(bytes.subarray(offset + 1, hostEnd));
+      hostLength = 16;
       kind = "ipv6";
       break;
-    case AddressType.Domain: {
+    case AddressType.Domain:
       if (bytes.length < offset + 2) return null;
-      const length = bytes[offset + 1]!;
-      if (length === 0) {
+      hostLength = bytes[offset + 1]!;
+      if (hostLength === 0) {
         throw new ProtocolError("empty-field", Reply.HostUnreachable, "empty domain name");
       }
-      hostEnd = offset + 2 + length;
-      if (bytes.length < hostEnd) return null;
-      host = decodeHostName(bytes.subarray(offset + 2, hostEnd), Reply.HostUnreachable);
+      hostStart = offset + 2;
       kind = "domain";
       break;
-    }
     default:
       throw new ProtocolError(
         "bad-address-type",
@@ -242,9 +235,17 @@ function decodeAddressAt(
         `address type ${hex(type)}, expected 0x01, 0x03 or 0x04`,
       );
   }
+  const hostEnd = hostStart + hostLength;
+  // The whole address before any of it is decoded: a refused name is logged with its port.
   const end = hostEnd + 2;
   if (bytes.length < end) return null;
   const port = (bytes[hostEnd]! << 8) | bytes[hostEnd + 1]!;
+  const hostBytes = bytes.subarray(hostStart, hostEnd);
+  const host = kind === "ipv4"
+    ? formatIPv4(hostBytes)
+    : kind === "ipv6"
+    ? formatIPv6(hostBytes)
+    : decodeHostName(hostBytes, Reply.HostUnreachable, port);
   return { address: { type: kind, host, port }, end };
 }
 
