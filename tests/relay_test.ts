@@ -331,7 +331,7 @@ Deno.test("relay() with onTargetFailure: the owner's abort still ends a client t
   await writeAll(f.clientApp, new Uint8Array(100));
   await f.targetApp.read(new Uint8Array(100));
   f.targetApp.close();
-  // Deno reads a reset as EOF: the client sees the target's end as a FIN.
+  // The target read all it was sent, so its close is a FIN, passed on to the client.
   assert.equal(
     await within(readEnding(f.clientApp), "client EOF", () => f[Symbol.dispose]()),
     "eof",
