@@ -365,18 +365,14 @@ export abstract class ProxySession implements Expirable {
     work: (signal: AbortSignal) => Promise<T>,
   ): Promise<T> {
     if (this.controller.signal.aborted) return Promise.reject(this.controller.signal.reason);
+    // Shutdown came between two waits (a BIND's lookup and its accept).
+    if (this.#cutShort) return Promise.reject(this.#cutShort);
     this.enter("connect", timeoutMs);
     // Aborted by the deadline alone, or with the session by SessionController:
-    // one controller instead of an AbortSignal.any() per session.
-    const dialAbort = new AbortController();
-    this.#dialAbort = dialAbort;
-    // Dropped once `work` has succeeded: from then on, up to the next phase
-    // (a forwarder's 250 ms loop check, a reply being written), aborting the
-    // dial would stop nothing, and shutdown must abort the session itself.
-    return work(dialAbort.signal).then((value) => {
-      if (this.#dialAbort === dialAbort) this.#dialAbort = null;
-      return value;
-    });
+    // one controller instead of an AbortSignal.any() per session. The next
+    // phase drops it (enter()).
+    this.#dialAbort = new AbortController();
+    return work(this.#dialAbort.signal);
   }
 
   /** Counts bytes carried outside the TCP relay (UDP payloads); `up` is client → target. */
@@ -404,7 +400,9 @@ export abstract class ProxySession implements Expirable {
 
   /** Relays until both directions end; the early bytes from the client go to the target first. */
   async #relay({ target, early }: Relaying): Promise<void> {
-    // Shutdown may have come after the dial, while a forwarder confirmed it was no loop.
+    // Shutdown came after the wait it aborted had ended: while a forwarder
+    // confirmed that its dial was no loop, say, or a reply was written.
+    if (this.#cutShort) this.controller.abort(this.#cutShort);
     if (this.controller.signal.aborted) throw this.controller.signal.reason;
     const { deadlines, idleTimeoutMs } = this.context;
     this.enter("relay", Math.min(idleTimeoutMs, KEEPALIVE_AFTER_MS));
