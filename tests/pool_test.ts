@@ -217,6 +217,52 @@ Deno.test("pool: an upstream at its connection limit refuses refills, yet its po
   }
 });
 
+Deno.test("pool: at an upstream's connection limit, with steady clients, it stays unsettled and probes with back-off", async () => {
+  // Each client frees a slot: the probes taken by clients settled the pool,
+  // which then dialled its whole deficit at once, refused again: bursts of
+  // refused connections and a pool-settled / pool-unsettled pair every few
+  // seconds, for as long as the traffic lasted.
+  logs.records.length = 0;
+  let live = 0;
+  let refused = 0;
+  await using server = new ForwardUpstream(async (accepted) => {
+    if (live >= 3) {
+      refused++;
+      return;
+    }
+    live++;
+    try {
+      await accepted.conn.waitForEnd();
+    } finally {
+      live--;
+    }
+  });
+  const upstream = upstreamTo(server.port, 8);
+  upstream.start();
+  try {
+    await waitUntil(
+      () => logs.events("pool-unsettled").length > 0,
+      "the refills past 3 to be refused",
+    );
+    const refusedAtFirst = refused;
+    const until = performance.now() + 8000;
+    while (performance.now() < until) {
+      const pooled = upstream.take(); // a short session every 300 ms
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      pooled?.close();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    const later = refused - refusedAtFirst;
+    // One probe per back-off step (0.1, 0.2, 0.4 … s, plus a second to show
+    // it lasts): a handful. Dialling the deficit at every settle made it 25-35.
+    assert.ok(later <= 8, `${later} refills refused in 8 s after the first`);
+    assert.equal(logs.events("pool-unsettled").length, 1, "said once");
+    assert.equal(logs.events("pool-settled").length, 0, "never full, so never settled");
+  } finally {
+    upstream.close();
+  }
+});
+
 Deno.test("pool: connections alive after the upstream's listener died do not declare it up again", async () => {
   logs.records.length = 0;
   await using server = new ForwardUpstream(taggedEcho("old"));

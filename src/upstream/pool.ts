@@ -180,6 +180,18 @@ export class Upstream {
   #down = false;
   /** Pooled connections end right after connecting: refilling backs off. */
   #unsettled = false;
+  /**
+   * Settled again, but not full since: refills go in batches of 1, 2, 4 …,
+   * each once the last batch has connected and lasted REFUSED_WITHIN_MS. An
+   * upstream at its connection limit settles each time a client frees a
+   * slot; it then refuses a refill or two, not the pool's whole deficit.
+   */
+  #rampingUp = false;
+  #rampBatch = 1;
+  /** While ramping up: no new batch before this `performance.now()`. */
+  #rampAt = 0;
+  /** Whether `pool-unsettled` was logged and `pool-settled` (once full again) is due. */
+  #saidUnsettled = false;
   #backoffMs = BACKOFF_FIRST_MS;
   /** While down or unsettled: no dial before this `performance.now()`. */
   #retryAt = 0;
@@ -294,7 +306,7 @@ export class Upstream {
   /** Records that a connection (on demand or pooled) reached the upstream. */
   markUp(): void {
     // Reaching it says nothing about how long pooled connections last.
-    if (!this.#unsettled) this.#backoffMs = BACKOFF_FIRST_MS;
+    if (!this.#unsettled && !this.#rampingUp) this.#backoffMs = BACKOFF_FIRST_MS;
     if (!this.#down) return;
     this.#down = false;
     serverLog.info("upstream {upstream} is up again", {
@@ -337,6 +349,8 @@ export class Upstream {
     this.#backOff(UNSETTLED_BACKOFF_MAX_MS);
     if (this.#unsettled) return;
     this.#unsettled = true;
+    if (this.#saidUnsettled) return; // still: it has not been full since
+    this.#saidUnsettled = true;
     // Said as seen: an upstream that restarts cuts its young connections too,
     // so this is not necessarily an upstream that cuts every connection.
     serverLog.warn(
@@ -352,14 +366,29 @@ export class Upstream {
     );
   }
 
-  /** A pooled connection has lasted: the pool works again. */
+  /**
+   * A pooled connection has lasted, or clients took the probes: the pool
+   * works again, and ramps up (see #rampingUp). The back-off stays, and
+   * `pool-settled` waits, until the pool is full (#noteFull): an upstream at
+   * its connection limit settles each time a client frees a slot, and
+   * unsettles at the next refill.
+   */
   #markSettled(): void {
-    // The back-off stays: an upstream at its connection limit settles each
-    // time a client frees a slot, and unsettles at the next refill. It starts
-    // over once the pool is full (#recycle).
     this.markUp();
     if (!this.#unsettled) return;
     this.#unsettled = false;
+    this.#rampingUp = true;
+    this.#rampBatch = 1;
+    this.#rampAt = 0;
+  }
+
+  /** Once the pool is full and nothing backs off: the back-off starts over. */
+  #noteFull(): void {
+    if (this.#backingOff || this.#idle.length < this.#options.poolSize) return;
+    this.#backoffMs = BACKOFF_FIRST_MS;
+    this.#rampingUp = false;
+    if (!this.#saidUnsettled) return;
+    this.#saidUnsettled = false;
     serverLog.info("upstream {upstream}: pooled connections last again", {
       event: "pool-settled",
       listen: this.#options.listen,
@@ -383,10 +412,14 @@ export class Upstream {
     // back-off step. The sweep settles the probe, or its drop backs off.
     const since = this.#troubleSince;
     if (this.#unsettled && this.#idle.some((pooled) => pooled.pooledAt >= since)) return;
+    const backingOff = this.#backingOff;
+    const rampingUp = !backingOff && this.#rampingUp;
+    if (rampingUp && this.#dialing > 0) return; // the last batch is still connecting
+    let started = 0;
     while (this.#idle.length + this.#dialing < this.#options.poolSize) {
-      const backingOff = this.#backingOff;
-      const wait = this.#retryAt - performance.now(); // read once: a negative delay makes Node warn
-      if (backingOff && wait > 0) {
+      const dueAt = backingOff ? this.#retryAt : rampingUp ? this.#rampAt : 0;
+      const wait = dueAt - performance.now(); // read once: a negative delay makes Node warn
+      if (wait > 0) {
         this.#retryTimer = setTimeout(() => {
           this.#retryTimer = undefined;
           this.#fill();
@@ -398,6 +431,10 @@ export class Upstream {
       this.#dialOne().finally(() => this.#dialing--).then(() => this.#fill());
       // While backing off, one probe at a time; the rest wait for it to succeed.
       if (backingOff) return;
+      if (rampingUp && ++started === this.#rampBatch) {
+        this.#rampBatch *= 2;
+        return;
+      }
     }
   }
 
@@ -447,6 +484,8 @@ export class Upstream {
       this.#fill();
     });
     this.#idle.push(pooled);
+    if (this.#rampingUp) this.#rampAt = performance.now() + REFUSED_WITHIN_MS;
+    this.#noteFull();
   }
 
   /** Whether refilling waits for `#retryAt`: dials fail, or pooled connections end young. */
@@ -473,9 +512,7 @@ export class Upstream {
     const served = this.#unsettled && this.#takenSinceYoungDrop > 0 &&
       now - this.#lastYoungDrop >= this.#settleMs;
     if (this.#backingOff && (served || this.#idle.some(settled))) this.#markSettled();
-    if (!this.#backingOff && this.#idle.length >= this.#options.poolSize) {
-      this.#backoffMs = BACKOFF_FIRST_MS;
-    }
+    this.#noteFull();
     this.#retireExpired(now);
     this.#fill();
   }
