@@ -13,8 +13,11 @@ import {
   DialError,
   type DialFailure,
   interleaveFamilies,
+  messageWithCause,
   REPLY_FOR_FAILURE,
+  resetAsAccepted,
 } from "../src/upstream/dial.ts";
+import { resettingServer } from "./_helpers/reset.ts";
 
 /** A loopback port nothing listens on (bound, read back, released). */
 function closedPort(): number {
@@ -152,6 +155,29 @@ Deno.test("dial() to a closed loopback port throws DialError connection-refused,
   assert.equal(error.reply, 0x05);
   assert.ok(error.cause instanceof Deno.errors.ConnectionRefused, String(error.cause));
   assert.match(error.message, /127\.0\.0\.1/);
+});
+
+Deno.test("dial() to a target that resets as it accepts says so: general-failure, 0x01", async () => {
+  const server = await resettingServer();
+  try {
+    // The reset usually beats the connect's check on loopback; should it not, try again.
+    let error: DialError | null = null;
+    for (let i = 0; i < 10 && error === null; i++) {
+      await dial({ type: "ipv4", host: "127.0.0.1", port: server.port }, AbortSignal.timeout(2000))
+        .then((conn) => conn.close(), (caught) => error = caught);
+    }
+    assert.ok(error !== null, "no dial met the reset");
+    const failed: DialError = error;
+    assert.equal(failed.failure, "general-failure");
+    assert.equal(failed.reply, 0x01);
+    assert.ok(resetAsAccepted(failed));
+    assert.equal(
+      messageWithCause(failed).split(":")[0],
+      "connect to 127.0.0.1 was reset as it was accepted",
+    );
+  } finally {
+    await server.close();
+  }
 });
 
 Deno.test("dial() connects to a listening loopback port", async () => {

@@ -18,6 +18,9 @@ import {
   unusedPort,
   waitUntil,
 } from "./_helpers/forward_support.ts";
+import { addressOf } from "../src/protocol/address.ts";
+import { dial } from "../src/upstream/dial.ts";
+import { resettingServer } from "./_helpers/reset.ts";
 import { BufferedConn, concat, pseudoRandomBytes } from "./_helpers/socks_client.ts";
 
 const encoder = new TextEncoder();
@@ -527,6 +530,36 @@ Deno.test("pool: an upstream that accepts and closes at once leaves its pool uns
     assert.equal(logs.events("pool-unsettled")[0]!.reason, "eof");
   } finally {
     upstream.close();
+  }
+});
+
+Deno.test("pool: an upstream that accepts and resets at once is unsettled too, not down, for the pool and for clients", async () => {
+  // Loopback is quick enough for the reset to arrive before the connect is
+  // checked, so the connect itself fails (ECONNRESET): that was taken for a
+  // failed dial, the upstream logged down, and every client refused.
+  logs.records.length = 0;
+  const server = await resettingServer();
+  const upstream = upstreamTo(server.port, 2);
+  upstream.start();
+  try {
+    await waitUntil(() => logs.events("pool-unsettled").length > 0, "pool-unsettled");
+    assert.equal(logs.events("pool-unsettled")[0]!.reason, "reset");
+    assert.equal(upstream.standing, "fallback");
+    // A client's own dial meets the same reset: it fails (or, should the reset
+    // come late, connects and is then reset), and the upstream is not down.
+    let failed = 0;
+    for (let i = 0; i < 10; i++) {
+      const dialling = upstream.dialForClient(() =>
+        dial(addressOf("127.0.0.1", server.port), AbortSignal.timeout(2000), "test")
+      );
+      await dialling.then((conn) => conn.close(), () => failed++);
+    }
+    assert.ok(failed > 0, "no dial met the reset: the client's path went untested");
+    assert.equal(logs.events("upstream-down").length, 0);
+    assert.equal(upstream.standing, "fallback");
+  } finally {
+    upstream.close();
+    await server.close();
   }
 });
 

@@ -288,7 +288,21 @@ async function connectToIp(
   } catch (error) {
     if (conn) closeQuietly(conn);
     const failure = signal.aborted ? abortFailure(signal) : classifyConnectError(error);
-    const what = signal.aborted ? endedBy(failure) : "failed";
+    const what = signal.aborted
+      ? endedBy(failure)
+      : error instanceof Deno.errors.ConnectionReset
+      ? "was reset as it was accepted"
+      : "failed";
     throw new DialError(failure, `connect to ${hostname} ${what}`, { cause: error });
   }
+}
+
+/**
+ * Whether `error` is a dial that reached the target, which then reset the
+ * connection at once: the connect completes, but on loopback the reset can
+ * arrive before it is checked, and the connect fails with ECONNRESET. Such a
+ * target accepts connections (and may be at its connection limit).
+ */
+export function resetAsAccepted(error: unknown): boolean {
+  return error instanceof DialError && error.cause instanceof Deno.errors.ConnectionReset;
 }

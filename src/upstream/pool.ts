@@ -18,7 +18,7 @@ import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
 import { addressOf, formatAddress } from "../protocol/address.ts";
 import type { RelayEnd } from "../relay.ts";
-import { dial, DialError, messageWithCause } from "./dial.ts";
+import { dial, DialError, messageWithCause, resetAsAccepted } from "./dial.ts";
 
 /** Most bytes an upstream may send unasked while pooled; more means it is not waiting for us. */
 export const POOLED_BYTES_LIMIT = 64 * 1024;
@@ -286,7 +286,9 @@ export class Upstream {
       this.markUp();
       return conn;
     } catch (error) {
-      if (error instanceof DialError && error.failure !== "aborted") this.markDown(error);
+      // Reset as it was accepted: it is not down (see #dialOne).
+      const failed = error instanceof DialError && error.failure !== "aborted";
+      if (failed && !resetAsAccepted(error)) this.markDown(error);
       throw error;
     } finally {
       this.#clientDials--;
@@ -453,7 +455,10 @@ export class Upstream {
       // The pool's lookups count as one client's (see src/upstream/lookups.ts).
       conn = await dial(addressOf(hostname, port), timeout.signal, `pool ${this.name}`);
     } catch (error) {
-      this.markDown(error);
+      // An upstream that resets what it accepts, at once, is one that closes
+      // it at once (at its connection limit, say): unsettled, not down.
+      if (resetAsAccepted(error)) this.#droppedYoung("reset", 0);
+      else this.markDown(error);
       return;
     } finally {
       clearTimeout(timer);
@@ -473,19 +478,21 @@ export class Upstream {
       if (at >= 0) this.#idle.splice(at, 1);
       pooled.close();
       this.stats.dropped++;
-      const now = performance.now();
-      const age = now - pooled.pooledAt;
-      if (age < this.#settleMs) {
-        this.#lastYoungDrop = now;
-        this.#takenSinceYoungDrop = 0;
-        this.#cutAfterIdling = age >= REFUSED_WITHIN_MS;
-        this.#markUnsettled(reason, age);
-      }
+      const age = performance.now() - pooled.pooledAt;
+      if (age < this.#settleMs) this.#droppedYoung(reason, age);
       this.#fill();
     });
     this.#idle.push(pooled);
     if (this.#rampingUp) this.#rampAt = performance.now() + REFUSED_WITHIN_MS;
     this.#noteFull();
+  }
+
+  /** A pooled connection ended `ageMs` after connecting, too soon to have settled. */
+  #droppedYoung(reason: DropReason, ageMs: number): void {
+    this.#lastYoungDrop = performance.now();
+    this.#takenSinceYoungDrop = 0;
+    this.#cutAfterIdling = ageMs >= REFUSED_WITHIN_MS;
+    this.#markUnsettled(reason, ageMs);
   }
 
   /** Whether refilling waits for `#retryAt`: dials fail, or pooled connections end young. */

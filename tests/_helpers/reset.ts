@@ -9,3 +9,13 @@ export function connectAndReset(port: number): Promise<void> {
     socket.once("error", reject);
   });
 }
+
+/** A server on 127.0.0.1 that resets every connection as soon as it accepts it. */
+export async function resettingServer(): Promise<{ port: number; close(): Promise<void> }> {
+  const server = net.createServer((socket) => socket.resetAndDestroy());
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
