@@ -14,15 +14,8 @@ import {
   type SessionContext,
 } from "../src/proxy_session.ts";
 
-/** A session whose negotiation fails with an error ferry has no name for. */
-class FailingSession extends ProxySession {
-  protected negotiate(): Promise<Relaying | null> {
-    this.protocol = "test";
-    return Promise.reject(new TypeError("something nobody planned for"));
-  }
-}
-
-Deno.test("an unexpected failure is logged as outcome error, with what the error said", async () => {
+/** Sends session lines to the returned array, until LogTape's `reset()`. */
+async function captureSessionLines(): Promise<LogRecord[]> {
   const records: LogRecord[] = [];
   await configure({
     reset: true,
@@ -32,21 +25,43 @@ Deno.test("an unexpected failure is logged as outcome error, with what the error
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["memory"] },
     ],
   });
+  return records;
+}
+
+/** A listener's context with 5 s timeouts, whose sessions log their lines. */
+function contextWith(deadlines: Deadlines): SessionContext {
+  return {
+    listen: "127.0.0.1:1080",
+    deadlines,
+    metrics: new Metrics(),
+    handshakeTimeoutMs: 5000,
+    connectTimeoutMs: 5000,
+    idleTimeoutMs: 5000,
+    logSessions: true,
+    sourceFor: () => null,
+  };
+}
+
+/** A session whose negotiation fails with an error ferry has no name for. */
+class FailingSession extends ProxySession {
+  protected negotiate(): Promise<Relaying | null> {
+    this.protocol = "test";
+    return Promise.reject(new TypeError("something nobody planned for"));
+  }
+}
+
+Deno.test("an unexpected failure is logged as outcome error, with what the error said", async () => {
+  const records = await captureSessionLines();
   // Its timer stops by itself once the session is no longer watched.
   const deadlines = new Deadlines(100);
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
   try {
-    const session = new FailingSession(await listener.accept(), {
-      listen: "127.0.0.1:1080",
-      deadlines,
-      metrics: new Metrics(),
-      handshakeTimeoutMs: 5000,
-      connectTimeoutMs: 5000,
-      idleTimeoutMs: 5000,
-      logSessions: true,
-      sourceFor: () => null,
-    }, "handshake");
+    const session = new FailingSession(
+      await listener.accept(),
+      contextWith(deadlines),
+      "handshake",
+    );
     await session.run();
     // The session closed its end: the client reads EOF.
     assert.equal(await client.read(new Uint8Array(1)), null);
@@ -91,30 +106,17 @@ class WaitsAfterDialSession extends ProxySession {
 }
 
 Deno.test("shutdown after the dial but before the relay ends the session, not just the finished dial", async () => {
-  const records: LogRecord[] = [];
-  await configure({
-    reset: true,
-    sinks: { memory: (record) => records.push(record) },
-    loggers: [
-      { category: ["ferry", "session"], lowestLevel: "info", sinks: ["memory"] },
-      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["memory"] },
-    ],
-  });
+  const records = await captureSessionLines();
   const deadlines = new Deadlines(100);
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   using targets = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
   try {
-    const session = new WaitsAfterDialSession(await listener.accept(), {
-      listen: "127.0.0.1:1080",
-      deadlines,
-      metrics: new Metrics(),
-      handshakeTimeoutMs: 5000,
-      connectTimeoutMs: 5000,
-      idleTimeoutMs: 5000,
-      logSessions: true,
-      sourceFor: () => null,
-    }, targets.addr.port);
+    const session = new WaitsAfterDialSession(
+      await listener.accept(),
+      contextWith(deadlines),
+      targets.addr.port,
+    );
     const running = session.run();
     using target = await targets.accept();
     await session.dialled.promise;
