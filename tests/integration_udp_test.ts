@@ -13,6 +13,16 @@ import { startFerry } from "./_helpers/ferry.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import { TextLineStream } from "./_helpers/text_line_stream.ts";
 import {
+  associate,
+  closeUdp,
+  frame,
+  nextDatagram,
+  receivedAtLeast,
+  sendInOrder,
+  udpEcho,
+  udpSocket,
+} from "./_helpers/udp_support.ts";
+import {
   BufferedConn,
   deadline,
   domain,
@@ -43,14 +53,6 @@ function systemPython(): string {
   }
 }
 
-/** A UDP socket on loopback (node:dgram: Deno.listenDatagram needs --unstable-net). */
-async function udpSocket(host = "127.0.0.1"): Promise<dgram.Socket> {
-  const socket = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
-  socket.bind(0, host);
-  await once(socket, "listening");
-  return socket;
-}
-
 /** Whether some socket holds UDP `host:port`: binding it fails with EADDRINUSE. */
 async function udpPortTaken(host: string, port: number): Promise<boolean> {
   const socket = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
@@ -62,46 +64,6 @@ async function udpPortTaken(host: string, port: number): Promise<boolean> {
   const taken = await bound;
   if (!taken) await closeUdp(socket);
   return taken;
-}
-
-async function closeUdp(socket: dgram.Socket): Promise<void> {
-  const closed = once(socket, "close");
-  socket.close();
-  await closed;
-}
-
-/** An echo server: every datagram goes back to its sender; `received` keeps the payloads. */
-async function udpEcho(host = "127.0.0.1") {
-  const socket = await udpSocket(host);
-  const received: string[] = [];
-  socket.on("message", (message, from) => {
-    received.push(decoder.decode(message));
-    socket.send(message, from.port, from.address);
-  });
-  return {
-    socket,
-    received,
-    port: socket.address().port,
-    [Symbol.asyncDispose]: () => closeUdp(socket),
-  };
-}
-
-/** The next datagram `socket` receives, within `ms`. */
-function nextDatagram(socket: dgram.Socket, ms = 5000): Promise<Uint8Array> {
-  return deadline(
-    once(socket, "message").then(([message]) => new Uint8Array(message as Buffer)),
-    ms,
-    "a datagram",
-  );
-}
-
-function frame(address: socks5.ReplyMessage["address"], data: string): Uint8Array {
-  const header = socks5.encodeUdpHeader(address);
-  const payload = encoder.encode(data);
-  const out = new Uint8Array(header.length + payload.length);
-  out.set(header);
-  out.set(payload, header.length);
-  return out;
 }
 
 Deno.test("PySocks: UDP through ferry by IPv4 address and by name, third parties dropped, relay closed with its TCP connection", async () => {
@@ -213,26 +175,6 @@ Deno.test("npm socks: UDP ASSOCIATE relays to an echo server and back with the r
   }
 });
 
-/** A raw UDP ASSOCIATE: the control connection, the client's UDP socket, and the relay's port. */
-async function associate(ferry: { hostname: string; port: number }, declaredPort?: number) {
-  const local = await udpSocket();
-  const control = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const reply = await socks5Handshake(
-    control,
-    ipv4("0.0.0.0", declaredPort ?? local.address().port),
-    { command: socks5.Command.UdpAssociate },
-  );
-  return {
-    local,
-    control,
-    reply,
-    async [Symbol.asyncDispose]() {
-      control.close();
-      await closeUdp(local);
-    },
-  };
-}
-
 Deno.test("malformed datagrams are dropped and counted, and the association keeps working", async () => {
   await using ferry = await startFerry(LISTEN);
   await using echo = await udpEcho();
@@ -317,34 +259,6 @@ Deno.test("DST 0.0.0.0:0 learns the client's port from its first datagram", asyn
   udp.local.send(frame(ipv4("127.0.0.1", echo.port), "hi"), udp.reply.address.port, "127.0.0.1");
   assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "hi");
 });
-
-/**
- * Sends each datagram once the last has gone: Deno's node:dgram may send a
- * burst in reverse (see OrderedSender in src/udp_associate.ts), and these
- * tests check the order ferry keeps.
- */
-async function sendInOrder(
-  socket: dgram.Socket,
-  datagrams: Uint8Array[],
-  port: number,
-  host = "127.0.0.1",
-): Promise<void> {
-  for (const datagram of datagrams) {
-    await new Promise<void>((resolve, reject) =>
-      socket.send(datagram, port, host, (error) => error ? reject(error) : resolve())
-    );
-  }
-}
-
-/** Waits until `received` holds `count` payloads (5 s at most). */
-async function receivedAtLeast(received: string[], count: number): Promise<void> {
-  for (const started = performance.now(); received.length < count;) {
-    if (performance.now() - started > 5000) {
-      throw new Error(`${received.length} of ${count} datagrams arrived`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 Deno.test("a burst at the start of an association reaches the peer in the order sent", async () => {
   await using ferry = await startFerry(LISTEN);

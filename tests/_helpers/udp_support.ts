@@ -1,0 +1,117 @@
+/**
+ * Raw UDP ASSOCIATE clients and UDP echo servers on loopback, built on the
+ * codecs: for tests/integration_udp_test.ts and the network-namespace probes.
+ */
+import dgram from "node:dgram";
+import { once } from "node:events";
+import type { Buffer } from "node:buffer";
+import { BufferedConn, deadline, ipv4, socks5, socks5Handshake } from "./socks_client.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** A UDP socket on loopback (node:dgram: Deno.listenDatagram needs --unstable-net). */
+export async function udpSocket(host = "127.0.0.1"): Promise<dgram.Socket> {
+  const socket = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
+  socket.bind(0, host);
+  await once(socket, "listening");
+  return socket;
+}
+
+/** Closes `socket` and waits until it is closed. */
+export async function closeUdp(socket: dgram.Socket): Promise<void> {
+  const closed = once(socket, "close");
+  socket.close();
+  await closed;
+}
+
+/** An echo server: every datagram goes back to its sender; `received` keeps the payloads. */
+export async function udpEcho(host = "127.0.0.1") {
+  const socket = await udpSocket(host);
+  const received: string[] = [];
+  socket.on("message", (message, from) => {
+    received.push(decoder.decode(message));
+    socket.send(message, from.port, from.address);
+  });
+  return {
+    socket,
+    received,
+    port: socket.address().port,
+    [Symbol.asyncDispose]: () => closeUdp(socket),
+  };
+}
+
+/** The next datagram `socket` receives, within `ms`. */
+export function nextDatagram(socket: dgram.Socket, ms = 5000): Promise<Uint8Array> {
+  return deadline(
+    once(socket, "message").then(([message]) => new Uint8Array(message as Buffer)),
+    ms,
+    "a datagram",
+  );
+}
+
+/** A SOCKS5 UDP datagram: the header for `address`, then `data`. */
+export function frame(address: socks5.ReplyMessage["address"], data: string): Uint8Array {
+  const header = socks5.encodeUdpHeader(address);
+  const payload = encoder.encode(data);
+  const out = new Uint8Array(header.length + payload.length);
+  out.set(header);
+  out.set(payload, header.length);
+  return out;
+}
+
+/**
+ * A raw UDP ASSOCIATE: the control connection, the client's UDP socket, and
+ * the relay's port. The control connection goes to `via` (ferry's own
+ * address if not given).
+ */
+export async function associate(
+  ferry: { hostname: string; port: number },
+  declaredPort?: number,
+  via = ferry.hostname,
+) {
+  const local = await udpSocket();
+  const control = await BufferedConn.connect(via, ferry.port);
+  const reply = await socks5Handshake(
+    control,
+    ipv4("0.0.0.0", declaredPort ?? local.address().port),
+    { command: socks5.Command.UdpAssociate },
+  );
+  return {
+    local,
+    control,
+    reply,
+    async [Symbol.asyncDispose]() {
+      control.close();
+      await closeUdp(local);
+    },
+  };
+}
+
+/**
+ * Sends each datagram once the last has gone: Deno's node:dgram may send a
+ * burst in reverse (see OrderedSender in src/udp_associate.ts), and these
+ * tests check the order ferry keeps.
+ */
+export async function sendInOrder(
+  socket: dgram.Socket,
+  datagrams: Uint8Array[],
+  port: number,
+  host = "127.0.0.1",
+): Promise<void> {
+  for (const datagram of datagrams) {
+    await new Promise<void>((resolve, reject) =>
+      socket.send(datagram, port, host, (error) => error ? reject(error) : resolve())
+    );
+  }
+}
+
+/** Waits until `received` holds `count` payloads (5 s at most). */
+export async function receivedAtLeast(received: string[], count: number): Promise<void> {
+  for (const started = performance.now(); received.length < count;) {
+    if (performance.now() - started > 5000) {
+      throw new Error(`${received.length} of ${count} datagrams arrived`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
