@@ -15,7 +15,7 @@
 import dgram from "node:dgram";
 import { once } from "node:events";
 import { lookupAll } from "./upstream/lookups.ts";
-import { type Address, addressOf, ipOfName } from "./protocol/address.ts";
+import { type Address, addressOf, ipOfName, isLoopbackIp } from "./protocol/address.ts";
 import { zonedHost } from "./link_local.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { decodeUdpDatagram, encodeUdpHeader } from "./protocol/socks5.ts";
@@ -225,6 +225,12 @@ export class UdpAssociation {
   /** Names this association's datagrams went to, and their addresses (see NAME_KEPT_MS). */
   readonly #names = new Map<string, { ip: string | null; at: number }>();
   #closed = false;
+  /**
+   * Aborted by close(): a lookup still waiting for a slot leaves the queue
+   * rather than run for an association that has gone, holding its client's
+   * lookup slots (and everyone's) for the resolver's whole timeout.
+   */
+  #lookupsAbort: AbortController | null = null;
 
   private constructor(options: UdpAssociationOptions, clientSocket: dgram.Socket, zone: string) {
     this.#options = options;
@@ -261,6 +267,7 @@ export class UdpAssociation {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#lookupsAbort?.abort(new Error("the association has ended"));
     this.counters.dropped += this.#waiting.length + this.#client.clear();
     this.#waiting.length = 0;
     closeSocket(this.#client.socket);
@@ -280,7 +287,7 @@ export class UdpAssociation {
     if (this.#clientPort !== 0 && from.port !== this.#clientPort) {
       return void this.counters.dropped++;
     }
-    if (from.address === this.#options.bindHost && outboundPorts.has(from.port)) {
+    if (outboundPorts.has(from.port) && this.#mayBeFerry(from.address)) {
       return void this.counters.dropped++; // ferry relaying into itself (see outboundPorts)
     }
     let datagram;
@@ -350,7 +357,8 @@ export class UdpAssociation {
   async #resolve(name: string): Promise<string> {
     let chosen: { address: string } | undefined;
     try {
-      const results = await lookupAll(name, this.#options.clientIp);
+      this.#lookupsAbort ??= new AbortController();
+      const results = await lookupAll(name, this.#options.clientIp, this.#lookupsAbort.signal);
       // A datagram cannot fall back to the next address the way a connect can,
       // so IPv4 is preferred: it is what a name's UDP service most often listens on.
       chosen = results.find((r) => r.family === 4) ?? results[0];
@@ -367,6 +375,16 @@ export class UdpAssociation {
       this.#names.delete(this.#names.keys().next().value!); // a Map iterates in insertion order
     }
     this.#names.set(name, { ip, at: performance.now() });
+  }
+
+  /**
+   * Whether a datagram from `address` may come from one of ferry's own
+   * outbound sockets: they are bound to the wildcard address, and a datagram
+   * they send to this socket leaves from the address the kernel picks for
+   * it: this socket's own, or, for a loopback alias (127.0.0.2), 127.0.0.1.
+   */
+  #mayBeFerry(address: string): boolean {
+    return address === this.#options.bindHost || isLoopbackIp(address);
   }
 
   #sendOut(sender: OrderedSender, ip: string, port: number, data: Uint8Array): void {

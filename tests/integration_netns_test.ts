@@ -481,6 +481,46 @@ Deno.test({
   },
 });
 
+const UDP_ALIAS_PROBE = new URL("./_helpers/udp_alias_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "a client that reaches ferry at a loopback alias keeps its UDP association: another's datagram into it is dropped",
+  ignore: !netnsAvailable,
+  async fn() {
+    // The guard against ferry relaying into itself knew only datagrams from
+    // the relay socket's own address; to 127.0.0.2 they come from 127.0.0.1,
+    // so the other client's datagram was relayed, and its port taken for the
+    // victim's: the victim's answers went to the other client.
+    const probed = await probeInNamespace("true", UDP_ALIAS_PROBE) as {
+      echoed?: string[];
+      victimGot?: string;
+      victimDropped?: number;
+    };
+    const show = JSON.stringify(probed);
+    assert.deepEqual(probed.echoed, ["marker", "mine"], show);
+    assert.equal(probed.victimGot, "mine", show);
+    assert.equal(probed.victimDropped, 1, show);
+  },
+});
+
+const UDP_LOOKUPS_PROBE = new URL("./_helpers/udp_lookups_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "a UDP association's lookups still waiting for a slot when it ends leave the queue: the client's next CONNECT gets its lookup",
+  ignore: !mountNsAvailable || !netnsAvailable,
+  async fn() {
+    // They waited on and ran for associations long gone, 8 at a time, each
+    // for the resolver's whole timeout: the CONNECT behind them timed out.
+    const probed = await probeWithResolver(
+      "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+      UDP_LOOKUPS_PROBE,
+    ) as { reply?: number; ms?: number };
+    assert.equal(probed.reply, socks5.Reply.Succeeded, JSON.stringify(probed));
+  },
+});
+
 const V6ONLY_PROBE = new URL("./_helpers/v6only_probe.ts", import.meta.url).pathname;
 
 Deno.test({
