@@ -89,8 +89,10 @@ const MAX_IN_FLIGHT = 64;
 /**
  * Datagrams that may queue behind the window on one socket, by count and by
  * payload bytes; beyond either, a datagram is dropped, as a full socket
- * buffer would drop it. Enough for a burst (a video key frame, a window of
- * QUIC packets); short, because under a flood every queued datagram is
+ * buffer would drop it. As much as the kernel's default receive buffer
+ * (208 KiB, about 95 datagrams of 1,200 bytes) lets arrive in a burst, which
+ * Deno's node:dgram gives no way to raise (it ignores recvBufferSize);
+ * short, because under a flood every queued datagram is
  * latency: with 1,024, one association flooded at 20,000 datagrams/s got its
  * answers 160-220 ms late (p50) instead of 35-55 ms with 256 or with none,
  * and fewer of them (6,500-7,700 a second against 8,900-10,400).
