@@ -803,6 +803,17 @@ Deno.test("udpAdvertise, bindTimeout and maxUdpPerIp are read, and a bad udpAdve
       loadConfigFile(path),
       /listeners\[0\]\.udpAdvertise\[1\]: expected the address clients reach ferry at.*got "0\.0\.0\.0"/,
     );
+    // An empty array is refused in the same words, not the schema library's.
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [{ kind: "socks", listen: "127.0.0.1:1080", udpAdvertise: [] }],
+      }),
+    );
+    await assert.rejects(
+      loadConfigFile(path),
+      /listeners\[0\]\.udpAdvertise: expected an IPv4 or IPv6 address.*, got \[\]/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
