@@ -515,6 +515,39 @@ Deno.test("pool: unsettled, with clients taking every probe, it settles and fill
   }
 });
 
+Deno.test("pool: ramping up after it settles, a busy forwarder's pool refills as fast as clients take", async () => {
+  // The first ramp dialled in batches, each 100 ms after the last: for the
+  // half second after settling, most clients of a busy forwarder found the
+  // pool empty (181 of 400 a second dialled on demand, against 1 before).
+  logs.records.length = 0;
+  let keep = false;
+  await using server = new ForwardUpstream(async (accepted) => {
+    if (keep) await accepted.conn.waitForEnd(); // else: accept and close at once
+  });
+  const upstream = upstreamTo(server.port, 8);
+  upstream.start();
+  try {
+    await waitUntil(() => logs.events("pool-unsettled").length > 0, "pool-unsettled");
+    keep = true;
+    const takeAndClose = () => upstream.take()?.close();
+    for (const until = performance.now() + 10_000; upstream.standing !== "up";) {
+      assert.ok(performance.now() < until, "never settled");
+      takeAndClose(); // clients take the probes: that settles it
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    let empty = 0;
+    for (let i = 0; i < 100; i++) { // a client every 10 ms for a second
+      const pooled = upstream.take();
+      if (pooled) pooled.close();
+      else empty++;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.ok(empty <= 10, `${empty} of 100 clients found the pool empty while it ramped up`);
+  } finally {
+    upstream.close();
+  }
+});
+
 Deno.test("pool: an upstream that accepts and closes at once leaves its pool unsettled, not down: clients may still dial it", async () => {
   logs.records.length = 0;
   await using server = new ForwardUpstream(async () => {});

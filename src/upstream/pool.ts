@@ -181,15 +181,19 @@ export class Upstream {
   /** Pooled connections end right after connecting: refilling backs off. */
   #unsettled = false;
   /**
-   * Settled again, but not full since: refills go in batches of 1, 2, 4 …,
-   * each once the last batch has connected and lasted REFUSED_WITHIN_MS. An
-   * upstream at its connection limit settles each time a client frees a
-   * slot; it then refuses a refill or two, not the pool's whole deficit.
+   * Settled again, ramping up: at most 1, then 2, 3 … connections (one more
+   * every REFUSED_WITHIN_MS) may be young at once, dialling or pooled less
+   * than that long; those clients took do not count, so a busy forwarder
+   * refills as fast as clients take. An upstream at its connection limit
+   * settles each time a client frees a slot; it then refuses a refill or
+   * two, not the pool's whole deficit (doubling the window instead let it
+   * refuse four at a time). Over once the window would let the whole pool
+   * be young (poolSize × 100 ms with nothing ending young), or the pool is
+   * full (#rampOver): a busy forwarder's pool is rarely full, and its
+   * back-off must start over before the next trouble.
    */
   #rampingUp = false;
-  #rampBatch = 1;
-  /** While ramping up: no new batch before this `performance.now()`. */
-  #rampAt = 0;
+  #rampStart = 0;
   /** Whether `pool-unsettled` was logged and `pool-settled` (once full again) is due. */
   #saidUnsettled = false;
   #backoffMs = BACKOFF_FIRST_MS;
@@ -204,6 +208,8 @@ export class Upstream {
   /** Connections dialled since then that clients took: probes that served instead of idling. */
   #takenSinceYoungDrop = 0;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** While ramping up: the next look at the window, which a client's take may bring forward. */
+  #rampTimer: ReturnType<typeof setTimeout> | undefined;
   #recycleTimer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   /** Counters, for logs and tests. */
@@ -380,13 +386,17 @@ export class Upstream {
     if (!this.#unsettled) return;
     this.#unsettled = false;
     this.#rampingUp = true;
-    this.#rampBatch = 1;
-    this.#rampAt = 0;
+    this.#rampStart = performance.now();
   }
 
   /** Once the pool is full and nothing backs off: the back-off starts over. */
   #noteFull(): void {
     if (this.#backingOff || this.#idle.length < this.#options.poolSize) return;
+    this.#rampOver();
+  }
+
+  /** The pool works as it did before its trouble: said once, and the back-off starts over. */
+  #rampOver(): void {
     this.#backoffMs = BACKOFF_FIRST_MS;
     this.#rampingUp = false;
     if (!this.#saidUnsettled) return;
@@ -402,6 +412,7 @@ export class Upstream {
   close(): void {
     this.#closed = true;
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#rampTimer);
     clearInterval(this.#recycleTimer);
     for (const pooled of this.#idle.splice(0)) retire(pooled);
   }
@@ -415,29 +426,50 @@ export class Upstream {
     const since = this.#troubleSince;
     if (this.#unsettled && this.#idle.some((pooled) => pooled.pooledAt >= since)) return;
     const backingOff = this.#backingOff;
-    const rampingUp = !backingOff && this.#rampingUp;
-    if (rampingUp && this.#dialing > 0) return; // the last batch is still connecting
-    let started = 0;
     while (this.#idle.length + this.#dialing < this.#options.poolSize) {
-      const dueAt = backingOff ? this.#retryAt : rampingUp ? this.#rampAt : 0;
-      const wait = dueAt - performance.now(); // read once: a negative delay makes Node warn
-      if (wait > 0) {
-        this.#retryTimer = setTimeout(() => {
-          this.#retryTimer = undefined;
-          this.#fill();
-        }, wait);
-        Deno.unrefTimer(this.#retryTimer);
-        return;
+      if (backingOff) {
+        const wait = this.#retryAt - performance.now(); // read once: a negative delay makes Node warn
+        if (wait > 0) {
+          this.#retryTimer = setTimeout(() => {
+            this.#retryTimer = undefined;
+            this.#fill();
+          }, wait);
+          Deno.unrefTimer(this.#retryTimer);
+          return;
+        }
+      } else {
+        const wait = this.#rampWait();
+        if (wait > 0) {
+          clearTimeout(this.#rampTimer);
+          this.#rampTimer = setTimeout(() => {
+            this.#rampTimer = undefined;
+            this.#fill();
+          }, wait);
+          Deno.unrefTimer(this.#rampTimer);
+          return;
+        }
       }
       this.#dialing++;
       this.#dialOne().finally(() => this.#dialing--).then(() => this.#fill());
       // While backing off, one probe at a time; the rest wait for it to succeed.
       if (backingOff) return;
-      if (rampingUp && ++started === this.#rampBatch) {
-        this.#rampBatch *= 2;
-        return;
-      }
     }
+  }
+
+  /** While ramping up, how long until one more connection may be dialled; else 0. */
+  #rampWait(): number {
+    if (!this.#rampingUp) return 0;
+    const now = performance.now();
+    const steps = Math.floor((now - this.#rampStart) / REFUSED_WITHIN_MS);
+    const window = 1 + steps;
+    if (window >= this.#options.poolSize) {
+      this.#rampOver();
+      return 0;
+    }
+    let young = this.#dialing;
+    for (const pooled of this.#idle) if (now - pooled.pooledAt < REFUSED_WITHIN_MS) young++;
+    if (young < window) return 0;
+    return this.#rampStart + (steps + 1) * REFUSED_WITHIN_MS - now; // the window grows
   }
 
   async #dialOne(): Promise<void> {
@@ -483,7 +515,6 @@ export class Upstream {
       this.#fill();
     });
     this.#idle.push(pooled);
-    if (this.#rampingUp) this.#rampAt = performance.now() + REFUSED_WITHIN_MS;
     this.#noteFull();
   }
 
