@@ -281,17 +281,50 @@ function hostKey(host: string): string {
 }
 
 /**
+ * Whether a `[::]` listener takes IPv6 connections only on this host: Linux's
+ * `net.ipv6.bindv6only` (0, dual-stack, by default; 1 on some hosts and
+ * containers). Deno cannot clear IPV6_V6ONLY on a socket, so the sysctl
+ * decides, and it refuses to read /proc/sys without --allow-all: so ask the
+ * kernel instead. Where `0.0.0.0` can take the port of a `[::]` listener,
+ * `[::]` takes IPv6 only. Without IPv6, it does not matter: false.
+ */
+export function wildcardIsIpv6Only(): boolean {
+  if (v6OnlyHere !== null) return v6OnlyHere;
+  let v6: Deno.TcpListener | null = null;
+  try {
+    v6 = Deno.listen({ hostname: "::", port: 0 });
+    Deno.listen({ hostname: "0.0.0.0", port: v6.addr.port }).close();
+    v6OnlyHere = true;
+  } catch {
+    v6OnlyHere = false; // the port is taken: dual-stack (or no IPv6 at all)
+  } finally {
+    v6?.close();
+  }
+  return v6OnlyHere;
+}
+let v6OnlyHere: boolean | null = null;
+
+/**
  * How two listen addresses collide, or `null`: the same address (in any
  * spelling), or a wildcard that takes the other's connections too. On Linux
- * `[::]` listens on IPv4 as well, and `0.0.0.0` on every IPv4 address. Port 0,
- * "any free port", never collides.
+ * `[::]` listens on IPv4 as well (unless `v6Only`, see
+ * {@linkcode wildcardIsIpv6Only}), and `0.0.0.0` on every IPv4 address.
+ * Port 0, "any free port", never collides.
  */
-export function listensCollide(a: ListenAddress, b: ListenAddress): string | null {
+export function listensCollide(
+  a: ListenAddress,
+  b: ListenAddress,
+  v6Only = false,
+): string | null {
   if (a.port === 0 || a.port !== b.port) return null;
   const [keyA, keyB] = [hostKey(a.hostname), hostKey(b.hostname)];
   if (keyA === keyB) return "the same address";
   for (const [wild, other] of [[keyA, keyB], [keyB, keyA]] as const) {
-    if (wild === "::") return "[::] takes every address, IPv4 ones too";
+    if (wild === "::" && !v6Only) return "[::] takes every address, IPv4 ones too";
+    // A name may resolve to either family: only IPv6 literals are sure to collide.
+    if (wild === "::" && parseIPv6(other) !== null) {
+      return "[::] takes every IPv6 address (net.ipv6.bindv6only is 1: IPv6 only)";
+    }
     // A name may resolve to IPv6 (localhost to ::1): only IPv4 literals are sure to collide.
     if (wild === "0.0.0.0" && parseIPv4(other) !== null) return "0.0.0.0 takes every IPv4 address";
   }
@@ -313,17 +346,19 @@ function localTargets(key: string): readonly string[] {
  * Whether a connection dialled to `to` may arrive at a listener on `listen`
  * of this host: the same address, the loopback address that a wildcard or
  * `localhost` dials, or any local address of `listen`'s wildcard (`[::]`
- * takes both families, `0.0.0.0` IPv4 only). A forwarder whose upstream
+ * takes both families, or IPv6 only when `v6Only`, `0.0.0.0` IPv4 only). A forwarder whose upstream
  * reaches its own listener forwards to itself: every pooled connection
  * becomes a session taking another, until no descriptor is left. Names other
  * than `localhost` are not looked up, so loops through them are not caught.
  */
-export function reaches(to: ListenAddress, listen: ListenAddress): boolean {
+export function reaches(to: ListenAddress, listen: ListenAddress, v6Only = false): boolean {
   if (listen.port === 0 || listen.port !== to.port) return false;
   const [toKey, listenKey] = [hostKey(to.hostname), hostKey(listen.hostname)];
   if (toKey === listenKey) return true;
   const landsOn = localTargets(toKey);
-  if (listenKey === "::") return landsOn.some(isLoopbackIp);
+  if (listenKey === "::") {
+    return landsOn.some((host) => isLoopbackIp(host) && (!v6Only || host.includes(":")));
+  }
   if (listenKey === "0.0.0.0") {
     return landsOn.some((host) => parseIPv4(host) !== null && isLoopbackIp(host));
   }
@@ -747,8 +782,14 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
   };
 }
 
-/** Validates raw options into a {@linkcode ForwardConfig}; throws {@linkcode ConfigError}. */
-export function buildForwardConfig(raw: RawForwardOptions): ForwardConfig {
+/**
+ * Validates raw options into a {@linkcode ForwardConfig}; throws
+ * {@linkcode ConfigError}. `v6Only`: see {@linkcode wildcardIsIpv6Only}.
+ */
+export function buildForwardConfig(
+  raw: RawForwardOptions,
+  v6Only = wildcardIsIpv6Only(),
+): ForwardConfig {
   const check = new Checker();
   if (raw.listen === undefined) {
     check.problems.push("--listen: required; expected HOST:PORT ([::1]:PORT for IPv6)");
@@ -758,7 +799,7 @@ export function buildForwardConfig(raw: RawForwardOptions): ForwardConfig {
   if (targets.length === 0) check.problems.push("--to: required; expected HOST:PORT (repeatable)");
   const upstreams = targets.map((text) => check.hostPort("--to", text, 1));
   upstreams.forEach((upstream, index) => {
-    if (raw.listen !== undefined && reaches(upstream, common.listen)) {
+    if (raw.listen !== undefined && reaches(upstream, common.listen, v6Only)) {
       check.problems.push(
         `--to: got ${JSON.stringify(targets[index])}; expected an address other than ` +
           `--listen (ferry would forward to itself)`,

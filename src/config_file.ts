@@ -47,6 +47,7 @@ import {
   takeUsersFileLines,
   type TextFile,
   usersFileLines,
+  wildcardIsIpv6Only,
 } from "./config.ts";
 import { formatAddress } from "./protocol/address.ts";
 
@@ -534,7 +535,12 @@ const isObject = (value: unknown): value is Record<string, unknown> =>
  * the second could not open, and "address already in use" would not say
  * that ferry itself holds it.
  */
-function collidingListens(raw: unknown, root: JsonNode, problems: Problem[]): void {
+function collidingListens(
+  raw: unknown,
+  root: JsonNode,
+  problems: Problem[],
+  v6Only: boolean,
+): void {
   if (!isObject(raw) || !Array.isArray(raw.listeners)) return;
   const byPort = new Map<number, { index: number; text: string; address: ListenAddress }[]>();
   raw.listeners.forEach((listener: unknown, index) => {
@@ -542,11 +548,13 @@ function collidingListens(raw: unknown, root: JsonNode, problems: Problem[]): vo
     const address = parseHostPort(listener.listen);
     if (!address || address.port === 0) return;
     const samePort = byPort.get(address.port) ?? [];
-    const earlier = samePort.find((other) => listensCollide(other.address, address) !== null);
+    const earlier = samePort.find((other) =>
+      listensCollide(other.address, address, v6Only) !== null
+    );
     samePort.push({ index, text: listener.listen, address });
     byPort.set(address.port, samePort);
     if (!earlier) return;
-    const how = listensCollide(earlier.address, address);
+    const how = listensCollide(earlier.address, address, v6Only);
     const path = ["listeners", index, "listen"];
     problems.push({
       offset: nodeAt(root, path).offset,
@@ -603,6 +611,7 @@ function forwardingLoops(
   listeners: readonly LoopNode[],
   root: JsonNode,
   problems: Problem[],
+  v6Only: boolean,
 ): void {
   /** For each `to` of each forwarder, the forwarders a connection to it may arrive at. */
   const arrivesAt = listeners.map((listener) =>
@@ -610,7 +619,9 @@ function forwardingLoops(
       to === null
         ? []
         : listeners.flatMap((other, index) =>
-          other.forwards && other.listen !== null && reaches(to, other.listen) ? [index] : []
+          other.forwards && other.listen !== null && reaches(to, other.listen, v6Only)
+            ? [index]
+            : []
         )
     )
   );
@@ -712,9 +723,10 @@ export async function parseRunConfig(
   text: string,
   source: string,
   notUtf8: ReadonlySet<number> = new Set(),
+  v6Only = wildcardIsIpv6Only(),
 ): Promise<RunConfig> {
   try {
-    return await readRunConfig(text, source, notUtf8);
+    return await readRunConfig(text, source, notUtf8, v6Only);
   } catch (error) {
     // The parser and the schema recurse once a level: thousands of nested
     // arrays overflow the stack, which must not end ferry with a stack trace.
@@ -727,6 +739,7 @@ async function readRunConfig(
   text: string,
   source: string,
   notUtf8: ReadonlySet<number>,
+  v6Only: boolean,
 ): Promise<RunConfig> {
   // Editors on Windows often save a byte order mark, which is no JSON token.
   if (text.startsWith("\uFEFF")) text = text.slice(1);
@@ -771,8 +784,8 @@ async function readRunConfig(
   if (!result.success) {
     for (const issue of result.error.issues) problems.push(...problemsOf(issue, root, source));
   }
-  collidingListens(raw, root, problems);
-  forwardingLoops(loopView(raw), root, problems);
+  collidingListens(raw, root, problems, v6Only);
+  forwardingLoops(loopView(raw), root, problems, v6Only);
 
   const users = new Map<number, Map<string, Uint8Array>>();
   if (isObject(raw) && Array.isArray(raw.listeners)) {

@@ -437,6 +437,28 @@ Deno.test("a wildcard listener collides with the addresses it takes; other addre
   }
 });
 
+Deno.test("where [::] takes IPv6 only, 0.0.0.0 may listen beside it, and only IPv6 reaches it", async () => {
+  const v6Only = (value: unknown) =>
+    problemsOf(parseRunConfig(JSON.stringify(value), "test.jsonc", undefined, true));
+  assert.deepEqual(
+    await v6Only({
+      listeners: [
+        { kind: "socks", listen: "[::]:1080" },
+        { kind: "socks", listen: "0.0.0.0:1080" },
+        { kind: "socks", listen: "[::1]:1080" },
+        { kind: "forward", listen: "[::]:2000", to: ["127.0.0.1:2000"] },
+        { kind: "forward", listen: "[::]:3000", to: ["[::1]:3000"] },
+      ],
+    }),
+    [
+      `listeners[2].listen: "[::1]:1080" collides with listeners[0] ("[::]:1080"): ` +
+      `[::] takes every IPv6 address (net.ipv6.bindv6only is 1: IPv6 only)`,
+      `listeners[4].to[0]: expected an address that does not lead back to this listener ` +
+      `(ferry would forward to itself), got "[::1]:3000"`,
+    ],
+  );
+});
+
 Deno.test("a forwarding loop is reported with the file's other problems, not only once they are fixed", async () => {
   // A schema problem anywhere (an unknown key) skipped the loop check: the
   // loop came up only on the next start.

@@ -3,25 +3,70 @@
  * tests/integration_netns_test.ts creates with net.ipv6.bindv6only=1, where
  * `[::]:9000` takes IPv6 only and another server (an IPv4 one, "V4") has
  * 127.0.0.1:9000; /etc/hosts names it v4.test. A forwarder on `[::]:9000`
- * to v4.test:9000 forwards to that server, not to itself.
+ * to v4.test:9000 forwards to that server, not to itself; so does one to
+ * 127.0.0.1:9000, which the start-up check must not refuse as a loop. And a
+ * configuration file may put `[::]:9100` and `0.0.0.0:9100` side by side.
  *
- * Prints one JSON object: `{ got, loopLines }`, or what failed.
+ * Prints one JSON object: `{ got, loopLines, literal, families }`, or what
+ * failed.
  *
  * Run: deno run -A tests/_helpers/v6only_probe.ts
  */
 import { startFerry } from "./ferry.ts";
-import { BufferedConn } from "./socks_client.ts";
+import { BufferedConn, socks5 } from "./socks_client.ts";
+
+/** What a forwarder on [::]:9000 to `to` relays from the IPv4 server, or why it did not start. */
+async function forwardedBy(to: string): Promise<string> {
+  try {
+    await using _ferry = await startFerry(["forward", "--listen", "[::]:9000", "--to", to]);
+    using client = await BufferedConn.connect("::1", 9000);
+    return new TextDecoder().decode(await client.readToEnd());
+  } catch (error) {
+    return String(error);
+  }
+}
+
+/** Whether a SOCKS5 greeting to `host`:9100 is answered. */
+async function answers(host: string): Promise<boolean> {
+  using client = await BufferedConn.connect(host, 9100);
+  await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+  return (await client.readMessage(socks5.decodeMethodSelection, "method")) === 0x00;
+}
 
 let result: unknown;
 try {
-  await using ferry = await startFerry(
-    ["forward", "--listen", "[::]:9000", "--to", "v4.test:9000", "--pool", "2"],
+  let got: string, loopLines: number;
+  {
+    await using ferry = await startFerry(
+      ["forward", "--listen", "[::]:9000", "--to", "v4.test:9000", "--pool", "2"],
+    );
+    await new Promise((resolve) => setTimeout(resolve, 500)); // the pool has dialled
+    using client = await BufferedConn.connect("::1", 9000);
+    got = new TextDecoder().decode(await client.readToEnd());
+    loopLines = ferry.lines.filter((l) => String(l.error ?? "").includes("loop")).length;
+  }
+  const literal = await forwardedBy("127.0.0.1:9000");
+  const config = await Deno.makeTempFile({ suffix: ".jsonc" });
+  await Deno.writeTextFile(
+    config,
+    JSON.stringify({
+      listeners: [
+        { kind: "socks", listen: "[::]:9100" },
+        { kind: "socks", listen: "0.0.0.0:9100" },
+      ],
+    }),
   );
-  await new Promise((resolve) => setTimeout(resolve, 500)); // the pool has dialled
-  using client = await BufferedConn.connect("::1", 9000);
-  const got = new TextDecoder().decode(await client.readToEnd());
-  const loopLines = ferry.lines.filter((l) => String(l.error ?? "").includes("loop")).length;
-  result = { got, loopLines };
+  let families: unknown;
+  try {
+    await using both = await startFerry(["run", "--config", config]);
+    await both.waitFor((line) => line.event === "listening" && line.listen === "0.0.0.0:9100");
+    families = { v6: await answers("::1"), v4: await answers("127.0.0.1") };
+  } catch (error) {
+    families = String(error);
+  } finally {
+    await Deno.remove(config);
+  }
+  result = { got, loopLines, literal, families };
 } catch (error) {
   result = { error: String(error) };
 }
