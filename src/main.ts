@@ -17,7 +17,7 @@ import {
 import { loadConfigFile } from "./config_file.ts";
 import { type Forwarder, openForwarder } from "./forward.ts";
 import { serverLog, setupLogging, stopLogging } from "./log.ts";
-import { descriptorsNeeded, openFilesLimit } from "./nofile.ts";
+import { descriptorsNeeded, openFilesLimit, TOO_LOW_TO_CHECK } from "./nofile.ts";
 import { formatAddress, ipOfName } from "./protocol/address.ts";
 import { type Server, startSocksServer } from "./server.ts";
 
@@ -196,7 +196,13 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
     0,
   );
   const needed = descriptorsNeeded(maxConns, pooled);
-  if (limit !== null && limit < needed) {
+  if (limit === TOO_LOW_TO_CHECK) {
+    serverLog.warn(
+      "open-files limit too low to even learn it (prlimit could not start: too many open " +
+        "files); {maxConns} sessions at once need {needed}: raise it (ulimit -n)",
+      { event: "nofile-low", limit: null, needed, maxConns, pooled },
+    );
+  } else if (limit !== null && limit < needed) {
     const sessions = "open-files limit {limit} is below the {needed} that {maxConns} sessions " +
       "at once (two descriptors each)";
     const lower = "raise it (ulimit -n) or lower the session limit (--max-conns, maxConns)";

@@ -26,8 +26,17 @@ export function parseSoftLimit(text: string): number | null {
   return /^\d+$/.test(value) ? Number(value) : null;
 }
 
-/** The soft open-files limit of this process, or `null` where it cannot be learned. */
-export async function openFilesLimit(): Promise<number | null> {
+/**
+ * Returned by {@linkcode openFilesLimit} when `prlimit` could not start for
+ * want of descriptors: the limit is too low even to be learned.
+ */
+export const TOO_LOW_TO_CHECK = "too-low-to-check";
+
+/**
+ * The soft open-files limit of this process, `null` where it cannot be
+ * learned (no prlimit), or {@linkcode TOO_LOW_TO_CHECK}.
+ */
+export async function openFilesLimit(): Promise<number | null | typeof TOO_LOW_TO_CHECK> {
   try {
     const { success, stdout } = await new Deno.Command("prlimit", {
       args: ["--pid", String(Deno.pid), "--nofile", "--output", "SOFT", "--noheadings"],
@@ -40,7 +49,10 @@ export async function openFilesLimit(): Promise<number | null> {
       clearEnv: true,
     }).output();
     return success ? parseSoftLimit(new TextDecoder().decode(stdout)) : null;
-  } catch {
+  } catch (error) {
+    // At a limit of 24 or so, starting prlimit needs more than are left.
+    const code = (error as { code?: unknown } | null)?.code;
+    if (code === "EMFILE" || code === "ENFILE") return TOO_LOW_TO_CHECK;
     return null; // no prlimit, or not allowed to run it
   }
 }

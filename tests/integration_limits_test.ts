@@ -185,6 +185,27 @@ Deno.test("the open-files warning counts a forwarder's pooled connections too", 
   assert.deepEqual([warning.limit, warning.needed, warning.pooled], [256, 284, 200]);
 });
 
+Deno.test("at the lowest open-files limit ferry can listen under, it still warns: too low to even check", async () => {
+  // Starting prlimit to learn the limit needs a few descriptors more than
+  // listening does; the check failed, and ferry said nothing at all.
+  for (let limit = 16; limit <= 64; limit++) {
+    let ferry;
+    try {
+      ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"], {
+        wrapper: ["prlimit", `--nofile=${limit}`],
+      });
+    } catch {
+      continue; // cannot listen (listen-failed) at this limit
+    }
+    await using _ferry = ferry;
+    const warning = await ferry.waitFor((l) => l.event === "nofile-low", 10_000);
+    assert.equal(warning.limit, null, `at --nofile=${limit}: ${JSON.stringify(warning)}`);
+    assert.match(String(warning.message), /too low to even learn/);
+    return;
+  }
+  assert.fail("ferry listened under no limit from 16 to 64");
+});
+
 Deno.test("connections reset while they wait to be accepted do not hold up the next client", async () => {
   const echo = startEchoServer();
   await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
