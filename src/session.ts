@@ -9,7 +9,7 @@ import type { UserTable } from "./auth.ts";
 import type { UdpAdvertise } from "./config.ts";
 import { BindListener, expectedPeers } from "./bind.ts";
 import { type Address, addressOf, formatAddress, unmapIPv4 } from "./protocol/address.ts";
-import { type Decoded, hex, ProtocolError } from "./protocol/decoded.ts";
+import { type Decoded, hex, printableBytes, ProtocolError } from "./protocol/decoded.ts";
 import * as socks4 from "./protocol/socks4.ts";
 import * as socks5 from "./protocol/socks5.ts";
 import {
@@ -53,8 +53,19 @@ const MAX_HANDSHAKE_BYTES = 8192;
  * default decoder drops a leading BOM and turns bad bytes into U+FFFD).
  */
 const exactName = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-/** User names and user-ids as logged: what the bytes show, bad ones as U+FFFD. */
-const shownName = new TextDecoder("utf-8", { ignoreBOM: true });
+
+/**
+ * A user name or user-id as logged: its text, or, when it is not UTF-8, its
+ * bytes as a host name is shown (see `printableBytes`): replacing bad bytes
+ * with U+FFFD made different names log the same.
+ */
+function shownName(bytes: Uint8Array): string {
+  try {
+    return exactName.decode(bytes);
+  } catch {
+    return printableBytes(bytes);
+  }
+}
 /** No early data, and the handshake buffer once the handshake is over; never written to. */
 const NO_BYTES = new Uint8Array(0);
 
@@ -101,12 +112,13 @@ export class SocksSession extends ProxySession {
 
     if (method === socks5.Method.UserPass) {
       const credentials = await this.#decode(socks5.decodeCredentials, socks5.encodeAuthStatus);
-      this.user = shownName.decode(credentials.username);
       let name = ""; // no configured user has an empty name, so this never matches
       try {
         name = exactName.decode(credentials.username);
+        this.user = name;
       } catch {
         // not UTF-8: it cannot be a configured name
+        this.user = printableBytes(credentials.username);
       }
       if (!users.verify(name, credentials.password)) {
         return await this.refuse(
@@ -159,7 +171,7 @@ export class SocksSession extends ProxySession {
     const replyWith = (code: number) => socks4.encodeReply({ reply: code, port: 0, ip: "0.0.0.0" });
     const request = await this.#decodeRequest(socks4.decodeRequest, replyWith, SOCKS4_COMMANDS);
     if (request.address.type === "domain") this.protocol = "socks4a";
-    if (request.userId.length > 0) this.user = shownName.decode(request.userId);
+    if (request.userId.length > 0) this.user = shownName(request.userId);
     this.requested = formatAddress(request.address);
     const refusal = !this.#socks.socks4 ? "socks4-disabled" : users.required
       ? "auth-required" // SOCKS4 has no way to carry a password.
@@ -378,7 +390,7 @@ export class SocksSession extends ProxySession {
         this.#command = commandName(bytes[1]!, commands);
         if (commands === SOCKS4_COMMANDS && socks4.asksForName(bytes)) this.protocol = "socks4a";
         const { userId, target } = error.readSoFar;
-        if (userId !== undefined && userId.length > 0) this.user = shownName.decode(userId);
+        if (userId !== undefined && userId.length > 0) this.user = shownName(userId);
         if (target !== undefined) this.requested = target;
       }
       throw error;
