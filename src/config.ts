@@ -346,10 +346,11 @@ function localTargets(key: string): readonly string[] {
  * Whether a connection dialled to `to` may arrive at a listener on `listen`
  * of this host: the same address, the loopback address that a wildcard or
  * `localhost` dials, or any local address of `listen`'s wildcard (`[::]`
- * takes both families, or IPv6 only when `v6Only`, `0.0.0.0` IPv4 only). A forwarder whose upstream
- * reaches its own listener forwards to itself: every pooled connection
- * becomes a session taking another, until no descriptor is left. Names other
- * than `localhost` are not looked up, so loops through them are not caught.
+ * takes both families, or IPv6 only when `v6Only`; `0.0.0.0` IPv4 only). A
+ * forwarder whose upstream reaches its own listener forwards to itself:
+ * every pooled connection becomes a session taking another, until no
+ * descriptor is left. Names other than `localhost` are not looked up, so
+ * loops through them are not caught.
  */
 export function reaches(to: ListenAddress, listen: ListenAddress, v6Only = false): boolean {
   if (listen.port === 0 || listen.port !== to.port) return false;

@@ -66,6 +66,7 @@ function shownName(bytes: Uint8Array): string {
     return printableBytes(bytes);
   }
 }
+
 /** No early data, and the handshake buffer once the handshake is over; never written to. */
 const NO_BYTES = new Uint8Array(0);
 
