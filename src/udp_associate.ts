@@ -101,14 +101,16 @@ const MAX_QUEUED = 256;
 const MAX_QUEUED_BYTES = 256 * 1024;
 
 /**
- * The local ports of every association's outbound sockets, in this process.
- * A datagram from one of them, arriving at a client-facing socket from that
- * socket's own address, is ferry relaying into itself: another client
- * sending through its own association to this one's relay port. When this
- * association's client is on ferry's host, such a datagram would pass the
- * client address check, be relayed, and (DST.PORT 0) take the client's port.
+ * The local ports of every association's outbound sockets, in this process,
+ * by family. A datagram from one of them, arriving at a client-facing socket
+ * of its family from a local address, is ferry relaying into itself: another
+ * client sending through its own association to this one's relay port. When
+ * this association's client is on ferry's host, such a datagram would pass
+ * the client address check, be relayed, and (DST.PORT 0) take the client's
+ * port. By family: an IPv6 client may hold the port number of an IPv4
+ * outbound socket, and was dropped as ferry.
  */
-const outboundPorts = new Set<number>();
+const outboundPorts = { udp4: new Set<number>(), udp6: new Set<number>() };
 
 /** A datagram from the client, decoded, on its way out. */
 interface Outgoing {
@@ -273,9 +275,9 @@ export class UdpAssociation {
     this.counters.dropped += this.#waiting.length + this.#client.clear();
     this.#waiting.length = 0;
     closeSocket(this.#client.socket);
-    for (const sender of this.#outbound.values()) {
+    for (const [type, sender] of this.#outbound) {
       this.counters.dropped += sender.clear();
-      outboundPorts.delete(sender.socket.address().port);
+      outboundPorts[type].delete(sender.socket.address().port);
       closeSocket(sender.socket);
     }
     this.#outbound.clear();
@@ -289,7 +291,7 @@ export class UdpAssociation {
     if (this.#clientPort !== 0 && from.port !== this.#clientPort) {
       return void this.counters.dropped++;
     }
-    if (outboundPorts.has(from.port) && this.#mayBeFerry(from.address)) {
+    if (this.#mayBeFerry(from)) {
       return void this.counters.dropped++; // ferry relaying into itself (see outboundPorts)
     }
     let datagram;
@@ -380,13 +382,15 @@ export class UdpAssociation {
   }
 
   /**
-   * Whether a datagram from `address` may come from one of ferry's own
-   * outbound sockets: they are bound to the wildcard address, and a datagram
-   * they send to this socket leaves from the address the kernel picks for
-   * it: this socket's own, or, for a loopback alias (127.0.0.2), 127.0.0.1.
+   * Whether a datagram from `from` may come from one of ferry's own outbound
+   * sockets of this socket's family: they are bound to the wildcard address,
+   * and a datagram they send to this socket leaves from the address the
+   * kernel picks for it: this socket's own, or, for a loopback alias
+   * (127.0.0.2), 127.0.0.1.
    */
-  #mayBeFerry(address: string): boolean {
-    return address === this.#options.bindHost || isLoopbackIp(address);
+  #mayBeFerry(from: dgram.RemoteInfo): boolean {
+    if (!outboundPorts[familyOf(this.#options.bindHost)].has(from.port)) return false;
+    return from.address === this.#options.bindHost || isLoopbackIp(from.address);
   }
 
   #sendOut(sender: OrderedSender, ip: string, port: number, data: Uint8Array): void {
@@ -437,7 +441,7 @@ export class UdpAssociation {
     }
     socket.on("message", (message, from) => this.#fromPeer(message, from));
     socket.on("error", () => this.counters.dropped++);
-    outboundPorts.add(socket.address().port);
+    outboundPorts[type].add(socket.address().port);
     const sender = new OrderedSender(socket);
     this.#outbound.set(type, sender);
     return sender;

@@ -350,6 +350,35 @@ Deno.test("one association cannot send through another's relay, even when both c
   assert.equal(victimSession.udpIn, 1);
 });
 
+Deno.test("an IPv6 client whose port number is that of an IPv4 outbound socket of ferry's is not taken for ferry", async () => {
+  // Ferry's outbound ports were kept without their family: the IPv6 client
+  // on [::1]:P, P being an IPv4 association's outbound port, was dropped as
+  // ferry relaying into itself, every datagram.
+  await using ferry = await startFerry(["socks", "--listen", "[::]:0"]);
+  await using echo4 = await udpEcho("127.0.0.1");
+  await using echo6 = await udpEcho("::1");
+  await using first = await associate(ferry, undefined, "127.0.0.1");
+  await sendInOrder(
+    first.local,
+    [frame(ipv4("127.0.0.1", echo4.port), "v4")],
+    first.reply.address.port,
+  );
+  await receivedAtLeast(echo4.received, 1);
+  const outboundPort = echo4.senderPorts[0]!; // ferry's IPv4 outbound socket
+  const local = await udpSocket("::1", outboundPort);
+  try {
+    using control = await BufferedConn.connect("::1", ferry.port);
+    const reply = await socks5Handshake(control, ipv6("::1", outboundPort), {
+      command: socks5.Command.UdpAssociate,
+    });
+    const answer = nextDatagram(local);
+    local.send(frame(ipv6("::1", echo6.port), "v6"), reply.address.port, reply.address.host);
+    assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "v6");
+  } finally {
+    await closeUdp(local);
+  }
+});
+
 Deno.test("IPv6: a client on ::1 gets a relay on ::1 and reaches an IPv6 echo server", async () => {
   await using ferry = await startFerry(["socks", "--listen", "[::1]:0"]);
   await using echo = await udpEcho("::1");

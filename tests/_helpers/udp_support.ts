@@ -11,9 +11,9 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 /** A UDP socket on loopback (node:dgram: Deno.listenDatagram needs --unstable-net). */
-export async function udpSocket(host = "127.0.0.1"): Promise<dgram.Socket> {
+export async function udpSocket(host = "127.0.0.1", port = 0): Promise<dgram.Socket> {
   const socket = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
-  socket.bind(0, host);
+  socket.bind(port, host);
   await once(socket, "listening");
   return socket;
 }
@@ -25,17 +25,23 @@ export async function closeUdp(socket: dgram.Socket): Promise<void> {
   await closed;
 }
 
-/** An echo server: every datagram goes back to its sender; `received` keeps the payloads. */
+/**
+ * An echo server: every datagram goes back to its sender; `received` keeps
+ * the payloads, `senderPorts` the ports they came from.
+ */
 export async function udpEcho(host = "127.0.0.1") {
   const socket = await udpSocket(host);
   const received: string[] = [];
+  const senderPorts: number[] = [];
   socket.on("message", (message, from) => {
     received.push(decoder.decode(message));
+    senderPorts.push(from.port);
     socket.send(message, from.port, from.address);
   });
   return {
     socket,
     received,
+    senderPorts,
     port: socket.address().port,
     [Symbol.asyncDispose]: () => closeUdp(socket),
   };
