@@ -54,19 +54,6 @@ const MAX_HANDSHAKE_BYTES = 8192;
  */
 const exactName = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
-/**
- * A user name or user-id as logged: its text, or, when it is not UTF-8, its
- * bytes as a host name is shown (see `printableBytes`): replacing bad bytes
- * with U+FFFD made different names log the same.
- */
-function shownName(bytes: Uint8Array): string {
-  try {
-    return exactName.decode(bytes);
-  } catch {
-    return printableBytes(bytes);
-  }
-}
-
 /** No early data, and the handshake buffer once the handshake is over; never written to. */
 const NO_BYTES = new Uint8Array(0);
 
@@ -84,6 +71,8 @@ export class SocksSession extends ProxySession {
   #bindPeer: string | null = null;
   /** The request's command, for the log line: a UDP association reads like a CONNECT otherwise. */
   #command: string | null = null;
+  /** Whether the user name or user-id was not UTF-8 (see #showUser). */
+  #userNotUtf8 = false;
 
   constructor(client: Deno.TcpConn, context: SocksContext) {
     super(client, context, "handshake");
@@ -113,14 +102,8 @@ export class SocksSession extends ProxySession {
 
     if (method === socks5.Method.UserPass) {
       const credentials = await this.#decode(socks5.decodeCredentials, socks5.encodeAuthStatus);
-      let name = ""; // no configured user has an empty name, so this never matches
-      try {
-        name = exactName.decode(credentials.username);
-        this.user = name;
-      } catch {
-        // not UTF-8: it cannot be a configured name
-        this.user = printableBytes(credentials.username);
-      }
+      // Not UTF-8, it cannot be a configured name; none is empty, so "" never matches.
+      const name = this.#showUser(credentials.username) ?? "";
       if (!users.verify(name, credentials.password)) {
         return await this.refuse(
           socks5.encodeAuthStatus(socks5.AuthStatus.Failure),
@@ -172,7 +155,7 @@ export class SocksSession extends ProxySession {
     const replyWith = (code: number) => socks4.encodeReply({ reply: code, port: 0, ip: "0.0.0.0" });
     const request = await this.#decodeRequest(socks4.decodeRequest, replyWith, SOCKS4_COMMANDS);
     if (request.address.type === "domain") this.protocol = "socks4a";
-    if (request.userId.length > 0) this.user = shownName(request.userId);
+    if (request.userId.length > 0) this.#showUser(request.userId);
     this.requested = formatAddress(request.address);
     const refusal = !this.#socks.socks4 ? "socks4-disabled" : users.required
       ? "auth-required" // SOCKS4 has no way to carry a password.
@@ -391,15 +374,35 @@ export class SocksSession extends ProxySession {
         this.#command = commandName(bytes[1]!, commands);
         if (commands === SOCKS4_COMMANDS && socks4.asksForName(bytes)) this.protocol = "socks4a";
         const { userId, target } = error.readSoFar;
-        if (userId !== undefined && userId.length > 0) this.user = shownName(userId);
+        if (userId !== undefined && userId.length > 0) this.#showUser(userId);
         if (target !== undefined) this.requested = target;
       }
       throw error;
     }
   }
 
+  /**
+   * Sets the log line's user from a user name or user-id, and returns its
+   * text, or `null` when it is not UTF-8. Then the line shows its bytes as a
+   * host name's are shown (see `printableBytes`), and says `userNotUtf8`, so
+   * that such a name reads neither as U+FFFD (which made different names log
+   * the same) nor as the name spelled with those escapes.
+   */
+  #showUser(bytes: Uint8Array): string | null {
+    try {
+      const text = exactName.decode(bytes);
+      this.user = text;
+      return text;
+    } catch {
+      this.user = printableBytes(bytes);
+      this.#userNotUtf8 = true;
+      return null;
+    }
+  }
+
   protected override logFields(): Record<string, unknown> {
     const fields: Record<string, unknown> = { command: this.#command };
+    if (this.#userNotUtf8) fields.userNotUtf8 = true;
     if (this.#association) {
       const { udpIn, udpOut, dropped } = this.#association.counters;
       Object.assign(fields, { udpIn, udpOut, dropped });

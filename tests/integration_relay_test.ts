@@ -315,6 +315,8 @@ Deno.test("a user name is compared byte for byte: a BOM before it, or invalid UT
     const session = await sessionOf(ferry, client.localAddr);
     assert.equal(session.outcome, "auth-failed");
     assert.equal(session.user, logged[index]);
+    // And says so: a name spelled "carol\xff" in ASCII logs the same text.
+    assert.equal(session.userNotUtf8, index === 1 ? true : undefined);
   }
 });
 
