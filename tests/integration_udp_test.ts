@@ -323,10 +323,7 @@ Deno.test("one association cannot send through another's relay, even when both c
   // outbound socket: the victim's address (127.0.0.1), so it passed the
   // client check, was relayed, and its port taken for the victim's.
   const inner = frame(ipv4("127.0.0.1", echo.port), "INJECTED");
-  const header = socks5.encodeUdpHeader(ipv4("127.0.0.1", victim.reply.address.port));
-  const outer = new Uint8Array(header.length + inner.length);
-  outer.set(header);
-  outer.set(inner, header.length);
+  const outer = frame(ipv4("127.0.0.1", victim.reply.address.port), inner);
   // Then a marker to the echo server: ferry keeps the order, so once the
   // marker is there the injection has been sent, and on loopback it already
   // waits at the victim's relay socket, ahead of the victim's own datagram.

@@ -14,18 +14,10 @@
  * Run: deno run -A tests/_helpers/dark_dns_probe.ts
  */
 import { startFerry } from "./ferry.ts";
+import { python, SILENT_DNS } from "./python.ts";
 import { sessionOf } from "./session_log.ts";
 import { BufferedConn, domain, ipv4, socks5, socks5Handshake, TcpTarget } from "./socks_client.ts";
 
-/** Python: a DNS server on 127.0.0.1:53 that reads every query and answers none. */
-const DARK_DNS = `
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 53))
-print("ready", flush=True)
-while True:
-    s.recvfrom(4096)
-`;
 /** Python: 8 CONNECTs by name from each of 127.0.0.2–5, held until stdin closes. */
 const ASKERS = `
 import socket, sys
@@ -44,30 +36,9 @@ print("asked", flush=True)
 sys.stdin.read()
 `;
 
-/** Starts a python3 script and waits for its first line. */
-async function python(script: string, ...args: string[]) {
-  const child = new Deno.Command("python3", {
-    args: ["-c", script, ...args],
-    stdin: "piped",
-    stdout: "piped",
-  }).spawn();
-  const first = await child.stdout.getReader().read();
-  if (first.done) throw new Error("python exited before its first line");
-  return {
-    async [Symbol.asyncDispose]() {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // already gone
-      }
-      await child.status;
-    },
-  };
-}
-
 let result: unknown;
 try {
-  await using _dns = await python(DARK_DNS);
+  await using _dns = await python(SILENT_DNS);
   await using ferry = await startFerry([
     "socks",
     "--listen",

@@ -32,10 +32,7 @@ try {
   await using attacker = await associate(ferry, undefined, "127.0.0.1");
   const victimRelay = victim.reply.address;
   const inner = frame(ipv4("127.0.0.1", echo.port), "INJECTED");
-  const header = socks5.encodeUdpHeader(ipv4(victimRelay.host, victimRelay.port));
-  const outer = new Uint8Array(header.length + inner.length);
-  outer.set(header);
-  outer.set(inner, header.length);
+  const outer = frame(ipv4(victimRelay.host, victimRelay.port), inner);
   // Once the marker reaches the echo server the injection has gone too
   // (ferry keeps the order), and waits at the victim's relay socket.
   const marker = frame(ipv4("127.0.0.1", echo.port), "marker");

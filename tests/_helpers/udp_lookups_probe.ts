@@ -12,23 +12,13 @@
  * Run: deno run -A tests/_helpers/udp_lookups_probe.ts
  */
 import { startFerry } from "./ferry.ts";
+import { python, SILENT_DNS } from "./python.ts";
 import { BufferedConn, domain, socks5Handshake, TcpTarget } from "./socks_client.ts";
 import { associate, frame } from "./udp_support.ts";
 
-/** Python: a DNS server on 127.0.0.1:53 that reads every query and answers none. */
-const SILENT_DNS = `
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 53))
-print("ready", flush=True)
-while True:
-    s.recvfrom(4096)
-`;
-
 let result: unknown;
-const dns = new Deno.Command("python3", { args: ["-c", SILENT_DNS], stdout: "piped" }).spawn();
 try {
-  await dns.stdout.getReader().read(); // "ready"
+  await using _dns = await python(SILENT_DNS);
   await using ferry = await startFerry([
     "socks",
     "--listen",
@@ -55,8 +45,5 @@ try {
   result = { reply: reply.reply, ms: Math.round(performance.now() - started) };
 } catch (error) {
   result = { error: String(error) };
-} finally {
-  dns.kill("SIGKILL");
-  await dns.status;
 }
 console.log(JSON.stringify(result));

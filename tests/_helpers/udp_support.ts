@@ -56,10 +56,13 @@ export function nextDatagram(socket: dgram.Socket, ms = 5000): Promise<Uint8Arra
   );
 }
 
-/** A SOCKS5 UDP datagram: the header for `address`, then `data`. */
-export function frame(address: socks5.ReplyMessage["address"], data: string): Uint8Array {
+/** A SOCKS5 UDP datagram: the header for `address`, then `data` (text, or a whole datagram to nest). */
+export function frame(
+  address: socks5.ReplyMessage["address"],
+  data: string | Uint8Array,
+): Uint8Array {
   const header = socks5.encodeUdpHeader(address);
-  const payload = encoder.encode(data);
+  const payload = typeof data === "string" ? encoder.encode(data) : data;
   const out = new Uint8Array(header.length + payload.length);
   out.set(header);
   out.set(payload, header.length);
