@@ -266,6 +266,84 @@ Deno.test("pool: at an upstream's connection limit, with steady clients, it stay
   }
 });
 
+Deno.test("pool: at a connection limit its pool sometimes fills: still one pool-unsettled line, and no pool-settled", async () => {
+  // Limit 5, --pool 4, clients holding connections for a while: the pool is
+  // full whenever clients are few, refused when they are many. Taking a full
+  // pool for settled said pool-settled and pool-unsettled every 2 s, and
+  // started the back-off over each time.
+  logs.records.length = 0;
+  let live = 0;
+  await using server = new ForwardUpstream(async (accepted) => {
+    if (live >= 5) return;
+    live++;
+    try {
+      await accepted.conn.waitForEnd();
+    } finally {
+      live--;
+    }
+  });
+  const upstream = upstreamTo(server.port, 4);
+  upstream.start();
+  const held = new Set<PooledConnection>();
+  try {
+    const until = performance.now() + 9000;
+    while (performance.now() < until) {
+      const pooled = upstream.take(); // a client every 400 ms, for 1.5 s each
+      if (pooled) {
+        held.add(pooled);
+        setTimeout(() => {
+          pooled.close();
+          held.delete(pooled);
+        }, 1500);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 400));
+    }
+    assert.ok(logs.events("pool-unsettled").length <= 1, "said more than once");
+    assert.equal(logs.events("pool-settled").length, 0);
+  } finally {
+    for (const pooled of held) pooled.close();
+    upstream.close();
+  }
+});
+
+Deno.test("pool: unsettled, then down, then back: probed again within the down back-off, not the unsettled one", async () => {
+  // The unsettled back-off (up to 10 s) was already waiting when the
+  // upstream went down, and the down one (2 s at most) did not cut it:
+  // clients were refused for up to 10 s after the upstream was back.
+  logs.records.length = 0;
+  const closing = new ForwardUpstream(async () => {}); // accepts and closes at once
+  const port = closing.port;
+  const upstream = upstreamTo(port, 2);
+  upstream.start();
+  let back: ForwardUpstream | null = null;
+  try {
+    await waitUntil(() => logs.events("pool-unsettled").length > 0, "pool-unsettled");
+    // The back-off grows: 0.1, 0.2 … 3.2 s; the next wait is 6.4 s.
+    await new Promise((resolve) => setTimeout(resolve, 7000));
+    await closing.stop(); // down: refused
+    // A client finds out first, while the pool waits.
+    await assert.rejects(
+      upstream.dialForClient(() =>
+        dial(addressOf("127.0.0.1", port), AbortSignal.timeout(2000), "test")
+      ),
+    );
+    assert.equal(logs.events("upstream-down").length, 1);
+    back = new ForwardUpstream(taggedEcho("back"), port);
+    const backAt = performance.now();
+    await waitUntil(
+      () => upstream.idle > 0,
+      "a pooled connection to the upstream that is back",
+      12_000,
+    );
+    const waited = performance.now() - backAt;
+    assert.ok(waited < 4000, `probed ${Math.round(waited)} ms after the upstream was back`);
+  } finally {
+    upstream.close();
+    await closing.stop();
+    await back?.stop();
+  }
+});
+
 Deno.test("pool: connections alive after the upstream's listener died do not declare it up again", async () => {
   logs.records.length = 0;
   await using server = new ForwardUpstream(taggedEcho("old"));
@@ -502,13 +580,15 @@ Deno.test("pool: unsettled, with clients taking every probe, it settles and fill
     await waitUntil(() => logs.events("pool-unsettled").length > 0, "pool-unsettled");
     keep = true;
     const deadline = performance.now() + 10_000;
-    while (logs.events("pool-settled").length === 0 && performance.now() < deadline) {
+    while (upstream.standing !== "up" && performance.now() < deadline) {
       const pooled = upstream.take(); // a client every 300 ms
       if (pooled) taken.push(pooled);
       await new Promise((resolve) => setTimeout(resolve, 300));
     }
-    assert.equal(logs.events("pool-settled").length, 1, `stats ${JSON.stringify(upstream.stats)}`);
+    assert.equal(upstream.standing, "up", `never settled: ${JSON.stringify(upstream.stats)}`);
     await waitUntil(() => upstream.idle === 4, "the pool to fill", 3000);
+    // Said only once nothing has ended young for 30 s (see QUIET_MS).
+    assert.equal(logs.events("pool-settled").length, 0);
   } finally {
     for (const pooled of taken) pooled.close();
     upstream.close();

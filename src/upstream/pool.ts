@@ -151,6 +151,15 @@ const UNSETTLED_BACKOFF_MAX_MS = 10_000;
  */
 const SETTLE_MS = 1000;
 /**
+ * After pooled connections ended young, how long none must have for the
+ * pool to say `pool-settled` and start its back-off over: longer than a
+ * cycle of an upstream at its connection limit, which refuses a refill at
+ * least every back-off step (10 s at most) plus a second to settle. A full
+ * pool is no proof: such an upstream's pool fills whenever its clients are
+ * few, and said pool-settled and pool-unsettled every two seconds.
+ */
+const QUIET_MS = 30_000;
+/**
  * A pooled connection that ends sooner than this after connecting was
  * refused (an upstream at its connection limit accepts and closes at once),
  * not cut after idling.
@@ -187,10 +196,8 @@ export class Upstream {
    * refills as fast as clients take. An upstream at its connection limit
    * settles each time a client frees a slot; it then refuses a refill or
    * two, not the pool's whole deficit (doubling the window instead let it
-   * refuse four at a time). Over once the window would let the whole pool
-   * be young (poolSize × 100 ms with nothing ending young), or the pool is
-   * full (#rampOver): a busy forwarder's pool is rarely full, and its
-   * back-off must start over before the next trouble.
+   * refuse four at a time). Paced no more once the window covers the pool;
+   * over once nothing has ended young for QUIET_MS (#rampOver).
    */
   #rampingUp = false;
   #rampStart = 0;
@@ -326,6 +333,7 @@ export class Upstream {
 
   /** Records a failed dial: the upstream is skipped until its back-off ends. */
   markDown(error: unknown): void {
+    if (this.#closed) return; // shutting down: a client's dial cut short says nothing new
     this.#backOff(DOWN_BACKOFF_MAX_MS);
     if (this.#down) return;
     this.#down = true;
@@ -349,6 +357,15 @@ export class Upstream {
       const wait = Math.min(this.#backoffMs, maxMs);
       this.#retryAt = now + wait;
       this.#backoffMs = Math.min(wait * 2, maxMs);
+    } else if (this.#retryAt > now + maxMs) {
+      // Waiting out the longer, unsettled cap when the upstream went down:
+      // once it was back, clients were refused for up to 10 s, not 2.
+      this.#retryAt = now + maxMs;
+      if (this.#retryTimer !== undefined) {
+        clearTimeout(this.#retryTimer);
+        this.#retryTimer = undefined;
+        this.#fill(); // at the new time
+      }
     }
   }
 
@@ -389,10 +406,10 @@ export class Upstream {
     this.#rampStart = performance.now();
   }
 
-  /** Once the pool is full and nothing backs off: the back-off starts over. */
+  /** Once the pool is full and nothing backs off: after a failed dial, the back-off starts over. */
   #noteFull(): void {
-    if (this.#backingOff || this.#idle.length < this.#options.poolSize) return;
-    this.#rampOver();
+    if (this.#backingOff || this.#rampingUp || this.#idle.length < this.#options.poolSize) return;
+    this.#backoffMs = BACKOFF_FIRST_MS;
   }
 
   /** The pool works as it did before its trouble: said once, and the back-off starts over. */
@@ -426,6 +443,9 @@ export class Upstream {
     const since = this.#troubleSince;
     if (this.#unsettled && this.#idle.some((pooled) => pooled.pooledAt >= since)) return;
     const backingOff = this.#backingOff;
+    // One probe at a time while backing off: against an upstream that drops
+    // SYNs, each sweep and take started another, up to --pool at once.
+    if (backingOff && this.#dialing > 0) return;
     while (this.#idle.length + this.#dialing < this.#options.poolSize) {
       if (backingOff) {
         const wait = this.#retryAt - performance.now(); // read once: a negative delay makes Node warn
@@ -462,10 +482,7 @@ export class Upstream {
     const now = performance.now();
     const steps = Math.floor((now - this.#rampStart) / REFUSED_WITHIN_MS);
     const window = 1 + steps;
-    if (window >= this.#options.poolSize) {
-      this.#rampOver();
-      return 0;
-    }
+    if (window >= this.#options.poolSize) return 0; // paced no more; over when full (#noteFull)
     let young = this.#dialing;
     for (const pooled of this.#idle) if (now - pooled.pooledAt < REFUSED_WITHIN_MS) young++;
     if (young < window) return 0;
@@ -487,6 +504,7 @@ export class Upstream {
       // The pool's lookups count as one client's (see src/upstream/lookups.ts).
       conn = await dial(addressOf(hostname, port), timeout.signal, `pool ${this.name}`);
     } catch (error) {
+      if (this.#closed) return; // shutting down: nothing to say of a dial cut short
       // An upstream that resets what it accepts, at once, is one that closes
       // it at once (at its connection limit, say): unsettled, not down.
       if (resetAsAccepted(error)) this.#droppedYoung("reset", 0);
@@ -551,6 +569,9 @@ export class Upstream {
       now - this.#lastYoungDrop >= this.#settleMs;
     if (this.#backingOff && (served || this.#idle.some(settled))) this.#markSettled();
     this.#noteFull();
+    if (this.#rampingUp && !this.#backingOff && now - this.#lastYoungDrop >= QUIET_MS) {
+      this.#rampOver(); // see QUIET_MS
+    }
     this.#retireExpired(now);
     this.#fill();
   }
