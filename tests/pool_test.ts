@@ -21,6 +21,8 @@ import {
 import { addressOf } from "../src/protocol/address.ts";
 import { dial } from "../src/upstream/dial.ts";
 import { resettingServer } from "./_helpers/reset.ts";
+import { ss } from "./_helpers/ss.ts";
+import { TextLineStream } from "./_helpers/text_line_stream.ts";
 import { BufferedConn, concat, pseudoRandomBytes } from "./_helpers/socks_client.ts";
 
 const encoder = new TextEncoder();
@@ -341,6 +343,57 @@ Deno.test("pool: unsettled, then down, then back: probed again within the down b
     upstream.close();
     await closing.stop();
     await back?.stop();
+  }
+});
+
+Deno.test("pool: while an upstream that drops SYNs is down, one probe at a time finds out", async () => {
+  // A listener whose accept queue is full drops new SYNs: each dial hangs
+  // until the connect timeout. While down, every sweep and take started
+  // another probe, so several hung at once (up to --pool).
+  const silent = new Deno.Command("python3", {
+    args: [
+      "-c",
+      [
+        "import socket, sys",
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)",
+        "print(s.getsockname()[1], flush=True)",
+        "held = socket.create_connection(s.getsockname())",
+        "print('full', flush=True)",
+        "sys.stdin.read()",
+      ].join("\n"),
+    ],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const lines = silent.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(
+    new TextLineStream(),
+  )[Symbol.asyncIterator]();
+  const port = Number((await lines.next()).value);
+  await lines.next(); // "full": its queue holds one, and it never accepts
+  logs.records.length = 0;
+  const upstream = new Upstream({ hostname: "127.0.0.1", port }, {
+    poolSize: 8,
+    poolMaxIdleMs: 30_000,
+    connectTimeoutMs: 2500,
+    listen: "127.0.0.1:2222",
+  });
+  upstream.start();
+  try {
+    await waitUntil(() => logs.events("upstream-down").length > 0, "upstream-down", 10_000);
+    await new Promise((resolve) => setTimeout(resolve, 500)); // the first fill's dials are over
+    let most = 0;
+    for (let i = 0; i < 30; i++) { // 6 s: two probes' connect timeouts, six sweeps
+      upstream.take(); // a client looks, as a forwarder's clients would
+      const connecting = await ss("-Htn", "state", "syn-sent", "dport", "=", `:${port}`);
+      most = Math.max(most, connecting.length);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    assert.equal(most, 1, `${most} probes connecting at once`);
+  } finally {
+    upstream.close();
+    silent.kill("SIGKILL");
+    await silent.status;
+    await silent.stdout.cancel().catch(() => {});
   }
 });
 
