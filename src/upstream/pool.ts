@@ -190,19 +190,19 @@ export class Upstream {
   /** Pooled connections end right after connecting: refilling backs off. */
   #unsettled = false;
   /**
-   * Settled again, ramping up: at most 1, then 2, 3 … connections (one more
-   * every REFUSED_WITHIN_MS) may be young at once, dialling or pooled less
-   * than that long; those clients took do not count, so a busy forwarder
-   * refills as fast as clients take. An upstream at its connection limit
-   * settles each time a client frees a slot; it then refuses a refill or
-   * two, not the pool's whole deficit (doubling the window instead let it
-   * refuse four at a time). Paced no more once the window covers the pool;
-   * over once nothing has ended young for QUIET_MS (#rampOver).
+   * From the first pooled connection that ended young (`pool-unsettled`)
+   * until none has for QUIET_MS (`pool-settled`, #recovered). While it is
+   * not #unsettled, the pool ramps up (since #rampStart): at most 1, then 2,
+   * 3 … connections (one more every REFUSED_WITHIN_MS) may be young at once,
+   * dialling or pooled less than that long; those clients took do not count,
+   * so a busy forwarder refills as fast as clients take. An upstream at its
+   * connection limit settles each time a client frees a slot; it then
+   * refuses a refill or two, not the pool's whole deficit (doubling the
+   * window instead let it refuse four at a time). Paced no more once the
+   * window covers the pool.
    */
-  #rampingUp = false;
+  #recovering = false;
   #rampStart = 0;
-  /** Whether `pool-unsettled` was logged and `pool-settled` (once full again) is due. */
-  #saidUnsettled = false;
   #backoffMs = BACKOFF_FIRST_MS;
   /** While down or unsettled: no dial before this `performance.now()`. */
   #retryAt = 0;
@@ -321,7 +321,7 @@ export class Upstream {
   /** Records that a connection (on demand or pooled) reached the upstream. */
   markUp(): void {
     // Reaching it says nothing about how long pooled connections last.
-    if (!this.#unsettled && !this.#rampingUp) this.#backoffMs = BACKOFF_FIRST_MS;
+    if (!this.#recovering) this.#backoffMs = BACKOFF_FIRST_MS;
     if (!this.#down) return;
     this.#down = false;
     serverLog.info("upstream {upstream} is up again", {
@@ -374,8 +374,8 @@ export class Upstream {
     this.#backOff(UNSETTLED_BACKOFF_MAX_MS);
     if (this.#unsettled) return;
     this.#unsettled = true;
-    if (this.#saidUnsettled) return; // still: it has not been full since
-    this.#saidUnsettled = true;
+    if (this.#recovering) return; // said already, and not recovered since
+    this.#recovering = true;
     // Said as seen: an upstream that restarts cuts its young connections too,
     // so this is not necessarily an upstream that cuts every connection.
     serverLog.warn(
@@ -393,31 +393,28 @@ export class Upstream {
 
   /**
    * A pooled connection has lasted, or clients took the probes: the pool
-   * works again, and ramps up (see #rampingUp). The back-off stays, and
-   * `pool-settled` waits, until the pool is full (#noteFull): an upstream at
-   * its connection limit settles each time a client frees a slot, and
-   * unsettles at the next refill.
+   * works again, and ramps up (see #recovering). The back-off stays, and
+   * `pool-settled` waits, until nothing has ended young for QUIET_MS: an
+   * upstream at its connection limit settles each time a client frees a
+   * slot, and unsettles at the next refill.
    */
   #markSettled(): void {
     this.markUp();
     if (!this.#unsettled) return;
     this.#unsettled = false;
-    this.#rampingUp = true;
     this.#rampStart = performance.now();
   }
 
   /** Once the pool is full and nothing backs off: after a failed dial, the back-off starts over. */
   #noteFull(): void {
-    if (this.#backingOff || this.#rampingUp || this.#idle.length < this.#options.poolSize) return;
+    if (this.#backingOff || this.#recovering || this.#idle.length < this.#options.poolSize) return;
     this.#backoffMs = BACKOFF_FIRST_MS;
   }
 
-  /** The pool works as it did before its trouble: said once, and the back-off starts over. */
-  #rampOver(): void {
+  /** Nothing has ended young for QUIET_MS: said once, and the back-off starts over. */
+  #recovered(): void {
     this.#backoffMs = BACKOFF_FIRST_MS;
-    this.#rampingUp = false;
-    if (!this.#saidUnsettled) return;
-    this.#saidUnsettled = false;
+    this.#recovering = false;
     serverLog.info("upstream {upstream}: pooled connections last again", {
       event: "pool-settled",
       listen: this.#options.listen,
@@ -447,27 +444,16 @@ export class Upstream {
     // SYNs, each sweep and take started another, up to --pool at once.
     if (backingOff && this.#dialing > 0) return;
     while (this.#idle.length + this.#dialing < this.#options.poolSize) {
-      if (backingOff) {
-        const wait = this.#retryAt - performance.now(); // read once: a negative delay makes Node warn
-        if (wait > 0) {
-          this.#retryTimer = setTimeout(() => {
-            this.#retryTimer = undefined;
-            this.#fill();
-          }, wait);
-          Deno.unrefTimer(this.#retryTimer);
-          return;
+      // Read once: a negative delay makes Node warn.
+      const wait = backingOff ? this.#retryAt - performance.now() : this.#rampWait();
+      if (wait > 0) {
+        if (backingOff) {
+          this.#retryTimer = this.#fillAfter(wait, () => this.#retryTimer = undefined);
+        } else {
+          clearTimeout(this.#rampTimer); // a take brought this look forward
+          this.#rampTimer = this.#fillAfter(wait);
         }
-      } else {
-        const wait = this.#rampWait();
-        if (wait > 0) {
-          clearTimeout(this.#rampTimer);
-          this.#rampTimer = setTimeout(() => {
-            this.#rampTimer = undefined;
-            this.#fill();
-          }, wait);
-          Deno.unrefTimer(this.#rampTimer);
-          return;
-        }
+        return;
       }
       this.#dialing++;
       this.#dialOne().finally(() => this.#dialing--).then(() => this.#fill());
@@ -476,13 +462,26 @@ export class Upstream {
     }
   }
 
-  /** While ramping up, how long until one more connection may be dialled; else 0. */
+  /** Runs #fill after `ms`, `fired` first, on a timer that does not keep ferry alive. */
+  #fillAfter(ms: number, fired?: () => void): ReturnType<typeof setTimeout> {
+    const timer = setTimeout(() => {
+      fired?.();
+      this.#fill();
+    }, ms);
+    Deno.unrefTimer(timer);
+    return timer;
+  }
+
+  /**
+   * While ramping up (recovering, not backing off), how long until one more
+   * connection may be dialled; else 0.
+   */
   #rampWait(): number {
-    if (!this.#rampingUp) return 0;
+    if (!this.#recovering) return 0;
     const now = performance.now();
     const steps = Math.floor((now - this.#rampStart) / REFUSED_WITHIN_MS);
     const window = 1 + steps;
-    if (window >= this.#options.poolSize) return 0; // paced no more; over when full (#noteFull)
+    if (window >= this.#options.poolSize) return 0; // paced no more
     let young = this.#dialing;
     for (const pooled of this.#idle) if (now - pooled.pooledAt < REFUSED_WITHIN_MS) young++;
     if (young < window) return 0;
@@ -569,8 +568,8 @@ export class Upstream {
       now - this.#lastYoungDrop >= this.#settleMs;
     if (this.#backingOff && (served || this.#idle.some(settled))) this.#markSettled();
     this.#noteFull();
-    if (this.#rampingUp && !this.#backingOff && now - this.#lastYoungDrop >= QUIET_MS) {
-      this.#rampOver(); // see QUIET_MS
+    if (this.#recovering && !this.#backingOff && now - this.#lastYoungDrop >= QUIET_MS) {
+      this.#recovered();
     }
     this.#retireExpired(now);
     this.#fill();
