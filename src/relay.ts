@@ -126,12 +126,8 @@ export async function relay(
     up: boolean,
     scratch: Uint8Array,
     inFlight: Promise<void> | null,
-    ended: boolean,
   ) => {
     try {
-      // Counted already: the client's FIN came, and passing it on failed. The
-      // other direction ends the relay, once the client has the whole answer.
-      if (ended) return;
       if (up) {
         while ((await client.read(scratch)) !== null) { /* dropped: the target is gone */ }
       } else if (inFlight) {
@@ -229,7 +225,10 @@ export async function relay(
       // The target's error: a read from it (down), or a write to it (up).
       const targetsError = reading !== towardsTarget;
       if (!targetsError || !gentle(error)) fail(error);
-      else await endGently(towardsTarget ? from : to, towardsTarget, buffer, inFlight, ended);
+      // Counted out already (the client's FIN came, and passing it on
+      // failed): the other direction ends the relay, once the client has the
+      // whole answer.
+      else if (!ended) await endGently(towardsTarget ? from : to, towardsTarget, buffer, inFlight);
     } finally {
       totals[direction] = carried;
       // Back to the grown buffers once nothing uses them: a write still in
