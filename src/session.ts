@@ -244,13 +244,15 @@ export class SocksSession extends ProxySession {
       );
     } catch (error) {
       if (this.controller.signal.aborted) throw error;
-      const timedOut = error instanceof SessionAbort && error.failure === "connect-timeout";
       // No peer in time: the host did not come (0x04). Accepting it failed
       // (EMFILE): ferry's own failure (0x01), as the README's table says.
-      const code = timedOut ? socks5.Reply.HostUnreachable : socks5.Reply.GeneralFailure;
-      return await (timedOut
-        ? this.refuse(replies.failure(code), "bind-timeout")
-        : this.refuse(replies.failure(code), "bind-failed", messageWithCause(error)));
+      return await (error instanceof SessionAbort && error.failure === "connect-timeout"
+        ? this.refuse(replies.failure(socks5.Reply.HostUnreachable), "bind-timeout")
+        : this.refuse(
+          replies.failure(socks5.Reply.GeneralFailure),
+          "bind-failed",
+          messageWithCause(error),
+        ));
     }
     listener.close(); // one peer per BIND: nobody else may connect from here on
     this.adoptTarget(peer);
