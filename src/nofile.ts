@@ -26,6 +26,12 @@ export function parseSoftLimit(text: string): number | null {
   return /^\d+$/.test(value) ? Number(value) : null;
 }
 
+/** Whether `error` is EMFILE or ENFILE: no descriptor left, for this process or the system. */
+export function isOutOfDescriptors(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "EMFILE" || code === "ENFILE";
+}
+
 /**
  * Returned by {@linkcode openFilesLimit} when `prlimit` could not start for
  * want of descriptors: the limit is too low even to be learned.
@@ -51,8 +57,7 @@ export async function openFilesLimit(): Promise<number | null | typeof TOO_LOW_T
     return success ? parseSoftLimit(new TextDecoder().decode(stdout)) : null;
   } catch (error) {
     // At a limit of 24 or so, starting prlimit needs more than are left.
-    const code = (error as { code?: unknown } | null)?.code;
-    if (code === "EMFILE" || code === "ENFILE") return TOO_LOW_TO_CHECK;
+    if (isOutOfDescriptors(error)) return TOO_LOW_TO_CHECK;
     return null; // no prlimit, or not allowed to run it
   }
 }

@@ -7,6 +7,7 @@
  * @module
  */
 import { closeQuietly } from "../close_quietly.ts";
+import { isOutOfDescriptors } from "../nofile.ts";
 import { type Address, ipOfName } from "../protocol/address.ts";
 import { Reply } from "../protocol/socks5.ts";
 import { lookupAll, LookupsBusy } from "./lookups.ts";
@@ -139,8 +140,7 @@ function outOfDescriptors(): Error | null {
     Deno.openSync("/dev/null").close();
     return null;
   } catch (error) {
-    const code = (error as { code?: unknown } | null)?.code;
-    return code === "EMFILE" || code === "ENFILE" ? error as Error : null;
+    return isOutOfDescriptors(error) ? error as Error : null;
   }
 }
 
