@@ -320,10 +320,12 @@ export function listensCollide(
   const [keyA, keyB] = [hostKey(a.hostname), hostKey(b.hostname)];
   if (keyA === keyB) return "the same address";
   for (const [wild, other] of [[keyA, keyB], [keyB, keyA]] as const) {
-    if (wild === "::" && !v6Only) return "[::] takes every address, IPv4 ones too";
-    // A name may resolve to either family: only IPv6 literals are sure to collide.
-    if (wild === "::" && parseIPv6(other) !== null) {
-      return "[::] takes every IPv6 address (net.ipv6.bindv6only is 1: IPv6 only)";
+    if (wild === "::") {
+      if (!v6Only) return "[::] takes every address, IPv4 ones too";
+      // A name may resolve to either family: only IPv6 literals are sure to collide.
+      if (parseIPv6(other) !== null) {
+        return "[::] takes every IPv6 address (net.ipv6.bindv6only is 1: IPv6 only)";
+      }
     }
     // A name may resolve to IPv6 (localhost to ::1): only IPv4 literals are sure to collide.
     if (wild === "0.0.0.0" && parseIPv4(other) !== null) return "0.0.0.0 takes every IPv4 address";

@@ -716,8 +716,10 @@ function buildListeners(
 /**
  * Parses and validates the text of a configuration file. `source` names the
  * file in messages, and a relative `usersFile` is read from its directory;
- * reading those files is the only I/O. Throws {@linkcode ConfigError} listing
- * every problem, in file order.
+ * reading those files is the only I/O, besides asking the kernel once
+ * whether `[::]` takes IPv6 only, unless `v6Only` is given (see
+ * `wildcardIsIpv6Only`). Throws {@linkcode ConfigError} listing every
+ * problem, in file order.
  */
 export async function parseRunConfig(
   text: string,
