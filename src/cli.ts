@@ -207,6 +207,27 @@ export function buildProgram(
   return program;
 }
 
+/**
+ * The first of `command`'s options in `args` that takes a value but is
+ * followed by another of its options instead, with that option's name; else
+ * `null`. Only the name is kept: a value may be a password.
+ */
+function flagMissingItsValue(
+  command: Command,
+  args: readonly string[],
+): { flags: string; next: string } | null {
+  const optionNamed = (token: string) =>
+    command.options.find((o) => o.long === token || o.short === token);
+  for (let i = 0; i < args.length - 1; i++) {
+    const option = optionNamed(args[i]!);
+    if (!option?.required) continue;
+    const next = args[i + 1]!.split("=")[0]!;
+    if (next.startsWith("-") && optionNamed(next)) return { flags: option.flags, next };
+    i++; // the value
+  }
+  return null;
+}
+
 /** Parses `argv` (without the runtime and script). Never exits the process itself. */
 export function parseCommandLine(argv: string[], output: CliOutput): Invocation {
   let invocation: Invocation | null = null;
@@ -231,6 +252,19 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
     output.writeErr(
       `error: option '${option}' before the command; options go after it: ` +
         `ferry ${command.name()} ${option} …\n(run with --help for usage)\n`,
+    );
+    return { command: "exit", code: 2 };
+  }
+  // `ferry forward --listen --to HOST:PORT`: commander takes `--to` for the
+  // listen address and then calls HOST:PORT a stray argument, naming neither
+  // flag. A flag that wants a value and is followed by another of the
+  // command's flags is missing its value; say which. (A value that looks like
+  // a flag can still be given as --flag=VALUE.)
+  const missing = command && flagMissingItsValue(command, args.slice(args.indexOf(command.name())));
+  if (command && missing) {
+    output.writeErr(
+      `error: option '${missing.flags}' argument missing: '${missing.next}' follows it\n` +
+        `(run ferry ${command.name()} --help for usage)\n`,
     );
     return { command: "exit", code: 2 };
   }

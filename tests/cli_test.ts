@@ -246,6 +246,22 @@ Deno.test("a users file with a malformed line exits 2 naming the file and the li
   }
 });
 
+Deno.test("a flag followed by another flag instead of its value exits 2 naming both, and no value", async () => {
+  const forward = await ferry("forward", "--listen", "--to", "127.0.0.1:9");
+  assert.equal(forward.code, 2, forward.stderr);
+  assert.match(forward.stderr, /option '--listen <host:port>' argument missing: '--to' follows it/);
+  assert.match(forward.stderr, /\(run ferry forward --help for usage\)/);
+  // The value that follows may be a password: it is not shown.
+  const socks = await ferry("socks", "--user", "--listen", "alice:Sup3rSecret");
+  assert.equal(socks.code, 2, socks.stderr);
+  assert.match(socks.stderr, /option '--user <name:password>' argument missing: '--listen'/);
+  assert.ok(!socks.stderr.includes("Sup3rSecret"), `password printed:\n${socks.stderr}`);
+  // A value that merely starts with a dash is still a value, checked as such.
+  const negative = await ferry("socks", "--listen", "127.0.0.1:0", "--idle-timeout", "-1s");
+  assert.equal(negative.code, 2, negative.stderr);
+  assert.match(negative.stderr, /--idle-timeout: got "-1s"/);
+});
+
 Deno.test("stray arguments are counted, not shown: `--user alice s3cret` must not print the password", async () => {
   const run = await ferry("socks", "--user", "alice", "Sup3rSecret");
   assert.equal(run.code, 2, run.stderr);
