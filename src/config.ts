@@ -405,7 +405,29 @@ export function checkHostPort(text: string, minPort: 0 | 1): ListenAddress | { p
   if (/^[\d.]+$/.test(host) && parseIPv4(host) === null) {
     return { problem: "expected an IPv4 address of four numbers 0 to 255, or a host name" };
   }
-  return { hostname: host, port };
+  const nameProblem = hostNameProblem(host);
+  return nameProblem === null ? { hostname: host, port } : { problem: nameProblem };
+}
+
+/**
+ * What makes `host` no name DNS can carry, or `null`: an empty label (`a..b`,
+ * `.a`), a label over 63 characters, or more than 253 in all (RFC 1035
+ * §2.3.4). Such a name never resolves, so it is a mistake to report at
+ * start, not an upstream to mark down forever. One trailing dot (a fully
+ * qualified name) is allowed.
+ */
+function hostNameProblem(host: string): string | null {
+  const name = host.endsWith(".") ? host.slice(0, -1) : host;
+  if (name.length > 253) return "expected a host name of at most 253 characters";
+  for (const label of name.split(".")) {
+    if (label.length === 0) {
+      return "expected a host name without an empty label (a leading dot, or two dots in a row)";
+    }
+    if (label.length > 63) {
+      return "expected a host name whose labels (the parts between dots) are at most 63 characters";
+    }
+  }
+  return null;
 }
 
 const encoder = new TextEncoder();

@@ -96,6 +96,32 @@ Deno.test("checkHostPort() says what is wrong: the form, the port's range, or th
   }
 });
 
+Deno.test("checkHostPort() refuses a host name DNS cannot carry, and allows one trailing dot", () => {
+  const label63 = "a".repeat(63);
+  const name253 = [label63, label63, label63, "a".repeat(61)].join(".");
+  assert.equal(name253.length, 253);
+  for (
+    const ok of [`${label63}.example:80`, `${name253}:80`, `${name253}.:80`, "example.com.:80"]
+  ) {
+    assert.ok(!("problem" in checkHostPort(ok, 1)), ok);
+  }
+  const emptyLabel =
+    "expected a host name without an empty label (a leading dot, or two dots in a row)";
+  const cases: [string, string][] = [
+    ["a..b:80", emptyLabel],
+    [".example.com:80", emptyLabel],
+    ["example.com..:80", emptyLabel],
+    [
+      `${"a".repeat(64)}.example:80`,
+      "expected a host name whose labels (the parts between dots) are at most 63 characters",
+    ],
+    [`${name253}a:80`, "expected a host name of at most 253 characters"],
+  ];
+  for (const [text, problem] of cases) {
+    assert.deepEqual(checkHostPort(text, 1), { problem }, text);
+  }
+});
+
 Deno.test("--listen and --to report a bad address naming the flag, the value and the problem", async () => {
   assert.deepEqual(await problemsOf({ listen: "999.1.1.1:1080" }), [
     `--listen: got "999.1.1.1:1080"; expected an IPv4 address of four numbers 0 to 255, ` +
