@@ -33,19 +33,19 @@ export interface CliOutput {
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
+const LISTEN_GIVEN_TWICE =
+  "--listen given twice; one command listens once (ferry run --config for several)";
+
 /**
- * A parser for `--listen` that refuses a second one: commander lets the last
- * win, and `--listen A --listen B` reads as two listeners, which one command
- * does not make. One parser per command line parsed.
+ * A parser for an option that refuses a second one, saying `why`: commander
+ * lets the last win, and `--listen A --listen B` reads as two listeners,
+ * `--config a --config b` as two files, neither of which one command makes.
+ * One parser per command line parsed.
  */
-function onlyOnce(): (value: string) => string {
+function onlyOnce(why: string): (value: string) => string {
   let seen = false;
   return (value) => {
-    if (seen) {
-      throw new InvalidArgumentError(
-        "--listen given twice; one command listens once (ferry run --config for several)",
-      );
-    }
+    if (seen) throw new InvalidArgumentError(why);
     seen = true;
     return value;
   };
@@ -135,7 +135,7 @@ export function buildProgram(
     .option(
       "--listen <host:port>",
       "address to listen on ([::1]:1080 for IPv6)",
-      onlyOnce(),
+      onlyOnce(LISTEN_GIVEN_TWICE),
       DEFAULTS.listen,
     )
     .option(
@@ -173,7 +173,11 @@ export function buildProgram(
       "Forward TCP connections to upstreams, round-robin, from a warm pool of connections.",
     )
     // Checked with the other values, so that every problem is told at once.
-    .option("--listen <host:port>", "address to listen on (required)", onlyOnce())
+    .option(
+      "--listen <host:port>",
+      "address to listen on (required)",
+      onlyOnce(LISTEN_GIVEN_TWICE),
+    )
     .option(
       "--to <host:port>",
       "upstream to forward to (required, repeatable; round-robin)",
@@ -191,7 +195,11 @@ export function buildProgram(
     .action(() => onCommand({ command: "forward", options: forward.opts<RawForwardOptions>() }));
   subcommand("run")
     .description("Run every listener declared in a JSON (JSONC) configuration file.")
-    .requiredOption("--config <file>", "the configuration file (see ferry.example.jsonc)")
+    .requiredOption(
+      "--config <file>",
+      "the configuration file (see ferry.example.jsonc)",
+      onlyOnce("--config given twice; one file declares every listener (run ferry once per file)"),
+    )
     .option("--log-level <level>", "override the file's log level")
     .option("--log-format <format>", "override the file's log format")
     .configureOutput(output)

@@ -232,6 +232,12 @@ Deno.test("--listen given twice exits 2: one command listens once", async () => 
   }
 });
 
+Deno.test("--config given twice exits 2: the last file used to win silently", async () => {
+  const run = await ferry("run", "--config", "a.jsonc", "--config", "b.jsonc");
+  assert.equal(run.code, 2, run.stderr);
+  assert.match(run.stderr, /--config given twice; one file declares every listener/, run.stderr);
+});
+
 Deno.test("a users file with a malformed line exits 2 naming the file and the line", async () => {
   const file = await Deno.makeTempFile({ prefix: "ferry-users-" });
   try {
