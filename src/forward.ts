@@ -86,7 +86,9 @@ export class ForwardSession extends ProxySession {
       let target: Deno.TcpConn;
       try {
         const { hostname, port } = upstream.address;
-        target = await upstream.dialForClient(() => this.dialTarget(addressOf(hostname, port)));
+        target = await upstream.dialForClient((answers) =>
+          this.dialTarget(addressOf(hostname, port), answers)
+        );
       } catch (error) {
         if (!(error instanceof DialError) || error.failure === "aborted") throw error;
         lastFailure = error; // dialForClient marked the upstream down

@@ -18,7 +18,7 @@ import type { Metrics } from "./metrics.ts";
 import { type Address, formatPeer, unmapIPv4 } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
-import { dial, DialError, messageWithCause } from "./upstream/dial.ts";
+import { type AnswerCheck, dial, DialError, messageWithCause } from "./upstream/dial.ts";
 
 /** Outcomes whose name does not say what went wrong (see errorDetail). */
 const OUTCOMES_WITH_DETAIL = new Set(["protocol-error", "general-failure", "name-not-resolved"]);
@@ -341,12 +341,13 @@ export abstract class ProxySession implements Expirable {
 
   /**
    * Dials `address` under the connect deadline; the connection is adopted
-   * (closed with the session). Throws {@linkcode DialError}.
+   * (closed with the session). Throws {@linkcode DialError}. With `answers`,
+   * only a connection that passes it is taken (see {@linkcode AnswerCheck}).
    */
-  protected dialTarget(address: Address): Promise<Deno.TcpConn> {
+  protected dialTarget(address: Address, answers?: AnswerCheck): Promise<Deno.TcpConn> {
     return this.waitInConnectPhase(
       this.context.connectTimeoutMs,
-      (signal) => dial(address, signal, this.clientIp),
+      (signal) => dial(address, signal, this.clientIp, answers),
     ).then((target) => {
       this.adoptTarget(target);
       if (this.controller.signal.aborted) throw this.controller.signal.reason;

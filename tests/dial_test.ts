@@ -256,6 +256,70 @@ Deno.test("connectToFirstAnswer() moves on at once from a refused address to the
   }
 });
 
+/** An AnswerCheck that takes connections to `self` for loops, and remembers them. */
+function loopsTo(self: string) {
+  const remembered = new Set<string>();
+  const checked: string[] = [];
+  const loop = () => new DialError("forwarding-loop", "it leads back to this listener");
+  return {
+    checked,
+    remembered,
+    skip: (ip: string) => remembered.has(ip) ? loop() : null,
+    check: (conn: Deno.TcpConn) => {
+      const ip = conn.remoteAddr.hostname;
+      checked.push(ip);
+      if (ip !== self) return Promise.resolve(null);
+      remembered.add(ip);
+      return Promise.resolve(loop());
+    },
+  };
+}
+
+Deno.test("connectToFirstAnswer() takes a connection that fails the check for a failed attempt, closes it, and tries the next address", async () => {
+  // A name for two addresses, on one port: 127.0.0.1 plays the forwarder's
+  // own listener, 127.0.0.2 the real upstream.
+  using self = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const { port } = self.addr;
+  using upstream = Deno.listen({ hostname: "127.0.0.2", port, transport: "tcp" });
+  const looped = self.accept();
+  const served = upstream.accept();
+  const answers = loopsTo("127.0.0.1");
+  const conn = await connectToFirstAnswer(
+    "dual.test",
+    ["127.0.0.1", "127.0.0.2"],
+    port,
+    new AbortController().signal,
+    answers,
+  );
+  try {
+    assert.equal(conn.remoteAddr.hostname, "127.0.0.2");
+    assert.deepEqual(answers.checked, ["127.0.0.1", "127.0.0.2"]);
+    assert.equal((await served).remoteAddr.port, conn.localAddr.port);
+    const loopedConn = await looped;
+    assert.equal(await loopedConn.read(new Uint8Array(1)), null, "the looped connection closed");
+    loopedConn.close();
+  } finally {
+    conn.close();
+    await served.then((c) => c.close(), () => {});
+  }
+});
+
+Deno.test("dial() with an AnswerCheck: a looping address fails with the check's error, closed, and is not dialled again", async () => {
+  using self = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const address = { type: "ipv4", host: "127.0.0.1", port: self.addr.port } as const;
+  const answers = loopsTo("127.0.0.1");
+  const looped = self.accept();
+  const isLoop = (error: unknown) =>
+    error instanceof DialError && error.failure === "forwarding-loop";
+  await assert.rejects(dial(address, new AbortController().signal, "", answers), isLoop);
+  const loopedConn = await looped;
+  assert.equal(await loopedConn.read(new Uint8Array(1)), null, "closed by dial()");
+  loopedConn.close();
+  // Known now: refused without a connection.
+  await assert.rejects(dial(address, new AbortController().signal, "", answers), isLoop);
+  assert.deepEqual(answers.checked, ["127.0.0.1"], "dialled once");
+});
+
 Deno.test("connectToFirstAnswer() rejects with the last failure when every address refuses", async () => {
   const port = closedPort();
   const error = await dialError(

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { startFerry } from "./_helpers/ferry.ts";
-import { unusedPort } from "./_helpers/forward_support.ts";
+import { ForwardUpstream, taggedEcho, unusedPort } from "./_helpers/forward_support.ts";
 import type { ProbeResult } from "./_helpers/netns_probe.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import {
@@ -408,6 +408,43 @@ Deno.test({
       assert.equal((await second.readToEnd()).length, 0);
       const loop = await full.waitFor((line) => line.event === "upstream-down", 5_000);
       assert.match(String(loop.error), /forwarding loop/);
+    } finally {
+      await Deno.remove(hostsFile);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a forwarder on [::1] whose upstream name is both ::1 (itself) and 127.0.0.1 (the upstream) forwards there, pooled or not",
+  ignore: !mountNsAvailable,
+  async fn() {
+    const hostsFile = await Deno.makeTempFile({ suffix: ".hosts" });
+    await using upstream = new ForwardUpstream(taggedEcho("upstream"));
+    try {
+      // ::1 first: the forwarder's own address is the one Happy Eyeballs tries first.
+      await Deno.writeTextFile(hostsFile, "::1 dual.test\n127.0.0.1 dual.test\n");
+      for (const pool of ["0", "2"]) {
+        await using ferry = await startFerry(
+          ["forward", "--listen", `[::1]:${upstream.port}`, "--to", `dual.test:${upstream.port}`]
+            .concat(["--pool", pool]),
+          { wrapper: withHostsFile(hostsFile) },
+        );
+        for (let i = 0; i < 3; i++) {
+          using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+          await client.write(new TextEncoder().encode("ping"));
+          const answer = new TextDecoder().decode(await client.readExactly(13));
+          assert.equal(answer, "upstream\nping", `--pool ${pool}, client ${i}`);
+          client.close();
+          const session = await sessionOf(ferry, client.localAddr);
+          assert.equal(session.outcome, "ok", `--pool ${pool}, client ${i}`);
+        }
+        assert.ok(
+          !ferry.lines.some((line) => line.event === "upstream-down"),
+          `--pool ${pool}: marked down though 127.0.0.1 serves`,
+        );
+      }
+      assert.deepEqual(upstream.errors, []);
     } finally {
       await Deno.remove(hostsFile);
     }

@@ -155,23 +155,41 @@ export function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> 
 }
 
 /**
+ * What a forwarder knows of the addresses that are no answer from its
+ * upstream: they lead back to its own listener. `skip(ip)` says why an
+ * address already found so is not dialled (or `null`); `check(conn)` says
+ * why a new connection is no answer (or `null`), and remembers its address
+ * for `skip`. A dial closes such a connection and goes on to the name's next
+ * address: a name for both loopbacks reaches the upstream on 127.0.0.1 from a
+ * forwarder on [::1].
+ */
+export interface AnswerCheck {
+  skip(ip: string): DialError | null;
+  check(conn: Deno.TcpConn): Promise<DialError | null>;
+}
+
+/**
  * Connects to `address`; a name's addresses are raced, Happy Eyeballs style
  * (see `connectToFirstAnswer`). A name is looked up under `client`'s share
  * of the lookups in progress (see src/upstream/lookups.ts). Rejects with
  * {@linkcode DialError}. The connection has TCP_NODELAY set; keepalive is the
  * session's to turn on once the relay has lasted (see `KEEPALIVE_AFTER_MS`).
+ * With `answers`, only a connection that passes it is an answer (see
+ * {@linkcode AnswerCheck}).
  */
 export function dial(
   address: Address,
   signal: AbortSignal,
   client = "",
+  answers?: AnswerCheck,
 ): Promise<Deno.TcpConn> {
-  if (address.type !== "domain") return connectToIp(address.host, address.port, signal);
-  // A name that spells an IP address must not wait behind other clients' lookups.
-  const ip = ipOfName(address.host);
-  return ip === null
-    ? dialName(address.host, address.port, client, signal)
-    : connectToIp(ip, address.port, signal);
+  if (address.type === "domain") {
+    // A name that spells an IP address must not wait behind other clients' lookups.
+    const ip = ipOfName(address.host);
+    if (ip === null) return dialName(address.host, address.port, client, signal, answers);
+    return connectChecked(ip, address.port, signal, answers);
+  }
+  return connectChecked(address.host, address.port, signal, answers);
 }
 
 /**
@@ -186,10 +204,17 @@ async function dialName(
   port: number,
   client: string,
   signal: AbortSignal,
+  answers: AnswerCheck | undefined,
 ): Promise<Deno.TcpConn> {
-  const addresses = interleaveFamilies(await resolve(host, client, signal));
-  if (addresses.length === 1) return connectToIp(addresses[0]!, port, signal);
-  return connectToFirstAnswer(host, addresses, port, signal);
+  let addresses = interleaveFamilies(await resolve(host, client, signal));
+  if (answers) {
+    const skipped = addresses.map((ip) => answers.skip(ip));
+    const left = addresses.filter((_, i) => skipped[i] === null);
+    if (left.length === 0) throw skipped[skipped.length - 1]!;
+    addresses = left;
+  }
+  if (addresses.length === 1) return connectChecked(addresses[0]!, port, signal, answers);
+  return connectToFirstAnswer(host, addresses, port, signal, answers);
 }
 
 /**
@@ -215,14 +240,17 @@ export function interleaveFamilies(addresses: readonly string[]): string[] {
  * {@linkcode ATTEMPT_DELAY_MS}. The first connection wins; the attempts
  * still running are aborted, and one that connects anyway is closed. Tried
  * one after another instead, an address that drops the SYN would use up the
- * whole connect timeout and leave the others untried. Rejects with the last
- * attempt's {@linkcode DialError}, or the session's when `signal` aborts.
+ * whole connect timeout and leave the others untried. A connection that
+ * fails `answers` counts as a failed attempt (see {@linkcode AnswerCheck}).
+ * Rejects with the last attempt's {@linkcode DialError}, or the session's
+ * when `signal` aborts.
  */
 export function connectToFirstAnswer(
   host: string,
   addresses: readonly string[],
   port: number,
   signal: AbortSignal,
+  answers?: AnswerCheck,
 ): Promise<Deno.TcpConn> {
   if (signal.aborted) {
     return Promise.reject(aborted(signal, `connect to ${host}`));
@@ -256,7 +284,7 @@ export function connectToFirstAnswer(
       }
       const attempt = new AbortController();
       running.add(attempt);
-      connectToIp(addresses[next++]!, port, attempt.signal).then((conn) => {
+      connectChecked(addresses[next++]!, port, attempt.signal, answers).then((conn) => {
         running.delete(attempt);
         if (settled) return closeQuietly(conn);
         settle();
@@ -271,6 +299,28 @@ export function connectToFirstAnswer(
     };
     signal.addEventListener("abort", onAbort, { once: true });
     startNext();
+  });
+}
+
+/**
+ * Connects to one IP address that `answers` (if given) does not skip, and
+ * checks the connection with it; rejects with {@linkcode DialError}. Without
+ * `answers` (every SOCKS dial) no promise is added to the connect's.
+ */
+function connectChecked(
+  hostname: string,
+  port: number,
+  signal: AbortSignal,
+  answers: AnswerCheck | undefined,
+): Promise<Deno.TcpConn> {
+  if (!answers) return connectToIp(hostname, port, signal);
+  const skipped = answers.skip(hostname);
+  if (skipped) return Promise.reject(skipped);
+  return connectToIp(hostname, port, signal).then(async (conn) => {
+    const failure = await answers.check(conn);
+    if (failure === null) return conn;
+    closeQuietly(conn);
+    throw failure;
   });
 }
 

@@ -16,9 +16,9 @@ import { ByteQueue } from "../byte_queue.ts";
 import { closeQuietly } from "../close_quietly.ts";
 import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
-import { addressOf, formatAddress } from "../protocol/address.ts";
+import { addressOf, formatAddress, unmapIPv4 } from "../protocol/address.ts";
 import type { RelayEnd } from "../relay.ts";
-import { dial, DialError, messageWithCause, resetAsAccepted } from "./dial.ts";
+import { type AnswerCheck, dial, DialError, messageWithCause, resetAsAccepted } from "./dial.ts";
 
 /** Most bytes an upstream may send unasked while pooled; more means it is not waiting for us. */
 export const POOLED_BYTES_LIMIT = 64 * 1024;
@@ -121,8 +121,9 @@ export interface UpstreamOptions {
   /**
    * Whether a connection just dialled arrived at the forwarder's own listener
    * (see `reachesListener` in src/forward.ts). Each such connection would
-   * become a session dialling another, so it is closed and the upstream is
-   * down (retried with back-off, as after a failed dial).
+   * become a session dialling another, so it is closed, and its address is
+   * not dialled again: a name's other addresses are tried, and with none left
+   * the upstream is down (retried with back-off, as after a failed dial).
    */
   readonly leadsBack?: (conn: Deno.TcpConn) => Promise<boolean>;
 }
@@ -290,12 +291,12 @@ export class Upstream {
    * client at a time tries it. Records the outcome: up, or down (a
    * {@linkcode DialError} other than the session's own abort).
    */
-  async dialForClient(dial: () => Promise<Deno.TcpConn>): Promise<Deno.TcpConn> {
+  async dialForClient(
+    dial: (answers: AnswerCheck) => Promise<Deno.TcpConn>,
+  ): Promise<Deno.TcpConn> {
     this.#clientDials++;
     try {
-      const conn = await dial();
-      const loop = await this.#loopError(conn);
-      if (loop) throw loop;
+      const conn = await dial(this.#answers);
       this.markUp();
       return conn;
     } catch (error) {
@@ -308,10 +309,24 @@ export class Upstream {
     }
   }
 
-  /** Closes `conn` and says why when it arrived at the forwarder's own listener; else `null`. */
-  async #loopError(conn: Deno.TcpConn): Promise<DialError | null> {
-    if (!this.#options.leadsBack || !await this.#options.leadsBack(conn)) return null;
-    closeQuietly(conn);
+  /** Addresses of this upstream's name that led back to the forwarder's own listener. */
+  readonly #selfAddresses = new Set<string>();
+
+  /**
+   * What dials to this upstream take for an answer (see {@linkcode AnswerCheck}):
+   * not a connection that arrived at the forwarder's own listener, nor, from
+   * then on, its address, which will lead there as long as the listener is open.
+   */
+  readonly #answers: AnswerCheck = {
+    skip: (ip) => this.#selfAddresses.has(unmapIPv4(ip).toLowerCase()) ? this.#loopError() : null,
+    check: async (conn) => {
+      if (!this.#options.leadsBack || !await this.#options.leadsBack(conn)) return null;
+      this.#selfAddresses.add(unmapIPv4(conn.remoteAddr.hostname).toLowerCase());
+      return this.#loopError();
+    },
+  };
+
+  #loopError(): DialError {
     return new DialError(
       "forwarding-loop",
       `it leads back to this forwarder's own listener ${this.#options.listen} (a forwarding loop)`,
@@ -501,7 +516,12 @@ export class Upstream {
       // resolver gave up.
       const { hostname, port } = this.address;
       // The pool's lookups count as one client's (see src/upstream/lookups.ts).
-      conn = await dial(addressOf(hostname, port), timeout.signal, `pool ${this.name}`);
+      conn = await dial(
+        addressOf(hostname, port),
+        timeout.signal,
+        `pool ${this.name}`,
+        this.#answers,
+      );
     } catch (error) {
       if (this.#closed) return; // shutting down: nothing to say of a dial cut short
       // An upstream that resets what it accepts, at once, is one that closes
@@ -517,9 +537,6 @@ export class Upstream {
       conn.close();
       return;
     }
-    const loop = await this.#loopError(conn);
-    if (loop) return this.markDown(loop);
-    if (this.#closed) return void conn.close();
     conn.setKeepAlive(true); // dial() set TCP_NODELAY
     // Up only once a connection has lasted (see SETTLE_MS) or served a client.
     const pooled: PooledConnection = new PooledConnection(conn, (reason) => {
