@@ -10,7 +10,7 @@
 import { lookupAll } from "./upstream/lookups.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { closeQuietly } from "./close_quietly.ts";
-import { type Address, ipOfName, unmapIPv4 } from "./protocol/address.ts";
+import { type Address, ipKey, ipOfName } from "./protocol/address.ts";
 import { zonedHost } from "./link_local.ts";
 
 /**
@@ -26,13 +26,13 @@ export async function expectedPeers(
   // In the form accept() compares: an IPv4-mapped IPv6 address as its IPv4
   // address, as a dual-stack socket would see the peer either way.
   const ip = address.type === "domain" ? ipOfName(address.host) : null;
-  if (ip !== null) return new Set([unmapIPv4(ip).toLowerCase()]); // no lookup to wait for
+  if (ip !== null) return new Set([ipKey(ip)]); // no lookup to wait for
   if (address.type === "domain") {
     const results = await lookupAll(address.host, client, signal);
-    return new Set(results.map((r) => unmapIPv4(r.address).toLowerCase()));
+    return new Set(results.map((r) => ipKey(r.address)));
   }
   if (address.host === "0.0.0.0" || address.host === "::") return null;
-  return new Set([unmapIPv4(address.host).toLowerCase()]);
+  return new Set([ipKey(address.host)]);
 }
 
 /** A BIND listener. Dispose (or `close()`) it whatever happens. */
@@ -74,7 +74,7 @@ export class BindListener implements Disposable {
           if (isOneConnectionError(error)) continue;
           throw error;
         }
-        const from = unmapIPv4(conn.remoteAddr.hostname).toLowerCase();
+        const from = ipKey(conn.remoteAddr.hostname);
         if (peers === null || peers.has(from)) return conn;
         this.refused++;
         conn.close();

@@ -15,7 +15,7 @@ import { closeQuietly } from "./close_quietly.ts";
 import type { Deadlines, Expirable } from "./deadlines.ts";
 import { sessionLog } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
-import { type Address, formatPeer, unmapIPv4 } from "./protocol/address.ts";
+import { type Address, formatPeer, ipKey, unmapIPv4 } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
 import { type AnswerCheck, dial, DialError, messageWithCause } from "./upstream/dial.ts";
@@ -237,7 +237,7 @@ export abstract class ProxySession implements Expirable {
     const target = this.#target;
     if (target === null || !("remoteAddr" in target) || this.#socketsClosed) return null;
     const { remoteAddr, localAddr } = target as Deno.TcpConn;
-    if (!peers.has(unmapIPv4(remoteAddr.hostname).toLowerCase())) return null;
+    if (!peers.has(ipKey(remoteAddr.hostname))) return null;
     return unmapIPv4(localAddr.hostname);
   }
 

@@ -173,6 +173,14 @@ export function unmapIPv4(host: string): string {
   return match && parseIPv4(match[1]!) !== null ? match[1]! : host;
 }
 
+/**
+ * An IP address as sets of addresses compare it: IPv4-mapped ones unmapped,
+ * hex digits in lower case (a resolver's or a socket's spelling either way).
+ */
+export function ipKey(ip: string): string {
+  return unmapIPv4(ip).toLowerCase();
+}
+
 /** Whether `host` (an IP address, IPv4-mapped ones unmapped) is a loopback address: 127.0.0.0/8 or ::1. */
 export function isLoopbackIp(host: string): boolean {
   return host === "::1" || (host.startsWith("127.") && parseIPv4(host) !== null);

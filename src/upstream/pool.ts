@@ -16,7 +16,7 @@ import { ByteQueue } from "../byte_queue.ts";
 import { closeQuietly } from "../close_quietly.ts";
 import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
-import { addressOf, formatAddress, unmapIPv4 } from "../protocol/address.ts";
+import { addressOf, formatAddress, ipKey } from "../protocol/address.ts";
 import type { RelayEnd } from "../relay.ts";
 import { type AnswerCheck, dial, DialError, messageWithCause, resetAsAccepted } from "./dial.ts";
 
@@ -318,10 +318,10 @@ export class Upstream {
    * then on, its address, which will lead there as long as the listener is open.
    */
   readonly #answers: AnswerCheck = {
-    skip: (ip) => this.#selfAddresses.has(unmapIPv4(ip).toLowerCase()) ? this.#loopError() : null,
+    skip: (ip) => this.#selfAddresses.has(ipKey(ip)) ? this.#loopError() : null,
     check: async (conn) => {
       if (!this.#options.leadsBack || !await this.#options.leadsBack(conn)) return null;
-      this.#selfAddresses.add(unmapIPv4(conn.remoteAddr.hostname).toLowerCase());
+      this.#selfAddresses.add(ipKey(conn.remoteAddr.hostname));
       return this.#loopError();
     },
   };
