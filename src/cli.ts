@@ -216,21 +216,23 @@ export function buildProgram(
 }
 
 /**
- * The first of `command`'s options in `args` that takes a value but is
- * followed by another of its options instead, with that option's name; else
- * `null`. Only the name is kept: a value may be a password.
+ * The first of `command`'s options after it in `args` that takes a value but
+ * is followed by another of its options instead, with that option's name;
+ * else `null`. Only the name is kept: a value may be a password.
  */
 function flagMissingItsValue(
   command: Command,
   args: readonly string[],
-): { flags: string; next: string } | null {
+): { command: string; flags: string; next: string } | null {
   const optionNamed = (token: string) =>
     command.options.find((o) => o.long === token || o.short === token);
-  for (let i = 0; i < args.length - 1; i++) {
+  for (let i = args.indexOf(command.name()) + 1; i < args.length - 1; i++) {
     const option = optionNamed(args[i]!);
     if (!option?.required) continue;
     const next = args[i + 1]!.split("=")[0]!;
-    if (next.startsWith("-") && optionNamed(next)) return { flags: option.flags, next };
+    if (next.startsWith("-") && optionNamed(next)) {
+      return { command: command.name(), flags: option.flags, next };
+    }
     i++; // the value
   }
   return null;
@@ -268,11 +270,11 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
   // flag. A flag that wants a value and is followed by another of the
   // command's flags is missing its value; say which. (A value that looks like
   // a flag can still be given as --flag=VALUE.)
-  const missing = command && flagMissingItsValue(command, args.slice(args.indexOf(command.name())));
-  if (command && missing) {
+  const missing = command && flagMissingItsValue(command, args);
+  if (missing) {
     output.writeErr(
       `error: option '${missing.flags}' argument missing: '${missing.next}' follows it\n` +
-        `(run ferry ${command.name()} --help for usage)\n`,
+        `(run ferry ${missing.command} --help for usage)\n`,
     );
     return { command: "exit", code: 2 };
   }
