@@ -263,7 +263,6 @@ function loopsTo(self: string) {
   const loop = () => new DialError("forwarding-loop", "it leads back to this listener");
   return {
     checked,
-    remembered,
     skip: (ip: string) => remembered.has(ip) ? loop() : null,
     check: (conn: Deno.TcpConn) => {
       const ip = conn.remoteAddr.hostname;
