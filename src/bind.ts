@@ -16,23 +16,24 @@ import { zonedHost } from "./link_local.ts";
 /**
  * Which peers may connect: the request's DST.ADDR, resolved when it is a
  * name. An unspecified address (0.0.0.0 or ::) means the client does not know
- * the peer's address in advance, so any peer is let in.
+ * the peer's address in advance, so any peer is let in, however it is
+ * spelled: as a name (a SOCKS4a client leaving names to the proxy sends every
+ * address so) or IPv4-mapped (`::ffff:0.0.0.0`).
  */
 export async function expectedPeers(
   address: Address,
   client: string,
   signal?: AbortSignal,
 ): Promise<ReadonlySet<string> | null> {
-  // In the form accept() compares: an IPv4-mapped IPv6 address as its IPv4
-  // address, as a dual-stack socket would see the peer either way.
-  const ip = address.type === "domain" ? ipOfName(address.host) : null;
-  if (ip !== null) return new Set([ipKey(ip)]); // no lookup to wait for
-  if (address.type === "domain") {
+  const ip = address.type === "domain" ? ipOfName(address.host) : address.host;
+  if (ip === null) {
     const results = await lookupAll(address.host, client, signal);
     return new Set(results.map((r) => ipKey(r.address)));
   }
-  if (address.host === "0.0.0.0" || address.host === "::") return null;
-  return new Set([ipKey(address.host)]);
+  // In the form accept() compares: an IPv4-mapped IPv6 address as its IPv4
+  // address, as a dual-stack socket would see the peer either way.
+  const peer = ipKey(ip);
+  return peer === "0.0.0.0" || peer === "::" ? null : new Set([peer]);
 }
 
 /** A BIND listener. Dispose (or `close()`) it whatever happens. */

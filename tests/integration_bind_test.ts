@@ -229,6 +229,29 @@ Deno.test("a client that half-closes while its BIND waits still gets the peer's 
   assert.equal(session.down, 6);
 });
 
+Deno.test("SOCKS4a BIND for the name 0.0.0.0, as a client leaving names to the proxy sends it, lets any peer in", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "5s"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(socks4.encodeRequest({
+    command: socks4.Command.Bind,
+    address: { type: "domain", host: "0.0.0.0", port: 0 },
+    userId: new Uint8Array(0),
+  }));
+  const first = await client.readMessage(socks4.decodeReply, "first reply");
+  assert.equal(first.reply, socks4.Reply.Granted);
+  using peer = new BufferedConn(await Deno.connect({ hostname: "127.0.0.1", port: first.port }));
+  const second = await client.readMessage(socks4.decodeReply, "second reply");
+  assert.equal(second.reply, socks4.Reply.Granted);
+  assert.equal(second.port, peer.localAddr.port);
+  await peer.write(encoder.encode("hello"));
+  assert.equal(decoder.decode(await client.readExactly(5)), "hello");
+  peer.close();
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.protocol, "socks4a");
+  assert.equal(session.outcome, "ok");
+});
+
 Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "300ms"]);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);
