@@ -115,6 +115,8 @@ class SessionController extends AbortController {
 export interface Relaying {
   readonly target: RelayEnd;
   readonly early: Uint8Array;
+  /** The client as the relay reads it, when not the connection itself (see WaitingClient). */
+  readonly client?: RelayEnd;
 }
 
 /**
@@ -400,7 +402,7 @@ export abstract class ProxySession implements Expirable {
   }
 
   /** Relays until both directions end; the early bytes from the client go to the target first. */
-  async #relay({ target, early }: Relaying): Promise<void> {
+  async #relay({ target, early, client }: Relaying): Promise<void> {
     // Shutdown came after the wait it aborted had ended: while a forwarder
     // confirmed that its dial was no loop, say, or a reply was written.
     if (this.#cutShort) this.controller.abort(this.#cutShort);
@@ -413,7 +415,7 @@ export abstract class ProxySession implements Expirable {
       await writeAll(target, early);
       this.#up += early.length;
     }
-    const totals = await relay(this.client, target, {
+    const totals = await relay(client ?? this.client, target, {
       controller: this.controller,
       onActivity: () => {
         if (this.#keepAliveDue) this.#activeAt = deadlines.now;

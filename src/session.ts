@@ -22,6 +22,7 @@ import {
 import { writeAll } from "./relay.ts";
 import { UdpAssociation } from "./udp_associate.ts";
 import { messageWithCause, raceAbort } from "./upstream/dial.ts";
+import { WaitingClient } from "./waiting_client.ts";
 import { LookupsBusy } from "./upstream/lookups.ts";
 
 /** What SOCKS sessions share beyond {@linkcode SessionContext}. */
@@ -236,14 +237,18 @@ export class SocksSession extends ProxySession {
     }
     using listener = this.#bindListener;
     await writeAll(this.client, replies.bound(listener.addr));
+    // Read while waiting, so that a reset ends the wait (see WaitingClient).
+    const waiting = new WaitingClient(this.client, (bytes) => this.#keepEarlyData(bytes));
     let peer: Deno.TcpConn;
     try {
       peer = await this.waitInConnectPhase(
         this.#socks.bindTimeoutMs,
-        (signal) => listener.accept(peers, signal),
+        (signal) => Promise.race([listener.accept(peers, signal), waiting.gone]),
       );
     } catch (error) {
-      if (this.controller.signal.aborted) throw error;
+      waiting.release(); // no more reads: the refusal reads the client itself
+      // The client's own error (a reset): logged as such, with no reply to send.
+      if (this.controller.signal.aborted || waiting.failed) throw error;
       // No peer in time: the host did not come (0x04). Accepting it failed
       // (EMFILE): ferry's own failure (0x01), as the README's table says.
       return await (error instanceof SessionAbort && error.failure === "connect-timeout"
@@ -259,7 +264,8 @@ export class SocksSession extends ProxySession {
     peer.setNoDelay(true); // keepalive: as for any relay, once it has lasted
     this.#bindPeer = formatAddress({ host: peer.remoteAddr.hostname, port: peer.remoteAddr.port });
     await writeAll(this.client, replies.bound(peer.remoteAddr));
-    return { target: peer, early: this.#takeEarlyData() };
+    const client = waiting.release(); // before taking the early data: it may add to it
+    return { target: peer, early: this.#takeEarlyData(), client };
   }
 
   /**
@@ -465,6 +471,22 @@ export class SocksSession extends ProxySession {
     }
     if (n === null) throw new ClientGone("client closed during the handshake");
     this.#pendingLength += n;
+  }
+
+  /**
+   * Keeps bytes the client sent while its BIND waited, after those of the
+   * request (see WaitingClient); says whether there is room for more.
+   */
+  #keepEarlyData(bytes: Uint8Array): boolean {
+    const length = this.#pendingLength + bytes.length;
+    if (length > this.#pending.length) {
+      const grown = new Uint8Array(Math.max(length, this.#pending.length * 2));
+      grown.set(this.#pending.subarray(0, this.#pendingLength));
+      this.#pending = grown;
+    }
+    this.#pending.set(bytes, this.#pendingLength);
+    this.#pendingLength = length;
+    return length < MAX_HANDSHAKE_BYTES;
   }
 
   /** Takes the bytes the client sent after its request: they go to the target first. */

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { once } from "node:events";
-import type { Socket } from "node:net";
+import net, { type Socket } from "node:net";
 import { SocksClient } from "socks";
 import { startFerry } from "./_helpers/ferry.ts";
 import { connectAndReset } from "./_helpers/reset.ts";
@@ -250,6 +250,58 @@ Deno.test("SOCKS4a BIND for the name 0.0.0.0, as a client leaving names to the p
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.protocol, "socks4a");
   assert.equal(session.outcome, "ok");
+});
+
+Deno.test("a client that resets while its BIND waits ends it at once: listener closed, outcome reset", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "30s"]);
+  const client = net.connect(ferry.port, ferry.hostname);
+  await once(client, "connect");
+  // Greeting and BIND request for 127.0.0.1, pipelined.
+  client.write(Uint8Array.of(5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 0));
+  let replies = Buffer.alloc(0);
+  while (replies.length < 12) replies = Buffer.concat([replies, (await once(client, "data"))[0]]);
+  assert.equal(replies[3], socks5.Reply.Succeeded);
+  const listening = replies.readUInt16BE(10);
+  const clientAddr = { transport: "tcp" as const, hostname: "127.0.0.1", port: client.localPort! };
+  const started = performance.now();
+  client.resetAndDestroy();
+  const session = await sessionOf(ferry, clientAddr);
+  assert.equal(session.outcome, "reset");
+  assert.ok(performance.now() - started < 5_000, "long before the 30 s bind timeout");
+  await assert.rejects(
+    Deno.connect({ hostname: "127.0.0.1", port: listening }),
+    Deno.errors.ConnectionRefused,
+    "no peer is accepted for a client that has gone",
+  );
+});
+
+Deno.test("bytes a client sends while its BIND waits reach the peer, in order, then its own", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "10s"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
+    command: socks5.Command.Bind,
+  });
+  assert.equal(first.reply, socks5.Reply.Succeeded);
+  // More than one of the wait's reads, sent in pieces while nobody has connected.
+  const sent = new Uint8Array(3000).map((_, i) => i % 251);
+  for (let at = 0; at < sent.length; at += 700) {
+    await client.write(sent.subarray(at, at + 700));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  using peer = new BufferedConn(
+    await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
+  );
+  const second = await client.readMessage(socks5.decodeReply, "second reply");
+  assert.equal(second.reply, socks5.Reply.Succeeded);
+  await client.write(encoder.encode("after"));
+  await client.closeWrite();
+  const received = await peer.readToEnd();
+  assert.deepEqual(received, new Uint8Array([...sent, ...encoder.encode("after")]));
+  peer.close();
+  assert.equal((await client.readToEnd()).length, 0);
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "ok");
+  assert.equal(session.up, sent.length + 5);
 });
 
 Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async () => {
