@@ -39,9 +39,15 @@ export interface LoggingOptions {
   readonly format: LogFormat;
 }
 
+/** The formatter logging was set up with, for {@linkcode writeNow}. */
+let formatterInUse: TextFormatter | null = null;
+
+const encoder = new TextEncoder();
+
 /** Routes ferry's loggers to stderr. Call {@linkcode stopLogging} before exit to flush. */
 export async function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = lineFormatter(options.format);
+  formatterInUse = formatter;
   await configure({
     reset: true,
     sinks: {
@@ -167,6 +173,35 @@ export async function stopLogging(): Promise<void> {
   const gaveUp = new Promise<void>((resolve) => timer = setTimeout(resolve, FINAL_FLUSH_MS));
   await Promise.race([dispose(), gaveUp]);
   clearTimeout(timer);
+}
+
+/**
+ * Writes one line of ferry's server log to stderr at once, in the format
+ * logging was set up with, past the batches: for a process that exits
+ * without waiting, and so without flushing them. Best effort: a line that
+ * cannot be written is lost.
+ */
+export function writeNow(
+  level: LogTapeLevel,
+  message: string,
+  properties: Record<string, unknown>,
+) {
+  if (formatterInUse === null) return;
+  const line = encoder.encode(formatterInUse({
+    category: ["ferry", "server"],
+    level,
+    message: [message],
+    rawMessage: message,
+    timestamp: Date.now(),
+    properties,
+  }));
+  try {
+    for (let offset = 0; offset < line.length;) {
+      offset += Deno.stderr.writeSync(line.subarray(offset));
+    }
+  } catch {
+    // Nowhere to say it.
+  }
 }
 
 /**

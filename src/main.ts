@@ -16,7 +16,7 @@ import {
 } from "./config.ts";
 import { loadConfigFile } from "./config_file.ts";
 import { type Forwarder, openForwarder } from "./forward.ts";
-import { serverLog, setupLogging, stopLogging } from "./log.ts";
+import { serverLog, setupLogging, stopLogging, writeNow } from "./log.ts";
 import { descriptorsNeeded, openFilesLimit, TOO_LOW_TO_CHECK } from "./nofile.ts";
 import { formatAddress, ipOfName } from "./protocol/address.ts";
 import { type Server, startSocksServer } from "./server.ts";
@@ -120,6 +120,7 @@ const REPEAT_SIGNAL_MS = 250;
 /** Signals that stop ferry gracefully, with their numbers for the exit status of a second one. */
 const SIGNAL_NUMBERS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
 const STOP_SIGNALS = Object.keys(SIGNAL_NUMBERS) as (keyof typeof SIGNAL_NUMBERS)[];
+const SIGUSR1 = 10;
 
 async function serve(plan: Plan): Promise<number> {
   // Listening for signals before the listeners open: a SIGTERM that comes
@@ -142,6 +143,22 @@ async function serve(plan: Plan): Promise<number> {
   // SIGHUP too: the terminal ferry runs in has closed (an ssh session ended),
   // and its default action would cut every session and lose the last lines.
   for (const signal of STOP_SIGNALS) Deno.addSignalListener(signal, onSignal(signal));
+  // Deno 2.9.2 and later answer SIGUSR1 by opening an inspector on
+  // 127.0.0.1:9229 with no password: anyone who can reach it, any local user
+  // or a client through ferry itself, could then run code in ferry. Leaving
+  // before it opens is the only answer Deno leaves us (a listener does not
+  // stop it, and no flag turns it off); a graceful stop would leave it open
+  // for the whole grace.
+  Deno.addSignalListener("SIGUSR1", () => {
+    writeNow(
+      "fatal",
+      "SIGUSR1: exiting at once, before Deno opens its inspector (see README, Signals)",
+      {
+        event: "sigusr1-exit",
+      },
+    );
+    Deno.exit(128 + SIGUSR1);
+  });
   // The listeners stay until Deno.exit: without one, a signal takes the
   // default action, and a Ctrl-C's second copy (or the operator's second
   // signal) during the last log lines would kill ferry mid-flush.

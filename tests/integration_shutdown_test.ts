@@ -297,3 +297,23 @@ Deno.test("SIGTERM exits 0 even when nobody reads ferry's stderr any more", asyn
     await reader.cancel();
   }
 });
+
+Deno.test("SIGUSR1 ends ferry at once (status 138) with a fatal line, before Deno's inspector opens", async () => {
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
+  using target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  using _client = client;
+  // Past the 500 ms after start from which Deno answers SIGUSR1 by opening an
+  // inspector on 127.0.0.1:9229 (Deno 2.9.2 and later).
+  await new Promise((resolve) => setTimeout(resolve, 800));
+  ferry.kill("SIGUSR1");
+  const status = await exitWithin(ferry, 5_000, "ferry to exit on SIGUSR1");
+  assert.equal(status.code, 138);
+  const line = await ferry.waitFor((l) => l.event === "sigusr1-exit", 1_000);
+  assert.equal(line.level, "FATAL");
+  assert.ok(
+    !ferry.lines.some((l) => JSON.stringify(l).includes("Debugger listening")),
+    "Deno's inspector never announced itself",
+  );
+  await Promise.all([client.waitForEnd(5_000), server.waitForEnd(5_000)]);
+});
