@@ -373,3 +373,10 @@ Deno.test("dial() of a domain with an aborted signal fails before connecting", a
   assert.equal(error.failure, "connect-timeout");
   assert.match(error.message, /resolving localhost timed out/);
 });
+
+Deno.test("resetAsAccepted: a connect reset before Deno asked for the peer's address (ENOTCONN) is a reset as accepted too", () => {
+  const failure = (cause: Error) => new DialError("general-failure", "connect failed", { cause });
+  assert.ok(resetAsAccepted(failure(new Deno.errors.NotConnected("os error 107"))));
+  assert.ok(resetAsAccepted(failure(new Deno.errors.ConnectionReset("os error 104"))));
+  assert.ok(!resetAsAccepted(failure(new Deno.errors.ConnectionRefused("os error 111"))));
+});

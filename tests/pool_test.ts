@@ -19,11 +19,11 @@ import {
   waitUntil,
 } from "./_helpers/forward_support.ts";
 import { addressOf } from "../src/protocol/address.ts";
-import { dial } from "../src/upstream/dial.ts";
+import { dial, DialError } from "../src/upstream/dial.ts";
 import { resettingServer } from "./_helpers/reset.ts";
 import { ss } from "./_helpers/ss.ts";
 import { TextLineStream } from "./_helpers/text_line_stream.ts";
-import { BufferedConn, concat, pseudoRandomBytes } from "./_helpers/socks_client.ts";
+import { BufferedConn, closedPort, concat, pseudoRandomBytes } from "./_helpers/socks_client.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -774,5 +774,33 @@ Deno.test("pool: while an upstream is down, one client at a time may probe it, a
     } finally {
       upstream.close();
     }
+  }
+});
+
+Deno.test("pool: a client's dial that failed for want of a descriptor, or with ENOTCONN after a reset, leaves the upstream up", async () => {
+  logs.records.length = 0;
+  const upstream = upstreamTo(closedPort(), 0);
+  try {
+    const causes = [
+      // Deno's error for EMFILE: ferry's own shortage, nothing to do with the upstream.
+      Object.assign(new Error("Too many open files (os error 24)"), { code: "EMFILE" }),
+      Object.assign(new Error("Too many open files in system (os error 23)"), { code: "ENFILE" }),
+      // The connect was reset before Deno asked for the peer's address: reached, and reset.
+      new Deno.errors.NotConnected("Transport endpoint is not connected (os error 107)"),
+    ];
+    for (const cause of causes) {
+      const failure = new DialError("general-failure", "connect to 127.0.0.1 failed", { cause });
+      await assert.rejects(upstream.dialForClient(() => Promise.reject(failure)), DialError);
+      assert.equal(upstream.standing, "up", cause.message);
+    }
+    assert.equal(logs.events("upstream-down").length, 0);
+    // A refusal still marks it down: the checks above could have passed for nothing.
+    const refused = new DialError("connection-refused", "connect to 127.0.0.1 failed", {
+      cause: new Deno.errors.ConnectionRefused("refused"),
+    });
+    await assert.rejects(upstream.dialForClient(() => Promise.reject(refused)), DialError);
+    assert.equal(logs.events("upstream-down").length, 1);
+  } finally {
+    upstream.close();
   }
 });

@@ -340,7 +340,7 @@ async function connectToIp(
     const failure = signal.aborted ? abortFailure(signal) : classifyConnectError(error);
     const what = signal.aborted
       ? endedBy(failure)
-      : error instanceof Deno.errors.ConnectionReset
+      : isResetAsAccepted(error)
       ? "was reset as it was accepted"
       : "failed";
     throw new DialError(failure, `connect to ${hostname} ${what}`, { cause: error });
@@ -350,9 +350,24 @@ async function connectToIp(
 /**
  * Whether `error` is a dial that reached the target, which then reset the
  * connection at once: the connect completes, but on loopback the reset can
- * arrive before it is checked, and the connect fails with ECONNRESET. Such a
- * target accepts connections (and may be at its connection limit).
+ * arrive before it is checked, and the connect fails with ECONNRESET, or
+ * with ENOTCONN when the reset came between the check and Deno asking for
+ * the peer's address. Such a target accepts connections (and may be at its
+ * connection limit).
  */
 export function resetAsAccepted(error: unknown): boolean {
-  return error instanceof DialError && error.cause instanceof Deno.errors.ConnectionReset;
+  return error instanceof DialError && isResetAsAccepted(error.cause);
+}
+
+function isResetAsAccepted(error: unknown): boolean {
+  return error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.NotConnected;
+}
+
+/**
+ * Whether a dial failed for want of a descriptor in ferry (EMFILE, ENFILE):
+ * ferry's own shortage, which says nothing of the target.
+ */
+export function outOfDescriptorsToDial(error: unknown): boolean {
+  return error instanceof DialError && isOutOfDescriptors(error.cause);
 }

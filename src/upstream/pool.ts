@@ -18,7 +18,14 @@ import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
 import { addressOf, formatAddress, ipKey } from "../protocol/address.ts";
 import type { RelayEnd } from "../relay.ts";
-import { type AnswerCheck, dial, DialError, messageWithCause, resetAsAccepted } from "./dial.ts";
+import {
+  type AnswerCheck,
+  dial,
+  DialError,
+  messageWithCause,
+  outOfDescriptorsToDial,
+  resetAsAccepted,
+} from "./dial.ts";
 
 /** Most bytes an upstream may send unasked while pooled; more means it is not waiting for us. */
 export const POOLED_BYTES_LIMIT = 64 * 1024;
@@ -300,9 +307,12 @@ export class Upstream {
       this.markUp();
       return conn;
     } catch (error) {
-      // Reset as it was accepted: it is not down (see #dialOne).
+      // Reset as it was accepted: it is not down (see #dialOne); nor is it
+      // when ferry had no descriptor left to dial it with.
       const failed = error instanceof DialError && error.failure !== "aborted";
-      if (failed && !resetAsAccepted(error)) this.markDown(error);
+      if (failed && !resetAsAccepted(error) && !outOfDescriptorsToDial(error)) {
+        this.markDown(error);
+      }
       throw error;
     } finally {
       this.#clientDials--;
@@ -527,6 +537,8 @@ export class Upstream {
       // An upstream that resets what it accepts, at once, is one that closes
       // it at once (at its connection limit, say): unsettled, not down.
       if (resetAsAccepted(error)) this.#droppedYoung("reset", 0);
+      // Out of descriptors, ferry tries again later; the upstream is not down.
+      else if (outOfDescriptorsToDial(error)) this.#backOff(DOWN_BACKOFF_MAX_MS);
       else this.markDown(error);
       return;
     } finally {
