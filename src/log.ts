@@ -167,10 +167,10 @@ export function lineFormatter(format: LogFormat): TextFormatter {
  */
 const FINAL_FLUSH_MS = 2000;
 
-/** Flushes pending records and releases stderr, giving up after {@linkcode FINAL_FLUSH_MS}. */
-export async function stopLogging(): Promise<void> {
+/** Flushes pending records and releases stderr, giving up after `withinMs`. */
+export async function stopLogging(withinMs = FINAL_FLUSH_MS): Promise<void> {
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const gaveUp = new Promise<void>((resolve) => timer = setTimeout(resolve, FINAL_FLUSH_MS));
+  const gaveUp = new Promise<void>((resolve) => timer = setTimeout(resolve, withinMs));
   await Promise.race([dispose(), gaveUp]);
   clearTimeout(timer);
 }

@@ -116,6 +116,14 @@ function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> 
 
 /** The same signal again within this long is the first one delivered twice. */
 const REPEAT_SIGNAL_MS = 250;
+/** How long the lines logged before a second signal may take to reach stderr. */
+const SECOND_SIGNAL_FLUSH_MS = 250;
+/**
+ * The exit status of a second signal, once one came: the status ferry exits
+ * with, even should the sessions end (and `serve` return) while its last
+ * lines are written.
+ */
+let statusOfSecondSignal: number | null = null;
 
 /** Signals that stop ferry gracefully, with their numbers for the exit status of a second one. */
 const SIGNAL_NUMBERS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
@@ -137,8 +145,13 @@ async function serve(plan: Plan): Promise<number> {
     // One Ctrl-C can arrive twice: the terminal signals the whole process
     // group, and `deno task` (or another supervisor) passes it on as well.
     if (signal === first.signal && performance.now() - first.at < REPEAT_SIGNAL_MS) return;
-    // A second signal: the operator does not want to wait.
-    Deno.exit(128 + SIGNAL_NUMBERS[signal]);
+    // A second signal: the operator does not want to wait. Lines logged
+    // already (the shutdown line, sessions that have ended) still get a
+    // moment to leave the log's batch; a third signal waits for nothing.
+    const status = 128 + SIGNAL_NUMBERS[signal];
+    if (statusOfSecondSignal !== null) Deno.exit(status);
+    statusOfSecondSignal = status;
+    stopLogging(SECOND_SIGNAL_FLUSH_MS).finally(() => Deno.exit(status));
   };
   // SIGHUP too: the terminal ferry runs in has closed (an ssh session ended),
   // and its default action would cut every session and lose the last lines.
@@ -255,5 +268,6 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  const status = await main(Deno.args);
+  Deno.exit(statusOfSecondSignal ?? status);
 }

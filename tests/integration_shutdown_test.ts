@@ -317,3 +317,28 @@ Deno.test("SIGUSR1 ends ferry at once (status 138) with a fatal line, before Den
   );
   await Promise.all([client.waitForEnd(5_000), server.waitForEnd(5_000)]);
 });
+
+Deno.test("a second signal right after the first exits at once, with the lines logged before it", async () => {
+  await using ferry = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--shutdown-grace",
+    "60s",
+  ]);
+  using target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  using _client = client;
+  using _server = server;
+  // Ctrl-C, then `kill` 20 ms later: the shutdown line was still in the log's
+  // batch (written every 50 ms), and the exit threw it away.
+  ferry.kill("SIGINT");
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  ferry.kill("SIGTERM");
+  const status = await exitWithin(ferry, 5_000, "ferry to exit on the second signal");
+  assert.equal(status.code, 143);
+  const shutdown = ferry.lines.find((line) => line.event === "shutdown");
+  assert.ok(shutdown, "the shutdown line, logged before the second signal, reached stderr");
+  assert.equal(shutdown.sessions, 1);
+  assert.ok(!ferry.lines.some((line) => line.event === "stopped"), "no totals: the exit cut them");
+});
