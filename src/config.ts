@@ -532,9 +532,9 @@ export function parseUser(text: string): { name: string; password: Uint8Array } 
   const password = encoder.encode(text.slice(colon + 1));
   const nameBytes = encoder.encode(name).length;
   if (nameBytes < 1 || nameBytes > 255) {
-    return `user name must be 1 to 255 bytes (RFC 1929), got ${nameBytes} in ${
-      JSON.stringify(name)
-    }`;
+    // At most the name's start: a wrong file's line can be megabytes long.
+    const shown = name.length > 64 ? `${JSON.stringify(name.slice(0, 64))}…` : JSON.stringify(name);
+    return `user name must be 1 to 255 bytes (RFC 1929), got ${nameBytes} in ${shown}`;
   }
   if (password.length < 1 || password.length > 255) {
     return `password of user ${
@@ -579,7 +579,9 @@ export function usersFileLines(content: TextFile, path: string): UsersFileLine[]
   }
   const lines: UsersFileLine[] = [];
   content.text.split(/\r?\n/).forEach((line, index) => {
-    const trimmed = line.trim();
+    // Spaces and tabs only, as the README says: String.trim() also took
+    // no-break spaces, U+FEFF and the like from the ends of passwords.
+    const trimmed = line.replace(/^[ \t]+|[ \t]+$/g, "");
     if (trimmed === "" || trimmed.startsWith("#")) return;
     const where = `${path}:${index + 1}`;
     if (trimmed.includes("\0")) {
@@ -598,7 +600,7 @@ export function usersFileLines(content: TextFile, path: string): UsersFileLine[]
     }
     // `alice : secret` is alice's secret, as people write it; a password that
     // starts with a space can still be given with --user.
-    const user = parseUser(trimmed.replace(/\s*:\s*/, ":"));
+    const user = parseUser(trimmed.replace(/[ \t]*:[ \t]*/, ":"));
     lines.push(typeof user === "string" ? { where, problem: user } : { where, ...user });
   });
   return lines;
@@ -757,6 +759,15 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     users.set(user.name, user.password);
   };
   for (const text of raw.user ?? []) {
+    if (text.includes("\uFFFD")) {
+      // Deno puts U+FFFD in place of argument bytes that are not UTF-8: the
+      // name or password would then match no client's bytes, or another's.
+      check.problems.push(
+        "--user: not UTF-8 text (value not shown: it may be secret); " +
+          "give names and passwords in UTF-8, or in a --users-file",
+      );
+      continue;
+    }
     const user = parseUser(text);
     if (typeof user === "string") check.problems.push(`--user: ${user}`);
     else addUser(user, "--user");

@@ -420,6 +420,35 @@ Deno.test("buildSocksConfig() takes the users of every --users-file, and spaces 
   });
 });
 
+Deno.test("buildSocksConfig() trims only spaces and tabs in a users file: other white space is the password's", async () => {
+  // String.trim() took these off silently: a password ending in a no-break
+  // space worked only without it.
+  await withTempFile("alice:secret\u00a0\n\u2003bob:pw\ncarol:\ufeffc \t\n", async (path) => {
+    const config = await buildSocksConfig({ usersFile: [path] });
+    assert.deepEqual([...config.users.keys()].sort(), ["alice", "carol", "\u2003bob"]);
+    assert.deepEqual(config.users.get("alice"), encoder.encode("secret\u00a0"));
+    assert.deepEqual(config.users.get("carol"), encoder.encode("\ufeffc"));
+  });
+});
+
+Deno.test("buildSocksConfig() refuses a --user that was not UTF-8, without showing it", async () => {
+  // Deno hands such an argument over with U+FFFD for the bad bytes.
+  const problems = await problemsOf({ user: ["al\ufffdice:s3cret"] });
+  assert.equal(problems.length, 1, problems.join("\n"));
+  assert.match(problems[0]!, /^--user: not UTF-8 text/);
+  assert.ok(!problems[0]!.includes("s3cret") && !problems[0]!.includes("ice"), problems[0]);
+});
+
+Deno.test("buildSocksConfig() shows only the start of a user name too long to be one", async () => {
+  const problems = await problemsOf({ user: [`${"n".repeat(100_000)}:pw`] });
+  assert.equal(problems.length, 1);
+  assert.ok(problems[0]!.length < 200, `${problems[0]!.length} characters`);
+  assert.match(
+    problems[0]!,
+    /^--user: user name must be 1 to 255 bytes \(RFC 1929\), got 100000 in "n{64}"…$/,
+  );
+});
+
 Deno.test("buildSocksConfig() reports at most 20 problems of one users file, then that the rest went unchecked", async () => {
   // A log file given by mistake made one problem a line: half a million.
   const logLines = Array.from({ length: 500 }, (_, i) => `GET /${i} HTTP/1.1 200`).join("\n");
