@@ -38,9 +38,11 @@ import {
   logLevelOf,
   looksLikeUtf16,
   MAX_POOL,
+  MIN_POOL_MAX_IDLE_MS,
   NO_UDP_ADVERTISE,
   parseDuration,
   parseHostPort,
+  POOL_MAX_IDLE_TOO_SHORT,
   reaches,
   readTextFile,
   type SocksConfig,
@@ -245,7 +247,9 @@ const forwardListener = z.strictObject({
     error: () => `expected at least one upstream ${ADDRESS}, got []`,
   }),
   pool: count(0, MAX_POOL).optional(),
-  poolMaxIdle: duration.optional(),
+  poolMaxIdle: duration.refine((ms) => ms >= MIN_POOL_MAX_IDLE_MS, {
+    error: (issue) => `${POOL_MAX_IDLE_TOO_SHORT}, got ${issue.input} ms`,
+  }).optional(),
   ...forwardShared,
 }, expecting("a listener object"));
 

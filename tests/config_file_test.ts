@@ -347,6 +347,33 @@ Deno.test("unknown keys are errors, one problem each, at every level", async () 
   ]);
 });
 
+Deno.test("a --pool-max-idle under 1s is refused, on the command line and in a file", async () => {
+  // Pooled connections were retired as fast as they were dialled: a redial loop.
+  assert.throws(
+    () =>
+      buildForwardConfig({ listen: "127.0.0.1:2222", to: ["127.0.0.1:22"], poolMaxIdle: "1ms" }),
+    (error: ConfigError) => {
+      assert.deepEqual(error.problems, [
+        `--pool-max-idle: got "1ms"; expected at least 1s: younger pooled connections would be ` +
+        `replaced as fast as they are dialled`,
+      ]);
+      return true;
+    },
+  );
+  const config = buildForwardConfig({
+    listen: "127.0.0.1:2222",
+    to: ["127.0.0.1:22"],
+    poolMaxIdle: "1s",
+  });
+  assert.equal(config.poolMaxIdleMs, 1000);
+  const file = validFile();
+  file.listeners[1]!.poolMaxIdle = "999ms";
+  assert.deepEqual(await problemsOfValue(file), [
+    "listeners[1].poolMaxIdle: expected at least 1s: younger pooled connections would be " +
+    "replaced as fast as they are dialled, got 999 ms",
+  ]);
+});
+
 Deno.test("a bad or zero duration is an error quoting the value", async () => {
   const file = validFile();
   file.defaults = { idleTimeout: "5 minutes", connectTimeout: "600h" };
