@@ -117,7 +117,9 @@ export function buildProgram(
           .replace(
             /(too many arguments[^\n]*? got \d+): [\s\S]*\.\n/,
             "$1 (not shown: one may be a password; is a value missing its flag, or split by a space?).\n",
-          ),
+          )
+          // A flag given twice: its second value is fine, only twice is wrong.
+          .replace(/option '[^']*' argument '[\s\S]*' is invalid\. (--[a-z-]+ given twice)/, "$1"),
       ),
   };
   const program = new Command("ferry")

@@ -672,7 +672,7 @@ export class Checker {
     const expected = max === Number.MAX_SAFE_INTEGER
       ? `a whole number ≥ ${min}`
       : `a whole number from ${min} to ${max}`;
-    this.problems.push(`${flag}: ${JSON.stringify(text)} is not a count; expected ${expected}`);
+    this.problems.push(`${flag}: got ${JSON.stringify(text)}; expected ${expected}`);
     return 0;
   }
 

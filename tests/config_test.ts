@@ -141,7 +141,7 @@ Deno.test("--pool is at most MAX_POOL, and --to may not be --listen itself", () 
     (error: unknown) =>
       error instanceof ConfigError &&
       error.problems.join("\n") ===
-        `--pool: "200000" is not a count; expected a whole number from 0 to ${MAX_POOL}`,
+        `--pool: got "200000"; expected a whole number from 0 to ${MAX_POOL}`,
   );
   assert.equal(
     buildForwardConfig({ listen: "127.0.0.1:0", to: ["127.0.0.1:22"], pool: String(MAX_POOL) })
@@ -634,7 +634,7 @@ Deno.test("buildSocksConfig() reports a --udp-advertise that is not an IP and a 
     (error: unknown) =>
       error instanceof ConfigError && error.problems.length === 2 &&
       error.problems[0]!.startsWith('--udp-advertise: got "nat.example"; expected an IPv4') &&
-      error.problems[1]!.startsWith('--max-udp-per-ip: "0"'),
+      error.problems[1]!.startsWith('--max-udp-per-ip: got "0"'),
   );
 });
 
