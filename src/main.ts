@@ -14,7 +14,7 @@ import {
   type LogSettings,
   type SocksConfig,
 } from "./config.ts";
-import { loadConfigFile } from "./config_file.ts";
+import { loadConfigFile, type RunConfig } from "./config_file.ts";
 import { type Forwarder, openForwarder } from "./forward.ts";
 import { serverLog, setupLogging, stopLogging, writeNow } from "./log.ts";
 import { descriptorsNeeded, openFilesLimit, TOO_LOW_TO_CHECK } from "./nofile.ts";
@@ -58,16 +58,27 @@ async function main(argv: string[]): Promise<number> {
       const config = buildForwardConfig(invocation.options);
       plan = { ...config, listeners: [config] };
     } else {
-      const file = await loadConfigFile(invocation.configPath);
+      // The file's problems and the flags' together: every problem at once.
       const check = new Checker();
+      let file: RunConfig | null = null;
+      try {
+        file = await loadConfigFile(invocation.configPath);
+      } catch (error) {
+        if (!(error instanceof ConfigError)) throw error;
+        check.problems.push(...error.problems);
+      }
       const logLevel = invocation.logLevel === undefined
-        ? file.logLevel
+        ? undefined
         : check.logLevel("--log-level", invocation.logLevel);
       const logFormat = invocation.logFormat === undefined
-        ? file.logFormat
+        ? undefined
         : check.logFormat("--log-format", invocation.logFormat);
       check.done();
-      plan = { ...file, logLevel, logFormat };
+      plan = {
+        ...file!,
+        logLevel: logLevel ?? file!.logLevel,
+        logFormat: logFormat ?? file!.logFormat,
+      };
     }
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;

@@ -75,7 +75,7 @@ Deno.test("ferry run --config with an invalid file exits 2 and names every bad p
         ] }`,
     );
     const { code, stderr } = await new Deno.Command(Deno.execPath(), {
-      args: ferryCommandArgs(["run", "--config", path]),
+      args: ferryCommandArgs(["run", "--config", path, "--log-level", "bogus"]),
       stdin: "null",
       stdout: "null",
     }).output();
@@ -83,6 +83,8 @@ Deno.test("ferry run --config with an invalid file exits 2 and names every bad p
     assert.equal(code, 2, text);
     assert.match(text, /listeners\[0\]\.idleTimeout: .*"soon"/);
     assert.match(text, /listeners\[1\]\.to\[0\]: expected HOST:PORT.*"nope"/);
+    // The flag's problem too, at once: it used to wait until the file was fixed.
+    assert.match(text, /--log-level: .*"bogus"/);
   } finally {
     await Deno.remove(path);
   }
