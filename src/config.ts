@@ -829,6 +829,23 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
   };
 }
 
+/** Why an upstream may not be listed twice. */
+export const EACH_UPSTREAM_ONCE =
+  "expected each upstream once (twice, it got two pools and two of every upstream-down line)";
+
+/**
+ * The index of an earlier upstream in `upstreams` with the same host (in any
+ * case) and port as the one at `index`, or -1. Unparsed ones (empty host) never match.
+ */
+export function earlierSameUpstream(upstreams: readonly ListenAddress[], index: number): number {
+  const { hostname, port } = upstreams[index]!;
+  if (hostname === "") return -1;
+  const host = hostname.toLowerCase();
+  return upstreams.findIndex((other, i) =>
+    i < index && other.port === port && other.hostname.toLowerCase() === host
+  );
+}
+
 /**
  * Validates raw options into a {@linkcode ForwardConfig}; throws
  * {@linkcode ConfigError}. `v6Only`: see {@linkcode wildcardIsIpv6Only}.
@@ -845,6 +862,13 @@ export function buildForwardConfig(
   const targets = raw.to ?? [];
   if (targets.length === 0) check.problems.push("--to: required; expected HOST:PORT (repeatable)");
   const upstreams = targets.map((text) => check.hostPort("--to", text, 1));
+  upstreams.forEach((_, index) => {
+    if (earlierSameUpstream(upstreams, index) >= 0) {
+      check.problems.push(
+        `--to: got ${JSON.stringify(targets[index])} twice; ${EACH_UPSTREAM_ONCE}`,
+      );
+    }
+  });
   upstreams.forEach((upstream, index) => {
     if (raw.listen !== undefined && reaches(upstream, common.listen, v6Only)) {
       check.problems.push(

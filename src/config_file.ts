@@ -26,6 +26,8 @@ import {
   checkUdpAdvertise,
   ConfigError,
   DEFAULTS,
+  EACH_UPSTREAM_ONCE,
+  earlierSameUpstream,
   type ForwardConfig,
   fromWhere,
   type ListenAddress,
@@ -245,6 +247,16 @@ const forwardListener = z.strictObject({
   listen: listenAddress,
   to: z.array(upstreamAddress, expecting(`an array of ${ADDRESS} upstreams`)).min(1, {
     error: () => `expected at least one upstream ${ADDRESS}, got []`,
+  }).superRefine((upstreams, ctx) => {
+    upstreams.forEach((_, index) => {
+      const earlier = earlierSameUpstream(upstreams, index);
+      if (earlier < 0) return;
+      ctx.addIssue({
+        code: "custom",
+        path: [index],
+        message: `the same upstream as to[${earlier}]; ${EACH_UPSTREAM_ONCE}`,
+      });
+    });
   }),
   pool: count(0, MAX_POOL).optional(),
   poolMaxIdle: duration.refine((ms) => ms >= MIN_POOL_MAX_IDLE_MS, {

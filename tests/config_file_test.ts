@@ -374,6 +374,31 @@ Deno.test("a --pool-max-idle under 1s is refused, on the command line and in a f
   ]);
 });
 
+Deno.test("an upstream listed twice is refused, on the command line and in a file", async () => {
+  // It got two pools, and two of every upstream-down line.
+  assert.throws(
+    () =>
+      buildForwardConfig({
+        listen: "127.0.0.1:2222",
+        to: ["127.0.0.1:22", "[::1]:22", "Host.example:22", "host.example:22"],
+      }),
+    (error: ConfigError) => {
+      assert.deepEqual(error.problems, [
+        `--to: got "host.example:22" twice; expected each upstream once ` +
+        `(twice, it got two pools and two of every upstream-down line)`,
+      ]);
+      return true;
+    },
+  );
+  const file = validFile();
+  const forward = file.listeners[1]! as { to: string[] };
+  forward.to = ["127.0.0.1:22", "127.0.0.1:23", "127.0.0.1:22"];
+  assert.deepEqual(await problemsOfValue(file), [
+    "listeners[1].to[2]: the same upstream as to[0]; expected each upstream once " +
+    "(twice, it got two pools and two of every upstream-down line)",
+  ]);
+});
+
 Deno.test("a bad or zero duration is an error quoting the value", async () => {
   const file = validFile();
   file.defaults = { idleTimeout: "5 minutes", connectTimeout: "600h" };
