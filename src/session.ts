@@ -6,6 +6,7 @@
  * @module
  */
 import type { UserTable } from "./auth.ts";
+import { closeQuietly } from "./close_quietly.ts";
 import type { UdpAdvertise } from "./config.ts";
 import { BindListener, expectedPeers } from "./bind.ts";
 import { type Address, addressOf, formatAddress, unmapIPv4 } from "./protocol/address.ts";
@@ -240,12 +241,15 @@ export class SocksSession extends ProxySession {
     // Read while waiting, so that a reset ends the wait (see WaitingClient).
     const waiting = new WaitingClient(this.client, (bytes) => this.#keepEarlyData(bytes));
     let peer: Deno.TcpConn;
+    let accepting: Promise<Deno.TcpConn> | undefined;
     try {
-      peer = await this.waitInConnectPhase(
-        this.#socks.bindTimeoutMs,
-        (signal) => Promise.race([listener.accept(peers, signal), waiting.gone]),
-      );
+      peer = await this.waitInConnectPhase(this.#socks.bindTimeoutMs, (signal) => {
+        accepting = listener.accept(peers, signal);
+        return Promise.race([accepting, waiting.gone]);
+      });
     } catch (error) {
+      // A peer accepted just as the client reset is nobody's: close it.
+      void accepting?.then(closeQuietly, () => {});
       waiting.release(); // no more reads: the refusal reads the client itself
       // The client's own error (a reset): logged as such, with no reply to send.
       if (this.controller.signal.aborted || waiting.failed) throw error;
@@ -486,7 +490,8 @@ export class SocksSession extends ProxySession {
     }
     this.#pending.set(bytes, this.#pendingLength);
     this.#pendingLength = length;
-    return length < MAX_HANDSHAKE_BYTES;
+    // Up to the limit itself: a reset right after 8 KiB is still seen.
+    return length <= MAX_HANDSHAKE_BYTES;
   }
 
   /** Takes the bytes the client sent after its request: they go to the target first. */

@@ -10,6 +10,7 @@ import net, { type Socket } from "node:net";
 import { SocksClient } from "socks";
 import { startFerry } from "./_helpers/ferry.ts";
 import { connectAndReset } from "./_helpers/reset.ts";
+import { waitUntil } from "./_helpers/forward_support.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import {
   BufferedConn,
@@ -252,8 +253,11 @@ Deno.test("SOCKS4a BIND for the name 0.0.0.0, as a client leaving names to the p
   assert.equal(session.outcome, "ok");
 });
 
-Deno.test("a client that resets while its BIND waits ends it at once: listener closed, outcome reset", async () => {
-  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "30s"]);
+/** A BIND through node:net, whose sockets can reset: its port, and the client's own. */
+async function bindThroughNode(
+  ferry: { hostname: string; port: number },
+  early = new Uint8Array(0),
+): Promise<{ client: Socket; listening: number }> {
   const client = net.connect(ferry.port, ferry.hostname);
   await once(client, "connect");
   // Greeting and BIND request for 127.0.0.1, pipelined.
@@ -261,7 +265,15 @@ Deno.test("a client that resets while its BIND waits ends it at once: listener c
   let replies = Buffer.alloc(0);
   while (replies.length < 12) replies = Buffer.concat([replies, (await once(client, "data"))[0]]);
   assert.equal(replies[3], socks5.Reply.Succeeded);
-  const listening = replies.readUInt16BE(10);
+  if (early.length > 0) await new Promise((resolve) => client.write(early, resolve));
+  return { client, listening: replies.readUInt16BE(10) };
+}
+
+const openDescriptors = (pid: number) => [...Deno.readDirSync(`/proc/${pid}/fd`)].length;
+
+Deno.test("a client that resets while its BIND waits ends it at once: listener closed, outcome reset", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "30s"]);
+  const { client, listening } = await bindThroughNode(ferry);
   const clientAddr = { transport: "tcp" as const, hostname: "127.0.0.1", port: client.localPort! };
   const started = performance.now();
   client.resetAndDestroy();
@@ -272,6 +284,49 @@ Deno.test("a client that resets while its BIND waits ends it at once: listener c
     Deno.connect({ hostname: "127.0.0.1", port: listening }),
     Deno.errors.ConnectionRefused,
     "no peer is accepted for a client that has gone",
+  );
+});
+
+Deno.test("a peer that connects just as its BIND's client resets is closed, not leaked", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "30s"]);
+  const before = openDescriptors(ferry.pid);
+  const peers: Deno.TcpConn[] = [];
+  try {
+    for (let i = 0; i < 20; i++) {
+      const { client, listening } = await bindThroughNode(ferry);
+      client.resetAndDestroy();
+      // Right behind the reset: ferry's accept may already hold the peer
+      // when it sees the reset; that connection was left open for good.
+      await Deno.connect({ hostname: "127.0.0.1", port: listening }).then(
+        (peer) => peers.push(peer),
+        () => {}, // the listener was closed first: nothing to leak
+      );
+    }
+    await waitUntil(
+      () => ferry.lines.filter((l) => l.event === "session").length === 20,
+      "20 session lines",
+    );
+    assert.ok(ferry.lines.filter((l) => l.event === "session").every((l) => l.outcome === "reset"));
+  } finally {
+    for (const peer of peers) peer.close();
+  }
+  await waitUntil(
+    () => openDescriptors(ferry.pid) <= before,
+    `ferry's descriptors back to ${before} (${peers.length} peers connected)`,
+  );
+});
+
+Deno.test("a reset right after 8 KiB sent while the BIND waits still ends it at once", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "30s"]);
+  const { client, listening } = await bindThroughNode(ferry, new Uint8Array(8192).fill(7));
+  const clientAddr = { transport: "tcp" as const, hostname: "127.0.0.1", port: client.localPort! };
+  await new Promise((resolve) => setTimeout(resolve, 100)); // the bytes read and kept
+  client.resetAndDestroy();
+  const session = await sessionOf(ferry, clientAddr, 5_000);
+  assert.equal(session.outcome, "reset");
+  await assert.rejects(
+    Deno.connect({ hostname: "127.0.0.1", port: listening }),
+    Deno.errors.ConnectionRefused,
   );
 });
 
