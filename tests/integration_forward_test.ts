@@ -19,6 +19,13 @@ import { BufferedConn } from "./_helpers/socks_client.ts";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+/** CPU seconds (user and system) process `pid` has used, from /proc/PID/stat. */
+function cpuSeconds(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks
+}
+
 function forwardArgs(to: string[], ...extra: string[]): string[] {
   return ["forward", "--listen", "127.0.0.1:0", ...to.flatMap((t) => ["--to", t]), ...extra];
 }
@@ -193,4 +200,31 @@ Deno.test("ferry forward: round-robin over two upstreams sends 4 clients 2 and 2
     () => a.open === 0 && b.open === 0,
     "the upstreams to see every connection closed",
   );
+});
+
+Deno.test("ferry forward: a pool that runs ferry out of descriptors backs off and says so; the upstream is not down", async () => {
+  // The pool's dials met EMFILE, ferry's own shortage, and marked the
+  // upstream down: clients were refused with no-upstream-up.
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const ferry = await startFerry(forwardArgs([server.name], "--pool", "100"), {
+    wrapper: ["prlimit", "--nofile=48"],
+  });
+  try {
+    const starved = await ferry.waitFor((l) => l.event === "pool-no-descriptors");
+    assert.equal(starved.upstream, server.name);
+    assert.match(String(starved.error), /Too many open files/);
+    // Through a few of its back-off retries (100 ms, doubling). Redialling at
+    // once instead spun at 100% CPU: a second of it is far more than the
+    // tenth of a second ferry may take here.
+    const cpuBefore = cpuSeconds(ferry.pid);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const cpu = cpuSeconds(ferry.pid) - cpuBefore;
+    assert.ok(cpu < 0.5, `${cpu.toFixed(2)} s of CPU in 1 s of backing off`);
+    assert.ok(server.accepted > 0 && server.accepted < 48, `${server.accepted} pooled`);
+    assert.deepEqual(ferry.lines.filter((l) => l.event === "upstream-down"), []);
+    assert.equal(ferry.lines.filter((l) => l.event === "pool-no-descriptors").length, 1);
+  } finally {
+    const status = await ferry.stop();
+    assert.equal(status.code, 0);
+  }
 });

@@ -195,6 +195,10 @@ export class Upstream {
   #clientDials = 0;
   /** Dials fail: clients skip it until it is due for a retry. */
   #down = false;
+  /** Whether the pool's last dial failed for want of a descriptor in ferry. */
+  #starved = false;
+  /** Whether that was said, since the pool was last full: once per shortage. */
+  #starvationSaid = false;
   /** Pooled connections end right after connecting: refilling backs off. */
   #unsettled = false;
   /**
@@ -370,6 +374,27 @@ export class Upstream {
     });
   }
 
+  /**
+   * The pool could not dial for want of a descriptor (EMFILE, ENFILE):
+   * ferry's shortage, not the upstream's, so it is not marked down (clients
+   * would be refused); the refill backs off and tries again.
+   */
+  #starve(error: unknown): void {
+    this.#backOff(DOWN_BACKOFF_MAX_MS);
+    this.#starved = true;
+    if (this.#starvationSaid) return;
+    this.#starvationSaid = true;
+    serverLog.warn(
+      "cannot refill the pool of upstream {upstream}: {error}; retrying with back-off",
+      {
+        event: "pool-no-descriptors",
+        listen: this.#options.listen,
+        upstream: this.name,
+        error: messageWithCause(error),
+      },
+    );
+  }
+
   /** Counts a failure (dial or pooled connection), and the next retry waits longer. */
   #backOff(maxMs: number): void {
     const now = performance.now();
@@ -433,6 +458,7 @@ export class Upstream {
   /** Once the pool is full and nothing backs off: after a failed dial, the back-off starts over. */
   #noteFull(): void {
     if (this.#backingOff || this.#recovering || this.#idle.length < this.#options.poolSize) return;
+    this.#starvationSaid = false; // full: a shortage later is a new one
     this.#backoffMs = BACKOFF_FIRST_MS;
   }
 
@@ -537,14 +563,14 @@ export class Upstream {
       // An upstream that resets what it accepts, at once, is one that closes
       // it at once (at its connection limit, say): unsettled, not down.
       if (resetAsAccepted(error)) this.#droppedYoung("reset", 0);
-      // Out of descriptors, ferry tries again later; the upstream is not down.
-      else if (outOfDescriptorsToDial(error)) this.#backOff(DOWN_BACKOFF_MAX_MS);
+      else if (outOfDescriptorsToDial(error)) this.#starve(error);
       else this.markDown(error);
       return;
     } finally {
       clearTimeout(timer);
     }
     this.stats.dialled++;
+    this.#starved = false;
     if (this.#closed) {
       conn.close();
       return;
@@ -574,7 +600,9 @@ export class Upstream {
 
   /** Whether refilling waits for `#retryAt`: dials fail, or pooled connections end young. */
   get #backingOff(): boolean {
-    return this.#down || this.#unsettled;
+    // Starved too: a refill that met EMFILE and dialled again at once spun
+    // at 100% CPU, and not even the log got a descriptor's turn.
+    return this.#down || this.#unsettled || this.#starved;
   }
 
   /** How long a new connection must live to count as a working upstream. */
