@@ -11,6 +11,7 @@ import { SocksClient } from "socks";
 import { startFerry } from "./_helpers/ferry.ts";
 import { connectAndReset } from "./_helpers/reset.ts";
 import { waitUntil } from "./_helpers/forward_support.ts";
+import { openDescriptors } from "./_helpers/proc.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import {
   BufferedConn,
@@ -269,8 +270,6 @@ async function bindThroughNode(
   return { client, listening: replies.readUInt16BE(10) };
 }
 
-const openDescriptors = (pid: number) => [...Deno.readDirSync(`/proc/${pid}/fd`)].length;
-
 Deno.test("a client that resets while its BIND waits ends it at once: listener closed, outcome reset", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "30s"]);
   const { client, listening } = await bindThroughNode(ferry);
@@ -289,7 +288,7 @@ Deno.test("a client that resets while its BIND waits ends it at once: listener c
 
 Deno.test("a peer that connects just as its BIND's client resets is closed, not leaked", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "30s"]);
-  const before = openDescriptors(ferry.pid);
+  const before = await openDescriptors(ferry.pid);
   const peers: Deno.TcpConn[] = [];
   try {
     for (let i = 0; i < 20; i++) {
@@ -311,7 +310,7 @@ Deno.test("a peer that connects just as its BIND's client resets is closed, not 
     for (const peer of peers) peer.close();
   }
   await waitUntil(
-    () => openDescriptors(ferry.pid) <= before,
+    async () => await openDescriptors(ferry.pid) <= before,
     `ferry's descriptors back to ${before} (${peers.length} peers connected)`,
   );
 });

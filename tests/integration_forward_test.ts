@@ -13,18 +13,12 @@ import {
   unusedPort,
   waitUntil,
 } from "./_helpers/forward_support.ts";
+import { cpuSeconds } from "./_helpers/proc.ts";
 import { sessionLines } from "./_helpers/session_log.ts";
 import { BufferedConn } from "./_helpers/socks_client.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-/** CPU seconds (user and system) process `pid` has used, from /proc/PID/stat. */
-function cpuSeconds(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks
-}
 
 function forwardArgs(to: string[], ...extra: string[]): string[] {
   return ["forward", "--listen", "127.0.0.1:0", ...to.flatMap((t) => ["--to", t]), ...extra];
@@ -216,9 +210,9 @@ Deno.test("ferry forward: a pool that runs ferry out of descriptors backs off an
     // Through a few of its back-off retries (100 ms, doubling). Redialling at
     // once instead spun at 100% CPU: a second of it is far more than the
     // tenth of a second ferry may take here.
-    const cpuBefore = cpuSeconds(ferry.pid);
+    const cpuBefore = await cpuSeconds(ferry.pid);
     await new Promise((resolve) => setTimeout(resolve, 1_000));
-    const cpu = cpuSeconds(ferry.pid) - cpuBefore;
+    const cpu = await cpuSeconds(ferry.pid) - cpuBefore;
     assert.ok(cpu < 0.5, `${cpu.toFixed(2)} s of CPU in 1 s of backing off`);
     assert.ok(server.accepted > 0 && server.accepted < 48, `${server.accepted} pooled`);
     assert.deepEqual(ferry.lines.filter((l) => l.event === "upstream-down"), []);

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { startFerry } from "./_helpers/ferry.ts";
 import { ForwardUpstream, taggedEcho, unusedPort } from "./_helpers/forward_support.ts";
 import type { ProbeResult } from "./_helpers/netns_probe.ts";
+import { openDescriptors } from "./_helpers/proc.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import {
   BufferedConn,
@@ -375,9 +376,7 @@ Deno.test({
         `outcome ${session.outcome}`,
       );
       await new Promise((resolve) => setTimeout(resolve, 1_500));
-      // Listed by ls: reading /proc/PID/fd needs more than this test's permissions.
-      const listed = await new Deno.Command("ls", { args: [`/proc/${ferry.pid}/fd`] }).output();
-      const descriptors = new TextDecoder().decode(listed.stdout).trim().split("\n").length;
+      const descriptors = await openDescriptors(ferry.pid);
       assert.ok(descriptors < 40, `${descriptors} descriptors open after 1.5 s`);
       // It stays down: the pool's retries are loops too (a retry whose looped
       // session had already ended was once taken for a working upstream).
