@@ -37,6 +37,27 @@ async function waitUntilRefused(ferry: FerryProcess, ms = 5_000): Promise<void> 
   }
 }
 
+/**
+ * ferry with `--shutdown-grace grace` and one session through it to a target
+ * of the test's, all closed when disposed.
+ */
+async function oneSession(grace: string) {
+  const ferry = await startFerry(["socks", "--listen", "127.0.0.1:0", "--shutdown-grace", grace]);
+  const target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  return {
+    ferry,
+    client,
+    server,
+    async [Symbol.asyncDispose]() {
+      client.close();
+      server.close();
+      target.close();
+      await ferry[Symbol.asyncDispose]();
+    },
+  };
+}
+
 /** Awaits ferry's exit within `ms`; SIGKILLs it (and fails) otherwise. */
 function exitWithin(ferry: FerryProcess, ms: number, what: string): Promise<Deno.CommandStatus> {
   return deadline(ferry.status, ms, what, () => ferry.kill("SIGKILL"));
@@ -90,16 +111,8 @@ Deno.test("SIGTERM mid-download: new connections are refused, the download compl
 });
 
 Deno.test("SIGTERM with --shutdown-grace 300ms cuts a session that never ends and exits 0", async () => {
-  await using ferry = await startFerry([
-    "socks",
-    "--listen",
-    "127.0.0.1:0",
-    "--shutdown-grace",
-    "300ms",
-  ]);
-  using target = TcpTarget.listen();
-  const { client, server } = await connectThrough(ferry, target);
-  using _client = client;
+  await using running = await oneSession("300ms");
+  const { ferry, client, server } = running;
 
   ferry.kill("SIGTERM");
   const [status] = await Promise.all([
@@ -142,16 +155,8 @@ Deno.test("SIGHUP (the terminal closed) drains like SIGTERM: the session finishe
 });
 
 Deno.test("a second SIGTERM during the grace period exits immediately", async () => {
-  await using ferry = await startFerry([
-    "socks",
-    "--listen",
-    "127.0.0.1:0",
-    "--shutdown-grace",
-    "60s",
-  ]);
-  using target = TcpTarget.listen();
-  const { client, server } = await connectThrough(ferry, target);
-  using _client = client;
+  await using running = await oneSession("60s");
+  const { ferry, client, server } = running;
 
   ferry.kill("SIGTERM");
   await waitUntilRefused(ferry);
@@ -319,17 +324,8 @@ Deno.test("SIGUSR1 ends ferry at once (status 138) with a fatal line, before Den
 });
 
 Deno.test("a second signal right after the first exits at once, with the lines logged before it", async () => {
-  await using ferry = await startFerry([
-    "socks",
-    "--listen",
-    "127.0.0.1:0",
-    "--shutdown-grace",
-    "60s",
-  ]);
-  using target = TcpTarget.listen();
-  const { client, server } = await connectThrough(ferry, target);
-  using _client = client;
-  using _server = server;
+  await using running = await oneSession("60s");
+  const { ferry } = running;
   // Ctrl-C, then `kill` 20 ms later: the shutdown line was still in the log's
   // batch (written every 50 ms), and the exit threw it away.
   ferry.kill("SIGINT");
