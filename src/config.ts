@@ -834,16 +834,23 @@ export const EACH_UPSTREAM_ONCE =
   "expected each upstream once (twice, it got two pools and two of every upstream-down line)";
 
 /**
- * The index of an earlier upstream in `upstreams` with the same host (in any
- * case) and port as the one at `index`, or -1. Unparsed ones (empty host) never match.
+ * The index of an earlier upstream in `upstreams` with the same host and port
+ * as the one at `index`, or -1: names in any case, IP addresses however
+ * spelled (`[0::1]` is `[::1]`, `::ffff:127.0.0.1` is `127.0.0.1`).
+ * Unparsed ones (empty host) never match.
  */
 export function earlierSameUpstream(upstreams: readonly ListenAddress[], index: number): number {
   const { hostname, port } = upstreams[index]!;
   if (hostname === "") return -1;
-  const host = hostname.toLowerCase();
+  const host = sameHostKey(hostname);
   return upstreams.findIndex((other, i) =>
-    i < index && other.port === port && other.hostname.toLowerCase() === host
+    i < index && other.port === port && sameHostKey(other.hostname) === host
   );
+}
+
+/** A host as upstreams compare: an IP address in one spelling, a name in lower case. */
+function sameHostKey(hostname: string): string {
+  return unmapIPv4(addressOf(hostname, 0).host).toLowerCase();
 }
 
 /**
@@ -863,9 +870,11 @@ export function buildForwardConfig(
   if (targets.length === 0) check.problems.push("--to: required; expected HOST:PORT (repeatable)");
   const upstreams = targets.map((text) => check.hostPort("--to", text, 1));
   upstreams.forEach((_, index) => {
-    if (earlierSameUpstream(upstreams, index) >= 0) {
+    const earlier = earlierSameUpstream(upstreams, index);
+    if (earlier >= 0) {
       check.problems.push(
-        `--to: got ${JSON.stringify(targets[index])} twice; ${EACH_UPSTREAM_ONCE}`,
+        `--to: got ${JSON.stringify(targets[index])}, the same upstream as ` +
+          `${JSON.stringify(targets[earlier])}; ${EACH_UPSTREAM_ONCE}`,
       );
     }
   });

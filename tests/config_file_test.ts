@@ -380,12 +380,23 @@ Deno.test("an upstream listed twice is refused, on the command line and in a fil
     () =>
       buildForwardConfig({
         listen: "127.0.0.1:2222",
-        to: ["127.0.0.1:22", "[::1]:22", "Host.example:22", "host.example:22"],
+        to: [
+          "127.0.0.1:22",
+          "[::1]:22",
+          "Host.example:22",
+          "host.example:22",
+          "[0:0::1]:22", // [::1] spelled otherwise
+          "[::ffff:127.0.0.1]:22",
+          "[::2]:22",
+        ],
       }),
     (error: ConfigError) => {
+      const twice = "expected each upstream once " +
+        "(twice, it got two pools and two of every upstream-down line)";
       assert.deepEqual(error.problems, [
-        `--to: got "host.example:22" twice; expected each upstream once ` +
-        `(twice, it got two pools and two of every upstream-down line)`,
+        `--to: got "host.example:22", the same upstream as "Host.example:22"; ${twice}`,
+        `--to: got "[0:0::1]:22", the same upstream as "[::1]:22"; ${twice}`,
+        `--to: got "[::ffff:127.0.0.1]:22", the same upstream as "127.0.0.1:22"; ${twice}`,
       ]);
       return true;
     },
