@@ -133,11 +133,15 @@ const KINDS = ["socks", "forward"] as const;
 const encoder = new TextEncoder();
 
 /** A duration; `timer`: a timer's delay (see `MAX_TIMER_MS`). */
-const durationOf = (timer: boolean) =>
+const durationOf = (timer: boolean, atLeast?: { ms: number; problem: string }) =>
   z.string(expecting(DURATION)).transform((text, ctx) => {
     const checked = checkDuration(text, timer);
-    if (typeof checked === "number") return checked;
-    const expected = parseDuration(text) === null ? `expected ${DURATION}` : checked.problem;
+    if (typeof checked === "number" && (!atLeast || checked >= atLeast.ms)) return checked;
+    const expected = typeof checked === "number"
+      ? atLeast!.problem
+      : parseDuration(text) === null
+      ? `expected ${DURATION}`
+      : checked.problem;
     ctx.addIssue({ code: "custom", message: `${expected}, got ${show(text)}`, input: text });
     return z.NEVER;
   });
@@ -259,9 +263,8 @@ const forwardListener = z.strictObject({
     });
   }),
   pool: count(0, MAX_POOL).optional(),
-  poolMaxIdle: duration.refine((ms) => ms >= MIN_POOL_MAX_IDLE_MS, {
-    error: (issue) => `${POOL_MAX_IDLE_TOO_SHORT}, got ${issue.input} ms`,
-  }).optional(),
+  poolMaxIdle: durationOf(false, { ms: MIN_POOL_MAX_IDLE_MS, problem: POOL_MAX_IDLE_TOO_SHORT })
+    .optional(),
   ...forwardShared,
 }, expecting("a listener object"));
 

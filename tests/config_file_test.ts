@@ -370,7 +370,7 @@ Deno.test("a --pool-max-idle under 1s is refused, on the command line and in a f
   file.listeners[1]!.poolMaxIdle = "999ms";
   assert.deepEqual(await problemsOfValue(file), [
     "listeners[1].poolMaxIdle: expected at least 1s: younger pooled connections would be " +
-    "replaced as fast as they are dialled, got 999 ms",
+    'replaced as fast as they are dialled, got "999ms"',
   ]);
 });
 
