@@ -56,10 +56,11 @@ export const MAX_POOL = 1024;
  * the pool dials them: 1ms redialled about 19 times a second per pooled
  * connection, and not one reached a client.
  */
-export const MIN_POOL_MAX_IDLE_MS = 1000;
-/** Why a `--pool-max-idle` this short is refused. */
-export const POOL_MAX_IDLE_TOO_SHORT =
-  "expected at least 1s: younger pooled connections would be replaced as fast as they are dialled";
+export const POOL_MAX_IDLE_MIN: Minimum = {
+  ms: 1000,
+  problem:
+    "expected at least 1s: younger pooled connections would be replaced as fast as they are dialled",
+};
 
 /** An address to listen on. `hostname` has no brackets. */
 export interface ListenAddress {
@@ -210,7 +211,11 @@ const MAX_TIMER_DURATION_MS = 596 * 3_600_000;
  * phrased to follow `got "TEXT"`. `timer`: the value is a timer's delay,
  * at most 596h (see {@linkcode MAX_TIMER_MS}).
  */
-export function checkDuration(text: string, timer = false): number | { problem: string } {
+export function checkDuration(
+  text: string,
+  timer = false,
+  atLeast?: Minimum,
+): number | { problem: string } {
   const exact = exactDuration(text);
   if (exact === null) {
     return { problem: "expected a positive number with a unit, like 250ms, 1.5s, 10s, 5m or 1h" };
@@ -221,7 +226,14 @@ export function checkDuration(text: string, timer = false): number | { problem: 
   if (timer && ms > MAX_TIMER_DURATION_MS) {
     return { problem: "expected at most 596h (about 24 days)" };
   }
+  if (atLeast && ms < atLeast.ms) return { problem: atLeast.problem };
   return ms;
+}
+
+/** A shortest duration some setting takes, and what to say of a shorter one. */
+export interface Minimum {
+  readonly ms: number;
+  readonly problem: string;
 }
 
 /**
@@ -658,8 +670,8 @@ export class Checker {
   readonly problems: string[] = [];
 
   /** A positive duration such as `250ms`. */
-  duration(flag: string, text: string, timer = false): number {
-    const checked = checkDuration(text, timer);
+  duration(flag: string, text: string, timer = false, atLeast?: Minimum): number {
+    const checked = checkDuration(text, timer, atLeast);
     if (typeof checked === "number") return checked;
     this.problems.push(`${flag}: got ${JSON.stringify(text)}; ${checked.problem}`);
     return 0;
@@ -887,13 +899,12 @@ export function buildForwardConfig(
     }
   });
   const poolSize = check.count("--pool", raw.pool ?? DEFAULTS.pool, 0, MAX_POOL);
-  const poolMaxIdle = raw.poolMaxIdle ?? DEFAULTS.poolMaxIdle;
-  const poolMaxIdleMs = check.duration("--pool-max-idle", poolMaxIdle);
-  if (poolMaxIdleMs > 0 && poolMaxIdleMs < MIN_POOL_MAX_IDLE_MS) {
-    check.problems.push(
-      `--pool-max-idle: got ${JSON.stringify(poolMaxIdle)}; ${POOL_MAX_IDLE_TOO_SHORT}`,
-    );
-  }
+  const poolMaxIdleMs = check.duration(
+    "--pool-max-idle",
+    raw.poolMaxIdle ?? DEFAULTS.poolMaxIdle,
+    false,
+    POOL_MAX_IDLE_MIN,
+  );
   check.done();
   return { kind: "forward", ...common, upstreams, poolSize, poolMaxIdleMs };
 }

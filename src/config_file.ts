@@ -40,11 +40,11 @@ import {
   logLevelOf,
   looksLikeUtf16,
   MAX_POOL,
-  MIN_POOL_MAX_IDLE_MS,
+  type Minimum,
   NO_UDP_ADVERTISE,
   parseDuration,
   parseHostPort,
-  POOL_MAX_IDLE_TOO_SHORT,
+  POOL_MAX_IDLE_MIN,
   reaches,
   readTextFile,
   type SocksConfig,
@@ -133,15 +133,11 @@ const KINDS = ["socks", "forward"] as const;
 const encoder = new TextEncoder();
 
 /** A duration; `timer`: a timer's delay (see `MAX_TIMER_MS`). */
-const durationOf = (timer: boolean, atLeast?: { ms: number; problem: string }) =>
+const durationOf = (timer: boolean, atLeast?: Minimum) =>
   z.string(expecting(DURATION)).transform((text, ctx) => {
-    const checked = checkDuration(text, timer);
-    if (typeof checked === "number" && (!atLeast || checked >= atLeast.ms)) return checked;
-    const expected = typeof checked === "number"
-      ? atLeast!.problem
-      : parseDuration(text) === null
-      ? `expected ${DURATION}`
-      : checked.problem;
+    const checked = checkDuration(text, timer, atLeast);
+    if (typeof checked === "number") return checked;
+    const expected = parseDuration(text) === null ? `expected ${DURATION}` : checked.problem;
     ctx.addIssue({ code: "custom", message: `${expected}, got ${show(text)}`, input: text });
     return z.NEVER;
   });
@@ -263,8 +259,7 @@ const forwardListener = z.strictObject({
     });
   }),
   pool: count(0, MAX_POOL).optional(),
-  poolMaxIdle: durationOf(false, { ms: MIN_POOL_MAX_IDLE_MS, problem: POOL_MAX_IDLE_TOO_SHORT })
-    .optional(),
+  poolMaxIdle: durationOf(false, POOL_MAX_IDLE_MIN).optional(),
   ...forwardShared,
 }, expecting("a listener object"));
 
