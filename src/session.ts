@@ -458,9 +458,7 @@ export class SocksSession extends ProxySession {
       if (this.#pending.length >= MAX_HANDSHAKE_BYTES) {
         throw new ProtocolError("field-too-long", null, "handshake larger than 8 KiB");
       }
-      const grown = new Uint8Array(this.#pending.length * 2);
-      grown.set(this.#pending);
-      this.#pending = grown;
+      this.#growPending(this.#pending.length + 1);
     }
     let n: number | null;
     try {
@@ -483,15 +481,18 @@ export class SocksSession extends ProxySession {
    */
   #keepEarlyData(bytes: Uint8Array): boolean {
     const length = this.#pendingLength + bytes.length;
-    if (length > this.#pending.length) {
-      const grown = new Uint8Array(Math.max(length, this.#pending.length * 2));
-      grown.set(this.#pending.subarray(0, this.#pendingLength));
-      this.#pending = grown;
-    }
+    if (length > this.#pending.length) this.#growPending(length);
     this.#pending.set(bytes, this.#pendingLength);
     this.#pendingLength = length;
     // Up to the limit itself: a reset right after 8 KiB is still seen.
     return length <= MAX_HANDSHAKE_BYTES;
+  }
+
+  /** Replaces the handshake buffer with one of at least `length` bytes, twice as large at least. */
+  #growPending(length: number): void {
+    const grown = new Uint8Array(Math.max(length, this.#pending.length * 2));
+    grown.set(this.#pending.subarray(0, this.#pendingLength));
+    this.#pending = grown;
   }
 
   /** Takes the bytes the client sent after its request: they go to the target first. */
