@@ -10,6 +10,7 @@ import { isAbsolute } from "node:path";
 import {
   addressOf,
   formatIPv6,
+  ipKey,
   isLoopbackIp,
   parseIPv4,
   parseIPv6,
@@ -862,7 +863,7 @@ export function earlierSameUpstream(upstreams: readonly ListenAddress[], index: 
 
 /** A host as upstreams compare: an IP address in one spelling, a name in lower case. */
 function sameHostKey(hostname: string): string {
-  return unmapIPv4(addressOf(hostname, 0).host).toLowerCase();
+  return ipKey(addressOf(hostname, 0).host);
 }
 
 /**
