@@ -8,6 +8,7 @@ import { Buffer } from "node:buffer";
 import { once } from "node:events";
 import net, { type Socket } from "node:net";
 import { SocksClient } from "socks";
+import type { Address } from "../src/protocol/address.ts";
 import { startFerry } from "./_helpers/ferry.ts";
 import { connectAndReset } from "./_helpers/reset.ts";
 import { waitUntil } from "./_helpers/forward_support.ts";
@@ -30,6 +31,19 @@ const encoder = new TextEncoder();
 interface HostPort {
   host: string;
   port: number;
+}
+
+/** Connects to ferry and asks a SOCKS5 BIND for `peer`, up to its first reply, a success. */
+async function socks5Bind(ferry: { hostname: string; port: number }, peer: Address) {
+  const client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  try {
+    const first = await socks5Handshake(client, peer, { command: socks5.Command.Bind });
+    assert.equal(first.reply, socks5.Reply.Succeeded);
+    return { client, first };
+  } catch (error) {
+    client.close();
+    throw error;
+  }
 }
 
 for (const type of [5, 4] as const) {
@@ -85,11 +99,8 @@ Deno.test("a --bind-timeout shorter than the other timeouts fires on time", asyn
   // The deadline sweep ticked for the handshake, connect and idle timeouts
   // only (1 s here), so a 200 ms bind timeout fired after about 2 s.
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "200ms"]);
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const first = await socks5Handshake(client, ipv4("127.0.0.2", 0), {
-    command: socks5.Command.Bind,
-  });
-  assert.equal(first.reply, socks5.Reply.Succeeded);
+  const { client } = await socks5Bind(ferry, ipv4("127.0.0.2", 0));
+  using _client = client;
   const started = performance.now();
   const second = await client.readMessage(socks5.decodeReply, "second reply");
   const waited = performance.now() - started;
@@ -99,11 +110,8 @@ Deno.test("a --bind-timeout shorter than the other timeouts fires on time", asyn
 
 Deno.test("SOCKS5 BIND closes a connection from another address, then times out with reply 0x04", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "500ms"]);
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const first = await socks5Handshake(client, ipv4("127.0.0.2", 0), {
-    command: socks5.Command.Bind,
-  });
-  assert.equal(first.reply, socks5.Reply.Succeeded);
+  const { client, first } = await socks5Bind(ferry, ipv4("127.0.0.2", 0));
+  using _client = client;
   assert.equal(first.address.host, "127.0.0.1");
   using stranger = new BufferedConn(
     await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
@@ -150,11 +158,8 @@ Deno.test("SOCKS5 BIND whose peer cannot be accepted (EMFILE) gets a second repl
     { wrapper: ["prlimit", `--nofile=${limit}`] },
   );
   await ferry.waitFor((l) => l.event === "nofile-low"); // the prlimit child is done
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const first = await socks5Handshake(client, ipv4("0.0.0.0", 0), {
-    command: socks5.Command.Bind,
-  });
-  assert.equal(first.reply, socks5.Reply.Succeeded);
+  const { client, first } = await socks5Bind(ferry, ipv4("0.0.0.0", 0));
+  using _client = client;
   // Idle clients take ferry's last descriptors, until its accept loop fails
   // (EMFILE); a few more wait in the backlog, so that a descriptor freed
   // inside ferry is taken by the accept loop's next try, not by the BIND.
@@ -185,11 +190,8 @@ Deno.test("SOCKS5 BIND whose peer cannot be accepted (EMFILE) gets a second repl
 
 Deno.test("SOCKS5 BIND naming its peer as an IPv4-mapped IPv6 address lets that peer in", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "5s"]);
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const first = await socks5Handshake(client, ipv6("::ffff:127.0.0.1", 0), {
-    command: socks5.Command.Bind,
-  });
-  assert.equal(first.reply, socks5.Reply.Succeeded);
+  const { client, first } = await socks5Bind(ferry, ipv6("::ffff:127.0.0.1", 0));
+  using _client = client;
   using peer = new BufferedConn(
     await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
   );
@@ -207,11 +209,8 @@ Deno.test("SOCKS5 BIND naming its peer as an IPv4-mapped IPv6 address lets that 
 
 Deno.test("a client that half-closes while its BIND waits still gets the peer's answer", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "10s"]);
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
-    command: socks5.Command.Bind,
-  });
-  assert.equal(first.reply, socks5.Reply.Succeeded);
+  const { client, first } = await socks5Bind(ferry, ipv4("127.0.0.1", 0));
+  using _client = client;
   // The request, then FIN, before anyone has connected: a FIN is not a close.
   await client.write(encoder.encode("request"));
   await client.closeWrite();
@@ -331,11 +330,8 @@ Deno.test("a reset right after 8 KiB sent while the BIND waits still ends it at 
 
 Deno.test("bytes a client sends while its BIND waits reach the peer, in order, then its own", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "10s"]);
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
-    command: socks5.Command.Bind,
-  });
-  assert.equal(first.reply, socks5.Reply.Succeeded);
+  const { client, first } = await socks5Bind(ferry, ipv4("127.0.0.1", 0));
+  using _client = client;
   // More than one of the wait's reads, sent in pieces while nobody has connected.
   const sent = new Uint8Array(3000).map((_, i) => i % 251);
   for (let at = 0; at < sent.length; at += 700) {
@@ -382,11 +378,8 @@ Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async ()
 
 Deno.test("SOCKS5 BIND goes on waiting after a connection reset before ferry accepted it", async () => {
   await using ferry = await startFerry(LISTEN);
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
-    command: socks5.Command.Bind,
-  });
-  assert.equal(first.reply, socks5.Reply.Succeeded);
+  const { client, first } = await socks5Bind(ferry, ipv4("127.0.0.1", 0));
+  using _client = client;
   // Stopped, ferry cannot accept the connection before it is reset; its
   // accept() then fails with ENOTCONN, which used to end the BIND with 0x01.
   ferry.kill("SIGSTOP");
