@@ -18,7 +18,14 @@ import type { Metrics } from "./metrics.ts";
 import { type Address, formatPeer, ipKey, unmapIPv4 } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
-import { type AnswerCheck, dial, DialError, messageWithCause } from "./upstream/dial.ts";
+import { againMakingRoom } from "./spare_descriptors.ts";
+import {
+  type AnswerCheck,
+  dial,
+  DialError,
+  messageWithCause,
+  outOfDescriptorsToDial,
+} from "./upstream/dial.ts";
 
 /** Outcomes whose name does not say what went wrong (see errorDetail). */
 const OUTCOMES_WITH_DETAIL = new Set(["protocol-error", "general-failure", "name-not-resolved"]);
@@ -349,7 +356,13 @@ export abstract class ProxySession implements Expirable {
   protected dialTarget(address: Address, answers?: AnswerCheck): Promise<Deno.TcpConn> {
     return this.waitInConnectPhase(
       this.context.connectTimeoutMs,
-      (signal) => dial(address, signal, this.clientIp, answers),
+      (signal) => {
+        const dialOnce = () => dial(address, signal, this.clientIp, answers);
+        // Out of descriptors: a forwarder's pool gives one up (src/spare_descriptors.ts).
+        return dialOnce().catch((error) =>
+          againMakingRoom(error, dialOnce, outOfDescriptorsToDial)
+        );
+      },
     ).then((target) => {
       this.adoptTarget(target);
       if (this.controller.signal.aborted) throw this.controller.signal.reason;

@@ -13,6 +13,8 @@ import { Metrics } from "./metrics.ts";
 import { formatAddress, formatPeer, unmapIPv4 } from "./protocol/address.ts";
 import { closeQuietly } from "./close_quietly.ts";
 import { isOneConnectionError } from "./accept_error.ts";
+import { isOutOfDescriptors } from "./nofile.ts";
+import { freeSpareDescriptor } from "./spare_descriptors.ts";
 import { SlotList, type Slotted } from "./slot_list.ts";
 import type { SessionContext } from "./proxy_session.ts";
 import { type SocksContext, SocksSession } from "./session.ts";
@@ -26,7 +28,9 @@ const ACCEPT_BACKOFF_MAX_MS = 250;
  * listener closes.
  *
  * Deno's own `for await (const conn of listener)` ends for good on the first
- * accept error, EMFILE included; this one keeps accepting. After an error of
+ * accept error, EMFILE included; this one keeps accepting. Out of
+ * descriptors, it first has a forwarder's pool give one up (see
+ * src/spare_descriptors.ts) and accepts again. After an error of
  * the listener (out of descriptors, buffers or memory, or one it does not
  * know) it backs off, so the server comes back by itself when descriptors
  * free up without spinning meanwhile; after a connection's own error it goes
@@ -62,6 +66,8 @@ export class AcceptedConnections implements AsyncIterableIterator<Deno.TcpConn> 
         return { done: false, value: conn };
       } catch (error) {
         if (this.#signal.aborted || error instanceof Deno.errors.BadResource) break;
+        // A pooled connection closed for it: the pool says so, once per shortage.
+        if (isOutOfDescriptors(error) && await freeSpareDescriptor()) continue;
         const backingOff = !isOneConnectionError(error);
         this.#onError(error, backingOff);
         if (!backingOff) continue;

@@ -21,6 +21,7 @@ import {
   type SessionContext,
 } from "./proxy_session.ts";
 import { writeAll } from "./relay.ts";
+import { makingRoom } from "./spare_descriptors.ts";
 import { UdpAssociation } from "./udp_associate.ts";
 import { messageWithCause, raceAbort } from "./upstream/dial.ts";
 import { WaitingClient } from "./waiting_client.ts";
@@ -228,7 +229,7 @@ export class SocksSession extends ProxySession {
       return await this.refuse(replies.failure(socks5.Reply.HostUnreachable), "host-unreachable");
     }
     try {
-      this.#bindListener = new BindListener(listenOn);
+      this.#bindListener = await makingRoom(() => new BindListener(listenOn));
     } catch (error) {
       return await this.refuse(
         replies.failure(socks5.Reply.GeneralFailure),

@@ -17,6 +17,7 @@ import { once } from "node:events";
 import { lookupAll } from "./upstream/lookups.ts";
 import { type Address, addressOf, ipOfName, isLoopbackIp } from "./protocol/address.ts";
 import { zonedHost } from "./link_local.ts";
+import { makingRoom } from "./spare_descriptors.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { decodeUdpDatagram, encodeUdpHeader } from "./protocol/socks5.ts";
 
@@ -246,19 +247,15 @@ export class UdpAssociation {
     clientSocket.on("error", () => this.counters.dropped++);
   }
 
-  /** Binds the client-facing socket on an ephemeral port. Rejects if it cannot be bound. */
+  /**
+   * Binds the client-facing socket on an ephemeral port. Rejects if it
+   * cannot be bound (out of descriptors: once no pool has one to give up).
+   */
   static async open(options: UdpAssociationOptions): Promise<UdpAssociation> {
     // On the interface the client came in on, for a link-local address too:
     // bound without its zone, a socket would not know which link to answer on.
     const bindTo = zonedHost(options.bindHost);
-    const socket = dgram.createSocket(familyOf(options.bindHost));
-    socket.bind(0, bindTo);
-    try {
-      await once(socket, "listening"); // rejects on an "error" event first
-    } catch (error) {
-      closeSocket(socket);
-      throw error;
-    }
+    const socket = await makingRoom(() => boundSocket(familyOf(options.bindHost), bindTo));
     return new UdpAssociation(options, socket, bindTo.slice(options.bindHost.length));
   }
 
@@ -427,14 +424,7 @@ export class UdpAssociation {
   }
 
   async #bindOutbound(type: "udp4" | "udp6"): Promise<OrderedSender> {
-    const socket = dgram.createSocket(type);
-    socket.bind(0, type === "udp4" ? "0.0.0.0" : "::");
-    try {
-      await once(socket, "listening");
-    } catch (error) {
-      closeSocket(socket);
-      throw error;
-    }
+    const socket = await makingRoom(() => boundSocket(type, type === "udp4" ? "0.0.0.0" : "::"));
     if (this.#closed) {
       closeSocket(socket);
       throw new Error("association closed");
@@ -493,4 +483,17 @@ function closeSocket(socket: dgram.Socket): void {
   } catch {
     // never bound, or already closed
   }
+}
+
+/** A UDP socket bound to an ephemeral port of `host`; rejects if it cannot be. */
+async function boundSocket(type: "udp4" | "udp6", host: string): Promise<dgram.Socket> {
+  const socket = dgram.createSocket(type);
+  socket.bind(0, host);
+  try {
+    await once(socket, "listening"); // rejects on an "error" event first
+  } catch (error) {
+    closeSocket(socket);
+    throw error;
+  }
+  return socket;
 }

@@ -222,3 +222,35 @@ Deno.test("ferry forward: a pool that runs ferry out of descriptors backs off an
     assert.equal(status.code, 0);
   }
 });
+
+Deno.test("ferry forward: a pool that took every descriptor gives one up for each client, who is served at once", async () => {
+  // The pool refilled into every descriptor the limit left, and then the
+  // listener could accept no client (EMFILE, backing off) until a pooled
+  // connection happened to end: a forwarder that served nobody.
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const ferry = await startFerry(forwardArgs([server.name], "--pool", "100"), {
+    wrapper: ["prlimit", "--nofile=48"],
+  });
+  try {
+    await ferry.waitFor((l) => l.event === "pool-no-descriptors");
+    // The first dials still connecting hold descriptors but nothing to give up yet.
+    for (let pooled = -1; server.accepted !== pooled;) {
+      pooled = server.accepted;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    for (let i = 0; i < 5; i++) {
+      const { tag, session: logged } = await askTag(ferry, `client ${i}`);
+      assert.equal(tag, "up");
+      const session = await logged;
+      assert.equal(session.outcome, "ok");
+      // Pooled, not dialled on demand: a pool that answered before the
+      // descriptor was really free gave up every connection for the first client.
+      assert.equal(session.pooled, true, `client ${i}: ${JSON.stringify(ferry.lines.slice(-4))}`);
+    }
+    assert.deepEqual(ferry.lines.filter((l) => l.event === "accept-error"), []);
+    assert.deepEqual(ferry.lines.filter((l) => l.event === "upstream-down"), []);
+  } finally {
+    const status = await ferry.stop();
+    assert.equal(status.code, 0);
+  }
+});

@@ -6,6 +6,8 @@ import assert from "node:assert/strict";
 import { ferryCommandArgs, startFerry } from "./_helpers/ferry.ts";
 import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
+import { BufferedConn, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
+import { associate, frame, nextDatagram, udpEcho } from "./_helpers/udp_support.ts";
 
 async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
   const bytes = new TextEncoder().encode(text);
@@ -203,5 +205,69 @@ Deno.test("ferry run takes --log-level and --log-format in any case, as socks an
     assert.equal(line.event, "listen-failed");
   } finally {
     await Deno.remove(path);
+  }
+});
+
+Deno.test("a forwarder's pool that took every descriptor gives them up to a SOCKS listener's CONNECT, BIND and UDP ASSOCIATE", async () => {
+  // Descriptors are the process's: the pool of one listener left another no
+  // descriptor to accept with, nor one to dial, listen or bind a UDP relay with.
+  const echo = startEchoServer();
+  await using udpTarget = await udpEcho();
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(
+      path,
+      `{
+        "log": { "format": "json" },
+        "listeners": [
+          { "kind": "socks", "listen": "127.0.0.1:0" },
+          { "kind": "forward", "listen": "127.0.0.1:0", "to": ["127.0.0.1:${echo.addr.port}"], "pool": 100 },
+        ],
+      }`,
+    );
+    await using ferry = await startFerry(["run", "--config", path], {
+      wrapper: ["prlimit", "--nofile=64"],
+    });
+    await ferry.waitFor((l) => l.event === "pool-no-descriptors");
+    const socksLine = ferry.lines.find((l) => l.event === "listening" && l.kind === "socks")!;
+    const socks = {
+      hostname: "127.0.0.1",
+      port: Number(String(socksLine.listen).split(":").pop()),
+    };
+    // Until the first dials, still connecting, have all joined the pool.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    for (let i = 0; i < 3; i++) {
+      const viaSocks = await socks5Connect(socks.port, echo.addr);
+      try {
+        assert.equal(await echoOnce(viaSocks, `client ${i}`), `client ${i}`);
+      } finally {
+        viaSocks.close();
+      }
+    }
+
+    using bindClient = await BufferedConn.connect(socks.hostname, socks.port);
+    const first = await socks5Handshake(bindClient, ipv4("127.0.0.1", 0), {
+      command: socks5.Command.Bind,
+    });
+    assert.equal(first.reply, socks5.Reply.Succeeded, "BIND's listener");
+    using peer = new BufferedConn(
+      await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
+    );
+    const second = await bindClient.readMessage(socks5.decodeReply, "BIND's second reply");
+    assert.equal(second.reply, socks5.Reply.Succeeded, "BIND's peer accepted");
+    await peer.write(new TextEncoder().encode("from the peer"));
+    assert.equal(new TextDecoder().decode(await bindClient.readAtLeast(13)), "from the peer");
+
+    await using udp = await associate(socks);
+    assert.equal(udp.reply.reply, socks5.Reply.Succeeded, "UDP ASSOCIATE's relay");
+    const target = ipv4("127.0.0.1", udpTarget.port);
+    udp.local.send(frame(target, "over udp"), udp.reply.address.port, "127.0.0.1");
+    const answer = await nextDatagram(udp.local);
+    assert.deepEqual(answer, frame(target, "over udp"), "the echo, through the relay");
+
+    assert.deepEqual(ferry.lines.filter((l) => l.event === "accept-error"), []);
+  } finally {
+    await Deno.remove(path);
+    await echo.close();
   }
 });

@@ -21,6 +21,7 @@ import {
 import { addressOf } from "../src/protocol/address.ts";
 import { dial, DialError } from "../src/upstream/dial.ts";
 import { resettingServer } from "./_helpers/reset.ts";
+import { freeSpareDescriptor } from "../src/spare_descriptors.ts";
 import { ss } from "./_helpers/ss.ts";
 import { TextLineStream } from "./_helpers/text_line_stream.ts";
 import { BufferedConn, closedPort, concat, pseudoRandomBytes } from "./_helpers/socks_client.ts";
@@ -803,4 +804,38 @@ Deno.test("pool: a client's dial that failed for want of a descriptor, or with E
   } finally {
     upstream.close();
   }
+});
+
+Deno.test("pool: the fullest pool gives up its oldest connection when ferry is out of descriptors, and holds its refill back", async () => {
+  // A pool larger than the open-files limit leaves took every descriptor, and
+  // no client could be accepted until a pooled connection happened to end.
+  logs.records.length = 0;
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const small = upstreamTo(server.port, 1);
+  const large = upstreamTo(server.port, 3);
+  small.start();
+  large.start();
+  try {
+    await waitUntil(() => small.idle === 1 && large.idle === 3, "the pools to fill");
+    assert.equal(await freeSpareDescriptor(), true);
+    assert.equal(large.idle, 2, "from the fullest pool");
+    assert.equal(small.idle, 1);
+    assert.equal(large.stats.givenUp, 1);
+    await waitUntil(() => server.open === 3, "the upstream to see it closed");
+    // Redialled at once, the pool would take the descriptor back first.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(large.idle, 2, "no refill within the first back-off");
+    assert.equal(server.accepted, 4);
+    const said = logs.events("pool-no-descriptors");
+    assert.equal(said.length, 1);
+    assert.match(String(said[0]!.error), /a client needed one of the pool's/);
+    // The refill comes back once its back-off (100 ms first) is over.
+    await waitUntil(() => large.idle === 3, "the pool to refill after its back-off");
+    assert.deepEqual(logs.events("upstream-down"), []);
+  } finally {
+    small.close();
+    large.close();
+  }
+  // Closed pools give nothing: they are no longer asked.
+  assert.equal(await freeSpareDescriptor(), false);
 });

@@ -18,6 +18,7 @@ import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
 import { addressOf, formatAddress, ipKey } from "../protocol/address.ts";
 import type { RelayEnd } from "../relay.ts";
+import { addDonor, type DescriptorDonor, withdrawDonor } from "../spare_descriptors.ts";
 import {
   type AnswerCheck,
   dial,
@@ -77,6 +78,14 @@ export class PooledConnection implements RelayEnd {
         return;
       }
     }
+  }
+
+  /**
+   * Settles once the read pending while pooled has ended: after close(), the
+   * moment Deno has closed the socket and its descriptor is free.
+   */
+  get released(): Promise<void> {
+    return this.#watching ?? Promise.resolve();
   }
 
   /** Bytes received while pooled (for logs). */
@@ -185,7 +194,7 @@ const REFUSED_WITHIN_MS = 100;
 export type Standing = "up" | "fallback" | "skip";
 
 /** One upstream: its pool, and whether it is up (with back-off while it is not). */
-export class Upstream {
+export class Upstream implements DescriptorDonor {
   readonly address: ListenAddress;
   readonly name: string;
   readonly #options: UpstreamOptions;
@@ -232,7 +241,7 @@ export class Upstream {
   #recycleTimer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   /** Counters, for logs and tests. */
-  readonly stats = { dialled: 0, taken: 0, dropped: 0, recycled: 0, failures: 0 };
+  readonly stats = { dialled: 0, taken: 0, dropped: 0, recycled: 0, failures: 0, givenUp: 0 };
 
   constructor(address: ListenAddress, options: UpstreamOptions) {
     this.address = address;
@@ -246,6 +255,7 @@ export class Upstream {
     const sweepMs = Math.max(50, Math.min(1000, this.#options.poolMaxIdleMs / 4));
     this.#recycleTimer = setInterval(() => this.#recycle(), sweepMs);
     Deno.unrefTimer(this.#recycleTimer);
+    addDonor(this);
     this.#fill();
   }
 
@@ -479,7 +489,23 @@ export class Upstream {
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#rampTimer);
     clearInterval(this.#recycleTimer);
+    withdrawDonor(this);
     for (const pooled of this.#idle.splice(0)) retire(pooled);
+  }
+
+  /**
+   * Closes the oldest pooled connection, so that ferry, out of descriptors,
+   * can accept a client or dial for one (see src/spare_descriptors.ts), and
+   * holds refilling back as if a dial had met EMFILE: redialled at once, it
+   * would take the descriptor back before the client got it.
+   */
+  giveUpConnection(): Promise<void> | null {
+    const oldest = this.#idle.shift();
+    if (oldest === undefined) return null;
+    retire(oldest);
+    this.stats.givenUp++;
+    this.#starve(new Error("out of descriptors, and a client needed one of the pool's"));
+    return oldest.released;
   }
 
   #fill(): void {

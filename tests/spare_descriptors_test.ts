@@ -1,0 +1,77 @@
+/**
+ * Making room for a client out of descriptors: retries of a socket's
+ * creation each time a pool gives a descriptor up, with scripted pools.
+ */
+import assert from "node:assert/strict";
+import {
+  addDonor,
+  type DescriptorDonor,
+  freeSpareDescriptor,
+  makingRoom,
+  withdrawDonor,
+} from "../src/spare_descriptors.ts";
+
+/** A pool of `idle` connections, each given up on request, and counted. */
+function scriptedPool(idle: number): DescriptorDonor & { idle: number; given: number } {
+  return {
+    idle,
+    given: 0,
+    giveUpConnection() {
+      if (this.idle === 0) return null;
+      this.idle--;
+      this.given++;
+      return Promise.resolve();
+    },
+  };
+}
+
+const emfile = () =>
+  Object.assign(new Error("Too many open files (os error 24)"), { code: "EMFILE" });
+
+Deno.test("makingRoom() tries again after each descriptor given up, and takes them from the fullest pool", async () => {
+  const small = scriptedPool(1);
+  const large = scriptedPool(3);
+  addDonor(small);
+  addDonor(large);
+  try {
+    let attempts = 0;
+    const opened = await makingRoom(() => {
+      if (++attempts <= 2) throw emfile();
+      return "socket";
+    });
+    assert.equal(opened, "socket");
+    assert.equal(attempts, 3);
+    assert.deepEqual([small.given, large.given], [0, 2]);
+  } finally {
+    withdrawDonor(small);
+    withdrawDonor(large);
+  }
+});
+
+Deno.test("makingRoom() rethrows once the pools have nothing left, and never for another error", async () => {
+  const pool = scriptedPool(2);
+  addDonor(pool);
+  try {
+    let attempts = 0;
+    await assert.rejects(
+      makingRoom(() => {
+        attempts++;
+        throw emfile();
+      }),
+      /Too many open files/,
+    );
+    assert.equal(attempts, 3, "the first try and one after each of the 2 given up");
+    assert.equal(pool.idle, 0);
+
+    pool.idle = 2;
+    pool.given = 0;
+    await assert.rejects(
+      makingRoom(() => Promise.reject(new Deno.errors.ConnectionRefused("refused"))),
+      Deno.errors.ConnectionRefused,
+    );
+    assert.equal(pool.given, 0, "a refusal is no shortage of ferry's");
+  } finally {
+    withdrawDonor(pool);
+  }
+  assert.equal(await freeSpareDescriptor(), false, "no pool asked once withdrawn");
+});
