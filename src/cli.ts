@@ -1,7 +1,8 @@
 /**
  * Command definitions and help text. The command line only collects strings;
  * `src/config.ts` validates them, so every problem is reported at once.
- * Exit codes: 0 for help and version, 2 for any usage error.
+ * Exit codes: 0 for help and version, 2 for any usage error (1 when help or the
+ * version could not be written: see src/main.ts).
  *
  * @module
  */

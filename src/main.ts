@@ -22,10 +22,13 @@ import { formatAddress, ipOfName } from "./protocol/address.ts";
 import { type Server, startSocksServer } from "./server.ts";
 
 const encoder = new TextEncoder();
+/** Why help or the version could not be written (a full disk), if it could not. */
+let stdoutFailure: Error | null = null;
 /**
  * Writes help, version or usage errors. A reader that has gone (`ferry
  * --help | head -1`) must not turn them into a crash with a stack trace and
- * the wrong exit status.
+ * the wrong exit status. Any other failure (`ferry --help > /dev/full`) is
+ * kept for main to report: a script must not take an empty file for help.
  */
 function writeTo(stream: typeof Deno.stdout | typeof Deno.stderr, text: string): void {
   const bytes = encoder.encode(text);
@@ -33,8 +36,10 @@ function writeTo(stream: typeof Deno.stdout | typeof Deno.stderr, text: string):
     for (let offset = 0; offset < bytes.length;) {
       offset += stream.writeSync(bytes.subarray(offset));
     }
-  } catch {
-    // nobody is reading
+  } catch (error) {
+    // Nobody is reading: what `head` asks for, no failure.
+    if (error instanceof Deno.errors.BrokenPipe) return;
+    if (stream === Deno.stdout) stdoutFailure ??= error as Error;
   }
 }
 const writeOut = (text: string) => writeTo(Deno.stdout, text);
@@ -47,7 +52,11 @@ interface Plan extends LogSettings {
 
 async function main(argv: string[]): Promise<number> {
   const invocation = parseCommandLine(argv, { writeOut, writeErr });
-  if (invocation.command === "exit") return invocation.code;
+  if (invocation.command === "exit") {
+    if (stdoutFailure === null) return invocation.code;
+    writeErr(`ferry: cannot write to standard output: ${stdoutFailure.message}\n`);
+    return 1;
+  }
 
   let plan: Plan;
   try {

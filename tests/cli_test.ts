@@ -103,6 +103,23 @@ Deno.test("--help and --version into a pipe nobody reads exit 0 without a stack 
   }
 });
 
+Deno.test("--help and --version that cannot be written (a full disk) exit 1 and say why", async () => {
+  // They exited 0, so `ferry --version > version.txt` on a full disk left an
+  // empty file that a script took for the version.
+  for (const args of [["socks", "--help"], ["--version"]]) {
+    const { code, stderr } = await new Deno.Command("sh", {
+      args: ["-c", 'exec "$@" > /dev/full', "sh", Deno.execPath(), ...ferryCommandArgs(args)],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    }).output();
+    const text = new TextDecoder().decode(stderr);
+    assert.equal(code, 1, `ferry ${args.join(" ")}: ${text}`);
+    assert.match(text, /^ferry: cannot write to standard output: No space left on device/);
+  }
+});
+
 Deno.test("an unknown flag exits 2 and is named on stderr", async () => {
   const run = await ferry("socks", "--listen", "127.0.0.1:0", "--frobnicate");
   assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
