@@ -8,7 +8,13 @@
  */
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import denoJson from "../deno.json" with { type: "json" };
-import { DEFAULTS, type RawForwardOptions, type RawSocksOptions } from "./config.ts";
+import {
+  DEFAULTS,
+  MAX_POOL,
+  POOL_MAX_IDLE_MIN,
+  type RawForwardOptions,
+  type RawSocksOptions,
+} from "./config.ts";
 
 /** The version printed by `--version`, from deno.json. */
 export const VERSION: string = denoJson.version;
@@ -95,7 +101,8 @@ function addListenerOptions(command: Command, withHandshake: boolean): Command {
     )
     .addHelpText(
       "after",
-      "\nDurations: 250ms, 1.5s, 10s, 5m, 1h (at least 1ms). Logs go to stderr, one line per session.",
+      "\nDurations: 250ms, 1.5s, 10s, 5m, 1h; at least 1ms, and --connect-timeout and\n" +
+        "--shutdown-grace at most 596h. Logs go to stderr, one line per session.",
     );
 }
 
@@ -186,10 +193,14 @@ export function buildProgram(
       "upstream to forward to (required, repeatable; round-robin)",
       collect,
     )
-    .option("--pool <n>", "connections kept dialled per upstream; 0 dials on demand", DEFAULTS.pool)
+    .option(
+      "--pool <n>",
+      `connections kept dialled per upstream, 0 to ${MAX_POOL}; 0 dials on demand`,
+      DEFAULTS.pool,
+    )
     .option(
       "--pool-max-idle <duration>",
-      "replace pooled connections idle this long",
+      `replace pooled connections idle this long (at least ${POOL_MAX_IDLE_MIN.ms / 1000}s)`,
       DEFAULTS.poolMaxIdle,
     );
   addListenerOptions(forward, false)

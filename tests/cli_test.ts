@@ -81,6 +81,39 @@ Deno.test("ferry socks --help exits 0 and mentions every option on stdout", asyn
   }
 });
 
+Deno.test("ferry forward --help gives the bounds a value is checked against", async () => {
+  // Found only by trying: --pool 2000 and --pool-max-idle 500ms were refused
+  // with bounds the help did not give.
+  const run = await ferry("forward", "--help");
+  assert.equal(run.code, 0, run.stderr);
+  const text = run.stdout.replace(/\s+/g, " ");
+  assert.match(text, /--pool <n> connections kept dialled per upstream, 0 to 1024;/);
+  assert.match(
+    text,
+    /--pool-max-idle <duration> replace pooled connections idle this long \(at least 1s\)/,
+  );
+  assert.match(text, /at least 1ms, and --connect-timeout and --shutdown-grace at most 596h/);
+  for (
+    const [flag, value, bound] of [
+      ["--pool", "1025", "from 0 to 1024"],
+      ["--pool-max-idle", "999ms", "at least 1s"],
+      ["--connect-timeout", "597h", "at most 596h"],
+    ]
+  ) {
+    const refused = await ferry(
+      "forward",
+      "--listen",
+      "127.0.0.1:0",
+      "--to",
+      "127.0.0.1:9",
+      flag!,
+      value!,
+    );
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.ok(refused.stderr.includes(bound!), `${flag} ${value}: ${refused.stderr}`);
+  }
+});
+
 Deno.test("ferry --version prints the version from deno.json and exits 0", async () => {
   const run = await ferry("--version");
   assert.equal(run.code, 0, run.stderr);
