@@ -229,6 +229,9 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
       return 1;
     }
   }
+  // Before the pools fill: a pool larger than the limit leaves takes every
+  // descriptor, and prlimit could not even start to tell the limit.
+  const limit = await openFilesLimit();
   // Only now that every listener is open: a later one that failed would
   // have left the upstreams with connections dialled for nothing.
   for (const { server } of running) if ("startPools" in server) server.startPools();
@@ -239,7 +242,6 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
       ...describe(config),
     });
   }
-  const limit = await openFilesLimit();
   const maxConns = plan.listeners.reduce((sum, c) => sum + c.maxConns, 0);
   const pooled = plan.listeners.reduce(
     (sum, c) => sum + (c.kind === "forward" ? c.upstreams.length * c.poolSize : 0),

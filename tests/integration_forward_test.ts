@@ -204,6 +204,9 @@ Deno.test("ferry forward: a pool that runs ferry out of descriptors backs off an
     wrapper: ["prlimit", "--nofile=48"],
   });
   try {
+    // Learned before the pool took every descriptor: prlimit could not start after.
+    const low = await ferry.waitFor((l) => l.event === "nofile-low");
+    assert.equal(low.limit, 48, String(low.message));
     const starved = await ferry.waitFor((l) => l.event === "pool-no-descriptors");
     assert.equal(starved.upstream, server.name);
     assert.match(String(starved.error), /Too many open files/);
