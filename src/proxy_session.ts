@@ -18,8 +18,9 @@ import type { Metrics } from "./metrics.ts";
 import { type Address, formatPeer, ipKey, unmapIPv4 } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
-import { againMakingRoom } from "./spare_descriptors.ts";
+import { freeSpareDescriptor, waitForDescriptor } from "./spare_descriptors.ts";
 import {
+  abortFailure,
   type AnswerCheck,
   dial,
   DialError,
@@ -358,10 +359,7 @@ export abstract class ProxySession implements Expirable {
       this.context.connectTimeoutMs,
       (signal) => {
         const dialOnce = () => dial(address, signal, this.clientIp, answers);
-        // Out of descriptors: a forwarder's pool gives one up (src/spare_descriptors.ts).
-        return dialOnce().catch((error) =>
-          againMakingRoom(error, dialOnce, outOfDescriptorsToDial)
-        );
+        return dialOnce().catch((error) => dialWhenDescriptorFree(error, dialOnce, signal));
       },
     ).then((target) => {
       this.adoptTarget(target);
@@ -534,4 +532,36 @@ export abstract class ProxySession implements Expirable {
       ...(this.#errorDetail === undefined ? {} : { error: this.#errorDetail }),
     });
   }
+}
+
+/** How long a dial short of a descriptor first waits for one; the wait doubles up to the cap. */
+const DESCRIPTOR_WAIT_FIRST_MS = 5;
+const DESCRIPTOR_WAIT_MAX_MS = 100;
+
+/**
+ * After a client's dial failed with `error`: if for want of a descriptor,
+ * dials again once a forwarder's pool has given one up, or, with none to
+ * give, once one may have freed up (see src/spare_descriptors.ts), until
+ * `signal` aborts. ferry's own shortage says nothing of the target, so at
+ * the connect deadline the error is still the shortage (0x01), not a
+ * timeout.
+ */
+async function dialWhenDescriptorFree(
+  error: unknown,
+  dialOnce: () => Promise<Deno.TcpConn>,
+  signal: AbortSignal,
+): Promise<Deno.TcpConn> {
+  for (let waitMs = DESCRIPTOR_WAIT_FIRST_MS; outOfDescriptorsToDial(error);) {
+    if (!await freeSpareDescriptor()) {
+      await waitForDescriptor(waitMs, signal);
+      waitMs = Math.min(waitMs * 2, DESCRIPTOR_WAIT_MAX_MS);
+    }
+    if (signal.aborted && abortFailure(signal) === "connect-timeout") break;
+    try {
+      return await dialOnce(); // aborted otherwise: fails at once, as such
+    } catch (again) {
+      error = again;
+    }
+  }
+  throw error;
 }

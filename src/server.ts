@@ -14,7 +14,7 @@ import { formatAddress, formatPeer, unmapIPv4 } from "./protocol/address.ts";
 import { closeQuietly } from "./close_quietly.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { isOutOfDescriptors } from "./nofile.ts";
-import { freeSpareDescriptor } from "./spare_descriptors.ts";
+import { acceptsPaused, freeSpareDescriptor } from "./spare_descriptors.ts";
 import { SlotList, type Slotted } from "./slot_list.ts";
 import type { SessionContext } from "./proxy_session.ts";
 import { type SocksContext, SocksSession } from "./session.ts";
@@ -30,7 +30,8 @@ const ACCEPT_BACKOFF_MAX_MS = 250;
  * Deno's own `for await (const conn of listener)` ends for good on the first
  * accept error, EMFILE included; this one keeps accepting. Out of
  * descriptors, it first has a forwarder's pool give one up (see
- * src/spare_descriptors.ts) and accepts again. After an error of
+ * src/spare_descriptors.ts) and accepts again; while clients it accepted
+ * wait for descriptors to dial with, it accepts none. After an error of
  * the listener (out of descriptors, buffers or memory, or one it does not
  * know) it backs off, so the server comes back by itself when descriptors
  * free up without spinning meanwhile; after a connection's own error it goes
@@ -60,6 +61,11 @@ export class AcceptedConnections implements AsyncIterableIterator<Deno.TcpConn> 
 
   async next(): Promise<IteratorResult<Deno.TcpConn, undefined>> {
     while (!this.#signal.aborted) {
+      // Clients already accepted wait for descriptors to dial with; new ones wait in the queue.
+      if (acceptsPaused()) {
+        await sleep(ACCEPT_BACKOFF_FIRST_MS, this.#signal);
+        continue;
+      }
       try {
         const conn = await this.#listener.accept();
         this.#backoff = ACCEPT_BACKOFF_FIRST_MS;

@@ -15,6 +15,13 @@
  * client waits, so after each client an accept loop frees one more: one
  * stays free for the next client, or for this one's dial.
  *
+ * A client's dial with no pooled connection left to give up waits for a
+ * descriptor instead of failing (see {@linkcode waitForDescriptor}), and
+ * while one waits no listener accepts: a client accepted into the last
+ * descriptor had none to dial with, failed, and freed its descriptor for
+ * the next, which failed the same way, so that a burst at the limit was
+ * mostly refused where the listen queue would have held it.
+ *
  * The registry is this module's own: descriptors belong to the process, not
  * to one listener, and a forwarder's pool may have to make room for a SOCKS
  * listener's client in the same `ferry run`.
@@ -66,34 +73,45 @@ export async function freeSpareDescriptor(): Promise<boolean> {
 
 /**
  * Runs `open` (a socket's creation), and again each time it fails for want
- * of a descriptor (`isShortage`) and a pool gives one up; else rethrows.
+ * of a descriptor and a pool gives one up; else rethrows.
  */
-export async function makingRoom<T>(
-  open: () => T | Promise<T>,
-  isShortage: (error: unknown) => boolean = isOutOfDescriptors,
-): Promise<T> {
-  try {
-    return await open();
-  } catch (error) {
-    return await againMakingRoom(error, open, isShortage);
+export async function makingRoom<T>(open: () => T | Promise<T>): Promise<T> {
+  for (;;) {
+    try {
+      return await open();
+    } catch (error) {
+      if (!isOutOfDescriptors(error) || !await freeSpareDescriptor()) throw error;
+    }
   }
 }
 
+/** Client dials waiting for a descriptor (see {@linkcode waitForDescriptor}). */
+let dialsWaiting = 0;
+
 /**
- * After `open` failed with `error`: {@linkcode makingRoom}'s retries. Apart,
- * so that a hot path can add them with a `catch` and no await of its own.
+ * Waits `ms`, or until `signal` aborts, for a descriptor to free up (a
+ * session to end) before a client's dial is tried again. While any dial
+ * waits, {@linkcode acceptsPaused} says so: a freed descriptor then goes to
+ * a client already accepted, not to a new one who could not dial either.
  */
-export async function againMakingRoom<T>(
-  error: unknown,
-  open: () => T | Promise<T>,
-  isShortage: (error: unknown) => boolean = isOutOfDescriptors,
-): Promise<T> {
-  while (isShortage(error) && await freeSpareDescriptor()) {
-    try {
-      return await open();
-    } catch (again) {
-      error = again;
-    }
+export async function waitForDescriptor(ms: number, signal: AbortSignal): Promise<void> {
+  dialsWaiting++;
+  try {
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done, { once: true });
+    });
+  } finally {
+    dialsWaiting--;
   }
-  throw error;
+}
+
+/** Whether listeners should leave new clients in their queues: dials wait for descriptors. */
+export function acceptsPaused(): boolean {
+  return dialsWaiting > 0;
 }

@@ -55,9 +55,11 @@ Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descri
 Deno.test("a name that cannot be looked up for want of descriptors gets 0x01 and says so, not 'no such name'", async () => {
   // Out of descriptors, the system resolver cannot open /etc/hosts or a
   // socket, and says the name does not exist (ENOTFOUND): the client got
-  // 0x04 and the log pointed at DNS instead of the open-files limit.
+  // 0x04 and the log pointed at DNS instead of the open-files limit. The
+  // dial waits for a descriptor until the connect timeout, which is then
+  // not blamed either.
   await using ferry = await startFerry(
-    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s"],
+    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s", "--connect-timeout", "1s"],
     { wrapper: ["prlimit", "--nofile=48"] },
   );
   await ferry.waitFor((l) => l.event === "nofile-low");
@@ -85,6 +87,53 @@ Deno.test("a name that cannot be looked up for want of descriptors gets 0x01 and
   const session = await sessionOf(ferry, asking.localAddr);
   assert.equal(session.outcome, "general-failure");
   assert.match(String(session.error), /cannot resolve "localhost": .*Too many open files/);
+});
+
+Deno.test("a CONNECT out of descriptors waits for one and is served once one frees up", async () => {
+  // It failed at once with 0x01; each failure freed the client's descriptor
+  // for the next client accepted, who failed the same way.
+  const echo = startEchoServer();
+  await using ferry = await startFerry(
+    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s"],
+    { wrapper: ["prlimit", "--nofile=48"] },
+  );
+  await ferry.waitFor((l) => l.event === "nofile-low");
+  using asking = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await asking.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+  assert.equal(
+    await asking.readMessage(socks5.decodeMethodSelection, "method"),
+    socks5.Method.NoAuth,
+  );
+  const held: Deno.TcpConn[] = [];
+  let replied: Promise<socks5.ReplyMessage> | undefined;
+  try {
+    for (let i = 0; i < 60; i++) {
+      held.push(await Deno.connect({ hostname: "127.0.0.1", port: ferry.port }));
+    }
+    await ferry.waitFor((l) => l.event === "accept-error" && l.code === "EMFILE");
+    await asking.write(socks5.encodeRequest({
+      command: socks5.Command.Connect,
+      address: { type: "ipv4", host: "127.0.0.1", port: echo.addr.port },
+    }));
+    replied = asking.readMessage(socks5.decodeReply, "reply");
+    // Waiting: no reply while every descriptor is taken.
+    const early = await Promise.race([
+      replied.then((r) => `reply ${r.reply}`),
+      new Promise((resolve) => setTimeout(() => resolve("waiting"), 500)),
+    ]);
+    assert.equal(early, "waiting");
+  } finally {
+    for (const conn of held) conn.close();
+  }
+  // The held clients' descriptors free up: the dial gets one, not a later client.
+  const reply = await replied!;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  await asking.write(new TextEncoder().encode("waited"));
+  assert.equal(new TextDecoder().decode(await asking.readAtLeast(6)), "waited");
+  asking.close();
+  const session = await sessionOf(ferry, asking.localAddr);
+  assert.equal(session.outcome, "ok");
+  await echo.close();
 });
 
 Deno.test("the open-files warning comes also when LD_LIBRARY_PATH is set", async () => {

@@ -271,3 +271,59 @@ Deno.test("a forwarder's pool that took every descriptor gives them up to a SOCK
     await echo.close();
   }
 });
+
+Deno.test("a burst of clients beyond the open-files limit waits for descriptors, and every one is served", async () => {
+  // Accepted into the last descriptor, a client had none left to dial its
+  // upstream with and was closed (general-failure), which freed a
+  // descriptor for the next client to fail the same way: 63 of 100 failed,
+  // where the listen queue would have held them until sessions ended.
+  const echo = startEchoServer();
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(
+      path,
+      `{
+        "log": { "format": "json" },
+        "listeners": [
+          { "kind": "socks", "listen": "127.0.0.1:0" },
+          { "kind": "forward", "listen": "127.0.0.1:0", "to": ["127.0.0.1:${echo.addr.port}"], "pool": 0 },
+        ],
+      }`,
+    );
+    // 100 clients need 200 descriptors, and about 70 are left.
+    await using ferry = await startFerry(["run", "--config", path], {
+      wrapper: ["prlimit", "--nofile=100"],
+    });
+    const forwardLine = await ferry.waitFor((l) => l.event === "listening" && l.kind === "forward");
+    const forwardPort = Number(String(forwardLine.listen).split(":").pop());
+    const clients = Array.from({ length: 100 }, async (_, i) => {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: forwardPort });
+      try {
+        const echoed = await echoOnce(conn, `client ${i}`);
+        await new Promise((resolve) => setTimeout(resolve, 500)); // holding its descriptors
+        return echoed;
+      } finally {
+        conn.close();
+      }
+    });
+    const echoed = await Promise.allSettled(clients);
+    const failed = echoed.filter((r) => r.status === "rejected" || !r.value.startsWith("client "));
+    assert.equal(
+      failed.length,
+      0,
+      `${failed.length} of 100 failed: ${
+        String(failed[0]?.status === "rejected" ? failed[0].reason : "")
+      }`,
+    );
+    await ferry.waitFor(() =>
+      ferry.lines.filter((l) => l.event === "session" && l.outcome === "ok").length === 100
+    );
+    assert.deepEqual(
+      ferry.lines.filter((l) => l.event === "session" && l.outcome !== "ok"),
+      [],
+    );
+  } finally {
+    await Deno.remove(path);
+    await echo.close();
+  }
+});

@@ -1,13 +1,16 @@
 /**
  * Making room for a client out of descriptors: retries of a socket's
- * creation each time a pool gives a descriptor up, with scripted pools.
+ * creation each time a pool gives a descriptor up, with scripted pools, and
+ * the pause of accepts while dials wait.
  */
 import assert from "node:assert/strict";
 import {
+  acceptsPaused,
   addDonor,
   type DescriptorDonor,
   freeSpareDescriptor,
   makingRoom,
+  waitForDescriptor,
   withdrawDonor,
 } from "../src/spare_descriptors.ts";
 
@@ -74,4 +77,22 @@ Deno.test("makingRoom() rethrows once the pools have nothing left, and never for
     withdrawDonor(pool);
   }
   assert.equal(await freeSpareDescriptor(), false, "no pool asked once withdrawn");
+});
+
+Deno.test("while a dial waits for a descriptor, accepts are paused; an abort ends the wait", async () => {
+  assert.equal(acceptsPaused(), false);
+  const abort = new AbortController();
+  const waiting = waitForDescriptor(60_000, abort.signal);
+  assert.equal(acceptsPaused(), true, "a client accepted now would have no descriptor either");
+  abort.abort();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const ended = await Promise.race([
+    waiting.then(() => "ended"),
+    new Promise((resolve) => timer = setTimeout(() => resolve("still waiting"), 5_000)),
+  ]);
+  clearTimeout(timer);
+  assert.equal(ended, "ended");
+  assert.equal(acceptsPaused(), false);
+  await waitForDescriptor(1, new AbortController().signal);
+  assert.equal(acceptsPaused(), false, "counted down after a wait that ran its course");
 });

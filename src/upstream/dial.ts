@@ -87,7 +87,7 @@ export function classifyConnectError(error: unknown): DialFailure {
 }
 
 /** Why the session's signal was aborted, if it was: the sweep marks connect timeouts. */
-function abortFailure(signal: AbortSignal): DialFailure {
+export function abortFailure(signal: AbortSignal): DialFailure {
   const reason = signal.reason as { failure?: DialFailure } | undefined;
   return reason?.failure === "connect-timeout" ? "connect-timeout" : "aborted";
 }
