@@ -257,3 +257,29 @@ Deno.test("ferry forward: a pool that took every descriptor gives one up for eac
     assert.equal(status.code, 0);
   }
 });
+
+Deno.test("ferry forward: at the open-files limit, a pool replaces the connections it retires at once", async () => {
+  // Starved, the refill waited out its back-off (2 s) even after the pool
+  // had retired its own connections past --pool-max-idle: the pool was empty
+  // about half the time, and clients dialled on demand.
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const ferry = await startFerry(
+    forwardArgs([server.name], "--pool", "100", "--pool-max-idle", "1s"),
+    { wrapper: ["prlimit", "--nofile=48"] },
+  );
+  try {
+    await ferry.waitFor((l) => l.event === "pool-no-descriptors");
+    await waitUntil(() => server.open > 0, "the pool to fill");
+    const samples: number[] = [];
+    for (let i = 0; i < 50; i++) { // 5 s: five rounds of retiring
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      samples.push(server.open);
+    }
+    const empty = samples.filter((open) => open === 0).length;
+    assert.ok(empty <= 3, `empty in ${empty} of 50 samples: ${samples.join(" ")}`);
+    assert.ok(server.accepted > 2 * Math.max(...samples), "connections were retired and replaced");
+  } finally {
+    const status = await ferry.stop();
+    assert.equal(status.code, 0);
+  }
+});

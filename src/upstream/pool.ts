@@ -18,7 +18,12 @@ import type { ListenAddress } from "../config.ts";
 import { serverLog } from "../log.ts";
 import { addressOf, formatAddress, ipKey } from "../protocol/address.ts";
 import type { RelayEnd } from "../relay.ts";
-import { addDonor, type DescriptorDonor, withdrawDonor } from "../spare_descriptors.ts";
+import {
+  acceptsPaused,
+  addDonor,
+  type DescriptorDonor,
+  withdrawDonor,
+} from "../spare_descriptors.ts";
 import {
   type AnswerCheck,
   dial,
@@ -661,10 +666,30 @@ export class Upstream implements DescriptorDonor {
   /** Closes the pooled connections older than --pool-max-idle (the pool is oldest first). */
   #retireExpired(now: number): void {
     const oldest = now - this.#options.poolMaxIdleMs;
+    let released: Promise<void>[] | null = null; // on a client's take: no array unless needed
     while (this.#idle.length > 0 && this.#idle[0]!.pooledAt <= oldest) {
-      retire(this.#idle.shift()!);
+      const expired = this.#idle.shift()!;
+      retire(expired);
       this.stats.recycled++;
+      (released ??= []).push(expired.released);
     }
+    // Starved, the refill waits out its back-off (2 s at most), but the
+    // descriptors being freed are the pool's own to replace these with: at
+    // the open-files limit each recycle left the pool empty that long.
+    // Once they are free (see PooledConnection.released), and not while a
+    // client's dial waits for a descriptor: it comes first.
+    if (released && this.#starved) {
+      void Promise.all(released).then(() => this.#refillStarved());
+    }
+  }
+
+  /** Refills a starved pool now, not at the end of its back-off (see #retireExpired). */
+  #refillStarved(): void {
+    if (this.#closed || !this.#starved || acceptsPaused()) return;
+    this.#retryAt = performance.now();
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#fill();
   }
 }
 
