@@ -18,7 +18,7 @@ import type { Metrics } from "./metrics.ts";
 import { type Address, formatPeer, ipKey, unmapIPv4 } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
-import { freeSpareDescriptor, waitForDescriptor } from "./spare_descriptors.ts";
+import { DescriptorWait, freeSpareDescriptor } from "./spare_descriptors.ts";
 import {
   abortFailure,
   type AnswerCheck,
@@ -534,10 +534,6 @@ export abstract class ProxySession implements Expirable {
   }
 }
 
-/** How long a dial short of a descriptor first waits for one; the wait doubles up to the cap. */
-const DESCRIPTOR_WAIT_FIRST_MS = 5;
-const DESCRIPTOR_WAIT_MAX_MS = 100;
-
 /**
  * After a client's dial failed with `error`: if for want of a descriptor,
  * dials again once a forwarder's pool has given one up, or, with none to
@@ -551,17 +547,16 @@ async function dialWhenDescriptorFree(
   dialOnce: () => Promise<Deno.TcpConn>,
   signal: AbortSignal,
 ): Promise<Deno.TcpConn> {
-  for (let waitMs = DESCRIPTOR_WAIT_FIRST_MS; outOfDescriptorsToDial(error);) {
-    if (!await freeSpareDescriptor()) {
-      await waitForDescriptor(waitMs, signal);
-      waitMs = Math.min(waitMs * 2, DESCRIPTOR_WAIT_MAX_MS);
-    }
-    if (signal.aborted && abortFailure(signal) === "connect-timeout") break;
+  if (!outOfDescriptorsToDial(error)) throw error;
+  using wait = new DescriptorWait();
+  for (;;) {
+    if (!await freeSpareDescriptor()) await wait.next(signal);
+    if (signal.aborted && abortFailure(signal) === "connect-timeout") throw error;
     try {
       return await dialOnce(); // aborted otherwise: fails at once, as such
     } catch (again) {
+      if (!outOfDescriptorsToDial(again)) throw again;
       error = again;
     }
   }
-  throw error;
 }

@@ -16,7 +16,7 @@
  * stays free for the next client, or for this one's dial.
  *
  * A client's dial with no pooled connection left to give up waits for a
- * descriptor instead of failing (see {@linkcode waitForDescriptor}), and
+ * descriptor instead of failing (see {@linkcode DescriptorWait}), and
  * while one waits no listener accepts: a client accepted into the last
  * descriptor had none to dial with, failed, and freed its descriptor for
  * the next, which failed the same way, so that a burst at the limit was
@@ -85,19 +85,34 @@ export async function makingRoom<T>(open: () => T | Promise<T>): Promise<T> {
   }
 }
 
-/** Client dials waiting for a descriptor (see {@linkcode waitForDescriptor}). */
+/** Client dials waiting for a descriptor (see {@linkcode DescriptorWait}). */
 let dialsWaiting = 0;
 
+/** How long a dial short of a descriptor first waits for one; the wait doubles up to the cap. */
+const WAIT_FIRST_MS = 5;
+const WAIT_MAX_MS = 100;
+
 /**
- * Waits `ms`, or until `signal` aborts, for a descriptor to free up (a
- * session to end) before a client's dial is tried again. While any dial
- * waits, {@linkcode acceptsPaused} says so: a freed descriptor then goes to
- * a client already accepted, not to a new one who could not dial either.
+ * A client's dial short of a descriptor, from its first failure until it
+ * is disposed (dialled, or given up). While any lives, {@linkcode
+ * acceptsPaused} says so: a descriptor that frees up then goes to a client
+ * already accepted, not to a new one who could not dial either. Counted for
+ * the whole time, its retries included: a listener that accepted between
+ * two waits took the descriptor the retry was about to get.
  */
-export async function waitForDescriptor(ms: number, signal: AbortSignal): Promise<void> {
-  dialsWaiting++;
-  try {
-    await new Promise<void>((resolve) => {
+export class DescriptorWait implements Disposable {
+  #waitMs = WAIT_FIRST_MS;
+  #disposed = false;
+
+  constructor() {
+    dialsWaiting++;
+  }
+
+  /** Waits for a descriptor to free up (a session to end): 5 ms, doubling to 100 ms, or until `signal` aborts. */
+  next(signal: AbortSignal): Promise<void> {
+    const ms = this.#waitMs;
+    this.#waitMs = Math.min(ms * 2, WAIT_MAX_MS);
+    return new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
         signal.removeEventListener("abort", done);
@@ -106,7 +121,11 @@ export async function waitForDescriptor(ms: number, signal: AbortSignal): Promis
       const timer = setTimeout(done, ms);
       signal.addEventListener("abort", done, { once: true });
     });
-  } finally {
+  }
+
+  [Symbol.dispose](): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
     dialsWaiting--;
   }
 }

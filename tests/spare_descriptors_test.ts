@@ -8,9 +8,9 @@ import {
   acceptsPaused,
   addDonor,
   type DescriptorDonor,
+  DescriptorWait,
   freeSpareDescriptor,
   makingRoom,
-  waitForDescriptor,
   withdrawDonor,
 } from "../src/spare_descriptors.ts";
 
@@ -79,20 +79,23 @@ Deno.test("makingRoom() rethrows once the pools have nothing left, and never for
   assert.equal(await freeSpareDescriptor(), false, "no pool asked once withdrawn");
 });
 
-Deno.test("while a dial waits for a descriptor, accepts are paused; an abort ends the wait", async () => {
+Deno.test("while a dial waits for a descriptor, accepts are paused, its retries included; an abort ends a wait", async () => {
   assert.equal(acceptsPaused(), false);
   const abort = new AbortController();
-  const waiting = waitForDescriptor(60_000, abort.signal);
-  assert.equal(acceptsPaused(), true, "a client accepted now would have no descriptor either");
-  abort.abort();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const ended = await Promise.race([
-    waiting.then(() => "ended"),
-    new Promise((resolve) => timer = setTimeout(() => resolve("still waiting"), 5_000)),
-  ]);
-  clearTimeout(timer);
-  assert.equal(ended, "ended");
-  assert.equal(acceptsPaused(), false);
-  await waitForDescriptor(1, new AbortController().signal);
-  assert.equal(acceptsPaused(), false, "counted down after a wait that ran its course");
+  {
+    using wait = new DescriptorWait();
+    assert.equal(acceptsPaused(), true, "a client accepted now would have no descriptor either");
+    await wait.next(abort.signal); // 5 ms
+    assert.equal(acceptsPaused(), true, "between two waits, while the dial is tried again");
+    const waiting = wait.next(abort.signal); // 10 ms, but cut short
+    abort.abort();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const ended = await Promise.race([
+      waiting.then(() => "ended"),
+      new Promise((resolve) => timer = setTimeout(() => resolve("still waiting"), 5_000)),
+    ]);
+    clearTimeout(timer);
+    assert.equal(ended, "ended");
+  }
+  assert.equal(acceptsPaused(), false, "counted down once the dial is done");
 });
