@@ -18,7 +18,13 @@ import type { Metrics } from "./metrics.ts";
 import { type Address, formatPeer, ipKey, unmapIPv4 } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
-import { DescriptorWait, freeSpareDescriptor } from "./spare_descriptors.ts";
+import {
+  descriptorsMayFreeUp,
+  DescriptorWait,
+  freeSpareDescriptor,
+  targetHeld,
+  targetReleased,
+} from "./spare_descriptors.ts";
 import {
   abortFailure,
   type AnswerCheck,
@@ -345,8 +351,10 @@ export abstract class ProxySession implements Expirable {
 
   /** Registers a target socket so aborting and ending the session close it. */
   protected adoptTarget(target: RelayTarget): void {
+    const first = this.#target === null;
     this.#target = target;
     if (this.#socketsClosed) closeQuietly(target);
+    else if (first) targetHeld(); // released in #closeSockets; see descriptorsMayFreeUp()
   }
 
   /**
@@ -506,7 +514,10 @@ export abstract class ProxySession implements Expirable {
     if (this.#socketsClosed) return;
     this.#socketsClosed = true;
     closeQuietly(this.client);
-    if (this.#target) closeQuietly(this.#target);
+    if (this.#target) {
+      closeQuietly(this.#target);
+      targetReleased();
+    }
   }
 
   #logEnd(): void {
@@ -550,7 +561,10 @@ async function dialWhenDescriptorFree(
   if (!outOfDescriptorsToDial(error)) throw error;
   using wait = new DescriptorWait();
   for (;;) {
-    if (!await freeSpareDescriptor()) await wait.next(signal);
+    if (!await freeSpareDescriptor()) {
+      if (!descriptorsMayFreeUp()) throw error; // nothing would free one: no stall
+      await wait.next(signal);
+    }
     if (signal.aborted && abortFailure(signal) === "connect-timeout") throw error;
     try {
       return await dialOnce(); // aborted otherwise: fails at once, as such

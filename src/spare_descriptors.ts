@@ -16,8 +16,9 @@
  * stays free for the next client, or for this one's dial.
  *
  * A client's dial with no pooled connection left to give up waits for a
- * descriptor instead of failing (see {@linkcode DescriptorWait}), and
- * while one waits no listener accepts: a client accepted into the last
+ * descriptor instead of failing (see {@linkcode DescriptorWait}) while a
+ * session may give one back ({@linkcode descriptorsMayFreeUp}), and while
+ * one waits no listener accepts: a client accepted into the last
  * descriptor had none to dial with, failed, and freed its descriptor for
  * the next, which failed the same way, so that a burst at the limit was
  * mostly refused where the listen queue would have held it.
@@ -128,6 +129,34 @@ export class DescriptorWait implements Disposable {
     this.#disposed = true;
     dialsWaiting--;
   }
+}
+
+/**
+ * Sessions holding a target (a dialled or pooled connection, a BIND peer,
+ * a UDP relay): each gives descriptors back when it ends.
+ */
+let sessionsWithTargets = 0;
+
+/** A session took its target; {@linkcode targetReleased} when it closes it. */
+export function targetHeld(): void {
+  sessionsWithTargets++;
+}
+
+export function targetReleased(): void {
+  sessionsWithTargets--;
+}
+
+/**
+ * Whether a dial short of a descriptor may wait for one: only while some
+ * session holds a target, and so will give descriptors back when it ends.
+ * Else every descriptor is held by clients still in their handshakes or
+ * waiting too (a SOCKS burst is accepted before any of it dials), nothing
+ * can free one, and waiting stalled every listener until the connect
+ * timeout; the dial fails at once instead, and its client's descriptor
+ * goes to the next.
+ */
+export function descriptorsMayFreeUp(): boolean {
+  return sessionsWithTargets > 0;
 }
 
 /** Whether listeners should leave new clients in their queues: dials wait for descriptors. */

@@ -10,7 +10,13 @@ import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
 import { ss } from "./_helpers/ss.ts";
 import { connectAndReset } from "./_helpers/reset.ts";
-import { BufferedConn, closedPort, socks5 } from "./_helpers/socks_client.ts";
+import {
+  BufferedConn,
+  closedPort,
+  ipv4,
+  socks5,
+  socks5Handshake,
+} from "./_helpers/socks_client.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 
 Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descriptors free up", async () => {
@@ -133,6 +139,35 @@ Deno.test("a CONNECT out of descriptors waits for one and is served once one fre
   asking.close();
   const session = await sessionOf(ferry, asking.localAddr);
   assert.equal(session.outcome, "ok");
+  await echo.close();
+});
+
+Deno.test("a SOCKS burst that takes every descriptor in handshakes is answered at once, not stalled until the connect timeout", async () => {
+  // Accepted before any of them dialled, the clients held every descriptor
+  // and each dial waited for one that nothing would free (no session held a
+  // target): no listener accepted and no client was answered for the whole
+  // --connect-timeout. With no session to give a descriptor back, a dial
+  // short of one fails at once, as it did before dials waited.
+  const echo = startEchoServer();
+  await using ferry = await startFerry(
+    ["socks", "--listen", "127.0.0.1:0", "--connect-timeout", "60s"],
+    { wrapper: ["prlimit", "--nofile=45"] },
+  );
+  await ferry.waitFor((l) => l.event === "nofile-low");
+  const clients = Array.from({ length: 25 }, async () => {
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    // Within the helper's 10 s deadline, far below the connect timeout.
+    const reply = await socks5Handshake(client, ipv4("127.0.0.1", echo.addr.port));
+    if (reply.reply !== socks5.Reply.Succeeded) return reply.reply;
+    await client.write(new TextEncoder().encode("burst"));
+    assert.equal(new TextDecoder().decode(await client.readAtLeast(5)), "burst");
+    return reply.reply;
+  });
+  const replies = await Promise.all(clients);
+  const ok = replies.filter((r) => r === socks5.Reply.Succeeded).length;
+  const refused = replies.filter((r) => r === socks5.Reply.GeneralFailure).length;
+  assert.equal(ok + refused, 25, `replies: ${replies.join(",")}`);
+  assert.ok(ok > 0, `replies: ${replies.join(",")}`);
   await echo.close();
 });
 
