@@ -32,6 +32,19 @@ export function isOutOfDescriptors(error: unknown): boolean {
   return code === "EMFILE" || code === "ENFILE";
 }
 
+/** `performance.now()` when an accept or a connect last met EMFILE or ENFILE. */
+let lastShortageAt = -Infinity;
+
+/** Records that an accept or a connect just failed for want of a descriptor. */
+export function noteShortage(): void {
+  lastShortageAt = performance.now();
+}
+
+/** Whether a shortage was recorded at `performance.now()` time `since` or later. */
+export function shortageSince(since: number): boolean {
+  return lastShortageAt >= since;
+}
+
 /**
  * Returned by {@linkcode openFilesLimit} when `prlimit` could not start for
  * want of descriptors: the limit is too low even to be learned.

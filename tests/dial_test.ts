@@ -14,9 +14,11 @@ import {
   type DialFailure,
   interleaveFamilies,
   messageWithCause,
+  outOfDescriptorsToDial,
   REPLY_FOR_FAILURE,
   resetAsAccepted,
 } from "../src/upstream/dial.ts";
+import { noteShortage } from "../src/nofile.ts";
 import { resettingServer } from "./_helpers/reset.ts";
 
 /** A loopback port nothing listens on (bound, read back, released). */
@@ -215,6 +217,29 @@ Deno.test("dial() resolves the domain localhost and connects", async () => {
       conn.close();
     }
   });
+});
+
+Deno.test("dial(): a lookup that fails while ferry meets EMFILE is ferry's failure; after, the name's", async () => {
+  // Out of descriptors the resolver says the name does not exist; a probe
+  // after the lookup found a descriptor freed in between, and blamed the name
+  // (0x04) under a sustained shortage.
+  const name = { type: "domain", host: "no-such-host.invalid", port: 80 } as const;
+  const during = dial(name, new AbortController().signal);
+  noteShortage(); // an accept or a connect met EMFILE while the lookup ran
+  const short = await during.then(() => null, (error: unknown) => error);
+  assert.ok(short instanceof DialError, String(short));
+  assert.equal(short.failure, "general-failure", short.message);
+  assert.ok(outOfDescriptorsToDial(short), "a dial waits for a descriptor on it");
+  assert.equal(
+    messageWithCause(short),
+    'cannot resolve "no-such-host.invalid": Too many open files (ferry is out of descriptors)',
+  );
+  // Shortly after a shortage the lookup is tried once more, and with no
+  // shortage during either, the name is to blame.
+  await assert.rejects(
+    dial(name, new AbortController().signal),
+    (error: unknown) => error instanceof DialError && error.failure === "name-not-resolved",
+  );
 });
 
 Deno.test("interleaveFamilies() alternates families, starting with the resolver's first choice", () => {
