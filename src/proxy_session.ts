@@ -19,7 +19,6 @@ import { type Address, formatPeer, ipKey, unmapIPv4 } from "./protocol/address.t
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
 import {
-  descriptorsMayFreeUp,
   DescriptorWait,
   freeSpareDescriptor,
   targetHeld,
@@ -354,7 +353,7 @@ export abstract class ProxySession implements Expirable {
     const first = this.#target === null;
     this.#target = target;
     if (this.#socketsClosed) closeQuietly(target);
-    else if (first) targetHeld(); // released in #closeSockets; see descriptorsMayFreeUp()
+    else if (first) targetHeld(); // released in #closeSockets; see DescriptorWait.next()
   }
 
   /**
@@ -561,10 +560,7 @@ async function dialWhenDescriptorFree(
   if (!outOfDescriptorsToDial(error)) throw error;
   using wait = new DescriptorWait();
   for (;;) {
-    if (!await freeSpareDescriptor()) {
-      if (!descriptorsMayFreeUp()) throw error; // nothing would free one: no stall
-      await wait.next(signal);
-    }
+    if (!await freeSpareDescriptor() && !await wait.next(signal)) throw error; // no stall
     if (signal.aborted && abortFailure(signal) === "connect-timeout") throw error;
     try {
       return await dialOnce(); // aborted otherwise: fails at once, as such

@@ -17,8 +17,7 @@
  *
  * A client's dial with no pooled connection left to give up waits for a
  * descriptor instead of failing (see {@linkcode DescriptorWait}) while a
- * session may give one back ({@linkcode descriptorsMayFreeUp}), and while
- * one waits no listener accepts: a client accepted into the last
+ * session may give one back, and while one waits no listener accepts: a client accepted into the last
  * descriptor had none to dial with, failed, and freed its descriptor for
  * the next, which failed the same way, so that a burst at the limit was
  * mostly refused where the listen queue would have held it.
@@ -86,51 +85,6 @@ export async function makingRoom<T>(open: () => T | Promise<T>): Promise<T> {
   }
 }
 
-/** Client dials waiting for a descriptor (see {@linkcode DescriptorWait}). */
-let dialsWaiting = 0;
-
-/** How long a dial short of a descriptor first waits for one; the wait doubles up to the cap. */
-const WAIT_FIRST_MS = 5;
-const WAIT_MAX_MS = 100;
-
-/**
- * A client's dial short of a descriptor, from its first failure until it
- * is disposed (dialled, or given up). While any lives, {@linkcode
- * acceptsPaused} says so: a descriptor that frees up then goes to a client
- * already accepted, not to a new one who could not dial either. Counted for
- * the whole time, its retries included: a listener that accepted between
- * two waits took the descriptor the retry was about to get.
- */
-export class DescriptorWait implements Disposable {
-  #waitMs = WAIT_FIRST_MS;
-  #disposed = false;
-
-  constructor() {
-    dialsWaiting++;
-  }
-
-  /** Waits for a descriptor to free up (a session to end): 5 ms, doubling to 100 ms, or until `signal` aborts. */
-  next(signal: AbortSignal): Promise<void> {
-    const ms = this.#waitMs;
-    this.#waitMs = Math.min(ms * 2, WAIT_MAX_MS);
-    return new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal.addEventListener("abort", done, { once: true });
-    });
-  }
-
-  [Symbol.dispose](): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    dialsWaiting--;
-  }
-}
-
 /**
  * Sessions holding a target (a dialled or pooled connection, a BIND peer,
  * a UDP relay): each gives descriptors back when it ends.
@@ -146,17 +100,67 @@ export function targetReleased(): void {
   sessionsWithTargets--;
 }
 
+/** Client dials waiting for a descriptor (see {@linkcode DescriptorWait}). */
+let dialsWaiting = 0;
+
+/** How long a dial short of a descriptor first waits for one; the wait doubles up to the cap. */
+const WAIT_FIRST_MS = 5;
+const WAIT_MAX_MS = 100;
+/** Waits in a row with no session holding a target before a dial gives up (see DescriptorWait.next). */
+const IDLE_ROUNDS_MAX = 3;
+
 /**
- * Whether a dial short of a descriptor may wait for one: only while some
- * session holds a target, and so will give descriptors back when it ends.
- * Else every descriptor is held by clients still in their handshakes or
- * waiting too (a SOCKS burst is accepted before any of it dials), nothing
- * can free one, and waiting stalled every listener until the connect
- * timeout; the dial fails at once instead, and its client's descriptor
- * goes to the next.
+ * A client's dial short of a descriptor, from its first failure until it
+ * is disposed (dialled, or given up). While any lives, {@linkcode
+ * acceptsPaused} says so: a descriptor that frees up then goes to a client
+ * already accepted, not to a new one who could not dial either. Counted for
+ * the whole time, its retries included: a listener that accepted between
+ * two waits took the descriptor the retry was about to get.
  */
-export function descriptorsMayFreeUp(): boolean {
-  return sessionsWithTargets > 0;
+export class DescriptorWait implements Disposable {
+  #waitMs = WAIT_FIRST_MS;
+  /** Waits in a row with no session holding a target. */
+  #idleRounds = 0;
+  #disposed = false;
+
+  constructor() {
+    dialsWaiting++;
+  }
+
+  /**
+   * Waits for a descriptor to free up (a session to end): 5 ms, doubling to
+   * 100 ms, or until `signal` aborts. Resolves `false` at once when nothing
+   * would free one: no session has held a target (a dialled or pooled
+   * connection, a BIND peer, a UDP relay, each given back when the session
+   * ends) for the last three waits (35 ms; the first dials of a burst take
+   * a moment to connect). Then every descriptor is held by clients still in
+   * their handshakes or waiting too (a SOCKS burst is accepted before any of
+   * it dials), and waiting stalled every listener until the connect
+   * timeout; the dial fails instead, and its client's descriptor goes to
+   * the next.
+   */
+  async next(signal: AbortSignal): Promise<boolean> {
+    if (sessionsWithTargets > 0) this.#idleRounds = 0;
+    else if (++this.#idleRounds > IDLE_ROUNDS_MAX) return false;
+    const ms = this.#waitMs;
+    this.#waitMs = Math.min(ms * 2, WAIT_MAX_MS);
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done, { once: true });
+    });
+    return true;
+  }
+
+  [Symbol.dispose](): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    dialsWaiting--;
+  }
 }
 
 /** Whether listeners should leave new clients in their queues: dials wait for descriptors. */

@@ -104,6 +104,9 @@ Deno.test("a CONNECT out of descriptors waits for one and is served once one fre
     { wrapper: ["prlimit", "--nofile=48"] },
   );
   await ferry.waitFor((l) => l.event === "nofile-low");
+  // A session with a target, which will give descriptors back when it ends:
+  // without one, nothing would, and the dial fails at once instead.
+  const relaying = await socks5Connect(ferry.port, echo.addr);
   using asking = await BufferedConn.connect(ferry.hostname, ferry.port);
   await asking.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
   assert.equal(
@@ -139,6 +142,7 @@ Deno.test("a CONNECT out of descriptors waits for one and is served once one fre
   asking.close();
   const session = await sessionOf(ferry, asking.localAddr);
   assert.equal(session.outcome, "ok");
+  relaying.close();
   await echo.close();
 });
 
