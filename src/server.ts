@@ -15,6 +15,7 @@ import { closeQuietly } from "./close_quietly.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { isOutOfDescriptors, noteShortage } from "./nofile.ts";
 import { acceptsPaused, freeSpareDescriptor } from "./spare_descriptors.ts";
+import { sleep } from "./sleep.ts";
 import { SlotList, type Slotted } from "./slot_list.ts";
 import type { SessionContext } from "./proxy_session.ts";
 import { type SocksContext, SocksSession } from "./session.ts";
@@ -85,19 +86,6 @@ export class AcceptedConnections implements AsyncIterableIterator<Deno.TcpConn> 
     }
     return { done: true, value: undefined };
   }
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
 
 /** A session as the server sees it: something to run and, at shutdown, to cut short. */

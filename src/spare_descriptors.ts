@@ -29,6 +29,7 @@
  * @module
  */
 import { isOutOfDescriptors } from "./nofile.ts";
+import { sleep } from "./sleep.ts";
 
 /** A pool that can close one of its idle connections on request. */
 export interface DescriptorDonor {
@@ -144,15 +145,7 @@ export class DescriptorWait implements Disposable {
     else if (++this.#idleRounds > IDLE_ROUNDS_MAX) return false;
     const ms = this.#waitMs;
     this.#waitMs = Math.min(ms * 2, WAIT_MAX_MS);
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal.addEventListener("abort", done, { once: true });
-    });
+    await sleep(ms, signal);
     return true;
   }
 

@@ -208,23 +208,29 @@ Deno.test("ferry run takes --log-level and --log-format in any case, as socks an
   }
 });
 
+/** A config file for a SOCKS listener and a forwarder to `upstreamPort` with `pool`, both on free ports. */
+async function socksAndForwardConfig(upstreamPort: number, pool: number): Promise<string> {
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  await Deno.writeTextFile(
+    path,
+    JSON.stringify({
+      log: { format: "json" },
+      listeners: [
+        { kind: "socks", listen: "127.0.0.1:0" },
+        { kind: "forward", listen: "127.0.0.1:0", to: [`127.0.0.1:${upstreamPort}`], pool },
+      ],
+    }),
+  );
+  return path;
+}
+
 Deno.test("a forwarder's pool that took every descriptor gives them up to a SOCKS listener's CONNECT, BIND and UDP ASSOCIATE", async () => {
   // Descriptors are the process's: the pool of one listener left another no
   // descriptor to accept with, nor one to dial, listen or bind a UDP relay with.
   const echo = startEchoServer();
   await using udpTarget = await udpEcho();
-  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  const path = await socksAndForwardConfig(echo.addr.port, 100);
   try {
-    await Deno.writeTextFile(
-      path,
-      `{
-        "log": { "format": "json" },
-        "listeners": [
-          { "kind": "socks", "listen": "127.0.0.1:0" },
-          { "kind": "forward", "listen": "127.0.0.1:0", "to": ["127.0.0.1:${echo.addr.port}"], "pool": 100 },
-        ],
-      }`,
-    );
     await using ferry = await startFerry(["run", "--config", path], {
       wrapper: ["prlimit", "--nofile=64"],
     });
@@ -278,18 +284,8 @@ Deno.test("a burst of clients beyond the open-files limit waits for descriptors,
   // descriptor for the next client to fail the same way: 63 of 100 failed,
   // where the listen queue would have held them until sessions ended.
   const echo = startEchoServer();
-  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  const path = await socksAndForwardConfig(echo.addr.port, 0);
   try {
-    await Deno.writeTextFile(
-      path,
-      `{
-        "log": { "format": "json" },
-        "listeners": [
-          { "kind": "socks", "listen": "127.0.0.1:0" },
-          { "kind": "forward", "listen": "127.0.0.1:0", "to": ["127.0.0.1:${echo.addr.port}"], "pool": 0 },
-        ],
-      }`,
-    );
     // 100 clients need 200 descriptors, and about 70 are left.
     await using ferry = await startFerry(["run", "--config", path], {
       wrapper: ["prlimit", "--nofile=100"],
