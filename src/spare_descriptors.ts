@@ -91,14 +91,18 @@ export async function makingRoom<T>(open: () => T | Promise<T>): Promise<T> {
  * a UDP relay): each gives descriptors back when it ends.
  */
 let sessionsWithTargets = 0;
+/** `performance.now()` when a session last took or gave back a target: descriptors moving. */
+let targetsMovedAt = 0;
 
 /** A session took its target; {@linkcode targetReleased} when it closes it. */
 export function targetHeld(): void {
   sessionsWithTargets++;
+  targetsMovedAt = performance.now();
 }
 
 export function targetReleased(): void {
   sessionsWithTargets--;
+  targetsMovedAt = performance.now();
 }
 
 /** Client dials waiting for a descriptor (see {@linkcode DescriptorWait}). */
@@ -108,7 +112,9 @@ let dialsWaiting = 0;
 const WAIT_FIRST_MS = 5;
 const WAIT_MAX_MS = 100;
 /** Waits in a row with no session holding a target before a dial gives up (see DescriptorWait.next). */
-const IDLE_ROUNDS_MAX = 3;
+const IDLE_ROUNDS_MAX = 5;
+/** How long no session may take or give back a target before a waiting dial gives up. */
+const STANDSTILL_MS = 1_000;
 
 /**
  * A client's dial short of a descriptor, from its first failure until it
@@ -122,6 +128,8 @@ export class DescriptorWait implements Disposable {
   #waitMs = WAIT_FIRST_MS;
   /** Waits in a row with no session holding a target. */
   #idleRounds = 0;
+  /** When the dial first met the shortage: a standstill is counted from then at the earliest. */
+  readonly #since = performance.now();
   #disposed = false;
 
   constructor() {
@@ -133,16 +141,22 @@ export class DescriptorWait implements Disposable {
    * 100 ms, or until `signal` aborts. Resolves `false` at once when nothing
    * would free one: no session has held a target (a dialled or pooled
    * connection, a BIND peer, a UDP relay, each given back when the session
-   * ends) for the last three waits (35 ms; the first dials of a burst take
+   * ends) for the last five waits (155 ms; the first dials of a burst take
    * a moment to connect). Then every descriptor is held by clients still in
    * their handshakes or waiting too (a SOCKS burst is accepted before any of
    * it dials), and waiting stalled every listener until the connect
    * timeout; the dial fails instead, and its client's descriptor goes to
-   * the next.
+   * the next. Sessions that hold targets but do not end (an idle SSH
+   * session, a UDP association) free nothing either: so also when no
+   * session has taken or given back a target for a second (since this dial
+   * began to wait, at the earliest). A burst whose
+   * sessions last half a second is still served whole.
    */
   async next(signal: AbortSignal): Promise<boolean> {
     if (sessionsWithTargets > 0) this.#idleRounds = 0;
     else if (++this.#idleRounds > IDLE_ROUNDS_MAX) return false;
+    const now = performance.now();
+    if (now - Math.max(targetsMovedAt, this.#since) > STANDSTILL_MS) return false;
     const ms = this.#waitMs;
     this.#waitMs = Math.min(ms * 2, WAIT_MAX_MS);
     await sleep(ms, signal);
