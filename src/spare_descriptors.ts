@@ -91,18 +91,18 @@ export async function makingRoom<T>(open: () => T | Promise<T>): Promise<T> {
  * a UDP relay): each gives descriptors back when it ends.
  */
 let sessionsWithTargets = 0;
-/** `performance.now()` when a session last took or gave back a target: descriptors moving. */
-let targetsMovedAt = 0;
+/** Targets taken and given back so far: descriptors moving (a count: no clock on every session). */
+let targetMoves = 0;
 
 /** A session took its target; {@linkcode targetReleased} when it closes it. */
 export function targetHeld(): void {
   sessionsWithTargets++;
-  targetsMovedAt = performance.now();
+  targetMoves++;
 }
 
 export function targetReleased(): void {
   sessionsWithTargets--;
-  targetsMovedAt = performance.now();
+  targetMoves++;
 }
 
 /** Client dials waiting for a descriptor (see {@linkcode DescriptorWait}). */
@@ -128,8 +128,9 @@ export class DescriptorWait implements Disposable {
   #waitMs = WAIT_FIRST_MS;
   /** Waits in a row with no session holding a target. */
   #idleRounds = 0;
-  /** When the dial first met the shortage: a standstill is counted from then at the earliest. */
-  readonly #since = performance.now();
+  /** {@linkcode targetMoves} when last seen to change, and when (at first: the dial's first shortage). */
+  #movesSeen = targetMoves;
+  #movedAt = performance.now();
   #disposed = false;
 
   constructor() {
@@ -156,7 +157,10 @@ export class DescriptorWait implements Disposable {
     if (sessionsWithTargets > 0) this.#idleRounds = 0;
     else if (++this.#idleRounds > IDLE_ROUNDS_MAX) return false;
     const now = performance.now();
-    if (now - Math.max(targetsMovedAt, this.#since) > STANDSTILL_MS) return false;
+    if (targetMoves !== this.#movesSeen) {
+      this.#movesSeen = targetMoves;
+      this.#movedAt = now;
+    } else if (now - this.#movedAt > STANDSTILL_MS) return false;
     const ms = this.#waitMs;
     this.#waitMs = Math.min(ms * 2, WAIT_MAX_MS);
     await sleep(ms, signal);
