@@ -17,10 +17,11 @@
  *
  * A client's dial with no pooled connection left to give up waits for a
  * descriptor instead of failing (see {@linkcode DescriptorWait}) while a
- * session may give one back, and while one waits no listener accepts: a client accepted into the last
- * descriptor had none to dial with, failed, and freed its descriptor for
- * the next, which failed the same way, so that a burst at the limit was
- * mostly refused where the listen queue would have held it.
+ * session may give one back, and while one waits no listener accepts: a
+ * client accepted into the last descriptor had none to dial with, failed,
+ * and freed its descriptor for the next, which failed the same way, so
+ * that a burst at the limit was mostly refused where the listen queue
+ * would have held it.
  *
  * The registry is this module's own: descriptors belong to the process, not
  * to one listener, and a forwarder's pool may have to make room for a SOCKS
@@ -150,8 +151,8 @@ export class DescriptorWait implements Disposable {
    * the next. Sessions that hold targets but do not end (an idle SSH
    * session, a UDP association) free nothing either: so also when no
    * session has taken or given back a target for a second (since this dial
-   * began to wait, at the earliest). A burst whose
-   * sessions last half a second is still served whole.
+   * began to wait, at the earliest). A burst whose sessions last half a
+   * second is still served whole.
    */
   async next(signal: AbortSignal): Promise<boolean> {
     if (sessionsWithTargets > 0) this.#idleRounds = 0;
