@@ -12,8 +12,7 @@ import { isOneConnectionError } from "./accept_error.ts";
 import { closeQuietly } from "./close_quietly.ts";
 import { type Address, ipKey, ipOfName } from "./protocol/address.ts";
 import { zonedHost } from "./link_local.ts";
-import { isOutOfDescriptors } from "./nofile.ts";
-import { freeSpareDescriptor } from "./spare_descriptors.ts";
+import { roomAfter } from "./spare_descriptors.ts";
 
 /**
  * Which peers may connect: the request's DST.ADDR, resolved when it is a
@@ -76,7 +75,7 @@ export class BindListener implements Disposable {
           // been checked yet) must not cost the client its BIND.
           if (isOneConnectionError(error)) continue;
           // Out of descriptors: a forwarder's pool gives one up.
-          if (isOutOfDescriptors(error) && await freeSpareDescriptor()) continue;
+          if (await roomAfter(error)) continue;
           throw error;
         }
         const from = ipKey(conn.remoteAddr.hostname);

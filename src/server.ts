@@ -13,8 +13,7 @@ import { Metrics } from "./metrics.ts";
 import { formatAddress, formatPeer, unmapIPv4 } from "./protocol/address.ts";
 import { closeQuietly } from "./close_quietly.ts";
 import { isOneConnectionError } from "./accept_error.ts";
-import { isOutOfDescriptors, noteShortage } from "./nofile.ts";
-import { acceptsPaused, freeSpareDescriptor } from "./spare_descriptors.ts";
+import { acceptsPaused, roomAfter } from "./spare_descriptors.ts";
 import { sleep } from "./sleep.ts";
 import { SlotList, type Slotted } from "./slot_list.ts";
 import type { SessionContext } from "./proxy_session.ts";
@@ -73,10 +72,8 @@ export class AcceptedConnections implements AsyncIterableIterator<Deno.TcpConn> 
         return { done: false, value: conn };
       } catch (error) {
         if (this.#signal.aborted || error instanceof Deno.errors.BadResource) break;
-        const shortage = isOutOfDescriptors(error);
-        if (shortage) noteShortage(); // a lookup failing meanwhile is not the name's fault
         // A pooled connection closed for it: the pool says so, once per shortage.
-        if (shortage && await freeSpareDescriptor()) continue;
+        if (await roomAfter(error)) continue;
         const backingOff = !isOneConnectionError(error);
         this.#onError(error, backingOff);
         if (!backingOff) continue;

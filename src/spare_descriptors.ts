@@ -29,7 +29,7 @@
  *
  * @module
  */
-import { isOutOfDescriptors } from "./nofile.ts";
+import { isOutOfDescriptors, noteShortage } from "./nofile.ts";
 import { sleep } from "./sleep.ts";
 
 /** A pool that can close one of its idle connections on request. */
@@ -74,6 +74,19 @@ export async function freeSpareDescriptor(): Promise<boolean> {
 }
 
 /**
+ * After `error` from opening a socket (an accept, a listen, a bind): if it
+ * was for want of a descriptor, records the shortage (a lookup failing
+ * meanwhile is not the name's fault: see src/upstream/dial.ts) and has a
+ * pool give one up. Resolves with whether one was freed, so that the
+ * caller tries again.
+ */
+export function roomAfter(error: unknown): Promise<boolean> {
+  if (!isOutOfDescriptors(error)) return Promise.resolve(false);
+  noteShortage();
+  return freeSpareDescriptor();
+}
+
+/**
  * Runs `open` (a socket's creation), and again each time it fails for want
  * of a descriptor and a pool gives one up; else rethrows.
  */
@@ -82,7 +95,7 @@ export async function makingRoom<T>(open: () => T | Promise<T>): Promise<T> {
     try {
       return await open();
     } catch (error) {
-      if (!isOutOfDescriptors(error) || !await freeSpareDescriptor()) throw error;
+      if (!await roomAfter(error)) throw error;
     }
   }
 }
