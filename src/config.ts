@@ -279,13 +279,13 @@ export function checkUdpAdvertise(
       const problem = "expected an IPv4 or IPv6 address, like 203.0.113.7 or 2001:db8::7";
       return void problems.push({ index, problem });
     }
-    if (!isUnicast(address.host)) {
+    // ::ffff:203.0.113.7 is an IPv4 address, for IPv4 clients; and ::ffff:0.0.0.0 is 0.0.0.0.
+    const host = unmapIPv4(address.host);
+    if (!isUnicast(host)) {
       const problem = "expected the address clients reach ferry at, not a wildcard, broadcast " +
         "or multicast address";
       return void problems.push({ index, problem });
     }
-    // ::ffff:203.0.113.7 is an IPv4 address, for IPv4 clients.
-    const host = unmapIPv4(address.host);
     const family = host.includes(":") ? "ipv6" : "ipv4";
     const earlier = found[family];
     if (earlier !== null) {

@@ -643,7 +643,15 @@ Deno.test("checkUdpAdvertise() refuses what a client could not send to, and two 
     const checked = checkUdpAdvertise(texts);
     return "problems" in checked ? checked.problems : [];
   };
-  for (const nowhere of ["0.0.0.0", "::", "[::]", "255.255.255.255", "224.0.0.1", "ff02::1"]) {
+  const nowhereAtAll = ["0.0.0.0", "::", "[::]", "255.255.255.255", "224.0.0.1", "ff02::1"];
+  // The same IPv4 addresses written IPv4-mapped, which a client is told as IPv4.
+  const mapped = [
+    "::ffff:0.0.0.0",
+    "[::ffff:255.255.255.255]",
+    "::FFFF:224.0.0.1",
+    "0:0:0:0:0:ffff:0:0",
+  ];
+  for (const nowhere of [...nowhereAtAll, ...mapped]) {
     const problems = problemsOf([nowhere]);
     assert.equal(problems.length, 1, nowhere);
     assert.match(problems[0]!.problem, /expected the address clients reach ferry at/, nowhere);
