@@ -182,12 +182,14 @@ export function parseDuration(text: string): number | null {
   return ms === null ? null : Math.round(ms);
 }
 
-/** Milliseconds in duration `text`, unrounded; `null` if it is no duration. */
+/**
+ * Milliseconds in duration `text`, unrounded; `null` if it is no duration;
+ * `Infinity` if it is one too large to count (a number of 300 digits).
+ */
 function exactDuration(text: string): number | null {
   const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
   if (!match) return null;
-  const ms = Number(match[1]) * DURATION_UNITS[match[2]!]!;
-  return Number.isFinite(ms) ? ms : null;
+  return Number(match[1]) * DURATION_UNITS[match[2]!]!;
 }
 
 /**
@@ -226,6 +228,12 @@ export function checkDuration(
   const ms = Math.round(exact);
   if (timer && ms > MAX_TIMER_DURATION_MS) {
     return { problem: "expected at most 596h (about 24 days)" };
+  }
+  if (!Number.isFinite(ms)) {
+    return {
+      problem: "expected a duration small enough to count in milliseconds " +
+        "(a timeout of 100000h never fires in practice)",
+    };
   }
   if (atLeast && ms < atLeast.ms) return { problem: atLeast.problem };
   return ms;
@@ -682,7 +690,8 @@ export class Checker {
   count(flag: string, text: string, min = 1, max = Number.MAX_SAFE_INTEGER): number {
     const value = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
     if (Number.isSafeInteger(value) && value >= min && value <= max) return value;
-    const expected = max === Number.MAX_SAFE_INTEGER
+    // The largest number there is only for a number too large (20 digits, say).
+    const expected = max === Number.MAX_SAFE_INTEGER && !(value > max)
       ? `a whole number ≥ ${min}`
       : `a whole number from ${min} to ${max}`;
     this.problems.push(`${flag}: got ${JSON.stringify(text)}; expected ${expected}`);

@@ -181,7 +181,10 @@ const udpAdvertise = z.union(
 const count = (min: number, max?: number) => {
   if (max === undefined) {
     const what = expecting(`a whole number ≥ ${min}`);
-    return z.number(what).int(what).min(min, what);
+    // The largest number there is only for a number too large (1e20, say).
+    const tooLarge = expecting(`a whole number from ${min} to ${Number.MAX_SAFE_INTEGER}`);
+    return z.number(what).max(Number.MAX_SAFE_INTEGER, { ...tooLarge, abort: true }).int(what)
+      .min(min, what);
   }
   const what = expecting(`a whole number from ${min} to ${max}`);
   return z.number(what).int(what).min(min, what).max(max, what);

@@ -434,19 +434,33 @@ Deno.test("a bad or zero duration is an error quoting the value", async () => {
   );
 });
 
-Deno.test("negative, zero, fractional and quoted counts are errors", async () => {
+Deno.test("negative, zero, fractional, quoted and too large counts are errors", async () => {
   const file = validFile();
   file.defaults = { maxConns: 0 };
   file.listeners[0]!.maxConnsPerIp = 1.5;
   file.listeners[1]!.pool = -1;
   file.listeners[1]!.maxConns = "100";
+  file.listeners[1]!.maxConnsPerIp = 1e20; // too large: told the largest taken
   const problems = await problemsOfValue(file);
   assert.deepEqual([...problems].sort(), [
     "defaults.maxConns: expected a whole number ≥ 1, got 0",
     "listeners[0].maxConnsPerIp: expected a whole number ≥ 1, got 1.5",
     `listeners[1].maxConns: expected a whole number ≥ 1, got "100"`,
+    "listeners[1].maxConnsPerIp: expected a whole number from 1 to 9007199254740991, " +
+    "got 100000000000000000000",
     "listeners[1].pool: expected a whole number from 0 to 1024, got -1",
   ]);
+});
+
+Deno.test("a duration too large to count says so", async () => {
+  const file = validFile();
+  file.listeners[0]!.idleTimeout = `1${"0".repeat(320)}ms`; // Infinity, as a number
+  const problems = await problemsOfValue(file);
+  assert.equal(problems.length, 1, problems.join("\n"));
+  assert.match(
+    problems[0]!,
+    /^listeners\[0\]\.idleTimeout: expected a duration small enough to count in milliseconds \(a timeout of 100000h never fires in practice\), got "10+/,
+  );
 });
 
 Deno.test("two listeners on one address are an error; port 0 is exempt", async () => {

@@ -364,6 +364,15 @@ Deno.test("durations are taken from 1ms, --shutdown-grace and --connect-timeout 
     `--idle-timeout: got "0.5ms"; expected at least 1ms`,
   ]);
   assert.equal((await buildSocksConfig({ idleTimeout: "1.4ms" })).idleTimeoutMs, 1);
+  // A number of 320 digits is a duration, but not one that can be counted.
+  const huge = `1${"0".repeat(320)}ms`;
+  assert.deepEqual(await problemsOf({ idleTimeout: huge }), [
+    `--idle-timeout: got "${huge}"; expected a duration small enough to count in milliseconds ` +
+    `(a timeout of 100000h never fires in practice)`,
+  ]);
+  assert.deepEqual(await problemsOf({ shutdownGrace: huge }), [
+    `--shutdown-grace: got "${huge}"; expected at most 596h (about 24 days)`,
+  ]);
   assert.deepEqual(await problemsOf({ connectTimeout: "soon" }), [
     `--connect-timeout: got "soon"; expected a positive number with a unit, like 250ms, 1.5s, ` +
     `10s, 5m or 1h`,
@@ -376,6 +385,13 @@ Deno.test("buildSocksConfig() rejects counts that are not whole numbers ≥ 1", 
     assert.equal(problems.length, 1, `${JSON.stringify(value)}: ${problems.join("\n")}`);
     assert.ok(problems[0]!.startsWith("--max-conns: "), problems[0]);
   }
+  // Too large, a number is told the largest one taken, not that it is below the least.
+  assert.deepEqual(await problemsOf({ maxConns: "99999999999999999999" }), [
+    `--max-conns: got "99999999999999999999"; expected a whole number from 1 to 9007199254740991`,
+  ]);
+  assert.deepEqual(await problemsOf({ maxConns: "0" }), [
+    `--max-conns: got "0"; expected a whole number ≥ 1`,
+  ]);
 });
 
 Deno.test("buildSocksConfig() reports a duplicate --user", async () => {
