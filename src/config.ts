@@ -805,7 +805,19 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     if (typeof user === "string") check.problems.push(`--user: ${user}`);
     else addUser(user, "--user");
   }
+  const filesRead = new Map<string, string>(); // by real path: the path as first given
   for (const path of raw.usersFile ?? []) {
+    // Read twice, a file's every user was "already defined" at its own line.
+    const real = await Deno.realPath(path).catch(() => path); // unreadable: said below
+    const first = filesRead.get(real);
+    if (first !== undefined) {
+      const as = first === path ? "" : ` (as ${JSON.stringify(first)})`;
+      check.problems.push(
+        `--users-file: ${JSON.stringify(path)} was given before${as}; expected each file once`,
+      );
+      continue;
+    }
+    filesRead.set(real, path);
     let content: TextFile | null = null;
     try {
       content = await readTextFile(path);

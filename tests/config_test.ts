@@ -436,6 +436,22 @@ Deno.test("buildSocksConfig() takes the users of every --users-file, and spaces 
   });
 });
 
+Deno.test("buildSocksConfig() says a --users-file was given twice, by any path to it", async () => {
+  // Read twice, its every user was "already defined" at its own line.
+  await withTempFile("alice:secret\nbob:pw\n", async (path) => {
+    const dir = path.slice(0, path.lastIndexOf("/"));
+    const name = path.slice(dir.length + 1);
+    const other = `${dir}/./${name}`;
+    assert.deepEqual(await problemsOf({ usersFile: [path, path] }), [
+      `--users-file: ${JSON.stringify(path)} was given before; expected each file once`,
+    ]);
+    assert.deepEqual(await problemsOf({ usersFile: [path, other] }), [
+      `--users-file: ${JSON.stringify(other)} was given before (as ${JSON.stringify(path)}); ` +
+      `expected each file once`,
+    ]);
+  });
+});
+
 Deno.test("buildSocksConfig() trims only spaces and tabs in a users file: other white space is the password's", async () => {
   // String.trim() took these off silently: a password ending in a no-break
   // space worked only without it.
