@@ -258,15 +258,31 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
   const program = buildProgram(output, (chosen) => invocation = chosen);
   // `deno task start -- socks …` passes the `--` through; it separates the
   // task's arguments, not ferry's, so it is dropped here.
-  const args = argv[0] === "--" ? argv.slice(1) : argv;
-  // commander answers `help TYPO` with the general help and a clean exit, so
-  // a script would not notice the typo; `ferry TYPO` is an error, and so is this.
-  const topic = args[0] === "help" ? args[1] : undefined;
-  const known = (name: string) =>
-    name.startsWith("-") || name === "help" || program.commands.some((c) => c.name() === name);
-  if (topic !== undefined && !known(topic)) {
-    output.writeErr(`error: unknown command '${topic}'\n(run with --help for usage)\n`);
-    return { command: "exit", code: 2 };
+  let args = argv[0] === "--" ? argv.slice(1) : argv;
+  const isCommand = (name: string) => program.commands.some((c) => c.name() === name);
+  const isHelpFlag = (arg: string) => arg === "--help" || arg === "-h";
+  // commander answers `help TYPO`, `help --typo`, `help socks extra` and
+  // `TYPO --help` with the general help and a clean exit, so a script would
+  // not notice the typo; `ferry TYPO` is an error, and so are these. And its
+  // `help help` wrote the help to stderr. So `help [COMMAND]` is taken as
+  // `[COMMAND] --help`, and anything else after `help` is an error.
+  if (args[0] === "help") {
+    const [topic, ...extra] = args.slice(1);
+    const problem = extra.length > 0
+      ? `too many arguments for 'help': expected a command at most`
+      : topic === undefined || topic === "help" || isHelpFlag(topic) || isCommand(topic)
+      ? null
+      : topic.startsWith("-")
+      ? `unknown option '${topic.split("=")[0]}'`
+      : `unknown command '${topic}'`;
+    if (problem) {
+      output.writeErr(`error: ${problem}\n(run with --help for usage)\n`);
+      return { command: "exit", code: 2 };
+    }
+    args = topic !== undefined && isCommand(topic) ? [topic, "--help"] : ["--help"];
+  } else if (args[0] !== undefined && !args[0].startsWith("-") && !isCommand(args[0])) {
+    // Without its --help, commander says the command is unknown (and what was meant).
+    args = args.filter((arg) => !isHelpFlag(arg));
   }
   // `ferry --log-format json socks`: commander calls the option unknown,
   // though the command takes it. Only its name is shown: a value may be a password.

@@ -188,6 +188,25 @@ Deno.test("help for an unknown command exits 2 and names it; help for a known on
   for (const topic of ["help", "--help", "-h"]) {
     const run = await ferry("help", topic);
     assert.equal(run.code, 0, `help ${topic}: ${run.stderr}`);
+    // On stdout, as every other help: `ferry help help` wrote it to stderr.
+    assert.match(run.stdout, /Commands:/, `help ${topic}: ${run.stderr}`);
+    assert.equal(run.stderr, "", `help ${topic}`);
+  }
+});
+
+Deno.test("a typo next to a request for help still exits 2 and names it", async () => {
+  // Each printed the general help and exited 0, so a script never saw the typo.
+  const cases: [string[], RegExp][] = [
+    [["sokcs", "--help"], /unknown command 'sokcs'/],
+    [["sokcs", "-h"], /unknown command 'sokcs'/],
+    [["help", "--bogus"], /unknown option '--bogus'/],
+    [["help", "socks", "extra"], /too many arguments for 'help'/],
+  ];
+  for (const [args, expected] of cases) {
+    const run = await ferry(...args);
+    assert.equal(run.code, 2, `ferry ${args.join(" ")}: ${run.stdout}${run.stderr}`);
+    assert.match(run.stderr, expected, `ferry ${args.join(" ")}`);
+    assert.equal(run.stdout, "", `ferry ${args.join(" ")}`);
   }
 });
 
