@@ -429,11 +429,8 @@ export abstract class ProxySession implements Expirable {
     this.enter("relay", Math.min(idleTimeoutMs, KEEPALIVE_AFTER_MS));
     this.#keepAliveDue = true;
     this.#activeAt = deadlines.now;
-    if (early.length > 0) {
-      await writeAll(target, early);
-      this.#up += early.length;
-    }
     const totals = await relay(client ?? this.client, target, {
+      early,
       controller: this.controller,
       onActivity: () => {
         if (this.#keepAliveDue) this.#activeAt = deadlines.now;

@@ -53,6 +53,13 @@ export interface RelayOptions {
    * it already has (see ProxySession). The relay owns them from now on.
    */
   readonly initialBuffers?: readonly [Uint8Array<ArrayBuffer>, Uint8Array<ArrayBuffer>];
+  /**
+   * Bytes for the target ahead of anything read from the client: those the
+   * client sent with its handshake. Written by the relay, so that a target
+   * already gone when they are written fails as any write to it does (see
+   * `onTargetFailure`), and the client still gets what the target sent.
+   */
+  readonly early?: Uint8Array;
   /** Largest read buffer a busy direction grows to. */
   readonly maxBufferSize?: number;
   /** Where grown buffers come from and go back to; the process's shared ones unless given. */
@@ -147,6 +154,7 @@ export async function relay(
     to: RelayEnd,
     direction: keyof RelayTotals,
     first: Uint8Array<ArrayBuffer> | undefined,
+    early?: Uint8Array,
   ) => {
     // Small reads are written before the next read: one buffer, as an idle
     // session should cost. A read that fills its buffer means a bulk transfer:
@@ -169,6 +177,11 @@ export async function relay(
       onActivity();
     };
     try {
+      // Before the first read: they may sit in `buffer` (see RelayOptions.initialBuffers).
+      if (early !== undefined && early.length > 0) {
+        reading = false;
+        await writeAll(to, early, progress);
+      }
       for (;;) {
         reading = true;
         const n = await from.read(buffer);
@@ -248,7 +261,7 @@ export async function relay(
   };
   const buffers = options.initialBuffers;
   await Promise.all([
-    copy(client, target, "up", buffers?.[0]),
+    copy(client, target, "up", buffers?.[0], options.early),
     copy(target, client, "down", buffers?.[1]),
   ]);
   return totals;

@@ -1,7 +1,8 @@
 /**
  * ProxySession in process, over real loopback connections: what its log
- * line says when a session fails in a way no outcome name covers, and how
- * shutdown ends a session between its dial and its relay.
+ * line says when a session fails in a way no outcome name covers, how
+ * shutdown ends a session between its dial and its relay, and what the
+ * client gets when its early bytes meet a target that has gone.
  */
 import assert from "node:assert/strict";
 import { configure, type LogRecord, reset } from "@logtape/logtape";
@@ -132,4 +133,78 @@ Deno.test("shutdown after the dial but before the relay ends the session, not ju
   }
   assert.equal(records.length, 1);
   assert.equal(records[0]!.properties.outcome, "shutdown");
+});
+
+/**
+ * A session that dials, then waits (while the test has the target answer
+ * and reset) before it relays with early bytes: as a client's data sent
+ * with its request meets a target that has already gone.
+ */
+class EarlyBytesSession extends ProxySession {
+  readonly dialled = Promise.withResolvers<Deno.TcpConn>();
+  readonly goOn = Promise.withResolvers<void>();
+  readonly #targetPort: number;
+  readonly #early: Uint8Array;
+
+  constructor(
+    client: Deno.TcpConn,
+    context: SessionContext,
+    targetPort: number,
+    early: Uint8Array,
+  ) {
+    super(client, context, "connect");
+    this.#targetPort = targetPort;
+    this.#early = early;
+  }
+
+  protected async negotiate(): Promise<Relaying | null> {
+    this.protocol = "test";
+    const target = await this.dialTarget({
+      type: "ipv4",
+      host: "127.0.0.1",
+      port: this.#targetPort,
+    });
+    this.dialled.resolve(target);
+    await this.goOn.promise;
+    return { target, early: this.#early };
+  }
+}
+
+Deno.test("early bytes that meet a target already reset still leave the client what the target sent", async () => {
+  // They were written before the relay began, and that write's failure
+  // aborted the session: the client got neither the banner nor a FIN.
+  const records = await captureSessionLines();
+  const deadlines = new Deadlines(100);
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using targets = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const encoder = new TextEncoder();
+  const banner = encoder.encode("220 banner, then gone\r\n");
+  try {
+    const session = new EarlyBytesSession(
+      await listener.accept(),
+      contextWith(deadlines),
+      targets.addr.port,
+      encoder.encode("sent with the request"),
+    );
+    const running = session.run();
+    const target = await targets.accept();
+    const ferrySide = await session.dialled.promise;
+    // The target answers, then closes with input unread: its kernel resets.
+    await ferrySide.write(new Uint8Array([1]));
+    await target.write(banner);
+    target.close();
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the reset reaches ferry's socket
+    session.goOn.resolve();
+    const received: number[] = [];
+    const chunk = new Uint8Array(256);
+    for (let n; (n = await client.read(chunk)) !== null;) received.push(...chunk.subarray(0, n));
+    assert.equal(new TextDecoder().decode(new Uint8Array(received)), "220 banner, then gone\r\n");
+    client.close(); // ends the session's wait for the client
+    await running;
+  } finally {
+    await reset();
+  }
+  assert.equal(records.length, 1);
+  assert.equal(records[0]!.properties.down, banner.length);
 });
