@@ -300,6 +300,23 @@ Deno.test("decodeRequest() rejects a 4097-byte user id even when its NUL follows
   assert.throws(() => decodeRequest(bytes), protocolError("field-too-long", Reply.Rejected));
 });
 
+Deno.test("a user-id too long still says which target was asked for, when it came first", () => {
+  // The log line names the target as far as ferry read it: SOCKS4's DSTIP
+  // and DSTPORT come before the user-id; a SOCKS4a name after it.
+  const readSoFar = (ip: number[]) => {
+    const bytes = Uint8Array.of(0x04, 0x01, 0x00, 0x50, ...ip, ...filled(MAX_USER_ID + 1, 0x75));
+    try {
+      decodeRequest(bytes);
+    } catch (error) {
+      assert.ok(error instanceof ProtocolError);
+      return error.readSoFar;
+    }
+    assert.fail("not refused");
+  };
+  assert.deepEqual(readSoFar([1, 2, 3, 4]), { target: "1.2.3.4:80" });
+  assert.deepEqual(readSoFar([0, 0, 0, 1]), {});
+});
+
 Deno.test("decodeRequest() answers more for a 4096-byte user id still without NUL", () => {
   // VN  CD=CONNECT  DSTPORT  DSTIP  USERID "u"*4096 (NUL not yet arrived)
   const bytes = Uint8Array.of(0x04, 0x01, 0x00, 0x50, 1, 2, 3, 4, ...filled(MAX_USER_ID, 0x75));

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { type Address, formatIPv4, parseIPv4 } from "./address.ts";
+import { type Address, formatAddress, formatIPv4, parseIPv4 } from "./address.ts";
 import { type Decoded, decodeHostName, hex, MORE, ok, ProtocolError, room } from "./decoded.ts";
 
 /** Version byte of a SOCKS4 request. */
@@ -96,7 +96,14 @@ export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
   if (bytes.length < 8) return MORE;
   const port = (bytes[2]! << 8) | bytes[3]!;
   const ip = bytes.subarray(4, 8);
-  const userIdEnd = findNul(bytes, 8, MAX_USER_ID, "user id");
+  let userIdEnd: number;
+  try {
+    userIdEnd = findNul(bytes, 8, MAX_USER_ID, "user id");
+  } catch (error) {
+    // Too long a user-id: a SOCKS4 request's target came before it.
+    if (!(error instanceof ProtocolError) || asksForName(bytes)) throw error;
+    throw error.alsoRead({ target: formatAddress({ host: formatIPv4(ip), port }) });
+  }
   if (userIdEnd < 0) return MORE;
   const userId = bytes.slice(8, userIdEnd);
   if (!asksForName(bytes)) {
