@@ -145,7 +145,11 @@ export class SocksSession extends ProxySession {
     await writeAll(
       this.client,
       socks5.encodeReply(
-        { reply: socks5.Reply.Succeeded, address: addressOf(bound.hostname, bound.port) },
+        // An IPv4-mapped target (::ffff:127.0.0.1) is reached over IPv4: named as BIND names it.
+        {
+          reply: socks5.Reply.Succeeded,
+          address: addressOf(unmapIPv4(bound.hostname), bound.port),
+        },
         this.firstBuffers[1],
       ),
     );
@@ -180,7 +184,8 @@ export class SocksSession extends ProxySession {
     const target = await this.connectTo(request.address, () => replyWith(socks4.Reply.Rejected));
     if (!target) return null;
     const bound = target.localAddr;
-    const ip = bound.hostname.includes(":") ? "0.0.0.0" : bound.hostname;
+    const host = unmapIPv4(bound.hostname); // a name may resolve to ::ffff:…, reached over IPv4
+    const ip = host.includes(":") ? "0.0.0.0" : host;
     await writeAll(
       this.client,
       socks4.encodeReply(

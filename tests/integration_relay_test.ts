@@ -543,6 +543,30 @@ Deno.test("the bound address in the reply is the address the target sees as its 
   assert.notEqual(reply.address.port, 0);
 });
 
+Deno.test("a CONNECT to an IPv4-mapped address is answered with the plain IPv4 address the target sees", async () => {
+  // It replied ATYP 4 ::ffff:127.0.0.1, and SOCKS4a 0.0.0.0, for a
+  // connection the target saw come from 127.0.0.1; BIND already unmapped.
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const mapped = { type: "ipv6", host: "::ffff:127.0.0.1", port: target.port } as const;
+  const { client, server, reply } = await connectThrough(ferry, target, { address: mapped });
+  using _client = client;
+  assert.deepEqual(reply.address, {
+    type: "ipv4",
+    host: server.remoteAddr.hostname,
+    port: server.remoteAddr.port,
+  });
+  const upstream = target.accept();
+  using socks4Client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const socks4Reply = await socks4Handshake(socks4Client, domain("::ffff:127.0.0.1", target.port));
+  using server4 = await upstream;
+  assert.equal(socks4Reply.reply, socks4.Reply.Granted);
+  assert.deepEqual(
+    { ip: socks4Reply.ip, port: socks4Reply.port },
+    { ip: server4.remoteAddr.hostname, port: server4.remoteAddr.port },
+  );
+});
+
 Deno.test("an HTTP request sent to ferry (first byte 0x47) is closed and logged as unknown-protocol", async () => {
   await using ferry = await startFerry(LISTEN);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);
