@@ -19,7 +19,7 @@ import {
   resetAsAccepted,
 } from "../src/upstream/dial.ts";
 import { noteShortage } from "../src/nofile.ts";
-import { resettingServer } from "./_helpers/reset.ts";
+import { finThenResetServer, resettingServer } from "./_helpers/reset.ts";
 
 /** A loopback port nothing listens on (bound, read back, released). */
 function closedPort(): number {
@@ -177,6 +177,40 @@ Deno.test("dial() to a target that resets as it accepts says so: general-failure
       messageWithCause(failed).split(":")[0],
       "connect to 127.0.0.1 was reset as it was accepted",
     );
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("dial() to a target that half-closes and then resets as it accepts says so too (EPIPE)", async () => {
+  // The connect fails with EPIPE (Deno's BrokenPipe) then: it was taken for
+  // an upstream that is down, and a forwarder's pool said so.
+  const server = await finThenResetServer();
+  try {
+    const errors: DialError[] = [];
+    for (let round = 0; round < 10 && errors.length === 0; round++) {
+      await Promise.all(
+        Array.from(
+          { length: 50 },
+          () =>
+            dial({ type: "ipv4", host: "127.0.0.1", port: server.port }, AbortSignal.timeout(2000))
+              .then((conn) => conn.close(), (caught) => void errors.push(caught)),
+        ),
+      );
+    }
+    assert.ok(errors.length > 0, "no dial met the reset");
+    assert.ok(
+      errors.some((error) => error.cause instanceof Deno.errors.BrokenPipe),
+      `no EPIPE among ${errors.map((error) => messageWithCause(error)).join("; ")}`,
+    );
+    for (const error of errors) {
+      assert.equal(error.failure, "general-failure", messageWithCause(error));
+      assert.ok(resetAsAccepted(error), messageWithCause(error));
+      assert.match(
+        messageWithCause(error),
+        /^connect to 127\.0\.0\.1 was reset as it was accepted:/,
+      );
+    }
   } finally {
     await server.close();
   }

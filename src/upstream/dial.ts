@@ -372,10 +372,11 @@ async function connectToIp(
 /**
  * Whether `error` is a dial that reached the target, which then reset the
  * connection at once: the connect completes, but on loopback the reset can
- * arrive before it is checked, and the connect fails with ECONNRESET, or
- * with ENOTCONN when the reset came between the check and Deno asking for
- * the peer's address. Such a target accepts connections (and may be at its
- * connection limit).
+ * arrive before it is checked, and the connect fails with ECONNRESET, with
+ * EPIPE when a FIN came before the reset (a server that shuts down its side,
+ * then closes with SO_LINGER 0), or with ENOTCONN when the reset came between
+ * the check and Deno asking for the peer's address. Such a target accepts
+ * connections (and may be at its connection limit).
  */
 export function resetAsAccepted(error: unknown): boolean {
   return error instanceof DialError && isResetAsAccepted(error.cause);
@@ -383,6 +384,7 @@ export function resetAsAccepted(error: unknown): boolean {
 
 function isResetAsAccepted(error: unknown): boolean {
   return error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.BrokenPipe ||
     error instanceof Deno.errors.NotConnected;
 }
 

@@ -19,3 +19,58 @@ export async function resettingServer(): Promise<{ port: number; close(): Promis
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
+
+/**
+ * A server on 127.0.0.1 that half-closes every connection as it accepts it
+ * and then resets it: a dialler whose connect is checked after both arrived
+ * (50 dials at once, say) fails with EPIPE, not ECONNRESET, as its socket
+ * was in CLOSE_WAIT. A Python process, because the reset must come from
+ * outside the dialler's event loop, and Deno cannot set SO_LINGER. It
+ * stops by itself after `seconds`.
+ */
+export async function finThenResetServer(
+  seconds = 30,
+): Promise<{ port: number; close(): Promise<void> }> {
+  const script = `
+import socket, struct, sys
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(128)
+print(listener.getsockname()[1], flush=True)
+listener.settimeout(${seconds})
+try:
+    while True:
+        conn, _ = listener.accept()
+        conn.shutdown(socket.SHUT_WR)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+except socket.timeout:
+    pass
+`;
+  const child = new Deno.Command("python3", {
+    args: ["-c", script],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("the Python server ended before it printed its port");
+    text += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  return {
+    port: Number(text.trim()),
+    close: async () => {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // ended already
+      }
+      await child.stdout.cancel().catch(() => {});
+      await child.status;
+    },
+  };
+}
