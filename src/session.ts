@@ -514,6 +514,8 @@ export class SocksSession extends ProxySession {
   protected override outcomeOf(error: unknown): string {
     const reason = this.controller.signal.aborted ? this.controller.signal.reason : error;
     if (reason instanceof ProtocolError) {
+      // Refused whatever it asked: the operator's reason, not the request's flaw, is the outcome.
+      if (this.protocol?.startsWith("socks4") && !this.#socks.socks4) return "socks4-disabled";
       if (this.protocol === "socks5" && reason.reply === socks5.Reply.AddressTypeNotSupported) {
         return "address-type-not-supported";
       }

@@ -753,6 +753,15 @@ Deno.test("with --no-socks4, SOCKS4 and SOCKS4a requests get reply 91 and are lo
     const session = await sessionOf(ferry, client.localAddr);
     assert.equal(session.outcome, "socks4-disabled");
   }
+  // A malformed SOCKS4 request too (command 0x03): it was logged command-not-supported.
+  {
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    await client.write(Uint8Array.of(0x04, 0x03, 0x00, 0x50, 127, 0, 0, 1, 0x00));
+    const reply = await client.readMessage(socks4.decodeReply, "SOCKS4 reply");
+    assert.equal(reply.reply, socks4.Reply.Rejected);
+    client.close();
+    assert.equal((await sessionOf(ferry, client.localAddr)).outcome, "socks4-disabled");
+  }
   // SOCKS5 still works.
   const { client, server, reply } = await connectThrough(ferry, target);
   using _client = client;
