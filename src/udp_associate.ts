@@ -17,6 +17,7 @@ import { once } from "node:events";
 import { lookupAll } from "./upstream/lookups.ts";
 import { type Address, addressOf, ipOfName, isLoopbackIp } from "./protocol/address.ts";
 import { zonedHost } from "./link_local.ts";
+import { wildcardIsIpv6Only } from "./config.ts";
 import { makingRoom } from "./spare_descriptors.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { decodeUdpDatagram, encodeUdpHeader } from "./protocol/socks5.ts";
@@ -109,7 +110,8 @@ const MAX_QUEUED_BYTES = 256 * 1024;
  * this association's client is on ferry's host, such a datagram would pass
  * the client address check, be relayed, and (DST.PORT 0) take the client's
  * port. By family: an IPv6 client may hold the port number of an IPv4
- * outbound socket, and was dropped as ferry.
+ * outbound socket, and was dropped as ferry. (But an IPv6 outbound socket
+ * sends IPv4 too, to an IPv4-mapped address: see `#mayBeFerry`.)
  */
 const outboundPorts = { udp4: new Set<number>(), udp6: new Set<number>() };
 
@@ -386,7 +388,13 @@ export class UdpAssociation {
    * (127.0.0.2), 127.0.0.1.
    */
   #mayBeFerry(from: dgram.RemoteInfo): boolean {
-    if (!outboundPorts[familyOf(this.#options.bindHost)].has(from.port)) return false;
+    const family = familyOf(this.#options.bindHost);
+    const ours = outboundPorts[family].has(from.port) ||
+      // An IPv6 outbound socket sends to an IPv4-mapped address (::ffff:127.0.0.1)
+      // as IPv4, from its own port number; on a dual-stack host that port is
+      // taken for IPv4 too, so no IPv4 client can hold it.
+      (family === "udp4" && outboundPorts.udp6.has(from.port) && !wildcardIsIpv6Only());
+    if (!ours) return false;
     return from.address === this.#options.bindHost || isLoopbackIp(from.address);
   }
 
