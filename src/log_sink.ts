@@ -16,8 +16,9 @@
  * so) is the same case: the write is retried until the reader catches up.
  * A write that fails otherwise never throws into the logging call. A reader
  * that has gone (EPIPE) ends writing for good; any other failure (ENOSPC: a
- * full disk until logrotate runs) loses that batch, counted as dropped, and
- * writing is tried again a second later.
+ * full disk until logrotate runs) loses the lines of that batch that had not
+ * got out whole, counted as dropped, and writing is tried again a second
+ * later.
  *
  * @module
  */
@@ -64,11 +65,15 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
   let writing: Promise<void> | null = null;
   let broken = false;
   let disposed = false;
+  /** Bytes of the batch being written that got out: after a failure, whose lines did. */
+  let batchWritten = 0;
 
   const writeAll = async (bytes: Uint8Array) => {
+    batchWritten = 0;
     for (let offset = 0, backOffMs = 0; offset < bytes.length;) {
       try {
         offset += await write(bytes.subarray(offset));
+        batchWritten = offset;
         backOffMs = 0;
       } catch (error) {
         if (
@@ -102,8 +107,10 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
       const droppedBefore = dropped;
       pending = [];
       dropped = 0;
+      const startsLine = lineOpen; // a newline first, ending a line cut short
+      const bytes = encoder.encode(formatBatch(batch, droppedBefore));
       try {
-        await writeAll(encoder.encode(formatBatch(batch, droppedBefore)));
+        await writeAll(bytes);
         lineOpen = false;
         if (droppedBefore > 0) failure = null;
       } catch (error) {
@@ -112,7 +119,11 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
           pending = [];
           return;
         }
-        dropped += droppedBefore + batch.length;
+        // Records whose lines got out whole before the failure are not lost.
+        // (The report of earlier drops is the batch's last line: it never got
+        // out if the write failed.)
+        const linesOut = Math.max(0, newlines(bytes.subarray(0, batchWritten)) - +startsLine);
+        dropped += droppedBefore + batch.length - Math.min(linesOut, batch.length);
         failure = error instanceof Error ? error.message : String(error);
         await unrefSleep(retryAfterMs);
       }
@@ -162,6 +173,13 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
       for (flush(); writing !== null; flush()) await writing;
     },
   });
+}
+
+/** The number of newlines in `bytes`. */
+function newlines(bytes: Uint8Array): number {
+  let count = 0;
+  for (let at = bytes.indexOf(0x0a); at >= 0; at = bytes.indexOf(0x0a, at + 1)) count++;
+  return count;
 }
 
 /** Whether a write failed because nobody reads any more (EPIPE, a closed descriptor). */

@@ -306,3 +306,36 @@ Deno.test("batchedSink survives a write error that passes (a full disk): counts 
       "and writing goes on",
   );
 });
+
+Deno.test("batchedSink counts as dropped only the lines a failed write did not get out whole", async () => {
+  // The whole batch was counted, the lines already on disk too: the report
+  // said 5 lost of 5 when 3 had been written.
+  const stderr = new FakeStderr();
+  let calls = 0;
+  const write = (bytes: Uint8Array) => {
+    calls++;
+    const text = decoder.decode(bytes);
+    // Room for three lines and a part of the fourth, then the disk is full.
+    if (calls === 1) return stderr.write(bytes.subarray(0, text.indexOf("line 4") + 3));
+    if (calls === 2) return Promise.reject(new Error("No space left on device (os error 28)"));
+    return stderr.write(bytes);
+  };
+  const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 5, retryAfterMs: 1 });
+  const keepAlive = setTimeout(() => {}, 10_000); // the retry's timer is unref'd
+  for (let i = 1; i <= 5; i++) sink(record(`line ${i}`));
+  while (calls < 2) await stderr.nextWrite();
+  clearTimeout(keepAlive);
+  sink(record("later"));
+  await sink[Symbol.asyncDispose]();
+  // The report goes with the retry, before or after "later" as the timers fall.
+  assert.deepEqual(stderr.text.split("\n").sort(), [
+    "",
+    "2 log records dropped: writing to stderr failed (No space left on device (os error 28))",
+    "later",
+    "lin",
+    "line 1",
+    "line 2",
+    "line 3",
+  ]);
+  assert.ok(stderr.text.startsWith("line 1\nline 2\nline 3\nlin\n"), stderr.text);
+});
