@@ -19,7 +19,7 @@ import {
   type TextFormatter,
 } from "@logtape/logtape";
 import type { LogFormat, LogLevel } from "./config.ts";
-import { batchedSink } from "./log_sink.ts";
+import { type BatchedSink, batchedSink } from "./log_sink.ts";
 
 const LEVELS: Readonly<Record<LogLevel, LogTapeLevel>> = {
   debug: "debug",
@@ -41,6 +41,8 @@ export interface LoggingOptions {
 
 /** The formatter logging was set up with, for {@linkcode writeNow}. */
 let formatterInUse: TextFormatter | null = null;
+/** The sink logging was set up with, for {@linkcode writeNow}. */
+let sinkInUse: BatchedSink | null = null;
 
 const encoder = new TextEncoder();
 
@@ -48,18 +50,17 @@ const encoder = new TextEncoder();
 export async function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = lineFormatter(options.format);
   formatterInUse = formatter;
+  sinkInUse = batchedSink({
+    formatter,
+    write: (bytes) => Deno.stderr.write(bytes),
+    flushIntervalMs: 50,
+    batchSize: 1000,
+    // Past the cap, session lines give way to the lines about ferry itself.
+    keep: (record) => record.category[1] !== "session",
+  });
   await configure({
     reset: true,
-    sinks: {
-      stderr: batchedSink({
-        formatter,
-        write: (bytes) => Deno.stderr.write(bytes),
-        flushIntervalMs: 50,
-        batchSize: 1000,
-        // Past the cap, session lines give way to the lines about ferry itself.
-        keep: (record) => record.category[1] !== "session",
-      }),
-    },
+    sinks: { stderr: sinkInUse },
     loggers: [
       { category: ["ferry"], lowestLevel: LEVELS[options.level], sinks: ["stderr"] },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
@@ -176,17 +177,25 @@ export async function stopLogging(withinMs = FINAL_FLUSH_MS): Promise<void> {
 }
 
 /**
- * Writes one line of ferry's server log to stderr at once, in the format
- * logging was set up with, past the batches: for a process that exits
- * without waiting, and so without flushing them. Best effort: a line that
- * cannot be written is lost.
+ * Writes one line of ferry's server log to stderr now, in the format logging
+ * was set up with, past the batches: for a process about to exit without
+ * flushing them. Resolves once it is written or cannot be (best effort: a
+ * line that cannot be written is lost).
+ *
+ * Written at once (`writeSync`) unless a batch's write has not returned:
+ * then stderr may be a full pipe nobody reads (a stuck log shipper), and
+ * `writeSync` held the whole process, every session with it, until someone
+ * read it. So then the line is written from Deno's own thread, and the
+ * caller bounds the wait. Not always so: that thread's round trip let Deno's
+ * SIGUSR1 inspector open before ferry had exited, in 5 runs of 20.
  */
-export function writeNow(
+export async function writeNow(
   level: LogTapeLevel,
   message: string,
   properties: Record<string, unknown>,
-) {
+): Promise<void> {
   if (formatterInUse === null) return;
+  const mayBlock = sinkInUse?.isWriting() ?? false;
   const line = encoder.encode(formatterInUse({
     category: ["ferry", "server"],
     level,
@@ -197,7 +206,8 @@ export function writeNow(
   }));
   try {
     for (let offset = 0; offset < line.length;) {
-      offset += Deno.stderr.writeSync(line.subarray(offset));
+      const rest = line.subarray(offset);
+      offset += mayBlock ? await Deno.stderr.write(rest) : Deno.stderr.writeSync(rest);
     }
   } catch {
     // Nowhere to say it.

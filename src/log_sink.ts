@@ -43,7 +43,10 @@ export interface BatchedSinkOptions {
 }
 
 /** A sink that must be disposed (LogTape's `dispose()` does it) to write its last batch. */
-export type BatchedSink = Sink & AsyncDisposable;
+export type BatchedSink = Sink & AsyncDisposable & {
+  /** Whether a write of a batch has not returned yet: the stream may be stuck. */
+  isWriting(): boolean;
+};
 
 const encoder = new TextEncoder();
 
@@ -165,6 +168,7 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
   };
 
   return Object.assign(sink, {
+    isWriting: () => writing !== null,
     async [Symbol.asyncDispose]() {
       disposed = true;
       // flush() does nothing while a write is in progress, and a record may

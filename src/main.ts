@@ -149,6 +149,8 @@ let statusOfSecondSignal: number | null = null;
 const SIGNAL_NUMBERS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
 const STOP_SIGNALS = Object.keys(SIGNAL_NUMBERS) as (keyof typeof SIGNAL_NUMBERS)[];
 const SIGUSR1 = 10;
+/** How long ferry waits on SIGUSR1 for its last line to reach a stderr nobody reads. */
+const SIGUSR1_LINE_MS = 20;
 
 async function serve(plan: Plan): Promise<number> {
   // Listening for signals before the listeners open: a SIGTERM that comes
@@ -183,14 +185,14 @@ async function serve(plan: Plan): Promise<number> {
   // stop it, and no flag turns it off); a graceful stop would leave it open
   // for the whole grace.
   Deno.addSignalListener("SIGUSR1", () => {
+    const exit = () => Deno.exit(128 + SIGUSR1);
+    // The line goes out in well under a millisecond, unless stderr is stuck.
+    setTimeout(exit, SIGUSR1_LINE_MS);
     writeNow(
       "fatal",
       "SIGUSR1: exiting at once, before Deno opens its inspector (see README, Signals)",
-      {
-        event: "sigusr1-exit",
-      },
-    );
-    Deno.exit(128 + SIGUSR1);
+      { event: "sigusr1-exit" },
+    ).finally(exit);
   });
   // The listeners stay until Deno.exit: without one, a signal takes the
   // default action, and a Ctrl-C's second copy (or the operator's second

@@ -261,47 +261,51 @@ Deno.test("a SIGINT repeated as ferry writes its last lines is still the first o
   assert.ok(ferry.lines.some((line) => line.event === "stopped"), "the last line was written");
 });
 
-Deno.test("SIGTERM exits 0 even when nobody reads ferry's stderr any more", async () => {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ferryCommandArgs(["socks", "--listen", "127.0.0.1:0", "--log-format", "json"]),
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
-  }).spawn();
-  // Read stderr only up to the start-up line, straight from the pipe so that
-  // no stream reads ahead, then never again, as a hung log shipper would.
-  const reader = child.stderr.getReader();
-  let text = "";
-  const decoder = new TextDecoder();
-  let port: number | undefined;
-  while (port === undefined) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`ferry ended before listening:\n${text}`);
-    text += decoder.decode(value, { stream: true });
-    port = Number(text.match(/"event":"listening".*?"listen":"127\.0\.0\.1:(\d+)"/)?.[1]) ||
-      undefined;
-  }
-  try {
-    // Session lines (about 250 bytes each) for several times a pipe's 64 KiB.
-    for (let i = 0; i < 2000; i++) {
-      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-      conn.close();
+// SIGUSR1's line was written with a blocking write, which held ferry (and
+// every session) until someone read the pipe, and the inspector could open.
+for (const [signal, code] of [["SIGTERM", 0], ["SIGUSR1", 138]] as const) {
+  Deno.test(`${signal} exits ${code} even when nobody reads ferry's stderr any more`, async () => {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ferryCommandArgs(["socks", "--listen", "127.0.0.1:0", "--log-format", "json"]),
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    }).spawn();
+    // Read stderr only up to the start-up line, straight from the pipe so that
+    // no stream reads ahead, then never again, as a hung log shipper would.
+    const reader = child.stderr.getReader();
+    let text = "";
+    const decoder = new TextDecoder();
+    let port: number | undefined;
+    while (port === undefined) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`ferry ended before listening:\n${text}`);
+      text += decoder.decode(value, { stream: true });
+      port = Number(text.match(/"event":"listening".*?"listen":"127\.0\.0\.1:(\d+)"/)?.[1]) ||
+        undefined;
     }
-    // Let the batches go out and stick in the full pipe.
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    child.kill("SIGTERM");
-    const status = await deadline(
-      child.status,
-      15_000,
-      "ferry to exit with its stderr stuck",
-      () => child.kill("SIGKILL"),
-    );
-    assert.equal(status.code, 0);
-  } finally {
-    await reader.cancel();
-  }
-});
+    try {
+      // Session lines (about 250 bytes each) for several times a pipe's 64 KiB.
+      for (let i = 0; i < 2000; i++) {
+        const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+        conn.close();
+      }
+      // Let the batches go out and stick in the full pipe.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      child.kill(signal);
+      const status = await deadline(
+        child.status,
+        15_000,
+        "ferry to exit with its stderr stuck",
+        () => child.kill("SIGKILL"),
+      );
+      assert.equal(status.code, code);
+    } finally {
+      await reader.cancel();
+    }
+  });
+}
 
 Deno.test("SIGUSR1 ends ferry at once (status 138) with a fatal line, before Deno's inspector opens", async () => {
   await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
