@@ -12,6 +12,7 @@ import {
   MORE,
   ProtocolError,
   type ProtocolErrorCode,
+  type ReadSoFar,
 } from "../src/protocol/decoded.ts";
 import {
   Command,
@@ -303,18 +304,12 @@ Deno.test("decodeRequest() rejects a 4097-byte user id even when its NUL follows
 Deno.test("a user-id too long still says which target was asked for, when it came first", () => {
   // The log line names the target as far as ferry read it: SOCKS4's DSTIP
   // and DSTPORT come before the user-id; a SOCKS4a name after it.
-  const readSoFar = (ip: number[]) => {
-    const bytes = Uint8Array.of(0x04, 0x01, 0x00, 0x50, ...ip, ...filled(MAX_USER_ID + 1, 0x75));
-    try {
-      decodeRequest(bytes);
-    } catch (error) {
-      assert.ok(error instanceof ProtocolError);
-      return error.readSoFar;
-    }
-    assert.fail("not refused");
-  };
-  assert.deepEqual(readSoFar([1, 2, 3, 4]), { target: "1.2.3.4:80" });
-  assert.deepEqual(readSoFar([0, 0, 0, 1]), {});
+  const refusal = (ip: number[]) =>
+    readSoFarOf(
+      Uint8Array.of(0x04, 0x01, 0x00, 0x50, ...ip, ...filled(MAX_USER_ID + 1, 0x75)),
+    );
+  assert.deepEqual(refusal([1, 2, 3, 4]), { target: "1.2.3.4:80" });
+  assert.deepEqual(refusal([0, 0, 0, 1]), {});
 });
 
 Deno.test("decodeRequest() answers more for a 4096-byte user id still without NUL", () => {
@@ -398,13 +393,7 @@ Deno.test("decodeRequest() refusing a SOCKS4a host name says who asked, and for 
       ...Array.from(host),
       0,
     );
-    try {
-      decodeRequest(bytes);
-    } catch (error) {
-      assert.ok(error instanceof ProtocolError);
-      return error.readSoFar;
-    }
-    assert.fail("not refused");
+    return readSoFarOf(bytes);
   };
   assert.deepEqual(refusal([0x63, 0x61, 0x66, 0xe9]), {
     userId: ascii("bob"),
@@ -583,3 +572,14 @@ Deno.test("decodeReply() rejects VN=4 with no reply", () => {
     reply: null,
   });
 });
+
+/** What decodeRequest() had read of `bytes` when it refused them; fails if it did not. */
+function readSoFarOf(bytes: Uint8Array): ReadSoFar {
+  try {
+    decodeRequest(bytes);
+  } catch (error) {
+    assert.ok(error instanceof ProtocolError);
+    return error.readSoFar;
+  }
+  assert.fail("not refused");
+}

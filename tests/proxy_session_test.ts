@@ -80,17 +80,25 @@ Deno.test("an unexpected failure is logged as outcome error, with what the error
 
 /**
  * A session whose dial has succeeded but which waits once more before it
- * relays, as a forwarder waits up to 250 ms to learn whether its dial came
- * back to its own listener.
+ * relays (with `early` bytes, if given), as a forwarder waits up to 250 ms to
+ * learn whether its dial came back to its own listener; or while the test
+ * has the target answer and reset.
  */
 class WaitsAfterDialSession extends ProxySession {
-  readonly dialled = Promise.withResolvers<void>();
+  readonly dialled = Promise.withResolvers<Deno.TcpConn>();
   readonly goOn = Promise.withResolvers<void>();
   readonly #targetPort: number;
+  readonly #early: Uint8Array;
 
-  constructor(client: Deno.TcpConn, context: SessionContext, targetPort: number) {
+  constructor(
+    client: Deno.TcpConn,
+    context: SessionContext,
+    targetPort: number,
+    early = NO_EARLY_BYTES,
+  ) {
     super(client, context, "connect");
     this.#targetPort = targetPort;
+    this.#early = early;
   }
 
   protected async negotiate(): Promise<Relaying | null> {
@@ -100,9 +108,9 @@ class WaitsAfterDialSession extends ProxySession {
       host: "127.0.0.1",
       port: this.#targetPort,
     });
-    this.dialled.resolve();
+    this.dialled.resolve(target);
     await this.goOn.promise;
-    return { target, early: NO_EARLY_BYTES };
+    return { target, early: this.#early };
   }
 }
 
@@ -135,41 +143,6 @@ Deno.test("shutdown after the dial but before the relay ends the session, not ju
   assert.equal(records[0]!.properties.outcome, "shutdown");
 });
 
-/**
- * A session that dials, then waits (while the test has the target answer
- * and reset) before it relays with early bytes: as a client's data sent
- * with its request meets a target that has already gone.
- */
-class EarlyBytesSession extends ProxySession {
-  readonly dialled = Promise.withResolvers<Deno.TcpConn>();
-  readonly goOn = Promise.withResolvers<void>();
-  readonly #targetPort: number;
-  readonly #early: Uint8Array;
-
-  constructor(
-    client: Deno.TcpConn,
-    context: SessionContext,
-    targetPort: number,
-    early: Uint8Array,
-  ) {
-    super(client, context, "connect");
-    this.#targetPort = targetPort;
-    this.#early = early;
-  }
-
-  protected async negotiate(): Promise<Relaying | null> {
-    this.protocol = "test";
-    const target = await this.dialTarget({
-      type: "ipv4",
-      host: "127.0.0.1",
-      port: this.#targetPort,
-    });
-    this.dialled.resolve(target);
-    await this.goOn.promise;
-    return { target, early: this.#early };
-  }
-}
-
 Deno.test("early bytes that meet a target already reset still leave the client what the target sent", async () => {
   // They were written before the relay began, and that write's failure
   // aborted the session: the client got neither the banner nor a FIN.
@@ -181,7 +154,7 @@ Deno.test("early bytes that meet a target already reset still leave the client w
   const encoder = new TextEncoder();
   const banner = encoder.encode("220 banner, then gone\r\n");
   try {
-    const session = new EarlyBytesSession(
+    const session = new WaitsAfterDialSession(
       await listener.accept(),
       contextWith(deadlines),
       targets.addr.port,
