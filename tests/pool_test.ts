@@ -700,6 +700,36 @@ Deno.test("pool: an upstream that accepts and closes at once leaves its pool uns
   }
 });
 
+Deno.test("pool: an upstream that closes what it accepts, down for a while, is up again once a probe connects", async () => {
+  // Up waited for a pooled connection to last a second or serve a client:
+  // this upstream's probes never lasted, and ended before any client came,
+  // so it stayed down and every client was refused for as long as ferry ran.
+  logs.records.length = 0;
+  let server = new ForwardUpstream(async () => {}); // answers by closing (a status service, say)
+  const port = server.port;
+  const upstream = upstreamTo(port, 2);
+  upstream.start();
+  try {
+    await waitUntil(() => logs.events("pool-unsettled").length > 0, "pool-unsettled");
+    await server.stop(); // down: refused
+    await assert.rejects(
+      upstream.dialForClient(() =>
+        dial(addressOf("127.0.0.1", port), AbortSignal.timeout(2000), "test")
+      ),
+    );
+    assert.equal(logs.events("upstream-down").length, 1);
+    assert.equal(upstream.standing, "skip");
+    server = new ForwardUpstream(async () => {}, port);
+    await waitUntil(() => logs.events("upstream-up").length > 0, "upstream-up", 12_000);
+    // Its probe has ended, as every one does: clients still dial it on demand.
+    await waitUntil(() => upstream.idle === 0, "the probe to end");
+    assert.equal(upstream.standing, "fallback");
+  } finally {
+    upstream.close();
+    await server.stop();
+  }
+});
+
 Deno.test("pool: an upstream that accepts and resets at once is unsettled too, not down, for the pool and for clients", async () => {
   // Loopback is quick enough for the reset to arrive before the connect is
   // checked, so the connect itself fails (ECONNRESET): that was taken for a

@@ -607,7 +607,13 @@ export class Upstream implements DescriptorDonor {
       return;
     }
     conn.setKeepAlive(true); // dial() set TCP_NODELAY
-    // Up only once a connection has lasted (see SETTLE_MS) or served a client.
+    // Connected: the upstream is up, as a client's dial that connects says
+    // (dialForClient), whether or not this connection lasts. Waiting for one
+    // to last (SETTLE_MS) or serve a client left an upstream that answers
+    // and closes (a daytime or status service) down for good after an
+    // outage, every client refused, its probes all ending before a client
+    // came. Whether connections last is the pool's settling, not this.
+    this.markUp();
     const pooled: PooledConnection = new PooledConnection(conn, (reason) => {
       const at = this.#idle.indexOf(pooled);
       if (at >= 0) this.#idle.splice(at, 1);
