@@ -236,7 +236,14 @@ const { handshakeTimeout: _socksOnly, ...forwardShared } = shared;
 const socksListener = z.strictObject({
   kind: z.literal("socks"),
   listen: listenAddress,
-  users: z.array(user, expectingSecret("an array of users")).optional(),
+  // Empty, it would mean no authentication, as a users file with no users
+  // is refused for: a config written by a script that found no users
+  // should not open the proxy to everyone. No authentication: leave it out.
+  users: z.array(user, expectingSecret("an array of users"))
+    .min(1, {
+      error: "expected at least one user; leave users out for a proxy without authentication",
+    })
+    .optional(),
   usersFile: z.string(expecting("a file path")).min(1, expecting("a file path")).optional(),
   socks4: z.boolean(expecting("true or false")).optional(),
   udpAdvertise: udpAdvertise.optional(),

@@ -696,6 +696,14 @@ Deno.test("an unreadable or bad usersFile is an error", async () => {
     assert.deepEqual(await problemsOf(parseRunConfig(JSON.stringify(file), `${dir}/f.jsonc`)), [
       `listeners[0].usersFile: "${dir}/users" defines no users; expected lines of NAME:PASSWORD`,
     ]);
+
+    // No users in the array either: it meant a proxy open to everyone.
+    delete file.listeners[0]!.usersFile;
+    file.listeners[0]!.users = [];
+    assert.deepEqual(await problemsOf(parseRunConfig(JSON.stringify(file), `${dir}/f.jsonc`)), [
+      "listeners[0].users: expected at least one user; leave users out for a proxy without " +
+      "authentication",
+    ]);
   });
 });
 
