@@ -305,6 +305,10 @@ export abstract class ProxySession implements Expirable {
     if (this.#phase === "connect" && this.#dialAbort && !this.controller.signal.aborted) {
       this.#cutShort = reason;
       this.#dialAbort.abort(reason);
+    } else if (this.#targetError && this.#phase === "linger") {
+      // Waiting for the client to close after the target failed: the
+      // target's error is what ended it, as when the wait runs out (expire()).
+      this.controller.abort(this.#targetError);
     } else {
       this.controller.abort(reason);
     }

@@ -143,41 +143,47 @@ Deno.test("shutdown after the dial but before the relay ends the session, not ju
   assert.equal(records[0]!.properties.outcome, "shutdown");
 });
 
-Deno.test("early bytes that meet a target already reset still leave the client what the target sent", async () => {
-  // They were written before the relay began, and that write's failure
-  // aborted the session: the client got neither the banner nor a FIN.
-  const records = await captureSessionLines();
-  const deadlines = new Deadlines(100);
-  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  using targets = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-  const encoder = new TextEncoder();
-  const banner = encoder.encode("220 banner, then gone\r\n");
-  try {
-    const session = new WaitsAfterDialSession(
-      await listener.accept(),
-      contextWith(deadlines),
-      targets.addr.port,
-      encoder.encode("sent with the request"),
-    );
-    const running = session.run();
-    const target = await targets.accept();
-    const ferrySide = await session.dialled.promise;
-    // The target answers, then closes with input unread: its kernel resets.
-    await ferrySide.write(new Uint8Array([1]));
-    await target.write(banner);
-    target.close();
-    await new Promise((resolve) => setTimeout(resolve, 200)); // the reset reaches ferry's socket
-    session.goOn.resolve();
-    const received: number[] = [];
-    const chunk = new Uint8Array(256);
-    for (let n; (n = await client.read(chunk)) !== null;) received.push(...chunk.subarray(0, n));
-    assert.equal(new TextDecoder().decode(new Uint8Array(received)), "220 banner, then gone\r\n");
-    client.close(); // ends the session's wait for the client
-    await running;
-  } finally {
-    await reset();
-  }
-  assert.equal(records.length, 1);
-  assert.equal(records[0]!.properties.down, banner.length);
-});
+// Early bytes were written before the relay began, and that write's failure
+// aborted the session: the client got neither the banner nor a FIN. And
+// shutdown during the wait that follows a target's failure was logged
+// `shutdown`, where that wait running out is logged as the target's error.
+for (const ending of ["the client closes", "shutdown comes first"] as const) {
+  Deno.test(`early bytes that meet a target already reset still leave the client what the target sent; ${ending}`, async () => {
+    const records = await captureSessionLines();
+    const deadlines = new Deadlines(100);
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    using targets = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+    const encoder = new TextEncoder();
+    const banner = encoder.encode("220 banner, then gone\r\n");
+    try {
+      const session = new WaitsAfterDialSession(
+        await listener.accept(),
+        contextWith(deadlines),
+        targets.addr.port,
+        encoder.encode("sent with the request"),
+      );
+      const running = session.run();
+      const target = await targets.accept();
+      const ferrySide = await session.dialled.promise;
+      // The target answers, then closes with input unread: its kernel resets.
+      await ferrySide.write(new Uint8Array([1]));
+      await target.write(banner);
+      target.close();
+      await new Promise((resolve) => setTimeout(resolve, 200)); // the reset reaches ferry's socket
+      session.goOn.resolve();
+      const received: number[] = [];
+      const chunk = new Uint8Array(256);
+      for (let n; (n = await client.read(chunk)) !== null;) received.push(...chunk.subarray(0, n));
+      assert.equal(new TextDecoder().decode(new Uint8Array(received)), "220 banner, then gone\r\n");
+      if (ending === "shutdown comes first") session.abort("shutdown");
+      else client.close(); // ends the session's wait for the client
+      await running;
+    } finally {
+      await reset();
+    }
+    assert.equal(records.length, 1);
+    assert.equal(records[0]!.properties.down, banner.length);
+    assert.equal(records[0]!.properties.outcome, "reset");
+  });
+}
