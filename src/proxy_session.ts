@@ -284,15 +284,9 @@ export abstract class ProxySession implements Expirable {
       this.context.deadlines.watch(this);
       return;
     }
-    if (this.#targetError && this.#phase === "linger") {
-      // The client took too long to close after the target failed: the
-      // target's error, not the wait, is what the line reports.
-      this.controller.abort(this.#targetError);
-      return;
-    }
     const reason = new SessionAbort(TIMEOUT_OUTCOME[this.#phase]);
     if (this.#phase === "connect" && this.#dialAbort) this.#dialAbort.abort(reason);
-    else this.controller.abort(reason);
+    else this.#end(reason);
   }
 
   /**
@@ -305,13 +299,19 @@ export abstract class ProxySession implements Expirable {
     if (this.#phase === "connect" && this.#dialAbort && !this.controller.signal.aborted) {
       this.#cutShort = reason;
       this.#dialAbort.abort(reason);
-    } else if (this.#targetError && this.#phase === "linger") {
-      // Waiting for the client to close after the target failed: the
-      // target's error is what ended it, as when the wait runs out (expire()).
-      this.controller.abort(this.#targetError);
     } else {
-      this.controller.abort(reason);
+      this.#end(reason);
     }
+  }
+
+  /**
+   * Aborts the session for `reason` (a timeout, shutdown); but while it waits
+   * for the client to close after the target failed, for the target's error:
+   * that, not the end of the wait, is what its line reports.
+   */
+  #end(reason: SessionAbort): void {
+    const lingering = this.#targetError !== null && this.#phase === "linger";
+    this.controller.abort(lingering ? this.#targetError : reason);
   }
 
   /** Runs the session to its end. Never rejects. */
