@@ -495,6 +495,14 @@ function closeSocket(socket: dgram.Socket): void {
 
 /** A UDP socket bound to an ephemeral port of `host`; rejects if it cannot be. */
 async function boundSocket(type: "udp4" | "udp6", host: string): Promise<dgram.Socket> {
+  // Deno checks `--allow-net` for a node:dgram bind only after bind() has
+  // returned, and throws its refusal from there, not as an "error" event:
+  // uncaught, one client's association would end the whole process. So ask
+  // first (an operator may have narrowed --allow-net to a few hosts).
+  const permission = `${host.includes(":") ? `[${host}]` : host}:0`;
+  if (Deno.permissions.querySync({ name: "net", host: permission }).state !== "granted") {
+    throw new Deno.errors.NotCapable(`no --allow-net permission to bind UDP on ${permission}`);
+  }
   const socket = dgram.createSocket(type);
   socket.bind(0, host);
   try {

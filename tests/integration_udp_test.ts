@@ -215,6 +215,43 @@ Deno.test("malformed datagrams are dropped and counted, and the association keep
   assert.equal(session.udpIn, 1);
 });
 
+Deno.test("--allow-net narrowed to IPv4: a datagram for IPv6 is dropped and counted, and ferry goes on", async () => {
+  // Deno refuses the IPv6 outbound socket's bind (on [::]) only after bind()
+  // returns, and that refusal, uncaught, once ended the process. The IPv4
+  // outbound socket binds 0.0.0.0.
+  await using ferry = await startFerry(LISTEN, { allowNet: "127.0.0.1,0.0.0.0" });
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  const relayPort = udp.reply.address.port;
+  udp.local.send(frame(ipv6("::1", echo.port), "not allowed"), relayPort, "127.0.0.1");
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const answer = nextDatagram(udp.local);
+  udp.local.send(frame(ipv4("127.0.0.1", echo.port), "allowed"), relayPort, "127.0.0.1");
+  assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "allowed");
+  assert.deepEqual(echo.received, ["allowed"]);
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.deepEqual([session.outcome, session.udpIn, session.dropped], ["ok", 1, 1]);
+});
+
+Deno.test("--allow-net narrowed to ferry's own port: UDP ASSOCIATE gets 0x01 naming the permission, and ferry goes on", async () => {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = probe.addr.port;
+  probe.close();
+  await using ferry = await startFerry(["socks", "--listen", `127.0.0.1:${port}`], {
+    allowNet: `127.0.0.1:${port}`,
+  });
+  for (let i = 0; i < 2; i++) {
+    await using udp = await associate(ferry);
+    assert.equal(udp.reply.reply, socks5.Reply.GeneralFailure);
+    udp.control.close();
+    const session = await sessionOf(ferry, udp.control.localAddr);
+    assert.equal(session.outcome, "udp-bind-failed");
+    assert.match(String(session.error), /--allow-net.*127\.0\.0\.1:0/);
+  }
+});
+
 Deno.test("a destination given as an IPv4-mapped IPv6 address is relayed and its answers come back", async () => {
   await using ferry = await startFerry(LISTEN);
   await using echo = await udpEcho();

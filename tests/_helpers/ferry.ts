@@ -18,6 +18,8 @@ export interface StartFerryOptions {
   env?: Record<string, string>;
   /** How long to wait for the start-up line. Default 20 s. */
   startTimeoutMs?: number;
+  /** Hosts for `--allow-net=…` in place of the whole network, as an operator may narrow it. */
+  allowNet?: string;
 }
 
 /** A running ferry process. */
@@ -40,12 +42,15 @@ export interface FerryProcess extends AsyncDisposable {
   stop(timeoutMs?: number): Promise<Deno.CommandStatus>;
 }
 
-/** Argument list that runs ferry from source with the permissions it ships with. */
-export function ferryCommandArgs(args: string[]): string[] {
+/**
+ * Argument list that runs ferry from source with the permissions it ships
+ * with, or with network access narrowed to `allowNet`.
+ */
+export function ferryCommandArgs(args: string[], allowNet?: string): string[] {
   return [
     "run",
     "--v8-flags=--max-semi-space-size=4,--external-memory-max-growing-factor=4",
-    "--allow-net",
+    allowNet === undefined ? "--allow-net" : `--allow-net=${allowNet}`,
     "--allow-read",
     "--allow-env=NO_COLOR,FORCE_COLOR,CLICOLOR_FORCE",
     "--allow-run=prlimit",
@@ -63,7 +68,7 @@ export async function startFerry(
   args: string[],
   options: StartFerryOptions = {},
 ): Promise<FerryProcess> {
-  const full = ferryCommandArgs([...args, "--log-format", "json"]);
+  const full = ferryCommandArgs([...args, "--log-format", "json"], options.allowNet);
   if (!args.includes("--log-level")) full.push("--log-level", "debug");
   const [command, ...rest] = [...(options.wrapper ?? []), Deno.execPath(), ...full];
   const child = new Deno.Command(command!, {
