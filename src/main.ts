@@ -58,6 +58,10 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
 
+  // From here on a signal stops ferry, while it reads a users file or its
+  // configuration (a large file, a FIFO) too, not by the default action's
+  // silent death.
+  const stop = listenForSignals();
   let plan: Plan;
   try {
     if (invocation.command === "socks") {
@@ -96,7 +100,11 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   await setupLogging({ level: plan.logLevel, format: plan.logFormat });
-  return await serve(plan);
+  try {
+    return await serveUntil(plan, stop);
+  } finally {
+    await stopLogging();
+  }
 }
 
 /** Opens a listener; a forwarder's pools wait for `startPools()` (see serveUntil). */
@@ -152,13 +160,34 @@ const SIGUSR1 = 10;
 /** How long ferry waits on SIGUSR1 for its last line to reach a stderr nobody reads. */
 const SIGUSR1_LINE_MS = 20;
 
-async function serve(plan: Plan): Promise<number> {
-  // Listening for signals before the listeners open: a SIGTERM that comes
-  // while they start (or while prlimit answers) is then a clean shutdown,
-  // not the default action's death.
-  const { promise: stopRequested, resolve: requestStop } = Promise.withResolvers<Deno.Signal>();
+/** The first stop signal, once ferry serves. */
+interface StopRequest {
+  readonly requested: Promise<Deno.Signal>;
+  /** From now on the first signal drains; before, it exits at once (see listenForSignals). */
+  serving(): void;
+}
+
+/**
+ * Maps SIGINT, SIGTERM and SIGHUP to one graceful stop (a second signal exits
+ * at once), and SIGUSR1 to an immediate exit. The listeners stay until
+ * Deno.exit: without one, a signal takes the default action, and a Ctrl-C's
+ * second copy (or the operator's second signal) during the last log lines
+ * would kill ferry mid-flush.
+ *
+ * Until ferry serves, while it reads a users file or its configuration, the
+ * first signal exits 0 at once: nothing to drain, and a read that never ends
+ * (a FIFO nobody writes) must not keep it. Logging is not set up yet, so
+ * the line says so in plain text, as usage errors do.
+ */
+function listenForSignals(): StopRequest {
+  const { promise: requested, resolve: requestStop } = Promise.withResolvers<Deno.Signal>();
+  let serving = false;
   let first: { signal: Deno.Signal; at: number } | null = null;
   const onSignal = (signal: keyof typeof SIGNAL_NUMBERS) => () => {
+    if (!serving) {
+      writeErr(`ferry: ${signal} before it was listening: exiting\n`);
+      Deno.exit(0);
+    }
     if (first === null) {
       first = { signal, at: performance.now() };
       requestStop(signal);
@@ -194,17 +223,16 @@ async function serve(plan: Plan): Promise<number> {
       { event: "sigusr1-exit" },
     ).finally(exit);
   });
-  // The listeners stay until Deno.exit: without one, a signal takes the
-  // default action, and a Ctrl-C's second copy (or the operator's second
-  // signal) during the last log lines would kill ferry mid-flush.
-  try {
-    return await serveUntil(plan, stopRequested);
-  } finally {
-    await stopLogging();
-  }
+  return {
+    requested,
+    serving: () => serving = true,
+  };
 }
 
-async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Promise<number> {
+async function serveUntil(plan: Plan, stop: StopRequest): Promise<number> {
+  // Before the listeners open: a signal while they do (or while prlimit
+  // answers) is a clean shutdown.
+  stop.serving();
   const running: { server: Server | Forwarder; config: SocksConfig | ForwardConfig }[] = [];
   for (const config of plan.listeners) {
     try {
@@ -268,7 +296,7 @@ async function serveUntil(plan: Plan, stopRequested: Promise<Deno.Signal>): Prom
     );
   }
 
-  const signal = await stopRequested;
+  const signal = await stop.requested;
   const sessions = running.reduce((sum, { server }) => sum + server.activeSessions, 0);
   const graceMs = Math.max(...running.map(({ config }) => config.shutdownGraceMs));
   serverLog.info(

@@ -342,3 +342,43 @@ Deno.test("a second signal right after the first exits at once, with the lines l
   assert.equal(shutdown.sessions, 1);
   assert.ok(!ferry.lines.some((line) => line.event === "stopped"), "no totals: the exit cut them");
 });
+
+Deno.test("SIGTERM while ferry still reads its users file exits 0 at once, with a line that says so", async () => {
+  // A FIFO nobody writes: ferry's read would wait for ever. Opening it to
+  // write waits for ferry to open it to read, so the signal surely comes
+  // while ferry reads its settings.
+  const dir = await Deno.makeTempDir();
+  const fifo = `${dir}/users`;
+  try {
+    const made = await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    assert.ok(made.success, "mkfifo");
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ferryCommandArgs(["socks", "--listen", "127.0.0.1:0", "--users-file", fifo]),
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    }).spawn();
+    const stderr = new Response(child.stderr).text();
+    try {
+      using _writer = await deadline(
+        Deno.open(fifo, { write: true }),
+        20_000,
+        "ferry to open its users file",
+      );
+      child.kill("SIGTERM");
+      const status = await deadline(child.status, 10_000, "ferry to exit");
+      assert.equal(status.code, 0, `exit status (signal: ${status.signal})`);
+      assert.equal(await stderr, "ferry: SIGTERM before it was listening: exiting\n");
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // exited
+      }
+      await child.status;
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
