@@ -113,6 +113,11 @@ export function buildProgram(
 ): Command {
   const output = {
     ...streams,
+    // Help has no colours. commander's own guess would read a dozen
+    // environment variables (TERM, CI, NODE_DISABLE_COLORS…) when stdout is a
+    // terminal, each a permission ferry does not have: `ferry --help` crashed.
+    getOutHasColors: () => false,
+    getErrHasColors: () => false,
     // commander repeats what it did not expect: a mistyped option whole
     // (`--usr=alice:s3cret`) and stray arguments (`--user alice s3cret`
     // gives "got 1: s3cret"), so either could print a password. The option's

@@ -136,6 +136,30 @@ Deno.test("--help and --version into a pipe nobody reads exit 0 without a stack 
   }
 });
 
+Deno.test("--help in a terminal exits 0 with the permissions ferry ships with", async () => {
+  // Where stdout is a terminal, commander guessed colours from a dozen
+  // environment variables (TERM, CI, NODE_DISABLE_COLORS…), none of which
+  // ferry may read: `ferry --help` crashed with a stack trace. `script` runs
+  // it on a pseudo-terminal, with no NO_COLOR to hide the guess.
+  const quote = (word: string) => `'${word.replaceAll("'", "'\\''")}'`;
+  const inherited = ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME"].flatMap((name) => {
+    const value = Deno.env.get(name);
+    return value === undefined ? [] : [[name, value]];
+  });
+  for (const args of [["--help"], ["socks", "--help"], ["help", "forward"]]) {
+    const command = [Deno.execPath(), ...ferryCommandArgs(args)].map(quote).join(" ");
+    const { code, stdout } = await new Deno.Command("script", {
+      args: ["-qec", command, "/dev/null"],
+      stdin: "null",
+      clearEnv: true,
+      env: { ...Object.fromEntries(inherited), TERM: "xterm-256color", DENO_NO_UPDATE_CHECK: "1" },
+    }).output();
+    const output = new TextDecoder().decode(stdout);
+    assert.equal(code, 0, `ferry ${args.join(" ")}: ${output}`);
+    assert.match(output, /Usage: ferry/);
+  }
+});
+
 Deno.test("--help and --version that cannot be written (a full disk) exit 1 and say why", async () => {
   // They exited 0, so `ferry --version > version.txt` on a full disk left an
   // empty file that a script took for the version.

@@ -143,6 +143,9 @@ async function resolve(
   return results.map((r) => r.address);
 }
 
+/** Whether ferry may open /dev/null (see {@linkcode shortOfDescriptorsSince}); asked once. */
+let devNullReadable: boolean | undefined;
+
 /**
  * Whether ferry is out of descriptors (EMFILE, ENFILE), or was at some
  * point since `since` (a lookup's start). Out of descriptors, the system
@@ -157,6 +160,11 @@ async function resolve(
  */
 function shortOfDescriptorsSince(since: number): boolean {
   if (shortageSince(since)) return true;
+  // Asked first: with --allow-read narrowed to the users file and no
+  // --no-prompt, opening it would stop the whole process at Deno's prompt.
+  devNullReadable ??= Deno.permissions.querySync({ name: "read", path: "/dev/null" }).state ===
+    "granted";
+  if (!devNullReadable) return false;
   try {
     Deno.openSync("/dev/null").close();
     return false;

@@ -43,21 +43,24 @@ export interface FerryProcess extends AsyncDisposable {
 }
 
 /**
+ * The `deno run` flags of deno.json's `start` task: the permissions and V8
+ * flags ferry ships with, so that the tests run it as users do.
+ */
+export const START_TASK_FLAGS: readonly string[] = (() => {
+  const config = JSON.parse(Deno.readTextFileSync(new URL("../../deno.json", import.meta.url)));
+  const words = String(config.tasks.start).split(/\s+/);
+  return words.slice(words.indexOf("run") + 1).filter((word) => word.startsWith("--"));
+})();
+
+/**
  * Argument list that runs ferry from source with the permissions it ships
  * with, or with network access narrowed to `allowNet`.
  */
 export function ferryCommandArgs(args: string[], allowNet?: string): string[] {
-  return [
-    "run",
-    "--v8-flags=--max-semi-space-size=4,--external-memory-max-growing-factor=4",
-    allowNet === undefined ? "--allow-net" : `--allow-net=${allowNet}`,
-    "--allow-read",
-    "--allow-env=NO_COLOR,FORCE_COLOR,CLICOLOR_FORCE",
-    "--allow-run=prlimit",
-    "--allow-sys=networkInterfaces",
-    MAIN,
-    ...args,
-  ];
+  const flags = allowNet === undefined
+    ? START_TASK_FLAGS
+    : START_TASK_FLAGS.map((flag) => flag === "--allow-net" ? `--allow-net=${allowNet}` : flag);
+  return ["run", ...flags, MAIN, ...args];
 }
 
 /**
