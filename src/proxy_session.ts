@@ -34,7 +34,13 @@ import {
 } from "./upstream/dial.ts";
 
 /** Outcomes whose name does not say what went wrong (see errorDetail). */
-const OUTCOMES_WITH_DETAIL = new Set(["protocol-error", "general-failure", "name-not-resolved"]);
+const OUTCOMES_WITH_DETAIL = new Set([
+  "protocol-error",
+  "general-failure",
+  "name-not-resolved",
+  // Deno's permission (--allow-net narrowed), or the system's (EACCES, EPERM).
+  "not-allowed",
+]);
 
 /**
  * The `error` field of a session line whose outcome name does not say what

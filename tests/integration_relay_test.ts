@@ -512,6 +512,37 @@ Deno.test("CONNECT to port 0 gets 0x01, and the log line names the system's reas
   assert.match(String(session.error), /^connect to 127\.0\.0\.1 failed: .*port.*0/i);
 });
 
+Deno.test("--allow-net narrowed to one host: CONNECT elsewhere gets 0x02, by address and by name", async () => {
+  // 127.0.0.2 is loopback, but outside the permission; so is looking up a
+  // name (Deno refuses it before any query leaves).
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = probe.addr.port;
+  probe.close();
+  await using ferry = await startFerry(["socks", "--listen", `127.0.0.1:${port}`], {
+    allowNet: "127.0.0.1",
+  });
+  using target = TcpTarget.listen();
+  const cases = [
+    { address: ipv4("127.0.0.2", target.port), error: /connect to 127\.0\.0\.2/ },
+    { address: domain("localhost", target.port), error: /resolving "localhost".*--allow-net/ },
+  ];
+  for (const { address, error } of cases) {
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    const reply = await socks5Handshake(client, address);
+    assert.equal(reply.reply, socks5.Reply.NotAllowed, JSON.stringify(address));
+    client.close();
+    const session = await sessionOf(ferry, client.localAddr);
+    assert.equal(session.outcome, "not-allowed");
+    assert.match(String(session.error), error);
+  }
+  // And what the permission covers still works.
+  const { client, server } = await connectThrough(ferry, target);
+  using _client = client;
+  using _server = server;
+  await client.write(Uint8Array.of(7));
+  assert.deepEqual(await server.readExactly(1), Uint8Array.of(7));
+});
+
 Deno.test("CONNECT to a closed port gets reply 0x05 connection refused", async () => {
   await using ferry = await startFerry(LISTEN);
   const port = closedPort();

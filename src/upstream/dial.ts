@@ -128,6 +128,17 @@ async function resolve(
       });
       throw new DialError("general-failure", `cannot resolve ${JSON.stringify(host)}`, { cause });
     }
+    // Deno's answer when --allow-net does not cover the name: the operator's
+    // rule, as for an address outside it (0x02), not a name that is missing.
+    if ((error as { code?: unknown })?.code === "EPERM") {
+      throw new DialError(
+        "not-allowed",
+        `resolving ${JSON.stringify(host)} is not allowed (--allow-net)`,
+        {
+          cause: error,
+        },
+      );
+    }
     // Short of descriptors lately: this lookup may have been too, and a
     // descriptor freed up before anyone saw it. Once more, then it is the name.
     if (again && shortageSince(started - NEAR_SHORTAGE_MS)) {
