@@ -401,6 +401,8 @@ Deno.test("dial() with a signal aborted for connect timeout throws connect-timeo
     );
     assert.equal(error.failure, "connect-timeout");
     assert.equal(error.reply, Reply.HostUnreachable);
+    // Worded as a pool's own timed-out probe is, without the abort's reason tacked on.
+    assert.equal(messageWithCause(error), "connect to 127.0.0.1 timed out");
   });
 });
 

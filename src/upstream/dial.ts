@@ -384,7 +384,12 @@ async function connectToIp(
       : isResetAsAccepted(error)
       ? "was reset as it was accepted"
       : "failed";
-    throw new DialError(failure, `connect to ${hostname} ${what}`, { cause: error });
+    // Aborted, the error is only the abort's reason: "timed out" says it all.
+    throw new DialError(
+      failure,
+      `connect to ${hostname} ${what}`,
+      signal.aborted ? undefined : { cause: error },
+    );
   }
 }
 
