@@ -78,9 +78,17 @@ export function formatPath(path: DocPath): string {
   return text;
 }
 
-/** A value as the user wrote it, shortened; `nothing` when absent. */
+/**
+ * A value as the user wrote it, shortened; `nothing` when absent. An object
+ * or array that is not empty only by its kind: it may hold users, and its
+ * first 57 characters their passwords (a listener written without the `[ ]`
+ * of "listeners").
+ */
 function show(value: unknown): string {
   if (value === undefined) return "nothing";
+  if (typeof value === "object" && value !== null && Object.keys(value).length > 0) {
+    return kindOf(value);
+  }
   // JSON has no Infinity: a number too big for a double (1e400) would show as null.
   const text = typeof value === "number" && !Number.isFinite(value)
     ? String(value)
@@ -297,12 +305,34 @@ interface Problem {
   readonly text: string;
 }
 
+/**
+ * Where each line of the last text asked about starts: a file with many
+ * problems is asked about once a problem, and working each out from the
+ * start of the text took minutes for a file of 200,000 bad lines.
+ */
+let lineStarts: { readonly text: string; readonly starts: readonly number[] } | null = null;
+
+/** The 1-based line of `offset` in `text`. */
+function lineOf(text: string, offset: number): number {
+  if (lineStarts?.text !== text) {
+    const starts = [0];
+    for (let at = text.indexOf("\n"); at >= 0; at = text.indexOf("\n", at + 1)) starts.push(at + 1);
+    lineStarts = { text, starts };
+  }
+  const { starts } = lineStarts;
+  let low = 0; // the last start at or before offset, by binary search
+  for (let high = starts.length - 1; low < high;) {
+    const middle = (low + high + 1) >> 1;
+    if (starts[middle]! <= offset) low = middle;
+    else high = middle - 1;
+  }
+  return low + 1;
+}
+
 /** Maps offsets in `text` to 1-based line and column. */
 function lineCol(text: string, offset: number): string {
-  const before = text.slice(0, offset);
-  const line = before.split("\n").length;
-  const column = offset - (before.lastIndexOf("\n") + 1) + 1;
-  return `${line}:${column}`;
+  const line = lineOf(text, offset);
+  return `${line}:${offset - lineStarts!.starts[line - 1]! + 1}`;
 }
 
 const PARSE_MESSAGES: Readonly<Record<string, string>> = {
@@ -325,25 +355,60 @@ const PARSE_MESSAGES: Readonly<Record<string, string>> = {
 };
 
 /**
- * Whether a syntax error at `offset` may be in a password, written any way
- * (unquoted, single-quoted, after a missing colon, holding a `}`): anywhere
- * inside a `"users"` array, or after a `"password"` key with no `}` since or
- * on that key's line. Its token is then not shown.
+ * Whether a syntax error at an offset of `text` may be in a password,
+ * written any way (unquoted, single-quoted, after a missing colon, holding a
+ * `}`): anywhere inside a `users` array, or after a `password` key with no
+ * `}` since or on that key's line; the keys in any quotes or none (JSON5).
+ * Its token is then not shown. Worked out once a text: a file of garbage has
+ * a syntax error a character, and looking back through the text for each
+ * took minutes.
  */
-function nearPassword(text: string, offset: number): boolean {
-  const users = text.lastIndexOf('"users"', offset);
-  if (users >= 0) {
-    let depth = 0; // of [ ] since the key: a password's own brackets may skew it, rarely
-    for (let i = users; i < offset; i++) {
-      if (text[i] === "[") depth++;
-      else if (text[i] === "]") depth--;
+function passwordGuard(text: string): (offset: number) => boolean {
+  const users = standalone(text, "users");
+  const passwords = standalone(text, "password");
+  // [ minus ] before each offset: a password's own brackets may skew it, rarely.
+  let depthBefore: Int32Array | null = null;
+  return (offset) => {
+    const key = lastBefore(users, offset);
+    if (key >= 0) {
+      if (depthBefore === null) {
+        depthBefore = new Int32Array(text.length + 1);
+        for (let i = 0, depth = 0; i < text.length; i++) {
+          if (text[i] === "[") depth++;
+          else if (text[i] === "]") depth--;
+          depthBefore[i + 1] = depth;
+        }
+      }
+      if (depthBefore[offset]! - depthBefore[key]! > 0) return true;
     }
-    if (depth > 0) return true;
+    const password = lastBefore(passwords, offset);
+    if (password < 0) return false;
+    const brace = text.indexOf("}", password);
+    const newline = text.indexOf("\n", password);
+    return brace < 0 || brace >= offset || newline < 0 || newline >= offset;
+  };
+}
+
+/** Where `word` stands on its own in `text` (not in `usersFile`), in order. */
+function standalone(text: string, word: string): number[] {
+  const isWordChar = (at: number) => /[A-Za-z0-9_]/.test(text[at] ?? "");
+  const found: number[] = [];
+  for (let at = text.indexOf(word); at >= 0; at = text.indexOf(word, at + 1)) {
+    if (!isWordChar(at - 1) && !isWordChar(at + word.length)) found.push(at);
   }
-  const key = text.lastIndexOf('"password"', offset);
-  if (key < 0) return false;
-  const since = text.slice(key, offset);
-  return !since.includes("}") || !since.includes("\n");
+  return found;
+}
+
+/** The last of the ascending `positions` before `offset`, or -1. */
+function lastBefore(positions: readonly number[], offset: number): number {
+  let low = 0;
+  let high = positions.length; // the first at or after offset, by binary search
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if (positions[middle]! < offset) low = middle + 1;
+    else high = middle;
+  }
+  return low === 0 ? -1 : positions[low - 1]!;
 }
 
 /**
@@ -506,23 +571,31 @@ function lineToBlame(
   parseErrors: readonly ParseError[],
   notUtf8: ReadonlySet<number>,
 ): number | null {
-  if (looksLikeUtf16(text)) return Math.min(...notUtf8);
-  const lineOf = (offset: number) => Number(lineCol(text, offset).split(":")[0]);
+  // Not Math.min(...lines): a large file has more lines than a call has room for arguments.
+  const first = (lines: Iterable<number>) => {
+    let least: number | null = null;
+    for (const line of lines) if (least === null || line < least) least = line;
+    return least;
+  };
+  if (looksLikeUtf16(text)) return first(notUtf8);
   // A syntax error on a line whose bad bytes all sit in a comment is the
   // syntax's fault: it is reported as such (`"a": 1 // café` missing a comma).
-  const inComments = commentRanges(text);
+  const comments = commentRanges(text); // in file order, as the bad bytes are met
   const outside = new Set<number>();
+  let comment = 0;
   for (let at = text.indexOf("\uFFFD"); at >= 0; at = text.indexOf("\uFFFD", at + 1)) {
-    if (!inComments.some(([start, end]) => at >= start && at < end)) outside.add(lineOf(at));
+    while (comment < comments.length && comments[comment]![1] <= at) comment++;
+    const inComment = comment < comments.length && comments[comment]![0] <= at;
+    if (!inComment) outside.add(lineOf(text, at));
   }
-  const spoilt = parseErrors.map((error) => lineOf(error.offset))
+  const spoilt = parseErrors.map((error) => lineOf(text, error.offset))
     .concat(
       root === undefined ? [] : stringNodes(root)
         .filter((node) => text.slice(node.offset, node.offset + node.length).includes("\uFFFD"))
-        .map((node) => lineOf(node.offset)),
+        .map((node) => lineOf(text, node.offset)),
     )
     .filter((line) => notUtf8.has(line) && outside.has(line));
-  return spoilt.length > 0 ? Math.min(...spoilt) : null;
+  return first(spoilt);
 }
 
 /**
@@ -781,10 +854,14 @@ async function readRunConfig(
   }
   if (parseErrors.length > 0 || !root) {
     // One error a place: the parser often reports a second one where it recovers.
-    const firsts = parseErrors.filter((error, index) =>
-      parseErrors.findIndex((other) => other.offset === error.offset) === index
-    );
+    const seen = new Set<number>();
+    const firsts = parseErrors.filter((error) => {
+      if (seen.has(error.offset)) return false;
+      seen.add(error.offset);
+      return true;
+    });
     if (firsts.length === 0) throw new ConfigError([`${source}: no JSON value found`]);
+    const nearPassword = passwordGuard(text);
     throw new ConfigError(firsts.map((error) => {
       const name = printParseErrorCode(error.error);
       const token = text.slice(error.offset, error.offset + error.length);
@@ -792,7 +869,7 @@ async function readRunConfig(
         ? "the end of the file"
         : IN_STRING_ERRORS.has(name)
         ? "a string (not shown: it may be secret)"
-        : nearPassword(text, error.offset)
+        : nearPassword(error.offset) || /password|users/i.test(token)
         ? "a value (not shown: it may be secret)"
         : token === ""
         ? show(text.slice(error.offset, error.offset + 1))

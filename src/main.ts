@@ -45,6 +45,12 @@ function writeTo(stream: typeof Deno.stdout | typeof Deno.stderr, text: string):
 const writeOut = (text: string) => writeTo(Deno.stdout, text);
 const writeErr = (text: string) => writeTo(Deno.stderr, text);
 
+/**
+ * Problems reported at most: a file that is not a configuration at all (a
+ * log, a binary) has one a line, and 40,000 lines of them help nobody.
+ */
+const PROBLEMS_SHOWN = 100;
+
 /** Settings and listeners of one run of the process. */
 interface Plan extends LogSettings {
   readonly listeners: readonly (SocksConfig | ForwardConfig)[];
@@ -78,7 +84,8 @@ async function main(argv: string[]): Promise<number> {
         file = await loadConfigFile(invocation.configPath);
       } catch (error) {
         if (!(error instanceof ConfigError)) throw error;
-        check.problems.push(...error.problems);
+        // Not push(...problems): a file of garbage has more than a call takes arguments.
+        for (const problem of error.problems) check.problems.push(problem);
       }
       const logLevel = invocation.logLevel === undefined
         ? undefined
@@ -95,7 +102,14 @@ async function main(argv: string[]): Promise<number> {
     }
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
-    for (const problem of error.problems) writeErr(`ferry ${invocation.command}: ${problem}\n`);
+    const shown = error.problems.slice(0, PROBLEMS_SHOWN);
+    for (const problem of shown) writeErr(`ferry ${invocation.command}: ${problem}\n`);
+    const more = error.problems.length - shown.length;
+    if (more > 0) {
+      writeErr(
+        `ferry ${invocation.command}: and ${more} more problem${more === 1 ? "" : "s"} not shown\n`,
+      );
+    }
     writeErr(`(run ferry ${invocation.command} --help for usage)\n`);
     return 2;
   }

@@ -327,6 +327,27 @@ Deno.test("--listen given twice exits 2: one command listens once", async () => 
   }
 });
 
+Deno.test("a configuration file with 200,000 problems shows the first 100 and counts the rest, exit 2", async () => {
+  // Every problem was passed to one push() as an argument: past about 130,000
+  // that overflowed the stack (an uncaught RangeError, exit 1), and below it
+  // the screen filled with as many lines.
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/garbage.jsonc`;
+    const listeners = Array.from({ length: 200_000 }, () => ({ kind: 1 }));
+    await Deno.writeTextFile(path, JSON.stringify({ listeners }));
+    const run = await ferry("run", "--config", path);
+    assert.equal(run.code, 2, run.stderr.slice(0, 500));
+    const lines = run.stderr.trimEnd().split("\n");
+    assert.equal(lines.length, 102, lines.slice(-3).join("\n"));
+    assert.match(lines[0]!, /^ferry run: listeners\[0\]\.kind: /);
+    assert.equal(lines[100], "ferry run: and 199900 more problems not shown");
+    assert.equal(lines[101], "(run ferry run --help for usage)");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("--config given twice exits 2: the last file used to win silently", async () => {
   const run = await ferry("run", "--config", "a.jsonc", "--config", "b.jsonc");
   assert.equal(run.code, 2, run.stderr);

@@ -272,6 +272,49 @@ Deno.test("a password is not shown however the syntax around it is wrong", async
   assert.match(problems[0]!, /got "soon"/);
 });
 
+Deno.test("a password is not shown when the file around it is not the shape expected", async () => {
+  const users = [{ name: "alice", password: "S3cret-hunter2" }];
+  const listener = { kind: "socks", listen: "127.0.0.1:0", users };
+  for (
+    const [what, text] of [
+      // Each printed the first 57 characters of the listener, password and all.
+      ["listeners without [ ]", JSON.stringify({ listeners: listener })],
+      ["the listeners alone", JSON.stringify([listener])],
+      ["a listener in [ ] too many", JSON.stringify({ listeners: [[listener]] })],
+      // The syntax checks only knew the keys in double quotes.
+      [
+        "JSON5",
+        `{ listeners: [{ kind: 'socks', users: [{ name: 'alice', password: 'S3cret' }] }] }`,
+      ],
+      // The comment's token is the rest of the file.
+      ["an unterminated comment", `{ "listeners": [ /* ${JSON.stringify(listener)} ] }`],
+    ]
+  ) {
+    const problems = await problemsOf(parseRunConfig(text!, "test.jsonc"));
+    for (const problem of problems) assert.doesNotMatch(problem, /S3cret/, what);
+  }
+  assert.deepEqual(await problemsOfValue({ listeners: listener }), [
+    "listeners: expected an array of listeners, got an object",
+  ]);
+});
+
+Deno.test("a file of garbage is checked in a moment, each problem in its place", async () => {
+  // Each problem's line was worked out from the start of the text, and each
+  // syntax error looked back through it for a password: a 300 KB file of
+  // 150,000 errors took 41 s, then crashed; 1.2 MB of bad lines ran for minutes.
+  const count = 150_000;
+  const text = `{"listeners":[${"\n @".repeat(count)}\n]}`;
+  const started = performance.now();
+  const problems = await problemsOf(parseRunConfig(text, "test.jsonc"));
+  const ms = performance.now() - started;
+  assert.equal(problems.length, count);
+  for (const line of [2, 3, 1000, count + 1]) {
+    assert.equal(problems[line - 2], `test.jsonc:${line}:2: unexpected symbol, got "@"`);
+  }
+  // Not a timed assertion of speed: a bound on going quadratic again (minutes).
+  assert.ok(ms < 60_000, `${Math.round(ms)} ms`);
+});
+
 Deno.test("a file nested too deeply is a problem, not a crash", async () => {
   // 3,000 levels overflowed the stack: an uncaught RangeError, exit 1.
   const depth = 50_000;
@@ -787,6 +830,22 @@ Deno.test("a configuration file saved as UTF-16 is one problem, not a screenful"
         `${path}:1: not UTF-8 text; save the file as UTF-8`,
       ], `BOM: ${bom.length > 0}`);
     }
+  });
+});
+
+Deno.test("a large configuration file saved as UTF-16 is one problem too", async () => {
+  // Math.min(...lines) of 150,000 lines overflowed the stack, reported as
+  // "nested too deeply".
+  await withTempDir(async (dir) => {
+    const path = `${dir}/utf16.jsonc`;
+    const text = `{"listeners": []${"\n".repeat(150_000)}}`;
+    const bytes = new Uint8Array(2 + text.length * 2);
+    bytes.set([0xff, 0xfe]);
+    for (let i = 0; i < text.length; i++) bytes[2 + 2 * i] = text.charCodeAt(i);
+    await Deno.writeFile(path, bytes);
+    assert.deepEqual(await problemsOf(loadConfigFile(path)), [
+      `${path}:1: not UTF-8 text; save the file as UTF-8`,
+    ]);
   });
 });
 
