@@ -831,6 +831,8 @@ export async function parseRunConfig(
     // arrays overflow the stack, which must not end ferry with a stack trace.
     if (!(error instanceof RangeError)) throw error;
     throw new ConfigError([`${source}: arrays or objects nested too deeply to read`]);
+  } finally {
+    lineStarts = null; // not the file's text kept for the life of the process
   }
 }
 

@@ -128,12 +128,15 @@ async function resolve(
       });
       throw new DialError("general-failure", `cannot resolve ${JSON.stringify(host)}`, { cause });
     }
-    // Deno's answer when --allow-net does not cover the name: the operator's
-    // rule, as for an address outside it (0x02), not a name that is missing.
+    // Deno's answer when --allow-net does not cover the name (or the
+    // system's, a sandbox's): a rule, as for an address outside it (0x02),
+    // not a name that is missing.
     if ((error as { code?: unknown })?.code === "EPERM") {
+      const byDeno = Deno.permissions.querySync({ name: "net", host }).state !== "granted";
+      const by = byDeno ? "--allow-net" : "the system";
       throw new DialError(
         "not-allowed",
-        `resolving ${JSON.stringify(host)} is not allowed (--allow-net)`,
+        `resolving ${JSON.stringify(host)} is not allowed by ${by}`,
         {
           cause: error,
         },
