@@ -74,7 +74,14 @@ export interface RelayOptions {
  */
 export const BUFFER_BUDGET_BYTES = 256 * 1048576;
 
-const sharedGrownBuffers = new GrownBuffers(BUFFER_BUDGET_BYTES);
+/**
+ * The last eighth of the budget goes only in buffers of up to 64 KiB (see
+ * GrownBuffers' `reserve`): room for 256 bulk directions to leave 1 KiB
+ * reads behind once stalled sessions hold the rest. 64 KiB reads carried a
+ * download at about 1,400 MiB/s here (the bare relay's row in BENCHMARKS.md),
+ * 1 KiB reads at about a tenth of that.
+ */
+const sharedGrownBuffers = new GrownBuffers(BUFFER_BUDGET_BYTES, BUFFER_BUDGET_BYTES / 8, 65536);
 
 /** Bytes carried each way. `up` is client → target. */
 export interface RelayTotals {

@@ -57,3 +57,20 @@ Deno.test("GrownBuffers drops smaller kept buffers to make room for a larger one
   assert.ok(grown.inUse + grown.kept <= grown.limit, `${grown.inUse} + ${grown.kept}`);
   assert.deepEqual([grown.inUse, grown.kept], [70, 30], "two of the three dropped");
 });
+
+Deno.test("the reserve lends only small buffers: large ones stop short of it, small ones may use it", () => {
+  const grown = new GrownBuffers(100, 20, 10);
+  const large = [grown.take(40), grown.take(40)];
+  assert.ok(large.every((buffer) => buffer !== null), "80 bytes, outside the reserve");
+  assert.equal(grown.take(40), null, "a third would reach into the reserve");
+  assert.equal(grown.take(11), null, "so would anything larger than a small buffer");
+  const small = [grown.take(10), grown.take(10)];
+  assert.ok(small.every((buffer) => buffer !== null), "small ones use the reserve");
+  assert.equal(grown.take(10), null, "up to the limit, no further");
+  assert.equal(grown.inUse, 100);
+  grown.give(large[0]!);
+  assert.equal(grown.take(40), null, "the small ones in use count: 60 + 40 is past 80");
+  for (const buffer of small) grown.give(buffer!);
+  assert.equal(grown.take(40)?.length, 40, "with them back, the large one may be taken again");
+  assert.deepEqual([grown.inUse, grown.kept, grown.allocated], [80, 20, 100]);
+});
