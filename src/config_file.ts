@@ -312,27 +312,38 @@ interface Problem {
  */
 let lineStarts: { readonly text: string; readonly starts: readonly number[] } | null = null;
 
-/** The 1-based line of `offset` in `text`. */
-function lineOf(text: string, offset: number): number {
+/** The 1-based line of `offset` in `text`, and the offset that line starts at. */
+function lineAt(text: string, offset: number): { line: number; start: number } {
   if (lineStarts?.text !== text) {
     const starts = [0];
     for (let at = text.indexOf("\n"); at >= 0; at = text.indexOf("\n", at + 1)) starts.push(at + 1);
     lineStarts = { text, starts };
   }
   const { starts } = lineStarts;
-  let low = 0; // the last start at or before offset, by binary search
-  for (let high = starts.length - 1; low < high;) {
-    const middle = (low + high + 1) >> 1;
-    if (starts[middle]! <= offset) low = middle;
-    else high = middle - 1;
-  }
-  return low + 1;
+  const line = countBelow(starts, offset + 1); // the lines starting at or before offset
+  return { line, start: starts[line - 1]! };
+}
+
+/** The 1-based line of `offset` in `text`. */
+function lineOf(text: string, offset: number): number {
+  return lineAt(text, offset).line;
 }
 
 /** Maps offsets in `text` to 1-based line and column. */
 function lineCol(text: string, offset: number): string {
-  const line = lineOf(text, offset);
-  return `${line}:${offset - lineStarts!.starts[line - 1]! + 1}`;
+  const { line, start } = lineAt(text, offset);
+  return `${line}:${offset - start + 1}`;
+}
+
+/** How many of the ascending `sorted` are below `limit`, by binary search. */
+function countBelow(sorted: readonly number[], limit: number): number {
+  let low = 0;
+  for (let high = sorted.length; low < high;) {
+    const middle = (low + high) >> 1;
+    if (sorted[middle]! < limit) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
 
 const PARSE_MESSAGES: Readonly<Record<string, string>> = {
@@ -401,14 +412,8 @@ function standalone(text: string, word: string): number[] {
 
 /** The last of the ascending `positions` before `offset`, or -1. */
 function lastBefore(positions: readonly number[], offset: number): number {
-  let low = 0;
-  let high = positions.length; // the first at or after offset, by binary search
-  while (low < high) {
-    const middle = (low + high) >> 1;
-    if (positions[middle]! < offset) low = middle + 1;
-    else high = middle;
-  }
-  return low === 0 ? -1 : positions[low - 1]!;
+  const below = countBelow(positions, offset);
+  return below === 0 ? -1 : positions[below - 1]!;
 }
 
 /**

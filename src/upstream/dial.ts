@@ -133,14 +133,10 @@ async function resolve(
     // not a name that is missing.
     if ((error as { code?: unknown })?.code === "EPERM") {
       const byDeno = Deno.permissions.querySync({ name: "net", host }).state !== "granted";
-      const by = byDeno ? "--allow-net" : "the system";
-      throw new DialError(
-        "not-allowed",
-        `resolving ${JSON.stringify(host)} is not allowed by ${by}`,
-        {
-          cause: error,
-        },
-      );
+      const message = `resolving ${JSON.stringify(host)} is not allowed by ${
+        byDeno ? "--allow-net" : "the system"
+      }`;
+      throw new DialError("not-allowed", message, { cause: error });
     }
     // Short of descriptors lately: this lookup may have been too, and a
     // descriptor freed up before anyone saw it. Once more, then it is the name.
