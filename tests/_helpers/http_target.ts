@@ -52,6 +52,11 @@ export class HttpTarget implements AsyncDisposable {
   readonly port: number;
   readonly body: Uint8Array;
   readonly exchanges: Exchange[] = [];
+  /**
+   * Connections accepted, whether or not a request followed: `exchanges`
+   * records only requests served, so a dial that sent nothing is seen here.
+   */
+  accepted = 0;
   readonly #listeners: Deno.TcpListener[];
   readonly #conns = new Set<Deno.Conn>();
   readonly #loops: Promise<void>[] = [];
@@ -73,6 +78,7 @@ export class HttpTarget implements AsyncDisposable {
   async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
     try {
       for await (const conn of listener) {
+        this.accepted++;
         this.#conns.add(conn);
         const handler = this.#handle(conn).finally(() => {
           this.#conns.delete(conn);
