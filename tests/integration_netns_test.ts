@@ -48,7 +48,12 @@ const netnsAvailable = await canUnshare(
     "unprivileged user namespaces, and iproute2)",
 );
 
-/** Runs a command to completion, killing it by PID after `ms`. */
+/**
+ * Runs a command to completion, killing it after `ms`. It runs in a process
+ * group of its own, and the whole group is killed, then and when it ends: a
+ * probe's own children (ferry, a silent DNS server) would otherwise outlive
+ * a probe killed at the bound, and keep its network namespace alive.
+ */
 async function run(
   command: string,
   args: string[],
@@ -61,14 +66,16 @@ async function run(
     stdout: "piped",
     stderr: "piped",
     env: { DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1" },
+    detached: true,
   }).spawn();
-  const timer = setTimeout(() => {
+  const killGroup = () => {
     try {
-      child.kill("SIGKILL");
+      Deno.kill(-child.pid, "SIGKILL");
     } catch {
-      // already exited
+      // the group has exited
     }
-  }, ms);
+  };
+  const timer = setTimeout(killGroup, ms);
   try {
     const out = await child.output();
     const decoder = new TextDecoder();
@@ -79,6 +86,7 @@ async function run(
     };
   } finally {
     clearTimeout(timer);
+    killGroup();
   }
 }
 
