@@ -545,8 +545,10 @@ Deno.test("a datagram whose send fails is counted dropped, not relayed, either w
       peer.send(new Uint8Array(65507), from.port, from.address);
       peer.send(encoder.encode("small"), from.port, from.address);
     });
-    // Broadcast without SO_BROADCAST: the kernel refuses it (EACCES).
-    udp.local.send(frame(ipv4("255.255.255.255", 9), "abc"), relayPort, "127.0.0.1");
+    // Broadcast without SO_BROADCAST: the kernel refuses it (EACCES). The
+    // loopback network's own broadcast address, not 255.255.255.255: were
+    // ferry ever to allow broadcasts, this one would still stay on `lo`.
+    udp.local.send(frame(ipv4("127.255.255.255", 9), "abc"), relayPort, "127.0.0.1");
     const answer = nextDatagram(udp.local);
     udp.local.send(frame(ipv4("127.0.0.1", peer.address().port), "x"), relayPort, "127.0.0.1");
     assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "small");
