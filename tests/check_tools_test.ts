@@ -15,6 +15,7 @@ async function checkWithPath(dir: string): Promise<{ code: number; stderr: strin
     env: { PATH: dir },
     stdout: "null",
     stderr: "piped",
+    signal: AbortSignal.timeout(20_000),
   }).output();
   return { code, stderr: new TextDecoder().decode(stderr) };
 }

@@ -15,6 +15,9 @@ interface Run {
 }
 
 /** Starts ferry with `args`, stdout and stderr piped. */
+/** Bound on every child process here: help, version and refusals take a second or two. */
+const CHILD_MS = 20_000;
+
 function spawnFerry(args: string[]): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
     args: ferryCommandArgs(args),
@@ -22,10 +25,12 @@ function spawnFerry(args: string[]): Deno.ChildProcess {
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    // A backstop: ferry() below says what timed out, at CHILD_MS.
+    signal: AbortSignal.timeout(CHILD_MS + 5_000),
   }).spawn();
 }
 
-/** Runs ferry with `args`; killed (and failing) if it is still running after 20 s. */
+/** Runs ferry with `args`; killed (and failing) if it is still running after CHILD_MS. */
 async function ferry(...args: string[]): Promise<Run> {
   const child = spawnFerry(args);
   let timedOut = false;
@@ -36,10 +41,10 @@ async function ferry(...args: string[]): Promise<Run> {
     } catch {
       // already exited
     }
-  }, 20_000);
+  }, CHILD_MS);
   try {
     const out = await child.output();
-    assert.ok(!timedOut, `ferry ${args.join(" ")} did not exit within 20 s`);
+    assert.ok(!timedOut, `ferry ${args.join(" ")} did not exit within ${CHILD_MS / 1000} s`);
     const decoder = new TextDecoder();
     return {
       code: out.code,
@@ -153,6 +158,7 @@ Deno.test("--help in a terminal exits 0 with the permissions ferry ships with", 
       stdin: "null",
       clearEnv: true,
       env: { ...Object.fromEntries(inherited), TERM: "xterm-256color", DENO_NO_UPDATE_CHECK: "1" },
+      signal: AbortSignal.timeout(CHILD_MS),
     }).output();
     const output = new TextDecoder().decode(stdout);
     assert.equal(code, 0, `ferry ${args.join(" ")}: ${output}`);
@@ -170,6 +176,7 @@ Deno.test("--help and --version that cannot be written (a full disk) exit 1 and 
       stdout: "null",
       stderr: "piped",
       env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+      signal: AbortSignal.timeout(CHILD_MS),
     }).output();
     const text = new TextDecoder().decode(stderr);
     assert.equal(code, 1, `ferry ${args.join(" ")}: ${text}`);

@@ -400,10 +400,10 @@ Deno.test("forward: with no upstream up (pooled) every client is closed at once,
   );
   for (let i = 0; i < 3; i++) {
     using client = await connect(fwd);
-    const started = performance.now();
     await client.write(encoder.encode("anyone?"));
-    const end = await client.waitForEnd(1000);
-    assert.ok(performance.now() - started < 1000);
+    // At once: not after the connect timeout (2 s here) or a wait for the
+    // pool; the bound only tells the two apart, with room for a loaded machine.
+    const end = await client.waitForEnd(1500);
     assert.equal(end.discarded, 0);
     client.close();
     const session = await sessionOf(client.localAddr);

@@ -263,7 +263,15 @@ async function bindThroughNode(
   // Greeting and BIND request for 127.0.0.1, pipelined.
   client.write(Uint8Array.of(5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 0));
   let replies = Buffer.alloc(0);
-  while (replies.length < 12) replies = Buffer.concat([replies, (await once(client, "data"))[0]]);
+  while (replies.length < 12) {
+    const [data] = await deadline(
+      once(client, "data"),
+      10_000,
+      "the BIND reply",
+      () => client.destroy(),
+    );
+    replies = Buffer.concat([replies, data]);
+  }
   assert.equal(replies[3], socks5.Reply.Succeeded);
   if (early.length > 0) await new Promise((resolve) => client.write(early, resolve));
   return { client, listening: replies.readUInt16BE(10) };

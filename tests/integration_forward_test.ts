@@ -129,10 +129,10 @@ Deno.test("ferry forward: while the upstream is down it logs upstream-down once 
     while (performance.now() < windowEnd) {
       const from = ferry.lines.length;
       using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-      const started = performance.now();
-      const end = await client.waitForEnd(1000);
+      // At once: not after the connect timeout (10 s); the bound only tells
+      // the two apart, with room for a loaded machine.
+      const end = await client.waitForEnd(3000);
       assert.equal(end.discarded, 0);
-      assert.ok(performance.now() - started < 1000);
       clients++;
       if (clients === 1) {
         const session = await sessionSince(ferry, from, client.localAddr);
@@ -237,7 +237,10 @@ Deno.test("ferry forward: a pool that took every descriptor gives one up for eac
   try {
     await ferry.waitFor((l) => l.event === "pool-no-descriptors");
     // The first dials still connecting hold descriptors but nothing to give up yet.
+    // Settled: no new connection for 200 ms.
+    const giveUp = performance.now() + 20_000;
     for (let pooled = -1; server.accepted !== pooled;) {
+      assert.ok(performance.now() < giveUp, "the pool was still dialling after 20 s");
       pooled = server.accepted;
       await new Promise((resolve) => setTimeout(resolve, 200));
     }

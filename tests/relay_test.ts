@@ -14,6 +14,7 @@ import {
   type RelayTotals,
   writeAll,
 } from "../src/relay.ts";
+import { waitUntil } from "./_helpers/forward_support.ts";
 
 const WAIT_MS = 20_000;
 
@@ -454,9 +455,7 @@ Deno.test("relay() with onTargetFailure: a client FIN the gone target cannot tak
     onTargetFailure: () => failures++,
     onEnd: () => ends++,
   });
-  while (written.length === 0 || failures === 0) {
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
+  await waitUntil(() => written.length > 0 && failures > 0, "the write and the target's failure");
   assert.equal(ends, 0, "ended (closing both sockets) while the answer was still being written");
   toClient.resolve(10);
   assert.deepEqual(await relayed, { up: 0, down: 10 });
@@ -496,7 +495,7 @@ Deno.test("relay() counts only bytes written: an aborted write's unsent rest is 
     onActivity: () => {},
     initialBufferSize: 16,
   });
-  while (writes < 2) await new Promise((resolve) => setTimeout(resolve, 1));
+  await waitUntil(() => writes >= 2, "two writes");
   controller.abort(new Error("idle"));
   assert.deepEqual(await relayed, { up: 5, down: 0 });
 });

@@ -1,12 +1,25 @@
 /** Resetting connections, which Deno's own API cannot do (it has no SO_LINGER). */
 import net from "node:net";
 
-/** Connects to 127.0.0.1:`port` and resets the connection at once (SO_LINGER 0, then close). */
-export function connectAndReset(port: number): Promise<void> {
+/**
+ * Connects to 127.0.0.1:`port` and resets the connection at once (SO_LINGER
+ * 0, then close). Fails after `ms` if the connect never completes.
+ */
+export function connectAndReset(port: number, ms = 10_000): Promise<void> {
   return new Promise((resolve, reject) => {
     const socket = net.connect(port, "127.0.0.1", () => socket.resetAndDestroy());
-    socket.once("close", () => resolve());
-    socket.once("error", reject);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`connect to 127.0.0.1:${port} took longer than ${ms} ms`));
+    }, ms);
+    socket.once("close", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    socket.once("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
   });
 }
 
