@@ -498,6 +498,11 @@ Deno.test("--max-udp-per-ip: one association too many gets reply 0x01", async ()
   const session = await sessionOf(ferry, second.control.localAddr);
   assert.equal(session.outcome, "max-udp-per-ip");
   assert.equal(session.command, "udp-associate", "told apart from a CONNECT");
+  // The limit counts live associations: once the first has ended, its place is free.
+  first.control.close();
+  await sessionOf(ferry, first.control.localAddr);
+  await using third = await associate(ferry);
+  assert.equal(third.reply.reply, socks5.Reply.Succeeded, "a place freed by an ended association");
 });
 
 Deno.test("an idle association is evicted: the control connection is closed and so is the relay", async () => {

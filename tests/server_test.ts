@@ -9,6 +9,7 @@ import type { Decoded } from "../src/protocol/decoded.ts";
 import * as socks5 from "../src/protocol/socks5.ts";
 import { writeAll } from "../src/relay.ts";
 import { type Server, startSocksServer } from "../src/server.ts";
+import { waitUntil } from "./_helpers/forward_support.ts";
 
 const WAIT_MS = 10_000;
 const encoder = new TextEncoder();
@@ -422,8 +423,15 @@ Deno.test("startSocksServer() closes a connection beyond --max-conns-per-ip at o
 
     assert.equal(await first.echo("unaffected"), "unaffected");
     await finishSession(first);
+    // The count goes down as well as up: once the first has ended, the IP may connect again.
+    await waitUntil(() => server.activeSessions === 0, "the first session to end");
+    const third = await openSession(server, echo);
+    clients.push(third);
+    assert.equal(await third.echo("admitted"), "admitted");
+    await finishSession(third);
     await within(server.shutdown(5000), "shutdown");
-    assert.equal(server.metrics.sessionsOk, 1);
+    assert.equal(server.metrics.sessionsOk, 2);
+    assert.equal(server.metrics.rejectedPerIp, 1);
   });
 });
 
