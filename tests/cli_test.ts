@@ -184,6 +184,14 @@ Deno.test("--help and --version that cannot be written (a full disk) exit 1 and 
   }
 });
 
+Deno.test("ferry without a command shows its usage on stderr and exits 2", async () => {
+  // A usage error, not a request for help: a script that forgot the command must fail.
+  const run = await ferry();
+  assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
+  assert.match(run.stderr, /Usage: ferry/);
+  assert.match(run.stderr, /socks \[options\]/);
+});
+
 Deno.test("an unknown flag exits 2 and is named on stderr", async () => {
   const run = await ferry("socks", "--listen", "127.0.0.1:0", "--frobnicate");
   assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
