@@ -42,13 +42,15 @@ Deno.test("logfmt: line separators and bidi controls from a client are written a
 
 Deno.test("invisible format characters from a client are escaped, so a name shows what it holds", () => {
   // Soft hyphen, zero-width space and joiner, BOM, and a tag character
-  // (outside the BMP): "loc\u00adalhost" looked like "localhost".
-  const target = "loc\u00adal\u200bho\u200dst\ufeff\u{e0041}\u3164:80"; // U+3164: a Hangul filler
+  // (outside the BMP): "loc\u00adalhost" looked like "localhost". U+FFF9,
+  // an interlinear annotation anchor, is a format character that Unicode
+  // does not call default-ignorable, and is escaped all the same.
+  const target = "loc\u00adal\u200bho\u200dst\ufeff\u{e0041}\u3164\ufff9:80"; // U+3164: a Hangul filler
   const json = lineFormatter("json")(sessionRecord("alice", target));
   const text = lineFormatter("text")(sessionRecord("alice", target));
   for (const line of [json, text]) {
     assert.doesNotMatch(line, /[\p{Cf}\p{Default_Ignorable_Code_Point}]/u, line);
-    assert.match(line, /loc\\u00adal\\u200bho\\u200dst\\ufeff\\udb40\\udc41\\u3164:80/);
+    assert.match(line, /loc\\u00adal\\u200bho\\u200dst\\ufeff\\udb40\\udc41\\u3164\\ufff9:80/);
   }
   assert.equal(JSON.parse(json).target, target, "and JSON reads it back");
 });
