@@ -490,3 +490,30 @@ Deno.test("after every kind of ending ferry holds no socket in CLOSE_WAIT and le
   }
   assert.equal((await ferry.stop()).code, 0);
 });
+
+Deno.test("after a refusal ferry waits for the client to close first, so the TIME_WAIT is the client's", async () => {
+  // A failure reply is the end of the session, but ferry does not close on
+  // the client: closing first would leave TIME_WAIT on ferry's side, and a
+  // reset (unread bytes) could destroy the reply. The client closes.
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(client, ipv4("127.0.0.1", closedPort()));
+  assert.equal(reply.reply, socks5.Reply.ConnectionRefused);
+  const clientPort = client.localAddr.port;
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "connection-refused");
+  const timeWait = await ss("-tanH", "state", "time-wait");
+  assert.ok(
+    timeWait.some((l) =>
+      l.includes(`127.0.0.1:${clientPort} `) && l.includes(`127.0.0.1:${ferry.port}`)
+    ),
+    `the client's TIME_WAIT is listed:\n${timeWait.join("\n")}`,
+  );
+  assert.ok(
+    !timeWait.some((l) =>
+      l.includes(`127.0.0.1:${ferry.port} `) && l.includes(`127.0.0.1:${clientPort}`)
+    ),
+    "ferry closed first",
+  );
+});
