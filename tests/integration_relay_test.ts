@@ -425,6 +425,59 @@ Deno.test("a target that answers and resets mid-upload: the client still gets th
   assert.equal(session.down, answer.length);
 });
 
+Deno.test("after a target's reset the client gets the rest of the answer, a FIN it can still send after, and a short wait for its close", async () => {
+  // The idle timeout is long, so that only the linger after the target's
+  // failure (2 s from the last byte moved) can end the session in time.
+  await using ferry = await startFerry([...LISTEN, "--idle-timeout", "60s"]);
+  // A target that answers the first bytes with more than the sockets hold
+  // while the client reads nothing, and resets 300 ms later: a reset alone,
+  // not a FIN first (as a Deno target's close() sends), through node:net's
+  // SO_LINGER 0. So ferry is still writing the answer when the target fails.
+  const answer = pseudoRandomBytes(4 * 1048576, 12);
+  const target = net.createServer((socket) => {
+    socket.once("data", () => {
+      socket.write(answer);
+      setTimeout(() => socket.resetAndDestroy(), 300);
+    });
+    socket.on("error", () => {});
+  });
+  await new Promise<void>((resolve) => target.listen(0, "127.0.0.1", resolve));
+  try {
+    const targetPort = (target.address() as net.AddressInfo).port;
+    const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", targetPort));
+    using _client = client;
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    await client.write(encoder.encode("GET"));
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    // What ferry had read reaches the client, each write moving the
+    // linger's end on, and then a FIN: not the close at the linger's end.
+    const received = await client.readToEnd(10_000);
+    const finAt = performance.now();
+    assert.ok(received.length > 0, "part of the answer came through");
+    assert.equal(await sha256(received), await sha256(answer.subarray(0, received.length)));
+    // A FIN is a half-close: ferry still reads (and drops) what the client
+    // sends, until the linger ends about 2 s after the last byte it wrote.
+    let sendingFor = 0;
+    try {
+      while (performance.now() - finAt < 4_000) {
+        await client.conn.write(new Uint8Array(100));
+        sendingFor = performance.now() - finAt;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    } catch {
+      // ferry has closed its end
+    }
+    assert.ok(sendingFor >= 1_000, `ferry closed ${Math.round(sendingFor)} ms after its FIN`);
+    // The client neither sends nor closes now: ferry ends the session after
+    // the linger, not after the 60 s idle timeout.
+    const session = await sessionOf(ferry, client.localAddr, 15_000);
+    assert.equal(session.outcome, "reset");
+    assert.equal(session.down, received.length);
+  } finally {
+    await new Promise((resolve) => target.close(resolve));
+  }
+});
+
 Deno.test("40 CONNECTs by name at once from one client all succeed (a browser opening a page)", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();
