@@ -321,6 +321,37 @@ Deno.test("startSocksServer() relays a SOCKS5 CONNECT to a loopback echo server"
   });
 });
 
+Deno.test("startSocksServer() turns Nagle off on both of a session's sockets", async () => {
+  // Deno leaves TCP_NODELAY off, and with Nagle a small write waits for the
+  // peer's delayed ACK (40 ms). No socket option can be read back through
+  // Deno, so the calls are recorded: TcpConn's prototype, from a connection.
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const probeConn = await Deno.connect({ hostname: "127.0.0.1", port: probe.addr.port });
+  const proto = Object.getPrototypeOf(probeConn) as Deno.TcpConn;
+  probeConn.close();
+  probe.close();
+  const original = proto.setNoDelay;
+  const calls: { local: number; remote: number; noDelay: boolean | undefined }[] = [];
+  proto.setNoDelay = function (this: Deno.TcpConn, noDelay?: boolean) {
+    calls.push({ local: this.localAddr.port, remote: this.remoteAddr.port, noDelay });
+    return original.call(this, noDelay);
+  };
+  try {
+    await withServer({}, async (server, echo, clients) => {
+      const client = await openSession(server, echo);
+      clients.push(client);
+      const port = server.addr.port;
+      const accepted = calls.filter((c) => c.local === port);
+      const dialled = calls.filter((c) => c.remote === echo.port && c.local !== port);
+      assert.deepEqual(accepted.map((c) => c.noDelay), [true], "the client's socket");
+      assert.deepEqual(dialled.map((c) => c.noDelay), [true], "the target's socket");
+      await finishSession(client);
+    });
+  } finally {
+    proto.setNoDelay = original;
+  }
+});
+
 Deno.test("startSocksServer() with users requires RFC 1929 credentials", async () => {
   await withServer({ user: ["alice:s3cret"] }, async (server, echo, clients) => {
     // Offering only no-auth: no acceptable method.
