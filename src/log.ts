@@ -46,6 +46,15 @@ let sinkInUse: BatchedSink | null = null;
 
 const encoder = new TextEncoder();
 
+/**
+ * Which records the sink keeps once its cap is reached while stderr is
+ * stuck: session lines give way to the lines about ferry itself (listening,
+ * shutting down, `stopped` with its totals).
+ */
+export function keptPastCap(record: LogRecord): boolean {
+  return record.category[1] !== "session";
+}
+
 /** Routes ferry's loggers to stderr. Call {@linkcode stopLogging} before exit to flush. */
 export async function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = lineFormatter(options.format);
@@ -55,8 +64,7 @@ export async function setupLogging(options: LoggingOptions): Promise<void> {
     write: (bytes) => Deno.stderr.write(bytes),
     flushIntervalMs: 50,
     batchSize: 1000,
-    // Past the cap, session lines give way to the lines about ferry itself.
-    keep: (record) => record.category[1] !== "session",
+    keep: keptPastCap,
   });
   await configure({
     reset: true,

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import type { LogRecord } from "@logtape/logtape";
-import { lineFormatter, RateLimitedLog } from "../src/log.ts";
+import { keptPastCap, lineFormatter, RateLimitedLog } from "../src/log.ts";
 
 /** A session record whose user and target came from a client. */
 function sessionRecord(user: string, target: string): LogRecord {
@@ -133,4 +133,11 @@ Deno.test("RateLimitedLog: an event after a late flush joins the held ones: one 
   log.maybe((suppressed) => lines.push({ event: 3, suppressed }));
   await new Promise((resolve) => setTimeout(resolve, 50)); // the late timer finds nothing
   assert.deepEqual(lines, [{ event: 1, suppressed: 0 }, { event: 3, suppressed: 1 }]);
+});
+
+Deno.test("past the sink's cap, lines about ferry itself are kept and session lines give way", () => {
+  const session = sessionRecord("alice", "example.com:80");
+  const stopped: LogRecord = { ...session, category: ["ferry", "server"], properties: {} };
+  assert.equal(keptPastCap(session), false);
+  assert.equal(keptPastCap(stopped), true);
 });
