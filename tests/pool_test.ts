@@ -484,6 +484,26 @@ Deno.test("pooled connection: FIN from the upstream while pooled is a drop (eof)
   }
 });
 
+Deno.test("pooled connection: exactly the limit of unasked bytes is kept, all of it for the client", async () => {
+  const { near, far } = await socketPair();
+  const drops: DropReason[] = [];
+  const pooled = new PooledConnection(near, (reason) => drops.push(reason));
+  try {
+    const unasked = pseudoRandomBytes(POOLED_BYTES_LIMIT, 5);
+    await far.write(unasked);
+    await waitUntil(
+      () => pooled.receivedWhilePooled === unasked.length || drops.length > 0,
+      "the watch read to collect the bytes",
+    );
+    assert.deepEqual(drops, [], "up to the limit is not too much");
+    pooled.take();
+    assert.deepEqual(await readBytes(pooled, unasked.length), unasked);
+  } finally {
+    pooled.close();
+    far.close();
+  }
+});
+
 Deno.test("pooled connection: an upstream that sends too much while pooled is dropped (overflow)", async () => {
   const { near, far } = await socketPair();
   const { promise, resolve } = Promise.withResolvers<DropReason>();
