@@ -48,6 +48,18 @@ Deno.test("GrownBuffers lends the front of a larger kept buffer when a new one w
   assert.deepEqual([grown.inUse, grown.kept], [0, 80]);
 });
 
+Deno.test("GrownBuffers lends the smallest of the larger kept buffers, not the largest", () => {
+  const grown = new GrownBuffers(100);
+  const [forty, fifty] = [grown.take(40)!, grown.take(50)!];
+  grown.give(fifty);
+  grown.give(forty);
+  // 90 kept + 20 new would pass 100: of the two larger ones, the 40 is lent,
+  // leaving the 50 for a take that needs it.
+  const view = grown.take(20)!;
+  assert.equal(view.buffer, forty.buffer);
+  assert.equal(grown.take(45)!.buffer, fifty.buffer);
+});
+
 Deno.test("GrownBuffers drops smaller kept buffers to make room for a larger one", () => {
   const grown = new GrownBuffers(100);
   const small = [grown.take(30)!, grown.take(30)!, grown.take(30)!];
