@@ -714,6 +714,25 @@ Deno.test("an established session with no traffic is closed on both sides after 
   assert.equal(session.up, 2);
 });
 
+Deno.test("--idle-timeout counts from the last byte also once keepalive has come on (after 1 s)", async () => {
+  // Keepalive comes on 1 s into a relay, and the idle deadline is set anew
+  // then: from the last byte moved, not from that moment, which would let
+  // this session idle 1 s longer than it may.
+  await using ferry = await startFerry([...LISTEN, "--idle-timeout", "1500ms"]);
+  using target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  using _client = client;
+  using _server = server;
+  await client.write(encoder.encode("hi"));
+  assert.deepEqual(await server.readExactly(2), encoder.encode("hi"));
+  await client.waitForEnd(10_000);
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "idle-timeout");
+  // ferry's own clock, from accept: 1.5 s and the sweep's lateness (two
+  // ticks of 150 ms at most); counted from the keepalive, 2.5 s at least.
+  assert.ok(Number(session.ms) < 2_200, `ended after ${session.ms} ms`);
+});
+
 Deno.test("a download to a slow reader is not cut by --idle-timeout while its bytes still move", async () => {
   // Reading 64 KiB every 15 ms (about 4 MiB/s here), ferry's writes wake
   // every third of a second or so: the kernel lets a writer on again once a
