@@ -14,6 +14,7 @@ import {
   waitUntil,
 } from "./_helpers/forward_support.ts";
 import { cpuSeconds } from "./_helpers/proc.ts";
+import { ss } from "./_helpers/ss.ts";
 import { sessionLines } from "./_helpers/session_log.ts";
 import { BufferedConn } from "./_helpers/socks_client.ts";
 
@@ -285,4 +286,18 @@ Deno.test("ferry forward: at the open-files limit, a pool replaces the connectio
     const status = await ferry.stop();
     assert.equal(status.code, 0);
   }
+});
+
+Deno.test("a pooled connection has TCP keepalive from the start, before any client takes it", async () => {
+  // A pool may sit idle for as long as --pool-max-idle allows; a NAT or
+  // firewall between ferry and its upstream forgets a silent connection.
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  await using ferry = await startFerry(forwardArgs([server.name], "--pool", "1"));
+  await waitUntil(() => server.accepted === 1, "the pool's one connection");
+  // -o shows each socket's timers: keepalive's once it is on.
+  await waitUntil(async () => {
+    const lines = await ss("-tnoH", "state", "established", `( dport = :${server.port} )`);
+    return lines.length === 1 && lines[0]!.includes("timer:(keepalive");
+  }, "keepalive on ferry's pooled socket (ss -o: timer:(keepalive…))");
+  assert.equal(sessionLines(ferry).length, 0, "no client came");
 });
