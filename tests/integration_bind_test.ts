@@ -19,6 +19,8 @@ import {
   deadline,
   ipv4,
   ipv6,
+  pseudoRandomBytes,
+  sha256,
   socks4,
   socks5,
   socks5Handshake,
@@ -360,6 +362,34 @@ Deno.test("bytes a client sends while its BIND waits reach the peer, in order, t
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "ok");
   assert.equal(session.up, sent.length + 5);
+});
+
+Deno.test("while its BIND waits, ferry keeps at most 8 KiB of a client's bytes; the rest waits in the kernel, and all reach the peer", async () => {
+  await using ferry = await startFerry([...LISTEN, "--bind-timeout", "20s"]);
+  const { client, first } = await socks5Bind(ferry, ipv4("127.0.0.1", 0));
+  using _client = client;
+  // A client that sends without end: were ferry to keep reading, it would
+  // hold all of it. Sockets' buffers take a few MiB on loopback, no more.
+  const total = 32 * 1048576;
+  const body = pseudoRandomBytes(total, 9);
+  let accepted = 0;
+  const sending = (async () => {
+    while (accepted < total) {
+      accepted += await client.conn.write(body.subarray(accepted, accepted + 65536));
+    }
+  })();
+  sending.catch(() => {}); // awaited below
+  await new Promise((resolve) => setTimeout(resolve, 2_000));
+  assert.ok(accepted < total / 2, `${accepted} of ${total} bytes taken while the BIND waited`);
+  // Then the peer comes, and every byte reaches it, in order.
+  using peer = new BufferedConn(
+    await Deno.connect({ hostname: "127.0.0.1", port: first.address.port }),
+  );
+  const received = peer.readExactly(total, 30_000);
+  const second = await client.readMessage(socks5.decodeReply, "second reply");
+  assert.equal(second.reply, socks5.Reply.Succeeded);
+  await sending;
+  assert.equal(await sha256(await received), await sha256(body));
 });
 
 Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async () => {
