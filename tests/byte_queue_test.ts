@@ -34,6 +34,21 @@ Deno.test("ByteQueue: a push after partial shifts reuses the room at the front b
   assert.equal(queue.shift(new Uint8Array(10)), 0, "an empty queue gives nothing");
 });
 
+Deno.test("ByteQueue: moving the queued bytes to the front keeps every one of them", () => {
+  // Distinct bytes, so that a byte lost or repeated at either end of the move
+  // shows; the property test below rarely makes a move of a long queue.
+  const queue = new ByteQueue();
+  const first = Uint8Array.from({ length: 1000 }, (_, i) => i % 251);
+  const second = Uint8Array.from({ length: 500 }, (_, i) => 255 - (i % 199));
+  queue.push(first);
+  assert.equal(queue.shift(new Uint8Array(900)), 900);
+  queue.push(second); // moves first[900..1000] to the front, then appends
+  assert.equal(queue.capacity, 1024, "moved, not grown");
+  const out = new Uint8Array(600);
+  assert.equal(queue.shift(out), 600);
+  assert.deepEqual(out, Uint8Array.from([...first.subarray(900), ...second]));
+});
+
 Deno.test("ByteQueue: random pushes and shifts give the bytes back in order (model: an array)", () => {
   const step = fc.oneof(
     fc.record({ push: fc.uint8Array({ maxLength: 3000 }) }),
