@@ -1,12 +1,29 @@
 /** Unit tests of the open-files limit check. */
 import assert from "node:assert/strict";
-import { descriptorsNeeded, openFilesLimit, parseSoftLimit } from "../src/nofile.ts";
+import {
+  descriptorsNeeded,
+  isOutOfDescriptors,
+  openFilesLimit,
+  parseSoftLimit,
+} from "../src/nofile.ts";
 
 Deno.test("descriptorsNeeded() is two a session plus slack", () => {
   assert.equal(descriptorsNeeded(0), 64);
   assert.equal(descriptorsNeeded(1), 66);
   assert.equal(descriptorsNeeded(10_000), 20_064);
   assert.equal(descriptorsNeeded(10, 200), 284, "plus one a pooled connection");
+});
+
+Deno.test("isOutOfDescriptors(): the process's limit (EMFILE) and the system's (ENFILE) both count", () => {
+  const failure = (code: string) => Object.assign(new Error(`accept: ${code}`), { code });
+  assert.equal(isOutOfDescriptors(failure("EMFILE")), true);
+  assert.equal(isOutOfDescriptors(failure("ENFILE")), true, "the system's file table full");
+  for (const code of ["ECONNRESET", "ECONNABORTED", "ENOBUFS", "EAGAIN"]) {
+    assert.equal(isOutOfDescriptors(failure(code)), false, code);
+  }
+  assert.equal(isOutOfDescriptors(new Error("no code")), false);
+  assert.equal(isOutOfDescriptors(null), false);
+  assert.equal(isOutOfDescriptors("EMFILE"), false, "a bare string is not an error with a code");
 });
 
 Deno.test("parseSoftLimit() parses prlimit's SOFT column", () => {
