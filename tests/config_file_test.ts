@@ -675,6 +675,9 @@ Deno.test("bad users entries are errors naming the entry", async () => {
     { name: "erin", password: "p".repeat(256) },
     { name: "alice", password: "a" },
     { name: "alice", password: "b" },
+    // The limits are in UTF-8 bytes: 128 two-byte characters are 256.
+    { name: "é".repeat(128), password: "x" },
+    { name: "frank", password: "é".repeat(128) },
   ];
   const problems = await problemsOfValue(file);
   assert.deepEqual(problems, [
@@ -684,6 +687,10 @@ Deno.test("bad users entries are errors naming the entry", async () => {
     "listeners[0].users[2].password: required; expected a password",
     "listeners[0].users[3].password: password must be 1 to 255 bytes (RFC 1929), got 256",
     `listeners[0].users[5]: user "alice" is already defined at listeners[0].users[4]`,
+    `listeners[0].users[6].name: user name must be 1 to 255 bytes (RFC 1929), got 256 in "${
+      "é".repeat(56)
+    }...`,
+    "listeners[0].users[7].password: password must be 1 to 255 bytes (RFC 1929), got 256",
   ]);
 });
 
