@@ -8,13 +8,20 @@
  * Then 3 datagrams to `dead.test`, which it never answers, between 3 more
  * to `echo.test`.
  *
- * Prints one JSON object: `{ echoed, queries, deadQueries }`, or what failed.
+ * Last, 300 datagrams at once to `slow.test`, answered (127.0.0.1) 200 ms
+ * late: they wait in ferry behind its lookup, at most 256 of them.
+ *
+ * Prints one JSON object, or what failed: `{ echoed, queries, deadQueries,
+ * slowEchoed, sentMs, udpIn, dropped }`: `slowEchoed` the slow.test payloads
+ * that reached the echo server, in order (a burst of 256 may overflow its
+ * socket buffer), `udpIn` and `dropped` from the session's log line.
  *
  * Run: deno run -A tests/_helpers/udp_name_probe.ts
  */
 import dgram from "node:dgram";
 import { once } from "node:events";
 import { startFerry } from "./ferry.ts";
+import { sessionOf } from "./session_log.ts";
 import { BufferedConn, deadline, domain, ipv4, socks5, socks5Handshake } from "./socks_client.ts";
 
 const COUNT = 20;
@@ -23,7 +30,8 @@ const decoder = new TextDecoder();
 
 /**
  * Python: a name server for echo.test (A 127.0.0.1, no AAAA), answering
- * after 50 ms; it writes the number of queries it got to argv[1].
+ * after 50 ms (slow.test: 200 ms), never dead.test; it writes the number of
+ * queries it got to argv[1], slow.test's apart.
  */
 const NAME_SERVER = `
 import socket, struct, sys, time
@@ -37,8 +45,10 @@ while True:
         dead += 1
         open(sys.argv[1] + ".dead", "w").write(str(dead))
         continue  # never answered
-    queries += 1
-    open(sys.argv[1], "w").write(str(queries))
+    slow = query[12:17] == b"\\x04slow"
+    if not slow:
+        queries += 1
+        open(sys.argv[1], "w").write(str(queries))
     qid, qend = query[:2], 12
     while query[qend] != 0:
         qend += 1 + query[qend]
@@ -48,7 +58,7 @@ while True:
     if qtype == 1:
         answers = b"\\xc0\\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([127, 0, 0, 1])
     header = qid + struct.pack(">HHHHH", 0x8180, 1, 1 if answers else 0, 0, 0)
-    time.sleep(0.05)
+    time.sleep(0.2 if slow else 0.05)
     s.sendto(header + question + answers, client)
 `;
 
@@ -105,7 +115,43 @@ try {
   }
   await deadline(moreBack, 15_000, `3 more echoes (got ${echoed.size - COUNT})`);
   const deadQueries = Number(await Deno.readTextFile(`${countFile}.dead`));
-  result = { echoed: echoed.size, queries, deadQueries };
+  const echoedSize = echoed.size;
+
+  // More datagrams than may wait behind one lookup, all sent while it runs.
+  const slowEchoed: string[] = [];
+  echo.on("message", (message: Uint8Array) => {
+    const text = decoder.decode(message);
+    if (text.startsWith("s")) slowEchoed.push(text);
+  });
+  const slowHeader = socks5.encodeUdpHeader(domain("slow.test", echo.address().port));
+  const slowStarted = performance.now();
+  for (let i = 0; i < 300; i++) {
+    await new Promise((resolve) =>
+      local.send(
+        new Uint8Array([...slowHeader, ...encoder.encode(`s${i}`)]),
+        reply.address.port,
+        reply.address.host,
+        resolve,
+      )
+    );
+  }
+  const sentMs = Math.round(performance.now() - slowStarted);
+  // Until none has come for 500 ms, 10 s at most.
+  for (let seen = -1; seen !== slowEchoed.length && performance.now() - slowStarted < 10_000;) {
+    seen = slowEchoed.length;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  control.close();
+  const session = await sessionOf(ferry, control.localAddr);
+  result = {
+    echoed: echoedSize,
+    queries,
+    deadQueries,
+    slowEchoed,
+    sentMs,
+    udpIn: session.udpIn,
+    dropped: session.dropped,
+  };
 } catch (error) {
   result = { error: String(error) };
 } finally {
