@@ -290,6 +290,36 @@ Deno.test("a datagram from another port than the declared one is dropped", async
   assert.equal(session.dropped, 1);
 });
 
+Deno.test("a datagram to the outbound socket from anyone the client has not sent to is dropped", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  const relayPort = udp.reply.address.port;
+  // Same host as the peer, another port: the peer table keys on both.
+  const stranger = await udpSocket();
+  try {
+    const echoed = nextDatagram(udp.local);
+    udp.local.send(frame(ipv4("127.0.0.1", echo.port), "hi"), relayPort, "127.0.0.1");
+    await echoed;
+    const outboundPort = echo.senderPorts[0]!;
+    await new Promise((resolve) =>
+      stranger.send(encoder.encode("stranger"), outboundPort, "127.0.0.1", resolve)
+    );
+    // Then the peer, on the same socket: had the stranger's been relayed, it
+    // would reach the client first.
+    const next = nextDatagram(udp.local);
+    echo.socket.send(encoder.encode("peer"), outboundPort, "127.0.0.1");
+    const datagram = socks5.decodeUdpDatagram(await next);
+    assert.equal(decoder.decode(datagram.data), "peer");
+    assert.deepEqual(datagram.address, ipv4("127.0.0.1", echo.port));
+  } finally {
+    await closeUdp(stranger);
+  }
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.deepEqual([session.udpIn, session.udpOut, session.dropped], [1, 2, 1]);
+});
+
 Deno.test("DST 0.0.0.0:0 learns the client's port from its first datagram", async () => {
   await using ferry = await startFerry(LISTEN);
   await using echo = await udpEcho();
