@@ -261,20 +261,39 @@ Deno.test("a SIGINT repeated as ferry writes its last lines is still the first o
   assert.ok(ferry.lines.some((line) => line.event === "stopped"), "the last line was written");
 });
 
-// SIGUSR1's line was written with a blocking write, which held ferry (and
-// every session) until someone read the pipe, and the inspector could open.
-for (const [signal, code] of [["SIGTERM", 0], ["SIGUSR1", 138]] as const) {
-  Deno.test(`${signal} exits ${code} even when nobody reads ferry's stderr any more`, async () => {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ferryCommandArgs(["socks", "--listen", "127.0.0.1:0", "--log-format", "json"]),
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
-    }).spawn();
-    // Read stderr only up to the start-up line, straight from the pipe so that
-    // no stream reads ahead, then never again, as a hung log shipper would.
-    const reader = child.stderr.getReader();
+/**
+ * ferry whose stderr is read up to its listening line and then never again,
+ * as by a hung log shipper, and filled: session lines (about 250 bytes each)
+ * for several times a pipe's 64 KiB, so that its log's writes stick.
+ */
+async function ferryWithStuckStderr(...args: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ferryCommandArgs(["socks", "--listen", "127.0.0.1:0", "--log-format", "json", ...args]),
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+  }).spawn();
+  // Straight from the pipe, so that no stream reads ahead.
+  const reader = child.stderr.getReader();
+  const stuck = {
+    child,
+    hostname: "127.0.0.1",
+    port: 0,
+    /** Its status, within 15 s; SIGKILLed (and failed) otherwise. */
+    exit: () =>
+      deadline(child.status, 15_000, "ferry to exit with its stderr stuck", () => {
+        child.kill("SIGKILL");
+      }),
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await child.status;
+      await reader.cancel();
+    },
+  };
+  try {
     let text = "";
     const decoder = new TextDecoder();
     let port: number | undefined;
@@ -285,27 +304,50 @@ for (const [signal, code] of [["SIGTERM", 0], ["SIGUSR1", 138]] as const) {
       port = Number(text.match(/"event":"listening".*?"listen":"127\.0\.0\.1:(\d+)"/)?.[1]) ||
         undefined;
     }
-    try {
-      // Session lines (about 250 bytes each) for several times a pipe's 64 KiB.
-      for (let i = 0; i < 2000; i++) {
-        const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-        conn.close();
-      }
-      // Let the batches go out and stick in the full pipe.
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      child.kill(signal);
-      const status = await deadline(
-        child.status,
-        15_000,
-        "ferry to exit with its stderr stuck",
-        () => child.kill("SIGKILL"),
-      );
-      assert.equal(status.code, code);
-    } finally {
-      await reader.cancel();
+    stuck.port = port;
+    for (let i = 0; i < 2000; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      conn.close();
     }
+    // Let the batches go out and stick in the full pipe.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  } catch (error) {
+    await stuck[Symbol.asyncDispose]();
+    throw error;
+  }
+  return stuck;
+}
+
+// SIGUSR1's line was written with a blocking write, which held ferry (and
+// every session) until someone read the pipe, and the inspector could open.
+for (const [signal, code] of [["SIGTERM", 0], ["SIGUSR1", 138]] as const) {
+  Deno.test(`${signal} exits ${code} even when nobody reads ferry's stderr any more`, async () => {
+    await using ferry = await ferryWithStuckStderr();
+    ferry.child.kill(signal);
+    assert.equal((await ferry.exit()).code, code);
   });
 }
+
+Deno.test("a third signal exits at once, without the second one's wait for the log", async () => {
+  // The second signal gives the lines logged before it up to 250 ms to leave;
+  // with stderr stuck they never do. An operator who signals again has
+  // stopped waiting: ferry exits then, with the third signal's status.
+  await using ferry = await ferryWithStuckStderr("--shutdown-grace", "60s");
+  // A session to drain, so that the first signal does not end ferry.
+  using target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  using _client = client;
+  using _server = server;
+  ferry.child.kill("SIGINT");
+  // Past the window in which a second SIGINT is the first delivered twice.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  ferry.child.kill("SIGTERM");
+  // Well within the second signal's 250 ms, and apart enough that the
+  // kernel cannot hand both over together (lowest number first: SIGINT).
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  ferry.child.kill("SIGINT");
+  assert.equal((await ferry.exit()).code, 128 + 2, "the third signal's status, not SIGTERM's 143");
+});
 
 Deno.test("SIGUSR1 ends ferry at once (status 138) with a fatal line, before Deno's inspector opens", async () => {
   await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
