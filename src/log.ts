@@ -59,6 +59,7 @@ export function keptPastCap(record: LogRecord): boolean {
 export async function setupLogging(options: LoggingOptions): Promise<void> {
   const formatter = lineFormatter(options.format);
   formatterInUse = formatter;
+  disposal = null;
   sinkInUse = batchedSink({
     formatter,
     write: (bytes) => Deno.stderr.write(bytes),
@@ -176,11 +177,24 @@ export function lineFormatter(format: LogFormat): TextFormatter {
  */
 const FINAL_FLUSH_MS = 2000;
 
-/** Flushes pending records and releases stderr, giving up after `withinMs`. */
+/**
+ * The one disposal of LogTape's configuration, once begun. A second signal
+ * stops logging while the drain goes on, and the drain may then end and stop
+ * it too; LogTape's dispose() throws while another is under way, and that
+ * error, uncaught, ended ferry with status 1 instead of the signal's (with
+ * stderr stuck, it hung ferry for good writing its report there).
+ */
+let disposal: Promise<void> | null = null;
+
+/**
+ * Flushes pending records and releases stderr, giving up after `withinMs`.
+ * Callers that overlap wait for the same flush.
+ */
 export async function stopLogging(withinMs = FINAL_FLUSH_MS): Promise<void> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const gaveUp = new Promise<void>((resolve) => timer = setTimeout(resolve, withinMs));
-  await Promise.race([dispose(), gaveUp]);
+  disposal ??= dispose();
+  await Promise.race([disposal, gaveUp]);
   clearTimeout(timer);
 }
 

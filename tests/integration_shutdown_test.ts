@@ -349,6 +349,21 @@ Deno.test("a third signal exits at once, without the second one's wait for the l
   assert.equal((await ferry.exit()).code, 128 + 2, "the third signal's status, not SIGTERM's 143");
 });
 
+Deno.test("the second signal's status stands when the last session ends while its log waits", async () => {
+  // The second signal gives the log 250 ms, stuck here. The drain ending
+  // meanwhile returned ferry's normal 0: a supervisor read a clean stop.
+  await using ferry = await ferryWithStuckStderr("--shutdown-grace", "60s");
+  using target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  ferry.child.kill("SIGINT");
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  ferry.child.kill("SIGTERM");
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  client.close();
+  server.close();
+  assert.equal((await ferry.exit()).code, 128 + 15);
+});
+
 Deno.test("SIGUSR1 ends ferry at once (status 138) with a fatal line, before Deno's inspector opens", async () => {
   await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
   using target = TcpTarget.listen();
