@@ -351,7 +351,9 @@ Deno.test("a third signal exits at once, without the second one's wait for the l
 
 Deno.test("the second signal's status stands when the last session ends while its log waits", async () => {
   // The second signal gives the log 250 ms, stuck here. The drain ending
-  // meanwhile returned ferry's normal 0: a supervisor read a clean stop.
+  // meanwhile stopped the log a second time, which LogTape refuses while the
+  // first runs: the error, uncaught, hung ferry writing its report to the
+  // stuck stderr. Nor may the drain's own status (0) replace the signal's.
   await using ferry = await ferryWithStuckStderr("--shutdown-grace", "60s");
   using target = TcpTarget.listen();
   const { client, server } = await connectThrough(ferry, target);
