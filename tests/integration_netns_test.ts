@@ -506,7 +506,7 @@ const UDP_NAME_PROBE = new URL("./_helpers/udp_name_probe.ts", import.meta.url).
 
 Deno.test({
   name:
-    "a UDP association looks a name up once for its datagrams, not once each, and a failed name too",
+    "a UDP association looks a name up once for its datagrams, not once each (a failed name too), holds at most 256 behind a lookup, and counts those still waiting at its end as dropped",
   ignore: !mountNsAvailable || !netnsAvailable,
   async fn() {
     // One lookup per datagram held each behind the one before's: to a name
@@ -522,6 +522,7 @@ Deno.test({
       sentMs?: number;
       udpIn?: number;
       dropped?: number;
+      late?: { udpIn: number; dropped: number };
     };
     const show = JSON.stringify(probed);
     assert.equal(probed.echoed, 23, show);
@@ -533,6 +534,8 @@ Deno.test({
     assert.ok(probed.dropped! > 3, `none of the 44 past the 256 dropped: ${show}`);
     const order = probed.slowEchoed!.map((text) => Number(text.slice(1)));
     assert.ok(order.every((n, i) => n < 256 && (i === 0 || n > order[i - 1]!)), show);
+    // An association that ends while datagrams wait counts them as dropped.
+    assert.deepEqual(probed.late, { udpIn: 0, dropped: 10 }, show);
     // A failed lookup is kept a while too: each of a dead name's datagrams
     // held every later one for the resolver's whole timeout.
     assert.ok(probed.deadQueries! <= 2, `a lookup per datagram to a dead name: ${show}`);

@@ -8,13 +8,17 @@
  * Then 3 datagrams to `dead.test`, which it never answers, between 3 more
  * to `echo.test`.
  *
- * Last, 300 datagrams at once to `slow.test`, answered (127.0.0.1) 200 ms
+ * Then 300 datagrams at once to `slow.test`, answered (127.0.0.1) 200 ms
  * late: they wait in ferry behind its lookup, at most 256 of them.
  *
+ * Last, a second association sends 10 datagrams to `slow.late.test` and ends
+ * before its lookup does.
+ *
  * Prints one JSON object, or what failed: `{ echoed, queries, deadQueries,
- * slowEchoed, sentMs, udpIn, dropped }`: `slowEchoed` the slow.test payloads
- * that reached the echo server, in order (a burst of 256 may overflow its
- * socket buffer), `udpIn` and `dropped` from the session's log line.
+ * slowEchoed, sentMs, udpIn, dropped, late }`: `slowEchoed` the slow.test
+ * payloads that reached the echo server, in order (a burst of 256 may
+ * overflow its socket buffer), `udpIn` and `dropped` from the session's log
+ * line, `late` the same of the second association's.
  *
  * Run: deno run -A tests/_helpers/udp_name_probe.ts
  */
@@ -143,6 +147,23 @@ try {
   }
   control.close();
   const session = await sessionOf(ferry, control.localAddr);
+
+  // An association that ends while its datagrams wait for a lookup.
+  using lateControl = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const lateReply = await socks5Handshake(lateControl, ipv4("127.0.0.1", local.address().port), {
+    command: socks5.Command.UdpAssociate,
+  });
+  const lateHeader = socks5.encodeUdpHeader(domain("slow.late.test", echo.address().port));
+  for (let i = 0; i < 10; i++) {
+    await new Promise((resolve) =>
+      local.send(lateHeader, lateReply.address.port, lateReply.address.host, resolve)
+    );
+  }
+  // Until ferry has them all (it counts none till then): those it had not
+  // yet taken would be lost with the socket, counted nowhere.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  lateControl.close();
+  const late = await sessionOf(ferry, lateControl.localAddr);
   result = {
     echoed: echoedSize,
     queries,
@@ -151,6 +172,7 @@ try {
     sentMs,
     udpIn: session.udpIn,
     dropped: session.dropped,
+    late: { udpIn: late.udpIn, dropped: late.dropped },
   };
 } catch (error) {
   result = { error: String(error) };
