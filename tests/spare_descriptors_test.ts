@@ -11,6 +11,8 @@ import {
   DescriptorWait,
   freeSpareDescriptor,
   makingRoom,
+  targetHeld,
+  targetReleased,
   withdrawDonor,
 } from "../src/spare_descriptors.ts";
 
@@ -32,22 +34,24 @@ const emfile = () =>
   Object.assign(new Error("Too many open files (os error 24)"), { code: "EMFILE" });
 
 Deno.test("makingRoom() tries again after each descriptor given up, and takes them from the fullest pool", async () => {
-  const small = scriptedPool(1);
-  const large = scriptedPool(3);
-  addDonor(small);
-  addDonor(large);
-  try {
-    let attempts = 0;
-    const opened = await makingRoom(() => {
-      if (++attempts <= 2) throw emfile();
-      return "socket";
-    });
-    assert.equal(opened, "socket");
-    assert.equal(attempts, 3);
-    assert.deepEqual([small.given, large.given], [0, 2]);
-  } finally {
-    withdrawDonor(small);
-    withdrawDonor(large);
+  // Both orders of adding: the fullest, not the first or the last added.
+  for (const largeFirst of [false, true]) {
+    const small = scriptedPool(1);
+    const large = scriptedPool(3);
+    for (const pool of largeFirst ? [large, small] : [small, large]) addDonor(pool);
+    try {
+      let attempts = 0;
+      const opened = await makingRoom(() => {
+        if (++attempts <= 2) throw emfile();
+        return "socket";
+      });
+      assert.equal(opened, "socket");
+      assert.equal(attempts, 3);
+      assert.deepEqual([small.given, large.given], [0, 2], `large added first: ${largeFirst}`);
+    } finally {
+      withdrawDonor(small);
+      withdrawDonor(large);
+    }
   }
 });
 
@@ -98,4 +102,35 @@ Deno.test("while a dial waits for a descriptor, accepts are paused, its retries 
     assert.equal(ended, "ended");
   }
   assert.equal(acceptsPaused(), false, "counted down once the dial is done");
+});
+
+/** How many times `wait` waits before it gives up (at most 100). */
+async function waitsUntilGivenUp(wait: DescriptorWait): Promise<number> {
+  const signal = new AbortController().signal;
+  let waits = 0;
+  while (waits < 100 && await wait.next(signal)) waits++;
+  return waits;
+}
+
+Deno.test("a dial short of a descriptor gives up after five waits once no session holds a target, and waits on while one does", async () => {
+  // A session that took a target and gave it back: none holds one now, and
+  // no descriptor will free up.
+  targetHeld();
+  targetReleased();
+  {
+    using wait = new DescriptorWait();
+    assert.equal(await waitsUntilGivenUp(wait), 5, "5, 10, 20, 40 and 80 ms, then no more");
+  }
+  // While one does, it may end: the dial waits until no target has moved for a second.
+  targetHeld();
+  try {
+    using wait = new DescriptorWait();
+    const started = performance.now();
+    const waits = await waitsUntilGivenUp(wait);
+    assert.ok(waits > 5 && waits < 100, `${waits} waits`);
+    // (Timed from just after the wait began: a hair under the second.)
+    assert.ok(performance.now() - started >= 990, "given up only at the standstill");
+  } finally {
+    targetReleased();
+  }
 });
