@@ -506,7 +506,7 @@ const UDP_NAME_PROBE = new URL("./_helpers/udp_name_probe.ts", import.meta.url).
 
 Deno.test({
   name:
-    "a UDP association looks a name up once for its datagrams, not once each (a failed name too), holds at most 256 behind a lookup, and counts those still waiting at its end as dropped",
+    "a UDP association looks a name up once for its datagrams, not once each (a failed name too), takes its IPv4 address, holds at most 256 behind a lookup, and counts those still waiting at its end as dropped",
   ignore: !mountNsAvailable || !netnsAvailable,
   async fn() {
     // One lookup per datagram held each behind the one before's: to a name
@@ -523,6 +523,7 @@ Deno.test({
       udpIn?: number;
       dropped?: number;
       late?: { udpIn: number; dropped: number };
+      dualVia?: string;
     };
     const show = JSON.stringify(probed);
     assert.equal(probed.echoed, 23, show);
@@ -536,6 +537,8 @@ Deno.test({
     assert.ok(order.every((n, i) => n < 256 && (i === 0 || n > order[i - 1]!)), show);
     // An association that ends while datagrams wait counts them as dropped.
     assert.deepEqual(probed.late, { udpIn: 0, dropped: 10 }, show);
+    // A datagram cannot try the next address: a name's IPv4 address goes first.
+    assert.equal(probed.dualVia, "ipv4", show);
     // A failed lookup is kept a while too: each of a dead name's datagrams
     // held every later one for the resolver's whole timeout.
     assert.ok(probed.deadQueries! <= 2, `a lookup per datagram to a dead name: ${show}`);

@@ -34,8 +34,9 @@ const decoder = new TextDecoder();
 
 /**
  * Python: a name server for echo.test (A 127.0.0.1, no AAAA), answering
- * after 50 ms (slow.test: 200 ms), never dead.test; it writes the number of
- * queries it got to argv[1], slow.test's apart.
+ * after 50 ms (slow.test: 200 ms), never dead.test, and for dual.test
+ * 127.0.0.1 and ::1 both; it writes the number of queries it got to
+ * argv[1], slow.test's and dual.test's apart.
  */
 const NAME_SERVER = `
 import socket, struct, sys, time
@@ -50,7 +51,8 @@ while True:
         open(sys.argv[1] + ".dead", "w").write(str(dead))
         continue  # never answered
     slow = query[12:17] == b"\\x04slow"
-    if not slow:
+    dual = query[12:17] == b"\\x04dual"
+    if not slow and not dual:
         queries += 1
         open(sys.argv[1], "w").write(str(queries))
     qid, qend = query[:2], 12
@@ -61,6 +63,8 @@ while True:
     answers = b""
     if qtype == 1:
         answers = b"\\xc0\\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([127, 0, 0, 1])
+    elif qtype == 28 and dual:
+        answers = b"\\xc0\\x0c" + struct.pack(">HHIH", 28, 1, 60, 16) + bytes(15) + b"\\x01"
     header = qid + struct.pack(">HHHHH", 0x8180, 1, 1 if answers else 0, 0, 0)
     time.sleep(0.2 if slow else 0.05)
     s.sendto(header + question + answers, client)
@@ -164,6 +168,40 @@ try {
   await new Promise((resolve) => setTimeout(resolve, 50));
   lateControl.close();
   const late = await sessionOf(ferry, lateControl.localAddr);
+
+  // A name with an IPv4 and an IPv6 address, and a server on each, one port.
+  const echo6 = dgram.createSocket("udp6");
+  let dualVia = "none";
+  try {
+    echo6.bind(echo.address().port, "::1");
+    await once(echo6, "listening");
+    const arrived = new Promise<void>((resolve) => {
+      echo.on("message", (message: Uint8Array) => {
+        if (decoder.decode(message) !== "dual") return;
+        dualVia = "ipv4";
+        resolve();
+      });
+      echo6.on("message", () => {
+        dualVia = "ipv6";
+        resolve();
+      });
+    });
+    using dualControl = await BufferedConn.connect(ferry.hostname, ferry.port);
+    const dualReply = await socks5Handshake(
+      dualControl,
+      ipv4("127.0.0.1", local.address().port),
+      { command: socks5.Command.UdpAssociate },
+    );
+    const dualHeader = socks5.encodeUdpHeader(domain("dual.test", echo.address().port));
+    local.send(
+      new Uint8Array([...dualHeader, ...encoder.encode("dual")]),
+      dualReply.address.port,
+      dualReply.address.host,
+    );
+    await deadline(arrived, 5_000, "the datagram to dual.test");
+  } finally {
+    echo6.close();
+  }
   result = {
     echoed: echoedSize,
     queries,
@@ -173,6 +211,7 @@ try {
     udpIn: session.udpIn,
     dropped: session.dropped,
     late: { udpIn: late.udpIn, dropped: late.dropped },
+    dualVia,
   };
 } catch (error) {
   result = { error: String(error) };
