@@ -500,7 +500,8 @@ Deno.test("after a refusal ferry waits for the client to close first, so the TIM
   const reply = await socks5Handshake(client, ipv4("127.0.0.1", closedPort()));
   assert.equal(reply.reply, socks5.Reply.ConnectionRefused);
   const clientPort = client.localAddr.port;
-  client.close();
+  // Ferry holds its end open for the client to close (waitForEnd closes it at 300 ms).
+  await assert.rejects(client.waitForEnd(300), /timed out/, "ferry closed first");
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "connection-refused");
   const timeWait = await ss("-tanH", "state", "time-wait");
