@@ -9,6 +9,7 @@ import type { Decoded } from "../src/protocol/decoded.ts";
 import * as socks5 from "../src/protocol/socks5.ts";
 import { writeAll } from "../src/relay.ts";
 import { type Server, startSocksServer } from "../src/server.ts";
+import { DescriptorWait } from "../src/spare_descriptors.ts";
 import { waitUntil } from "./_helpers/forward_support.ts";
 
 const WAIT_MS = 10_000;
@@ -321,6 +322,23 @@ Deno.test("startSocksServer() relays a SOCKS5 CONNECT to a loopback echo server"
   });
 });
 
+Deno.test("a session gives its target back when it ends: a dial short of descriptors then knows none will free up", async () => {
+  await withServer({}, async (server, echo, clients) => {
+    const { client } = await socks5Connect(server.addr.port, echo.port);
+    clients.push(client);
+    assert.equal(await client.echo("once"), "once");
+    await finishSession(client);
+    await within(server.shutdown(5000), "shutdown");
+  });
+  // No session holds a target now: five waits (155 ms), then the dial fails.
+  // Were the ended session still counted, it would wait for a second.
+  using wait = new DescriptorWait();
+  const signal = new AbortController().signal;
+  let waits = 0;
+  while (waits < 100 && await wait.next(signal)) waits++;
+  assert.equal(waits, 5);
+});
+
 Deno.test("startSocksServer() turns Nagle off on both of a session's sockets", async () => {
   // Deno leaves TCP_NODELAY off, and with Nagle a small write waits for the
   // peer's delayed ACK (40 ms). No socket option can be read back through
@@ -461,8 +479,18 @@ Deno.test("startSocksServer() closes a connection beyond --max-conns-per-ip at o
     assert.equal(await third.echo("admitted"), "admitted");
     await finishSession(third);
     await within(server.shutdown(5000), "shutdown");
-    assert.equal(server.metrics.sessionsOk, 2);
-    assert.equal(server.metrics.rejectedPerIp, 1);
+    // The totals of the `stopped` line, each under its own name.
+    const bytes = 2 * "hello".length + "unaffected".length + "admitted".length; // openSession's too
+    assert.deepEqual(server.metrics.snapshot(), {
+      accepted: 3,
+      rejectedMaxConns: 0,
+      rejectedPerIp: 1,
+      acceptErrors: 0,
+      sessionsOk: 2,
+      sessionsFailed: 0,
+      bytesUp: bytes,
+      bytesDown: bytes,
+    });
   });
 });
 
