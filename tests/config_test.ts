@@ -170,6 +170,15 @@ Deno.test("--pool is at most MAX_POOL, and --to may not be --listen itself", () 
   assert.equal(buildForwardConfig({ listen: "127.0.0.1:0", to: ["127.0.0.1:1"] }).kind, "forward");
   // 0.0.0.0 is IPv4 only: an IPv6-only service on the same port is another listener.
   assert.equal(buildForwardConfig({ listen: "0.0.0.0:2222", to: ["[::1]:2222"] }).kind, "forward");
+  // Another host on the same port is not this listener, whatever it listens on.
+  assert.equal(
+    buildForwardConfig({ listen: "0.0.0.0:2222", to: ["192.0.2.10:2222"] }).kind,
+    "forward",
+  );
+  assert.equal(
+    buildForwardConfig({ listen: "[::]:2222", to: ["[2001:db8::1]:2222"] }).kind,
+    "forward",
+  );
 });
 
 Deno.test("parseHostPort() rejects malformed addresses", () => {
