@@ -6,10 +6,13 @@ import {
   formatAddress,
   formatIPv4,
   formatIPv6,
+  ipKey,
   ipOfName,
+  isLinkLocalIPv6,
   isLoopbackIp,
   parseIPv4,
   parseIPv6,
+  unmapIPv4,
 } from "../src/protocol/address.ts";
 
 /** 16 bytes from eight 16-bit groups. */
@@ -256,4 +259,23 @@ Deno.test("isLoopbackIp: 127.0.0.0/8 and ::1", () => {
   for (const ip of ["128.0.0.1", "10.0.0.1", "::2", "127.foo", "localhost", "::ffff:127.0.0.1"]) {
     assert.ok(!isLoopbackIp(ip), ip);
   }
+});
+
+Deno.test("isLinkLocalIPv6() is fe80::/10 exactly", () => {
+  for (const host of ["fe80::1", "FE80::1", "febf:ffff::1", "fe80::1:2:3:4"]) {
+    assert.equal(isLinkLocalIPv6(host), true, host);
+  }
+  // fec0::/10 (site-local, deprecated) and the rest of fe00::/8 are not.
+  for (const host of ["fec0::1", "feff::1", "fe00::1", "fe7f::1", "::1", "127.0.0.1", "x"]) {
+    assert.equal(isLinkLocalIPv6(host), false, host);
+  }
+});
+
+Deno.test("unmapIPv4() and ipKey() take an IPv4-mapped address in either case", () => {
+  assert.equal(unmapIPv4("::ffff:127.0.0.1"), "127.0.0.1");
+  assert.equal(unmapIPv4("::FFFF:127.0.0.1"), "127.0.0.1");
+  assert.equal(ipKey("::FFFF:10.0.0.1"), ipKey("10.0.0.1"));
+  assert.equal(ipKey("FE80::A"), "fe80::a");
+  assert.equal(unmapIPv4("::ffff:999.0.0.1"), "::ffff:999.0.0.1", "not an IPv4 address");
+  assert.equal(unmapIPv4("::1"), "::1");
 });
