@@ -369,6 +369,51 @@ Deno.test("connectToFirstAnswer() takes a connection that fails the check for a 
   }
 });
 
+Deno.test("connectToFirstAnswer() closes a connection that answers after another has won", async () => {
+  // 127.0.0.1 connects first but its check takes 400 ms, past the attempt
+  // delay; 127.0.0.2, tried then, passes at once and wins. The first then
+  // passes too, too late: it must be closed, not left open for nothing.
+  using slow = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const { port } = slow.addr;
+  using fast = Deno.listen({ hostname: "127.0.0.2", port, transport: "tcp" });
+  const slowAccepted = slow.accept();
+  const fastAccepted = fast.accept();
+  let slowChecked!: () => void;
+  const slowCheckDone = new Promise<void>((resolve) => slowChecked = resolve);
+  const answers = {
+    skip: () => null,
+    check: async (conn: Deno.TcpConn) => {
+      if (conn.remoteAddr.hostname === "127.0.0.1") {
+        await new Promise((resolve) => setTimeout(resolve, ATTEMPT_DELAY_MS + 150));
+        slowChecked();
+      }
+      return null;
+    },
+  };
+  const conn = await connectToFirstAnswer(
+    "two.test",
+    ["127.0.0.1", "127.0.0.2"],
+    port,
+    new AbortController().signal,
+    answers,
+  );
+  const [late, served] = await Promise.all([slowAccepted, fastAccepted]);
+  try {
+    assert.equal(conn.remoteAddr.hostname, "127.0.0.2");
+    await slowCheckDone;
+    const read = late.read(new Uint8Array(1));
+    const ended = await Promise.race([
+      read,
+      new Promise((resolve) => setTimeout(() => resolve("still open"), 2_000)),
+    ]);
+    assert.equal(ended, null, "the late connection was closed");
+  } finally {
+    conn.close();
+    late.close();
+    served.close();
+  }
+});
+
 Deno.test("dial() with an AnswerCheck: a looping address fails with the check's error, closed, and is not dialled again", async () => {
   using self = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
   const address = { type: "ipv4", host: "127.0.0.1", port: self.addr.port } as const;
