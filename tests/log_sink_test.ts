@@ -276,6 +276,70 @@ Deno.test("batchedSink keeps the records that matter past the cap: the stopped l
   );
 });
 
+Deno.test("batchedSink bounds the records that matter too: one batch past the cap", async () => {
+  // Kept past the cap, but not without end: a stuck reader and a flood of
+  // such records (a listener logging `stopped` for each of many) must not
+  // grow memory for as long as it lasts.
+  const stderr = new FakeStderr();
+  const { promise: unstuck, resolve: unstick } = Promise.withResolvers<void>();
+  stderr.gate = unstuck;
+  const sink = batchedSink({
+    formatter: lineFormatter,
+    write: stderr.write,
+    batchSize: 2,
+    maxPending: 2,
+    keep: () => true,
+  });
+  const firstWrite = stderr.nextWrite();
+  sink(record("r0"));
+  sink(record("r1")); // a full batch: its write hangs
+  await firstWrite;
+  for (let i = 0; i < 10; i++) sink(record(`k${i}`)); // 2 + 2 wait, 6 are dropped
+  unstick();
+  await sink[Symbol.asyncDispose]();
+  assert.equal(
+    stderr.text,
+    "r0\nr1\nk0\nk1\nk2\nk3\n6 log records dropped: stderr did not keep up\n",
+  );
+});
+
+Deno.test("batchedSink blames a later drop on a slow reader once a failure's drop was reported", async () => {
+  const stderr = new FakeStderr();
+  let failing = true;
+  const write = (bytes: Uint8Array) =>
+    failing ? Promise.reject(new Error("No space left on device")) : stderr.write(bytes);
+  const sink = batchedSink({
+    formatter: lineFormatter,
+    write,
+    batchSize: 1,
+    maxPending: 2,
+    retryAfterMs: 1,
+  });
+  const keepAlive = setTimeout(() => {}, 10_000); // the retry's timer is unref'd
+  try {
+    const reported = stderr.nextWrite();
+    sink(record("lost"));
+    failing = false;
+    await reported;
+    // Now a reader that stalls: the next drop is its doing, not the disk's.
+    const { promise: unstuck, resolve: unstick } = Promise.withResolvers<void>();
+    stderr.gate = unstuck;
+    const stuck = stderr.nextWrite();
+    sink(record("s0"));
+    await stuck;
+    for (let i = 1; i <= 5; i++) sink(record(`s${i}`)); // 2 wait, 3 are dropped
+    unstick();
+    await sink[Symbol.asyncDispose]();
+  } finally {
+    clearTimeout(keepAlive);
+  }
+  assert.equal(
+    stderr.text,
+    "1 log records dropped: writing to stderr failed (No space left on device)\n" +
+      "s0\ns1\ns2\n3 log records dropped: stderr did not keep up\n",
+  );
+});
+
 Deno.test("batchedSink survives a write error that passes (a full disk): counts the lost batch and goes on", async () => {
   // Any error but a broken pipe used to end writing for good, silently, with
   // the last line cut short: a full /var until logrotate ran meant no more logs.
