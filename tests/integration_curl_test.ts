@@ -80,6 +80,10 @@ Deno.test("curl --socks5 downloads the body intact and ferry logs the session's 
   for (const field of ["@timestamp", "level", "message", "logger"]) {
     assert.ok(field in session, `LogTape field ${field} in ${JSON.stringify(session)}`);
   }
+  // The totals at exit count the same bytes, each way under its own name.
+  assert.equal((await ferry.stop()).code, 0);
+  const stopped = await ferry.waitFor((line) => line.event === "stopped", 5_000);
+  assert.deepEqual([stopped.bytesUp, stopped.bytesDown], [session.up, session.down]);
 });
 
 Deno.test("curl --socks5-hostname sends the name localhost and ferry resolves it", async () => {
