@@ -138,6 +138,8 @@ Deno.test("Deadlines.watchFor() counts from this moment even when the sweep is l
     deadlines.now = start - 300;
     const item = new Item(Infinity);
     deadlines.watchFor(item, 100);
+    // And the clock is fresh for everyone who reads it next (activity bumps).
+    assert.ok(deadlines.now >= start, "watchFor() left the shared clock stale");
     await within(item.expired, 5000, "expiry");
     const waited = performance.now() - start;
     assert.ok(waited >= 100, `a 100 ms timeout expired after ${waited.toFixed(1)} ms`);
@@ -160,6 +162,22 @@ Deno.test("Deadlines.watchFor() after a quiet spell counts from that moment, not
   assert.ok(item.deadline >= start + 200, `deadline ${item.deadline - start} ms from now`);
   await within(item.expired, 5000, "expiry");
   assert.ok(performance.now() >= start + 200, "expired before its timeout");
+});
+
+Deno.test("Deadlines.watch() after a quiet spell starts the sweep with a fresh clock", async () => {
+  const deadlines = new Deadlines(TICK_MS);
+  const first = new Item(0);
+  deadlines.watch(first);
+  await within(first.expired, 5000, "first expiry");
+  await new Promise((resolve) => setTimeout(resolve, 100)); // the sweep stopped, its clock too
+  const start = performance.now();
+  const item = new Item(Infinity);
+  deadlines.watch(item); // its caller counts a deadline from deadlines.now next
+  try {
+    assert.ok(deadlines.now >= start, `the clock is ${(start - deadlines.now).toFixed(0)} ms old`);
+  } finally {
+    deadlines.unwatch(item);
+  }
 });
 
 Deno.test("Deadlines never expires an unwatched item", async () => {
