@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { zonedHost, zoneOf } from "../src/link_local.ts";
+import { parseIPv6 } from "../src/protocol/address.ts";
 
 Deno.test("zonedHost() leaves every address but a link-local one as it is", () => {
   for (const host of ["127.0.0.1", "::1", "2001:db8::7", "::ffff:127.0.0.1"]) {
@@ -22,6 +23,14 @@ Deno.test("zoneOf() names the interface that has the address, and says why when 
     if (sameAddress.length !== 1) continue; // on two links: no one zone
     assert.deepEqual(zoneOf(address), { zone: String(found.scopeid) });
     assert.equal(zonedHost(address), `${address}%${found.scopeid}`);
+    // However a client's address is spelt: upper case, every zero written out.
+    const bytes = parseIPv6(address)!;
+    const spelt = Array.from(
+      { length: 8 },
+      (_, i) =>
+        ((bytes[2 * i]! << 8) | bytes[2 * i + 1]!).toString(16).toUpperCase().padStart(4, "0"),
+    ).join(":");
+    assert.deepEqual(zoneOf(spelt), { zone: String(found.scopeid) }, spelt);
   }
   // An address no interface here has (fe80::/10, not made from a MAC).
   assert.deepEqual(zoneOf("fe80::dead:beef:1"), {
