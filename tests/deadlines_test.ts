@@ -306,3 +306,24 @@ Deno.test("tickFor() is a tenth of the shortest timeout, within 10 ms to 1 s", (
   assert.equal(tickFor(3_600_000), 1000);
   assert.equal(tickFor(9999), 999);
 });
+
+Deno.test("Deadlines: the sweep alone does not keep the process alive", async () => {
+  // A process whose last work is done must exit, though a session's
+  // deadline a minute off is still watched (a CLI check, a test, shutdown).
+  const module = new URL("../src/deadlines.ts", import.meta.url).href;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { Deadlines } = await import(${JSON.stringify(module)});` +
+      "new Deadlines(10).watch({ deadline: performance.now() + 60_000, slot: -1, expire() {} });",
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { DENO_NO_UPDATE_CHECK: "1" },
+  }).spawn();
+  const killer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+  const { code, signal, stderr } = await child.output();
+  clearTimeout(killer);
+  assert.deepEqual([code, signal], [0, null], new TextDecoder().decode(stderr));
+});
