@@ -10,7 +10,7 @@ import {
   type LogRecord,
   reset,
 } from "@logtape/logtape";
-import { batchedSink } from "../src/log_sink.ts";
+import { batchedSink, type BatchedSinkOptions } from "../src/log_sink.ts";
 
 /** A record whose message is `text`. */
 function record(text: string): LogRecord {
@@ -59,6 +59,24 @@ class FakeStderr {
     }
     return decoder.decode(all);
   }
+}
+
+/**
+ * A sink over a FakeStderr whose first write, of the records `first`, hangs
+ * until `unstick()`: a reader that has stopped.
+ */
+async function sinkStuckOn(
+  first: string[],
+  options: Omit<BatchedSinkOptions, "formatter" | "write">,
+) {
+  const stderr = new FakeStderr();
+  const { promise: unstuck, resolve: unstick } = Promise.withResolvers<void>();
+  stderr.gate = unstuck;
+  const sink = batchedSink({ formatter: lineFormatter, write: stderr.write, ...options });
+  const firstWrite = stderr.nextWrite();
+  for (const text of first) sink(record(text));
+  await firstWrite;
+  return { stderr, sink, unstick };
 }
 
 Deno.test("batchedSink writes records waiting less than the interval in one write, in order", async () => {
@@ -145,18 +163,7 @@ Deno.test("batchedSink finishes partial writes, bytes intact", async () => {
 });
 
 Deno.test("batchedSink bounds what waits behind a stuck write and reports what it dropped", async () => {
-  const stderr = new FakeStderr();
-  const { promise: unstuck, resolve: unstick } = Promise.withResolvers<void>();
-  stderr.gate = unstuck;
-  const sink = batchedSink({
-    formatter: lineFormatter,
-    write: stderr.write,
-    batchSize: 1,
-    maxPending: 4,
-  });
-  const firstWrite = stderr.nextWrite();
-  sink(record("r0")); // starts a write that hangs
-  await firstWrite;
+  const { stderr, sink, unstick } = await sinkStuckOn(["r0"], { batchSize: 1, maxPending: 4 });
   for (let i = 1; i <= 10; i++) sink(record(`r${i}`)); // 4 wait, 6 are dropped
   unstick();
   await sink[Symbol.asyncDispose]();
@@ -252,20 +259,11 @@ Deno.test("batchedSink carries LogTape's JSON lines, properties flattened, writt
 Deno.test("batchedSink keeps the records that matter past the cap: the stopped line is not dropped", async () => {
   // The newest records were dropped, so with a stalled reader the shutdown
   // and stopped lines (the totals) were lost, counted among the dropped.
-  const stderr = new FakeStderr();
-  const { promise: unstuck, resolve: unstick } = Promise.withResolvers<void>();
-  stderr.gate = unstuck;
-  const sink = batchedSink({
-    formatter: lineFormatter,
-    write: stderr.write,
+  const { stderr, sink, unstick } = await sinkStuckOn(["r0", "r1"], {
     batchSize: 2,
     maxPending: 4,
     keep: (r) => r.message[0] === "stopped",
   });
-  const firstWrite = stderr.nextWrite();
-  sink(record("r0"));
-  sink(record("r1")); // a full batch: its write hangs
-  await firstWrite;
   for (let i = 2; i <= 9; i++) sink(record(`r${i}`)); // 4 wait, 4 are dropped
   sink(record("stopped")); // kept past the cap
   unstick();
@@ -280,20 +278,11 @@ Deno.test("batchedSink bounds the records that matter too: one batch past the ca
   // Kept past the cap, but not without end: a stuck reader and a flood of
   // such records (a listener logging `stopped` for each of many) must not
   // grow memory for as long as it lasts.
-  const stderr = new FakeStderr();
-  const { promise: unstuck, resolve: unstick } = Promise.withResolvers<void>();
-  stderr.gate = unstuck;
-  const sink = batchedSink({
-    formatter: lineFormatter,
-    write: stderr.write,
+  const { stderr, sink, unstick } = await sinkStuckOn(["r0", "r1"], {
     batchSize: 2,
     maxPending: 2,
     keep: () => true,
   });
-  const firstWrite = stderr.nextWrite();
-  sink(record("r0"));
-  sink(record("r1")); // a full batch: its write hangs
-  await firstWrite;
   for (let i = 0; i < 10; i++) sink(record(`k${i}`)); // 2 + 2 wait, 6 are dropped
   unstick();
   await sink[Symbol.asyncDispose]();
