@@ -11,6 +11,7 @@ import {
   checkUdpAdvertise,
   ConfigError,
   MAX_POOL,
+  MAX_TEXT_FILE_BYTES,
   parseDuration,
   parseHostPort,
   parseUser,
@@ -515,6 +516,22 @@ Deno.test("buildSocksConfig() refuses a users file larger than 16 MiB instead of
   assert.deepEqual(problems, [
     '--users-file: cannot read "/dev/zero": larger than 16 MiB; is it the right file?',
   ]);
+});
+
+Deno.test("buildSocksConfig() reads a users file of exactly 16 MiB; one byte more is refused", async () => {
+  const line = "alice:secret\n";
+  const padding = "#".repeat(MAX_TEXT_FILE_BYTES - line.length - 1) + "\n";
+  await withTempFile(line + padding, async (path) => {
+    const config = await buildSocksConfig({ usersFile: [path] });
+    assert.equal(config.users.size, 1);
+  });
+  await withTempFile(line + "#" + padding, async (path) => {
+    assert.deepEqual(await problemsOf({ usersFile: [path] }), [
+      `--users-file: cannot read ${
+        JSON.stringify(path)
+      }: larger than 16 MiB; is it the right file?`,
+    ]);
+  });
 });
 
 Deno.test("buildSocksConfig() reports a bad users-file line as path:lineNumber", async () => {
