@@ -284,6 +284,33 @@ Deno.test("SIGTERM while a CONNECT is still connecting: after the grace the clie
   assert.equal(session.outcome, "shutdown");
 });
 
+Deno.test("SIGTERM while a forwarder still dials its upstream: the session ends as cut by the shutdown", async () => {
+  // The dial's abort was taken for the upstream's failure: the session was
+  // logged "aborted", as if the upstream had done something.
+  await using blackHole = await fullQueueListeners(["127.0.0.1"]);
+  await using ferry = await startFerry([
+    "forward",
+    "--listen",
+    "127.0.0.1:0",
+    "--to",
+    `127.0.0.1:${blackHole.port}`,
+    "--pool",
+    "0",
+    "--connect-timeout",
+    "60s",
+    "--shutdown-grace",
+    "300ms",
+  ]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await new Promise((resolve) => setTimeout(resolve, 300)); // the dial hangs
+  ferry.kill("SIGTERM");
+  await client.waitForEnd(5_000);
+  const status = await deadline(ferry.status, 10_000, "ferry to exit", () => ferry.kill("SIGKILL"));
+  assert.equal(status.code, 0);
+  const session = await sessionOf(ferry, client.localAddr, 1_000);
+  assert.equal(session.outcome, "shutdown");
+});
+
 const mountNsAvailable = await canUnshare(
   ["-m", "true"],
   "the Happy Eyeballs test: `unshare -m` is not permitted here (it needs root), and the " +
