@@ -27,6 +27,7 @@ import { once } from "node:events";
 import { startFerry } from "./ferry.ts";
 import { sessionOf } from "./session_log.ts";
 import { BufferedConn, deadline, domain, ipv4, socks5, socks5Handshake } from "./socks_client.ts";
+import { associate, frame, sendInOrder } from "./udp_support.ts";
 
 const COUNT = 20;
 const encoder = new TextEncoder();
@@ -131,18 +132,14 @@ try {
     const text = decoder.decode(message);
     if (text.startsWith("s")) slowEchoed.push(text);
   });
-  const slowHeader = socks5.encodeUdpHeader(domain("slow.test", echo.address().port));
+  const slowTo = domain("slow.test", echo.address().port);
   const slowStarted = performance.now();
-  for (let i = 0; i < 300; i++) {
-    await new Promise((resolve) =>
-      local.send(
-        new Uint8Array([...slowHeader, ...encoder.encode(`s${i}`)]),
-        reply.address.port,
-        reply.address.host,
-        resolve,
-      )
-    );
-  }
+  await sendInOrder(
+    local,
+    Array.from({ length: 300 }, (_, i) => frame(slowTo, `s${i}`)),
+    reply.address.port,
+    reply.address.host,
+  );
   const sentMs = Math.round(performance.now() - slowStarted);
   // Until none has come for 500 ms, 10 s at most.
   for (let seen = -1; seen !== slowEchoed.length && performance.now() - slowStarted < 10_000;) {
@@ -153,21 +150,14 @@ try {
   const session = await sessionOf(ferry, control.localAddr);
 
   // An association that ends while its datagrams wait for a lookup.
-  using lateControl = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const lateReply = await socks5Handshake(lateControl, ipv4("127.0.0.1", local.address().port), {
-    command: socks5.Command.UdpAssociate,
-  });
-  const lateHeader = socks5.encodeUdpHeader(domain("slow.late.test", echo.address().port));
-  for (let i = 0; i < 10; i++) {
-    await new Promise((resolve) =>
-      local.send(lateHeader, lateReply.address.port, lateReply.address.host, resolve)
-    );
-  }
+  await using lateUdp = await associate(ferry);
+  const lateDatagram = frame(domain("slow.late.test", echo.address().port), "");
+  await sendInOrder(lateUdp.local, Array(10).fill(lateDatagram), lateUdp.reply.address.port);
   // Until ferry has them all (it counts none till then): those it had not
   // yet taken would be lost with the socket, counted nowhere.
   await new Promise((resolve) => setTimeout(resolve, 50));
-  lateControl.close();
-  const late = await sessionOf(ferry, lateControl.localAddr);
+  lateUdp.control.close();
+  const late = await sessionOf(ferry, lateUdp.control.localAddr);
 
   // A name with an IPv4 and an IPv6 address, and a server on each, one port.
   const echo6 = dgram.createSocket("udp6");
@@ -186,18 +176,9 @@ try {
         resolve();
       });
     });
-    using dualControl = await BufferedConn.connect(ferry.hostname, ferry.port);
-    const dualReply = await socks5Handshake(
-      dualControl,
-      ipv4("127.0.0.1", local.address().port),
-      { command: socks5.Command.UdpAssociate },
-    );
-    const dualHeader = socks5.encodeUdpHeader(domain("dual.test", echo.address().port));
-    local.send(
-      new Uint8Array([...dualHeader, ...encoder.encode("dual")]),
-      dualReply.address.port,
-      dualReply.address.host,
-    );
+    await using dualUdp = await associate(ferry);
+    const dualDatagram = frame(domain("dual.test", echo.address().port), "dual");
+    await sendInOrder(dualUdp.local, [dualDatagram], dualUdp.reply.address.port);
     await deadline(arrived, 5_000, "the datagram to dual.test");
   } finally {
     echo6.close();
