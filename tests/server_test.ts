@@ -10,6 +10,7 @@ import * as socks5 from "../src/protocol/socks5.ts";
 import { writeAll } from "../src/relay.ts";
 import { type Server, startSocksServer } from "../src/server.ts";
 import { DescriptorWait } from "../src/spare_descriptors.ts";
+import { waitsUntilGivenUp } from "./_helpers/descriptor_wait.ts";
 import { waitUntil } from "./_helpers/forward_support.ts";
 
 const WAIT_MS = 10_000;
@@ -333,10 +334,7 @@ Deno.test("a session gives its target back when it ends: a dial short of descrip
   // No session holds a target now: five waits (155 ms), then the dial fails.
   // Were the ended session still counted, it would wait for a second.
   using wait = new DescriptorWait();
-  const signal = new AbortController().signal;
-  let waits = 0;
-  while (waits < 100 && await wait.next(signal)) waits++;
-  assert.equal(waits, 5);
+  assert.equal(await waitsUntilGivenUp(wait), 5);
 });
 
 Deno.test("startSocksServer() turns Nagle off on both of a session's sockets", async () => {

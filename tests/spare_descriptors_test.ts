@@ -15,6 +15,7 @@ import {
   targetReleased,
   withdrawDonor,
 } from "../src/spare_descriptors.ts";
+import { waitsUntilGivenUp } from "./_helpers/descriptor_wait.ts";
 
 /** A pool of `idle` connections, each given up on request, and counted. */
 function scriptedPool(idle: number): DescriptorDonor & { idle: number; given: number } {
@@ -103,14 +104,6 @@ Deno.test("while a dial waits for a descriptor, accepts are paused, its retries 
   }
   assert.equal(acceptsPaused(), false, "counted down once the dial is done");
 });
-
-/** How many times `wait` waits before it gives up (at most 100). */
-async function waitsUntilGivenUp(wait: DescriptorWait): Promise<number> {
-  const signal = new AbortController().signal;
-  let waits = 0;
-  while (waits < 100 && await wait.next(signal)) waits++;
-  return waits;
-}
 
 Deno.test("a dial short of a descriptor gives up after five waits once no session holds a target, and waits on while one does", async () => {
   // A session that took a target and gave it back: none holds one now, and
