@@ -378,14 +378,13 @@ Deno.test("connectToFirstAnswer() closes a connection that answers after another
   using fast = Deno.listen({ hostname: "127.0.0.2", port, transport: "tcp" });
   const slowAccepted = slow.accept();
   const fastAccepted = fast.accept();
-  let slowChecked!: () => void;
-  const slowCheckDone = new Promise<void>((resolve) => slowChecked = resolve);
+  const slowCheck = Promise.withResolvers<void>();
   const answers = {
     skip: () => null,
     check: async (conn: Deno.TcpConn) => {
       if (conn.remoteAddr.hostname === "127.0.0.1") {
         await new Promise((resolve) => setTimeout(resolve, ATTEMPT_DELAY_MS + 150));
-        slowChecked();
+        slowCheck.resolve();
       }
       return null;
     },
@@ -400,7 +399,7 @@ Deno.test("connectToFirstAnswer() closes a connection that answers after another
   const [late, served] = await Promise.all([slowAccepted, fastAccepted]);
   try {
     assert.equal(conn.remoteAddr.hostname, "127.0.0.2");
-    await slowCheckDone;
+    await slowCheck.promise;
     const read = late.read(new Uint8Array(1));
     const ended = await Promise.race([
       read,
