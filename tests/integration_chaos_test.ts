@@ -40,7 +40,11 @@ const encoder = new TextEncoder();
 interface Scenario {
   /** `unknown`: a first byte that is neither 4 nor 5, then noise. */
   readonly kind: "socks5" | "socks5-name" | "socks4" | "socks4a" | "unknown";
+  /** `unsupported`: SOCKS5 0x09, SOCKS4 0x03 (SOCKS4 has no UDP: `udp` is 0x03 too). */
+  readonly command: "connect" | "bind" | "udp" | "unsupported";
   readonly target: "echo" | "refused";
+  /** For a SOCKS5 request by address: 127.0.0.1 or ::1. */
+  readonly family: "ipv4" | "ipv6";
   /** SOCKS5 methods offered: no-auth, user/password, or both. */
   readonly offer: "none" | "userpass" | "both";
   readonly rightPassword: boolean;
@@ -54,18 +58,35 @@ interface Scenario {
   readonly cutAt: number | null;
   /**
    * After sending everything: `half-close` shuts down its side and reads to
-   * the end; `close` closes at once; `reset` closes with what ferry sent it
+   * the end; `idle` reads to the end without a word more (ferry's timeouts
+   * end it); `close` closes at once; `reset` closes with what ferry sent it
    * unread, which resets the connection.
    */
-  readonly ending: "half-close" | "close" | "reset";
+  readonly ending: "half-close" | "idle" | "close" | "reset";
   /** Between the handshake and the payload, and (`close`) before closing. */
   readonly pauseMs: number;
+}
+
+/** `arbitrary`'s values one time in `every`, else `null`. (`fc.option`'s `freq` is the reverse.) */
+function sometimes<T>(arbitrary: fc.Arbitrary<T>, every: number): fc.Arbitrary<T | null> {
+  return fc.oneof(
+    { arbitrary: fc.constant(null), weight: every - 1 },
+    { arbitrary, weight: 1 },
+  );
 }
 
 const fraction = fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true });
 const scenario: fc.Arbitrary<Scenario> = fc.record({
   kind: fc.constantFrom("socks5", "socks5-name", "socks4", "socks4a", "unknown"),
+  command: fc.oneof(
+    { arbitrary: fc.constant("connect" as const), weight: 6 },
+    {
+      arbitrary: fc.constantFrom("bind" as const, "udp" as const, "unsupported" as const),
+      weight: 3,
+    },
+  ),
   target: fc.constantFrom("echo", "refused"),
+  family: fc.constantFrom("ipv4", "ipv6"),
   offer: fc.constantFrom("none", "userpass", "both"),
   rightPassword: fc.boolean(),
   noise: fc.uint8Array({ minLength: 1, maxLength: 64 }).map((bytes) => {
@@ -78,16 +99,19 @@ const scenario: fc.Arbitrary<Scenario> = fc.record({
     fc.integer({ min: 1000, max: 300_000 }),
   ),
   splits: fc.array(fraction, { maxLength: 6 }),
-  flip: fc.option(fc.record({ at: fraction, xor: fc.integer({ min: 1, max: 255 }) }), { freq: 3 }),
-  cutAt: fc.option(fraction, { freq: 5 }),
-  ending: fc.constantFrom("half-close", "half-close", "close", "reset"),
+  // One client in four flips a byte, one in five cuts its handshake short.
+  flip: sometimes(fc.record({ at: fraction, xor: fc.integer({ min: 1, max: 255 }) }), 4),
+  cutAt: sometimes(fraction, 5),
+  ending: fc.constantFrom("half-close", "half-close", "idle", "close", "reset"),
   pauseMs: fc.integer({ min: 0, max: 20 }),
 });
 
 /** The crowd's world: ferry, its targets, and whether ferry requires a user. */
 interface World {
   readonly ferry: FerryProcess;
-  readonly echoPort: number;
+  /** Echo servers' ports on 127.0.0.1 and on ::1. */
+  readonly echoPort: { readonly ipv4: number; readonly ipv6: number };
+  /** A port nothing listens on, on either address. */
   readonly refusedPort: number;
   readonly usersRequired: boolean;
 }
@@ -104,21 +128,47 @@ function selectedMethod(s: Scenario, world: World): number {
   return methodsOffered(s).includes(wanted) ? wanted : socks5.Method.NoAcceptable;
 }
 
+const SOCKS5_COMMAND = {
+  connect: socks5.Command.Connect,
+  bind: socks5.Command.Bind,
+  udp: socks5.Command.UdpAssociate,
+  unsupported: 0x09,
+} as const;
+const SOCKS4_COMMAND = {
+  connect: socks4.Command.Connect,
+  bind: socks4.Command.Bind,
+  udp: 0x03,
+  unsupported: 0x03,
+} as const;
+
+/** What the request names: the target (for BIND, the peer), or for UDP where datagrams come from. */
+function requestedAddress(s: Scenario, world: World): Address {
+  const socks4ish = s.kind === "socks4" || s.kind === "socks4a";
+  // As most clients do: "from anywhere", the control connection's host.
+  if (s.command === "udp" && !socks4ish) return { type: "ipv4", host: "0.0.0.0", port: 0 };
+  const family = socks4ish ? "ipv4" : s.family;
+  const port = s.target === "echo" ? world.echoPort[family] : world.refusedPort;
+  if (s.kind === "socks5-name" || s.kind === "socks4a") {
+    // `localhost` may name ::1 as well: refused there, and Happy Eyeballs goes on to 127.0.0.1.
+    const byName = s.target === "echo" ? world.echoPort.ipv4 : world.refusedPort;
+    return { type: "domain", host: "localhost", port: byName };
+  }
+  return family === "ipv4"
+    ? { type: "ipv4", host: "127.0.0.1", port }
+    : { type: "ipv6", host: "::1", port };
+}
+
 /**
- * The client's handshake bytes, split where the client reads nothing yet:
- * greeting, credentials (sent only when ferry will ask for them), request.
- * A client pipelines them all, as the protocol allows once it knows the method.
+ * The client's handshake, as the messages it is made of: greeting,
+ * credentials (sent only when ferry will ask for them), request. A client
+ * pipelines them all, as the protocol allows once it knows the method.
  */
 function handshakeParts(s: Scenario, world: World): Uint8Array[] {
-  const port = s.target === "echo" ? world.echoPort : world.refusedPort;
-  const byName = s.kind === "socks5-name" || s.kind === "socks4a";
-  const address: Address = byName
-    ? { type: "domain", host: "localhost", port }
-    : { type: "ipv4", host: "127.0.0.1", port };
   if (s.kind === "unknown") return [s.noise];
+  const address = requestedAddress(s, world);
   if (s.kind === "socks4" || s.kind === "socks4a") {
     return [socks4.encodeRequest({
-      command: socks4.Command.Connect,
+      command: SOCKS4_COMMAND[s.command],
       address,
       userId: encoder.encode("crowd"),
     })];
@@ -131,18 +181,18 @@ function handshakeParts(s: Scenario, world: World): Uint8Array[] {
       password: encoder.encode(s.rightPassword ? USER.password : `${USER.password}!`),
     }));
   }
-  parts.push(socks5.encodeRequest({ command: socks5.Command.Connect, address }));
+  parts.push(socks5.encodeRequest({ command: SOCKS5_COMMAND[s.command], address }));
   return parts;
 }
 
 /**
  * What ferry must answer a well-formed client that sent everything and then
- * half-closed: the messages in order, whether the payload comes back echoed,
- * and the outcome its log line names. `null` for a client ferry may answer
- * any way it likes (a flipped byte), so long as it answers in time.
+ * half-closed or waited: the messages in order, whether the payload comes
+ * back echoed, and the outcome its log line names. `null` for a client ferry
+ * may answer any way it likes (a flipped byte), so long as it answers in time.
  */
 interface Expected {
-  readonly messages: readonly { decode: (b: Uint8Array) => Decoded<unknown>; value: unknown }[];
+  readonly messages: readonly Message[];
   readonly echoed: boolean;
   readonly outcome: string;
   /**
@@ -153,8 +203,30 @@ interface Expected {
   readonly gentle: boolean;
 }
 
+/** A message ferry sends, and the field of it the test knows: a method, a status, a reply code. */
+interface Message {
+  readonly decode: (bytes: Uint8Array) => Decoded<unknown>;
+  readonly value: unknown;
+}
+
+const socks4Reply = (value: number): Message => ({
+  decode: (b) => mapValue(socks4.decodeReply(b), (r) => r.reply),
+  value,
+});
+const socks5Reply = (value: number): Message => ({
+  decode: (b) => mapValue(socks5.decodeReply(b), (r) => r.reply),
+  value,
+});
+
 function expected(s: Scenario, world: World): Expected | null {
   if (s.flip !== null) return null;
+  const answer = (messages: Message[], outcome: string, echoed = false): Expected => ({
+    messages,
+    echoed,
+    // A relay that lasts until ferry's idle timeout cuts it.
+    outcome: s.ending === "idle" && outcome === "ok" ? "idle-timeout" : outcome,
+    gentle: true,
+  });
   if (s.kind === "unknown") {
     const sent = s.cutAt === null ? s.noise.length : Math.floor(s.cutAt * s.noise.length);
     const outcome = sent > 0 ? "unknown-protocol" : "handshake-timeout";
@@ -162,53 +234,57 @@ function expected(s: Scenario, world: World): Expected | null {
   }
   const reaches = s.target === "echo";
   if (s.kind === "socks4" || s.kind === "socks4a") {
-    if (s.cutAt !== null) {
-      return { messages: [], echoed: false, outcome: "handshake-timeout", gentle: true };
+    const { Granted, Rejected } = socks4.Reply;
+    const request = handshakeParts(s, world)[0]!;
+    const sent = s.cutAt === null ? request.length : Math.floor(s.cutAt * request.length);
+    // The decoder refuses an unknown command as soon as it has the command's byte.
+    if (SOCKS4_COMMAND[s.command] === 0x03 && sent >= 2) {
+      return answer([socks4Reply(Rejected)], "command-not-supported");
     }
-    const granted = !world.usersRequired && reaches;
-    const outcome = world.usersRequired ? "auth-required" : reaches ? "ok" : "connection-refused";
-    return {
-      messages: [{
-        decode: (b) => mapValue(socks4.decodeReply(b), (r) => r.reply),
-        value: granted ? socks4.Reply.Granted : socks4.Reply.Rejected,
-      }],
-      echoed: granted,
-      outcome,
-      gentle: true,
-    };
+    if (s.cutAt !== null) return answer([], "handshake-timeout");
+    if (world.usersRequired) return answer([socks4Reply(Rejected)], "auth-required");
+    if (s.command === "bind") {
+      return answer([socks4Reply(Granted), socks4Reply(Rejected)], "bind-timeout");
+    }
+    return reaches
+      ? answer([socks4Reply(Granted)], "ok", true)
+      : answer([socks4Reply(Rejected)], "connection-refused");
   }
   const method = selectedMethod(s, world);
-  const messages: Expected["messages"][number][] = [{
-    decode: socks5.decodeMethodSelection,
-    value: method,
-  }];
+  const messages: Message[] = [{ decode: socks5.decodeMethodSelection, value: method }];
   const parts = handshakeParts(s, world);
   const sent = s.cutAt === null ? Infinity : Math.floor(s.cutAt * concat(parts).length);
   // A cut handshake still gets the answers to the messages sent whole.
   const whole = (upTo: number) => sent >= parts.slice(0, upTo).reduce((n, p) => n + p.length, 0);
-  if (!whole(1)) return { messages: [], echoed: false, outcome: "handshake-timeout", gentle: true };
-  if (method === socks5.Method.NoAcceptable) {
-    return { messages, echoed: false, outcome: "no-acceptable-method", gentle: true };
-  }
+  if (!whole(1)) return answer([], "handshake-timeout");
+  if (method === socks5.Method.NoAcceptable) return answer(messages, "no-acceptable-method");
   if (method === socks5.Method.UserPass) {
-    if (!whole(2)) return { messages, echoed: false, outcome: "handshake-timeout", gentle: true };
+    if (!whole(2)) return answer(messages, "handshake-timeout");
     const status = s.rightPassword ? socks5.AuthStatus.Success : socks5.AuthStatus.Failure;
     messages.push({ decode: socks5.decodeAuthStatus, value: status });
-    if (!s.rightPassword) return { messages, echoed: false, outcome: "auth-failed", gentle: true };
+    if (!s.rightPassword) return answer(messages, "auth-failed");
   }
-  if (s.cutAt !== null) {
-    return { messages, echoed: false, outcome: "handshake-timeout", gentle: true };
+  if (s.cutAt !== null) return answer(messages, "handshake-timeout");
+  const { Succeeded, ConnectionRefused, HostUnreachable, CommandNotSupported } = socks5.Reply;
+  switch (s.command) {
+    case "unsupported":
+      return answer([...messages, socks5Reply(CommandNotSupported)], "command-not-supported");
+    case "udp":
+      return answer([...messages, socks5Reply(Succeeded)], "ok");
+    case "bind":
+      // Listening on 127.0.0.1, where the client came in: no IPv6 peer could reach it.
+      if (s.kind === "socks5" && s.family === "ipv6") {
+        return answer([...messages, socks5Reply(HostUnreachable)], "host-unreachable");
+      }
+      return answer(
+        [...messages, socks5Reply(Succeeded), socks5Reply(HostUnreachable)],
+        "bind-timeout",
+      );
+    case "connect":
+      return reaches
+        ? answer([...messages, socks5Reply(Succeeded)], "ok", true)
+        : answer([...messages, socks5Reply(ConnectionRefused)], "connection-refused");
   }
-  messages.push({
-    decode: (b) => mapValue(socks5.decodeReply(b), (r) => r.reply),
-    value: reaches ? socks5.Reply.Succeeded : socks5.Reply.ConnectionRefused,
-  });
-  return {
-    messages,
-    echoed: reaches,
-    outcome: reaches ? "ok" : "connection-refused",
-    gentle: true,
-  };
 }
 
 function mapValue<T, U>(decoded: Decoded<T>, f: (value: T) => U): Decoded<U> {
@@ -293,8 +369,9 @@ async function runClient(s: Scenario, world: World, payload: Uint8Array): Promis
     } catch (error) {
       writeError = error;
     }
-    if (s.cutAt !== null || s.ending === "half-close") {
-      if (s.cutAt === null && writeError === null) await conn.closeWrite().catch(() => {});
+    if (s.cutAt !== null || s.ending === "half-close" || s.ending === "idle") {
+      const halfClose = s.cutAt === null && s.ending === "half-close" && writeError === null;
+      if (halfClose) await conn.closeWrite().catch(() => {});
       const ending = await deadline(reading, 15_000, `the end of ${JSON.stringify(s)}`, close);
       return { local, response: concat(chunks), ending, writeError };
     }
@@ -352,7 +429,7 @@ async function bystander(world: World): Promise<Deno.NetAddr> {
         ...credentials,
         socks5.encodeRequest({
           command: socks5.Command.Connect,
-          address: { type: "ipv4", host: "127.0.0.1", port: world.echoPort },
+          address: { type: "ipv4", host: "127.0.0.1", port: world.echoPort.ipv4 },
         }),
         upload,
       ]);
@@ -405,14 +482,16 @@ function linesOf(byClient: Map<string, LogLine[]>, addr: Deno.NetAddr): LogLine[
 
 async function crowdAgainst(usersRequired: boolean): Promise<void> {
   const echo = startEchoServer();
+  const echo6 = startEchoServer("::1");
   const refusedPort = closedPort();
   const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const listenPort = probe.addr.port;
   probe.close();
-  const ports = [listenPort, echo.addr.port, refusedPort];
+  const ports = [listenPort, echo.addr.port, echo6.addr.port, refusedPort];
   const allowNet = [
     ...ports.map((port) => `127.0.0.1:${port}`),
     ...ports.map((port) => `[::1]:${port}`),
+    "127.0.0.1:0", // BIND's listener and UDP ASSOCIATE's socket, on ports the system picks
     "localhost",
   ].join(",");
   const ferry = await startFerry([
@@ -425,12 +504,21 @@ async function crowdAgainst(usersRequired: boolean): Promise<void> {
     "2s",
     "--idle-timeout",
     "3s",
+    "--bind-timeout",
+    "1s",
+    "--max-udp-per-ip",
+    "64",
     "--log-level",
     "info",
     ...(usersRequired ? ["--user", `${USER.name}:${USER.password}`] : []),
   ], { allowNet });
   try {
-    const world: World = { ferry, echoPort: echo.addr.port, refusedPort, usersRequired };
+    const world: World = {
+      ferry,
+      echoPort: { ipv4: echo.addr.port, ipv6: echo6.addr.port },
+      refusedPort,
+      usersRequired,
+    };
     const baselineDescriptors = await openDescriptors(ferry.pid);
     await fc.assert(
       fc.asyncProperty(fc.array(scenario, { minLength: 1, maxLength: 24 }), async (crowd) => {
@@ -454,10 +542,10 @@ async function crowdAgainst(usersRequired: boolean): Promise<void> {
           const want = expected(s, world);
           if (want === null) continue;
           // A client that closed or reset early may be gone before ferry read it all.
-          if (s.cutAt === null && s.ending !== "half-close") continue;
+          if (s.cutAt === null && (s.ending === "close" || s.ending === "reset")) continue;
           checkAnswer(s, want, seen[i]!, payloads[i]!);
           assert.equal(lines[0]!.outcome, want.outcome, JSON.stringify({ s, line: lines[0] }));
-          if (want.outcome === "ok" && s.ending === "half-close") {
+          if (want.echoed) {
             assert.equal(lines[0]!.up, s.payload);
             assert.equal(lines[0]!.down, s.payload);
           }
@@ -484,6 +572,7 @@ async function crowdAgainst(usersRequired: boolean): Promise<void> {
   } finally {
     await ferry.stop();
     await echo.close();
+    await echo6.close();
   }
 }
 

@@ -5,9 +5,9 @@ export interface EchoServer {
   close(): Promise<void>;
 }
 
-/** Starts an {@linkcode EchoServer} on 127.0.0.1, port 0. */
-export function startEchoServer(): EchoServer {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+/** Starts an {@linkcode EchoServer} on `hostname` (127.0.0.1 unless given), port 0. */
+export function startEchoServer(hostname = "127.0.0.1"): EchoServer {
+  const listener = Deno.listen({ hostname, port: 0 });
   const served = new Set<Promise<void>>();
   const echo = async (conn: Deno.TcpConn) => {
     const buf = new Uint8Array(16 * 1024);
