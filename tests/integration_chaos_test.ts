@@ -315,9 +315,32 @@ function split(bytes: Uint8Array, at: readonly number[]): Uint8Array[] {
   return pieces;
 }
 
-/** Runs one client of the crowd, every wait bounded. */
-async function runClient(s: Scenario, world: World, payload: Uint8Array): Promise<Seen> {
-  const conn = await Deno.connect({ hostname: world.ferry.hostname, port: world.ferry.port });
+/** How a client moves after connecting: the parts of {@linkcode Scenario} a forwarder's client has too. */
+type Moves = Pick<Scenario, "splits" | "cutAt" | "ending" | "pauseMs">;
+
+/** The handshake bytes the client sends: flipped and cut as the scenario says. */
+function sentHandshake(s: Scenario, world: World): Uint8Array {
+  let handshake = concat(handshakeParts(s, world));
+  if (s.flip !== null) {
+    handshake = handshake.slice();
+    handshake[Math.floor(s.flip.at * handshake.length)]! ^= s.flip.xor;
+  }
+  if (s.cutAt !== null) handshake = handshake.subarray(0, Math.floor(s.cutAt * handshake.length));
+  return handshake;
+}
+
+/**
+ * Runs one client of the crowd against `proxy`: `handshake` in the pieces
+ * `moves.splits` makes, the payload unless the handshake was cut short, then
+ * the ending. Every wait is bounded.
+ */
+async function runClient(
+  proxy: { hostname: string; port: number },
+  moves: Moves,
+  handshake: Uint8Array,
+  payload: Uint8Array,
+): Promise<Seen> {
+  const conn = await Deno.connect({ hostname: proxy.hostname, port: proxy.port });
   conn.setNoDelay(true);
   const local = conn.localAddr;
   let closed = false;
@@ -351,32 +374,27 @@ async function runClient(s: Scenario, world: World, payload: Uint8Array): Promis
     while (at < bytes.length) at += await conn.write(bytes.subarray(at));
   };
   try {
-    let handshake = concat(handshakeParts(s, world));
-    if (s.flip !== null) {
-      handshake = handshake.slice();
-      handshake[Math.floor(s.flip.at * handshake.length)]! ^= s.flip.xor;
-    }
-    if (s.cutAt !== null) handshake = handshake.subarray(0, Math.floor(s.cutAt * handshake.length));
     try {
-      for (const piece of split(handshake, s.splits)) {
+      for (const piece of split(handshake, moves.splits)) {
         await write(piece);
         await sleep(0); // its own segment
       }
-      if (s.cutAt === null) {
-        await sleep(s.pauseMs);
+      if (moves.cutAt === null) {
+        await sleep(moves.pauseMs);
         await write(payload);
       }
     } catch (error) {
       writeError = error;
     }
-    if (s.cutAt !== null || s.ending === "half-close" || s.ending === "idle") {
-      const halfClose = s.cutAt === null && s.ending === "half-close" && writeError === null;
+    if (moves.cutAt !== null || moves.ending === "half-close" || moves.ending === "idle") {
+      const halfClose = moves.cutAt === null && moves.ending === "half-close" &&
+        writeError === null;
       if (halfClose) await conn.closeWrite().catch(() => {});
-      const ending = await deadline(reading, 15_000, `the end of ${JSON.stringify(s)}`, close);
+      const ending = await deadline(reading, 15_000, `the end of ${JSON.stringify(moves)}`, close);
       return { local, response: concat(chunks), ending, writeError };
     }
-    if (s.ending === "reset") await Promise.race([firstByte.promise, sleep(200)]);
-    else await sleep(s.pauseMs);
+    if (moves.ending === "reset") await Promise.race([firstByte.promise, sleep(200)]);
+    else await sleep(moves.pauseMs);
     close();
     return { local, response: concat(chunks), ending: await reading, writeError };
   } finally {
@@ -525,7 +543,9 @@ async function crowdAgainst(usersRequired: boolean): Promise<void> {
         const from = ferry.lines.length;
         const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
         const [seen, bystanderAddr] = await Promise.all([
-          Promise.all(crowd.map((s, i) => runClient(s, world, payloads[i]!))),
+          Promise.all(
+            crowd.map((s, i) => runClient(ferry, s, sentHandshake(s, world), payloads[i]!)),
+          ),
           bystander(world),
         ]);
         const everyone = [...seen.map((x) => x.local), bystanderAddr];
@@ -582,4 +602,95 @@ Deno.test("a crowd of misbehaving clients: ferry answers each as it should and l
 
 Deno.test("a crowd of misbehaving clients against a ferry that requires a user", async () => {
   await crowdAgainst(true);
+});
+
+/** A forwarder's client: no handshake, just its payload and an ending. */
+const forwardClient: fc.Arbitrary<Moves & { payload: number }> = fc.record({
+  payload: fc.oneof(fc.integer({ min: 1, max: 100 }), fc.integer({ min: 1000, max: 300_000 })),
+  splits: fc.constant([]),
+  cutAt: fc.constant(null),
+  ending: fc.constantFrom("half-close", "half-close", "idle", "close", "reset"),
+  pauseMs: fc.integer({ min: 0, max: 20 }),
+});
+
+Deno.test("a crowd through the forwarder: every echo whole, one line each, the pool refilled, nothing leaked", async () => {
+  const echo = startEchoServer();
+  const refusedPort = closedPort(); // an upstream that is down: skipped, never a client's failure
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const listenPort = probe.addr.port;
+  probe.close();
+  const ports = [listenPort, echo.addr.port, refusedPort];
+  const ferry = await startFerry([
+    "forward",
+    "--listen",
+    `127.0.0.1:${listenPort}`,
+    "--to",
+    `127.0.0.1:${echo.addr.port}`,
+    "--to",
+    `127.0.0.1:${refusedPort}`,
+    "--pool",
+    "4",
+    "--idle-timeout",
+    "3s",
+    "--log-level",
+    "info",
+  ], { allowNet: ports.map((port) => `127.0.0.1:${port}`).join(",") });
+  try {
+    const pooled = async () =>
+      (await tcpSocketsOf(ferry.pid)).filter((socket) => socket.state !== "LISTEN");
+    const poolFull = async () => {
+      const sockets = await pooled();
+      return sockets.length === 4 &&
+        sockets.every((socket) =>
+          socket.state === "ESTAB" && socket.peer === `127.0.0.1:${echo.addr.port}`
+        );
+    };
+    await waitUntil(poolFull, "a full pool of 4 to the echo upstream");
+    const baselineDescriptors = await openDescriptors(ferry.pid);
+    await fc.assert(
+      fc.asyncProperty(fc.array(forwardClient, { minLength: 1, maxLength: 24 }), async (crowd) => {
+        const from = ferry.lines.length;
+        const payloads = crowd.map((c, i) => pseudoRandomBytes(c.payload, i + 7));
+        const seen = await Promise.all(
+          crowd.map((c, i) => runClient(ferry, c, new Uint8Array(0), payloads[i]!)),
+        );
+        await waitUntil(
+          () => seen.every(({ local }) => linesOf(linesByClient(ferry, from), local).length > 0),
+          "a session line for every client",
+        );
+        await sleep(100); // late duplicates would come within a few milliseconds
+        const byClient = linesByClient(ferry, from);
+        for (const [i, c] of crowd.entries()) {
+          const lines = linesOf(byClient, seen[i]!.local);
+          assert.equal(lines.length, 1, `one line for ${JSON.stringify(lines)}`);
+          if (c.ending === "close" || c.ending === "reset") continue;
+          const what = JSON.stringify({ client: c, line: lines[0] });
+          assert.equal(seen[i]!.response.length, c.payload, `the whole echo for ${what}`);
+          assert.deepEqual(seen[i]!.response, payloads[i], what);
+          assert.equal(seen[i]!.ending, "eof", what);
+          assert.equal(seen[i]!.writeError, null, what);
+          assert.equal(lines[0]!.outcome, c.ending === "idle" ? "idle-timeout" : "ok", what);
+          assert.equal(lines[0]!.target, `127.0.0.1:${echo.addr.port}`, what);
+          assert.equal(lines[0]!.up, c.payload, what);
+          assert.equal(lines[0]!.down, c.payload, what);
+        }
+        assert.equal(
+          [...byClient.values()].reduce((n, lines) => n + lines.length, 0),
+          crowd.length,
+          "no line for a connection nobody made",
+        );
+        // The crowd has gone: ferry holds its pool again, and nothing else.
+        await waitUntil(poolFull, "the pool refilled to 4, and no other socket");
+        await waitUntil(
+          async () => (await openDescriptors(ferry.pid)) === baselineDescriptors,
+          `ferry back to its ${baselineDescriptors} descriptors`,
+          5_000,
+        );
+      }),
+      { numRuns: RUNS, endOnFailure: true },
+    );
+  } finally {
+    await ferry.stop();
+    await echo.close();
+  }
 });
