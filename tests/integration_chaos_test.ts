@@ -218,13 +218,13 @@ const socks5Reply = (value: number): Message => ({
   value,
 });
 
-function expected(s: Scenario, world: World): Expected | null {
+function expected(s: Scenario, world: World, cutBy = "idle-timeout"): Expected | null {
   if (s.flip !== null) return null;
   const answer = (messages: Message[], outcome: string, echoed = false): Expected => ({
     messages,
     echoed,
-    // A relay that lasts until ferry's idle timeout cuts it.
-    outcome: s.ending === "idle" && outcome === "ok" ? "idle-timeout" : outcome,
+    // A relay that lasts until ferry's idle timeout (or shutdown) cuts it.
+    outcome: s.ending === "idle" && outcome === "ok" ? cutBy : outcome,
     gentle: true,
   });
   if (s.kind === "unknown") {
@@ -498,7 +498,14 @@ function linesOf(byClient: Map<string, LogLine[]>, addr: Deno.NetAddr): LogLine[
   return addressForms(addr).flatMap((form) => byClient.get(form) ?? []);
 }
 
-async function crowdAgainst(usersRequired: boolean): Promise<void> {
+/** A world's timeouts: a crowd's sessions end by these unless shutdown cuts them first. */
+const TIMEOUTS = ["--handshake-timeout", "1s", "--connect-timeout", "2s", "--bind-timeout", "1s"];
+
+/** Starts ferry and its targets for a crowd; disposing stops them all. */
+async function crowdWorld(
+  usersRequired: boolean,
+  extraArgs: string[],
+): Promise<World & AsyncDisposable> {
   const echo = startEchoServer();
   const echo6 = startEchoServer("::1");
   const refusedPort = closedPort();
@@ -516,84 +523,102 @@ async function crowdAgainst(usersRequired: boolean): Promise<void> {
     "socks",
     "--listen",
     `127.0.0.1:${listenPort}`,
-    "--handshake-timeout",
-    "1s",
-    "--connect-timeout",
-    "2s",
-    "--idle-timeout",
-    "3s",
-    "--bind-timeout",
-    "1s",
+    ...TIMEOUTS,
     "--max-udp-per-ip",
     "64",
     "--log-level",
     "info",
     ...(usersRequired ? ["--user", `${USER.name}:${USER.password}`] : []),
-  ], { allowNet });
-  try {
-    const world: World = {
-      ferry,
-      echoPort: { ipv4: echo.addr.port, ipv6: echo6.addr.port },
-      refusedPort,
-      usersRequired,
-    };
-    const baselineDescriptors = await openDescriptors(ferry.pid);
-    await fc.assert(
-      fc.asyncProperty(fc.array(scenario, { minLength: 1, maxLength: 24 }), async (crowd) => {
-        const from = ferry.lines.length;
-        const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
-        const [seen, bystanderAddr] = await Promise.all([
-          Promise.all(
-            crowd.map((s, i) => runClient(ferry, s, sentHandshake(s, world), payloads[i]!)),
-          ),
-          bystander(world),
-        ]);
-        const everyone = [...seen.map((x) => x.local), bystanderAddr];
-        await waitUntil(
-          () => everyone.every((addr) => linesOf(linesByClient(ferry, from), addr).length > 0),
-          "a session line for every client",
-        );
-        // Late duplicates would come within a few milliseconds.
-        await sleep(100);
-        const byClient = linesByClient(ferry, from);
-        for (const [i, s] of crowd.entries()) {
-          const lines = linesOf(byClient, seen[i]!.local);
-          assert.equal(lines.length, 1, `one line for ${JSON.stringify(lines)}`);
-          const want = expected(s, world);
-          if (want === null) continue;
-          // A client that closed or reset early may be gone before ferry read it all.
-          if (s.cutAt === null && (s.ending === "close" || s.ending === "reset")) continue;
-          checkAnswer(s, want, seen[i]!, payloads[i]!);
-          assert.equal(lines[0]!.outcome, want.outcome, JSON.stringify({ s, line: lines[0] }));
-          if (want.echoed) {
-            assert.equal(lines[0]!.up, s.payload);
-            assert.equal(lines[0]!.down, s.payload);
-          }
-        }
-        assert.equal(linesOf(byClient, bystanderAddr)[0]!.outcome, "ok");
-        assert.equal(
-          [...byClient.values()].reduce((n, lines) => n + lines.length, 0),
-          everyone.length,
-          "no line for a connection nobody made",
-        );
-        // The crowd has gone: nothing of it may stay open in ferry.
-        await waitUntil(
-          async () => (await openDescriptors(ferry.pid)) <= baselineDescriptors,
-          `ferry back to its ${baselineDescriptors} descriptors`,
-          5_000,
-        );
-        const sockets = await tcpSocketsOf(ferry.pid);
-        assert.deepEqual(sockets.filter((socket) => socket.state !== "LISTEN"), []);
-      }),
-      { numRuns: RUNS, endOnFailure: true },
-    );
-    const exited = await Promise.race([ferry.status.then(() => true), sleep(0).then(() => false)]);
-    assert.equal(exited, false, "ferry is still running");
-  } finally {
-    await ferry.stop();
+    ...extraArgs,
+  ], { allowNet }).catch(async (error) => {
     await echo.close();
     await echo6.close();
+    throw error;
+  });
+  return {
+    ferry,
+    echoPort: { ipv4: echo.addr.port, ipv6: echo6.addr.port },
+    refusedPort,
+    usersRequired,
+    async [Symbol.asyncDispose]() {
+      await ferry.stop();
+      await echo.close();
+      await echo6.close();
+    },
+  };
+}
+
+/**
+ * Checks a client's one log line, and what it got, against what the protocol
+ * says, where its scenario lets ferry's answer be known. A relay still
+ * going when it is cut (idling) is logged `cutBy`.
+ */
+function checkClient(
+  s: Scenario,
+  world: World,
+  seen: Seen,
+  line: LogLine,
+  payload: Uint8Array,
+  cutBy = "idle-timeout",
+): void {
+  const want = expected(s, world, cutBy);
+  if (want === null) return;
+  // A client that closed or reset early may be gone before ferry read it all.
+  if (s.cutAt === null && (s.ending === "close" || s.ending === "reset")) return;
+  checkAnswer(s, want, seen, payload);
+  assert.equal(line.outcome, want.outcome, JSON.stringify({ s, line }));
+  if (want.echoed) {
+    assert.equal(line.up, s.payload);
+    assert.equal(line.down, s.payload);
   }
+}
+
+async function crowdAgainst(usersRequired: boolean): Promise<void> {
+  await using world = await crowdWorld(usersRequired, ["--idle-timeout", "3s"]);
+  const { ferry } = world;
+  const baselineDescriptors = await openDescriptors(ferry.pid);
+  await fc.assert(
+    fc.asyncProperty(fc.array(scenario, { minLength: 1, maxLength: 24 }), async (crowd) => {
+      const from = ferry.lines.length;
+      const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
+      const [seen, bystanderAddr] = await Promise.all([
+        Promise.all(
+          crowd.map((s, i) => runClient(ferry, s, sentHandshake(s, world), payloads[i]!)),
+        ),
+        bystander(world),
+      ]);
+      const everyone = [...seen.map((x) => x.local), bystanderAddr];
+      await waitUntil(
+        () => everyone.every((addr) => linesOf(linesByClient(ferry, from), addr).length > 0),
+        "a session line for every client",
+      );
+      // Late duplicates would come within a few milliseconds.
+      await sleep(100);
+      const byClient = linesByClient(ferry, from);
+      for (const [i, s] of crowd.entries()) {
+        const lines = linesOf(byClient, seen[i]!.local);
+        assert.equal(lines.length, 1, `one line for ${JSON.stringify(lines)}`);
+        checkClient(s, world, seen[i]!, lines[0]!, payloads[i]!);
+      }
+      assert.equal(linesOf(byClient, bystanderAddr)[0]!.outcome, "ok");
+      assert.equal(
+        [...byClient.values()].reduce((n, lines) => n + lines.length, 0),
+        everyone.length,
+        "no line for a connection nobody made",
+      );
+      // The crowd has gone: nothing of it may stay open in ferry.
+      await waitUntil(
+        async () => (await openDescriptors(ferry.pid)) <= baselineDescriptors,
+        `ferry back to its ${baselineDescriptors} descriptors`,
+        5_000,
+      );
+      const sockets = await tcpSocketsOf(ferry.pid);
+      assert.deepEqual(sockets.filter((socket) => socket.state !== "LISTEN"), []);
+    }),
+    { numRuns: RUNS, endOnFailure: true },
+  );
+  const exited = await Promise.race([ferry.status.then(() => true), sleep(0).then(() => false)]);
+  assert.equal(exited, false, "ferry is still running");
 }
 
 Deno.test("a crowd of misbehaving clients: ferry answers each as it should and leaks nothing", async () => {
@@ -693,4 +718,70 @@ Deno.test("a crowd through the forwarder: every echo whole, one line each, the p
     await ferry.stop();
     await echo.close();
   }
+});
+
+Deno.test("SIGTERM in the middle of a crowd: every session ends on its own terms or at the grace's end, ferry exits 0", async () => {
+  const graceMs = 3000;
+  await fc.assert(
+    fc.asyncProperty(
+      // Each client arrives at its own time, some after ferry has stopped listening.
+      fc.array(fc.tuple(scenario, fc.integer({ min: 0, max: 400 })), {
+        minLength: 1,
+        maxLength: 24,
+      }),
+      fc.integer({ min: 0, max: 300 }),
+      fc.boolean(),
+      async (arrivals, signalAfterMs, usersRequired) => {
+        const crowd = arrivals.map(([s]) => s);
+        // Idle clients outlast the grace: shutdown, not the idle timeout, ends them.
+        await using world = await crowdWorld(usersRequired, [
+          "--idle-timeout",
+          "10s",
+          "--shutdown-grace",
+          `${graceMs}ms`,
+        ]);
+        const { ferry } = world;
+        const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
+        const clients = Promise.all(crowd.map(async (s, i) => {
+          await sleep(arrivals[i]![1]);
+          try {
+            return await runClient(ferry, s, sentHandshake(s, world), payloads[i]!);
+          } catch (error) {
+            // Too late: ferry no longer listens.
+            if (error instanceof Deno.errors.ConnectionRefused) return null;
+            throw error;
+          }
+        }));
+        await sleep(signalAfterMs);
+        ferry.kill("SIGTERM");
+        const status = await deadline(ferry.status, graceMs + 5000, "ferry to exit");
+        assert.equal(status.code, 0);
+        const seen = await clients;
+        const sessions = ferry.lines.filter((line) => line.event === "session");
+        const stopped = ferry.lines.findIndex((line) => line.event === "stopped");
+        assert.ok(stopped >= 0, "the stopped line");
+        assert.ok(ferry.lines.lastIndexOf(sessions.at(-1)!) < stopped, "every session ended first");
+        const byClient = linesByClient(ferry, 0);
+        let mine = 0;
+        for (const [i, s] of crowd.entries()) {
+          if (seen[i] === null) continue;
+          const lines = linesOf(byClient, seen[i]!.local);
+          // No line: a connection still in the listen queue when ferry stopped listening.
+          assert.ok(lines.length <= 1, `at most one line for ${JSON.stringify(lines)}`);
+          if (lines.length === 0) continue;
+          mine++;
+          checkClient(s, world, seen[i]!, lines[0]!, payloads[i]!, "shutdown");
+        }
+        assert.equal(sessions.length, mine, "no line for a connection nobody made");
+        // The totals at exit are those of the lines.
+        const totals = ferry.lines[stopped]!;
+        assert.equal(totals.accepted, sessions.length);
+        assert.equal(Number(totals.sessionsOk) + Number(totals.sessionsFailed), sessions.length);
+        const sum = (field: string) => sessions.reduce((n, line) => n + Number(line[field]), 0);
+        assert.equal(totals.bytesUp, sum("up"));
+        assert.equal(totals.bytesDown, sum("down"));
+      },
+    ),
+    { numRuns: RUNS, endOnFailure: true },
+  );
 });
