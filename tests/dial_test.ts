@@ -254,6 +254,35 @@ Deno.test("dial() resolves the domain localhost and connects", async () => {
   });
 });
 
+Deno.test("messageWithCause(): a shortage of descriptors says it is ferry's, in the system's words or node:dgram's", () => {
+  const withCode = (message: string, code: string) => Object.assign(new Error(message), { code });
+  const mark = "(ferry is out of descriptors)";
+  assert.equal(
+    messageWithCause(withCode("Too many open files (os error 24)", "EMFILE")),
+    `Too many open files (os error 24) ${mark}`,
+  );
+  assert.equal(
+    messageWithCause(withCode("bind EMFILE 127.0.0.1", "EMFILE")),
+    `bind EMFILE 127.0.0.1 ${mark}`,
+  );
+  const wrapped = new DialError("general-failure", "connect to 127.0.0.1 failed", {
+    cause: withCode("Too many open files in system (os error 23)", "ENFILE"),
+  });
+  assert.equal(
+    messageWithCause(wrapped),
+    `connect to 127.0.0.1 failed: Too many open files in system (os error 23) ${mark}`,
+  );
+  // Marked once, and only a shortage is.
+  assert.equal(
+    messageWithCause(withCode(`Too many open files ${mark}`, "EMFILE")),
+    `Too many open files ${mark}`,
+  );
+  assert.equal(
+    messageWithCause(withCode("Connection refused (os error 111)", "ECONNREFUSED")),
+    "Connection refused (os error 111)",
+  );
+});
+
 Deno.test("dial(): a lookup that fails while ferry meets EMFILE is ferry's failure; after, the name's", async () => {
   // Out of descriptors the resolver says the name does not exist; a probe
   // after the lookup found a descriptor freed in between, and blamed the name

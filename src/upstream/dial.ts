@@ -56,11 +56,22 @@ export class DialError extends Error {
   }
 }
 
-/** An error's message, with its cause's: a DialError wraps the system's error. */
+/** How a failure for want of descriptors is marked in the log (see messageWithCause). */
+const SHORTAGE_MARK = "(ferry is out of descriptors)";
+
+/**
+ * An error's message, with its cause's: a DialError wraps the system's error.
+ * A shortage of descriptors says it is ferry's, whatever words the system
+ * chose ("Too many open files (os error 24)", node:dgram's "bind EMFILE"),
+ * so an operator can find every such failure by one phrase and knows to
+ * raise the open-files limit rather than look at the target.
+ */
 export function messageWithCause(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   const cause = (error as { cause?: unknown } | null)?.cause;
-  return cause instanceof Error ? `${message}: ${cause.message}` : message;
+  const text = cause instanceof Error ? `${message}: ${cause.message}` : message;
+  const shortage = isOutOfDescriptors(error) || isOutOfDescriptors(cause);
+  return shortage && !text.includes(SHORTAGE_MARK) ? `${text} ${SHORTAGE_MARK}` : text;
 }
 
 /** Errno codes that name a failure, for errors Deno does not give a class of their own. */
@@ -123,7 +134,7 @@ async function resolve(
     if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
     if (shortOfDescriptorsSince(started)) {
       // ferry's own failure (0x01), as for BIND and UDP at EMFILE, not the name's.
-      const cause = Object.assign(new Error("Too many open files (ferry is out of descriptors)"), {
+      const cause = Object.assign(new Error(`Too many open files ${SHORTAGE_MARK}`), {
         code: "EMFILE",
       });
       throw new DialError("general-failure", `cannot resolve ${JSON.stringify(host)}`, { cause });
