@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { lookupAll } from "./upstream/lookups.ts";
+import { resolveName } from "./upstream/dial.ts";
 import { isOneConnectionError } from "./accept_error.ts";
 import { closeQuietly } from "./close_quietly.ts";
 import { type Address, ipKey, ipOfName } from "./protocol/address.ts";
@@ -24,12 +24,14 @@ import { roomAfter } from "./spare_descriptors.ts";
 export async function expectedPeers(
   address: Address,
   client: string,
-  signal?: AbortSignal,
+  signal: AbortSignal = new AbortController().signal,
 ): Promise<ReadonlySet<string> | null> {
   const ip = address.type === "domain" ? ipOfName(address.host) : address.host;
   if (ip === null) {
-    const results = await lookupAll(address.host, client, signal);
-    return new Set(results.map((r) => ipKey(r.address)));
+    // As a CONNECT resolves its target: the same caps, and the same blame
+    // when ferry's shortage of descriptors made the lookup fail.
+    const addresses = await resolveName(address.host, client, signal);
+    return new Set(addresses.map(ipKey));
   }
   // In the form accept() compares: an IPv4-mapped IPv6 address as its IPv4
   // address, as a dual-stack socket would see the peer either way.

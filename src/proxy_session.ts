@@ -422,11 +422,23 @@ export abstract class ProxySession implements Expirable {
   ): Promise<Deno.TcpConn | null> {
     return this.dialTarget(address).catch((error) => {
       if (!(error instanceof DialError)) throw error;
-      if (error.failure === "aborted" && (!this.#cutShort || this.controller.signal.aborted)) {
-        throw error;
-      }
-      return this.refuse(failureReply(error), error.failure, errorDetail(error.failure, error));
+      return this.refuseDial(error, failureReply);
     });
+  }
+
+  /**
+   * Refuses for a failed dial or name lookup: `failureReply(error)`, with the
+   * failure as the outcome. An abort is rethrown, unless shutdown cut the
+   * wait short: the client still gets its reply then (see `abort()`).
+   */
+  protected refuseDial(
+    error: DialError,
+    failureReply: (error: DialError) => Uint8Array,
+  ): Promise<null> {
+    if (error.failure === "aborted" && (!this.#cutShort || this.controller.signal.aborted)) {
+      return Promise.reject(error);
+    }
+    return this.refuse(failureReply(error), error.failure, errorDetail(error.failure, error));
   }
 
   /** Relays until both directions end; the early bytes from the client go to the target first. */

@@ -23,9 +23,8 @@ import {
 import { writeAll } from "./relay.ts";
 import { makingRoom } from "./spare_descriptors.ts";
 import { UdpAssociation } from "./udp_associate.ts";
-import { messageWithCause, raceAbort } from "./upstream/dial.ts";
+import { DialError, messageWithCause } from "./upstream/dial.ts";
 import { WaitingClient } from "./waiting_client.ts";
-import { LookupsBusy } from "./upstream/lookups.ts";
 
 /** What SOCKS sessions share beyond {@linkcode SessionContext}. */
 export interface SocksContext extends SessionContext {
@@ -204,28 +203,15 @@ export class SocksSession extends ProxySession {
   async #bind(address: Address, replies: BindReplies): Promise<Relaying | null> {
     let peers: ReadonlySet<string> | null;
     try {
+      // The lookup races the signal itself, and ends in a DialError either way.
       peers = await this.waitInConnectPhase(
         this.#socks.connectTimeoutMs,
-        (signal) =>
-          raceAbort(
-            expectedPeers(address, this.clientIp, signal),
-            signal,
-          ),
+        (signal) => expectedPeers(address, this.clientIp, signal),
       );
     } catch (error) {
-      if (this.controller.signal.aborted) throw error;
-      // As a CONNECT's lookup fails: too many waiting is ferry's (0x01).
-      if (error instanceof LookupsBusy) {
-        return await this.refuse(replies.failure(socks5.Reply.GeneralFailure), "lookups-busy");
-      }
-      const reply = replies.failure(socks5.Reply.HostUnreachable);
-      return error instanceof SessionAbort
-        ? await this.refuse(reply, error.failure)
-        : await this.refuse(
-          reply,
-          "name-not-resolved",
-          `cannot resolve ${JSON.stringify(address.host)}: ${messageWithCause(error)}`,
-        );
+      // As a CONNECT's lookup fails, with the same replies (see connectTo).
+      if (!(error instanceof DialError) || this.controller.signal.aborted) throw error;
+      return await this.refuseDial(error, (dialError) => replies.failure(dialError.reply));
     }
     const listenOn = this.#bindAddress(peers);
     if (peers && ![...peers].some((peer) => peer.includes(":") === listenOn.includes(":"))) {

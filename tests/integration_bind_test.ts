@@ -396,6 +396,27 @@ Deno.test("while its BIND waits, ferry keeps at most 8 KiB of a client's bytes; 
   assert.equal(await sha256(await received), await sha256(body));
 });
 
+Deno.test("--allow-net narrowed: a BIND whose peer is a name outside it gets 0x02, as a CONNECT does", async () => {
+  // Deno refuses the lookup before any query leaves; it was logged as a
+  // name that does not exist (0x04).
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = probe.addr.port;
+  probe.close();
+  await using ferry = await startFerry(["socks", "--listen", `127.0.0.1:${port}`], {
+    allowNet: "127.0.0.1",
+  });
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(client, { type: "domain", host: "localhost", port: 0 }, {
+    command: socks5.Command.Bind,
+  });
+  assert.equal(reply.reply, socks5.Reply.NotAllowed);
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "not-allowed");
+  assert.equal(session.command, "bind");
+  assert.match(String(session.error), /resolving "localhost" is not allowed by --allow-net/);
+});
+
 Deno.test("SOCKS4 BIND that nobody connects to gets a second reply 91", async () => {
   await using ferry = await startFerry([...LISTEN, "--bind-timeout", "300ms"]);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);

@@ -120,6 +120,33 @@ Deno.test("a name that cannot be looked up for want of descriptors gets 0x01 and
   assert.match(String(session.error), /cannot resolve "localhost": .*Too many open files/);
 });
 
+Deno.test("a BIND whose peer's name cannot be looked up for want of descriptors gets 0x01 and says so", async () => {
+  // As a CONNECT's target: the peer's name looked up with ferry's own
+  // descriptors spent was blamed on the name (0x04, name-not-resolved).
+  await using ferry = await startFerry(
+    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s", "--connect-timeout", "1s"],
+    { wrapper: ["prlimit", "--nofile=48"] },
+  );
+  await ferry.waitFor((l) => l.event === "nofile-low");
+  using asking = await greetedClient(ferry);
+  {
+    using _hog = await DescriptorHog.fill(ferry);
+    await asking.write(socks5.encodeRequest({
+      command: socks5.Command.Bind,
+      address: { type: "domain", host: "localhost", port: 0 },
+    }));
+    const reply = await asking.readMessage(socks5.decodeReply, "reply");
+    assert.equal(reply.reply, socks5.Reply.GeneralFailure);
+  }
+  const session = await sessionOf(ferry, asking.localAddr);
+  assert.equal(session.outcome, "general-failure");
+  assert.equal(session.command, "bind");
+  assert.match(
+    String(session.error),
+    /^cannot resolve "localhost": Too many open files \(ferry is out of descriptors\)$/,
+  );
+});
+
 Deno.test("a CONNECT out of descriptors waits for one and is served once one frees up", async () => {
   // It failed at once with 0x01; each failure freed the client's descriptor
   // for the next client accepted, who failed the same way.

@@ -527,6 +527,7 @@ Deno.test({
       bind?: { reply: number; ms: number };
       lineMs?: number;
       poolListeningMs?: number;
+      bindLookupTimeout?: { reply: number; ms: number; outcome: string };
     };
     const show = JSON.stringify(probed);
     assert.equal(probed.literal?.reply, socks5.Reply.Succeeded, show);
@@ -536,6 +537,10 @@ Deno.test({
     assert.ok(probed.lineMs! < 2_000, `the session line was held up: ${show}`);
     // Its process starts in about a second; a pool taking every thread held it for 20 s.
     assert.ok(probed.poolListeningMs! < 8_000, `the pool's lookups held up the log: ${show}`);
+    // A BIND's peer by a name whose lookup outlasts the connect timeout (1 s).
+    assert.equal(probed.bindLookupTimeout?.reply, socks5.Reply.HostUnreachable, show);
+    assert.equal(probed.bindLookupTimeout?.outcome, "connect-timeout", show);
+    assert.ok(probed.bindLookupTimeout!.ms >= 900 && probed.bindLookupTimeout!.ms < 5_000, show);
   },
 });
 

@@ -118,8 +118,13 @@ const endedBy = (failure: DialFailure) => failure === "connect-timeout" ? "timed
  */
 const NEAR_SHORTAGE_MS = 5_000;
 
-/** Resolves a name to its addresses, in the order the system prefers. */
-async function resolve(
+/**
+ * Resolves a name to its addresses, in the order the system prefers, for a
+ * CONNECT's target or a BIND's peer. Throws {@linkcode DialError}: a lookup
+ * that failed because ferry was out of descriptors is ferry's failure
+ * (`general-failure`), not the name's.
+ */
+export async function resolveName(
   host: string,
   client: string,
   signal: AbortSignal,
@@ -152,7 +157,7 @@ async function resolve(
     // Short of descriptors lately: this lookup may have been too, and a
     // descriptor freed up before anyone saw it. Once more, then it is the name.
     if (again && shortageSince(started - NEAR_SHORTAGE_MS)) {
-      return await resolve(host, client, signal, false);
+      return await resolveName(host, client, signal, false);
     }
     throw new DialError("name-not-resolved", `cannot resolve ${JSON.stringify(host)}`, {
       cause: error,
@@ -176,7 +181,7 @@ let devNullReadable: boolean | undefined;
  * configuration files) alone missed shortages that a session ending had
  * relieved in between, and blamed the name (0x04): 8 of a few hundred
  * lookups under a sustained shortage. Accepts and connects that met EMFILE
- * during the lookup tell of most of those; {@linkcode resolve} tries the
+ * during the lookup tell of most of those; {@linkcode resolveName} tries the
  * rest once more.
  */
 function shortOfDescriptorsSince(since: number): boolean {
@@ -256,7 +261,7 @@ async function dialName(
   signal: AbortSignal,
   answers: AnswerCheck | undefined,
 ): Promise<Deno.TcpConn> {
-  let addresses = interleaveFamilies(await resolve(host, client, signal));
+  let addresses = interleaveFamilies(await resolveName(host, client, signal));
   if (answers) {
     const skipped = addresses.map((ip) => answers.skip(ip));
     const left = addresses.filter((_, i) => skipped[i] === null);

@@ -6,9 +6,11 @@
  * holds a thread of Deno's blocking pool until the resolver gives up. Then:
  * a name that spells an IP address, and whether ferry's log still gets
  * its lines (stderr writes take a thread of that pool too). Last, how soon
- * a forwarder whose pool of 40 dials such a name logs `listening`.
+ * a forwarder whose pool of 40 dials such a name logs `listening`; and what
+ * a BIND whose peer is such a name gets at a 1 s connect timeout.
  *
- * Prints one JSON object: `{ literal: { reply, ms }, lineMs, poolListeningMs }`,
+ * Prints one JSON object: `{ literal: { reply, ms }, bind, lineMs,
+ * poolListeningMs, bindLookupTimeout: { reply, ms, outcome } }`,
  * or what failed.
  *
  * Run: deno run -A tests/_helpers/dark_dns_probe.ts
@@ -79,7 +81,25 @@ try {
     { startTimeoutMs: 15_000 },
   );
   const poolListeningMs = Math.round(performance.now() - starting);
-  result = { literal, bind, lineMs, poolListeningMs };
+
+  // A BIND's peer by a name that never resolves: 0x04 at the connect timeout.
+  await using quick = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--connect-timeout",
+    "1s",
+  ]);
+  const lateStarted = performance.now();
+  using late = await BufferedConn.connect(quick.hostname, quick.port);
+  const lateReply = await socks5Handshake(late, domain("late.dark.test", 0), {
+    command: socks5.Command.Bind,
+  });
+  const lateMs = Math.round(performance.now() - lateStarted);
+  late.close();
+  const lateLine = await sessionOf(quick, late.localAddr, 5_000);
+  const bindLookupTimeout = { reply: lateReply.reply, ms: lateMs, outcome: lateLine.outcome };
+  result = { literal, bind, lineMs, poolListeningMs, bindLookupTimeout };
 } catch (error) {
   result = { error: String(error) };
 }
