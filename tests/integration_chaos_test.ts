@@ -193,6 +193,8 @@ function handshakeParts(s: Scenario, world: World): Uint8Array[] {
  */
 interface Expected {
   readonly messages: readonly Message[];
+  /** How many of `messages` come before the request's reply: method selection, auth status. */
+  readonly beforeReply: number;
   readonly echoed: boolean;
   readonly outcome: string;
   /**
@@ -220,8 +222,10 @@ const socks5Reply = (value: number): Message => ({
 
 function expected(s: Scenario, world: World, cutBy = "idle-timeout"): Expected | null {
   if (s.flip !== null) return null;
+  let beforeReply = 0;
   const answer = (messages: Message[], outcome: string, echoed = false): Expected => ({
     messages,
+    beforeReply,
     echoed,
     // A relay that lasts until ferry's idle timeout (or shutdown) cuts it.
     outcome: s.ending === "idle" && outcome === "ok" ? cutBy : outcome,
@@ -230,7 +234,7 @@ function expected(s: Scenario, world: World, cutBy = "idle-timeout"): Expected |
   if (s.kind === "unknown") {
     const sent = s.cutAt === null ? s.noise.length : Math.floor(s.cutAt * s.noise.length);
     const outcome = sent > 0 ? "unknown-protocol" : "handshake-timeout";
-    return { messages: [], echoed: false, outcome, gentle: false };
+    return { messages: [], beforeReply, echoed: false, outcome, gentle: false };
   }
   const reaches = s.target === "echo";
   if (s.kind === "socks4" || s.kind === "socks4a") {
@@ -265,6 +269,7 @@ function expected(s: Scenario, world: World, cutBy = "idle-timeout"): Expected |
     if (!s.rightPassword) return answer(messages, "auth-failed");
   }
   if (s.cutAt !== null) return answer(messages, "handshake-timeout");
+  beforeReply = messages.length;
   const { Succeeded, ConnectionRefused, HostUnreachable, CommandNotSupported } = socks5.Reply;
   switch (s.command) {
     case "unsupported":
@@ -403,8 +408,14 @@ async function runClient(
 }
 
 /** Checks what a well-formed client got against what the protocol says. */
-function checkAnswer(s: Scenario, want: Expected, seen: Seen, payload: Uint8Array): void {
-  const what = JSON.stringify({ ...s, noise: [...s.noise] });
+function checkAnswer(
+  s: Scenario,
+  want: Expected,
+  seen: Seen,
+  payload: Uint8Array,
+  line: LogLine,
+): void {
+  const what = JSON.stringify({ ...s, noise: [...s.noise], line });
   let rest = seen.response;
   for (const message of want.messages) {
     const decoded = message.decode(rest);
@@ -505,6 +516,7 @@ const TIMEOUTS = ["--handshake-timeout", "1s", "--connect-timeout", "2s", "--bin
 async function crowdWorld(
   usersRequired: boolean,
   extraArgs: string[],
+  wrapper: string[] = [],
 ): Promise<World & AsyncDisposable> {
   const echo = startEchoServer();
   const echo6 = startEchoServer("::1");
@@ -530,7 +542,7 @@ async function crowdWorld(
     "info",
     ...(usersRequired ? ["--user", `${USER.name}:${USER.password}`] : []),
     ...extraArgs,
-  ], { allowNet }).catch(async (error) => {
+  ], { allowNet, wrapper }).catch(async (error) => {
     await echo.close();
     await echo6.close();
     throw error;
@@ -565,7 +577,7 @@ function checkClient(
   if (want === null) return;
   // A client that closed or reset early may be gone before ferry read it all.
   if (s.cutAt === null && (s.ending === "close" || s.ending === "reset")) return;
-  checkAnswer(s, want, seen, payload);
+  checkAnswer(s, want, seen, payload, line);
   assert.equal(line.outcome, want.outcome, JSON.stringify({ s, line }));
   if (want.echoed) {
     assert.equal(line.up, s.payload);
@@ -573,48 +585,89 @@ function checkClient(
   }
 }
 
-async function crowdAgainst(usersRequired: boolean): Promise<void> {
-  await using world = await crowdWorld(usersRequired, ["--idle-timeout", "3s"]);
+/** Outcomes of ferry's own failure to get a descriptor: the client gets 0x01 (SOCKS4: 91). */
+const SHORT_OF_DESCRIPTORS = new Set(["general-failure", "udp-bind-failed", "bind-failed"]);
+
+/**
+ * {@linkcode checkClient} for a ferry short of descriptors: where a request
+ * needed one (to dial, look a name up, listen, bind UDP), the client may get
+ * ferry's own failure instead (0x01, SOCKS4 91); never a truncated answer.
+ */
+function checkClientShortOfDescriptors(
+  s: Scenario,
+  world: World,
+  seen: Seen,
+  line: LogLine,
+  payload: Uint8Array,
+): void {
+  if (!/Too many open files|out of descriptors/.test(String(line.error ?? ""))) {
+    return checkClient(s, world, seen, line, payload);
+  }
+  assert.ok(SHORT_OF_DESCRIPTORS.has(String(line.outcome)), JSON.stringify(line));
+  const want = expected(s, world);
+  if (want === null || (s.cutAt === null && (s.ending === "close" || s.ending === "reset"))) return;
+  const failure = s.kind === "socks4" || s.kind === "socks4a"
+    ? socks4Reply(socks4.Reply.Rejected)
+    : socks5Reply(socks5.Reply.GeneralFailure);
+  const messages = [...want.messages.slice(0, want.beforeReply), failure];
+  checkAnswer(s, { ...want, messages, echoed: false }, seen, payload, line);
+}
+
+/**
+ * Runs crowds against `world` as a property: every client has one line and
+ * passes `check`, the bystander's 1 MiB comes back whole (during the crowd,
+ * or after it when the crowd may starve it), and once a crowd has gone
+ * ferry holds no more descriptors than at the start and no socket but its
+ * listener.
+ */
+async function crowds(
+  world: World,
+  options: { minClients: number; check: typeof checkClient; bystander: "during" | "after" },
+): Promise<void> {
   const { ferry } = world;
   const baselineDescriptors = await openDescriptors(ferry.pid);
   await fc.assert(
-    fc.asyncProperty(fc.array(scenario, { minLength: 1, maxLength: 24 }), async (crowd) => {
-      const from = ferry.lines.length;
-      const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
-      const [seen, bystanderAddr] = await Promise.all([
-        Promise.all(
-          crowd.map((s, i) => runClient(ferry, s, sentHandshake(s, world), payloads[i]!)),
-        ),
-        bystander(world),
-      ]);
-      const everyone = [...seen.map((x) => x.local), bystanderAddr];
-      await waitUntil(
-        () => everyone.every((addr) => linesOf(linesByClient(ferry, from), addr).length > 0),
-        "a session line for every client",
-      );
-      // Late duplicates would come within a few milliseconds.
-      await sleep(100);
-      const byClient = linesByClient(ferry, from);
-      for (const [i, s] of crowd.entries()) {
-        const lines = linesOf(byClient, seen[i]!.local);
-        assert.equal(lines.length, 1, `one line for ${JSON.stringify(lines)}`);
-        checkClient(s, world, seen[i]!, lines[0]!, payloads[i]!);
-      }
-      assert.equal(linesOf(byClient, bystanderAddr)[0]!.outcome, "ok");
-      assert.equal(
-        [...byClient.values()].reduce((n, lines) => n + lines.length, 0),
-        everyone.length,
-        "no line for a connection nobody made",
-      );
-      // The crowd has gone: nothing of it may stay open in ferry.
-      await waitUntil(
-        async () => (await openDescriptors(ferry.pid)) <= baselineDescriptors,
-        `ferry back to its ${baselineDescriptors} descriptors`,
-        5_000,
-      );
-      const sockets = await tcpSocketsOf(ferry.pid);
-      assert.deepEqual(sockets.filter((socket) => socket.state !== "LISTEN"), []);
-    }),
+    fc.asyncProperty(
+      fc.array(scenario, { minLength: options.minClients, maxLength: 24 }),
+      async (crowd) => {
+        const from = ferry.lines.length;
+        const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
+        const [seen, during] = await Promise.all([
+          Promise.all(
+            crowd.map((s, i) => runClient(ferry, s, sentHandshake(s, world), payloads[i]!)),
+          ),
+          options.bystander === "during" ? bystander(world) : null,
+        ]);
+        const bystanderAddr = during ?? await bystander(world);
+        const everyone = [...seen.map((x) => x.local), bystanderAddr];
+        await waitUntil(
+          () => everyone.every((addr) => linesOf(linesByClient(ferry, from), addr).length > 0),
+          "a session line for every client",
+        );
+        // Late duplicates would come within a few milliseconds.
+        await sleep(100);
+        const byClient = linesByClient(ferry, from);
+        for (const [i, s] of crowd.entries()) {
+          const lines = linesOf(byClient, seen[i]!.local);
+          assert.equal(lines.length, 1, `one line for ${JSON.stringify(lines)}`);
+          options.check(s, world, seen[i]!, lines[0]!, payloads[i]!);
+        }
+        assert.equal(linesOf(byClient, bystanderAddr)[0]!.outcome, "ok");
+        assert.equal(
+          [...byClient.values()].reduce((n, lines) => n + lines.length, 0),
+          everyone.length,
+          "no line for a connection nobody made",
+        );
+        // The crowd has gone: nothing of it may stay open in ferry.
+        await waitUntil(
+          async () => (await openDescriptors(ferry.pid)) <= baselineDescriptors,
+          `ferry back to its ${baselineDescriptors} descriptors`,
+          5_000,
+        );
+        const sockets = await tcpSocketsOf(ferry.pid);
+        assert.deepEqual(sockets.filter((socket) => socket.state !== "LISTEN"), []);
+      },
+    ),
     { numRuns: RUNS, endOnFailure: true },
   );
   const exited = await Promise.race([ferry.status.then(() => true), sleep(0).then(() => false)]);
@@ -622,11 +675,28 @@ async function crowdAgainst(usersRequired: boolean): Promise<void> {
 }
 
 Deno.test("a crowd of misbehaving clients: ferry answers each as it should and leaks nothing", async () => {
-  await crowdAgainst(false);
+  await using world = await crowdWorld(false, ["--idle-timeout", "3s"]);
+  await crowds(world, { minClients: 1, check: checkClient, bystander: "during" });
 });
 
 Deno.test("a crowd of misbehaving clients against a ferry that requires a user", async () => {
-  await crowdAgainst(true);
+  await using world = await crowdWorld(true, ["--idle-timeout", "3s"]);
+  await crowds(world, { minClients: 1, check: checkClient, bystander: "during" });
+});
+
+Deno.test("a crowd against a ferry short of descriptors: each client gets its answer or 0x01, and ferry recovers", async () => {
+  // About 25 descriptors are ferry's own: room for a few sessions at a time.
+  await using world = await crowdWorld(false, ["--idle-timeout", "3s"], ["prlimit", "--nofile=32"]);
+  await world.ferry.waitFor((line) => line.event === "nofile-low"); // the prlimit child is done
+  await crowds(world, {
+    minClients: 12,
+    check: checkClientShortOfDescriptors,
+    bystander: "after",
+  });
+  assert.ok(
+    world.ferry.lines.some((line) => line.event === "accept-error" && line.code === "EMFILE"),
+    "the crowds ran ferry out of descriptors",
+  );
 });
 
 /** A forwarder's client: no handshake, just its payload and an ending. */
