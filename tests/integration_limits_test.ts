@@ -94,58 +94,44 @@ Deno.test("ferry under prlimit --nofile keeps accepting after EMFILE once descri
   await echo.close();
 });
 
-Deno.test("a name that cannot be looked up for want of descriptors gets 0x01 and says so, not 'no such name'", async () => {
-  // Out of descriptors, the system resolver cannot open /etc/hosts or a
-  // socket, and says the name does not exist (ENOTFOUND): the client got
-  // 0x04 and the log pointed at DNS instead of the open-files limit. The
-  // dial waits for a descriptor until the connect timeout, which is then
-  // not blamed either.
-  await using ferry = await startFerry(
-    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s", "--connect-timeout", "1s"],
-    { wrapper: ["prlimit", "--nofile=48"] },
-  );
-  await ferry.waitFor((l) => l.event === "nofile-low");
-  using asking = await greetedClient(ferry);
-  {
-    using _hog = await DescriptorHog.fill(ferry);
-    await asking.write(socks5.encodeRequest({
-      command: socks5.Command.Connect,
-      address: { type: "domain", host: "localhost", port: 9 },
-    }));
-    const reply = await asking.readMessage(socks5.decodeReply, "reply");
-    assert.equal(reply.reply, socks5.Reply.GeneralFailure);
-  }
-  const session = await sessionOf(ferry, asking.localAddr);
-  assert.equal(session.outcome, "general-failure");
-  assert.match(String(session.error), /cannot resolve "localhost": .*Too many open files/);
-});
-
-Deno.test("a BIND whose peer's name cannot be looked up for want of descriptors gets 0x01 and says so", async () => {
-  // As a CONNECT's target: the peer's name looked up with ferry's own
-  // descriptors spent was blamed on the name (0x04, name-not-resolved).
-  await using ferry = await startFerry(
-    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s", "--connect-timeout", "1s"],
-    { wrapper: ["prlimit", "--nofile=48"] },
-  );
-  await ferry.waitFor((l) => l.event === "nofile-low");
-  using asking = await greetedClient(ferry);
-  {
-    using _hog = await DescriptorHog.fill(ferry);
-    await asking.write(socks5.encodeRequest({
-      command: socks5.Command.Bind,
-      address: { type: "domain", host: "localhost", port: 0 },
-    }));
-    const reply = await asking.readMessage(socks5.decodeReply, "reply");
-    assert.equal(reply.reply, socks5.Reply.GeneralFailure);
-  }
-  const session = await sessionOf(ferry, asking.localAddr);
-  assert.equal(session.outcome, "general-failure");
-  assert.equal(session.command, "bind");
-  assert.match(
-    String(session.error),
-    /^cannot resolve "localhost": Too many open files \(ferry is out of descriptors\)$/,
-  );
-});
+for (
+  const [command, code, port] of [["connect", socks5.Command.Connect, 9], [
+    "bind",
+    socks5.Command.Bind,
+    0,
+  ]] as const
+) {
+  Deno.test(`a ${command.toUpperCase()} whose name cannot be looked up for want of descriptors gets 0x01 and says so, not 'no such name'`, async () => {
+    // Out of descriptors, the system resolver cannot open /etc/hosts or a
+    // socket, and says the name does not exist (ENOTFOUND): the client got
+    // 0x04 and the log pointed at DNS instead of the open-files limit (a
+    // BIND's peer was still blamed so after CONNECT's target no longer was).
+    // The dial waits for a descriptor until the connect timeout, which is
+    // then not blamed either.
+    await using ferry = await startFerry(
+      ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s", "--connect-timeout", "1s"],
+      { wrapper: ["prlimit", "--nofile=48"] },
+    );
+    await ferry.waitFor((l) => l.event === "nofile-low");
+    using asking = await greetedClient(ferry);
+    {
+      using _hog = await DescriptorHog.fill(ferry);
+      await asking.write(socks5.encodeRequest({
+        command: code,
+        address: { type: "domain", host: "localhost", port },
+      }));
+      const reply = await asking.readMessage(socks5.decodeReply, "reply");
+      assert.equal(reply.reply, socks5.Reply.GeneralFailure);
+    }
+    const session = await sessionOf(ferry, asking.localAddr);
+    assert.equal(session.outcome, "general-failure");
+    assert.equal(session.command, command);
+    assert.match(
+      String(session.error),
+      /^cannot resolve "localhost": Too many open files \(ferry is out of descriptors\)$/,
+    );
+  });
+}
 
 Deno.test("a CONNECT out of descriptors waits for one and is served once one frees up", async () => {
   // It failed at once with 0x01; each failure freed the client's descriptor
