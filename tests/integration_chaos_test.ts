@@ -106,9 +106,23 @@ const scenario: fc.Arbitrary<Scenario> = fc.record({
   pauseMs: fc.integer({ min: 0, max: 20 }),
 });
 
-/** The crowd's world: ferry, its targets, and whether ferry requires a user. */
+/** A forwarder's client: no handshake, just its payload and an ending. */
+const forwardClient: fc.Arbitrary<Moves & { payload: number }> = fc.record({
+  payload: fc.oneof(fc.integer({ min: 1, max: 100 }), fc.integer({ min: 1000, max: 300_000 })),
+  splits: fc.constant([]),
+  cutAt: fc.constant(null),
+  ending: fc.constantFrom("half-close", "half-close", "idle", "close", "reset"),
+  pauseMs: fc.integer({ min: 0, max: 20 }),
+});
+
+/** The crowd's world: ferry, its listeners and targets, and whether ferry requires a user. */
 interface World {
   readonly ferry: FerryProcess;
+  readonly socks: { readonly hostname: string; readonly port: number };
+  /** A forward listener to the IPv4 echo server, with a pool of `pool`, if the world has one. */
+  readonly forward:
+    | { readonly hostname: string; readonly port: number; readonly pool: number }
+    | null;
   /** Echo servers' ports on 127.0.0.1 and on ::1. */
   readonly echoPort: { readonly ipv4: number; readonly ipv6: number };
   /** A port nothing listens on, on either address. */
@@ -444,7 +458,7 @@ function checkAnswer(
 
 /** A bystander: 1 MiB up and back through ferry, checked byte for byte. */
 async function bystander(world: World): Promise<Deno.NetAddr> {
-  const conn = await Deno.connect({ hostname: world.ferry.hostname, port: world.ferry.port });
+  const conn = await Deno.connect(world.socks);
   try {
     const upload = pseudoRandomBytes(1 << 20, 0xfe44);
     const credentials = world.usersRequired
@@ -516,22 +530,62 @@ function linesOf(byClient: Map<string, LogLine[]>, addr: Deno.NetAddr): LogLine[
   return addressForms(addr).flatMap((form) => byClient.get(form) ?? []);
 }
 
-/** A world's timeouts: a crowd's sessions end by these unless shutdown cuts them first. */
-const TIMEOUTS = ["--handshake-timeout", "1s", "--connect-timeout", "2s", "--bind-timeout", "1s"];
+/** How a crowd's ferry is set up. */
+interface WorldSettings {
+  readonly usersRequired: boolean;
+  readonly idleTimeout: string;
+  readonly shutdownGrace?: string;
+  /** Runs ferry under this, such as `["prlimit", "--nofile=32"]`. */
+  readonly wrapper?: string[];
+  /**
+   * A forward listener beside the SOCKS one, with a pool of this many to the
+   * IPv4 echo server: both declared in one `ferry run --config` file.
+   */
+  readonly forwardPool?: number;
+}
+
+/**
+ * The SOCKS listener's settings, as `ferry run` names them; a crowd's
+ * sessions end by these timeouts unless shutdown cuts them first.
+ */
+function socksSettings(settings: WorldSettings): Record<string, unknown> {
+  return {
+    handshakeTimeout: "1s",
+    connectTimeout: "2s",
+    bindTimeout: "1s",
+    maxUdpPerIp: 64,
+    idleTimeout: settings.idleTimeout,
+    ...(settings.shutdownGrace ? { shutdownGrace: settings.shutdownGrace } : {}),
+    ...(settings.usersRequired ? { users: [USER] } : {}),
+  };
+}
+
+/** The same as `ferry socks` flags: `handshakeTimeout` → `--handshake-timeout`, users → `--user`. */
+function asFlags(settings: Record<string, unknown>): string[] {
+  return Object.entries(settings).flatMap(([key, value]) =>
+    key === "users"
+      ? (value as (typeof USER)[]).flatMap((u) => ["--user", `${u.name}:${u.password}`])
+      : [`--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, String(value)]
+  );
+}
+
+/** A free port on 127.0.0.1, for a listener to take (ferry's --allow-net must name it). */
+function freePort(): number {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = probe.addr;
+  probe.close();
+  return port;
+}
 
 /** Starts ferry and its targets for a crowd; disposing stops them all. */
-async function crowdWorld(
-  usersRequired: boolean,
-  extraArgs: string[],
-  wrapper: string[] = [],
-): Promise<World & AsyncDisposable> {
+async function crowdWorld(settings: WorldSettings): Promise<World & AsyncDisposable> {
   const echo = startEchoServer();
   const echo6 = startEchoServer("::1");
   const refusedPort = closedPort();
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const listenPort = probe.addr.port;
-  probe.close();
-  const ports = [listenPort, echo.addr.port, echo6.addr.port, refusedPort];
+  const socksPort = freePort();
+  const forwardPort = settings.forwardPool === undefined ? null : freePort();
+  const ports = [socksPort, echo.addr.port, echo6.addr.port, refusedPort];
+  if (forwardPort !== null) ports.push(forwardPort);
   const allowNet = [
     ...ports.map((port) => `127.0.0.1:${port}`),
     ...ports.map((port) => `[::1]:${port}`),
@@ -540,31 +594,58 @@ async function crowdWorld(
     "[::1]:0",
     "localhost",
   ].join(",");
-  const ferry = await startFerry([
-    "socks",
-    "--listen",
-    `127.0.0.1:${listenPort}`,
-    ...TIMEOUTS,
-    "--max-udp-per-ip",
-    "64",
-    "--log-level",
-    "info",
-    ...(usersRequired ? ["--user", `${USER.name}:${USER.password}`] : []),
-    ...extraArgs,
-  ], { allowNet, wrapper }).catch(async (error) => {
+  const socks = { listen: `127.0.0.1:${socksPort}`, ...socksSettings(settings) };
+  let configFile: string | null = null;
+  let args: string[];
+  if (forwardPort === null) {
+    args = ["socks", ...asFlags(socks), "--log-level", "info"];
+  } else {
+    configFile = await Deno.makeTempFile({ suffix: ".json" });
+    await Deno.writeTextFile(
+      configFile,
+      JSON.stringify({
+        log: { level: "info", format: "json" },
+        listeners: [{ kind: "socks", ...socks }, {
+          kind: "forward",
+          listen: `127.0.0.1:${forwardPort}`,
+          to: [`127.0.0.1:${echo.addr.port}`],
+          pool: settings.forwardPool,
+          idleTimeout: settings.idleTimeout,
+        }],
+      }),
+    );
+    args = ["run", "--config", configFile, "--log-level", "info"];
+  }
+  const cleanUp = async () => {
     await echo.close();
     await echo6.close();
+    if (configFile !== null) await Deno.remove(configFile);
+  };
+  let ferry: FerryProcess;
+  try {
+    ferry = await startFerry(args, { allowNet, wrapper: settings.wrapper ?? [] });
+    // startFerry waited for the first listener's line; a forwarder's comes after.
+    if (forwardPort !== null) {
+      await ferry.waitFor((line) =>
+        line.event === "listening" && line.listen === `127.0.0.1:${forwardPort}`
+      );
+    }
+  } catch (error) {
+    await cleanUp();
     throw error;
-  });
+  }
   return {
     ferry,
+    socks: { hostname: "127.0.0.1", port: socksPort },
+    forward: forwardPort === null
+      ? null
+      : { hostname: "127.0.0.1", port: forwardPort, pool: settings.forwardPool! },
     echoPort: { ipv4: echo.addr.port, ipv6: echo6.addr.port },
     refusedPort,
-    usersRequired,
+    usersRequired: settings.usersRequired,
     async [Symbol.asyncDispose]() {
       await ferry.stop();
-      await echo.close();
-      await echo6.close();
+      await cleanUp();
     },
   };
 }
@@ -641,17 +722,27 @@ async function crowds(
   world: World,
   options: { minClients: number; check: typeof checkClient; bystander: "during" | "after" },
 ): Promise<void> {
-  const { ferry } = world;
+  const { ferry, forward } = world;
+  const shortOfDescriptors = options.check === checkClientShortOfDescriptors;
+  const upstream = `127.0.0.1:${world.echoPort.ipv4}`;
+  const settled = () => holdsOnlyItsPool(ferry.pid, forward?.pool ?? 0, upstream);
+  await waitUntil(settled, "ferry to hold its listeners and pool, no more");
   const baselineDescriptors = await openDescriptors(ferry.pid);
   await fc.assert(
     fc.asyncProperty(
       fc.array(scenario, { minLength: options.minClients, maxLength: 24 }),
-      async (crowd) => {
+      // With a forward listener, its own crowd at the same time.
+      forward ? fc.array(forwardClient, { maxLength: 12 }) : fc.constant([]),
+      async (crowd, forwarded) => {
         const from = ferry.lines.length;
         const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
-        const [seen, during] = await Promise.all([
+        const forwardPayloads = forwarded.map((c, i) => pseudoRandomBytes(c.payload, i + 7));
+        const [seen, seenForwarded, during] = await Promise.all([
           Promise.all(
-            crowd.map((s, i) => runClient(ferry, s, sentHandshake(s, world), payloads[i]!)),
+            crowd.map((s, i) => runClient(world.socks, s, sentHandshake(s, world), payloads[i]!)),
+          ),
+          Promise.all(
+            forwarded.map((c, i) => runClient(forward!, c, new Uint8Array(0), forwardPayloads[i]!)),
           ),
           options.bystander === "during" ? bystander(world) : null,
         ]);
@@ -666,22 +757,37 @@ async function crowds(
             `ferry back to its ${baselineDescriptors} descriptors`,
             5_000,
           );
+        const clients = [...seen, ...seenForwarded].map((x) => x.local);
         let bystanderAddr = during;
         if (bystanderAddr === null) {
           // Once the crowd's sessions have ended and given their descriptors back.
-          await loggedAll(seen.map((x) => x.local));
+          await loggedAll(clients);
           await backToBaseline();
           bystanderAddr = await bystander(world);
         }
-        const everyone = [...seen.map((x) => x.local), bystanderAddr];
+        const everyone = [...clients, bystanderAddr];
         await loggedAll(everyone);
         // Late duplicates would come within a few milliseconds.
         await sleep(100);
         const byClient = linesByClient(ferry, from);
-        for (const [i, s] of crowd.entries()) {
-          const lines = linesOf(byClient, seen[i]!.local);
+        const lineOf = (local: Deno.NetAddr) => {
+          const lines = linesOf(byClient, local);
           assert.equal(lines.length, 1, `one line for ${JSON.stringify(lines)}`);
-          options.check(s, world, seen[i]!, lines[0]!, payloads[i]!);
+          return lines[0]!;
+        };
+        for (const [i, s] of crowd.entries()) {
+          options.check(s, world, seen[i]!, lineOf(seen[i]!.local), payloads[i]!);
+        }
+        for (const [i, c] of forwarded.entries()) {
+          const line = lineOf(seenForwarded[i]!.local);
+          checkForwardClient(
+            c,
+            seenForwarded[i]!,
+            line,
+            forwardPayloads[i]!,
+            upstream,
+            shortOfDescriptors,
+          );
         }
         assert.equal(linesOf(byClient, bystanderAddr)[0]!.outcome, "ok");
         assert.equal(
@@ -691,8 +797,7 @@ async function crowds(
         );
         // The crowd has gone: nothing of it may stay open in ferry.
         await backToBaseline();
-        const sockets = await tcpSocketsOf(ferry.pid);
-        assert.deepEqual(sockets.filter((socket) => socket.state !== "LISTEN"), []);
+        await waitUntil(settled, "ferry to hold its listeners and pool again, no more");
       },
     ),
     { numRuns: RUNS, endOnFailure: true },
@@ -702,18 +807,22 @@ async function crowds(
 }
 
 Deno.test("a crowd of misbehaving clients: ferry answers each as it should and leaks nothing", async () => {
-  await using world = await crowdWorld(false, ["--idle-timeout", "3s"]);
+  await using world = await crowdWorld({ usersRequired: false, idleTimeout: "3s" });
   await crowds(world, { minClients: 1, check: checkClient, bystander: "during" });
 });
 
 Deno.test("a crowd of misbehaving clients against a ferry that requires a user", async () => {
-  await using world = await crowdWorld(true, ["--idle-timeout", "3s"]);
+  await using world = await crowdWorld({ usersRequired: true, idleTimeout: "3s" });
   await crowds(world, { minClients: 1, check: checkClient, bystander: "during" });
 });
 
 Deno.test("a crowd against a ferry short of descriptors: each client gets its answer or 0x01, and ferry recovers", async () => {
   // About 25 descriptors are ferry's own: room for a few sessions at a time.
-  await using world = await crowdWorld(false, ["--idle-timeout", "3s"], ["prlimit", "--nofile=32"]);
+  await using world = await crowdWorld({
+    usersRequired: false,
+    idleTimeout: "3s",
+    wrapper: ["prlimit", "--nofile=32"],
+  });
   await world.ferry.waitFor((line) => line.event === "nofile-low"); // the prlimit child is done
   await crowds(world, {
     minClients: 12,
@@ -726,21 +835,72 @@ Deno.test("a crowd against a ferry short of descriptors: each client gets its an
   );
 });
 
-/** A forwarder's client: no handshake, just its payload and an ending. */
-const forwardClient: fc.Arbitrary<Moves & { payload: number }> = fc.record({
-  payload: fc.oneof(fc.integer({ min: 1, max: 100 }), fc.integer({ min: 1000, max: 300_000 })),
-  splits: fc.constant([]),
-  cutAt: fc.constant(null),
-  ending: fc.constantFrom("half-close", "half-close", "idle", "close", "reset"),
-  pauseMs: fc.integer({ min: 0, max: 20 }),
+/**
+ * Checks a forwarder's client that half-closed or idled: its bytes back
+ * whole, then a FIN, and its line. Where `shortOfDescriptors` allows, a
+ * client ferry had no descriptor to dial for instead: nothing back, and a
+ * line that says why.
+ */
+function checkForwardClient(
+  c: Moves & { payload: number },
+  seen: Seen,
+  line: LogLine,
+  payload: Uint8Array,
+  upstream: string,
+  shortOfDescriptors = false,
+): void {
+  if (c.ending === "close" || c.ending === "reset") return;
+  const what = JSON.stringify({ client: c, line });
+  if (shortOfDescriptors && /out of descriptors/.test(String(line.error ?? ""))) {
+    assert.equal(line.outcome, "general-failure", what);
+    assert.equal(seen.response.length, 0, what);
+    return;
+  }
+  assert.equal(seen.response.length, c.payload, `the whole echo for ${what}`);
+  assert.deepEqual(seen.response, payload, what);
+  assert.equal(seen.ending, "eof", what);
+  assert.equal(seen.writeError, null, what);
+  assert.equal(line.outcome, c.ending === "idle" ? "idle-timeout" : "ok", what);
+  assert.equal(line.target, upstream, what);
+  assert.equal(line.up, c.payload, what);
+  assert.equal(line.down, c.payload, what);
+}
+
+/**
+ * Whether ferry (`pid`) holds no TCP socket but its listeners and `pool`
+ * established connections to `upstream`: a crowd has left nothing behind.
+ */
+async function holdsOnlyItsPool(pid: number, pool: number, upstream: string): Promise<boolean> {
+  const sockets = (await tcpSocketsOf(pid)).filter((socket) => socket.state !== "LISTEN");
+  return sockets.length === pool &&
+    sockets.every((socket) => socket.state === "ESTAB" && socket.peer === upstream);
+}
+
+Deno.test("one ferry run with a SOCKS and a forward listener, short of descriptors: both crowds answered, the pool refilled", async () => {
+  // The listeners share the process's descriptors: at EMFILE the pool gives
+  // one up for a SOCKS client's dial, and refills once the crowd has gone.
+  await using world = await crowdWorld({
+    usersRequired: false,
+    idleTimeout: "3s",
+    forwardPool: 4,
+    wrapper: ["prlimit", "--nofile=40"],
+  });
+  await world.ferry.waitFor((line) => line.event === "nofile-low"); // the prlimit child is done
+  await crowds(world, {
+    minClients: 12,
+    check: checkClientShortOfDescriptors,
+    bystander: "after",
+  });
+  assert.ok(
+    world.ferry.lines.some((line) => line.event === "accept-error" && line.code === "EMFILE"),
+    "the crowds ran ferry out of descriptors",
+  );
 });
 
 Deno.test("a crowd through the forwarder: every echo whole, one line each, the pool refilled, nothing leaked", async () => {
   const echo = startEchoServer();
   const refusedPort = closedPort(); // an upstream that is down: skipped, never a client's failure
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const listenPort = probe.addr.port;
-  probe.close();
+  const listenPort = freePort();
   const ports = [listenPort, echo.addr.port, refusedPort];
   const ferry = await startFerry([
     "forward",
@@ -758,15 +918,8 @@ Deno.test("a crowd through the forwarder: every echo whole, one line each, the p
     "info",
   ], { allowNet: ports.map((port) => `127.0.0.1:${port}`).join(",") });
   try {
-    const pooled = async () =>
-      (await tcpSocketsOf(ferry.pid)).filter((socket) => socket.state !== "LISTEN");
-    const poolFull = async () => {
-      const sockets = await pooled();
-      return sockets.length === 4 &&
-        sockets.every((socket) =>
-          socket.state === "ESTAB" && socket.peer === `127.0.0.1:${echo.addr.port}`
-        );
-    };
+    const upstream = `127.0.0.1:${echo.addr.port}`;
+    const poolFull = () => holdsOnlyItsPool(ferry.pid, 4, upstream);
     await waitUntil(poolFull, "a full pool of 4 to the echo upstream");
     const baselineDescriptors = await openDescriptors(ferry.pid);
     await fc.assert(
@@ -785,16 +938,7 @@ Deno.test("a crowd through the forwarder: every echo whole, one line each, the p
         for (const [i, c] of crowd.entries()) {
           const lines = linesOf(byClient, seen[i]!.local);
           assert.equal(lines.length, 1, `one line for ${JSON.stringify(lines)}`);
-          if (c.ending === "close" || c.ending === "reset") continue;
-          const what = JSON.stringify({ client: c, line: lines[0] });
-          assert.equal(seen[i]!.response.length, c.payload, `the whole echo for ${what}`);
-          assert.deepEqual(seen[i]!.response, payloads[i], what);
-          assert.equal(seen[i]!.ending, "eof", what);
-          assert.equal(seen[i]!.writeError, null, what);
-          assert.equal(lines[0]!.outcome, c.ending === "idle" ? "idle-timeout" : "ok", what);
-          assert.equal(lines[0]!.target, `127.0.0.1:${echo.addr.port}`, what);
-          assert.equal(lines[0]!.up, c.payload, what);
-          assert.equal(lines[0]!.down, c.payload, what);
+          checkForwardClient(c, seen[i]!, lines[0]!, payloads[i]!, upstream);
         }
         assert.equal(
           [...byClient.values()].reduce((n, lines) => n + lines.length, 0),
@@ -831,18 +975,17 @@ Deno.test("SIGTERM in the middle of a crowd: every session ends on its own terms
       async (arrivals, signalAfterMs, usersRequired) => {
         const crowd = arrivals.map(([s]) => s);
         // Idle clients outlast the grace: shutdown, not the idle timeout, ends them.
-        await using world = await crowdWorld(usersRequired, [
-          "--idle-timeout",
-          "10s",
-          "--shutdown-grace",
-          `${graceMs}ms`,
-        ]);
+        await using world = await crowdWorld({
+          usersRequired,
+          idleTimeout: "10s",
+          shutdownGrace: `${graceMs}ms`,
+        });
         const { ferry } = world;
         const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
         const clients = Promise.all(crowd.map(async (s, i) => {
           await sleep(arrivals[i]![1]);
           try {
-            return await runClient(ferry, s, sentHandshake(s, world), payloads[i]!);
+            return await runClient(world.socks, s, sentHandshake(s, world), payloads[i]!);
           } catch (error) {
             // Too late: ferry no longer listens.
             if (error instanceof Deno.errors.ConnectionRefused) return null;
