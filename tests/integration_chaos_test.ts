@@ -27,6 +27,7 @@ import {
   sha256,
   socks4,
   socks5,
+  socks5Connect,
 } from "./_helpers/socks_client.ts";
 import type { Address } from "../src/protocol/address.ts";
 import type { Decoded } from "../src/protocol/decoded.ts";
@@ -981,6 +982,16 @@ Deno.test("SIGTERM in the middle of a crowd: every session ends on its own terms
           shutdownGrace: `${graceMs}ms`,
         });
         const { ferry } = world;
+        // One relay sure to be going at the signal, and idle until the grace ends.
+        const { client: lingerer } = await socks5Connect(
+          world.socks,
+          { type: "ipv4", host: "127.0.0.1", port: world.echoPort.ipv4 },
+          usersRequired ? { username: USER.name, password: USER.password } : {},
+        );
+        using _lingerer = lingerer;
+        const lingered = pseudoRandomBytes(5000, 0x11);
+        await lingerer.write(lingered);
+        assert.deepEqual(await lingerer.readExactly(lingered.length), lingered);
         const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
         const clients = Promise.all(crowd.map(async (s, i) => {
           await sleep(arrivals[i]![1]);
@@ -994,8 +1005,18 @@ Deno.test("SIGTERM in the middle of a crowd: every session ends on its own terms
         }));
         await sleep(signalAfterMs);
         ferry.kill("SIGTERM");
+        const signalled = performance.now();
         const status = await deadline(ferry.status, graceMs + 5000, "ferry to exit");
         assert.equal(status.code, 0);
+        // The grace was given in full, and no longer: the lingerer ended at its end.
+        const stoppedMs = performance.now() - signalled;
+        assert.ok(stoppedMs >= graceMs - 100, `exited ${stoppedMs} ms after the signal`);
+        assert.deepEqual(await lingerer.waitForEnd(), { ending: "eof", discarded: 0 });
+        const lingererLine = linesOf(linesByClient(ferry, 0), lingerer.localAddr);
+        assert.equal(lingererLine.length, 1);
+        assert.equal(lingererLine[0]!.outcome, "shutdown");
+        assert.equal(lingererLine[0]!.up, lingered.length);
+        assert.equal(lingererLine[0]!.down, lingered.length);
         const seen = await clients;
         const sessions = ferry.lines.filter((line) => line.event === "session");
         const stopped = ferry.lines.findIndex((line) => line.event === "stopped");
@@ -1012,7 +1033,7 @@ Deno.test("SIGTERM in the middle of a crowd: every session ends on its own terms
           mine++;
           checkClient(s, world, seen[i]!, lines[0]!, payloads[i]!, "shutdown");
         }
-        assert.equal(sessions.length, mine, "no line for a connection nobody made");
+        assert.equal(sessions.length, mine + 1, "no line for a connection nobody made");
         // The totals at exit are those of the lines.
         const totals = ferry.lines[stopped]!;
         assert.equal(totals.accepted, sessions.length);
