@@ -39,11 +39,12 @@ import { closedPort, deadline, pseudoRandomBytes, socks5Connect } from "./_helpe
 const RUNS = Number(Deno.env.get("CHAOS_RUNS") ?? 6);
 
 /**
- * Runs crowds against `world` as a property: every client has one line and
- * passes `check`, the bystander's 1 MiB comes back whole (during the crowd,
- * or after it when the crowd may starve it), and once a crowd has gone
- * ferry holds no more descriptors than at the start and no socket but its
- * listener.
+ * Runs crowds against `world` as a property (and, where it has a forward
+ * listener, a crowd of that listener's clients at the same time): every
+ * client has one line and passes `check`, the bystander's 1 MiB comes back
+ * whole (during the crowd, or after it when the crowd may starve it), and
+ * once a crowd has gone ferry holds no more descriptors than at the start
+ * and no socket but its listeners and its pool.
  */
 async function crowds(
   world: World,
