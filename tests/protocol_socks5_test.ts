@@ -684,6 +684,11 @@ Deno.test("encodeReply(message, into) writes the same bytes into the caller's bu
     assert.equal(encoded.byteOffset, into.byteOffset);
     assert.equal(into[encoded.length], 0xaa, "wrote past the message");
   }
+  // Exactly the size of an IPv4 reply (10 bytes): still written into it.
+  const exact = new Uint8Array(10).fill(0xaa);
+  const ipv4Reply = encodeReply(messages[0], exact);
+  assert.equal(ipv4Reply.buffer, exact.buffer, "an exact fit is room enough");
+  assert.deepEqual(ipv4Reply, encodeReply(messages[0]));
   // Too small for an IPv6 reply (22 bytes): a new array, the buffer untouched.
   const small = new Uint8Array(12).fill(0xaa);
   const reply = {
