@@ -120,7 +120,10 @@ Deno.test("lookups: beyond the waiting cap a request fails at once with LookupsB
     lookup("d.test", "10.0.0.1"),
     (error) => error instanceof LookupsBusy && /2 for 10\.0\.0\.1/.test(error.message),
   );
-  while (pending.length < 3) {
+  // Each lookup that ends lets the next waiter in; bounded, so that one that
+  // never does fails the test instead of spinning here for good.
+  for (let ended = 0; pending.length < 3; ended++) {
+    assert.ok(ended < 3, `a waiting request never got its slot (${pending.length} started)`);
     pending.at(-1)!.lookup.resolve([]);
     await settle();
   }
