@@ -169,6 +169,35 @@ Deno.test({
   },
 });
 
+const ZONE_PROBE = new URL("./_helpers/zone_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name: "a link-local address set on two links has no one zone: ferry says so rather than pick one",
+  ignore: !netnsAvailable,
+  async fn() {
+    // A client's BIND or UDP socket bound to the wrong link would serve
+    // another host; with one address on two links, which is the client's
+    // cannot be told from the address.
+    const probed = await probeInNamespace(
+      // veth pairs: this kernel has no dummy links.
+      "ip link add d0 type veth peer name p0; ip link add d1 type veth peer name p1; " +
+        "for l in d0 p0 d1 p1; do ip link set $l up; done; " +
+        "ip addr add fe80::1/64 dev d0 nodad; ip addr add fe80::1/64 dev d1 nodad; " +
+        "ip addr add fe80::2/64 dev d1 nodad",
+      ZONE_PROBE,
+    ) as { twice: unknown; once: unknown; d1: number | null };
+    assert.notEqual(probed.d1, null, JSON.stringify(probed));
+    assert.deepEqual(probed, {
+      twice: {
+        problem:
+          "the link-local address fe80::1 is on 2 interfaces; which one the client is on cannot be told",
+      },
+      once: { zone: String(probed.d1) },
+      d1: probed.d1,
+    });
+  },
+});
+
 const BIND_ROUTE_PROBE = new URL("./_helpers/bind_route_probe.ts", import.meta.url).pathname;
 
 Deno.test({
