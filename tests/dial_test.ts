@@ -18,7 +18,9 @@ import {
   outOfDescriptorsToDial,
   REPLY_FOR_FAILURE,
   resetAsAccepted,
+  resolverWith,
 } from "../src/upstream/dial.ts";
+import type { Lookup } from "../src/upstream/lookups.ts";
 import { noteShortage } from "../src/nofile.ts";
 import { finThenResetServer, resettingServer } from "./_helpers/reset.ts";
 
@@ -280,6 +282,48 @@ Deno.test("messageWithCause(): a shortage of descriptors says it is ferry's, in 
   assert.equal(
     messageWithCause(withCode("Connection refused (os error 111)", "ECONNREFUSED")),
     "Connection refused (os error 111)",
+  );
+});
+
+Deno.test("resolverWith(): a lookup that fails soon after a descriptor shortage is tried once more, and only once", async () => {
+  // The shortage may have made this lookup fail too (the resolver could not
+  // open /etc/hosts), and freed up before anyone saw it: once more, then the
+  // name is to blame.
+  const notFound = (host: string) =>
+    Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" });
+  const flaky = (failures: number) => {
+    const calls: string[] = [];
+    const lookup: Lookup = (host) => {
+      calls.push(host);
+      return failures-- > 0
+        ? Promise.reject(notFound(host))
+        : Promise.resolve([{ address: "127.0.0.1", family: 4 }]);
+    };
+    return { calls, resolve: resolverWith(lookup) };
+  };
+  noteShortage(); // lately, but before the lookups start
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const signal = new AbortController().signal;
+  const once = flaky(1);
+  assert.deepEqual(await once.resolve("flaky.test", "127.0.0.1", signal), ["127.0.0.1"]);
+  assert.deepEqual(once.calls, ["flaky.test", "flaky.test"]);
+  const twice = flaky(2);
+  const blamed = await twice.resolve("gone.test", "127.0.0.1", signal).then(
+    () => null,
+    (error: unknown) => error,
+  );
+  assert.ok(blamed instanceof DialError, String(blamed));
+  assert.equal(blamed.failure, "name-not-resolved");
+  assert.deepEqual(twice.calls, ["gone.test", "gone.test"], "one retry, not more");
+});
+
+Deno.test("resolverWith(): a lookup that answers with no address is a name not resolved", async () => {
+  const resolve = resolverWith(() => Promise.resolve([]));
+  await assert.rejects(
+    resolve("empty.test", "127.0.0.1", new AbortController().signal),
+    (error) =>
+      error instanceof DialError && error.failure === "name-not-resolved" &&
+      error.message === 'no addresses for "empty.test"',
   );
 });
 

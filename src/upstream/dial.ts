@@ -10,7 +10,7 @@ import { closeQuietly } from "../close_quietly.ts";
 import { isOutOfDescriptors, noteShortage, shortageSince } from "../nofile.ts";
 import { type Address, ipOfName } from "../protocol/address.ts";
 import { Reply } from "../protocol/socks5.ts";
-import { lookupAll, LookupsBusy } from "./lookups.ts";
+import { type Lookup, lookupAll, LookupsBusy } from "./lookups.ts";
 
 /** Stable names for the ways a dial fails. */
 export type DialFailure =
@@ -118,56 +118,67 @@ const endedBy = (failure: DialFailure) => failure === "connect-timeout" ? "timed
  */
 const NEAR_SHORTAGE_MS = 5_000;
 
+/** Resolves a name to its addresses for a client IP; see {@linkcode resolverWith}. */
+export type NameResolver = (host: string, client: string, signal: AbortSignal) => Promise<string[]>;
+
 /**
- * Resolves a name to its addresses, in the order the system prefers, for a
- * CONNECT's target or a BIND's peer. Throws {@linkcode DialError}: a lookup
- * that failed because ferry was out of descriptors is ferry's failure
- * (`general-failure`), not the name's.
+ * A resolver of names to their addresses, in the order the system prefers,
+ * for a CONNECT's target or a BIND's peer, that asks `lookup`. Throws
+ * {@linkcode DialError}: a lookup that failed because ferry was out of
+ * descriptors is ferry's failure (`general-failure`), not the name's.
  */
-export async function resolveName(
-  host: string,
-  client: string,
-  signal: AbortSignal,
-  again = true,
-): Promise<string[]> {
-  let results: { address: string }[];
-  const started = performance.now();
-  try {
-    results = await raceAbort(lookupAll(host, client, signal), signal);
-  } catch (error) {
-    if (signal.aborted) throw aborted(signal, `resolving ${host}`);
-    if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
-    if (shortOfDescriptorsSince(started)) {
-      // ferry's own failure (0x01), as for BIND and UDP at EMFILE, not the name's.
-      const cause = Object.assign(new Error(`Too many open files ${SHORTAGE_MARK}`), {
-        code: "EMFILE",
+export function resolverWith(lookup: Lookup): NameResolver {
+  const resolve = async (
+    host: string,
+    client: string,
+    signal: AbortSignal,
+    again = true,
+  ): Promise<string[]> => {
+    let results: { address: string }[];
+    const started = performance.now();
+    try {
+      results = await raceAbort(lookup(host, client, signal), signal);
+    } catch (error) {
+      if (signal.aborted) throw aborted(signal, `resolving ${host}`);
+      if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
+      if (shortOfDescriptorsSince(started)) {
+        // ferry's own failure (0x01), as for BIND and UDP at EMFILE, not the name's.
+        const cause = Object.assign(new Error(`Too many open files ${SHORTAGE_MARK}`), {
+          code: "EMFILE",
+        });
+        throw new DialError("general-failure", `cannot resolve ${JSON.stringify(host)}`, {
+          cause,
+        });
+      }
+      // Deno's answer when --allow-net does not cover the name (or the
+      // system's, a sandbox's): a rule, as for an address outside it (0x02),
+      // not a name that is missing.
+      if ((error as { code?: unknown })?.code === "EPERM") {
+        const byDeno = Deno.permissions.querySync({ name: "net", host }).state !== "granted";
+        const message = `resolving ${JSON.stringify(host)} is not allowed by ${
+          byDeno ? "--allow-net" : "the system"
+        }`;
+        throw new DialError("not-allowed", message, { cause: error });
+      }
+      // Short of descriptors lately: this lookup may have been too, and a
+      // descriptor freed up before anyone saw it. Once more, then it is the name.
+      if (again && shortageSince(started - NEAR_SHORTAGE_MS)) {
+        return await resolve(host, client, signal, false);
+      }
+      throw new DialError("name-not-resolved", `cannot resolve ${JSON.stringify(host)}`, {
+        cause: error,
       });
-      throw new DialError("general-failure", `cannot resolve ${JSON.stringify(host)}`, { cause });
     }
-    // Deno's answer when --allow-net does not cover the name (or the
-    // system's, a sandbox's): a rule, as for an address outside it (0x02),
-    // not a name that is missing.
-    if ((error as { code?: unknown })?.code === "EPERM") {
-      const byDeno = Deno.permissions.querySync({ name: "net", host }).state !== "granted";
-      const message = `resolving ${JSON.stringify(host)} is not allowed by ${
-        byDeno ? "--allow-net" : "the system"
-      }`;
-      throw new DialError("not-allowed", message, { cause: error });
+    if (results.length === 0) {
+      throw new DialError("name-not-resolved", `no addresses for ${JSON.stringify(host)}`);
     }
-    // Short of descriptors lately: this lookup may have been too, and a
-    // descriptor freed up before anyone saw it. Once more, then it is the name.
-    if (again && shortageSince(started - NEAR_SHORTAGE_MS)) {
-      return await resolveName(host, client, signal, false);
-    }
-    throw new DialError("name-not-resolved", `cannot resolve ${JSON.stringify(host)}`, {
-      cause: error,
-    });
-  }
-  if (results.length === 0) {
-    throw new DialError("name-not-resolved", `no addresses for ${JSON.stringify(host)}`);
-  }
-  return results.map((r) => r.address);
+    return results.map((r) => r.address);
+  };
+  return (host, client, signal) => resolve(host, client, signal);
 }
+
+/** The process's resolver: {@linkcode resolverWith} the process's capped lookups. */
+export const resolveName: NameResolver = resolverWith(lookupAll);
 
 /** Whether ferry may open /dev/null (see {@linkcode shortOfDescriptorsSince}); asked once. */
 let devNullReadable: boolean | undefined;
@@ -181,7 +192,7 @@ let devNullReadable: boolean | undefined;
  * configuration files) alone missed shortages that a session ending had
  * relieved in between, and blamed the name (0x04): 8 of a few hundred
  * lookups under a sustained shortage. Accepts and connects that met EMFILE
- * during the lookup tell of most of those; {@linkcode resolveName} tries the
+ * during the lookup tell of most of those; {@linkcode resolverWith} tries the
  * rest once more.
  */
 function shortOfDescriptorsSince(since: number): boolean {
