@@ -557,6 +557,7 @@ Deno.test({
       lineMs?: number;
       poolListeningMs?: number;
       bindLookupTimeout?: { reply: number; ms: number; outcome: string };
+      bindLookupShutdown?: { reply: number | string; outcome: string | null; exit: number };
     };
     const show = JSON.stringify(probed);
     assert.equal(probed.literal?.reply, socks5.Reply.Succeeded, show);
@@ -570,6 +571,12 @@ Deno.test({
     assert.equal(probed.bindLookupTimeout?.reply, socks5.Reply.HostUnreachable, show);
     assert.equal(probed.bindLookupTimeout?.outcome, "connect-timeout", show);
     assert.ok(probed.bindLookupTimeout!.ms >= 900 && probed.bindLookupTimeout!.ms < 5_000, show);
+    // And one cut by shutdown while its lookup waits: 0x01, as a CONNECT mid-dial.
+    assert.deepEqual(
+      probed.bindLookupShutdown,
+      { reply: socks5.Reply.GeneralFailure, outcome: "shutdown", exit: 0 },
+      show,
+    );
   },
 });
 

@@ -7,10 +7,12 @@
  * a name that spells an IP address, and whether ferry's log still gets
  * its lines (stderr writes take a thread of that pool too). Last, how soon
  * a forwarder whose pool of 40 dials such a name logs `listening`; and what
- * a BIND whose peer is such a name gets at a 1 s connect timeout.
+ * a BIND whose peer is such a name gets at a 1 s connect timeout, and when
+ * SIGTERM's grace runs out while it waits.
  *
  * Prints one JSON object: `{ literal: { reply, ms }, bind, lineMs,
- * poolListeningMs, bindLookupTimeout: { reply, ms, outcome } }`,
+ * poolListeningMs, bindLookupTimeout: { reply, ms, outcome },
+ * bindLookupShutdown: { reply, outcome, exit } }`,
  * or what failed.
  *
  * Run: deno run -A tests/_helpers/dark_dns_probe.ts
@@ -99,7 +101,36 @@ try {
   late.close();
   const lateLine = await sessionOf(quick, late.localAddr, 5_000);
   const bindLookupTimeout = { reply: lateReply.reply, ms: lateMs, outcome: lateLine.outcome };
-  result = { literal, bind, lineMs, poolListeningMs, bindLookupTimeout };
+
+  // Such a BIND cut by shutdown: 0x01, as a CONNECT mid-dial gets.
+  const stopping = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--connect-timeout",
+    "30s",
+    "--shutdown-grace",
+    "200ms",
+  ]);
+  using cut = await BufferedConn.connect(stopping.hostname, stopping.port);
+  const cutReply = (async () => {
+    try {
+      return (await socks5Handshake(cut, domain("cut.dark.test", 0), {
+        command: socks5.Command.Bind,
+      })).reply;
+    } catch (error) {
+      return String(error);
+    }
+  })();
+  await new Promise((resolve) => setTimeout(resolve, 300)); // the lookup is under way
+  const stopped = await stopping.stop();
+  const cutLine = await sessionOf(stopping, cut.localAddr, 1_000).catch(() => null);
+  const bindLookupShutdown = {
+    reply: await cutReply,
+    outcome: cutLine?.outcome ?? null,
+    exit: stopped.code,
+  };
+  result = { literal, bind, lineMs, poolListeningMs, bindLookupTimeout, bindLookupShutdown };
 } catch (error) {
   result = { error: String(error) };
 }
