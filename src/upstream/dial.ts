@@ -142,10 +142,9 @@ export function resolverWith(lookup: Lookup): NameResolver {
       if (signal.aborted) throw aborted(signal, `resolving ${host}`);
       if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
       if (shortOfDescriptorsSince(started)) {
-        // ferry's own failure (0x01), as for BIND and UDP at EMFILE, not the name's.
-        const cause = Object.assign(new Error(`Too many open files ${SHORTAGE_MARK}`), {
-          code: "EMFILE",
-        });
+        // ferry's own failure (0x01), as for BIND and UDP at EMFILE, not the
+        // name's; messageWithCause() marks it so.
+        const cause = Object.assign(new Error("Too many open files"), { code: "EMFILE" });
         throw new DialError("general-failure", `cannot resolve ${JSON.stringify(host)}`, {
           cause,
         });
