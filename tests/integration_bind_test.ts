@@ -16,6 +16,7 @@ import { openDescriptors } from "./_helpers/proc.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import {
   BufferedConn,
+  closedPort,
   deadline,
   ipv4,
   ipv6,
@@ -399,10 +400,7 @@ Deno.test("while its BIND waits, ferry keeps at most 8 KiB of a client's bytes; 
 Deno.test("--allow-net narrowed: a BIND whose peer is a name outside it gets 0x02, as a CONNECT does", async () => {
   // Deno refuses the lookup before any query leaves; it was logged as a
   // name that does not exist (0x04).
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = probe.addr.port;
-  probe.close();
-  await using ferry = await startFerry(["socks", "--listen", `127.0.0.1:${port}`], {
+  await using ferry = await startFerry(["socks", "--listen", `127.0.0.1:${closedPort()}`], {
     allowNet: "127.0.0.1",
   });
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);

@@ -18,7 +18,6 @@ import {
   checkForwardClient,
   crowdWorld,
   forwardClient,
-  freePort,
   holdsOnlyItsPool,
   linesByClient,
   linesOf,
@@ -182,7 +181,7 @@ Deno.test("one ferry run with a SOCKS and a forward listener, short of descripto
 Deno.test("a crowd through the forwarder: every echo whole, one line each, the pool refilled, nothing leaked", async () => {
   const echo = startEchoServer();
   const refusedPort = closedPort(); // an upstream that is down: skipped, never a client's failure
-  const listenPort = freePort();
+  const listenPort = closedPort(); // free, for ferry to listen on
   const ports = [listenPort, echo.addr.port, refusedPort];
   const ferry = await startFerry([
     "forward",

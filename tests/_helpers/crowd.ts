@@ -23,6 +23,7 @@ import {
   sha256,
   socks4,
   socks5,
+  writeAll,
 } from "./socks_client.ts";
 import type { Address } from "../../src/protocol/address.ts";
 import type { Decoded } from "../../src/protocol/decoded.ts";
@@ -155,13 +156,13 @@ function requestedAddress(s: Scenario, world: World): Address {
   const socks4ish = s.kind === "socks4" || s.kind === "socks4a";
   // As most clients do: "from anywhere", the control connection's host.
   if (s.command === "udp" && !socks4ish) return { type: "ipv4", host: "0.0.0.0", port: 0 };
-  const family = socks4ish ? "ipv4" : s.family;
-  const port = s.target === "echo" ? world.echoPort[family] : world.refusedPort;
   if (s.kind === "socks5-name" || s.kind === "socks4a") {
     // `localhost` may name ::1 as well: refused there, and Happy Eyeballs goes on to 127.0.0.1.
-    const byName = s.target === "echo" ? world.echoPort.ipv4 : world.refusedPort;
-    return { type: "domain", host: "localhost", port: byName };
+    const port = s.target === "echo" ? world.echoPort.ipv4 : world.refusedPort;
+    return { type: "domain", host: "localhost", port };
   }
+  const family = socks4ish ? "ipv4" : s.family;
+  const port = s.target === "echo" ? world.echoPort[family] : world.refusedPort;
   return family === "ipv4"
     ? { type: "ipv4", host: "127.0.0.1", port }
     : { type: "ipv6", host: "::1", port };
@@ -390,19 +391,15 @@ export async function runClient(
     }
   })();
   let writeError: unknown = null;
-  const write = async (bytes: Uint8Array) => {
-    let at = 0;
-    while (at < bytes.length) at += await conn.write(bytes.subarray(at));
-  };
   try {
     try {
       for (const piece of split(handshake, moves.splits)) {
-        await write(piece);
+        await writeAll(conn, piece);
         await sleep(0); // its own segment
       }
       if (moves.cutAt === null) {
         await sleep(moves.pauseMs);
-        await write(payload);
+        await writeAll(conn, payload);
       }
     } catch (error) {
       writeError = error;
@@ -564,21 +561,14 @@ function asFlags(settings: Record<string, unknown>): string[] {
   );
 }
 
-/** A free port on 127.0.0.1, for a listener to take (ferry's --allow-net must name it). */
-export function freePort(): number {
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = probe.addr;
-  probe.close();
-  return port;
-}
-
 /** Starts ferry and its targets for a crowd; disposing stops them all. */
 export async function crowdWorld(settings: WorldSettings): Promise<World & AsyncDisposable> {
   const echo = startEchoServer();
   const echo6 = startEchoServer("::1");
   const refusedPort = closedPort();
-  const socksPort = freePort();
-  const forwardPort = settings.forwardPool === undefined ? null : freePort();
+  // Free ports for ferry's listeners: its --allow-net must name them.
+  const socksPort = closedPort();
+  const forwardPort = settings.forwardPool === undefined ? null : closedPort();
   const ports = [socksPort, echo.addr.port, echo6.addr.port, refusedPort];
   if (forwardPort !== null) ports.push(forwardPort);
   const allowNet = [
@@ -645,6 +635,11 @@ export async function crowdWorld(settings: WorldSettings): Promise<World & Async
   };
 }
 
+/** A client that closed or reset early: it may be gone before ferry read it all. */
+function leftEarly(s: Scenario): boolean {
+  return s.cutAt === null && (s.ending === "close" || s.ending === "reset");
+}
+
 /**
  * Checks a client's one log line, and what it got, against what the protocol
  * says, where its scenario lets ferry's answer be known. A relay still
@@ -659,9 +654,7 @@ export function checkClient(
   cutBy = "idle-timeout",
 ): void {
   const want = expected(s, world, cutBy);
-  if (want === null) return;
-  // A client that closed or reset early may be gone before ferry read it all.
-  if (s.cutAt === null && (s.ending === "close" || s.ending === "reset")) return;
+  if (want === null || leftEarly(s)) return;
   const check = (want: Expected) => {
     checkAnswer(s, want, seen, payload, line);
     assert.equal(line.outcome, want.outcome, JSON.stringify({ s, line }));
@@ -676,6 +669,11 @@ export function checkClient(
     if (want.or === undefined) throw error;
     check(want.or);
   }
+}
+
+/** Whether a session line says ferry failed it for want of a descriptor (see messageWithCause). */
+function ferrysShortage(line: LogLine): boolean {
+  return String(line.error ?? "").includes("(ferry is out of descriptors)");
 }
 
 /** Outcomes of ferry's own failure to get a descriptor: the client gets 0x01 (SOCKS4: 91). */
@@ -693,12 +691,12 @@ export function checkClientShortOfDescriptors(
   line: LogLine,
   payload: Uint8Array,
 ): void {
-  if (!/Too many open files|out of descriptors/.test(String(line.error ?? ""))) {
+  if (!ferrysShortage(line)) {
     return checkClient(s, world, seen, line, payload);
   }
   assert.ok(SHORT_OF_DESCRIPTORS.has(String(line.outcome)), JSON.stringify(line));
   const want = expected(s, world);
-  if (want === null || (s.cutAt === null && (s.ending === "close" || s.ending === "reset"))) return;
+  if (want === null || leftEarly(s)) return;
   const failure = s.kind === "socks4" || s.kind === "socks4a"
     ? socks4Reply(socks4.Reply.Rejected)
     : socks5Reply(socks5.Reply.GeneralFailure);
@@ -722,7 +720,7 @@ export function checkForwardClient(
 ): void {
   if (c.ending === "close" || c.ending === "reset") return;
   const what = JSON.stringify({ client: c, line });
-  if (shortOfDescriptors && /out of descriptors/.test(String(line.error ?? ""))) {
+  if (shortOfDescriptors && ferrysShortage(line)) {
     assert.equal(line.outcome, "general-failure", what);
     assert.equal(seen.response.length, 0, what);
     return;
