@@ -28,7 +28,7 @@ import {
   USER,
   type World,
 } from "./_helpers/crowd.ts";
-import { startFerry } from "./_helpers/ferry.ts";
+import { type LogLine, startFerry } from "./_helpers/ferry.ts";
 import { startEchoServer } from "./_helpers/echo_server.ts";
 import { waitUntil } from "./_helpers/forward_support.ts";
 import { openDescriptors } from "./_helpers/proc.ts";
@@ -43,40 +43,72 @@ const RUNS = Number(Deno.env.get("CHAOS_RUNS") ?? 6);
  * client has one line and passes `check`, the bystander's 1 MiB comes back
  * whole (during the crowd, or after it when the crowd may starve it), and
  * once a crowd has gone ferry holds no more descriptors than at the start
- * and no socket but its listeners and its pool.
+ * and no socket but its listeners and its pool. Resolves with the number of
+ * clients refused at a limit, where `refusals` allows them.
  */
 async function crowds(
   world: World,
-  options: { minClients: number; check: typeof checkClient; bystander: "during" | "after" },
-): Promise<void> {
+  options: {
+    minClients: number;
+    check: typeof checkClient;
+    bystander: "during" | "after";
+    /** Clients arrive over up to this many milliseconds; all at once without it. */
+    arrivalsOverMs?: number;
+    /**
+     * ferry's `--max-conns`, where a crowd may go over it. A client refused
+     * there gets nothing and has no session line, only its count on a
+     * `rejected` line; the session lines must never show more at once.
+     */
+    maxConns?: number;
+  },
+): Promise<number> {
   const { ferry, forward } = world;
   const shortOfDescriptors = options.check === checkClientShortOfDescriptors;
+  const refusals = options.maxConns !== undefined;
+  // A bystander in the crowd could be refused too.
+  assert.ok(!refusals || options.bystander === "after");
   const upstream = `127.0.0.1:${world.echoPort.ipv4}`;
   const settled = () => holdsOnlyItsPool(ferry.pid, forward?.pool ?? 0, upstream);
   await waitUntil(settled, "ferry to hold its listeners and pool, no more");
   const baselineDescriptors = await openDescriptors(ferry.pid);
+  let refusedInAll = 0;
   await fc.assert(
     fc.asyncProperty(
-      fc.array(scenario, { minLength: options.minClients, maxLength: 24 }),
+      fc.array(fc.tuple(scenario, fc.integer({ min: 0, max: options.arrivalsOverMs ?? 0 })), {
+        minLength: options.minClients,
+        maxLength: 24,
+      }),
       // With a forward listener, its own crowd at the same time.
       forward ? fc.array(forwardClient, { maxLength: 12 }) : fc.constant([]),
-      async (crowd, forwarded) => {
+      async (arrivals, forwarded) => {
+        const crowd = arrivals.map(([s]) => s);
         const from = ferry.lines.length;
         const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
         const forwardPayloads = forwarded.map((c, i) => pseudoRandomBytes(c.payload, i + 7));
         const [seen, seenForwarded, during] = await Promise.all([
-          Promise.all(
-            crowd.map((s, i) => runClient(world.socks, s, sentHandshake(s, world), payloads[i]!)),
-          ),
+          Promise.all(crowd.map(async (s, i) => {
+            const arrivalMs = arrivals[i]![1];
+            if (arrivalMs > 0) await sleep(arrivalMs);
+            return runClient(world.socks, s, sentHandshake(s, world), payloads[i]!);
+          })),
           Promise.all(
             forwarded.map((c, i) => runClient(forward!, c, new Uint8Array(0), forwardPayloads[i]!)),
           ),
           options.bystander === "during" ? bystander(world) : null,
         ]);
-        const loggedAll = (addrs: Deno.NetAddr[]) =>
+        // Refusals are counted on rate-limited `rejected` lines, which name
+        // only the first of each second's refused clients.
+        const refused = () =>
+          ferry.lines.slice(from).filter((line) => line.event === "rejected")
+            .reduce((n, line) => n + 1 + Number(line.suppressed), 0);
+        const unlogged = (addrs: Deno.NetAddr[]) => {
+          const byClient = linesByClient(ferry, from);
+          return addrs.filter((addr) => linesOf(byClient, addr).length === 0).length;
+        };
+        const accountedFor = (addrs: Deno.NetAddr[]) =>
           waitUntil(
-            () => addrs.every((addr) => linesOf(linesByClient(ferry, from), addr).length > 0),
-            "a session line for every client",
+            () => unlogged(addrs) === (refusals ? refused() : 0),
+            "a session line for every client, or a count of its refusal",
           );
         const backToBaseline = () =>
           waitUntil(
@@ -88,12 +120,12 @@ async function crowds(
         let bystanderAddr = during;
         if (bystanderAddr === null) {
           // Once the crowd's sessions have ended and given their descriptors back.
-          await loggedAll(clients);
+          await accountedFor(clients);
           await backToBaseline();
           bystanderAddr = await bystander(world);
         }
         const everyone = [...clients, bystanderAddr];
-        await loggedAll(everyone);
+        await accountedFor(everyone);
         // Late duplicates would come within a few milliseconds.
         await sleep(100);
         const byClient = linesByClient(ferry, from);
@@ -103,6 +135,15 @@ async function crowds(
           return lines[0]!;
         };
         for (const [i, s] of crowd.entries()) {
+          if (refusals && linesOf(byClient, seen[i]!.local).length === 0) {
+            // Refused at the limit: closed at once, before a byte of answer.
+            assert.equal(
+              seen[i]!.response.length,
+              0,
+              `refused, yet answered: ${JSON.stringify(s)}`,
+            );
+            continue;
+          }
           options.check(s, world, seen[i]!, lineOf(seen[i]!.local), payloads[i]!);
         }
         for (const [i, c] of forwarded.entries()) {
@@ -117,9 +158,16 @@ async function crowds(
           );
         }
         assert.equal(linesOf(byClient, bystanderAddr)[0]!.outcome, "ok");
+        const refusedHere = refusals ? refused() : 0;
+        refusedInAll += refusedHere;
+        if (refusals) {
+          const sessions = [...byClient.values()].flat();
+          const most = mostSurelyOpenAtOnce(sessions);
+          assert.ok(most <= options.maxConns!, "no more than --max-conns at once");
+        }
         assert.equal(
           [...byClient.values()].reduce((n, lines) => n + lines.length, 0),
-          everyone.length,
+          everyone.length - refusedHere,
           "no line for a connection nobody made",
         );
         // The crowd has gone: nothing of it may stay open in ferry.
@@ -131,6 +179,25 @@ async function crowds(
   );
   const exited = await Promise.race([ferry.status.then(() => true), sleep(0).then(() => false)]);
   assert.equal(exited, false, "ferry is still running");
+  return refusedInAll;
+}
+
+/**
+ * The most sessions that `lines` show open at one moment, counting only
+ * those surely open then: 5 ms from either end of a line's span (its
+ * timestamp less its `ms`) are left out for the rounding. A session's span
+ * lies within the time ferry counts it against its limits.
+ */
+function mostSurelyOpenAtOnce(lines: LogLine[]): number {
+  const spans = lines.map((line) => {
+    const end = Date.parse(String(line["@timestamp"]));
+    assert.ok(Number.isFinite(end) && Number.isFinite(line.ms), JSON.stringify(line));
+    return { start: end - Number(line.ms) + 5, end: end - 5 };
+  });
+  return Math.max(
+    0,
+    ...spans.map(({ start: t }) => spans.filter((s) => s.start <= t && t <= s.end).length),
+  );
 }
 
 Deno.test("a crowd of misbehaving clients: ferry answers each as it should and leaks nothing", async () => {
@@ -141,6 +208,28 @@ Deno.test("a crowd of misbehaving clients: ferry answers each as it should and l
 Deno.test("a crowd of misbehaving clients against a ferry that requires a user", async () => {
   await using world = await crowdWorld({ usersRequired: true, idleTimeout: "3s" });
   await crowds(world, { minClients: 1, check: checkClient, bystander: "during" });
+});
+
+Deno.test("a crowd over --max-conns: a client over the limit is closed unanswered, the others answered in full", async () => {
+  // Four sessions at a time, for up to 24 clients arriving over 300 ms: some
+  // are refused, others take the places of sessions that ended.
+  await using world = await crowdWorld({ usersRequired: false, idleTimeout: "3s", maxConns: 4 });
+  const refused = await crowds(world, {
+    minClients: 8,
+    check: checkClient,
+    bystander: "after",
+    arrivalsOverMs: 300,
+    maxConns: 4,
+  });
+  assert.ok(refused > 0, "the crowds went over the limit");
+  const { ferry } = world;
+  assert.equal((await ferry.stop()).code, 0);
+  const stopped = ferry.lines.find((line) => line.event === "stopped");
+  const sessions = ferry.lines.filter((line) => line.event === "session").length;
+  assert.equal(stopped?.rejectedMaxConns, refused);
+  // The per-IP limit, --max-conns too by default, is checked second: never hit.
+  assert.equal(stopped?.rejectedPerIp, 0);
+  assert.equal(stopped?.accepted, sessions + refused);
 });
 
 /**

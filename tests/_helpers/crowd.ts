@@ -534,6 +534,8 @@ export interface WorldSettings {
    * IPv4 echo server: both declared in one `ferry run --config` file.
    */
   readonly forwardPool?: number;
+  /** The SOCKS listener's `--max-conns`, unless the default. */
+  readonly maxConns?: number;
 }
 
 /**
@@ -548,6 +550,7 @@ function socksSettings(settings: WorldSettings): Record<string, unknown> {
     maxUdpPerIp: 64,
     idleTimeout: settings.idleTimeout,
     ...(settings.shutdownGrace ? { shutdownGrace: settings.shutdownGrace } : {}),
+    ...(settings.maxConns ? { maxConns: settings.maxConns } : {}),
     ...(settings.usersRequired ? { users: [USER] } : {}),
   };
 }
