@@ -410,6 +410,7 @@ export class SocksSession extends ProxySession {
     if (this.#association) {
       const { udpIn, udpOut, dropped } = this.#association.counters;
       Object.assign(fields, { udpIn, udpOut, dropped });
+      if (dropped > 0) fields.firstDrop = this.#association.firstDrop;
     }
     if (this.#bindListener) fields.bindRefused = this.#bindListener.refused;
     if (this.#bindPeer) fields.peer = this.#bindPeer;

@@ -15,12 +15,20 @@
 import dgram from "node:dgram";
 import { once } from "node:events";
 import { lookupAll } from "./upstream/lookups.ts";
-import { type Address, addressOf, ipOfName, isLoopbackIp } from "./protocol/address.ts";
+import {
+  type Address,
+  addressOf,
+  formatAddress,
+  formatPeer,
+  ipOfName,
+  isLoopbackIp,
+} from "./protocol/address.ts";
 import { zonedHost } from "./link_local.ts";
 import { wildcardIsIpv6Only } from "./config.ts";
 import { makingRoom } from "./spare_descriptors.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { decodeUdpDatagram, encodeUdpHeader } from "./protocol/socks5.ts";
+import { messageWithCause } from "./upstream/dial.ts";
 
 /** Options for {@linkcode UdpAssociation.open}. */
 export interface UdpAssociationOptions {
@@ -215,6 +223,12 @@ export class OrderedSender {
 /** One association's sockets and counters. */
 export class UdpAssociation {
   readonly counters: UdpCounters = { udpIn: 0, udpOut: 0, dropped: 0, up: 0, down: 0 };
+  /**
+   * Why the first datagram dropped was dropped, for the log line: a count
+   * alone left an operator guessing, such as at a narrowed --allow-net that
+   * lets datagrams out but not their answers back to the client.
+   */
+  #firstDrop: string | null = null;
   readonly #options: UdpAssociationOptions;
   readonly #client: OrderedSender;
   #clientPort: number;
@@ -246,7 +260,20 @@ export class UdpAssociation {
     this.#client = new OrderedSender(clientSocket);
     this.#clientPort = options.clientPort;
     clientSocket.on("message", (message, from) => this.#fromClient(message, from));
-    clientSocket.on("error", () => this.counters.dropped++);
+    clientSocket.on("error", (error) => this.#drop("the client-facing socket failed", error));
+  }
+
+  /** Why the first dropped datagram was dropped (see `#firstDrop`); `null` while none was. */
+  get firstDrop(): string | null {
+    return this.#firstDrop;
+  }
+
+  /** Counts `count` datagrams dropped; the first drop's `reason` (and `error`) is kept. */
+  #drop(reason: string, error?: unknown, count = 1): void {
+    if (count === 0) return;
+    this.counters.dropped += count;
+    if (this.#firstDrop !== null) return;
+    this.#firstDrop = error === undefined ? reason : `${reason}: ${messageWithCause(error)}`;
   }
 
   /**
@@ -271,11 +298,12 @@ export class UdpAssociation {
     if (this.#closed) return;
     this.#closed = true;
     this.#lookupsAbort?.abort(new Error("the association has ended"));
-    this.counters.dropped += this.#waiting.length + this.#client.clear();
+    const unsent = "still to be sent when the association ended";
+    this.#drop(unsent, undefined, this.#waiting.length + this.#client.clear());
     this.#waiting.length = 0;
     closeSocket(this.#client.socket);
     for (const [type, sender] of this.#outbound) {
-      this.counters.dropped += sender.clear();
+      this.#drop(unsent, undefined, sender.clear());
       outboundPorts[type].delete(sender.socket.address().port);
       closeSocket(sender.socket);
     }
@@ -286,34 +314,38 @@ export class UdpAssociation {
     if (this.#closed) return;
     // Only the control connection's host may use the relay, and only from the
     // port it declared: anyone else could otherwise send through it.
-    if (from.address !== this.#options.clientIp) return void this.counters.dropped++;
+    if (from.address !== this.#options.clientIp) {
+      return this.#drop(`from ${from.address}, not the client's address`);
+    }
     if (this.#clientPort !== 0 && from.port !== this.#clientPort) {
-      return void this.counters.dropped++;
+      return this.#drop(`from port ${from.port}, not the client's ${this.#clientPort}`);
     }
     if (this.#mayBeFerry(from)) {
-      return void this.counters.dropped++; // ferry relaying into itself (see outboundPorts)
+      return this.#drop("from ferry itself"); // relaying into itself (see outboundPorts)
     }
     let datagram;
     try {
       datagram = decodeUdpDatagram(message);
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
-      return void this.counters.dropped++;
+      return this.#drop("not a SOCKS5 UDP datagram", error);
     }
     // Reassembly is optional in RFC 1928 §7 and no client we know fragments.
-    if (datagram.fragment !== 0) return void this.counters.dropped++;
+    if (datagram.fragment !== 0) return this.#drop("a fragment, which ferry does not reassemble");
     const { address, data } = datagram;
     // Port 0 cannot be sent to (node:dgram throws on it); a client asking for it is wrong.
-    if (address.port === 0) return void this.counters.dropped++;
+    if (address.port === 0) return this.#drop("for port 0");
     // Learnt from the first datagram that is one: not from stray bytes.
     if (this.#clientPort === 0) this.#clientPort = from.port;
     const ip = address.type === "domain" ? this.#knownIp(address.host) : address.host;
-    if (ip === false) return void this.counters.dropped++; // its lookup failed just now
+    if (ip === false) return this.#drop(`${address.host} failed to resolve just now`);
     if (this.#waiting.length === 0 && ip !== null) {
       const sender = this.#outbound.get(familyOf(ip));
       if (sender) return this.#sendOut(sender, ip, address.port, data);
     }
-    if (this.#waiting.length >= MAX_WAITING) return void this.counters.dropped++;
+    if (this.#waiting.length >= MAX_WAITING) {
+      return this.#drop(`${MAX_WAITING} already waiting for a lookup or a bind`);
+    }
     this.#waiting.push({ address, data: data.slice() }); // not a view of the receive buffer
     if (this.#waiting.length === 1) this.#sendWaiting();
   }
@@ -333,9 +365,10 @@ export class UdpAssociation {
         const sender = await this.#outboundReady(familyOf(ip));
         if (this.#closed) return; // close() counted what was waiting
         this.#sendOut(sender, ip, address.port, data);
-      } catch {
+      } catch (error) {
         if (this.#closed) return;
-        this.counters.dropped++; // an unresolvable name, or no socket for its family
+        // An unresolvable name, or no socket for its family.
+        this.#drop(`for ${formatAddress(address)}`, error);
       }
       this.#waiting.shift();
     }
@@ -438,7 +471,7 @@ export class UdpAssociation {
       throw new Error("association closed");
     }
     socket.on("message", (message, from) => this.#fromPeer(message, from));
-    socket.on("error", () => this.counters.dropped++);
+    socket.on("error", (error) => this.#drop(`the outbound ${type} socket failed`, error));
     outboundPorts[type].add(socket.address().port);
     const sender = new OrderedSender(socket);
     this.#outbound.set(type, sender);
@@ -448,7 +481,8 @@ export class UdpAssociation {
   #fromPeer(message: Uint8Array, from: dgram.RemoteInfo): void {
     if (this.#closed) return;
     if (!this.#peers.has(peerKey(from.address, from.port)) || this.#clientPort === 0) {
-      return void this.counters.dropped++;
+      const peer = formatPeer({ hostname: from.address, port: from.port });
+      return this.#drop(`from ${peer}, which the client has not sent to`);
     }
     const header = encodeUdpHeader(addressOf(from.address, from.port));
     const out = new Uint8Array(header.length + message.length);
@@ -471,10 +505,27 @@ export class UdpAssociation {
    */
   #send(sender: OrderedSender, data: Uint8Array, port: number, ip: string, onSent: () => void) {
     sender.send(data, port, ip, (error) => {
-      if (error) this.counters.dropped++;
-      else onSent();
+      if (!error) return onSent();
+      const to = formatAddress({ host: ip, port });
+      // Asked of Deno only for the first drop: the one that is told.
+      this.#drop(`sending to ${to}`, this.#firstDrop === null ? refusedByDeno(to) ?? error : error);
     });
   }
+}
+
+/**
+ * A refusal by `--allow-net` to send to `to` (`ip:port`), or `null`. Deno's
+ * node:dgram reports one only as "send UNKNOWN": an answer to a client whose
+ * address a narrowed list leaves out (Deno checks the client's UDP port too)
+ * would be dropped with no word of why.
+ */
+function refusedByDeno(to: string): Deno.errors.NotCapable | null {
+  try {
+    if (Deno.permissions.querySync({ name: "net", host: to }).state === "granted") return null;
+  } catch {
+    return null; // a host Deno's permissions cannot spell (a zoned link-local one): no more to say
+  }
+  return new Deno.errors.NotCapable("no --allow-net permission");
 }
 
 function familyOf(ip: string): "udp4" | "udp6" {

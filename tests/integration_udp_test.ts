@@ -213,6 +213,8 @@ Deno.test("malformed datagrams are dropped and counted, and the association keep
   assert.equal(session.outcome, "ok");
   assert.equal(session.dropped, bad.length);
   assert.equal(session.udpIn, 1);
+  // The line says why the first was dropped.
+  assert.equal(session.firstDrop, "not a SOCKS5 UDP datagram: UDP datagram of 1 bytes, no header");
 });
 
 Deno.test("--allow-net narrowed to IPv4: a datagram for IPv6 is dropped and counted, and ferry goes on", async () => {
@@ -233,6 +235,38 @@ Deno.test("--allow-net narrowed to IPv4: a datagram for IPv6 is dropped and coun
   udp.control.close();
   const session = await sessionOf(ferry, udp.control.localAddr);
   assert.deepEqual([session.outcome, session.udpIn, session.dropped], ["ok", 1, 1]);
+  assert.equal(
+    session.firstDrop,
+    `for [::1]:${echo.port}: no --allow-net permission to bind UDP on [::]:0`,
+  );
+});
+
+Deno.test("--allow-net without the client's address: answers are dropped, and the line says why", async () => {
+  // Deno checks where each datagram goes, the client's UDP port too: with the
+  // list narrowed to ferry's own port and the peer's, the datagram goes out
+  // and its answer is refused on the way back to the client.
+  await using echo = await udpEcho();
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = probe.addr.port;
+  probe.close();
+  await using ferry = await startFerry(["socks", "--listen", `127.0.0.1:${port}`], {
+    allowNet: `127.0.0.1:${port},127.0.0.1:0,0.0.0.0:0,127.0.0.1:${echo.port}`,
+  });
+  await using udp = await associate(ferry);
+  assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  udp.local.send(frame(ipv4("127.0.0.1", echo.port), "out"), udp.reply.address.port, "127.0.0.1");
+  await receivedAtLeast(echo.received, 1);
+  await new Promise((resolve) => setTimeout(resolve, 200)); // the answer, refused
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.deepEqual([session.outcome, session.udpIn, session.udpOut, session.dropped], [
+    "ok",
+    1,
+    0,
+    1,
+  ]);
+  const client = `127.0.0.1:${udp.local.address().port}`;
+  assert.equal(session.firstDrop, `sending to ${client}: no --allow-net permission`);
 });
 
 Deno.test("--allow-net narrowed to ferry's own port: UDP ASSOCIATE gets 0x01 naming the permission, and ferry goes on", async () => {
@@ -275,6 +309,7 @@ Deno.test("a datagram from another port than the declared one is dropped", async
   await using echo = await udpEcho();
   await using udp = await associate(ferry);
   const other = await udpSocket();
+  const otherPort = other.address().port;
   try {
     const relayPort = udp.reply.address.port;
     other.send(frame(ipv4("127.0.0.1", echo.port), "other"), relayPort, "127.0.0.1");
@@ -288,6 +323,8 @@ Deno.test("a datagram from another port than the declared one is dropped", async
   udp.control.close();
   const session = await sessionOf(ferry, udp.control.localAddr);
   assert.equal(session.dropped, 1);
+  const clientPort = udp.local.address().port;
+  assert.equal(session.firstDrop, `from port ${otherPort}, not the client's ${clientPort}`);
 });
 
 Deno.test("a datagram to the outbound socket from anyone the client has not sent to is dropped", async () => {
@@ -297,6 +334,7 @@ Deno.test("a datagram to the outbound socket from anyone the client has not sent
   const relayPort = udp.reply.address.port;
   // Same host as the peer, another port: the peer table keys on both.
   const stranger = await udpSocket();
+  const strangerAt = `127.0.0.1:${stranger.address().port}`;
   try {
     const echoed = nextDatagram(udp.local);
     udp.local.send(frame(ipv4("127.0.0.1", echo.port), "hi"), relayPort, "127.0.0.1");
@@ -318,6 +356,7 @@ Deno.test("a datagram to the outbound socket from anyone the client has not sent
   udp.control.close();
   const session = await sessionOf(ferry, udp.control.localAddr);
   assert.deepEqual([session.udpIn, session.udpOut, session.dropped], [1, 2, 1]);
+  assert.equal(session.firstDrop, `from ${strangerAt}, which the client has not sent to`);
 });
 
 Deno.test("DST 0.0.0.0:0 learns the client's port from its first datagram", async () => {
@@ -596,6 +635,8 @@ Deno.test("a datagram whose send fails is counted dropped, not relayed, either w
     [session.udpIn, session.up, session.udpOut, session.down, session.dropped],
     [1, 1, 1, 5, 2],
   );
+  // The first drop, the broadcast: Deno's node:dgram reports EACCES as "send UNKNOWN".
+  assert.match(String(session.firstDrop), /^sending to 127\.255\.255\.255:9: send UNKNOWN/);
 });
 
 Deno.test("the peer table forgets the peer sent to least recently, not the first one met", async () => {
