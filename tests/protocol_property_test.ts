@@ -10,18 +10,7 @@ import { formatIPv4, formatIPv6 } from "../src/protocol/address.ts";
 import { type Decoded, MORE, ProtocolError } from "../src/protocol/decoded.ts";
 import * as socks4 from "../src/protocol/socks4.ts";
 import * as socks5 from "../src/protocol/socks5.ts";
-
-type Decoder<T> = (bytes: Uint8Array) => Decoded<T>;
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
+import { concat, type Decoder } from "./_helpers/codec_fixtures.ts";
 
 // ---------------------------------------------------------------------------
 // Arbitraries

@@ -7,13 +7,14 @@
  */
 import assert from "node:assert/strict";
 import {
-  type Decoded,
-  hex,
-  MORE,
-  printableBytes,
-  ProtocolError,
-  type ProtocolErrorCode,
-} from "../src/protocol/decoded.ts";
+  ascii,
+  concat,
+  type ErrorFixture,
+  filled,
+  fixtureChecks,
+  type OkFixture,
+} from "./_helpers/codec_fixtures.ts";
+import { hex, printableBytes, ProtocolError } from "../src/protocol/decoded.ts";
 import {
   AddressType,
   AuthStatus,
@@ -43,90 +44,9 @@ import {
 // ---------------------------------------------------------------------------
 // Helpers
 
-const encoder = new TextEncoder();
-
-/** ASCII/UTF-8 bytes of `text`, to spread into fixtures. */
-function ascii(text: string): Uint8Array {
-  return encoder.encode(text);
-}
-
-/** `n` copies of `byte`. */
-function filled(n: number, byte: number): Uint8Array {
-  return new Uint8Array(n).fill(byte);
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
 /** Bytes a client may pipeline right after a handshake message. */
 const TRAILING = concat(Uint8Array.of(0x05, 0x00, 0xff), ascii("GET / HTTP/1.1\r\n\r\n"));
-
-type Decoder<T> = (bytes: Uint8Array) => Decoded<T>;
-
-interface OkFixture<T> {
-  readonly name: string;
-  readonly bytes: Uint8Array;
-  readonly value: T;
-}
-
-interface ErrorFixture {
-  readonly name: string;
-  readonly bytes: Uint8Array;
-  /** Length of the shortest prefix that holds the offending byte. */
-  readonly throwsFrom: number;
-  readonly code: ProtocolErrorCode;
-  readonly reply: number | null;
-}
-
-/**
- * Every strict prefix answers `more`; the whole fixture answers `ok` with
- * every byte consumed; the fixture followed by other bytes leaves them alone.
- */
-function assertDecodesIncrementally<T>(decode: Decoder<T>, bytes: Uint8Array, value: T): void {
-  for (let end = 0; end < bytes.length; end++) {
-    assert.deepEqual(
-      decode(bytes.subarray(0, end)),
-      MORE,
-      `prefix of ${end} of ${bytes.length} bytes`,
-    );
-  }
-  assert.deepEqual(decode(bytes), { kind: "ok", value, consumed: bytes.length });
-  assert.deepEqual(decode(concat(bytes, TRAILING)), {
-    kind: "ok",
-    value,
-    consumed: bytes.length,
-  });
-}
-
-/** A validator for `assert.throws` checking the error's class, code and reply. */
-function protocolError(code: ProtocolErrorCode, reply: number | null) {
-  return (error: unknown): boolean => {
-    assert.ok(error instanceof ProtocolError, `expected ProtocolError, got ${error}`);
-    assert.equal(error.code, code);
-    assert.equal(error.reply, reply);
-    assert.equal(error.name, "ProtocolError");
-    return true;
-  };
-}
-
-/** Prefixes without the bad byte answer `more`; every longer one throws. */
-function assertRejectsFrom(decode: Decoder<unknown>, fixture: ErrorFixture): void {
-  const { bytes, throwsFrom, code, reply } = fixture;
-  for (let end = 0; end < throwsFrom; end++) {
-    assert.deepEqual(decode(bytes.subarray(0, end)), MORE, `prefix of ${end} bytes`);
-  }
-  for (let end = throwsFrom; end <= bytes.length; end++) {
-    assert.throws(() => decode(bytes.subarray(0, end)), protocolError(code, reply));
-  }
-  assert.throws(() => decode(concat(bytes, TRAILING)), protocolError(code, reply));
-}
+const { assertDecodesIncrementally, assertRejectsFrom } = fixtureChecks(TRAILING);
 
 // ---------------------------------------------------------------------------
 // decodeGreeting
