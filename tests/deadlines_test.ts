@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { Deadlines, type Expirable, tickFor } from "../src/deadlines.ts";
+import { deadline } from "./_helpers/socks_client.ts";
 
 const TICK_MS = 10;
 
@@ -32,19 +33,6 @@ class Item implements Expirable {
     const current = this.#next;
     this.#next = Promise.withResolvers<void>();
     current.resolve();
-  }
-}
-
-/** Awaits `promise`, failing (not hanging) after `ms`. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 
@@ -84,14 +72,14 @@ Deno.test("Deadlines expires an item whose deadline has passed on the next tick,
   assert.equal(deadlines.size, 1);
   assert.equal(item.count, 0, "expire() must come from the sweep, not from watch()");
 
-  await within(item.expired, 5000, "expiry");
+  await deadline(item.expired, 5000, "expiry");
   assert.equal(item.count, 1);
   assert.equal(deadlines.size, 0, "an expired item is no longer watched");
 
   // Several more sweeps pass while a second item waits; the first is not expired again.
   const later = new Item(performance.now() + 3 * TICK_MS);
   deadlines.watch(later);
-  await within(later.expired, 5000, "second expiry");
+  await deadline(later.expired, 5000, "second expiry");
   assert.equal(later.count, 1);
   assert.equal(item.count, 1);
   assert.equal(deadlines.size, 0);
@@ -102,7 +90,7 @@ Deno.test("Deadlines does not expire an item before its deadline", async () => {
   const start = performance.now();
   const item = new Item(start + 50);
   deadlines.watch(item);
-  await within(item.expired, 5000, "expiry");
+  await deadline(item.expired, 5000, "expiry");
   assert.ok(performance.now() >= start + 50, "expired before its deadline");
   assert.ok(deadlines.now >= item.deadline, "the sweep's clock had passed the deadline");
 });
@@ -119,7 +107,7 @@ Deno.test("Deadlines never expires early a deadline counted from a clock a tick 
     deadlines.now = start - (tick - 1);
     const item = new Item(deadlines.now + 60);
     deadlines.watch(item);
-    await within(item.expired, 5000, "expiry");
+    await deadline(item.expired, 5000, "expiry");
     const waited = performance.now() - start;
     assert.ok(waited >= 60, `a 60 ms timeout expired after ${waited.toFixed(1)} ms`);
   } finally {
@@ -140,7 +128,7 @@ Deno.test("Deadlines.watchFor() counts from this moment even when the sweep is l
     deadlines.watchFor(item, 100);
     // And the clock is fresh for everyone who reads it next (activity bumps).
     assert.ok(deadlines.now >= start, "watchFor() left the shared clock stale");
-    await within(item.expired, 5000, "expiry");
+    await deadline(item.expired, 5000, "expiry");
     const waited = performance.now() - start;
     assert.ok(waited >= 100, `a 100 ms timeout expired after ${waited.toFixed(1)} ms`);
   } finally {
@@ -152,7 +140,7 @@ Deno.test("Deadlines.watchFor() after a quiet spell counts from that moment, not
   const deadlines = new Deadlines(TICK_MS);
   const first = new Item(0);
   deadlines.watch(first);
-  await within(first.expired, 5000, "first expiry");
+  await deadline(first.expired, 5000, "first expiry");
   assert.equal(deadlines.size, 0, "nothing watched: the sweep has stopped, and its clock with it");
   await new Promise((resolve) => setTimeout(resolve, 300));
 
@@ -160,7 +148,7 @@ Deno.test("Deadlines.watchFor() after a quiet spell counts from that moment, not
   const item = new Item(Infinity);
   deadlines.watchFor(item, 200);
   assert.ok(item.deadline >= start + 200, `deadline ${item.deadline - start} ms from now`);
-  await within(item.expired, 5000, "expiry");
+  await deadline(item.expired, 5000, "expiry");
   assert.ok(performance.now() >= start + 200, "expired before its timeout");
 });
 
@@ -168,7 +156,7 @@ Deno.test("Deadlines.watch() after a quiet spell starts the sweep with a fresh c
   const deadlines = new Deadlines(TICK_MS);
   const first = new Item(0);
   deadlines.watch(first);
-  await within(first.expired, 5000, "first expiry");
+  await deadline(first.expired, 5000, "first expiry");
   await new Promise((resolve) => setTimeout(resolve, 100)); // the sweep stopped, its clock too
   const start = performance.now();
   const item = new Item(Infinity);
@@ -188,7 +176,7 @@ Deno.test("Deadlines never expires an unwatched item", async () => {
   deadlines.watch(marker);
   deadlines.unwatch(unwatched);
   assert.equal(deadlines.size, 1);
-  await within(marker.expired, 5000, "marker expiry");
+  await deadline(marker.expired, 5000, "marker expiry");
   assert.equal(marker.count, 1);
   assert.equal(unwatched.count, 0);
 });
@@ -201,13 +189,13 @@ Deno.test("Deadlines: bumping the deadline postpones expiry", async () => {
   item.deadline = performance.now() + 60_000;
   const marker = new Item(0);
   deadlines.watch(marker);
-  await within(marker.expired, 5000, "marker expiry");
+  await deadline(marker.expired, 5000, "marker expiry");
   // The sweep that expired the marker looked at the item too and left it.
   assert.equal(item.count, 0);
   assert.equal(deadlines.size, 1);
 
   item.deadline = 0;
-  await within(item.expired, 5000, "expiry after the deadline moved back");
+  await deadline(item.expired, 5000, "expiry after the deadline moved back");
   assert.equal(item.count, 1);
   assert.equal(deadlines.size, 0);
 });
@@ -235,7 +223,7 @@ Deno.test("Deadlines stops its interval when the last item expires", async () =>
     const deadlines = new Deadlines(TICK_MS);
     const item = new Item(0);
     deadlines.watch(item);
-    await within(item.expired, 5000, "expiry");
+    await deadline(item.expired, 5000, "expiry");
     count = item.count;
   });
   assert.equal(count, 1);
@@ -275,7 +263,7 @@ Deno.test("Deadlines restarts its interval when watched again after stopping", a
   const before = deadlines.now;
   const second = new Item(0);
   deadlines.watch(second);
-  await within(second.expired, 5000, "expiry after a restart");
+  await deadline(second.expired, 5000, "expiry after a restart");
   assert.equal(second.count, 1);
   assert.ok(deadlines.now >= before, "now is refreshed by the sweep");
   assert.equal(first.count, 0);
@@ -285,13 +273,13 @@ Deno.test("Deadlines expires items sharing a tick together, and an item may watc
   const deadlines = new Deadlines(TICK_MS);
   const items = [new Item(0), new Item(0), new Item(0)];
   for (const item of items) deadlines.watch(item);
-  await within(Promise.all(items.map((i) => i.expired)), 5000, "all expiries");
+  await deadline(Promise.all(items.map((i) => i.expired)), 5000, "all expiries");
   assert.deepEqual(items.map((i) => i.count), [1, 1, 1]);
 
   const again = items[0]!;
   const secondExpiry = again.expired;
   deadlines.watch(again);
-  await within(secondExpiry, 5000, "second expiry of a re-watched item");
+  await deadline(secondExpiry, 5000, "second expiry of a re-watched item");
   assert.equal(again.count, 2);
   assert.equal(deadlines.size, 0);
 });

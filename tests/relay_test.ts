@@ -15,6 +15,7 @@ import {
   writeAll,
 } from "../src/relay.ts";
 import { waitUntil } from "./_helpers/forward_support.ts";
+import { deadline } from "./_helpers/socks_client.ts";
 
 const WAIT_MS = 20_000;
 
@@ -70,26 +71,8 @@ async function setup() {
 }
 
 /** Awaits `promise`, failing (not hanging) after `ms`; `onTimeout` should unblock it. */
-async function within<T>(
-  promise: Promise<T>,
-  what: string,
-  onTimeout: () => void,
-  ms = WAIT_MS,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      onTimeout();
-      reject(new Error(`${what}: not within ${ms} ms`));
-    }, ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-    promise.catch(() => {});
-  }
-}
+const within = <T>(promise: Promise<T>, what: string, onTimeout?: () => void, ms = WAIT_MS) =>
+  deadline(promise, ms, what, onTimeout);
 
 /** Random bytes (crypto.getRandomValues takes at most 64 KiB a call). */
 function randomBytes(length: number): Uint8Array {
@@ -561,8 +544,8 @@ Deno.test("relay() reuses grown buffers across waves of stalled readers, and the
       }
     });
     // Until the budget is spent: the relays have grown as far as they may.
-    const deadline = performance.now() + WAIT_MS;
-    while (grown.inUse + 256 * 1024 <= grown.limit && performance.now() < deadline) {
+    const until = performance.now() + WAIT_MS;
+    while (grown.inUse + 256 * 1024 <= grown.limit && performance.now() < until) {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     for (const f of sessions) f.controller.abort(new Error("stalled"));
@@ -570,7 +553,7 @@ Deno.test("relay() reuses grown buffers across waves of stalled readers, and the
     for (const f of sessions) f[Symbol.dispose]();
     await within(Promise.all(streams), "target streams", () => {});
     // Writes in flight settle once their sockets are closed.
-    while (grown.inUse > 0 && performance.now() < deadline) {
+    while (grown.inUse > 0 && performance.now() < until) {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     assert.equal(grown.inUse, 0, `wave ${wave}: every buffer given back`);

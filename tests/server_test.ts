@@ -12,32 +12,15 @@ import { type Server, startSocksServer } from "../src/server.ts";
 import { DescriptorWait } from "../src/spare_descriptors.ts";
 import { waitsUntilGivenUp } from "./_helpers/descriptor_wait.ts";
 import { waitUntil } from "./_helpers/forward_support.ts";
+import { deadline } from "./_helpers/socks_client.ts";
 
 const WAIT_MS = 10_000;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 /** Awaits `promise`, failing (not hanging) after `ms`; `onTimeout` should unblock it. */
-async function within<T>(
-  promise: Promise<T>,
-  what: string,
-  onTimeout: () => void = () => {},
-  ms = WAIT_MS,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      onTimeout();
-      reject(new Error(`${what}: not within ${ms} ms`));
-    }, ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-    promise.catch(() => {});
-  }
-}
+const within = <T>(promise: Promise<T>, what: string, onTimeout?: () => void, ms = WAIT_MS) =>
+  deadline(promise, ms, what, onTimeout);
 
 function closeQuietly(closable: { close(): void }): void {
   try {
