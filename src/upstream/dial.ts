@@ -114,7 +114,8 @@ const endedBy = (failure: DialFailure) => failure === "connect-timeout" ? "timed
 
 /**
  * How long after a shortage of descriptors a failed lookup is tried once
- * more before the name is blamed (see {@linkcode shortOfDescriptorsSince}).
+ * more, and, failing again, taken for ferry's failure rather than the name's
+ * (see {@linkcode resolverWith}).
  */
 const NEAR_SHORTAGE_MS = 5_000;
 
@@ -141,14 +142,7 @@ export function resolverWith(lookup: Lookup): NameResolver {
     } catch (error) {
       if (signal.aborted) throw aborted(signal, `resolving ${host}`);
       if (error instanceof LookupsBusy) throw new DialError("lookups-busy", error.message);
-      if (shortOfDescriptorsSince(started)) {
-        // ferry's own failure (0x01), as for BIND and UDP at EMFILE, not the
-        // name's; messageWithCause() marks it so.
-        const cause = Object.assign(new Error("Too many open files"), { code: "EMFILE" });
-        throw new DialError("general-failure", `cannot resolve ${JSON.stringify(host)}`, {
-          cause,
-        });
-      }
+      if (shortOfDescriptorsSince(started)) throw shortOfDescriptorsToResolve(host);
       // Deno's answer when --allow-net does not cover the name (or the
       // system's, a sandbox's): a rule, as for an address outside it (0x02),
       // not a name that is missing.
@@ -160,9 +154,14 @@ export function resolverWith(lookup: Lookup): NameResolver {
         throw new DialError("not-allowed", message, { cause: error });
       }
       // Short of descriptors lately: this lookup may have been too, and a
-      // descriptor freed up before anyone saw it. Once more, then it is the name.
-      if (again && shortageSince(started - NEAR_SHORTAGE_MS)) {
-        return await resolve(host, client, signal, false);
+      // descriptor freed up before anyone saw it. Once more; failing again so
+      // soon after a shortage, it is taken for ferry's failure. Blaming the
+      // name instead told clients 0x04 for `localhost` in a crowd at
+      // --nofile=32; the price is 0x01 for a name that truly does not exist,
+      // looked up within 5 s of a shortage.
+      if (shortageSince(started - NEAR_SHORTAGE_MS)) {
+        if (again) return await resolve(host, client, signal, false);
+        throw shortOfDescriptorsToResolve(host);
       }
       throw new DialError("name-not-resolved", `cannot resolve ${JSON.stringify(host)}`, {
         cause: error,
@@ -174,6 +173,16 @@ export function resolverWith(lookup: Lookup): NameResolver {
     return results.map((r) => r.address);
   };
   return (host, client, signal) => resolve(host, client, signal);
+}
+
+/**
+ * A lookup that failed for want of a descriptor: ferry's own failure (0x01),
+ * as for BIND and UDP at EMFILE, not the name's; messageWithCause() marks it
+ * so, and a dial waits for a descriptor on it.
+ */
+function shortOfDescriptorsToResolve(host: string): DialError {
+  const cause = Object.assign(new Error("Too many open files"), { code: "EMFILE" });
+  return new DialError("general-failure", `cannot resolve ${JSON.stringify(host)}`, { cause });
 }
 
 /** The process's resolver: {@linkcode resolverWith} the process's capped lookups. */
