@@ -22,9 +22,10 @@ import {
   linesByClient,
   linesOf,
   runClient,
+  runCrowdClient,
   scenario,
-  sentHandshake,
   sleep,
+  udpClient,
   USER,
   type World,
 } from "./_helpers/crowd.ts";
@@ -43,8 +44,9 @@ const RUNS = Number(Deno.env.get("CHAOS_RUNS") ?? 6);
  * client has one line and passes `check`, the bystander's 1 MiB comes back
  * whole (during the crowd, or after it when the crowd may starve it), and
  * once a crowd has gone ferry holds no more descriptors than at the start
- * and no socket but its listeners and its pool. Resolves with the number of
- * clients refused at a limit, where `refusals` allows them.
+ * and no socket but its listeners and its pool. Every crowd has a UDP
+ * client among them. Resolves with the number of clients refused at a
+ * limit (where `maxConns` allows them) and of datagrams that came back.
  */
 async function crowds(
   world: World,
@@ -61,7 +63,7 @@ async function crowds(
      */
     maxConns?: number;
   },
-): Promise<number> {
+): Promise<{ refused: number; datagramsBack: number }> {
   const { ferry, forward } = world;
   const shortOfDescriptors = options.check === checkClientShortOfDescriptors;
   const refusals = options.maxConns !== undefined;
@@ -72,15 +74,18 @@ async function crowds(
   await waitUntil(settled, "ferry to hold its listeners and pool, no more");
   const baselineDescriptors = await openDescriptors(ferry.pid);
   let refusedInAll = 0;
+  let datagramsBack = 0;
   await fc.assert(
     fc.asyncProperty(
       fc.array(fc.tuple(scenario, fc.integer({ min: 0, max: options.arrivalsOverMs ?? 0 })), {
         minLength: options.minClients,
         maxLength: 24,
       }),
+      udpClient,
       // With a forward listener, its own crowd at the same time.
       forward ? fc.array(forwardClient, { maxLength: 12 }) : fc.constant([]),
-      async (arrivals, forwarded) => {
+      async (arrivals, udp, forwarded) => {
+        arrivals = [...arrivals, [udp, 0]];
         const crowd = arrivals.map(([s]) => s);
         const from = ferry.lines.length;
         const payloads = crowd.map((s, i) => pseudoRandomBytes(s.payload, i + 1));
@@ -89,7 +94,7 @@ async function crowds(
           Promise.all(crowd.map(async (s, i) => {
             const arrivalMs = arrivals[i]![1];
             if (arrivalMs > 0) await sleep(arrivalMs);
-            return runClient(world.socks, s, sentHandshake(s, world), payloads[i]!);
+            return runCrowdClient(world, s, payloads[i]!);
           })),
           Promise.all(
             forwarded.map((c, i) => runClient(forward!, c, new Uint8Array(0), forwardPayloads[i]!)),
@@ -101,13 +106,17 @@ async function crowds(
         const refused = () =>
           ferry.lines.slice(from).filter((line) => line.event === "rejected")
             .reduce((n, line) => n + 1 + Number(line.suppressed), 0);
-        const unlogged = (addrs: Deno.NetAddr[]) => {
+        // Each client's connection: its address, and the listener it came to.
+        type Connection = { local: Deno.NetAddr; listener: typeof world.socks };
+        const unlogged = (connections: Connection[]) => {
           const byClient = linesByClient(ferry, from);
-          return addrs.filter((addr) => linesOf(byClient, addr).length === 0).length;
+          return connections.filter(({ local, listener }) =>
+            linesOf(byClient, local, listener).length === 0
+          ).length;
         };
-        const accountedFor = (addrs: Deno.NetAddr[]) =>
+        const accountedFor = (connections: Connection[]) =>
           waitUntil(
-            () => unlogged(addrs) === (refusals ? refused() : 0),
+            () => unlogged(connections) === (refusals ? refused() : 0),
             "a session line for every client, or a count of its refusal",
           );
         const backToBaseline = () =>
@@ -116,7 +125,10 @@ async function crowds(
             `ferry back to its ${baselineDescriptors} descriptors`,
             5_000,
           );
-        const clients = [...seen, ...seenForwarded].map((x) => x.local);
+        const clients: Connection[] = [
+          ...seen.map(({ local }) => ({ local, listener: world.socks })),
+          ...seenForwarded.map(({ local }) => ({ local, listener: forward! })),
+        ];
         let bystanderAddr = during;
         if (bystanderAddr === null) {
           // Once the crowd's sessions have ended and given their descriptors back.
@@ -124,18 +136,18 @@ async function crowds(
           await backToBaseline();
           bystanderAddr = await bystander(world);
         }
-        const everyone = [...clients, bystanderAddr];
+        const everyone = [...clients, { local: bystanderAddr, listener: world.socks }];
         await accountedFor(everyone);
         // Late duplicates would come within a few milliseconds.
         await sleep(100);
         const byClient = linesByClient(ferry, from);
-        const lineOf = (local: Deno.NetAddr) => {
-          const lines = linesOf(byClient, local);
+        const lineOf = (local: Deno.NetAddr, listener = world.socks) => {
+          const lines = linesOf(byClient, local, listener);
           assert.equal(lines.length, 1, `one line for ${JSON.stringify(lines)}`);
           return lines[0]!;
         };
         for (const [i, s] of crowd.entries()) {
-          if (refusals && linesOf(byClient, seen[i]!.local).length === 0) {
+          if (refusals && linesOf(byClient, seen[i]!.local, world.socks).length === 0) {
             // Refused at the limit: closed at once, before a byte of answer.
             assert.equal(
               seen[i]!.response.length,
@@ -147,7 +159,7 @@ async function crowds(
           options.check(s, world, seen[i]!, lineOf(seen[i]!.local), payloads[i]!);
         }
         for (const [i, c] of forwarded.entries()) {
-          const line = lineOf(seenForwarded[i]!.local);
+          const line = lineOf(seenForwarded[i]!.local, forward!);
           checkForwardClient(
             c,
             seenForwarded[i]!,
@@ -157,7 +169,8 @@ async function crowds(
             shortOfDescriptors,
           );
         }
-        assert.equal(linesOf(byClient, bystanderAddr)[0]!.outcome, "ok");
+        assert.equal(linesOf(byClient, bystanderAddr, world.socks)[0]!.outcome, "ok");
+        for (const { datagrams } of seen) datagramsBack += datagrams?.received.length ?? 0;
         const refusedHere = refusals ? refused() : 0;
         refusedInAll += refusedHere;
         if (refusals) {
@@ -179,7 +192,7 @@ async function crowds(
   );
   const exited = await Promise.race([ferry.status.then(() => true), sleep(0).then(() => false)]);
   assert.equal(exited, false, "ferry is still running");
-  return refusedInAll;
+  return { refused: refusedInAll, datagramsBack };
 }
 
 /**
@@ -200,21 +213,30 @@ function mostSurelyOpenAtOnce(lines: LogLine[]): number {
   );
 }
 
+/** Crowds against a `ferry socks` with nothing short; their datagrams must have come back. */
+async function plainCrowds(usersRequired: boolean): Promise<void> {
+  await using world = await crowdWorld({ usersRequired, idleTimeout: "3s" });
+  const { datagramsBack } = await crowds(world, {
+    minClients: 1,
+    check: checkClient,
+    bystander: "during",
+  });
+  assert.ok(datagramsBack > 0, "datagrams came back through the crowds' associations");
+}
+
 Deno.test("a crowd of misbehaving clients: ferry answers each as it should and leaks nothing", async () => {
-  await using world = await crowdWorld({ usersRequired: false, idleTimeout: "3s" });
-  await crowds(world, { minClients: 1, check: checkClient, bystander: "during" });
+  await plainCrowds(false);
 });
 
 Deno.test("a crowd of misbehaving clients against a ferry that requires a user", async () => {
-  await using world = await crowdWorld({ usersRequired: true, idleTimeout: "3s" });
-  await crowds(world, { minClients: 1, check: checkClient, bystander: "during" });
+  await plainCrowds(true);
 });
 
 Deno.test("a crowd over --max-conns: a client over the limit is closed unanswered, the others answered in full", async () => {
   // Four sessions at a time, for up to 24 clients arriving over 300 ms: some
   // are refused, others take the places of sessions that ended.
   await using world = await crowdWorld({ usersRequired: false, idleTimeout: "3s", maxConns: 4 });
-  const refused = await crowds(world, {
+  const { refused } = await crowds(world, {
     minClients: 8,
     check: checkClient,
     bystander: "after",
@@ -300,13 +322,14 @@ Deno.test("a crowd through the forwarder: every echo whole, one line each, the p
           crowd.map((c, i) => runClient(ferry, c, new Uint8Array(0), payloads[i]!)),
         );
         await waitUntil(
-          () => seen.every(({ local }) => linesOf(linesByClient(ferry, from), local).length > 0),
+          () =>
+            seen.every(({ local }) => linesOf(linesByClient(ferry, from), local, ferry).length > 0),
           "a session line for every client",
         );
         await sleep(100); // late duplicates would come within a few milliseconds
         const byClient = linesByClient(ferry, from);
         for (const [i, c] of crowd.entries()) {
-          const lines = linesOf(byClient, seen[i]!.local);
+          const lines = linesOf(byClient, seen[i]!.local, ferry);
           assert.equal(lines.length, 1, `one line for ${JSON.stringify(lines)}`);
           checkForwardClient(c, seen[i]!, lines[0]!, payloads[i]!, upstream);
         }
@@ -365,7 +388,7 @@ Deno.test("SIGTERM in the middle of a crowd: every session ends on its own terms
         const clients = Promise.all(crowd.map(async (s, i) => {
           await sleep(arrivals[i]![1]);
           try {
-            return await runClient(world.socks, s, sentHandshake(s, world), payloads[i]!);
+            return await runCrowdClient(world, s, payloads[i]!);
           } catch (error) {
             // Too late: ferry no longer listens.
             if (error instanceof Deno.errors.ConnectionRefused) return null;
@@ -381,7 +404,7 @@ Deno.test("SIGTERM in the middle of a crowd: every session ends on its own terms
         const stoppedMs = performance.now() - signalled;
         assert.ok(stoppedMs >= graceMs - 100, `exited ${stoppedMs} ms after the signal`);
         assert.deepEqual(await lingerer.waitForEnd(), { ending: "eof", discarded: 0 });
-        const lingererLine = linesOf(linesByClient(ferry, 0), lingerer.localAddr);
+        const lingererLine = linesOf(linesByClient(ferry, 0), lingerer.localAddr, world.socks);
         assert.equal(lingererLine.length, 1);
         assert.equal(lingererLine[0]!.outcome, "shutdown");
         assert.equal(lingererLine[0]!.up, lingered.length);
@@ -395,7 +418,7 @@ Deno.test("SIGTERM in the middle of a crowd: every session ends on its own terms
         let mine = 0;
         for (const [i, s] of crowd.entries()) {
           if (seen[i] === null) continue;
-          const lines = linesOf(byClient, seen[i]!.local);
+          const lines = linesOf(byClient, seen[i]!.local, world.socks);
           // No line: a connection still in the listen queue when ferry stopped listening.
           assert.ok(lines.length <= 1, `at most one line for ${JSON.stringify(lines)}`);
           if (lines.length === 0) continue;

@@ -5,9 +5,9 @@
  * itself ({@linkcode runClient}), and the ferry it runs against
  * ({@linkcode crowdWorld}).
  *
- * Loopback only: ferry runs with --allow-net narrowed to its own ports, the
- * targets' ports and the name `localhost`, so a flipped byte in an address
- * or a name cannot send it anywhere else ("not allowed" instead).
+ * Loopback only: ferry runs with --allow-net narrowed to the loopback
+ * addresses and the name `localhost`, so a flipped byte in an address or a
+ * name cannot send it anywhere else ("not allowed" instead).
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
@@ -15,6 +15,7 @@ import { type FerryProcess, type LogLine, startFerry } from "./ferry.ts";
 import { startEchoServer } from "./echo_server.ts";
 import { isConnectionEnd, tcpSocketsOf } from "./forward_support.ts";
 import { addressForms } from "./session_log.ts";
+import { closeUdp, frame, sendInOrder, udpEcho, udpSocket } from "./udp_support.ts";
 import {
   closedPort,
   concat,
@@ -25,7 +26,7 @@ import {
   socks5,
   writeAll,
 } from "./socks_client.ts";
-import type { Address } from "../../src/protocol/address.ts";
+import { type Address, formatAddress } from "../../src/protocol/address.ts";
 import type { Decoded } from "../../src/protocol/decoded.ts";
 
 /** The user a crowd's ferry requires, when it requires one. */
@@ -61,6 +62,12 @@ export interface Scenario {
   readonly ending: "half-close" | "idle" | "close" | "reset";
   /** Between the handshake and the payload, and (`close`) before closing. */
   readonly pauseMs: number;
+  /**
+   * A SOCKS5 UDP ASSOCIATE's datagrams, by size: once the reply has come,
+   * they go through the association to a UDP echo server (at 127.0.0.1 or
+   * ::1, as `family` says), before the payload and the ending.
+   */
+  readonly datagrams: readonly number[];
 }
 
 /** `arbitrary`'s values one time in `every`, else `null`. (`fc.option`'s `freq` is the reverse.) */
@@ -100,7 +107,28 @@ export const scenario: fc.Arbitrary<Scenario> = fc.record({
   cutAt: sometimes(fraction, 5),
   ending: fc.constantFrom("half-close", "half-close", "idle", "close", "reset"),
   pauseMs: fc.integer({ min: 0, max: 20 }),
+  datagrams: fc.array(fc.integer({ min: 1, max: 1200 }), { maxLength: 4 }),
 });
+
+/**
+ * A SOCKS5 client that ferry must grant its UDP ASSOCIATE (it offers both
+ * methods, and knows the password), with datagrams to send: one in every
+ * crowd, as the scenarios alone would bring one in about forty clients.
+ */
+export const udpClient: fc.Arbitrary<Scenario> = fc.record({
+  s: scenario,
+  kind: fc.constantFrom("socks5" as const, "socks5-name" as const),
+  datagrams: fc.array(fc.integer({ min: 1, max: 1200 }), { minLength: 1, maxLength: 4 }),
+}).map(({ s, kind, datagrams }) => ({
+  ...s,
+  kind,
+  command: "udp",
+  offer: "both",
+  rightPassword: true,
+  flip: null,
+  cutAt: null,
+  datagrams,
+}));
 
 /** A forwarder's client: no handshake, just its payload and an ending. */
 export const forwardClient: fc.Arbitrary<Moves & { payload: number }> = fc.record({
@@ -121,6 +149,8 @@ export interface World {
     | null;
   /** Echo servers' ports on 127.0.0.1 and on ::1. */
   readonly echoPort: { readonly ipv4: number; readonly ipv6: number };
+  /** UDP echo servers' ports on 127.0.0.1 and on ::1. */
+  readonly udpEchoPort: { readonly ipv4: number; readonly ipv6: number };
   /** A port nothing listens on, on either address. */
   readonly refusedPort: number;
   readonly usersRequired: boolean;
@@ -321,6 +351,16 @@ export interface Seen {
   readonly ending: "eof" | "reset" | "closed by the client";
   /** A write that failed (ferry closed or reset first). */
   readonly writeError: unknown;
+  /** A UDP client's datagrams, where it sent any. */
+  readonly datagrams: Datagrams | null;
+}
+
+/** What a UDP client sent through its association, and what came back. */
+export interface Datagrams {
+  /** The payloads sent, to the UDP echo server. */
+  readonly sent: readonly Uint8Array[];
+  /** The datagrams that came back, header and all. */
+  readonly received: readonly Uint8Array[];
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -341,7 +381,7 @@ function split(bytes: Uint8Array, at: readonly number[]): Uint8Array[] {
 export type Moves = Pick<Scenario, "splits" | "cutAt" | "ending" | "pauseMs">;
 
 /** The handshake bytes the client sends: flipped and cut as the scenario says. */
-export function sentHandshake(s: Scenario, world: World): Uint8Array {
+function sentHandshake(s: Scenario, world: World): Uint8Array {
   let handshake = concat(handshakeParts(s, world));
   if (s.flip !== null) {
     handshake = handshake.slice();
@@ -353,14 +393,16 @@ export function sentHandshake(s: Scenario, world: World): Uint8Array {
 
 /**
  * Runs one client of the crowd against `proxy`: `handshake` in the pieces
- * `moves.splits` makes, the payload unless the handshake was cut short, then
- * the ending. Every wait is bounded.
+ * `moves.splits` makes, then `between` (given what the client has read so
+ * far), the payload unless the handshake was cut short, then the ending.
+ * Every wait is bounded.
  */
 export async function runClient(
   proxy: { hostname: string; port: number },
   moves: Moves,
   handshake: Uint8Array,
   payload: Uint8Array,
+  between?: (answer: () => Uint8Array) => Promise<Datagrams | null>,
 ): Promise<Seen> {
   const conn = await Deno.connect({ hostname: proxy.hostname, port: proxy.port });
   conn.setNoDelay(true);
@@ -391,12 +433,14 @@ export async function runClient(
     }
   })();
   let writeError: unknown = null;
+  let datagrams: Datagrams | null = null;
   try {
     try {
       for (const piece of split(handshake, moves.splits)) {
         await writeAll(conn, piece);
         await sleep(0); // its own segment
       }
+      datagrams = (await between?.(() => concat(chunks))) ?? null;
       if (moves.cutAt === null) {
         await sleep(moves.pauseMs);
         await writeAll(conn, payload);
@@ -409,15 +453,114 @@ export async function runClient(
         writeError === null;
       if (halfClose) await conn.closeWrite().catch(() => {});
       const ending = await deadline(reading, 15_000, `the end of ${JSON.stringify(moves)}`, close);
-      return { local, response: concat(chunks), ending, writeError };
+      return { local, response: concat(chunks), ending, writeError, datagrams };
     }
     if (moves.ending === "reset") await Promise.race([firstByte.promise, sleep(200)]);
     else await sleep(moves.pauseMs);
     close();
-    return { local, response: concat(chunks), ending: await reading, writeError };
+    return { local, response: concat(chunks), ending: await reading, writeError, datagrams };
   } finally {
     close();
   }
+}
+
+/** Runs `s` against the world's SOCKS listener (see {@linkcode runClient}). */
+export function runCrowdClient(world: World, s: Scenario, payload: Uint8Array): Promise<Seen> {
+  return runClient(
+    world.socks,
+    s,
+    sentHandshake(s, world),
+    payload,
+    (answer) => exchangeDatagrams(s, world, answer),
+  );
+}
+
+/**
+ * For a UDP client that ferry must grant its association: once the reply
+ * has come (within 2 s), sends its datagrams through it to the UDP echo
+ * server, one after the other, and keeps what comes back within 1 s of the
+ * last. `null` for any other client.
+ */
+async function exchangeDatagrams(
+  s: Scenario,
+  world: World,
+  answer: () => Uint8Array,
+): Promise<Datagrams | null> {
+  const want = expected(s, world);
+  const granted = s.command === "udp" && want !== null &&
+    want.messages.length === want.beforeReply + 1 &&
+    want.messages.at(-1)!.value === socks5.Reply.Succeeded;
+  if (!granted || s.datagrams.length === 0) return null;
+  const replyIn = (bytes: Uint8Array): socks5.ReplyMessage | null => {
+    let rest = bytes;
+    for (const message of want.messages.slice(0, want.beforeReply)) {
+      const decoded = message.decode(rest);
+      if (decoded.kind !== "ok") return null;
+      rest = rest.subarray(decoded.consumed);
+    }
+    const reply = socks5.decodeReply(rest);
+    return reply.kind === "ok" ? reply.value : null;
+  };
+  const until = performance.now() + 2000;
+  let reply: socks5.ReplyMessage | null;
+  while ((reply = replyIn(answer())) === null) {
+    if (performance.now() > until) return null; // checkAnswer() tells what came instead
+    await sleep(5);
+  }
+  // Refused after all: ferry had no descriptor for the relay's socket, say.
+  if (reply.reply !== socks5.Reply.Succeeded) return null;
+  const sent = s.datagrams.map((size, i) => pseudoRandomBytes(size, 0x5500 + i));
+  const echo = udpEchoAddress(s, world);
+  const socket = await udpSocket("127.0.0.1");
+  const received: Uint8Array[] = [];
+  const allBack = Promise.withResolvers<void>();
+  socket.on("message", (message: Uint8Array) => {
+    received.push(new Uint8Array(message));
+    if (received.length === sent.length) allBack.resolve();
+  });
+  try {
+    const framed = sent.map((payload) => frame(echo, payload));
+    await sendInOrder(socket, framed, reply.address.port, reply.address.host);
+    await Promise.race([allBack.promise, sleep(1000)]);
+  } finally {
+    await closeUdp(socket);
+  }
+  return { sent, received };
+}
+
+/** The UDP echo server a client's datagrams go to: on 127.0.0.1 or ::1, as its `family` says. */
+function udpEchoAddress(s: Scenario, world: World): Address {
+  return s.family === "ipv4"
+    ? { type: "ipv4", host: "127.0.0.1", port: world.udpEchoPort.ipv4 }
+    : { type: "ipv6", host: "::1", port: world.udpEchoPort.ipv6 };
+}
+
+/**
+ * Checks a UDP client's datagrams: each that came back is the echo of one
+ * it sent, whole, once, with a header naming the echo server; the line counts
+ * no more than was sent, and no less than came back. Loopback may drop a
+ * datagram under a crowd's load, so none has to come back.
+ */
+function checkDatagrams(s: Scenario, world: World, datagrams: Datagrams, line: LogLine): void {
+  const what = JSON.stringify({ datagrams: s.datagrams, line });
+  const echo = udpEchoAddress(s, world);
+  const unmatched: (Uint8Array | null)[] = [...datagrams.sent];
+  const same = (a: Uint8Array, b: Uint8Array | null) =>
+    b !== null && a.length === b.length && a.every((byte, i) => byte === b[i]);
+  let back = 0;
+  for (const bytes of datagrams.received) {
+    assert.deepEqual([...bytes.subarray(0, 3)], [0, 0, 0], `RSV and FRAG zero: ${what}`);
+    const datagram = socks5.decodeUdpDatagram(bytes);
+    assert.deepEqual(datagram.address, echo, what);
+    const at = unmatched.findIndex((payload) => same(datagram.data, payload));
+    assert.ok(at >= 0, `an echo of a datagram sent, not yet echoed: ${what}`);
+    unmatched[at] = null;
+    back += datagram.data.length;
+  }
+  const sent = datagrams.sent.reduce((n, payload) => n + payload.length, 0);
+  assert.ok(Number(line.up) <= sent, `no more counted up than sent: ${what}`);
+  assert.ok(Number(line.down) <= Number(line.up), `no more echoed than went out: ${what}`);
+  assert.ok(Number(line.down) >= back, `no less counted down than came back: ${what}`);
 }
 
 /** Checks what a well-formed client got against what the protocol says. */
@@ -506,20 +649,30 @@ export async function bystander(world: World): Promise<Deno.NetAddr> {
   }
 }
 
-/** The session lines logged after `from` for each client address. */
+/**
+ * The session lines logged after `from` for each connection: by listener and
+ * client address. Not by client address alone: two connections to different
+ * listeners may share a client port (the kernel picks a source port per
+ * destination), and then both lines look like one client's.
+ */
 export function linesByClient(ferry: FerryProcess, from: number): Map<string, LogLine[]> {
   const byClient = new Map<string, LogLine[]>();
   for (const line of ferry.lines.slice(from)) {
     if (line.event !== "session") continue;
-    const client = String(line.client);
-    byClient.set(client, [...byClient.get(client) ?? [], line]);
+    const key = `${line.listen} ${line.client}`;
+    byClient.set(key, [...byClient.get(key) ?? [], line]);
   }
   return byClient;
 }
 
-/** The lines for `addr` (in either form ferry may log it). */
-export function linesOf(byClient: Map<string, LogLine[]>, addr: Deno.NetAddr): LogLine[] {
-  return addressForms(addr).flatMap((form) => byClient.get(form) ?? []);
+/** The lines for `addr`'s connection to `listener` (its address in either form ferry may log). */
+export function linesOf(
+  byClient: Map<string, LogLine[]>,
+  addr: Deno.NetAddr,
+  listener: { hostname: string; port: number },
+): LogLine[] {
+  const listen = formatAddress({ host: listener.hostname, port: listener.port });
+  return addressForms(addr).flatMap((form) => byClient.get(`${listen} ${form}`) ?? []);
 }
 
 /** How a crowd's ferry is set up. */
@@ -568,18 +721,20 @@ function asFlags(settings: Record<string, unknown>): string[] {
 export async function crowdWorld(settings: WorldSettings): Promise<World & AsyncDisposable> {
   const echo = startEchoServer();
   const echo6 = startEchoServer("::1");
+  const udpEcho4 = await udpEcho("127.0.0.1");
+  const udpEcho6 = await udpEcho("::1");
   const refusedPort = closedPort();
-  // Free ports for ferry's listeners: its --allow-net must name them.
+  // Free ports for ferry's listeners, known before it starts (the config file names them).
   const socksPort = closedPort();
   const forwardPort = settings.forwardPool === undefined ? null : closedPort();
-  const ports = [socksPort, echo.addr.port, echo6.addr.port, refusedPort];
-  if (forwardPort !== null) ports.push(forwardPort);
   const allowNet = [
-    ...ports.map((port) => `127.0.0.1:${port}`),
-    ...ports.map((port) => `[::1]:${port}`),
-    // BIND's listener and UDP ASSOCIATE's socket, on ports the system picks
-    "127.0.0.1:0",
-    "[::1]:0",
+    // Every port: UDP answers go to the client's own UDP port, which Deno
+    // checks too (see the README's Permissions), and the system picks it.
+    "127.0.0.1",
+    "[::1]",
+    // UDP ASSOCIATE's outbound sockets
+    "0.0.0.0:0",
+    "[::]:0",
     "localhost",
   ].join(",");
   const socks = { listen: `127.0.0.1:${socksPort}`, ...socksSettings(settings) };
@@ -607,6 +762,8 @@ export async function crowdWorld(settings: WorldSettings): Promise<World & Async
   const cleanUp = async () => {
     await echo.close();
     await echo6.close();
+    await udpEcho4[Symbol.asyncDispose]();
+    await udpEcho6[Symbol.asyncDispose]();
     if (configFile !== null) await Deno.remove(configFile);
   };
   let ferry: FerryProcess;
@@ -629,6 +786,7 @@ export async function crowdWorld(settings: WorldSettings): Promise<World & Async
       ? null
       : { hostname: "127.0.0.1", port: forwardPort, pool: settings.forwardPool! },
     echoPort: { ipv4: echo.addr.port, ipv6: echo6.addr.port },
+    udpEchoPort: { ipv4: udpEcho4.port, ipv6: udpEcho6.port },
     refusedPort,
     usersRequired: settings.usersRequired,
     async [Symbol.asyncDispose]() {
@@ -656,6 +814,7 @@ export function checkClient(
   payload: Uint8Array,
   cutBy = "idle-timeout",
 ): void {
+  if (seen.datagrams !== null) checkDatagrams(s, world, seen.datagrams, line);
   const want = expected(s, world, cutBy);
   if (want === null || leftEarly(s)) return;
   const check = (want: Expected) => {
