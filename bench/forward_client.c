@@ -56,33 +56,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 static void die(const char *what) {
   fprintf(stderr, "forward_client: %s: %s\n", what, strerror(errno));
   exit(2);
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-         (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
-static int max_fds(void) {
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) die("getrlimit");
-  if (rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-    getrlimit(RLIMIT_NOFILE, &rl);
-  }
-  return rl.rlim_cur > (1 << 20) ? (1 << 20) : (int)rl.rlim_cur;
 }
 
 /* ---- options ------------------------------------------------------------ */
@@ -141,17 +119,6 @@ static struct sockaddr_in target(void) {
   sa.sin_addr = allowed_addr(opt_host);
   sa.sin_port = htons((uint16_t)opt_port);
   return sa;
-}
-
-static int wait_fd(int fd, short what, double deadline) {
-  for (;;) {
-    double left = deadline - now_s();
-    if (left <= 0) return -1;
-    struct pollfd p = {.fd = fd, .events = what};
-    int r = poll(&p, 1, (int)(left * 1000) + 1);
-    if (r == 1) return 0;
-    if (r < 0 && errno != EINTR) return -1;
-  }
 }
 
 /* Non-blocking connect, waited for with poll. Returns the fd or -1. */

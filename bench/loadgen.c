@@ -58,33 +58,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 static void die(const char *what) {
   fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
   exit(2);
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-         (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
-static int max_fds(void) {
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) die("getrlimit");
-  if (rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-    getrlimit(RLIMIT_NOFILE, &rl);
-  }
-  return rl.rlim_cur > (1 << 20) ? (1 << 20) : (int)rl.rlim_cur;
 }
 
 /* ---- options ------------------------------------------------------------ */
@@ -438,12 +416,6 @@ static int client_step(struct cconn *c, uint32_t e, int hold_mode) {
   }
 }
 
-/* A line for the driver, which samples /proc when it sees it. */
-static void mark(const char *m) {
-  printf("%s\n", m);
-  fflush(stdout);
-}
-
 static int cmp_float(const void *a, const void *b) {
   float x = *(const float *)a, y = *(const float *)b;
   return x < y ? -1 : x > y;
@@ -516,15 +488,6 @@ static int run_sessions(void) {
 }
 
 /* ---- download ----------------------------------------------------------- */
-
-/* Blocking I/O with a poll() deadline, for the one-stream handshake. */
-static int wait_fd(int fd, short what, double deadline) {
-  double left = deadline - now_s();
-  if (left <= 0) return -1;
-  struct pollfd p = {.fd = fd, .events = what};
-  int r = poll(&p, 1, (int)(left * 1000) + 1);
-  return r == 1 ? 0 : -1;
-}
 
 static int read_exact(int fd, unsigned char *b, size_t n, double deadline) {
   size_t got = 0;

@@ -38,11 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#include "bench_util.h"
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -50,22 +46,10 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static double cpu_s(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-         ru.ru_stime.tv_usec / 1e6;
-}
-
 static void die(const char *what) {
   printf("{\"error\":\"%s: %s\"}\n", what, strerror(errno));
   fflush(stdout);
   exit(1);
-}
-
-static void mark(const char *m) {
-  printf("%s\n", m);
-  fflush(stdout);
 }
 
 static const char *opt_proxy = "none";
