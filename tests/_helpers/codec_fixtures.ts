@@ -11,6 +11,7 @@ import {
   ProtocolError,
   type ProtocolErrorCode,
 } from "../../src/protocol/decoded.ts";
+import { concat as concatAll } from "./socks_client.ts";
 
 export type Decoder<T> = (bytes: Uint8Array) => Decoded<T>;
 
@@ -26,15 +27,9 @@ export function filled(n: number, byte: number): Uint8Array {
   return new Uint8Array(n).fill(byte);
 }
 
-/** The parts, one after the other. */
+/** The parts, one after the other: socks_client's `concat`, spread for fixtures. */
 export function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
+  return concatAll(parts);
 }
 
 /** A message that decodes to `value`. */
