@@ -27,6 +27,7 @@ import {
   writeAll,
 } from "./socks_client.ts";
 import { type Address, formatAddress } from "../../src/protocol/address.ts";
+import { constantTimeEqual } from "../../src/auth.ts";
 import type { Decoded } from "../../src/protocol/decoded.ts";
 
 /** The user a crowd's ferry requires, when it requires one. */
@@ -151,6 +152,8 @@ export interface World {
   readonly echoPort: { readonly ipv4: number; readonly ipv6: number };
   /** UDP echo servers' ports on 127.0.0.1 and on ::1. */
   readonly udpEchoPort: { readonly ipv4: number; readonly ipv6: number };
+  /** The SOCKS listener's `--max-conns`, where the world sets one. */
+  readonly maxConns: number | null;
   /** A port nothing listens on, on either address. */
   readonly refusedPort: number;
   readonly usersRequired: boolean;
@@ -545,8 +548,7 @@ function checkDatagrams(s: Scenario, world: World, datagrams: Datagrams, line: L
   const what = JSON.stringify({ datagrams: s.datagrams, line });
   const echo = udpEchoAddress(s, world);
   const unmatched: (Uint8Array | null)[] = [...datagrams.sent];
-  const same = (a: Uint8Array, b: Uint8Array | null) =>
-    b !== null && a.length === b.length && a.every((byte, i) => byte === b[i]);
+  const same = (a: Uint8Array, b: Uint8Array | null) => b !== null && constantTimeEqual(a, b);
   let back = 0;
   for (const bytes of datagrams.received) {
     assert.deepEqual([...bytes.subarray(0, 3)], [0, 0, 0], `RSV and FRAG zero: ${what}`);
@@ -787,6 +789,7 @@ export async function crowdWorld(settings: WorldSettings): Promise<World & Async
       : { hostname: "127.0.0.1", port: forwardPort, pool: settings.forwardPool! },
     echoPort: { ipv4: echo.addr.port, ipv6: echo6.addr.port },
     udpEchoPort: { ipv4: udpEcho4.port, ipv6: udpEcho6.port },
+    maxConns: settings.maxConns ?? null,
     refusedPort,
     usersRequired: settings.usersRequired,
     async [Symbol.asyncDispose]() {
