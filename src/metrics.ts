@@ -11,6 +11,11 @@ export class Metrics {
   rejectedMaxConns = 0;
   rejectedPerIp = 0;
   acceptErrors = 0;
+  /**
+   * Faults of ferry's own: a session that could not start (its connection
+   * closed, with no session line) or whose end failed. Should stay 0.
+   */
+  internalErrors = 0;
   sessionsOk = 0;
   sessionsFailed = 0;
   bytesUp = 0;
@@ -34,6 +39,7 @@ export class Metrics {
       rejectedMaxConns: this.rejectedMaxConns,
       rejectedPerIp: this.rejectedPerIp,
       acceptErrors: this.acceptErrors,
+      internalErrors: this.internalErrors,
       sessionsOk: this.sessionsOk,
       sessionsFailed: this.sessionsFailed,
       bytesUp: this.bytesUp,

@@ -238,6 +238,24 @@ export function startServer(
   const limitLogs = { "max-conns": new RateLimitedLog(), "max-conns-per-ip": new RateLimitedLog() };
   const allEnded: (() => void)[] = [];
 
+  const internalErrors = new RateLimitedLog();
+  /**
+   * A fault of ferry's own around one session (see {@linkcode admit}): that
+   * client is let down, the others and the accept loop go on.
+   */
+  const onInternalError = (client: string, error: unknown) => {
+    metrics.internalErrors++;
+    internalErrors.maybe((suppressed) =>
+      serverLog.error("session of {client} failed inside ferry: {error}", {
+        event: "internal-error",
+        listen: context.listen,
+        client,
+        error: (error as Error)?.stack ?? String(error),
+        suppressed,
+      })
+    );
+  };
+
   const onAcceptError = (error: unknown, backingOff: boolean) => {
     metrics.acceptErrors++;
     const fields = (suppressed: number) => ({
@@ -290,15 +308,36 @@ export function startServer(
       );
       return;
     }
+    // Guarded, because a throw here would end the accept loop, and with it
+    // the process (an unhandled rejection): a session that cannot even be
+    // made (say its buffer cannot be allocated) fails alone.
+    let session: ServerSession;
+    try {
+      session = createSession(conn, context);
+    } catch (error) {
+      closeQuietly(conn);
+      onInternalError(formatPeer(conn.remoteAddr), error);
+      return;
+    }
     perIp.set(ip, fromIp + 1);
-    const running = new RunningSession(createSession(conn, context));
+    const running = new RunningSession(session);
     sessions.add(running);
-    running.session.run().then(() => { // run() never rejects
+    const ended = () => {
       sessions.delete(running);
       const left = perIp.get(ip)! - 1;
       if (left === 0) perIp.delete(ip);
       else perIp.set(ip, left);
       if (sessions.size === 0) { for (const resolve of allEnded.splice(0)) resolve(); }
+    };
+    session.run().then(ended, (error) => {
+      // run() is written never to reject; if it does, its sockets may be open still.
+      try {
+        session.abort("internal-error");
+      } catch {
+        // Nothing more to try: the session is broken.
+      }
+      onInternalError(formatPeer(conn.remoteAddr), error);
+      ended();
     });
   };
 
@@ -321,7 +360,11 @@ export function startServer(
       closeQuietly(listener);
       await acceptLoop;
       // What they held back, before the stopped line's totals.
-      for (const log of [acceptErrors, lostBeforeAccept, ...Object.values(limitLogs)]) log.flush();
+      for (
+        const log of [acceptErrors, lostBeforeAccept, internalErrors, ...Object.values(limitLogs)]
+      ) {
+        log.flush();
+      }
       const drained = waitForSessions();
       let timer: ReturnType<typeof setTimeout> | undefined;
       const graceOver = new Promise<"grace-over">((resolve) => {

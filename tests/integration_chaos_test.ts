@@ -180,6 +180,8 @@ async function crowds(
           everyone.length - refusedHere,
           "no line for a connection nobody made",
         );
+        const faults = ferry.lines.slice(from).filter((line) => line.event === "internal-error");
+        assert.deepEqual(faults, [], "no fault inside ferry");
         // The crowd has gone: nothing of it may stay open in ferry.
         await backToBaseline();
         await waitUntil(settled, "ferry to hold its listeners and pool again, no more");

@@ -8,10 +8,12 @@ import { buildSocksConfig, type RawSocksOptions } from "../src/config.ts";
 import type { Decoded } from "../src/protocol/decoded.ts";
 import * as socks5 from "../src/protocol/socks5.ts";
 import { writeAll } from "../src/relay.ts";
-import { type Server, startSocksServer } from "../src/server.ts";
+import { reset } from "@logtape/logtape";
+import type { ListenerSettings } from "../src/config.ts";
+import { type Server, type ServerSession, startServer, startSocksServer } from "../src/server.ts";
 import { DescriptorWait } from "../src/spare_descriptors.ts";
 import { waitsUntilGivenUp } from "./_helpers/descriptor_wait.ts";
-import { waitUntil } from "./_helpers/forward_support.ts";
+import { captureLogs, waitUntil } from "./_helpers/forward_support.ts";
 import { deadline } from "./_helpers/socks_client.ts";
 
 const WAIT_MS = 10_000;
@@ -467,6 +469,7 @@ Deno.test("startSocksServer() closes a connection beyond --max-conns-per-ip at o
       rejectedMaxConns: 0,
       rejectedPerIp: 1,
       acceptErrors: 0,
+      internalErrors: 0,
       sessionsOk: 2,
       sessionsFailed: 0,
       bytesUp: bytes,
@@ -557,4 +560,97 @@ Deno.test("server.finished taken before shutdown() resolves with it", async () =
     // Documented: resolves when the accept loop has ended and every session has finished.
     await within(finished, "finished taken before shutdown", () => {}, 3000);
   });
+});
+
+/**
+ * A session for startServer() that greets its client and closes when the
+ * client does; `broken`, its run() rejects after the greeting instead, with
+ * its connection left open, as a fault in a session's own code would.
+ */
+class GreetingSession implements ServerSession {
+  readonly #conn: Deno.TcpConn;
+  readonly #broken: boolean;
+
+  constructor(conn: Deno.TcpConn, broken: boolean) {
+    this.#conn = conn;
+    this.#broken = broken;
+  }
+
+  async run(): Promise<void> {
+    await writeAll(this.#conn, encoder.encode("hello"));
+    if (this.#broken) throw new Error("a fault after the greeting");
+    while ((await this.#conn.read(new Uint8Array(64))) !== null) { /* until the client closes */ }
+    this.#conn.close();
+  }
+
+  abort(): void {
+    closeQuietly(this.#conn);
+  }
+
+  sourceFor(): string | null {
+    return null;
+  }
+
+  isFrom(): boolean {
+    return false;
+  }
+}
+
+Deno.test("a session that cannot be made, or whose run() rejects, fails alone: the accept loop and the others go on", async () => {
+  const logs = await captureLogs();
+  const settings: ListenerSettings = {
+    listen: { hostname: "127.0.0.1", port: 0 },
+    handshakeTimeoutMs: 5000,
+    connectTimeoutMs: 5000,
+    idleTimeoutMs: 5000,
+    shutdownGraceMs: 1000,
+    maxConns: 10,
+    maxConnsPerIp: 10,
+  };
+  let made = 0;
+  const server = startServer(settings, (conn) => {
+    // As `new ArrayBuffer()` throws when memory runs out.
+    if (++made === 1) throw new RangeError("Array buffer allocation failed");
+    return new GreetingSession(conn, made === 2);
+  });
+  const clients: Client[] = [];
+  try {
+    // The first is closed at once, with nothing sent.
+    const unmade = await Client.open(server.addr.port);
+    clients.push(unmade);
+    assert.deepEqual(await unmade.waitForEnd(), { ending: "eof", extra: 0 });
+    // The second is greeted, then its session breaks: ferry closes what it left open.
+    const broken = await Client.open(server.addr.port);
+    clients.push(broken);
+    assert.deepEqual(await broken.waitForEnd(), { ending: "eof", extra: "hello".length });
+    await waitUntil(() => server.activeSessions === 0, "the broken session to be let go");
+    // The third is served as if nothing had happened.
+    const served = await Client.open(server.addr.port);
+    clients.push(served);
+    assert.equal(decoder.decode(await served.readExactly("hello".length)), "hello");
+    assert.equal(server.activeSessions, 1);
+    served.close();
+    await waitUntil(() => server.activeSessions === 0, "the third session to end");
+    await within(server.shutdown(1000), "shutdown");
+    const { accepted, internalErrors, sessionsOk, sessionsFailed } = server.metrics.snapshot();
+    assert.deepEqual({ accepted, internalErrors, sessionsOk, sessionsFailed }, {
+      accepted: 3,
+      internalErrors: 2,
+      sessionsOk: 0, // GreetingSession keeps no score
+      sessionsFailed: 0,
+    });
+    // Both said, each with its client and its cause (the second was held back, then flushed).
+    const lines = logs.events("internal-error");
+    assert.deepEqual(lines.map((line) => line.client), [
+      `127.0.0.1:${unmade.conn.localAddr.port}`,
+      `127.0.0.1:${broken.conn.localAddr.port}`,
+    ]);
+    assert.match(String(lines[0]!.error), /RangeError: Array buffer allocation failed/);
+    assert.match(String(lines[1]!.error), /a fault after the greeting/);
+    assert.equal(lines[0]!.listen, `127.0.0.1:${server.addr.port}`);
+  } finally {
+    for (const client of clients) client.close();
+    await within(server.shutdown(0), "cleanup shutdown");
+    await reset();
+  }
 });
