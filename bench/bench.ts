@@ -26,10 +26,6 @@
  *   BENCH_DOWNLOAD_SECONDS=s measured seconds per download run (default 4)
  *   BENCH_IDLE_SESSIONS=n    idle sessions held per proxy (default 5000)
  *   BENCH_CONCURRENCY=n      sessions at a time (default 50)
- *   BENCH_CLOSE=client       the client closes first and the echo target
- *                            waits for it (default: the target closes right
- *                            after echoing, then the client closes; see
- *                            BENCHMARKS.md for why)
  *   BENCH_WRITE=0|1          write BENCHMARKS.md or not
  *   BENCH_FERRY_ENTRY=path   ferry's entry point (default src/main.ts)
  *   BENCH_FERRY_FLAGS="…"    deno run flags for ferry (default: those of
@@ -56,6 +52,7 @@ import {
   GEN_CORE,
   Lines,
   machineLines,
+  median,
   medianRun,
   num,
   OUT,
@@ -106,7 +103,6 @@ const IDLE_SESSIONS = Math.round(num("BENCH_IDLE_SESSIONS", QUICK ? 1000 : 5000)
 const CONCURRENCY = Math.round(num("BENCH_CONCURRENCY", 50));
 const WARMUP_SECONDS = 0.5;
 const PAYLOAD = 64;
-const CLIENT_CLOSES_FIRST = env("BENCH_CLOSE") === "client";
 const WRITE_DOC = env("BENCH_WRITE") === undefined ? !QUICK : env("BENCH_WRITE") === "1";
 /** Proxies run under `timeout` with this budget, so none outlives the bench. */
 const PROXY_BUDGET_SECONDS = 1200;
@@ -161,9 +157,14 @@ interface Row {
   pid?: number; // the proxy itself
   errFile?: string;
   failed?: string;
+  /** Session runs with the target closing first. */
   sessions: SessionResult[];
+  /** Session runs with the client closing first (the issue's order); none for Dante. */
+  clientFirst: SessionResult[];
   downloads: DownloadResult[];
   idle?: IdleResult;
+  /** Why the client-first runs stopped, if they did (the row's other figures stand). */
+  clientFirstFailed?: string;
 }
 
 interface IdleResult {
@@ -199,7 +200,8 @@ interface Targets {
   child: Deno.ChildProcess;
   stdin: WritableStreamDefaultWriter<Uint8Array>;
   lines: Lines;
-  echo: number;
+  echo: number; // closes right after the echo: the target closes first
+  echoOpen: number; // closes at EOF: the client closes first
   source: number;
   hold: number;
 }
@@ -215,7 +217,7 @@ async function startTargets(nofile: number): Promise<Targets> {
     "--max-seconds",
     String(PROXY_BUDGET_SECONDS),
   ];
-  if (!CLIENT_CLOSES_FIRST) args.push("--echo-close-after", String(PAYLOAD));
+  args.push("--echo-close-after", String(PAYLOAD)); // the "echo" server's, not "echo-open"'s
   const child = new Deno.Command("prlimit", {
     args,
     stdin: "piped",
@@ -226,8 +228,11 @@ async function startTargets(nofile: number): Promise<Targets> {
   const ports = await readPorts(lines, 10_000);
   if (ports === null) throw new Error("loadgen serve did not start");
   const { echo, source, hold } = ports;
-  if (!echo || !source || !hold) throw new Error("loadgen serve did not print its ports");
-  return { child, stdin: child.stdin.getWriter(), lines, echo, source, hold };
+  const echoOpen = ports["echo-open"];
+  if (!echo || !echoOpen || !source || !hold) {
+    throw new Error("loadgen serve did not print its ports");
+  }
+  return { child, stdin: child.stdin.getWriter(), lines, echo, echoOpen, source, hold };
 }
 
 // ---------------------------------------------------------------------------
@@ -319,16 +324,21 @@ const client = (targets: Targets, row: Row, nofile: number): Client =>
 
 const proxyArg = (row: Row) => (row.id === "direct" ? "none" : `127.0.0.1:${row.port}`);
 
+/** Which side closes first in a session run (see BENCHMARKS.md, "Full sessions per second"). */
+type CloseOrder = "target-first" | "client-first";
+
 function measureSessions(
   targets: Targets,
   row: Row,
   seconds: number,
   nofile: number,
+  order: CloseOrder = "target-first",
 ): Promise<SessionResult | string> {
+  const echo = order === "target-first" ? targets.echo : targets.echoOpen;
   return runSessions(
     client(targets, row, nofile),
     LOADGEN,
-    ["--proxy", proxyArg(row), "--target-port", String(targets.echo)],
+    ["--proxy", proxyArg(row), "--target-port", String(echo)],
     { concurrency: CONCURRENCY, payload: PAYLOAD, seconds, warmupSeconds: WARMUP_SECONDS },
   );
 }
@@ -483,44 +493,12 @@ function report(
     r?.idle && r.idle.ok > 0 ? (r.idle.after.pssKiB - r.idle.before.pssKiB) / r.idle.ok : NaN;
   const direct = get("direct");
   const label = (r: Row) => (r.failed ? `${r.label} (failed)` : r.label);
-
-  const out: string[] = [];
-  out.push(...info, "");
-  out.push(...busyWarning(rows, notQuiet));
-  out.push(
-    `Settings: ${ROUNDS} round${
-      ROUNDS === 1 ? "" : "s"
-    } per row of a ${SESSION_SECONDS} s session run and a ${DOWNLOAD_SECONDS} s download run ` +
-      `(each after a ${WARMUP_SECONDS} s warm-up; medians shown), ${CONCURRENCY} sessions at a time, ` +
-      `${PAYLOAD}-byte echo, ${
-        CLIENT_CLOSES_FIRST
-          ? "the client closes first"
-          : "the target closes after the echo, then the client"
-      }; ${IDLE_SESSIONS.toLocaleString("en-US")} idle sessions per proxy. Total run time ${
-        Math.round(seconds)
-      } s.`,
-    "",
-  );
-
-  out.push("### Summary", "");
-  out.push(
-    ...table(
-      ["", "sessions/s", "× direct", "download MiB/s", "× direct", "KiB per idle session (RSS)"],
-      rows.map((r) => [
-        label(r),
-        fmt(medianRate(r)),
-        r.id === "direct" ? "1.00×" : ratio(medianRate(r) / medianRate(direct)),
-        fmt(medianMibs(r)),
-        r.id === "direct" ? "1.00×" : ratio(medianMibs(r) / medianMibs(direct)),
-        r.id === "direct" ? "n/a" : fmt(kibPerSession(r), 1),
-      ]),
-    ),
-    "",
-  );
-
-  out.push("### Full sessions per second", "");
-  out.push(
-    ...table(
+  const targetFirst = (r: Row) => r.sessions;
+  const clientFirst = (r: Row) => r.clientFirst;
+  const rateOf = (runs: SessionResult[]) => median(runs.map((s) => s.rate));
+  /** A table of one close order's session runs. */
+  const sessionsTable = (runsOf: (r: Row) => SessionResult[]) =>
+    table(
       [
         "",
         "sessions/s (median)",
@@ -535,29 +513,83 @@ function report(
         "core 1 busy",
         "other processes CPU",
       ],
-      rows.map((r) => {
-        const m = medianRun(r.sessions, (s) => s.rate);
-        const perSession = (cpu: number, rate: number) => fmt(cpu / rate * 1e6);
-        return [
-          label(r),
-          fmt(medianRate(r)),
-          spread(r.sessions.map((s) => s.rate)),
-          m ? fmt(m.p50Ms, 2) : "—",
-          m ? fmt(m.p99Ms, 2) : "—",
-          fmt(r.sessions.reduce((a, s) => a + s.errors, 0)),
-          m ? pct(m.cpu.genCpu) : "—",
-          m ? pct(m.cpu.core0Busy) : "—",
-          r.id === "direct" ? "n/a" : m ? pct(m.cpu.proxyCpu) : "—",
-          r.id === "direct" || !m
-            ? "n/a"
-            : `${perSession(m.cpu.proxyCpu, m.rate)} (${perSession(m.cpu.proxySystemCpu, m.rate)})`,
-          m ? pct(m.cpu.core1Busy) : "—",
-          m ? pct(m.cpu.otherCpu) : "—",
-        ];
-      }),
+      // Dante has no client-first runs (see main()).
+      rows.filter((r) => runsOf === targetFirst || r.id !== "dante")
+        .map((r) => {
+          const runs = runsOf(r);
+          const m = medianRun(runs, (s) => s.rate);
+          const perSession = (cpu: number, rate: number) => fmt(cpu / rate * 1e6);
+          return [
+            label(r),
+            fmt(rateOf(runs)),
+            spread(runs.map((s) => s.rate)),
+            m ? fmt(m.p50Ms, 2) : "—",
+            m ? fmt(m.p99Ms, 2) : "—",
+            fmt(runs.reduce((a, s) => a + s.errors, 0)),
+            m ? pct(m.cpu.genCpu) : "—",
+            m ? pct(m.cpu.core0Busy) : "—",
+            r.id === "direct" ? "n/a" : m ? pct(m.cpu.proxyCpu) : "—",
+            r.id === "direct" || !m
+              ? "n/a"
+              : `${perSession(m.cpu.proxyCpu, m.rate)} (${
+                perSession(m.cpu.proxySystemCpu, m.rate)
+              })`,
+            m ? pct(m.cpu.core1Busy) : "—",
+            m ? pct(m.cpu.otherCpu) : "—",
+          ];
+        }),
+    );
+
+  const out: string[] = [];
+  out.push(...info, "");
+  out.push(...busyWarning(rows, notQuiet));
+  out.push(
+    `Settings: ${ROUNDS} round${
+      ROUNDS === 1 ? "" : "s"
+    } per row of a ${SESSION_SECONDS} s session run and a ${DOWNLOAD_SECONDS} s download run ` +
+      `(each after a ${WARMUP_SECONDS} s warm-up; medians shown), ${CONCURRENCY} sessions at a time, ` +
+      `${PAYLOAD}-byte echo, the target closing after the echo and then the client, and then ` +
+      `(every row but Dante, after the idle sessions) the client closing first; ${
+        IDLE_SESSIONS.toLocaleString("en-US")
+      } idle sessions per proxy. Total run time ${Math.round(seconds)} s.`,
+    "",
+  );
+
+  out.push("### Summary", "");
+  out.push(
+    ...table(
+      [
+        "",
+        "sessions/s",
+        "× direct",
+        "sessions/s, client closes first",
+        "× direct",
+        "download MiB/s",
+        "× direct",
+        "KiB per idle session (RSS)",
+      ],
+      rows.map((r) => [
+        label(r),
+        fmt(medianRate(r)),
+        r.id === "direct" ? "1.00×" : ratio(medianRate(r) / medianRate(direct)),
+        r.id === "dante" ? "n/a" : fmt(rateOf(r.clientFirst)),
+        r.id === "direct"
+          ? "1.00×"
+          : r.id === "dante"
+          ? "n/a"
+          : ratio(rateOf(r.clientFirst) / rateOf(direct?.clientFirst ?? [])),
+        fmt(medianMibs(r)),
+        r.id === "direct" ? "1.00×" : ratio(medianMibs(r) / medianMibs(direct)),
+        r.id === "direct" ? "n/a" : fmt(kibPerSession(r), 1),
+      ]),
     ),
     "",
   );
+
+  out.push("### Full sessions per second, the target closing first", "");
+  out.push(...sessionsTable(targetFirst), "");
+  out.push("### Full sessions per second, the client closing first", "");
+  out.push(...sessionsTable(clientFirst), "");
 
   out.push("### One-stream download", "");
   out.push(
@@ -624,11 +656,14 @@ function report(
     "",
   );
 
-  const failures = rows.filter((r) => r.failed);
+  const failures = rows.flatMap((r) => [
+    ...(r.failed ? [[r.label, r.failed]] : []),
+    ...(r.clientFirstFailed ? [[`${r.label}, the client closing first`, r.clientFirstFailed]] : []),
+  ]);
   if (failures.length) {
     out.push("### Failures", "");
-    for (const r of failures) {
-      out.push(`- ${r.label}: ${r.failed!.replace(/\s+/g, " ").slice(0, 500)}`);
+    for (const [what, why] of failures) {
+      out.push(`- ${what}: ${why!.replace(/\s+/g, " ").slice(0, 500)}`);
     }
     out.push("");
   }
@@ -653,6 +688,8 @@ function report(
   ) => (ok === null ? "not measured" : ok ? "**pass**" : "**miss**");
   const dl = medianMibs(ferry) / medianMibs(direct);
   const sr = medianRate(ferry) / medianRate(get("microsocks"));
+  const srClientFirst = rateOf(ferry?.clientFirst ?? []) /
+    rateOf(get("microsocks")?.clientFirst ?? []);
   const kib = kibPerSession(ferry);
   const known = (x: number) => Number.isFinite(x);
   // Three decimals: at two, a ratio of 0.998 would read "1.00×" beside "miss".
@@ -661,7 +698,12 @@ function report(
     ...table(["target", "measured (ferry, logging off)", "result"], [
       ["download ≥ 0.7× direct", known(dl) ? exact(dl) : "—", mark(known(dl) ? dl >= 0.7 : null)],
       [
-        "sessions/s ≥ 1.0× microsocks",
+        "sessions/s ≥ 1.0× microsocks, the client closing first (the issue's order)",
+        known(srClientFirst) ? exact(srClientFirst) : "—",
+        mark(known(srClientFirst) ? srClientFirst >= 1.0 : null),
+      ],
+      [
+        "sessions/s ≥ 1.0× microsocks, the target closing first",
         known(sr) ? exact(sr) : "—",
         mark(known(sr) ? sr >= 1.0 : null),
       ],
@@ -679,10 +721,15 @@ function report(
     ours.length > 0 && ours.length === theirs.length
       ? ours.map((x, i) => ratio(x / theirs[i]!)).join(", ")
       : null;
-  const sessionRounds = byRound(
-    ferry?.sessions.map((s) => s.rate) ?? [],
-    get("microsocks")?.sessions.map((s) => s.rate) ?? [],
-  );
+  const ferryOverMicrosocks = (runsOf: (r: Row) => SessionResult[]) => {
+    const microsocks = get("microsocks");
+    return byRound(
+      ferry ? runsOf(ferry).map((s) => s.rate) : [],
+      microsocks ? runsOf(microsocks).map((s) => s.rate) : [],
+    );
+  };
+  const sessionRounds = ferryOverMicrosocks(targetFirst);
+  const clientFirstRounds = ferryOverMicrosocks(clientFirst);
   const downloadRounds = byRound(
     ferry?.downloads.map((d) => d.mibPerS) ?? [],
     direct?.downloads.map((d) => d.mibPerS) ?? [],
@@ -698,12 +745,14 @@ function report(
         `core 0 would have carried ${fmt(limit)} MiB/s, ${ratio(limit / directDownload)} direct.`,
     );
   }
-  if (sessionRounds || downloadRounds) {
+  if (clientFirstRounds || sessionRounds || downloadRounds) {
     out.push(
       "",
       "Round by round (each ratio within one round): " +
         [
-          sessionRounds && `sessions/s ferry ÷ microsocks ${sessionRounds}`,
+          clientFirstRounds &&
+          `sessions/s ferry ÷ microsocks, the client closing first ${clientFirstRounds}`,
+          sessionRounds && `the target closing first ${sessionRounds}`,
           downloadRounds && `download ferry ÷ direct ${downloadRounds}`,
         ].filter(Boolean).join("; ") + ".",
     );
@@ -754,12 +803,33 @@ async function main(): Promise<number> {
   const wanted = (env("BENCH_ROWS") ?? "direct,ferry,ferry-log,bare,dante,microsocks").split(",")
     .map((s) => s.trim());
   const all: Row[] = [
-    { id: "direct", label: "direct", port: 0, sessions: [], downloads: [] },
-    { id: "ferry", label: "ferry", port: 0, sessions: [], downloads: [] },
-    { id: "ferry-log", label: "ferry (logging on)", port: 0, sessions: [], downloads: [] },
-    { id: "bare", label: "bare Deno relay (reference)", port: 0, sessions: [], downloads: [] },
-    { id: "dante", label: "dante", port: 0, sessions: [], downloads: [] },
-    { id: "microsocks", label: "microsocks", port: 0, sessions: [], downloads: [] },
+    { id: "direct", label: "direct", port: 0, sessions: [], clientFirst: [], downloads: [] },
+    { id: "ferry", label: "ferry", port: 0, sessions: [], clientFirst: [], downloads: [] },
+    {
+      id: "ferry-log",
+      label: "ferry (logging on)",
+      port: 0,
+      sessions: [],
+      clientFirst: [],
+      downloads: [],
+    },
+    {
+      id: "bare",
+      label: "bare Deno relay (reference)",
+      port: 0,
+      sessions: [],
+      clientFirst: [],
+      downloads: [],
+    },
+    { id: "dante", label: "dante", port: 0, sessions: [], clientFirst: [], downloads: [] },
+    {
+      id: "microsocks",
+      label: "microsocks",
+      port: 0,
+      sessions: [],
+      clientFirst: [],
+      downloads: [],
+    },
   ];
   const rows = all.filter((r) => wanted.includes(r.id));
   const tmp = await Deno.makeTempDir({ prefix: "ferry-bench-" });
@@ -777,7 +847,10 @@ async function main(): Promise<number> {
   let notQuiet: string | null = null;
   try {
     targets = await startTargets(nofile);
-    log(`targets: echo ${targets.echo}, source ${targets.source}, hold ${targets.hold}`);
+    log(
+      `targets: echo ${targets.echo}, echo-open ${targets.echoOpen}, source ${targets.source}, ` +
+        `hold ${targets.hold}`,
+    );
 
     for (const row of rows) {
       if (row.id === "direct") continue;
@@ -863,6 +936,42 @@ async function main(): Promise<number> {
         `idle ${row.label}: ${idle.ok}/${idle.requested} held, ` +
           `${fmt((idle.after.rssKiB - idle.before.rssKiB) / Math.max(1, idle.ok), 1)} KiB/session`,
       );
+    }
+
+    // The client closing first, the order the issue gives a session: last,
+    // because each such session leaves sockets in TIME_WAIT on ephemeral
+    // ports for a minute (the client's, and the proxy's towards the target),
+    // and Dante, which binds before it connects, fails while they last (see
+    // BENCHMARKS.md). The proxies are the fresh ones of the idle runs, so
+    // each is warmed up again first.
+    const clientFirstRows = rows.filter((r) => r.id !== "dante" && !r.failed);
+    for (const row of clientFirstRows) {
+      if (row.id === "direct") continue;
+      const warm = await measureSessions(targets, row, QUICK ? 1 : 2, nofile, "client-first");
+      if (typeof warm === "string" || warm.sessions === 0) {
+        row.clientFirstFailed = await warmUpFailure(warm, row.errFile!);
+        log(`${row.label}, the client closing first: ${row.clientFirstFailed}`);
+      }
+    }
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const row of clientFirstRows) {
+        if (row.clientFirstFailed) continue;
+        const what = `round ${round} ${row.label}, the client closing first`;
+        const s = await undisturbed(
+          what,
+          () => measureSessions(targets!, row, SESSION_SECONDS, nofile, "client-first"),
+        );
+        if (typeof s === "string") {
+          row.clientFirstFailed = s;
+          log(`${what}: ${s}`);
+          continue;
+        }
+        row.clientFirst.push(s);
+        log(
+          `${what}: ${fmt(s.rate)} sessions/s (${s.errors} errors, ` +
+            `gen ${pct(s.cpu.genCpu)}, proxy ${pct(s.cpu.proxyCpu)})`,
+        );
+      }
     }
   } finally {
     for (const row of rows) {

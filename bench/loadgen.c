@@ -6,10 +6,13 @@
  * Every socket it opens is on 127.0.0.1; every mode stops by itself.
  *
  *   loadgen serve --max-seconds T [--echo-close-after N]
- *       Runs three target servers on 127.0.0.1, port 0 each, and prints
- *       "echo P", "source P", "hold P", "ready" on stdout:
+ *       Runs four target servers on 127.0.0.1, port 0 each, and prints
+ *       "echo P", "echo-open P", "source P", "hold P", "ready" on stdout:
  *         echo   - writes back whatever it reads; closes on EOF, or as soon
  *                  as it has echoed N bytes when --echo-close-after is given
+ *                  (the target closes first)
+ *         echo-open - writes back whatever it reads; closes on EOF only (the
+ *                  client closes first)
  *         source - writes an endless stream of bytes until the peer goes
  *         hold   - accepts and keeps the connection open, idle
  *       A line "drop" on stdin closes every held connection (and prints
@@ -167,11 +170,12 @@ static int socks_reply_len(const unsigned char *b) {
 
 /* ---- serve -------------------------------------------------------------- */
 
-enum { K_FREE, K_LISTEN_ECHO, K_LISTEN_SOURCE, K_LISTEN_HOLD, K_ECHO, K_SOURCE, K_HOLD, K_STDIN };
+enum { K_FREE, K_LISTEN_ECHO, K_LISTEN_ECHO_OPEN, K_LISTEN_SOURCE, K_LISTEN_HOLD, K_ECHO, K_SOURCE, K_HOLD, K_STDIN };
 
 struct sconn {
   unsigned char kind;
   unsigned int echoed; /* bytes echoed so far, for --echo-close-after */
+  unsigned int close_after; /* close once this many are echoed; 0: on EOF only */
   unsigned short pend_off, pend_len; /* echo bytes not yet written back */
   unsigned char *pend;
 };
@@ -203,18 +207,21 @@ static int run_serve(void) {
   for (int i = 0; i < SRC_CHUNK; i++) src_buf[i] = (unsigned char)(i * 7 + 1);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   int max_fd_seen = 0;
-  int pe, ps, ph;
-  int le = listen_on_port0(&pe), ls = listen_on_port0(&ps), lh = listen_on_port0(&ph);
+  int pe, po, ps, ph;
+  int le = listen_on_port0(&pe), lo = listen_on_port0(&po);
+  int ls = listen_on_port0(&ps), lh = listen_on_port0(&ph);
   c[le].kind = K_LISTEN_ECHO;
+  c[lo].kind = K_LISTEN_ECHO_OPEN;
   c[ls].kind = K_LISTEN_SOURCE;
   c[lh].kind = K_LISTEN_HOLD;
   struct epoll_event ev = {.events = EPOLLIN};
   ev.data.fd = le; epoll_ctl(ep, EPOLL_CTL_ADD, le, &ev);
+  ev.data.fd = lo; epoll_ctl(ep, EPOLL_CTL_ADD, lo, &ev);
   ev.data.fd = ls; epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
   ev.data.fd = lh; epoll_ctl(ep, EPOLL_CTL_ADD, lh, &ev);
   c[0].kind = K_STDIN;
   ev.data.fd = 0; epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev); /* EOF on stdin: exit */
-  printf("echo %d\nsource %d\nhold %d\nready\n", pe, ps, ph);
+  printf("echo %d\necho-open %d\nsource %d\nhold %d\nready\n", pe, po, ps, ph);
   fflush(stdout);
 
   double deadline = now_s() + opt_max_seconds;
@@ -245,6 +252,7 @@ static int run_serve(void) {
         break;
       }
       case K_LISTEN_ECHO:
+      case K_LISTEN_ECHO_OPEN:
       case K_LISTEN_SOURCE:
       case K_LISTEN_HOLD:
         for (;;) {
@@ -254,11 +262,15 @@ static int run_serve(void) {
           if (cfd > max_fd_seen) max_fd_seen = cfd;
           struct epoll_event ce = {0};
           ce.data.fd = cfd;
-          if (s->kind == K_LISTEN_ECHO) { c[cfd].kind = K_ECHO; ce.events = EPOLLIN; }
+          if (s->kind == K_LISTEN_ECHO || s->kind == K_LISTEN_ECHO_OPEN) {
+            c[cfd].kind = K_ECHO;
+            ce.events = EPOLLIN;
+          }
           else if (s->kind == K_LISTEN_SOURCE) { c[cfd].kind = K_SOURCE; ce.events = EPOLLIN | EPOLLOUT; }
           else { c[cfd].kind = K_HOLD; ce.events = EPOLLIN | EPOLLRDHUP; }
           c[cfd].pend_len = 0;
           c[cfd].echoed = 0;
+          c[cfd].close_after = s->kind == K_LISTEN_ECHO ? (unsigned int)opt_echo_close_after : 0;
           epoll_ctl(ep, EPOLL_CTL_ADD, cfd, &ce);
         }
         break;
@@ -271,7 +283,7 @@ static int run_serve(void) {
           if (!dead && s->pend_len == 0) {
             struct epoll_event ce = {.events = EPOLLIN, .data.fd = fd};
             epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ce);
-            if (opt_echo_close_after > 0 && s->echoed >= (unsigned int)opt_echo_close_after)
+            if (s->close_after > 0 && s->echoed >= s->close_after)
               dead = 1;
           }
           if (!dead) break;
@@ -293,7 +305,7 @@ static int run_serve(void) {
             epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ce);
             break;
           }
-          if (opt_echo_close_after > 0 && s->echoed >= (unsigned int)opt_echo_close_after) {
+          if (s->close_after > 0 && s->echoed >= s->close_after) {
             dead = 1; /* the target closes first: see --echo-close-after */
             break;
           }
