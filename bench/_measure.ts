@@ -297,6 +297,7 @@ export interface SessionResult {
   sessions: number;
   errors: number;
   p50Ms: number;
+  p90Ms: number;
   p99Ms: number;
   cpu: CpuWindow;
 }
@@ -323,6 +324,8 @@ export interface SessionRunOptions extends RunOptions {
   concurrency: number;
   /** Bytes each session sends and reads back. */
   payload: number;
+  /** How long each of the `concurrency` slots waits after a session before its next. */
+  pauseMs?: number;
 }
 
 /** Runs `program mode args… --seconds S --warmup W`, allowing it 30 s beyond that. */
@@ -350,6 +353,7 @@ export async function runSessions(
     String(options.concurrency),
     "--payload",
     String(options.payload),
+    ...(options.pauseMs ? ["--pause-ms", String(options.pauseMs)] : []),
   ], options);
   if (!r.json || !r.cpu) return `session run failed: ${r.stderr.trim() || "no result"}`;
   const j = r.json as Record<string, number>;
@@ -358,6 +362,7 @@ export async function runSessions(
     sessions: j.sessions ?? 0,
     errors: j.errors ?? 0,
     p50Ms: (j.p50_us ?? 0) / 1000,
+    p90Ms: (j.p90_us ?? 0) / 1000,
     p99Ms: (j.p99_us ?? 0) / 1000,
     cpu: r.cpu,
   };

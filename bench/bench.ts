@@ -103,6 +103,8 @@ const IDLE_SESSIONS = Math.round(num("BENCH_IDLE_SESSIONS", QUICK ? 1000 : 5000)
 const CONCURRENCY = Math.round(num("BENCH_CONCURRENCY", 50));
 const WARMUP_SECONDS = 0.5;
 const PAYLOAD = 64;
+/** One session at a time, this long apart: a proxy left idle between clients. */
+const PACED_PAUSE_MS = 25;
 const WRITE_DOC = env("BENCH_WRITE") === undefined ? !QUICK : env("BENCH_WRITE") === "1";
 /** Proxies run under `timeout` with this budget, so none outlives the bench. */
 const PROXY_BUDGET_SECONDS = 1200;
@@ -165,6 +167,9 @@ interface Row {
   idle?: IdleResult;
   /** Why the client-first runs stopped, if they did (the row's other figures stand). */
   clientFirstFailed?: string;
+  /** One session at a time, PACED_PAUSE_MS apart. */
+  paced?: SessionResult;
+  pacedFailed?: string;
 }
 
 interface IdleResult {
@@ -333,13 +338,21 @@ function measureSessions(
   seconds: number,
   nofile: number,
   order: CloseOrder = "target-first",
+  paced = false,
 ): Promise<SessionResult | string> {
   const echo = order === "target-first" ? targets.echo : targets.echoOpen;
   return runSessions(
     client(targets, row, nofile),
     LOADGEN,
     ["--proxy", proxyArg(row), "--target-port", String(echo)],
-    { concurrency: CONCURRENCY, payload: PAYLOAD, seconds, warmupSeconds: WARMUP_SECONDS },
+    {
+      concurrency: paced ? 1 : CONCURRENCY,
+      pauseMs: paced ? PACED_PAUSE_MS : 0,
+      payload: PAYLOAD,
+      seconds,
+      // Paced, a longer warm-up: it must also get past the full-speed runs' after-effects.
+      warmupSeconds: paced ? 1 : WARMUP_SECONDS,
+    },
   );
 }
 
@@ -549,7 +562,8 @@ function report(
     } per row of a ${SESSION_SECONDS} s session run and a ${DOWNLOAD_SECONDS} s download run ` +
       `(each after a ${WARMUP_SECONDS} s warm-up; medians shown), ${CONCURRENCY} sessions at a time, ` +
       `${PAYLOAD}-byte echo, the target closing after the echo and then the client, and then ` +
-      `(every row but Dante, after the idle sessions) the client closing first; ${
+      `(every row but Dante, after the idle sessions) the client closing first; one session at ` +
+      `a time ${PACED_PAUSE_MS} ms apart for ${SESSION_SECONDS} s; ${
         IDLE_SESSIONS.toLocaleString("en-US")
       } idle sessions per proxy. Total run time ${Math.round(seconds)} s.`,
     "",
@@ -590,6 +604,39 @@ function report(
   out.push(...sessionsTable(targetFirst), "");
   out.push("### Full sessions per second, the client closing first", "");
   out.push(...sessionsTable(clientFirst), "");
+  out.push(`### One session at a time, ${PACED_PAUSE_MS} ms apart`, "");
+  out.push(
+    ...table(
+      [
+        "",
+        "sessions",
+        "errors",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p50 − direct p50 ms",
+        "proxy CPU µs per session",
+        "other processes CPU",
+      ],
+      rows.map((r) => {
+        const p = r.paced;
+        if (!p) return [label(r), "—", "—", "—", "—", "—", "—", "—", "—"];
+        const directP50 = direct?.paced?.p50Ms ?? NaN;
+        return [
+          label(r),
+          fmt(p.sessions),
+          fmt(p.errors),
+          fmt(p.p50Ms, 2),
+          fmt(p.p90Ms, 2),
+          fmt(p.p99Ms, 2),
+          r.id === "direct" ? "—" : `+${fmt(p.p50Ms - directP50, 2)}`,
+          r.id === "direct" ? "n/a" : fmt(p.cpu.proxyCpu / p.rate * 1e6),
+          pct(p.cpu.otherCpu),
+        ];
+      }),
+    ),
+    "",
+  );
 
   out.push("### One-stream download", "");
   out.push(
@@ -659,6 +706,7 @@ function report(
   const failures = rows.flatMap((r) => [
     ...(r.failed ? [[r.label, r.failed]] : []),
     ...(r.clientFirstFailed ? [[`${r.label}, the client closing first`, r.clientFirstFailed]] : []),
+    ...(r.pacedFailed ? [[`${r.label}, one session at a time`, r.pacedFailed]] : []),
   ]);
   if (failures.length) {
     out.push("### Failures", "");
@@ -907,6 +955,27 @@ async function main(): Promise<number> {
           row.failed = `the proxy exited: ${await readTail(row.errFile ?? "")}`;
         }
       }
+    }
+
+    // One session at a time: what a client that finds the proxy idle waits,
+    // where the runs above keep it busy. On the warm proxies of those runs.
+    for (const row of rows) {
+      if (row.failed) continue;
+      const what = `${row.label}, one session at a time`;
+      const p = await undisturbed(
+        what,
+        () => measureSessions(targets!, row, SESSION_SECONDS, nofile, "target-first", true),
+      );
+      if (typeof p === "string") {
+        row.pacedFailed = p;
+        log(`${what}: ${p}`);
+        continue;
+      }
+      row.paced = p;
+      log(
+        `${what}: p50 ${fmt(p.p50Ms, 2)} ms, p99 ${fmt(p.p99Ms, 2)} ms ` +
+          `(${p.sessions} sessions, ${p.errors} errors)`,
+      );
     }
 
     for (const row of rows) {

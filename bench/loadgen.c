@@ -19,7 +19,7 @@
  *       "dropped N"). Exits after T seconds or when stdin reaches EOF.
  *
  *   loadgen sessions --proxy HOST:PORT|none --target-port P --conc N
- *                    --seconds S --warmup W --payload B
+ *                    --seconds S --warmup W --payload B [--pause-ms X]
  *       Full sessions: connect, SOCKS5 greeting 05 01 00, read the method
  *       reply, CONNECT 127.0.0.1:P, read the reply, send B bytes, read the B
  *       byte echo, close. N sessions at a time. With --proxy none: connect to
@@ -74,6 +74,9 @@ static const char *opt_proxy = "none";
 static int opt_target_port = 0, opt_conc = 50, opt_payload = 64, opt_count = 5000;
 static int opt_echo_close_after = 0;
 static double opt_seconds = 5, opt_warmup = 0, opt_max_seconds = 600;
+/* sessions: how long each slot waits after a session before the next (--conc 1
+ * and a pause: the latency of a session that finds the proxy idle). */
+static double opt_pause_ms = 0;
 static long long opt_max_bytes = 1LL << 40;
 
 static void parse_opts(int argc, char **argv) {
@@ -91,6 +94,7 @@ static void parse_opts(int argc, char **argv) {
     else if (!strcmp(k, "--count")) opt_count = atoi(v);
     else if (!strcmp(k, "--seconds")) opt_seconds = atof(v);
     else if (!strcmp(k, "--warmup")) opt_warmup = atof(v);
+    else if (!strcmp(k, "--pause-ms")) opt_pause_ms = atof(v);
     else if (!strcmp(k, "--max-seconds")) opt_max_seconds = atof(v);
     else if (!strcmp(k, "--max-bytes")) opt_max_bytes = atoll(v);
     else if (!strcmp(k, "--echo-close-after")) opt_echo_close_after = atoi(v);
@@ -356,6 +360,7 @@ struct cconn {
   unsigned char state;
   unsigned short got;
   double t0;
+  double next_start; /* sessions: when this slot may start its next one (--pause-ms) */
   unsigned char buf[300];
 };
 
@@ -457,7 +462,7 @@ static int run_sessions(void) {
     if (!measuring && t >= t_measure) { measuring = 1; cpu0 = cpu_s(); mark("M"); }
     if (t >= t_end) break;
     for (int i = 0; i < opt_conc; i++) {
-      if (cs[i].fd >= 0) continue;
+      if (cs[i].fd >= 0 || t < cs[i].next_start) continue;
       int fd = start_connect();
       if (fd < 0) { connect_errors++; errors += measuring; continue; }
       cs[i].fd = fd;
@@ -467,7 +472,8 @@ static int run_sessions(void) {
       struct epoll_event ce = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &cs[i]};
       epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ce);
     }
-    int n = epoll_wait(ep, evs, 256, 50);
+    /* With a pause, wake every millisecond to start the next session on time. */
+    int n = epoll_wait(ep, evs, 256, opt_pause_ms > 0 ? 1 : 50);
     if (n < 0 && errno != EINTR) die("epoll_wait");
     double tn = now_s();
     for (int i = 0; i < n; i++) {
@@ -476,6 +482,7 @@ static int run_sessions(void) {
       if (r == 0) continue;
       close(c->fd);
       c->fd = -1;
+      c->next_start = tn + opt_pause_ms / 1000;
       if (tn < t_measure) { warm_done += r == 1; continue; }
       if (tn >= t_end) continue;
       if (r == 1) {
@@ -492,10 +499,13 @@ static int run_sessions(void) {
   for (int i = 0; i < opt_conc; i++)
     if (cs[i].fd >= 0) close(cs[i].fd);
   qsort(lat, nlat, sizeof *lat, cmp_float);
-  double p50 = nlat ? lat[nlat / 2] : 0, p99 = nlat ? lat[(size_t)((double)nlat * 0.99)] : 0;
+  double p50 = nlat ? lat[nlat / 2] : 0, p90 = nlat ? lat[(size_t)((double)nlat * 0.9)] : 0;
+  double p99 = nlat ? lat[(size_t)((double)nlat * 0.99)] : 0;
   printf("{\"sessions\":%lld,\"errors\":%lld,\"connect_errors\":%lld,\"warmup_sessions\":%lld,"
-         "\"elapsed\":%.4f,\"rate\":%.1f,\"cpu\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
-         done, errors, connect_errors, warm_done, elapsed, (double)done / elapsed, cpu, p50, p99);
+         "\"elapsed\":%.4f,\"rate\":%.1f,\"cpu\":%.4f,\"p50_us\":%.1f,\"p90_us\":%.1f,"
+         "\"p99_us\":%.1f}\n",
+         done, errors, connect_errors, warm_done, elapsed, (double)done / elapsed, cpu, p50, p90,
+         p99);
   return 0;
 }
 
