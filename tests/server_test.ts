@@ -4,12 +4,11 @@
  * Logging is not configured here, so LogTape drops the server's records.
  */
 import assert from "node:assert/strict";
+import { reset } from "@logtape/logtape";
 import { buildSocksConfig, type RawSocksOptions } from "../src/config.ts";
 import type { Decoded } from "../src/protocol/decoded.ts";
 import * as socks5 from "../src/protocol/socks5.ts";
 import { writeAll } from "../src/relay.ts";
-import { reset } from "@logtape/logtape";
-import type { ListenerSettings } from "../src/config.ts";
 import { type Server, type ServerSession, startServer, startSocksServer } from "../src/server.ts";
 import { DescriptorWait } from "../src/spare_descriptors.ts";
 import { waitsUntilGivenUp } from "./_helpers/descriptor_wait.ts";
@@ -598,15 +597,7 @@ class GreetingSession implements ServerSession {
 
 Deno.test("a session that cannot be made, or whose run() rejects, fails alone: the accept loop and the others go on", async () => {
   const logs = await captureLogs();
-  const settings: ListenerSettings = {
-    listen: { hostname: "127.0.0.1", port: 0 },
-    handshakeTimeoutMs: 5000,
-    connectTimeoutMs: 5000,
-    idleTimeoutMs: 5000,
-    shutdownGraceMs: 1000,
-    maxConns: 10,
-    maxConnsPerIp: 10,
-  };
+  const settings = await buildSocksConfig({ listen: "127.0.0.1:0", logLevel: "error" });
   let made = 0;
   const server = startServer(settings, (conn) => {
     // As `new ArrayBuffer()` throws when memory runs out.
