@@ -337,8 +337,7 @@ function measureSessions(
   row: Row,
   seconds: number,
   nofile: number,
-  order: CloseOrder = "target-first",
-  paced = false,
+  { order = "target-first", paced = false }: { order?: CloseOrder; paced?: boolean } = {},
 ): Promise<SessionResult | string> {
   const echo = order === "target-first" ? targets.echo : targets.echoOpen;
   return runSessions(
@@ -850,34 +849,21 @@ async function main(): Promise<number> {
 
   const wanted = (env("BENCH_ROWS") ?? "direct,ferry,ferry-log,bare,dante,microsocks").split(",")
     .map((s) => s.trim());
+  const newRow = (id: RowId, label: string): Row => ({
+    id,
+    label,
+    port: 0,
+    sessions: [],
+    clientFirst: [],
+    downloads: [],
+  });
   const all: Row[] = [
-    { id: "direct", label: "direct", port: 0, sessions: [], clientFirst: [], downloads: [] },
-    { id: "ferry", label: "ferry", port: 0, sessions: [], clientFirst: [], downloads: [] },
-    {
-      id: "ferry-log",
-      label: "ferry (logging on)",
-      port: 0,
-      sessions: [],
-      clientFirst: [],
-      downloads: [],
-    },
-    {
-      id: "bare",
-      label: "bare Deno relay (reference)",
-      port: 0,
-      sessions: [],
-      clientFirst: [],
-      downloads: [],
-    },
-    { id: "dante", label: "dante", port: 0, sessions: [], clientFirst: [], downloads: [] },
-    {
-      id: "microsocks",
-      label: "microsocks",
-      port: 0,
-      sessions: [],
-      clientFirst: [],
-      downloads: [],
-    },
+    newRow("direct", "direct"),
+    newRow("ferry", "ferry"),
+    newRow("ferry-log", "ferry (logging on)"),
+    newRow("bare", "bare Deno relay (reference)"),
+    newRow("dante", "dante"),
+    newRow("microsocks", "microsocks"),
   ];
   const rows = all.filter((r) => wanted.includes(r.id));
   const tmp = await Deno.makeTempDir({ prefix: "ferry-bench-" });
@@ -964,7 +950,7 @@ async function main(): Promise<number> {
       const what = `${row.label}, one session at a time`;
       const p = await undisturbed(
         what,
-        () => measureSessions(targets!, row, SESSION_SECONDS, nofile, "target-first", true),
+        () => measureSessions(targets!, row, SESSION_SECONDS, nofile, { paced: true }),
       );
       if (typeof p === "string") {
         row.pacedFailed = p;
@@ -1016,7 +1002,9 @@ async function main(): Promise<number> {
     const clientFirstRows = rows.filter((r) => r.id !== "dante" && !r.failed);
     for (const row of clientFirstRows) {
       if (row.id === "direct") continue;
-      const warm = await measureSessions(targets, row, QUICK ? 1 : 2, nofile, "client-first");
+      const warm = await measureSessions(targets, row, QUICK ? 1 : 2, nofile, {
+        order: "client-first",
+      });
       if (typeof warm === "string" || warm.sessions === 0) {
         row.clientFirstFailed = await warmUpFailure(warm, row.errFile!);
         log(`${row.label}, the client closing first: ${row.clientFirstFailed}`);
@@ -1028,7 +1016,7 @@ async function main(): Promise<number> {
         const what = `round ${round} ${row.label}, the client closing first`;
         const s = await undisturbed(
           what,
-          () => measureSessions(targets!, row, SESSION_SECONDS, nofile, "client-first"),
+          () => measureSessions(targets!, row, SESSION_SECONDS, nofile, { order: "client-first" }),
         );
         if (typeof s === "string") {
           row.clientFirstFailed = s;
