@@ -598,6 +598,7 @@ Deno.test({
       deadQueries?: number;
       slowEchoed?: string[];
       sentMs?: number;
+      kernelDrops?: number;
       udpIn?: number;
       dropped?: number;
       late?: { udpIn: number; dropped: number };
@@ -610,7 +611,12 @@ Deno.test({
     // the echo server got may lack some: its socket buffer holds about 256
     // small datagrams; ferry's counters are exact.)
     assert.equal(probed.udpIn, 23 + 256, show);
-    assert.ok(probed.dropped! > 3, `none of the 44 past the 256 dropped: ${show}`);
+    // Of the 44 past the 256, ferry dropped those it read (the 3 to
+    // dead.test are dropped too); any more the kernel dropped, its buffer
+    // full while ferry was busy, never reached ferry's counters.
+    const droppedPast256 = probed.dropped! - 3;
+    assert.ok(droppedPast256 > 0, `none of the 44 past the 256 dropped: ${show}`);
+    assert.equal(droppedPast256 + probed.kernelDrops!, 44, show);
     const order = probed.slowEchoed!.map((text) => Number(text.slice(1)));
     assert.ok(order.every((n, i) => n < 256 && (i === 0 || n > order[i - 1]!)), show);
     // An association that ends while datagrams wait counts them as dropped.

@@ -98,6 +98,24 @@ export async function associate(
 }
 
 /**
+ * Datagrams the kernel dropped, its receive buffer full, on this network
+ * namespace's UDP sockets bound to local `port` (/proc/net/udp's and udp6's
+ * last column): a burst a busy process did not read in time never reaches
+ * its counters.
+ */
+export async function kernelDrops(port: number): Promise<number> {
+  let drops = 0;
+  for (const table of ["/proc/net/udp", "/proc/net/udp6"]) {
+    const lines = (await Deno.readTextFile(table)).trim().split("\n").slice(1);
+    for (const line of lines) {
+      const fields = line.trim().split(/\s+/);
+      if (parseInt(fields[1]!.split(":")[1]!, 16) === port) drops += Number(fields.at(-1));
+    }
+  }
+  return drops;
+}
+
+/**
  * Sends each datagram once the last has gone: Deno's node:dgram may send a
  * burst in reverse (see OrderedSender in src/udp_associate.ts), and these
  * tests check the order ferry keeps.
