@@ -19,7 +19,14 @@ export interface Expirable extends Slotted {
   expire(): void;
 }
 
-/** The shared sweep. Ticks only while something is watched. */
+/**
+ * The shared sweep. Ticks only while something is watched, and stops at the
+ * first tick that finds nothing: not at the last `unwatch()`, because then
+ * a client that finds ferry idle paid for a new interval and its clearing
+ * on each session: with sessions one at a time, 25 ms apart, lingering
+ * took their median from 1.75 to 1.64 ms and ferry's CPU per session down
+ * by about 0.13 ms (four paired runs), for one more tick after the last.
+ */
 export class Deadlines {
   /** Coarse monotonic time in ms, refreshed on each tick. Cheap to read. */
   now = performance.now();
@@ -63,10 +70,9 @@ export class Deadlines {
     this.#watched.add(item);
   }
 
-  /** Stops watching `item`. */
+  /** Stops watching `item`. The sweep stops at its next tick if this was the last. */
   unwatch(item: Expirable): void {
     this.#watched.delete(item);
-    if (this.#watched.size === 0) this.#stop();
   }
 
   /** Number of watched items. */

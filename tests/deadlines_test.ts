@@ -38,9 +38,12 @@ class Item implements Expirable {
 
 /**
  * Runs `body` while recording intervals created and cleared through the
- * globals; returns the ids still running when it ends (and clears them).
+ * globals (`running`, which it may read); returns the ids still running
+ * when it ends (and clears them).
  */
-async function intervalsLeftRunning(body: () => Promise<void>): Promise<unknown[]> {
+async function intervalsLeftRunning(
+  body: (running: ReadonlySet<unknown>) => Promise<void>,
+): Promise<unknown[]> {
   type IntervalId = ReturnType<typeof setInterval>;
   const realSet = globalThis.setInterval;
   const realClear = globalThis.clearInterval;
@@ -55,7 +58,7 @@ async function intervalsLeftRunning(body: () => Promise<void>): Promise<unknown[
     realClear(id);
   }) as typeof realClear;
   try {
-    await body();
+    await body(running);
   } finally {
     globalThis.setInterval = realSet;
     globalThis.clearInterval = realClear;
@@ -200,9 +203,19 @@ Deno.test("Deadlines: bumping the deadline postpones expiry", async () => {
   assert.equal(deadlines.size, 0);
 });
 
-Deno.test("Deadlines stops its interval when the last item is unwatched", async () => {
+/** Waits until `running` is empty: a few ticks, 5 s at most. */
+async function untilStopped(running: ReadonlySet<unknown>): Promise<void> {
+  for (const started = performance.now(); running.size > 0;) {
+    if (performance.now() - started > 5000) return; // the caller's assertion says so
+    await new Promise((resolve) => setTimeout(resolve, TICK_MS));
+  }
+}
+
+Deno.test("Deadlines stops its interval at the first tick after the last item is unwatched, not at once", async () => {
   let size = -1;
-  const left = await intervalsLeftRunning(async () => {
+  let runningAfterUnwatch = -1;
+  let ticksToStop = -1;
+  const left = await intervalsLeftRunning(async (running) => {
     const deadlines = new Deadlines(TICK_MS);
     const a = new Item(performance.now() + 60_000);
     const b = new Item(performance.now() + 60_000);
@@ -211,10 +224,39 @@ Deno.test("Deadlines stops its interval when the last item is unwatched", async 
     deadlines.unwatch(a);
     deadlines.unwatch(b);
     size = deadlines.size;
-    await Promise.resolve();
+    // Kept for the next session, which would otherwise start one afresh.
+    runningAfterUnwatch = running.size;
+    const unwatchedAt = performance.now();
+    await untilStopped(running);
+    ticksToStop = (performance.now() - unwatchedAt) / TICK_MS;
   });
   assert.equal(size, 0);
+  assert.equal(runningAfterUnwatch, 1, "the interval stopped at the last unwatch()");
   assert.deepEqual(left, [], "the sweep's interval is still running");
+  assert.ok(ticksToStop < 50, `stopped after ${ticksToStop.toFixed(1)} ticks`);
+});
+
+Deno.test("Deadlines keeps its interval for an item watched again before the next tick", async () => {
+  let created = 0;
+  const realSet = globalThis.setInterval;
+  const left = await intervalsLeftRunning(async (running) => {
+    const spy = globalThis.setInterval;
+    globalThis.setInterval = ((...args: Parameters<typeof realSet>) => {
+      created++;
+      return spy(...args);
+    }) as typeof realSet;
+    const deadlines = new Deadlines(TICK_MS);
+    // One session after another, with nothing watched in between.
+    const first = new Item(performance.now() + 60_000);
+    deadlines.watch(first);
+    deadlines.unwatch(first);
+    const second = new Item(0);
+    deadlines.watchFor(second, 0);
+    await deadline(second.expired, 5000, "the second item's expiry");
+    await untilStopped(running);
+  });
+  assert.equal(created, 1, "a second interval was started");
+  assert.deepEqual(left, []);
 });
 
 Deno.test("Deadlines stops its interval when the last item expires", async () => {
@@ -233,7 +275,7 @@ Deno.test("Deadlines stops its interval when the last item expires", async () =>
 Deno.test("Deadlines keeps one interval however many items are watched", async () => {
   let created = 0;
   const realSet = globalThis.setInterval;
-  const left = await intervalsLeftRunning(async () => {
+  const left = await intervalsLeftRunning(async (running) => {
     const spy = globalThis.setInterval;
     globalThis.setInterval = ((...args: Parameters<typeof realSet>) => {
       created++;
@@ -243,7 +285,7 @@ Deno.test("Deadlines keeps one interval however many items are watched", async (
     const items = Array.from({ length: 100 }, () => new Item(performance.now() + 60_000));
     for (const item of items) deadlines.watch(item);
     for (const item of items) deadlines.unwatch(item);
-    await Promise.resolve();
+    await untilStopped(running);
   });
   assert.equal(created, 1);
   assert.deepEqual(left, []);
