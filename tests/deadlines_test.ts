@@ -38,18 +38,20 @@ class Item implements Expirable {
 
 /**
  * Runs `body` while recording intervals created and cleared through the
- * globals (`running`, which it may read); returns the ids still running
- * when it ends (and clears them).
+ * globals (`running`, which it may read); returns how many were created,
+ * and the ids still running when it ends (and clears them).
  */
-async function intervalsLeftRunning(
+async function watchIntervals(
   body: (running: ReadonlySet<unknown>) => Promise<void>,
-): Promise<unknown[]> {
+): Promise<{ created: number; left: unknown[] }> {
   type IntervalId = ReturnType<typeof setInterval>;
   const realSet = globalThis.setInterval;
   const realClear = globalThis.clearInterval;
   const running = new Set<IntervalId>();
+  let created = 0;
   globalThis.setInterval = ((...args: Parameters<typeof realSet>) => {
     const id = realSet(...args);
+    created++;
     running.add(id);
     return id;
   }) as typeof realSet;
@@ -65,7 +67,7 @@ async function intervalsLeftRunning(
   }
   const left = [...running];
   for (const id of left) realClear(id);
-  return left;
+  return { created, left };
 }
 
 Deno.test("Deadlines expires an item whose deadline has passed on the next tick, once", async () => {
@@ -215,7 +217,7 @@ Deno.test("Deadlines stops its interval at the first tick after the last item is
   let size = -1;
   let runningAfterUnwatch = -1;
   let ticksToStop = -1;
-  const left = await intervalsLeftRunning(async (running) => {
+  const { left } = await watchIntervals(async (running) => {
     const deadlines = new Deadlines(TICK_MS);
     const a = new Item(performance.now() + 60_000);
     const b = new Item(performance.now() + 60_000);
@@ -237,14 +239,7 @@ Deno.test("Deadlines stops its interval at the first tick after the last item is
 });
 
 Deno.test("Deadlines keeps its interval for an item watched again before the next tick", async () => {
-  let created = 0;
-  const realSet = globalThis.setInterval;
-  const left = await intervalsLeftRunning(async (running) => {
-    const spy = globalThis.setInterval;
-    globalThis.setInterval = ((...args: Parameters<typeof realSet>) => {
-      created++;
-      return spy(...args);
-    }) as typeof realSet;
+  const { created, left } = await watchIntervals(async (running) => {
     const deadlines = new Deadlines(TICK_MS);
     // One session after another, with nothing watched in between.
     const first = new Item(performance.now() + 60_000);
@@ -261,7 +256,7 @@ Deno.test("Deadlines keeps its interval for an item watched again before the nex
 
 Deno.test("Deadlines stops its interval when the last item expires", async () => {
   let count = 0;
-  const left = await intervalsLeftRunning(async () => {
+  const { left } = await watchIntervals(async () => {
     const deadlines = new Deadlines(TICK_MS);
     const item = new Item(0);
     deadlines.watch(item);
@@ -273,14 +268,7 @@ Deno.test("Deadlines stops its interval when the last item expires", async () =>
 });
 
 Deno.test("Deadlines keeps one interval however many items are watched", async () => {
-  let created = 0;
-  const realSet = globalThis.setInterval;
-  const left = await intervalsLeftRunning(async (running) => {
-    const spy = globalThis.setInterval;
-    globalThis.setInterval = ((...args: Parameters<typeof realSet>) => {
-      created++;
-      return spy(...args);
-    }) as typeof realSet;
+  const { created, left } = await watchIntervals(async (running) => {
     const deadlines = new Deadlines(TICK_MS);
     const items = Array.from({ length: 100 }, () => new Item(performance.now() + 60_000));
     for (const item of items) deadlines.watch(item);
