@@ -412,7 +412,10 @@ export interface LoadResults {
 }
 
 /** The median sessions/s of a row's runs (NaN when none). */
-export const medianRate = (r?: LoadResults) => median(r?.sessions.map((s) => s.rate) ?? []);
+export const medianRate = (r?: LoadResults) => medianSessionRate(r?.sessions);
+
+/** The median sessions/s of some session runs (NaN when none). */
+export const medianSessionRate = (runs?: SessionResult[]) => median(runs?.map((s) => s.rate) ?? []);
 
 /** The median download MiB/s of a row's runs (NaN when none). */
 export const medianMibs = (r?: LoadResults) => median(r?.downloads.map((d) => d.mibPerS) ?? []);

@@ -52,7 +52,6 @@ import {
   GEN_CORE,
   Lines,
   machineLines,
-  median,
   medianRun,
   num,
   OUT,
@@ -81,6 +80,7 @@ import {
   type DownloadResult,
   medianMibs,
   medianRate,
+  medianSessionRate,
   pinnedClient,
   runDownload,
   runSessions,
@@ -507,7 +507,8 @@ function report(
   const label = (r: Row) => (r.failed ? `${r.label} (failed)` : r.label);
   const targetFirst = (r: Row) => r.sessions;
   const clientFirst = (r: Row) => r.clientFirst;
-  const rateOf = (runs: SessionResult[]) => median(runs.map((s) => s.rate));
+  /** CPU seconds per second over sessions per second, in µs a session. */
+  const perSession = (cpu: number, rate: number) => fmt(cpu / rate * 1e6);
   /** A table of one close order's session runs. */
   const sessionsTable = (runsOf: (r: Row) => SessionResult[]) =>
     table(
@@ -530,10 +531,9 @@ function report(
         .map((r) => {
           const runs = runsOf(r);
           const m = medianRun(runs, (s) => s.rate);
-          const perSession = (cpu: number, rate: number) => fmt(cpu / rate * 1e6);
           return [
             label(r),
-            fmt(rateOf(runs)),
+            fmt(medianSessionRate(runs)),
             spread(runs.map((s) => s.rate)),
             m ? fmt(m.p50Ms, 2) : "—",
             m ? fmt(m.p99Ms, 2) : "—",
@@ -585,12 +585,12 @@ function report(
         label(r),
         fmt(medianRate(r)),
         r.id === "direct" ? "1.00×" : ratio(medianRate(r) / medianRate(direct)),
-        r.id === "dante" ? "n/a" : fmt(rateOf(r.clientFirst)),
+        r.id === "dante" ? "n/a" : fmt(medianSessionRate(r.clientFirst)),
         r.id === "direct"
           ? "1.00×"
           : r.id === "dante"
           ? "n/a"
-          : ratio(rateOf(r.clientFirst) / rateOf(direct?.clientFirst ?? [])),
+          : ratio(medianSessionRate(r.clientFirst) / medianSessionRate(direct?.clientFirst)),
         fmt(medianMibs(r)),
         r.id === "direct" ? "1.00×" : ratio(medianMibs(r) / medianMibs(direct)),
         r.id === "direct" ? "n/a" : fmt(kibPerSession(r), 1),
@@ -629,7 +629,7 @@ function report(
           fmt(p.p90Ms, 2),
           fmt(p.p99Ms, 2),
           r.id === "direct" ? "—" : `+${fmt(p.p50Ms - directP50, 2)}`,
-          r.id === "direct" ? "n/a" : fmt(p.cpu.proxyCpu / p.rate * 1e6),
+          r.id === "direct" ? "n/a" : perSession(p.cpu.proxyCpu, p.rate),
           pct(p.cpu.otherCpu),
         ];
       }),
@@ -735,8 +735,8 @@ function report(
   ) => (ok === null ? "not measured" : ok ? "**pass**" : "**miss**");
   const dl = medianMibs(ferry) / medianMibs(direct);
   const sr = medianRate(ferry) / medianRate(get("microsocks"));
-  const srClientFirst = rateOf(ferry?.clientFirst ?? []) /
-    rateOf(get("microsocks")?.clientFirst ?? []);
+  const srClientFirst = medianSessionRate(ferry?.clientFirst) /
+    medianSessionRate(get("microsocks")?.clientFirst);
   const kib = kibPerSession(ferry);
   const known = (x: number) => Number.isFinite(x);
   // Three decimals: at two, a ratio of 0.998 would read "1.00×" beside "miss".

@@ -438,6 +438,11 @@ static int cmp_float(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* Percentile by nearest rank on a sorted array (0 when empty). */
+static double pct_of(const float *v, size_t n, double p) {
+  return n ? v[(size_t)((double)n * p)] : 0;
+}
+
 static int run_sessions(void) {
   setup_first_hop();
   build_request();
@@ -499,8 +504,7 @@ static int run_sessions(void) {
   for (int i = 0; i < opt_conc; i++)
     if (cs[i].fd >= 0) close(cs[i].fd);
   qsort(lat, nlat, sizeof *lat, cmp_float);
-  double p50 = nlat ? lat[nlat / 2] : 0, p90 = nlat ? lat[(size_t)((double)nlat * 0.9)] : 0;
-  double p99 = nlat ? lat[(size_t)((double)nlat * 0.99)] : 0;
+  double p50 = pct_of(lat, nlat, 0.5), p90 = pct_of(lat, nlat, 0.9), p99 = pct_of(lat, nlat, 0.99);
   printf("{\"sessions\":%lld,\"errors\":%lld,\"connect_errors\":%lld,\"warmup_sessions\":%lld,"
          "\"elapsed\":%.4f,\"rate\":%.1f,\"cpu\":%.4f,\"p50_us\":%.1f,\"p90_us\":%.1f,"
          "\"p99_us\":%.1f}\n",
