@@ -236,20 +236,27 @@ export function startServer(
   const lostBeforeAccept = new RateLimitedLog();
   // One each, so that a line of one limit never carries the other's count.
   const limitLogs = { "max-conns": new RateLimitedLog(), "max-conns-per-ip": new RateLimitedLog() };
+  const internalErrors = new RateLimitedLog();
+  /** Flushed at shutdown: what they held back goes before the stopped line's totals. */
+  const rateLimitedLogs = [
+    acceptErrors,
+    lostBeforeAccept,
+    internalErrors,
+    ...Object.values(limitLogs),
+  ];
   const allEnded: (() => void)[] = [];
 
-  const internalErrors = new RateLimitedLog();
   /**
    * A fault of ferry's own around one session (see {@linkcode admit}): that
    * client is let down, the others and the accept loop go on.
    */
-  const onInternalError = (client: string, error: unknown) => {
+  const onInternalError = (conn: Deno.TcpConn, error: unknown) => {
     metrics.internalErrors++;
     internalErrors.maybe((suppressed) =>
       serverLog.error("session of {client} failed inside ferry: {error}", {
         event: "internal-error",
         listen: context.listen,
-        client,
+        client: formatPeer(conn.remoteAddr),
         error: (error as Error)?.stack ?? String(error),
         suppressed,
       })
@@ -316,7 +323,7 @@ export function startServer(
       session = createSession(conn, context);
     } catch (error) {
       closeQuietly(conn);
-      onInternalError(formatPeer(conn.remoteAddr), error);
+      onInternalError(conn, error);
       return;
     }
     perIp.set(ip, fromIp + 1);
@@ -336,7 +343,7 @@ export function startServer(
       } catch {
         // Nothing more to try: the session is broken.
       }
-      onInternalError(formatPeer(conn.remoteAddr), error);
+      onInternalError(conn, error);
       ended();
     });
   };
@@ -359,12 +366,7 @@ export function startServer(
       stopAccepting.abort();
       closeQuietly(listener);
       await acceptLoop;
-      // What they held back, before the stopped line's totals.
-      for (
-        const log of [acceptErrors, lostBeforeAccept, internalErrors, ...Object.values(limitLogs)]
-      ) {
-        log.flush();
-      }
+      for (const log of rateLimitedLogs) log.flush();
       const drained = waitForSessions();
       let timer: ReturnType<typeof setTimeout> | undefined;
       const graceOver = new Promise<"grace-over">((resolve) => {
