@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { Deadlines, type Expirable, tickFor } from "../src/deadlines.ts";
+import { waitUntil } from "./_helpers/forward_support.ts";
 import { deadline } from "./_helpers/socks_client.ts";
 
 const TICK_MS = 10;
@@ -205,13 +206,9 @@ Deno.test("Deadlines: bumping the deadline postpones expiry", async () => {
   assert.equal(deadlines.size, 0);
 });
 
-/** Waits until `running` is empty: a few ticks, 5 s at most. */
-async function untilStopped(running: ReadonlySet<unknown>): Promise<void> {
-  for (const started = performance.now(); running.size > 0;) {
-    if (performance.now() - started > 5000) return; // the caller's assertion says so
-    await new Promise((resolve) => setTimeout(resolve, TICK_MS));
-  }
-}
+/** Waits until `running` is empty: a few ticks, 5 s at most (the caller's assertion says if not). */
+const untilStopped = (running: ReadonlySet<unknown>) =>
+  waitUntil(() => running.size === 0, "the sweep's interval to stop", 5000).catch(() => {});
 
 Deno.test("Deadlines stops its interval at the first tick after the last item is unwatched, not at once", async () => {
   let size = -1;
