@@ -565,7 +565,7 @@ Deno.test("CONNECT to port 0 gets 0x01, and the log line names the system's reas
   assert.match(String(session.error), /^connect to 127\.0\.0\.1 failed: .*port.*0/i);
 });
 
-Deno.test("--allow-net narrowed to one host: CONNECT elsewhere gets 0x02, by address and by name", async () => {
+Deno.test("--allow-net narrowed to one host: CONNECT elsewhere gets 0x02, by address and by name (ASCII or not)", async () => {
   // 127.0.0.2 is loopback, but outside the permission; so is looking up a
   // name (Deno refuses it before any query leaves).
   const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -580,6 +580,12 @@ Deno.test("--allow-net narrowed to one host: CONNECT elsewhere gets 0x02, by add
     {
       address: domain("localhost", target.port),
       error: /resolving "localhost" is not allowed by --allow-net/,
+    },
+    // Deno's permission check throws for a name that is not ASCII, and the
+    // client got no reply at all.
+    {
+      address: domain("bücher.example", target.port),
+      error: /resolving "bücher\.example" is not allowed by --allow-net/,
     },
   ];
   for (const { address, error } of cases) {

@@ -147,9 +147,8 @@ export function resolverWith(lookup: Lookup): NameResolver {
       // system's, a sandbox's): a rule, as for an address outside it (0x02),
       // not a name that is missing.
       if ((error as { code?: unknown })?.code === "EPERM") {
-        const byDeno = Deno.permissions.querySync({ name: "net", host }).state !== "granted";
         const message = `resolving ${JSON.stringify(host)} is not allowed by ${
-          byDeno ? "--allow-net" : "the system"
+          denoAllowsLookup(host) ? "the system" : "--allow-net"
         }`;
         throw new DialError("not-allowed", message, { cause: error });
       }
@@ -173,6 +172,20 @@ export function resolverWith(lookup: Lookup): NameResolver {
     return results.map((r) => r.address);
   };
   return (host, client, signal) => resolve(host, client, signal);
+}
+
+/**
+ * Whether `--allow-net` lets ferry look `host` up. Deno throws, rather than
+ * answer, for a name its permissions cannot spell (`bücher.example`: not
+ * ASCII); that threw out of the lookup's error handling, and the client got
+ * no reply at all. Only an unnarrowed `--allow-net` lets such a name through.
+ */
+function denoAllowsLookup(host: string): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "net", host }).state === "granted";
+  } catch {
+    return Deno.permissions.querySync({ name: "net" }).state === "granted";
+  }
 }
 
 /**
