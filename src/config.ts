@@ -16,6 +16,7 @@ import {
   parseIPv6,
   unmapIPv4,
 } from "./protocol/address.ts";
+import { isOutOfDescriptors } from "./nofile.ts";
 
 /** Log levels the command line accepts. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
@@ -319,6 +320,10 @@ function hostKey(host: string): string {
  * decides, and it refuses to read /proc/sys without --allow-all: so ask the
  * kernel instead. Where `0.0.0.0` can take the port of a `[::]` listener,
  * `[::]` takes IPv6 only. Without IPv6, it does not matter: false.
+ *
+ * The answer is kept, but not one taken while ferry was out of descriptors:
+ * the first UDP datagram that asks may come in a shortage, and a `false`
+ * kept then would stand for the life of the process.
  */
 export function wildcardIsIpv6Only(): boolean {
   if (v6OnlyHere !== null) return v6OnlyHere;
@@ -327,7 +332,8 @@ export function wildcardIsIpv6Only(): boolean {
     v6 = Deno.listen({ hostname: "::", port: 0 });
     Deno.listen({ hostname: "0.0.0.0", port: v6.addr.port }).close();
     v6OnlyHere = true;
-  } catch {
+  } catch (error) {
+    if (isOutOfDescriptors(error)) return false; // the default's answer, for now: asked again
     v6OnlyHere = false; // the port is taken: dual-stack (or no IPv6 at all)
   } finally {
     v6?.close();

@@ -675,7 +675,7 @@ const V6ONLY_PROBE = new URL("./_helpers/v6only_probe.ts", import.meta.url).path
 
 Deno.test({
   name:
-    "where [::] takes IPv6 only, a forwarder on it forwards to an IPv4 server on its port (no false loop), and 0.0.0.0 may listen beside it",
+    "where [::] takes IPv6 only, a forwarder on it forwards to an IPv4 server on its port (no false loop), 0.0.0.0 may listen beside it, and a shortage does not hide it",
   ignore: !mountNsAvailable || !netnsAvailable,
   async fn() {
     // The loop check took [::] for dual-stack and refused this working upstream.
@@ -697,7 +697,10 @@ Deno.test({
       // The start-up checks took [::] for dual-stack: a forwarder to
       // 127.0.0.1 on its port was refused as a loop, and 0.0.0.0 beside it
       // as a collision, so IPv4 clients could not be served on that port.
+      // And a process that first asked while out of descriptors kept the
+      // dual-stack answer it fell back to, for good.
       assert.deepEqual(probed, {
+        shortage: { during: false, after: true },
         got: "V4",
         loopLines: 0,
         literal: "V4",

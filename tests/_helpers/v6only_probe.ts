@@ -6,14 +6,45 @@
  * to v4.test:9000 forwards to that server, not to itself; so does one to
  * 127.0.0.1:9000, which the start-up check must not refuse as a loop. And a
  * configuration file may put `[::]:9100` and `0.0.0.0:9100` side by side.
+ * And `wildcardIsIpv6Only()`, asked first while out of descriptors, still
+ * learns the truth once they are free.
  *
- * Prints one JSON object: `{ got, loopLines, literal, families }`, or what
- * failed.
+ * Prints one JSON object: `{ shortage, got, loopLines, literal, families }`,
+ * or what failed.
  *
  * Run: deno run -A tests/_helpers/v6only_probe.ts
  */
+import { wildcardIsIpv6Only } from "../../src/config.ts";
 import { startFerry } from "./ferry.ts";
 import { BufferedConn, socks5 } from "./socks_client.ts";
+
+/**
+ * What `wildcardIsIpv6Only()` answers in this process with every descriptor
+ * taken, then once they are free again. It kept its first answer, `false`,
+ * for good: an answer taken in a shortage.
+ */
+async function askedInAShortage(): Promise<{ during: boolean; after: boolean }> {
+  const setSoftLimit = (limit: string) =>
+    new Deno.Command("prlimit", { args: ["--pid", String(Deno.pid), `--nofile=${limit}:`] })
+      .output();
+  const soft = new TextDecoder().decode(
+    (await new Deno.Command("prlimit", {
+      args: ["--pid", String(Deno.pid), "--nofile", "--output", "SOFT", "--noheadings"],
+    }).output()).stdout,
+  ).trim();
+  await setSoftLimit("256");
+  const held: Deno.FsFile[] = [];
+  try {
+    for (let i = 0; i < 256; i++) held.push(Deno.openSync("/dev/null"));
+    throw new Error("256 files opened under a limit of 256");
+  } catch (error) {
+    if ((error as { code?: string }).code !== "EMFILE") throw error;
+  }
+  const during = wildcardIsIpv6Only();
+  for (const file of held) file.close();
+  await setSoftLimit(soft);
+  return { during, after: wildcardIsIpv6Only() };
+}
 
 /** What a forwarder on [::]:9000 to `to` relays from the IPv4 server, or why it did not start. */
 async function forwardedBy(to: string): Promise<string> {
@@ -35,6 +66,7 @@ async function answers(host: string): Promise<boolean> {
 
 let result: unknown;
 try {
+  const shortage = await askedInAShortage(); // first: nothing else here has asked yet
   let got: string, loopLines: number;
   {
     await using ferry = await startFerry(
@@ -66,7 +98,7 @@ try {
   } finally {
     await Deno.remove(config);
   }
-  result = { got, loopLines, literal, families };
+  result = { shortage, got, loopLines, literal, families };
 } catch (error) {
   result = { error: String(error) };
 }
