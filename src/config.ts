@@ -630,6 +630,13 @@ export function usersFileLines(content: TextFile, path: string): UsersFileLine[]
     if (content.notUtf8.has(index + 1)) {
       return void lines.push({ where, problem: `not UTF-8 text; ${SAVE_AS_UTF8}` });
     }
+    if (trimmed.startsWith("\uFEFF")) {
+      // The BOM of a file joined on with `cat`: it was part of the user's
+      // name, and only "\uFEFFbob" could log in, not bob.
+      const problem = "starts with a byte order mark (U+FEFF), as where two files were joined; " +
+        "delete it";
+      return void lines.push({ where, problem });
+    }
     if (trimmed.includes("\r")) {
       // Line ends of CR alone (classic Mac): read by LF, the file is one line.
       const problem =

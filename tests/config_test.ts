@@ -562,6 +562,19 @@ Deno.test("buildSocksConfig() refuses a users file with carriage returns alone a
   });
 });
 
+Deno.test("buildSocksConfig() refuses a users file line that starts with a byte order mark", async () => {
+  // `cat a b` of two files saved with BOMs: the second one's BOM made its
+  // first user "\uFEFFbob", and bob could not log in. The file's own BOM is
+  // no part of any line.
+  await withTempFile("\uFEFFalice:a\n\uFEFFbob:b\ncarol:c\n", async (path) => {
+    const problems = await problemsOf({ usersFile: [path] });
+    assert.deepEqual(problems, [
+      `${path}:2: starts with a byte order mark (U+FEFF), as where two files were joined; ` +
+      "delete it",
+    ]);
+  });
+});
+
 Deno.test("buildSocksConfig() reports users defined twice, in the file or on the command line", async () => {
   await withTempFile("alice:one\nbob:b\nalice:two\ncarol:c\n", async (path) => {
     const problems = await problemsOf({ usersFile: [path], user: ["carol:x"] });
