@@ -678,6 +678,9 @@ Deno.test("bad users entries are errors naming the entry", async () => {
     // The limits are in UTF-8 bytes: 128 two-byte characters are 256.
     { name: "é".repeat(128), password: "x" },
     { name: "frank", password: "é".repeat(128) },
+    // Half a UTF-16 pair, as JSON's "\ud800" spells it: it became U+FFFD.
+    { name: "grace", password: "secret\ud800" },
+    { name: "\udc00heidi", password: "x" },
   ];
   const problems = await problemsOfValue(file);
   assert.deepEqual(problems, [
@@ -691,6 +694,10 @@ Deno.test("bad users entries are errors naming the entry", async () => {
       "é".repeat(56)
     }...`,
     "listeners[0].users[7].password: password must be 1 to 255 bytes (RFC 1929), got 256",
+    "listeners[0].users[8].password: has a lone surrogate (a \\uD800-\\uDFFF escape without " +
+    "its pair); expected Unicode text",
+    "listeners[0].users[9].name: has a lone surrogate (a \\uD800-\\uDFFF escape without its " +
+    "pair); expected Unicode text",
   ]);
 });
 
