@@ -101,8 +101,8 @@ function addListenerOptions(command: Command, withHandshake: boolean): Command {
     )
     .addHelpText(
       "after",
-      "\nDurations: 250ms, 1.5s, 10s, 5m, 1h; at least 1ms, and --connect-timeout and\n" +
-        "--shutdown-grace at most 596h. Logs go to stderr, one line per session.",
+      "\nDurations: 250ms, 1.5s, 10s, 5m, 1h, 1h30m; at least 1ms, and --connect-timeout\n" +
+        "and --shutdown-grace at most 596h. Logs go to stderr, one line per session.",
     );
 }
 

@@ -177,20 +177,29 @@ const DURATION_UNITS: Readonly<Record<string, number>> = {
   h: 3_600_000,
 };
 
-/** Parses `250ms`, `10s`, `1.5m`, `1h` into milliseconds, or `null`. */
+/** Parses `250ms`, `10s`, `1.5m`, `1h`, `1h30m` into milliseconds, or `null`. */
 export function parseDuration(text: string): number | null {
   const ms = exactDuration(text);
   return ms === null ? null : Math.round(ms);
 }
+
+/** One number with its unit; `ms` before `m`, so that `1ms` is a millisecond. */
+const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/g;
+/** A duration: one or more parts, as Go's (gost's) `1h30m` or `2m30.5s`. */
+const DURATION = /^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$/;
 
 /**
  * Milliseconds in duration `text`, unrounded; `null` if it is no duration;
  * `Infinity` if it is one too large to count (a number of 300 digits).
  */
 function exactDuration(text: string): number | null {
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
-  if (!match) return null;
-  return Number(match[1]) * DURATION_UNITS[match[2]!]!;
+  const trimmed = text.trim();
+  if (!DURATION.test(trimmed)) return null;
+  let ms = 0;
+  for (const [, number, unit] of trimmed.matchAll(DURATION_PART)) {
+    ms += Number(number) * DURATION_UNITS[unit!]!;
+  }
+  return ms;
 }
 
 /**
@@ -222,7 +231,9 @@ export function checkDuration(
 ): number | { problem: string } {
   const exact = exactDuration(text);
   if (exact === null) {
-    return { problem: "expected a positive number with a unit, like 250ms, 1.5s, 10s, 5m or 1h" };
+    return {
+      problem: "expected a positive number with a unit, like 250ms, 1.5s, 10s, 5m, 1h or 1h30m",
+    };
   }
   // Before rounding: 0.5ms is less than the 1ms the message asks for.
   if (exact < 1) return { problem: "expected at least 1ms" };
@@ -230,7 +241,9 @@ export function checkDuration(
   if (timer && ms > MAX_TIMER_DURATION_MS) {
     return { problem: "expected at most 596h (about 24 days)" };
   }
-  if (!Number.isFinite(ms)) {
+  // Not only Infinity: 10^30 hours was taken, and the start-up line said
+  // idleTimeoutMs=3.6000000000000003e+36.
+  if (!Number.isSafeInteger(ms)) {
     return {
       problem: "expected a duration small enough to count in milliseconds " +
         "(a timeout of 100000h never fires in practice)",

@@ -135,7 +135,7 @@ function kindOf(value: unknown): string {
   return type === "object" ? "an object" : `a ${type}`;
 }
 
-const DURATION = `a positive duration with a unit, like "250ms", "10s", "5m" or "1h"`;
+const DURATION = `a positive duration with a unit, like "250ms", "10s", "5m", "1h" or "1h30m"`;
 const ADDRESS = "HOST:PORT or [IPV6]:PORT";
 const KINDS = ["socks", "forward"] as const;
 const encoder = new TextEncoder();

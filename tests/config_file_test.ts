@@ -807,7 +807,7 @@ Deno.test("several problems in one file are all reported, in file order", async 
   assert.deepEqual(await problemsOf(parseRunConfig(text, "many.jsonc")), [
     `log.level: expected "debug", "info", "warn" or "error", got "loud"`,
     `defaults.idleTimeout: expected a positive duration with a unit, like "250ms", "10s", ` +
-    `"5m" or "1h", got "forever"`,
+    `"5m", "1h" or "1h30m", got "forever"`,
     "listeners[0].maxConns: expected a whole number ≥ 1, got -5",
     "listeners[0].bogus: unknown key",
     `listeners[1].listen: "127.0.0.1:1080" is already used by listeners[0]`,

@@ -53,12 +53,36 @@ Deno.test("parseDuration() converts each unit to milliseconds", () => {
     ["0.5s", 500],
     ["  2s ", 2000],
     ["0s", 0],
+    // In parts, as Go's time.ParseDuration (gost) takes them.
+    ["1h30m", 5_400_000],
+    ["2m30.5s", 150_500],
+    ["1s500ms", 1500],
+    ["1m1ms", 60_001],
+    ["5s1h", 3_605_000],
   ];
   for (const [text, ms] of table) assert.equal(parseDuration(text), ms, text);
 });
 
 Deno.test("parseDuration() rejects text that is not a number with a unit", () => {
-  for (const text of ["", "5", "5x", "-1s", "ms", "1.s", ".5s", "1 s", "1S", "1d", "1e3ms"]) {
+  for (
+    const text of [
+      "",
+      "5",
+      "5x",
+      "-1s",
+      "ms",
+      "1.s",
+      ".5s",
+      "1 s",
+      "1S",
+      "1d",
+      "1e3ms",
+      "1h30",
+      "1h 30m",
+      "1h+30m",
+      "h30m",
+    ]
+  ) {
     assert.equal(parseDuration(text), null, JSON.stringify(text));
   }
 });
@@ -383,9 +407,16 @@ Deno.test("durations are taken from 1ms, --shutdown-grace and --connect-timeout 
   assert.deepEqual(await problemsOf({ shutdownGrace: huge }), [
     `--shutdown-grace: got "${huge}"; expected at most 596h (about 24 days)`,
   ]);
+  // Finite, but past whole milliseconds: the start-up line showed
+  // idleTimeoutMs=3.6000000000000003e+36 for 10^30 hours.
+  assert.equal((await buildSocksConfig({ idleTimeout: "1000000000h" })).idleTimeoutMs, 3.6e15);
+  assert.deepEqual(await problemsOf({ idleTimeout: "10000000000h" }), [
+    `--idle-timeout: got "10000000000h"; expected a duration small enough to count in ` +
+    `milliseconds (a timeout of 100000h never fires in practice)`,
+  ]);
   assert.deepEqual(await problemsOf({ connectTimeout: "soon" }), [
     `--connect-timeout: got "soon"; expected a positive number with a unit, like 250ms, 1.5s, ` +
-    `10s, 5m or 1h`,
+    `10s, 5m, 1h or 1h30m`,
   ]);
 });
 
