@@ -15,6 +15,7 @@ import { closeQuietly } from "./close_quietly.ts";
 import type { Deadlines, Expirable } from "./deadlines.ts";
 import { sessionLog } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
+import { isOutOfDescriptors } from "./nofile.ts";
 import { type Address, formatPeer, ipKey, unmapIPv4 } from "./protocol/address.ts";
 import { ProtocolError } from "./protocol/decoded.ts";
 import { FIRST_BUFFER_SIZE, relay, type RelayEnd, writeAll } from "./relay.ts";
@@ -376,12 +377,31 @@ export abstract class ProxySession implements Expirable {
       this.context.connectTimeoutMs,
       (signal) => {
         const dialOnce = () => dial(address, signal, this.clientIp, answers);
-        return dialOnce().catch((error) => dialWhenDescriptorFree(error, dialOnce, signal));
+        return dialOnce().catch((error) =>
+          whenDescriptorFree(error, outOfDescriptorsToDial, dialOnce, signal)
+        );
       },
     ).then((target) => {
       this.adoptTarget(target);
       if (this.controller.signal.aborted) throw this.controller.signal.reason;
       return target;
+    });
+  }
+
+  /**
+   * Opens a socket of the session's own, a BIND listener or a UDP relay
+   * socket, under the connect deadline. Short of a descriptor it waits for
+   * one as a dial does (see {@linkcode whenDescriptorFree}); at the deadline
+   * it throws the shortage, and at shutdown the session's reason. It failed
+   * at once, so a burst of UDP ASSOCIATE requests at the open-files limit
+   * got 0x01 where a burst of CONNECTs was served.
+   */
+  protected openInConnectPhase<T>(open: () => Promise<T>): Promise<T> {
+    return this.waitInConnectPhase(this.context.connectTimeoutMs, (signal) => {
+      const openOnce = () => signal.aborted ? Promise.reject(signal.reason) : open();
+      return open().catch((error) =>
+        whenDescriptorFree(error, isOutOfDescriptors, openOnce, signal)
+      );
     });
   }
 
@@ -564,27 +584,29 @@ export abstract class ProxySession implements Expirable {
 }
 
 /**
- * After a client's dial failed with `error`: if for want of a descriptor,
- * dials again once a forwarder's pool has given one up, or, with none to
- * give, once one may have freed up (see src/spare_descriptors.ts), until
- * `signal` aborts. ferry's own shortage says nothing of the target, so at
- * the connect deadline the error is still the shortage (0x01), not a
- * timeout.
+ * After a client's dial (or a socket's opening) failed with `error`: if for
+ * want of a descriptor (`short`), tries again once a forwarder's pool has
+ * given one up, or, with none to give, once one may have freed up (see
+ * src/spare_descriptors.ts), until `signal` aborts. ferry's own shortage
+ * says nothing of the target, so at the connect deadline the error is still
+ * the shortage (0x01), not a timeout. Aborted otherwise (shutdown), `retry`
+ * must fail at once with something else than a shortage.
  */
-async function dialWhenDescriptorFree(
+async function whenDescriptorFree<T>(
   error: unknown,
-  dialOnce: () => Promise<Deno.TcpConn>,
+  short: (error: unknown) => boolean,
+  retry: () => Promise<T>,
   signal: AbortSignal,
-): Promise<Deno.TcpConn> {
-  if (!outOfDescriptorsToDial(error)) throw error;
+): Promise<T> {
+  if (!short(error)) throw error;
   using wait = new DescriptorWait();
   for (;;) {
     if (!await freeSpareDescriptor() && !await wait.next(signal)) throw error; // no stall
     if (signal.aborted && abortFailure(signal) === "connect-timeout") throw error;
     try {
-      return await dialOnce(); // aborted otherwise: fails at once, as such
+      return await retry(); // aborted otherwise: fails at once, as such
     } catch (again) {
-      if (!outOfDescriptorsToDial(again)) throw again;
+      if (!short(again)) throw again;
       error = again;
     }
   }

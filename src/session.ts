@@ -220,7 +220,9 @@ export class SocksSession extends ProxySession {
       return await this.refuse(replies.failure(socks5.Reply.HostUnreachable), "host-unreachable");
     }
     try {
-      this.#bindListener = await makingRoom(() => new BindListener(listenOn));
+      this.#bindListener = await this.openInConnectPhase(() =>
+        makingRoom(() => new BindListener(listenOn))
+      );
     } catch (error) {
       return await this.refuse(
         replies.failure(socks5.Reply.GeneralFailure),
@@ -304,14 +306,16 @@ export class SocksSession extends ProxySession {
     };
     try {
       try {
-        this.#association = await UdpAssociation.open({
-          bindHost: unmapIPv4(this.client.localAddr.hostname),
-          clientIp,
-          // DST.ADDR is often 0.0.0.0 or a placeholder name; the sender must be
-          // the control connection's host anyway, so only the port is taken.
-          clientPort: declared.port,
-          onActivity: stillActive,
-        });
+        this.#association = await this.openInConnectPhase(() =>
+          UdpAssociation.open({
+            bindHost: unmapIPv4(this.client.localAddr.hostname),
+            clientIp,
+            // DST.ADDR is often 0.0.0.0 or a placeholder name; the sender must be
+            // the control connection's host anyway, so only the port is taken.
+            clientPort: declared.port,
+            onActivity: stillActive,
+          })
+        );
       } catch (error) {
         return await this.refuse(
           replyWith(socks5.Reply.GeneralFailure),

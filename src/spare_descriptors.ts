@@ -15,13 +15,13 @@
  * client waits, so after each client an accept loop frees one more: one
  * stays free for the next client, or for this one's dial.
  *
- * A client's dial with no pooled connection left to give up waits for a
- * descriptor instead of failing (see {@linkcode DescriptorWait}) while a
- * session may give one back, and while one waits no listener accepts: a
- * client accepted into the last descriptor had none to dial with, failed,
- * and freed its descriptor for the next, which failed the same way, so
- * that a burst at the limit was mostly refused where the listen queue
- * would have held it.
+ * A client's dial (or its BIND listener, or its UDP relay socket) with no
+ * pooled connection left to give up waits for a descriptor instead of
+ * failing (see {@linkcode DescriptorWait}) while a session may give one
+ * back, and while one waits no listener accepts: a client accepted into the
+ * last descriptor had none to dial with, failed, and freed its descriptor
+ * for the next, which failed the same way, so that a burst at the limit was
+ * mostly refused where the listen queue would have held it.
  *
  * The registry is this module's own: descriptors belong to the process, not
  * to one listener, and a forwarder's pool may have to make room for a SOCKS

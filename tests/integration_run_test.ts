@@ -279,6 +279,46 @@ Deno.test("a forwarder's pool that took every descriptor gives them up to a SOCK
   }
 });
 
+Deno.test("UDP ASSOCIATE and BIND requests at the open-files limit wait for descriptors, as a CONNECT does, and get 0x00", async () => {
+  // A relay socket or BIND listener that could not be opened for want of a
+  // descriptor got 0x01 at once, where a CONNECT waits for sessions to end.
+  // About 64 descriptors are free: 26 associations hold 52 of them, and 20
+  // more requests need 40.
+  await using ferry = await startFerry(
+    ["socks", "--listen", "127.0.0.1:0", "--max-udp-per-ip", "100", "--bind-timeout", "1s"],
+    { wrapper: ["prlimit", "--nofile=80"] },
+  );
+  const socks = { hostname: ferry.hostname, port: ferry.port };
+  const holding = [];
+  for (let i = 0; i < 26; i++) {
+    const held = await associate(socks);
+    holding.push(held);
+    assert.equal(held.reply.reply, socks5.Reply.Succeeded, `association ${i} of those held`);
+  }
+  const requests = Array.from({ length: 20 }, async (_, i) => {
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    const command = i % 2 === 0 ? socks5.Command.UdpAssociate : socks5.Command.Bind;
+    const reply = await socks5Handshake(client, ipv4("127.0.0.1", 0), { command });
+    return reply.reply;
+  });
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  for (const held of holding) await held[Symbol.asyncDispose]();
+  const replies = await Promise.allSettled(requests);
+  const failed = replies.filter((r) => r.status === "rejected" || r.value !== 0);
+  assert.equal(
+    failed.length,
+    0,
+    `${failed.length} of 20 not answered 0x00: ${
+      failed.map((r) => r.status === "rejected" ? String(r.reason) : `0x0${r.value}`).join(", ")
+    }`,
+  );
+  await ferry.waitFor(() => ferry.lines.filter((l) => l.event === "session").length === 46);
+  assert.deepEqual(
+    ferry.lines.filter((l) => l.event === "session" && String(l.outcome).endsWith("bind-failed")),
+    [],
+  );
+});
+
 Deno.test("a burst of clients beyond the open-files limit waits for descriptors, and every one is served", async () => {
   // Accepted into the last descriptor, a client had none left to dial its
   // upstream with and was closed (general-failure), which freed a
