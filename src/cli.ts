@@ -155,7 +155,7 @@ export function buildProgram(
     )
     .option(
       "--user <name:password>",
-      "allow this user (repeatable); enables RFC 1929 auth",
+      "allow this user (repeatable); enables RFC 1929 auth and refuses SOCKS4/4a",
       collect,
     )
     .option(

@@ -265,7 +265,8 @@ export abstract class ProxySession implements Expirable {
 
   /**
    * The client's IP, an IPv4 client of a `[::]` listener as IPv4: the key of
-   * its share of lookups and UDP associations, whichever listener it used.
+   * its share of lookups (the process's, whichever listener it used) and of
+   * UDP associations (its listener's).
    */
   protected get clientIp(): string {
     return unmapIPv4(this.client.remoteAddr.hostname);
