@@ -14,6 +14,7 @@
  */
 import dgram from "node:dgram";
 import { once } from "node:events";
+import { netPermission } from "./upstream/dial.ts";
 import { lookupAll } from "./upstream/lookups.ts";
 import {
   type Address,
@@ -520,11 +521,9 @@ export class UdpAssociation {
  * would be dropped with no word of why.
  */
 function refusedByDeno(to: string): Deno.errors.NotCapable | null {
-  try {
-    if (Deno.permissions.querySync({ name: "net", host: to }).state === "granted") return null;
-  } catch {
-    return null; // a host Deno's permissions cannot spell (a zoned link-local one): no more to say
-  }
+  const state = netPermission(to);
+  // null: a host Deno's permissions cannot spell (a zoned link-local one): no more to say.
+  if (state === null || state === "granted") return null;
   return new Deno.errors.NotCapable("no --allow-net permission");
 }
 

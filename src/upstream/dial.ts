@@ -175,17 +175,27 @@ export function resolverWith(lookup: Lookup): NameResolver {
 }
 
 /**
- * Whether `--allow-net` lets ferry look `host` up. Deno throws, rather than
- * answer, for a name its permissions cannot spell (`bücher.example`: not
- * ASCII); that threw out of the lookup's error handling, and the client got
- * no reply at all. Only an unnarrowed `--allow-net` lets such a name through.
+ * What `--allow-net` says of `host`, or `null` for a host Deno's permissions
+ * cannot spell (a name that is not ASCII, a zoned link-local address): Deno
+ * throws for those rather than answer.
+ */
+export function netPermission(host: string): Deno.PermissionState | null {
+  try {
+    return Deno.permissions.querySync({ name: "net", host }).state;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Whether `--allow-net` lets ferry look `host` up. For a name Deno cannot
+ * spell (`bücher.example`), whose query threw out of the lookup's error
+ * handling and left the client with no reply at all, only an unnarrowed
+ * `--allow-net` does.
  */
 function denoAllowsLookup(host: string): boolean {
-  try {
-    return Deno.permissions.querySync({ name: "net", host }).state === "granted";
-  } catch {
-    return Deno.permissions.querySync({ name: "net" }).state === "granted";
-  }
+  const state = netPermission(host) ?? Deno.permissions.querySync({ name: "net" }).state;
+  return state === "granted";
 }
 
 /**
