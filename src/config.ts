@@ -186,7 +186,7 @@ export function parseDuration(text: string): number | null {
 /** One number with its unit; `ms` before `m`, so that `1ms` is a millisecond. */
 const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/g;
 /** A duration: one or more parts, as Go's (gost's) `1h30m` or `2m30.5s`. */
-const DURATION = /^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$/;
+const DURATION = new RegExp(`^(?:${DURATION_PART.source})+$`);
 
 /**
  * Milliseconds in duration `text`, unrounded; `null` if it is no duration;
