@@ -217,16 +217,15 @@ const fitsRfc1929 = (text: string) => byteLength(text) >= 1 && byteLength(text) 
  * A JSON string may hold half a UTF-16 pair (`"\ud800"`): encoded as UTF-8
  * it became U+FFFD, so the password that worked was not the one written.
  */
-const wholeCharacters = {
-  error: "has a lone surrogate (a \\uD800-\\uDFFF escape without its pair); expected Unicode text",
-  abort: true,
-} as const;
+const wholeText = (schema: z.ZodString) =>
+  schema.refine((text) => text.isWellFormed(), {
+    error:
+      "has a lone surrogate (a \\uD800-\\uDFFF escape without its pair); expected Unicode text",
+    abort: true,
+  });
 
 const user = z.strictObject({
-  name: z.string(expecting("a user name")).refine(
-    (text) => text.isWellFormed(),
-    wholeCharacters,
-  ).refine(fitsRfc1929, {
+  name: wholeText(z.string(expecting("a user name"))).refine(fitsRfc1929, {
     error: (issue) => {
       const name = String(issue.input);
       return `user name must be 1 to 255 bytes (RFC 1929), got ${byteLength(name)} in ${
@@ -234,10 +233,7 @@ const user = z.strictObject({
       }`;
     },
   }),
-  password: z.string(expectingSecret("a password")).refine(
-    (text) => text.isWellFormed(),
-    wholeCharacters,
-  ).refine(fitsRfc1929, {
+  password: wholeText(z.string(expectingSecret("a password"))).refine(fitsRfc1929, {
     error: (issue) =>
       `password must be 1 to 255 bytes (RFC 1929), got ${byteLength(String(issue.input))}`,
   }),
