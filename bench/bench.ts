@@ -8,6 +8,8 @@
  *   (bench/loadgen.c), compiled here with `cc -O2` into bench/out/.
  * - Three measurements per row: full SOCKS5 sessions per second (50 at a
  *   time), one-stream download MiB/s, and RSS per idle session (5,000 held).
+ * - Then ferry and the bare relay under load at the same time, for the price
+ *   of ferry's features to within about ±1% (bench/_side_by_side.ts).
  * - Everything talks to 127.0.0.1 only and is bounded in time: the proxies run
  *   under `timeout`, the C program has an alarm, and this driver ends the
  *   processes it started by their PIDs.
@@ -52,6 +54,7 @@ import {
   GEN_CORE,
   Lines,
   machineLines,
+  median,
   medianRun,
   num,
   OUT,
@@ -90,6 +93,7 @@ import {
   waitForQuiet as waitForQuietBy,
   warmUpFailure,
 } from "./_measure.ts";
+import { sideBySide, type SideBySideRound } from "./_side_by_side.ts";
 
 const LOADGEN = `${OUT}/loadgen`;
 const START = "<!-- bench:start -->";
@@ -103,6 +107,9 @@ const IDLE_SESSIONS = Math.round(num("BENCH_IDLE_SESSIONS", QUICK ? 1000 : 5000)
 const CONCURRENCY = Math.round(num("BENCH_CONCURRENCY", 50));
 const WARMUP_SECONDS = 0.5;
 const PAYLOAD = 64;
+/** Rounds and seconds of each close order's ferry-against-the-bare-relay run (see sideBySide). */
+const SIDE_BY_SIDE_ROUNDS = QUICK ? 2 : 6;
+const SIDE_BY_SIDE_SECONDS = QUICK ? 2 : 4;
 /** One session at a time, this long apart: a proxy left idle between clients. */
 const PACED_PAUSE_MS = 25;
 const WRITE_DOC = env("BENCH_WRITE") === undefined ? !QUICK : env("BENCH_WRITE") === "1";
@@ -170,6 +177,14 @@ interface Row {
   /** One session at a time, PACED_PAUSE_MS apart. */
   paced?: SessionResult;
   pacedFailed?: string;
+}
+
+/** ferry and the bare relay under load at once, in one close order (see bench/_side_by_side.ts). */
+interface SideBySideRun {
+  order: CloseOrder;
+  /** A is ferry, B the bare relay. */
+  rounds: SideBySideRound[];
+  failed?: string;
 }
 
 interface IdleResult {
@@ -497,6 +512,7 @@ function report(
   seconds: number,
   ferryLogLines: number,
   notQuiet: string | null,
+  sideBySideRuns: SideBySideRun[],
 ): string {
   const get = (id: RowId) => rows.find((r) => r.id === id);
   const kibPerSession = (r?: Row) =>
@@ -603,6 +619,36 @@ function report(
   out.push(...sessionsTable(targetFirst), "");
   out.push("### Full sessions per second, the client closing first", "");
   out.push(...sessionsTable(clientFirst), "");
+  if (sideBySideRuns.length > 0) {
+    out.push("### ferry against the bare relay, both at once", "");
+    out.push(
+      ...table(
+        [
+          "close order",
+          "ferry ÷ bare relay, sessions, round by round",
+          "median",
+          "ferry CPU µs per session (median)",
+          "bare relay CPU µs per session (median)",
+        ],
+        sideBySideRuns.map(({ order, rounds, failed }) => [
+          order === "client-first" ? "the client first" : "the target first",
+          failed ?? rounds.map((r) => (r.sessionsA / r.sessionsB).toFixed(3)).join(", "),
+          failed ? "—" : median(rounds.map((r) => r.sessionsA / r.sessionsB)).toFixed(3),
+          failed ? "—" : fmt(median(rounds.map((r) => r.cpuUsA)), 1),
+          failed ? "—" : fmt(median(rounds.map((r) => r.cpuUsB)), 1),
+        ]),
+      ),
+      "",
+      `Both on core 1 at the same time, each with ${
+        Math.max(1, Math.round(CONCURRENCY / 2))
+      } sessions at a time from its own load generator on core 0, ${SIDE_BY_SIDE_ROUNDS} rounds ` +
+        `of ${SIDE_BY_SIDE_SECONDS} s, the two load generators swapping which starts first each ` +
+        "round. Both meet the same moment of the machine, so the ratio repeats within about ±1%, " +
+        "where the rows above vary by 5–10% from run to run. One minus the ratio is the price " +
+        "of ferry's features in sessions against the smallest relay Deno can run.",
+      "",
+    );
+  }
   out.push(`### One session at a time, ${PACED_PAUSE_MS} ms apart`, "");
   out.push(
     ...table(
@@ -878,6 +924,7 @@ async function main(): Promise<number> {
   const removeSignalListeners = exitOnSignal(cleanup, log);
 
   let ferryLogLines = 0;
+  const sideBySideRuns: SideBySideRun[] = [];
   let notQuiet: string | null = null;
   try {
     targets = await startTargets(nofile);
@@ -1030,6 +1077,39 @@ async function main(): Promise<number> {
         );
       }
     }
+
+    // ferry and the bare relay at once: the price of ferry's features to
+    // within about ±1%, where the rows above vary by 5–10% from run to run.
+    const ferry = rows.find((r) => r.id === "ferry" && !r.failed && r.pid !== undefined);
+    const bare = rows.find((r) => r.id === "bare" && !r.failed && r.pid !== undefined);
+    if (ferry && bare) {
+      for (const order of ["client-first", "target-first"] as const) {
+        const run: SideBySideRun = { order, rounds: [] };
+        sideBySideRuns.push(run);
+        try {
+          run.rounds = await sideBySide({ port: ferry.port, pid: ferry.pid! }, {
+            port: bare.port,
+            pid: bare.pid!,
+          }, {
+            loadgen: LOADGEN,
+            targetPort: order === "client-first" ? targets.echoOpen : targets.echo,
+            rounds: SIDE_BY_SIDE_ROUNDS,
+            seconds: SIDE_BY_SIDE_SECONDS,
+            warmupSeconds: QUICK ? 1 : 2,
+            concurrency: Math.max(1, Math.round(CONCURRENCY / 2)),
+            payload: PAYLOAD,
+            nofile,
+          });
+          log(
+            `ferry ÷ bare relay at once, ${order}: ` +
+              run.rounds.map((r) => (r.sessionsA / r.sessionsB).toFixed(3)).join(", "),
+          );
+        } catch (error) {
+          run.failed = error instanceof Error ? error.message : String(error);
+          log(`ferry ÷ bare relay at once, ${order}: ${run.failed}`);
+        }
+      }
+    }
   } finally {
     for (const row of rows) {
       ferryLogLines += await sessionLogLines(row);
@@ -1047,6 +1127,7 @@ async function main(): Promise<number> {
     (performance.now() - started) / 1000,
     ferryLogLines,
     notQuiet,
+    sideBySideRuns,
   );
   await publish(section);
   // A failed row is reported in the table, not by the exit code.

@@ -1,27 +1,18 @@
 /**
- * Two SOCKS5 servers measured at the same time: what one change to ferry
- * costs per session, to within about ±1%.
- *
- * `make bench` runs each proxy on its own, one after the other. On our VMs two
- * such runs differ by 5–10%, which hides the cost of any one feature. Here both
- * servers share core 1, and each gets its own load generator on core 0, with
- * half the bench's sessions at a time (25 each). Both then meet the same moment
- * of the machine, and the ratio of their session counts repeats within about
- * ±1% (BENCHMARKS.md, "Running it").
- * Run an entry against itself first: the small advantage of the first server
- * started is the floor under any difference.
- *
- * Only for two Deno programs, which share core 1 alike. A server with a thread
- * per connection (microsocks) gets a larger share of the core when it has more
- * runnable threads, so its count would say nothing.
+ * Compares two versions of ferry (or any Deno SOCKS5 server taking ferry's
+ * `socks --listen` flags) at the same time; see bench/_side_by_side.ts for
+ * why at the same time, and BENCHMARKS.md ("Running it") for how to use it.
+ * Run an entry against itself first: a smaller difference than that one
+ * means nothing.
  *
  * Usage:
- *   deno run --allow-all bench/side_by_side.ts A.ts B.ts [--rounds 5]
+ *   deno run --allow-all bench/side_by_side.ts A.ts B.ts [--rounds 6]
  *       [--seconds 4] [--order client-first|target-first]
  * A.ts and B.ts are started as `deno run <the start task's flags> X.ts socks
- * --listen 127.0.0.1:PORT …`: src/main.ts of two worktrees (`git worktree add
- * /tmp/before HEAD~1`), or bench/bare_relay.ts. Everything runs on 127.0.0.1,
- * is stopped by its PID at the end, and each round is bounded in time.
+ * --listen 127.0.0.1:PORT …` on core 1: src/main.ts of two worktrees (`git
+ * worktree add /tmp/before HEAD~1`), or bench/bare_relay.ts. Everything runs
+ * on 127.0.0.1, each load run stops by itself, and what this starts is
+ * stopped by its PID at the end.
  *
  * @module
  */
@@ -40,24 +31,22 @@ import {
   OUT,
   PROXY_CORE,
   readPorts,
-  readStat,
   ROOT,
   sleep,
   type StdinServer,
   stopServer,
 } from "./_common.ts";
+import { sideBySide } from "./_side_by_side.ts";
 
 const LOADGEN = `${OUT}/loadgen`;
 const NOFILE = 20000;
 const PAYLOAD = 64;
-const CONCURRENCY_EACH = 25;
-const WARMUP_SECONDS = 2;
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
   allowPositionals: true,
   options: {
-    rounds: { type: "string", default: "5" },
+    rounds: { type: "string", default: "6" },
     seconds: { type: "string", default: "4" },
     order: { type: "string", default: "client-first" },
   },
@@ -83,37 +72,9 @@ interface Server {
   child: Deno.ChildProcess;
 }
 
-/** One loadgen `sessions` run against `port`: the number of sessions it completed. */
-async function sessions(port: number, targetPort: number, runSeconds: number): Promise<number> {
-  const output = await new Deno.Command("taskset", {
-    args: [
-      "-c",
-      GEN_CORE,
-      "prlimit",
-      `--nofile=${NOFILE}:${NOFILE}`,
-      LOADGEN,
-      "sessions",
-      ...["--proxy", `127.0.0.1:${port}`, "--target-port", String(targetPort)],
-      ...["--conc", String(CONCURRENCY_EACH), "--seconds", String(runSeconds)],
-      ...["--warmup", "0", "--payload", String(PAYLOAD)],
-    ],
-    stdout: "piped",
-    stderr: "piped",
-    stdin: "null",
-  }).output();
-  const text = new TextDecoder().decode(output.stdout);
-  const last = text.trim().split("\n").filter((line) => line.startsWith("{")).pop();
-  const result = last === undefined ? null : JSON.parse(last);
-  if (typeof result?.sessions !== "number" || result.errors > 0) {
-    throw new Error(
-      `load against 127.0.0.1:${port} failed: ${last ?? new TextDecoder().decode(output.stderr)}`,
-    );
-  }
-  return result.sessions;
-}
-
 async function startServer(entry: string): Promise<Server> {
   const port = freePort();
+  // prlimit and taskset exec into deno: the child's PID is the server's.
   const child = new Deno.Command("prlimit", {
     args: [
       `--nofile=${NOFILE}:${NOFILE}`,
@@ -140,13 +101,6 @@ async function startServer(entry: string): Promise<Server> {
   return { entry, port, child };
 }
 
-/** CPU ticks of a server so far; prlimit and taskset exec into it, so its PID is the child's. */
-async function ticks(server: Server): Promise<number> {
-  const stat = await readStat(server.child.pid);
-  if (stat === null) throw new Error(`${server.entry} exited`);
-  return stat.ticks;
-}
-
 let targets: StdinServer | null = null;
 const servers: Server[] = [];
 const cleanup = async () => {
@@ -171,32 +125,32 @@ try {
   targets = { child: serve, stdin: serve.stdin.getWriter() };
   const ports = await readPorts(new Lines(serve.stdout), 10_000);
   if (!ports) throw new Error("the target servers did not start");
-  // "echo" closes once it has echoed the payload; "echo-open" waits for the client's FIN.
-  const targetPort = order === "client-first" ? ports["echo-open"]! : ports["echo"]!;
   for (const entry of entries) servers.push(await startServer(entry));
   const [a, b] = servers as [Server, Server];
-  const both = (runSeconds: number) =>
-    Promise.all([
-      sessions(a.port, targetPort, runSeconds),
-      sessions(b.port, targetPort, runSeconds),
-    ]);
-  await both(WARMUP_SECONDS); // the JIT, and the buffers' first growth
-  const ratios: number[] = [];
-  console.log(
-    `A: ${a.entry}\nB: ${b.entry}\n${order}, ${CONCURRENCY_EACH} sessions at a time each`,
-  );
-  for (let round = 1; round <= rounds; round++) {
-    const before = [await ticks(a), await ticks(b)];
-    const [countA, countB] = await both(seconds);
-    const cpuA = ((await ticks(a)) - before[0]!) * 10_000 / countA; // µs: a tick is 10 ms
-    const cpuB = ((await ticks(b)) - before[1]!) * 10_000 / countB;
-    ratios.push(countA / countB);
+  console.log(`A: ${a.entry}\nB: ${b.entry}\n${order}, 25 sessions at a time each`);
+  const results = await sideBySide({ port: a.port, pid: a.child.pid }, {
+    port: b.port,
+    pid: b.child.pid,
+  }, {
+    loadgen: LOADGEN,
+    // "echo" closes once it has echoed the payload; "echo-open" waits for the client's FIN.
+    targetPort: order === "client-first" ? ports["echo-open"]! : ports["echo"]!,
+    rounds,
+    seconds,
+    warmupSeconds: 2,
+    concurrency: 25,
+    payload: PAYLOAD,
+    nofile: NOFILE,
+  });
+  results.forEach((r, i) =>
     console.log(
-      `round ${round}: A ${fmt(countA)} sessions (${fmt(cpuA, 1)} µs CPU each), ` +
-        `B ${fmt(countB)} (${fmt(cpuB, 1)} µs); A/B ${(countA / countB).toFixed(3)}`,
-    );
-  }
-  console.log(`median A/B ${median(ratios).toFixed(3)}`);
+      `round ${i + 1}: A ${fmt(r.sessionsA)} sessions (${fmt(r.cpuUsA, 1)} µs CPU each), ` +
+        `B ${fmt(r.sessionsB)} (${fmt(r.cpuUsB, 1)} µs); A/B ${
+          (r.sessionsA / r.sessionsB).toFixed(3)
+        }`,
+    )
+  );
+  console.log(`median A/B ${median(results.map((r) => r.sessionsA / r.sessionsB)).toFixed(3)}`);
 } finally {
   await cleanup();
   removeSignalListeners();
