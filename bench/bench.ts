@@ -1105,7 +1105,9 @@ async function main(): Promise<number> {
               run.rounds.map((r) => (r.sessionsA / r.sessionsB).toFixed(3)).join(", "),
           );
         } catch (error) {
-          run.failed = error instanceof Error ? error.message : String(error);
+          // One table cell: no line breaks, no column separators.
+          run.failed = (error instanceof Error ? error.message : String(error))
+            .replace(/\s+/g, " ").replaceAll("|", "\\|");
           log(`ferry ÷ bare relay at once, ${order}: ${run.failed}`);
         }
       }
