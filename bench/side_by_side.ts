@@ -94,8 +94,14 @@ async function startServer(entry: string): Promise<Server> {
     stdout: "null",
     stderr: "inherit",
   }).spawn();
+  let exited: Deno.CommandStatus | null = null;
+  child.status.then((status) => exited = status);
   for (let waited = 0; !(await canConnect(port)); waited += 100) {
-    if (waited > 15_000) throw new Error(`${entry} did not listen on 127.0.0.1:${port}`);
+    if (exited !== null) throw new Error(`${entry} exited with status ${exited.code}`);
+    if (waited > 15_000) {
+      child.kill("SIGKILL");
+      throw new Error(`${entry} did not listen on 127.0.0.1:${port} within 15 s`);
+    }
     await sleep(100);
   }
   return { entry, port, child };
@@ -151,6 +157,9 @@ try {
     )
   );
   console.log(`median A/B ${median(results.map((r) => r.sessionsA / r.sessionsB)).toFixed(3)}`);
+} catch (error) {
+  console.error(`side_by_side: ${error instanceof Error ? error.message : error}`);
+  Deno.exitCode = 1;
 } finally {
   await cleanup();
   removeSignalListeners();
