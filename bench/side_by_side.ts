@@ -94,7 +94,7 @@ async function startServer(entry: string): Promise<Server> {
     stdout: "null",
     stderr: "inherit",
   }).spawn();
-  let exited: Deno.CommandStatus | null = null;
+  let exited = null as Deno.CommandStatus | null; // set by the callback below
   child.status.then((status) => exited = status);
   for (let waited = 0; !(await canConnect(port)); waited += 100) {
     if (exited !== null) throw new Error(`${entry} exited with status ${exited.code}`);
