@@ -22,6 +22,7 @@ import {
   compileC,
   endChild,
   exitOnSignal,
+  fdLimit,
   ferryRunFlags,
   fmt,
   freePort,
@@ -39,7 +40,6 @@ import {
 import { sideBySide } from "./_side_by_side.ts";
 
 const LOADGEN = `${OUT}/loadgen`;
-const NOFILE = 20000;
 const PAYLOAD = 64;
 
 const { values, positionals } = parseArgs({
@@ -72,12 +72,12 @@ interface Server {
   child: Deno.ChildProcess;
 }
 
-async function startServer(entry: string): Promise<Server> {
+async function startServer(entry: string, nofile: number): Promise<Server> {
   const port = freePort();
   // prlimit and taskset exec into deno: the child's PID is the server's.
   const child = new Deno.Command("prlimit", {
     args: [
-      `--nofile=${NOFILE}:${NOFILE}`,
+      `--nofile=${nofile}:${nofile}`,
       "taskset",
       "-c",
       PROXY_CORE,
@@ -131,7 +131,8 @@ try {
   targets = { child: serve, stdin: serve.stdin.getWriter() };
   const ports = await readPorts(new Lines(serve.stdout), 10_000);
   if (!ports) throw new Error("the target servers did not start");
-  for (const entry of entries) servers.push(await startServer(entry));
+  const nofile = await fdLimit();
+  for (const entry of entries) servers.push(await startServer(entry, nofile));
   const [a, b] = servers as [Server, Server];
   console.log(`A: ${a.entry}\nB: ${b.entry}\n${order}, 25 sessions at a time each`);
   const results = await sideBySide({ port: a.port, pid: a.child.pid }, {
@@ -146,7 +147,7 @@ try {
     warmupSeconds: 2,
     concurrency: 25,
     payload: PAYLOAD,
-    nofile: NOFILE,
+    nofile,
   });
   results.forEach((r, i) =>
     console.log(
