@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { GEN_CORE, readStat } from "./_common.ts";
+import { pinnedClient, runSessions, type SessionResult } from "./_measure.ts";
 
 /** A running server: where it listens, and its PID, for its CPU time. */
 export interface SideBySideServer {
@@ -47,12 +47,9 @@ export interface SideBySideOptions {
   readonly nofile: number;
 }
 
-/** A tick of /proc/PID/stat is 10 ms: 10,000 µs. */
-const US_PER_TICK = 10_000;
-
 /**
  * Runs `rounds` rounds with both servers under load at once. Throws if a load
- * generator fails or reports errors, or a server exits.
+ * generator fails or reports errors.
  */
 export async function sideBySide(
   a: SideBySideServer,
@@ -61,54 +58,50 @@ export async function sideBySide(
 ): Promise<SideBySideRound[]> {
   const both = (seconds: number, bFirst: boolean) => {
     const [first, second] = bFirst ? [b, a] : [a, b];
-    const runFirst = sessions(first.port, seconds, options);
-    const runSecond = sessions(second.port, seconds, options);
+    const runFirst = sessions(first, seconds, options);
+    const runSecond = sessions(second, seconds, options);
     return Promise.all(bFirst ? [runSecond, runFirst] : [runFirst, runSecond]);
   };
   await both(options.warmupSeconds, false);
   const rounds: SideBySideRound[] = [];
   for (let round = 0; round < options.rounds; round++) {
-    const ticksA = await ticks(a);
-    const ticksB = await ticks(b);
-    const [sessionsA, sessionsB] = await both(options.seconds, round % 2 === 1);
+    const [runA, runB] = await both(options.seconds, round % 2 === 1);
     rounds.push({
-      sessionsA,
-      sessionsB,
-      cpuUsA: ((await ticks(a)) - ticksA) * US_PER_TICK / sessionsA,
-      cpuUsB: ((await ticks(b)) - ticksB) * US_PER_TICK / sessionsB,
+      sessionsA: runA.sessions,
+      sessionsB: runB.sessions,
+      cpuUsA: cpuUsPerSession(runA),
+      cpuUsB: cpuUsPerSession(runB),
     });
   }
   return rounds;
 }
 
-/** A server's CPU ticks so far. */
-async function ticks(server: SideBySideServer): Promise<number> {
-  const stat = await readStat(server.pid);
-  if (stat === null) throw new Error(`the server on 127.0.0.1:${server.port} exited`);
-  return stat.ticks;
+/** The server's CPU per session over the run's measured window, in µs. */
+function cpuUsPerSession(run: SessionResult): number {
+  return run.cpu.proxyCpu / run.rate * 1e6;
 }
 
-/** One loadgen `sessions` run against `port`: the number of sessions it completed. */
-async function sessions(port: number, seconds: number, options: SideBySideOptions) {
-  const output = await new Deno.Command("taskset", {
-    args: [
-      ...["-c", GEN_CORE, "prlimit", `--nofile=${options.nofile}:${options.nofile}`],
-      options.loadgen,
-      "sessions",
-      ...["--proxy", `127.0.0.1:${port}`, "--target-port", String(options.targetPort)],
-      ...["--conc", String(options.concurrency), "--seconds", String(seconds)],
-      ...["--warmup", "0", "--payload", String(options.payload)],
-    ],
-    stdout: "piped",
-    stderr: "piped",
-    stdin: "null",
-  }).output();
-  const text = new TextDecoder().decode(output.stdout);
-  const last = text.trim().split("\n").filter((line) => line.startsWith("{")).pop();
-  const result = last === undefined ? null : JSON.parse(last);
-  if (typeof result?.sessions !== "number" || result.sessions === 0 || result.errors > 0) {
-    const why = last ?? new TextDecoder().decode(output.stderr).trim();
-    throw new Error(`load against 127.0.0.1:${port} failed: ${why}`);
+/** One `loadgen sessions` run against `server`, its CPU sampled over the measured window. */
+async function sessions(
+  server: SideBySideServer,
+  seconds: number,
+  options: SideBySideOptions,
+): Promise<SessionResult> {
+  const client = pinnedClient({
+    nofile: options.nofile,
+    targetPid: undefined, // the load generators' CPU is not reported here
+    proxyPid: server.pid,
+    reapedChildren: false,
+  });
+  const run = await runSessions(
+    client,
+    options.loadgen,
+    ["--proxy", `127.0.0.1:${server.port}`, "--target-port", String(options.targetPort)],
+    { concurrency: options.concurrency, payload: options.payload, seconds, warmupSeconds: 0 },
+  );
+  if (typeof run === "string" || run.sessions === 0 || run.errors > 0) {
+    const why = typeof run === "string" ? run : `${run.sessions} sessions, ${run.errors} errors`;
+    throw new Error(`load against 127.0.0.1:${server.port} failed: ${why}`);
   }
-  return result.sessions as number;
+  return run;
 }

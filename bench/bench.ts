@@ -110,6 +110,8 @@ const PAYLOAD = 64;
 /** Rounds and seconds of each close order's ferry-against-the-bare-relay run (see sideBySide). */
 const SIDE_BY_SIDE_ROUNDS = QUICK ? 2 : 6;
 const SIDE_BY_SIDE_SECONDS = QUICK ? 2 : 4;
+/** Half the rows' load against each of the two, so that core 1 carries the usual total. */
+const SIDE_BY_SIDE_CONCURRENCY = Math.max(1, Math.round(CONCURRENCY / 2));
 /** One session at a time, this long apart: a proxy left idle between clients. */
 const PACED_PAUSE_MS = 25;
 const WRITE_DOC = env("BENCH_WRITE") === undefined ? !QUICK : env("BENCH_WRITE") === "1";
@@ -639,9 +641,7 @@ function report(
         ]),
       ),
       "",
-      `Both on core 1 at the same time, each with ${
-        Math.max(1, Math.round(CONCURRENCY / 2))
-      } sessions at a time from its own load generator on core 0, ${SIDE_BY_SIDE_ROUNDS} rounds ` +
+      `Both on core 1 at the same time, each with ${SIDE_BY_SIDE_CONCURRENCY} sessions at a time from its own load generator on core 0, ${SIDE_BY_SIDE_ROUNDS} rounds ` +
         `of ${SIDE_BY_SIDE_SECONDS} s, the two load generators swapping which starts first each ` +
         "round. Both meet the same moment of the machine, so the ratio repeats within about ±1%, " +
         "where the rows above vary by 5–10% from run to run. One minus the ratio is the price " +
@@ -1096,7 +1096,7 @@ async function main(): Promise<number> {
             rounds: SIDE_BY_SIDE_ROUNDS,
             seconds: SIDE_BY_SIDE_SECONDS,
             warmupSeconds: QUICK ? 1 : 2,
-            concurrency: Math.max(1, Math.round(CONCURRENCY / 2)),
+            concurrency: SIDE_BY_SIDE_CONCURRENCY,
             payload: PAYLOAD,
             nofile,
           });

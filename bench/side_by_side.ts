@@ -41,6 +41,8 @@ import { sideBySide } from "./_side_by_side.ts";
 
 const LOADGEN = `${OUT}/loadgen`;
 const PAYLOAD = 64;
+/** Sessions at a time against each server: half of make bench's 50. */
+const CONCURRENCY = 25;
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
@@ -134,7 +136,7 @@ try {
   const nofile = await fdLimit();
   for (const entry of entries) servers.push(await startServer(entry, nofile));
   const [a, b] = servers as [Server, Server];
-  console.log(`A: ${a.entry}\nB: ${b.entry}\n${order}, 25 sessions at a time each`);
+  console.log(`A: ${a.entry}\nB: ${b.entry}\n${order}, ${CONCURRENCY} sessions at a time each`);
   const results = await sideBySide({ port: a.port, pid: a.child.pid }, {
     port: b.port,
     pid: b.child.pid,
@@ -145,7 +147,7 @@ try {
     rounds,
     seconds,
     warmupSeconds: 2,
-    concurrency: 25,
+    concurrency: CONCURRENCY,
     payload: PAYLOAD,
     nofile,
   });
