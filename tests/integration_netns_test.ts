@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { startFerry } from "./_helpers/ferry.ts";
+import { fullQueueListeners } from "./_helpers/full_queue.ts";
 import { ForwardUpstream, taggedEcho, unusedPort } from "./_helpers/forward_support.ts";
 import type { ProbeResult } from "./_helpers/netns_probe.ts";
 import { openDescriptors } from "./_helpers/proc.ts";
@@ -212,57 +213,6 @@ Deno.test({
     assert.deepEqual(probed, { firstHost: "10.77.0.1", second: 0, carried: "from the peer" });
   },
 });
-
-/**
- * python3 listeners with backlog 0 and one client already queued, one on
- * each IPv4 address given as an argument, all on one port: the kernel drops
- * further SYNs, so connecting to them hangs until a timeout. It prints the
- * port, then waits until its stdin closes.
- */
-const FULL_QUEUE_LISTENERS = `
-import socket, sys
-port, kept = 0, []
-for host in sys.argv[1:]:
-    listener = socket.socket()
-    listener.bind((host, port))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    kept += [listener, socket.create_connection((host, port))]
-print(port, flush=True)
-sys.stdin.read()
-`;
-
-/** Starts {@linkcode FULL_QUEUE_LISTENERS} on `hosts`; its port, and a stop. */
-async function fullQueueListeners(
-  hosts: string[],
-): Promise<{ port: number } & AsyncDisposable> {
-  const python = new Deno.Command("python3", {
-    args: ["-c", FULL_QUEUE_LISTENERS, ...hosts],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const stdout = python.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const stop = async () => {
-    await python.stdin.close().catch(() => {});
-    await stdout.cancel();
-    await python.status;
-  };
-  try {
-    let text = "";
-    while (!text.includes("\n")) {
-      const { value, done } = await deadline(stdout.read(), 10_000, "the python listener's port");
-      if (done) throw new Error("python listener exited before printing its port");
-      text += value;
-    }
-    const port = Number(text.trim());
-    assert.ok(port > 0, `python printed ${JSON.stringify(text)}`);
-    return { port, [Symbol.asyncDispose]: stop };
-  } catch (error) {
-    await stop();
-    throw error;
-  }
-}
 
 Deno.test("CONNECT to a listener that never answers the SYN gets 0x04 after --connect-timeout", async () => {
   await using blackHole = await fullQueueListeners(["127.0.0.1"]);
