@@ -62,10 +62,19 @@ export class UpstreamSet {
   }
 }
 
+/**
+ * How much a client may send while its upstream is dialled before ferry
+ * stops reading it (the rest waits in the kernel): a bound on what a slow
+ * upstream makes a session hold.
+ */
+const MAX_EARLY_BYTES = 8192;
+
 /** One forwarded client connection. */
 export class ForwardSession extends ProxySession {
   readonly #upstreams: UpstreamSet;
   #pooled = false;
+  /** What the client sent while a slow dial went on (see CLIENT_WATCH_AFTER_MS); to the upstream first. */
+  #early: Uint8Array = NO_EARLY_BYTES;
 
   constructor(client: Deno.TcpConn, context: SessionContext, upstreams: UpstreamSet) {
     super(client, context, "connect");
@@ -94,13 +103,22 @@ export class ForwardSession extends ProxySession {
         lastFailure = error; // dialForClient marked the upstream down
         continue;
       }
-      return { target, early: NO_EARLY_BYTES };
+      const client = this.releaseClient(); // before taking the early bytes: it may add to them
+      return { target, early: this.#early, client };
     }
     // Nothing to forward to: close at once rather than leave the client waiting.
     this.requested ??= this.#upstreams.upstreams.map((u) => u.name).join(",");
     if (lastFailure === null) this.setOutcome("no-upstream-up");
     else this.setOutcome(lastFailure.failure, errorDetail(lastFailure.failure, lastFailure));
     return null;
+  }
+
+  protected keepEarlyBytes(bytes: Uint8Array): boolean {
+    const early = new Uint8Array(this.#early.length + bytes.length);
+    early.set(this.#early);
+    early.set(bytes, this.#early.length);
+    this.#early = early;
+    return early.length < MAX_EARLY_BYTES;
   }
 
   protected override logFields(): Record<string, unknown> {

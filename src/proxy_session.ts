@@ -6,6 +6,7 @@
  *
  * One AbortController per session: the deadline sweep aborts it on handshake
  * or idle timeout, shutdown aborts it, the relay aborts it on the first error,
+ * a client's reset read during a slow dial aborts it (CLIENT_WATCH_AFTER_MS),
  * and aborting closes both sockets, which ends every pending read. A connect
  * timeout aborts only the dial, so the client still gets its failure reply.
  *
@@ -33,6 +34,7 @@ import {
   messageWithCause,
   outOfDescriptorsToDial,
 } from "./upstream/dial.ts";
+import { WaitingClient } from "./waiting_client.ts";
 
 /** Outcomes whose name does not say what went wrong (see errorDetail). */
 const OUTCOMES_WITH_DETAIL = new Set([
@@ -136,7 +138,7 @@ export interface Relaying {
   readonly target: RelayEnd;
   readonly early: Uint8Array;
   /** The client as the relay reads it, when not the connection itself (see WaitingClient). */
-  readonly client?: RelayEnd;
+  readonly client?: RelayEnd | undefined;
 }
 
 /**
@@ -158,6 +160,16 @@ export const NO_EARLY_BYTES: Uint8Array = new Uint8Array(0);
  * thirty-odd system calls of a short session (strace), for nothing.
  */
 export const KEEPALIVE_AFTER_MS = 1000;
+
+/**
+ * How long a dial may take before the session reads its client meanwhile
+ * (see WaitingClient). A client that resets, having given up on a target
+ * slow to answer, then ends the dial at once, instead of holding two
+ * descriptors until the connect timeout and leaving the target a connection
+ * nobody uses. Not from the start: nearly every dial ends sooner, and a read
+ * handed over to the relay costs every session.
+ */
+export const CLIENT_WATCH_AFTER_MS = 250;
 
 /** Failure replies are followed by a wait for the client's FIN, at most this long. */
 const LINGER_MS = 2000;
@@ -211,6 +223,15 @@ export abstract class ProxySession implements Expirable {
   #socketsClosed = false;
   /** Aborts the dial in progress on connect timeout; the session goes on to reply. */
   #dialAbort: AbortController | null = null;
+  /**
+   * In a dial until the client is read meanwhile: the deadline is then the
+   * time to start reading it (CLIENT_WATCH_AFTER_MS), and the connect
+   * deadline waits in `#connectDeadline`.
+   */
+  #watchDue = false;
+  #connectDeadline = 0;
+  /** The client, read while a slow dial goes on; `null` when not (see CLIENT_WATCH_AFTER_MS). */
+  #watching: WaitingClient | null = null;
   /** Shutdown's abort of a session that was connecting: it replies, then ends without lingering. */
   #cutShort: SessionAbort | null = null;
   /** The target's error, once the relay is ending gently towards the client after it. */
@@ -244,6 +265,13 @@ export abstract class ProxySession implements Expirable {
    * leaves no negotiation frames alive for the whole of the relay.
    */
   protected abstract negotiate(): Promise<Relaying | null>;
+
+  /**
+   * Keeps bytes the client sent while its dial went on, after any it sent
+   * ahead of that: they go to the target first. Says whether there is room
+   * for more; if not, the rest stays in the kernel until the relay reads it.
+   */
+  protected abstract keepEarlyBytes(bytes: Uint8Array): boolean;
 
   /** Extra fields for the session's log line. */
   protected logFields(): Record<string, unknown> {
@@ -284,6 +312,14 @@ export abstract class ProxySession implements Expirable {
 
   /** Called by the deadline sweep. */
   expire(): void {
+    if (this.#watchDue) {
+      // Not a timeout: the dial has taken long enough to want the client read meanwhile.
+      this.#watchDue = false;
+      this.#watchClient();
+      this.deadline = this.#connectDeadline;
+      this.context.deadlines.watch(this);
+      return;
+    }
     if (this.#keepAliveDue) {
       // Not a timeout: the relay has lasted long enough to want keepalive.
       this.#keepAliveDue = false;
@@ -355,6 +391,7 @@ export abstract class ProxySession implements Expirable {
     this.#phase = phase;
     this.#dialAbort = null;
     this.#keepAliveDue = false;
+    this.#watchDue = false;
     // Again, if a sweep already expired the last phase (and, the last one
     // watched, stopped the clock).
     this.context.deadlines.watchFor(this, timeoutMs);
@@ -382,7 +419,13 @@ export abstract class ProxySession implements Expirable {
           whenDescriptorFree(error, outOfDescriptorsToDial, dialOnce, signal)
         );
       },
+      true,
     ).then((target) => {
+      if (this.#watchDue) {
+        // Dialled in time: no reading the client, whatever comes before the relay.
+        this.#watchDue = false;
+        this.deadline = this.#connectDeadline;
+      }
       this.adoptTarget(target);
       if (this.controller.signal.aborted) throw this.controller.signal.reason;
       return target;
@@ -410,21 +453,54 @@ export abstract class ProxySession implements Expirable {
    * Runs `work` in the connect phase, with a deadline `timeoutMs` from now.
    * The deadline aborts only `work`'s signal, with a {@linkcode SessionAbort}
    * `connect-timeout`, so the session can still send its failure reply;
-   * shutdown aborts the session as usual.
+   * shutdown aborts the session as usual. With `watchClient`, a wait that
+   * lasts reads the client meanwhile (see CLIENT_WATCH_AFTER_MS); a wait
+   * that reads it itself (a BIND's) must not ask for that.
    */
   protected waitInConnectPhase<T>(
     timeoutMs: number,
     work: (signal: AbortSignal) => Promise<T>,
+    watchClient = false,
   ): Promise<T> {
     if (this.controller.signal.aborted) return Promise.reject(this.controller.signal.reason);
     // Shutdown came between two waits (a BIND's lookup and its accept).
     if (this.#cutShort) return Promise.reject(this.#cutShort);
     this.enter("connect", timeoutMs);
+    if (watchClient && this.#watching === null && timeoutMs > CLIENT_WATCH_AFTER_MS) {
+      this.#watchDue = true;
+      this.#connectDeadline = this.deadline;
+      this.deadline = this.context.deadlines.now + CLIENT_WATCH_AFTER_MS; // now: fresh from enter()
+    }
     // Aborted by the deadline alone, or with the session by SessionController:
     // one controller instead of an AbortSignal.any() per session. The next
     // phase drops it (enter()).
     this.#dialAbort = new AbortController();
     return work(this.#dialAbort.signal);
+  }
+
+  /**
+   * Starts reading the client during a dial: a reset aborts the session (and
+   * so the dial), a FIN stops the reading (a client may half-close and wait
+   * for the answer), and bytes go to {@linkcode keepEarlyBytes}.
+   */
+  #watchClient(): void {
+    const watching = new WaitingClient(this.client, (bytes) => this.keepEarlyBytes(bytes));
+    this.#watching = watching;
+    // Rejects only before release(): the relay sees later resets itself.
+    watching.gone.catch((error) => this.controller.abort(error));
+  }
+
+  /**
+   * Stops reading the client during dials; returns the client as the relay
+   * should read it (the read in flight first), or `undefined` when it was
+   * never read meanwhile. Before taking the early bytes: the reading may add
+   * to them until then.
+   */
+  protected releaseClient(): RelayEnd | undefined {
+    const watching = this.#watching;
+    if (watching === null) return undefined;
+    this.#watching = null;
+    return watching.release();
   }
 
   /** Counts bytes carried outside the TCP relay (UDP payloads); `up` is client → target. */
@@ -503,6 +579,7 @@ export abstract class ProxySession implements Expirable {
    */
   protected async refuse(reply: Uint8Array, outcome: string, detail?: string): Promise<null> {
     this.#refused = true;
+    this.releaseClient(); // the refusal reads the client itself
     if (this.#cutShort) {
       this.#outcome = this.#cutShort.failure; // the reply, and no lingering at shutdown
       await writeAll(this.client, reply).catch(() => {});
@@ -552,6 +629,8 @@ export abstract class ProxySession implements Expirable {
     // session (abort listener, relay end, then the final cleanup) is not free.
     if (this.#socketsClosed) return;
     this.#socketsClosed = true;
+    // Still read (the dial ended without a relay): a read failing now is no reset.
+    this.releaseClient();
     closeQuietly(this.client);
     if (this.#target) {
       closeQuietly(this.#target);

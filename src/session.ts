@@ -152,7 +152,8 @@ export class SocksSession extends ProxySession {
         this.firstBuffers[1],
       ),
     );
-    return { target, early: this.#takeEarlyData() };
+    const client = this.releaseClient(); // before taking the early data: it may add to it
+    return { target, early: this.#takeEarlyData(), client };
   }
 
   async #socks4(): Promise<Relaying | null> {
@@ -192,7 +193,8 @@ export class SocksSession extends ProxySession {
         this.firstBuffers[1],
       ),
     );
-    return { target, early: this.#takeEarlyData() };
+    const client = this.releaseClient(); // before taking the early data: it may add to it
+    return { target, early: this.#takeEarlyData(), client };
   }
 
   /**
@@ -233,7 +235,7 @@ export class SocksSession extends ProxySession {
     using listener = this.#bindListener;
     await writeAll(this.client, replies.bound(listener.addr));
     // Read while waiting, so that a reset ends the wait (see WaitingClient).
-    const waiting = new WaitingClient(this.client, (bytes) => this.#keepEarlyData(bytes));
+    const waiting = new WaitingClient(this.client, (bytes) => this.keepEarlyBytes(bytes));
     let peer: Deno.TcpConn;
     let accepting: Promise<Deno.TcpConn> | undefined;
     try {
@@ -473,10 +475,11 @@ export class SocksSession extends ProxySession {
   }
 
   /**
-   * Keeps bytes the client sent while its BIND waited, after those of the
-   * request (see WaitingClient); says whether there is room for more.
+   * Keeps bytes the client sent while its BIND waited or its dial went on,
+   * after those of the request (see WaitingClient); says whether there is
+   * room for more.
    */
-  #keepEarlyData(bytes: Uint8Array): boolean {
+  protected keepEarlyBytes(bytes: Uint8Array): boolean {
     const length = this.#pendingLength + bytes.length;
     if (length > this.#pending.length) this.#growPending(length);
     this.#pending.set(bytes, this.#pendingLength);

@@ -49,6 +49,10 @@ class FailingSession extends ProxySession {
     this.protocol = "test";
     return Promise.reject(new TypeError("something nobody planned for"));
   }
+
+  protected keepEarlyBytes(): boolean {
+    throw new Error("this session never dials");
+  }
 }
 
 Deno.test("an unexpected failure is logged as outcome error, with what the error said", async () => {
@@ -111,6 +115,10 @@ class WaitsAfterDialSession extends ProxySession {
     this.dialled.resolve(target);
     await this.goOn.promise;
     return { target, early: this.#early };
+  }
+
+  protected keepEarlyBytes(): boolean {
+    throw new Error("the dial was meant to be quick: the client is not read meanwhile");
   }
 }
 

@@ -1,0 +1,161 @@
+/**
+ * A client's connection while ferry still dials its target, when the target
+ * is slow to answer (a loopback listener whose accept queue is full drops
+ * SYNs): once a dial has taken a while, ferry reads the client meanwhile, so
+ * a client that gives up and resets ends the dial at once, and bytes it sends
+ * meanwhile still reach the target, in order, after the reply.
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { startFerry } from "./_helpers/ferry.ts";
+import { fullQueueListeners, openingListener } from "./_helpers/full_queue.ts";
+import { sessionOf } from "./_helpers/session_log.ts";
+import { ss } from "./_helpers/ss.ts";
+import { BufferedConn, concat, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
+
+const encoder = new TextEncoder();
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Longer than ferry's wait before it reads a client whose dial goes on
+ * (250 ms, then the next tick of its deadline sweep, 100 ms with a 1 s
+ * handshake timeout), so the client is being read by then.
+ */
+const WATCHED_AFTER_MS = 700;
+
+/** Connects with node:net (which can reset), runs `steps`, then resets; the client's port. */
+function clientThatResets(
+  port: number,
+  steps: (socket: net.Socket) => Promise<void>,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1", () => {
+      steps(socket).then(() => {
+        const localPort = socket.localPort!;
+        socket.resetAndDestroy();
+        resolve(localPort);
+      }, reject);
+    });
+    socket.once("error", reject);
+  });
+}
+
+/** Writes `bytes` and waits for `n` bytes back. */
+function exchange(socket: net.Socket, bytes: Uint8Array, n: number): Promise<void> {
+  return new Promise((resolve) => {
+    let got = 0;
+    const onData = (chunk: Uint8Array) => {
+      got += chunk.length;
+      if (got < n) return;
+      socket.off("data", onData);
+      resolve();
+    };
+    socket.on("data", onData);
+    socket.write(bytes);
+  });
+}
+
+/** Polls `ss` until no socket knocks (SYN-SENT) at 127.0.0.1:`port`, for up to 2 s. */
+async function stillKnocking(port: number): Promise<string[]> {
+  let knocking: string[] = [];
+  for (const until = Date.now() + 2_000; Date.now() < until;) {
+    knocking = await ss("-tanH", "state", "syn-sent", "dst", `127.0.0.1:${port}`);
+    if (knocking.length === 0) break;
+    await sleep(50);
+  }
+  return knocking;
+}
+
+Deno.test("a client that resets while its CONNECT is still dialling ends the dial: logged reset, nothing left knocking at the target", async () => {
+  await using blackHole = await fullQueueListeners(["127.0.0.1"]);
+  await using ferry = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--connect-timeout",
+    "60s",
+    "--handshake-timeout",
+    "1s",
+  ]);
+  const request = socks5.encodeRequest({
+    command: socks5.Command.Connect,
+    address: ipv4("127.0.0.1", blackHole.port),
+  });
+  const localPort = await clientThatResets(ferry.port, async (socket) => {
+    await exchange(socket, socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }), 2);
+    socket.write(request);
+    await sleep(WATCHED_AFTER_MS);
+  });
+  // Without the reading, the line would come at the 60 s connect timeout.
+  const session = await sessionOf(
+    ferry,
+    { transport: "tcp", hostname: "127.0.0.1", port: localPort },
+    5_000,
+  );
+  assert.equal(session.outcome, "reset");
+  assert.equal(session.target, `127.0.0.1:${blackHole.port}`);
+  assert.equal(session.command, "connect");
+  assert.deepEqual(await stillKnocking(blackHole.port), [], "ferry's dial is still running");
+});
+
+Deno.test("a forwarder's client that resets while the upstream is still dialled ends the dial", async () => {
+  await using blackHole = await fullQueueListeners(["127.0.0.1"]);
+  await using ferry = await startFerry([
+    "forward",
+    "--listen",
+    "127.0.0.1:0",
+    "--to",
+    `127.0.0.1:${blackHole.port}`,
+    "--pool",
+    "0",
+    "--connect-timeout",
+    "60s",
+  ]);
+  const localPort = await clientThatResets(ferry.port, async (socket) => {
+    socket.write(encoder.encode("GET / HTTP/1.0\r\n\r\n")); // kept for the upstream meanwhile
+    // The sweep ticks once a second here: the reading starts within 2.25 s.
+    await sleep(300);
+  });
+  const session = await sessionOf(
+    ferry,
+    { transport: "tcp", hostname: "127.0.0.1", port: localPort },
+    8_000,
+  );
+  assert.equal(session.outcome, "reset");
+  assert.deepEqual(await stillKnocking(blackHole.port), [], "ferry's dial is still running");
+});
+
+for (const after of ["more bytes after the reply", "a FIN before the reply"] as const) {
+  Deno.test(`bytes sent while a CONNECT is still dialling reach the target in order, with ${after}`, async () => {
+    await using slow = await openingListener();
+    await using ferry = await startFerry([
+      "socks",
+      "--listen",
+      "127.0.0.1:0",
+      "--handshake-timeout",
+      "1s",
+    ]);
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    const meanwhile = encoder.encode("sent while ferry was still dialling;");
+    const later = encoder.encode("sent after the reply.");
+    const replying = socks5Handshake(client, ipv4("127.0.0.1", slow.port));
+    await sleep(WATCHED_AFTER_MS);
+    await client.write(meanwhile);
+    if (after === "a FIN before the reply") await client.closeWrite();
+    await slow.open(); // the dial's next SYN gets in (ferry retries it 1 s after the first)
+    const reply = await replying;
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    const sent = after === "a FIN before the reply" ? meanwhile : concat([meanwhile, later]);
+    if (after === "more bytes after the reply") {
+      await client.write(later);
+      await client.closeWrite();
+    }
+    // The target sends back everything it got, once it has the client's FIN.
+    const echoed = await client.readToEnd();
+    assert.equal(new TextDecoder().decode(echoed), new TextDecoder().decode(sent));
+    client.close();
+    const session = await sessionOf(ferry, client.localAddr);
+    assert.equal(session.outcome, "ok");
+    assert.deepEqual([session.up, session.down], [sent.length, sent.length]);
+  });
+}
