@@ -23,7 +23,7 @@ import { dial, DialError } from "../src/upstream/dial.ts";
 import { resettingServer } from "./_helpers/reset.ts";
 import { freeSpareDescriptor } from "../src/spare_descriptors.ts";
 import { ss } from "./_helpers/ss.ts";
-import { TextLineStream } from "./_helpers/text_line_stream.ts";
+import { fullQueueListeners } from "./_helpers/full_queue.ts";
 import { BufferedConn, closedPort, concat, pseudoRandomBytes } from "./_helpers/socks_client.ts";
 
 const encoder = new TextEncoder();
@@ -351,26 +351,8 @@ Deno.test("pool: while an upstream that drops SYNs is down, one probe at a time 
   // A listener whose accept queue is full drops new SYNs: each dial hangs
   // until the connect timeout. While down, every sweep and take started
   // another probe, so several hung at once (up to --pool).
-  const silent = new Deno.Command("python3", {
-    args: [
-      "-c",
-      [
-        "import socket, sys",
-        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)",
-        "print(s.getsockname()[1], flush=True)",
-        "held = socket.create_connection(s.getsockname())",
-        "print('full', flush=True)",
-        "sys.stdin.read()",
-      ].join("\n"),
-    ],
-    stdin: "piped",
-    stdout: "piped",
-  }).spawn();
-  const lines = silent.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(
-    new TextLineStream(),
-  )[Symbol.asyncIterator]();
-  const port = Number((await lines.next()).value);
-  await lines.next(); // "full": its queue holds one, and it never accepts
+  await using silent = await fullQueueListeners(["127.0.0.1"]);
+  const { port } = silent;
   logs.records.length = 0;
   const upstream = new Upstream({ hostname: "127.0.0.1", port }, {
     poolSize: 8,
@@ -392,9 +374,6 @@ Deno.test("pool: while an upstream that drops SYNs is down, one probe at a time 
     assert.equal(most, 1, `${most} probes connecting at once`);
   } finally {
     upstream.close();
-    silent.kill("SIGKILL");
-    await silent.status;
-    await silent.stdout.cancel().catch(() => {});
   }
 });
 
