@@ -18,7 +18,7 @@ import type { RunConfig } from "./config_file.ts";
 import { type Forwarder, openForwarder } from "./forward.ts";
 import { serverLog, setupLogging, stopLogging, writeNow } from "./log.ts";
 import { descriptorsNeeded, openFilesLimit, TOO_LOW_TO_CHECK } from "./nofile.ts";
-import { formatAddress, ipOfName } from "./protocol/address.ts";
+import { formatAddress, ipOfName, isLoopbackIp, unmapIPv4 } from "./protocol/address.ts";
 import { type Server, startSocksServer } from "./server.ts";
 
 const encoder = new TextEncoder();
@@ -284,11 +284,20 @@ async function serveUntil(plan: Plan, stop: StopRequest): Promise<number> {
   // have left the upstreams with connections dialled for nothing.
   for (const { server } of running) if ("startPools" in server) server.startPools();
   for (const { server, config } of running) {
-    serverLog.info("listening on {listen}", {
-      event: "listening",
-      listen: formatAddress({ host: server.addr.hostname, port: server.addr.port }),
-      ...describe(config),
-    });
+    const listen = formatAddress({ host: server.addr.hostname, port: server.addr.port });
+    serverLog.info("listening on {listen}", { event: "listening", listen, ...describe(config) });
+    if (
+      config.kind === "socks" && config.users.size === 0 &&
+      !isLoopbackIp(unmapIPv4(server.addr.hostname))
+    ) {
+      // Said once at start: an open SOCKS server is soon found and used by others.
+      serverLog.warn(
+        "{listen} serves SOCKS without authentication on an address other hosts may reach: " +
+          "whoever reaches it can connect anywhere ferry can; add users (--user or --users-file; " +
+          "users or usersFile in a config file) or listen on 127.0.0.1",
+        { event: "open-proxy", listen },
+      );
+    }
   }
   const maxConns = plan.listeners.reduce((sum, c) => sum + c.maxConns, 0);
   const pooled = plan.listeners.reduce(

@@ -6,7 +6,13 @@ import assert from "node:assert/strict";
 import { ferryCommandArgs, startFerry } from "./_helpers/ferry.ts";
 import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
-import { BufferedConn, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
+import {
+  BufferedConn,
+  closedPort,
+  ipv4,
+  socks5,
+  socks5Handshake,
+} from "./_helpers/socks_client.ts";
 import { associate, frame, nextDatagram, udpEcho } from "./_helpers/udp_support.ts";
 
 async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
@@ -204,6 +210,36 @@ Deno.test("ferry run takes --log-level and --log-format in any case, as socks an
     assert.equal(code, 1, stderr);
     const line = JSON.parse(stderr.trim().split("\n").at(-1)!);
     assert.equal(line.event, "listen-failed");
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("a SOCKS listener without users on an address other hosts may reach is warned about at start, once", async () => {
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        log: { format: "json" },
+        listeners: [
+          { kind: "socks", listen: "[::]:0" }, // open to anyone: warned about
+          { kind: "socks", listen: "127.0.0.1:0" }, // only this host
+          { kind: "socks", listen: "0.0.0.0:0", users: [{ name: "alice", password: "pw" }] },
+          { kind: "forward", listen: "0.0.0.0:0", to: [`127.0.0.1:${closedPort()}`], pool: 0 },
+        ],
+      }),
+    );
+    await using ferry = await startFerry(["run", "--config", path]);
+    await ferry.waitFor((line) => line.event === "listening" && line.kind === "forward");
+    ferry.kill("SIGTERM");
+    assert.equal((await ferry.status).code, 0);
+    const listening = ferry.lines.filter((line) => line.event === "listening");
+    assert.equal(listening.length, 4);
+    const open = ferry.lines.filter((line) => line.event === "open-proxy");
+    assert.deepEqual(open.map((line) => line.listen), [listening[0]!.listen]);
+    assert.match(String(open[0]!.listen), /^\[::\]:\d+$/);
+    assert.equal(open[0]!.level, "WARN");
   } finally {
     await Deno.remove(path);
   }
