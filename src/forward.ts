@@ -15,6 +15,7 @@ import {
   type Relaying,
   type SessionContext,
 } from "./proxy_session.ts";
+import type { RelayEnd } from "./relay.ts";
 import { type Server, startServer } from "./server.ts";
 import { DialError } from "./upstream/dial.ts";
 import { Upstream } from "./upstream/pool.ts";
@@ -90,7 +91,7 @@ export class ForwardSession extends ProxySession {
       if (pooled) {
         this.#pooled = true;
         this.adoptTarget(pooled);
-        return { target: pooled, early: NO_EARLY_BYTES };
+        return this.#relayTo(pooled);
       }
       let target: Deno.TcpConn;
       try {
@@ -103,14 +104,22 @@ export class ForwardSession extends ProxySession {
         lastFailure = error; // dialForClient marked the upstream down
         continue;
       }
-      const client = this.releaseClient(); // before taking the early bytes: it may add to them
-      return { target, early: this.#early, client };
+      return this.#relayTo(target);
     }
     // Nothing to forward to: close at once rather than leave the client waiting.
     this.requested ??= this.#upstreams.upstreams.map((u) => u.name).join(",");
     if (lastFailure === null) this.setOutcome("no-upstream-up");
     else this.setOutcome(lastFailure.failure, errorDetail(lastFailure.failure, lastFailure));
     return null;
+  }
+
+  /**
+   * What to relay to `target`. Also for a pooled connection: a slow dial to
+   * an upstream before it may have had the client read meanwhile.
+   */
+  #relayTo(target: RelayEnd): Relaying {
+    const client = this.releaseClient(); // before taking the early bytes: it may add to them
+    return { target, early: this.#early, client };
   }
 
   protected keepEarlyBytes(bytes: Uint8Array): boolean {
