@@ -1,12 +1,15 @@
 /**
  * ProxySession in process, over real loopback connections: what its log
  * line says when a session fails in a way no outcome name covers, how
- * shutdown ends a session between its dial and its relay, and what the
- * client gets when its early bytes meet a target that has gone.
+ * shutdown ends a session between its dial and its relay, what the client
+ * gets when its early bytes meet a target that has gone, and where a
+ * forwarded client's bytes go when a slow dial fails over to a pooled
+ * connection.
  */
 import assert from "node:assert/strict";
 import { configure, type LogRecord, reset } from "@logtape/logtape";
 import { Deadlines } from "../src/deadlines.ts";
+import { ForwardSession, UpstreamSet } from "../src/forward.ts";
 import { Metrics } from "../src/metrics.ts";
 import {
   NO_EARLY_BYTES,
@@ -14,6 +17,9 @@ import {
   type Relaying,
   type SessionContext,
 } from "../src/proxy_session.ts";
+import type { AnswerCheck } from "../src/upstream/dial.ts";
+import type { Upstream } from "../src/upstream/pool.ts";
+import { fullQueueListeners } from "./_helpers/full_queue.ts";
 
 /** Sends session lines to the returned array, until LogTape's `reset()`. */
 async function captureSessionLines(): Promise<LogRecord[]> {
@@ -195,3 +201,66 @@ for (const ending of ["the client closes", "shutdown comes first"] as const) {
     assert.equal(records[0]!.properties.outcome, "reset");
   });
 }
+
+/** Reads exactly `n` bytes from `conn`, or fails at EOF. */
+async function readExactly(conn: Deno.Conn, n: number): Promise<string> {
+  const bytes = new Uint8Array(n);
+  for (let got = 0; got < n;) {
+    const read = await conn.read(bytes.subarray(got));
+    if (read === null) throw new Error(`EOF after ${got} of ${n} bytes`);
+    got += read;
+  }
+  return new TextDecoder().decode(bytes);
+}
+
+Deno.test("a forwarded client's bytes sent during a slow dial that failed go to the pooled connection taken next", async () => {
+  // The first upstream drops SYNs: its dial lasts until the connect timeout,
+  // and the client is read meanwhile. The second has a pooled connection.
+  await using blackHole = await fullQueueListeners(["127.0.0.1"]);
+  const records = await captureSessionLines();
+  const deadlines = new Deadlines(100);
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using targets = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const pooled = await Deno.connect({ hostname: "127.0.0.1", port: targets.addr.port });
+  using target = await targets.accept();
+  let handedOut = false;
+  const slow = {
+    name: "slow",
+    standing: "up",
+    idle: 0,
+    address: { hostname: "127.0.0.1", port: blackHole.port },
+    take: () => null,
+    dialForClient: (dial: (answers?: AnswerCheck) => Promise<Deno.TcpConn>) => dial(),
+  };
+  const ready = {
+    name: "ready",
+    standing: "up",
+    idle: 0, // so that the slow one, first in turn, is tried first
+    take: () => handedOut ? null : (handedOut = true, pooled),
+  };
+  const encoder = new TextEncoder();
+  try {
+    const session = new ForwardSession(
+      await listener.accept(),
+      { ...contextWith(deadlines), connectTimeoutMs: 1000 },
+      new UpstreamSet([slow, ready] as unknown as Upstream[]),
+    );
+    const running = session.run();
+    await new Promise((resolve) => setTimeout(resolve, 600)); // the reading has started
+    await client.write(encoder.encode("meanwhile;"));
+    assert.equal(await readExactly(target, 10), "meanwhile;");
+    await client.write(encoder.encode("after"));
+    assert.equal(await readExactly(target, 5), "after");
+    await client.closeWrite();
+    assert.equal(await target.read(new Uint8Array(1)), null);
+    target.close();
+    assert.equal(await client.read(new Uint8Array(1)), null);
+    await running;
+  } finally {
+    await reset();
+  }
+  assert.equal(records.length, 1);
+  const { outcome, up, pooled: wasPooled, target: upstream } = records[0]!.properties;
+  assert.deepEqual([outcome, up, wasPooled, upstream], ["ok", 15, true, "ready"]);
+});
