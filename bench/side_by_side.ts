@@ -7,10 +7,13 @@
  *
  * Usage:
  *   deno run --allow-all bench/side_by_side.ts A.ts B.ts [--rounds 6]
- *       [--seconds 4] [--order client-first|target-first]
+ *       [--seconds 4] [--order client-first|target-first] [--logging]
  * A.ts and B.ts are started as `deno run <the start task's flags> X.ts socks
  * --listen 127.0.0.1:PORT …` on core 1: src/main.ts of two worktrees (`git
- * worktree add /tmp/before HEAD~1`), or bench/bare_relay.ts. Everything runs
+ * worktree add /tmp/before HEAD~1`), or bench/bare_relay.ts. With
+ * `--logging` both log every session (`--log-level info --log-format json`)
+ * to a file each, as make bench's "ferry (logging on)" row does; otherwise
+ * `--log-level warn`, which logs no session. Everything runs
  * on 127.0.0.1, each load run stops by itself, and what this starts is
  * stopped by its PID at the end.
  *
@@ -51,6 +54,7 @@ const { values, positionals } = parseArgs({
     rounds: { type: "string", default: "6" },
     seconds: { type: "string", default: "4" },
     order: { type: "string", default: "client-first" },
+    logging: { type: "boolean", default: false },
   },
 });
 const rounds = Number(values.rounds);
@@ -62,11 +66,14 @@ if (
 ) {
   console.error(
     "usage: side_by_side.ts A.ts B.ts [--rounds N ≥ 1] [--seconds S > 0] " +
-      "[--order client-first|target-first]",
+      "[--order client-first|target-first] [--logging]",
   );
   Deno.exit(2);
 }
 const entries = positionals as [string, string];
+const logging = values.logging;
+/** Where the servers' stderr goes with --logging: a file each, removed at the end. */
+const logDir = logging ? await Deno.makeTempDir({ prefix: "side_by_side_logs_" }) : null;
 
 interface Server {
   entry: string;
@@ -74,11 +81,14 @@ interface Server {
   child: Deno.ChildProcess;
 }
 
-async function startServer(entry: string, nofile: number): Promise<Server> {
+async function startServer(entry: string, nofile: number, logFile: string | null): Promise<Server> {
   const port = freePort();
-  // prlimit and taskset exec into deno: the child's PID is the server's.
-  const child = new Deno.Command("prlimit", {
+  // sh (with a log file), prlimit and taskset exec into deno: the child's PID is the server's.
+  const child = new Deno.Command(logFile === null ? "prlimit" : "sh", {
     args: [
+      ...(logFile === null
+        ? []
+        : ["-c", 'exec 2>"$1"; shift; exec "$@"', "sh", logFile, "prlimit"]),
       `--nofile=${nofile}:${nofile}`,
       "taskset",
       "-c",
@@ -88,7 +98,10 @@ async function startServer(entry: string, nofile: number): Promise<Server> {
       ...ferryRunFlags(),
       entry,
       "socks",
-      ...["--listen", `127.0.0.1:${port}`, "--log-level", "warn"],
+      ...["--listen", `127.0.0.1:${port}`],
+      ...(logFile === null
+        ? ["--log-level", "warn"]
+        : ["--log-level", "info", "--log-format", "json"]),
       ...["--max-conns", "5000", "--max-conns-per-ip", "5000"],
     ],
     cwd: ROOT,
@@ -117,6 +130,7 @@ const cleanup = async () => {
     return endChild(s.child);
   }));
   if (targets) await stopServer(targets);
+  if (logDir) await Deno.remove(logDir, { recursive: true }).catch(() => {});
 };
 const removeSignalListeners = exitOnSignal(cleanup, console.error);
 
@@ -134,9 +148,14 @@ try {
   const ports = await readPorts(new Lines(serve.stdout), 10_000);
   if (!ports) throw new Error("the target servers did not start");
   const nofile = await fdLimit();
-  for (const entry of entries) servers.push(await startServer(entry, nofile));
+  for (const [i, entry] of entries.entries()) {
+    servers.push(await startServer(entry, nofile, logDir && `${logDir}/${"AB"[i]}.log`));
+  }
   const [a, b] = servers as [Server, Server];
-  console.log(`A: ${a.entry}\nB: ${b.entry}\n${order}, ${CONCURRENCY} sessions at a time each`);
+  console.log(
+    `A: ${a.entry}\nB: ${b.entry}\n${order}, ${CONCURRENCY} sessions at a time each` +
+      (logging ? ", each session logged (JSON, to a file)" : ""),
+  );
   const results = await sideBySide({ port: a.port, pid: a.child.pid }, {
     port: b.port,
     pid: b.child.pid,
