@@ -14,7 +14,7 @@
  */
 import { closeQuietly } from "./close_quietly.ts";
 import type { Deadlines, Expirable } from "./deadlines.ts";
-import { sessionLog } from "./log.ts";
+import { logSession } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { isOutOfDescriptors } from "./nofile.ts";
 import { type Address, formatPeer, ipKey, unmapIPv4 } from "./protocol/address.ts";
@@ -170,6 +170,10 @@ export const KEEPALIVE_AFTER_MS = 1000;
  * handed over to the relay costs every session.
  */
 export const CLIENT_WATCH_AFTER_MS = 250;
+
+/** The session line's message, as a template (LogTape's `rawMessage`; see logSession). */
+const WITH_TARGET = "session {id} {client} → {target}: {outcome}";
+const NO_TARGET = "session {id} {client}: {outcome}";
 
 /** Failure replies are followed by a wait for the client's FIN, at most this long. */
 const LINGER_MS = 2000;
@@ -641,25 +645,33 @@ export abstract class ProxySession implements Expirable {
   #logEnd(): void {
     this.context.metrics.sessionEnded(this.#outcome, this.#up, this.#down);
     if (!this.context.logSessions) return;
-    // Without a target (no request got that far) the message says nothing of one, not "→ null".
-    const template = this.requested === null
-      ? "session {id} {client}: {outcome}"
-      : "session {id} {client} → {target}: {outcome}";
-    sessionLog.info(template, {
+    const { id, clientAddress: client, requested: target } = this;
+    const outcome = this.#outcome;
+    const properties = {
       event: "session",
-      id: this.id,
+      id,
       listen: this.context.listen,
-      client: this.clientAddress,
+      client,
       user: this.user,
       protocol: this.protocol,
-      target: this.requested,
-      outcome: this.#outcome,
+      target,
+      outcome,
       up: this.#up,
       down: this.#down,
       ms: Math.round(performance.now() - this.#started),
       ...this.logFields(),
       ...(this.#errorDetail === undefined ? {} : { error: this.#errorDetail }),
-    });
+    };
+    // Without a target (no request got that far) the message says nothing of one, not "→ null".
+    if (target === null) {
+      logSession(["session ", id, " ", client, ": ", outcome, ""], NO_TARGET, properties);
+    } else {
+      logSession(
+        ["session ", id, " ", client, " → ", target, ": ", outcome, ""],
+        WITH_TARGET,
+        properties,
+      );
+    }
   }
 }
 
