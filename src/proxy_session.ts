@@ -458,8 +458,9 @@ export abstract class ProxySession implements Expirable {
    * The deadline aborts only `work`'s signal, with a {@linkcode SessionAbort}
    * `connect-timeout`, so the session can still send its failure reply;
    * shutdown aborts the session as usual. With `watchClient`, a wait that
-   * lasts reads the client meanwhile (see CLIENT_WATCH_AFTER_MS); a wait
-   * that reads it itself (a BIND's) must not ask for that.
+   * lasts reads the client meanwhile (see CLIENT_WATCH_AFTER_MS) until
+   * {@linkcode releaseClient}; a wait that reads it itself (a BIND's for its
+   * peer) must not ask for that.
    */
   protected waitInConnectPhase<T>(
     timeoutMs: number,

@@ -205,10 +205,12 @@ export class SocksSession extends ProxySession {
   async #bind(address: Address, replies: BindReplies): Promise<Relaying | null> {
     let peers: ReadonlySet<string> | null;
     try {
-      // The lookup races the signal itself, and ends in a DialError either way.
+      // The lookup races the signal itself, and ends in a DialError either
+      // way. One that lasts has the client read meanwhile, as a dial does.
       peers = await this.waitInConnectPhase(
         this.#socks.connectTimeoutMs,
         (signal) => expectedPeers(address, this.clientIp, signal),
+        true,
       );
     } catch (error) {
       // As a CONNECT's lookup fails, with the same replies (see connectTo).
@@ -234,8 +236,12 @@ export class SocksSession extends ProxySession {
     }
     using listener = this.#bindListener;
     await writeAll(this.client, replies.bound(listener.addr));
-    // Read while waiting, so that a reset ends the wait (see WaitingClient).
-    const waiting = new WaitingClient(this.client, (bytes) => this.keepEarlyBytes(bytes));
+    // Read while waiting, so that a reset ends the wait (see WaitingClient);
+    // after a read in flight since the lookup, if it lasted.
+    const waiting = new WaitingClient(
+      this.releaseClient() ?? this.client,
+      (bytes) => this.keepEarlyBytes(bytes),
+    );
     let peer: Deno.TcpConn;
     let accepting: Promise<Deno.TcpConn> | undefined;
     try {

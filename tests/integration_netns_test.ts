@@ -492,7 +492,7 @@ const DARK_DNS_PROBE = new URL("./_helpers/dark_dns_probe.ts", import.meta.url).
 
 Deno.test({
   name:
-    "lookups hanging on a silent name server (a client's or a pool's) leave ferry's log writing, and a name that spells an IP address needs no lookup",
+    "lookups hanging on a silent name server (a client's or a pool's) leave ferry's log writing, a name that spells an IP address needs no lookup, and a client's reset ends its wait",
   ignore: !mountNsAvailable || !netnsAvailable,
   async fn() {
     // Deno has 32 threads for blocking work, and a lookup holds one until the
@@ -508,6 +508,7 @@ Deno.test({
       poolListeningMs?: number;
       bindLookupTimeout?: { reply: number; ms: number; outcome: string };
       bindLookupShutdown?: { reply: number | string; outcome: string | null; exit: number };
+      lookupReset?: Record<"connect" | "bind", { outcome: string; command: string; ms: number }>;
     };
     const show = JSON.stringify(probed);
     assert.equal(probed.literal?.reply, socks5.Reply.Succeeded, show);
@@ -527,6 +528,14 @@ Deno.test({
       { reply: socks5.Reply.GeneralFailure, outcome: "shutdown", exit: 0 },
       show,
     );
+    // A client that resets while its name is looked up ends the session then,
+    // not when the lookup or the 30 s connect timeout does.
+    for (const command of ["connect", "bind"] as const) {
+      const ended = probed.lookupReset?.[command];
+      assert.equal(ended?.outcome, "reset", show);
+      assert.equal(ended?.command, command, show);
+      assert.ok(ended!.ms < 5_000, `the ${command}'s reset was noticed late: ${show}`);
+    }
   },
 });
 

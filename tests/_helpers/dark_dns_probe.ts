@@ -8,21 +8,49 @@
  * its lines (stderr writes take a thread of that pool too). Last, how soon
  * a forwarder whose pool of 40 dials such a name logs `listening`; and what
  * a BIND whose peer is such a name gets at a 1 s connect timeout, and when
- * SIGTERM's grace runs out while it waits.
+ * SIGTERM's grace runs out while it waits. Then a client that resets while
+ * its CONNECT's name, or its BIND peer's, is being looked up.
  *
  * Prints one JSON object: `{ literal: { reply, ms }, bind, lineMs,
  * poolListeningMs, bindLookupTimeout: { reply, ms, outcome },
- * bindLookupShutdown: { reply, outcome, exit } }`,
- * or what failed.
+ * bindLookupShutdown: { reply, outcome, exit }, lookupReset: { connect:
+ * { outcome, command, ms }, bind } }`, or what failed.
  *
  * Run: deno run -A tests/_helpers/dark_dns_probe.ts
  */
+import net from "node:net";
 import { startFerry } from "./ferry.ts";
 import { python, SILENT_DNS } from "./python.ts";
 import { sessionOf } from "./session_log.ts";
 import { BufferedConn, domain, ipv4, socks5, socks5Handshake, TcpTarget } from "./socks_client.ts";
 
 /** Python: 8 CONNECTs by name from each of 127.0.0.2–5, held until stdin closes. */
+/**
+ * Connects to ferry on 127.0.0.1:`port`, asks for `command` to `name`:80,
+ * and resets the connection (which Deno cannot do) `afterMs` later; its port.
+ */
+function requestThenReset(
+  port: number,
+  command: number,
+  name: string,
+  afterMs: number,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1", () => {
+      socket.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+      socket.once("data", () => {
+        socket.write(socks5.encodeRequest({ command, address: domain(name, 80) }));
+        setTimeout(() => {
+          const localPort = socket.localPort!;
+          socket.resetAndDestroy();
+          resolve(localPort);
+        }, afterMs);
+      });
+    });
+    socket.once("error", reject);
+  });
+}
+
 const ASKERS = `
 import socket, sys
 port, held = int(sys.argv[1]), []
@@ -130,7 +158,45 @@ try {
     outcome: cutLine?.outcome ?? null,
     exit: stopped.code,
   };
-  result = { literal, bind, lineMs, poolListeningMs, bindLookupTimeout, bindLookupShutdown };
+
+  // Clients that reset while their names are looked up: ferry reads a
+  // client whose wait lasts, so the line comes soon, not at the 30 s timeout.
+  await using watching = await startFerry([
+    "socks",
+    "--listen",
+    "127.0.0.1:0",
+    "--connect-timeout",
+    "30s",
+    "--handshake-timeout",
+    "1s", // the deadline sweep then runs every 100 ms
+  ]);
+  const resetMidLookup = async (command: number, name: string) => {
+    const started = performance.now();
+    const port = await requestThenReset(watching.port, command, name, 700);
+    const line = await sessionOf(
+      watching,
+      { transport: "tcp", hostname: "127.0.0.1", port },
+      10_000,
+    );
+    return {
+      outcome: line.outcome,
+      command: line.command,
+      ms: Math.round(performance.now() - started),
+    };
+  };
+  const lookupReset = {
+    connect: await resetMidLookup(socks5.Command.Connect, "gone.dark.test"),
+    bind: await resetMidLookup(socks5.Command.Bind, "gone-peer.dark.test"),
+  };
+  result = {
+    literal,
+    bind,
+    lineMs,
+    poolListeningMs,
+    bindLookupTimeout,
+    bindLookupShutdown,
+    lookupReset,
+  };
 } catch (error) {
   result = { error: String(error) };
 }
