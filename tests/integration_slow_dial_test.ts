@@ -6,9 +6,9 @@
  * meanwhile still reach the target, in order, after the reply.
  */
 import assert from "node:assert/strict";
-import net from "node:net";
 import { startFerry } from "./_helpers/ferry.ts";
 import { fullQueueListeners, openingListener } from "./_helpers/full_queue.ts";
+import { clientThatResets, exchange } from "./_helpers/reset.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import { ss } from "./_helpers/ss.ts";
 import { BufferedConn, concat, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
@@ -22,38 +22,6 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * handshake timeout), so the client is being read by then.
  */
 const WATCHED_AFTER_MS = 700;
-
-/** Connects with node:net (which can reset), runs `steps`, then resets; the client's port. */
-function clientThatResets(
-  port: number,
-  steps: (socket: net.Socket) => Promise<void>,
-): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, "127.0.0.1", () => {
-      steps(socket).then(() => {
-        const localPort = socket.localPort!;
-        socket.resetAndDestroy();
-        resolve(localPort);
-      }, reject);
-    });
-    socket.once("error", reject);
-  });
-}
-
-/** Writes `bytes` and waits for `n` bytes back. */
-function exchange(socket: net.Socket, bytes: Uint8Array, n: number): Promise<void> {
-  return new Promise((resolve) => {
-    let got = 0;
-    const onData = (chunk: Uint8Array) => {
-      got += chunk.length;
-      if (got < n) return;
-      socket.off("data", onData);
-      resolve();
-    };
-    socket.on("data", onData);
-    socket.write(bytes);
-  });
-}
 
 /** Polls `ss` until no socket knocks (SYN-SENT) at 127.0.0.1:`port`, for up to 2 s. */
 async function stillKnocking(port: number): Promise<string[]> {

@@ -18,39 +18,13 @@
  *
  * Run: deno run -A tests/_helpers/dark_dns_probe.ts
  */
-import net from "node:net";
 import { startFerry } from "./ferry.ts";
 import { python, SILENT_DNS } from "./python.ts";
+import { clientThatResets, exchange } from "./reset.ts";
 import { sessionOf } from "./session_log.ts";
 import { BufferedConn, domain, ipv4, socks5, socks5Handshake, TcpTarget } from "./socks_client.ts";
 
 /** Python: 8 CONNECTs by name from each of 127.0.0.2–5, held until stdin closes. */
-/**
- * Connects to ferry on 127.0.0.1:`port`, asks for `command` to `name`:80,
- * and resets the connection (which Deno cannot do) `afterMs` later; its port.
- */
-function requestThenReset(
-  port: number,
-  command: number,
-  name: string,
-  afterMs: number,
-): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, "127.0.0.1", () => {
-      socket.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
-      socket.once("data", () => {
-        socket.write(socks5.encodeRequest({ command, address: domain(name, 80) }));
-        setTimeout(() => {
-          const localPort = socket.localPort!;
-          socket.resetAndDestroy();
-          resolve(localPort);
-        }, afterMs);
-      });
-    });
-    socket.once("error", reject);
-  });
-}
-
 const ASKERS = `
 import socket, sys
 port, held = int(sys.argv[1]), []
@@ -172,7 +146,11 @@ try {
   ]);
   const resetMidLookup = async (command: number, name: string) => {
     const started = performance.now();
-    const port = await requestThenReset(watching.port, command, name, 700);
+    const port = await clientThatResets(watching.port, async (socket) => {
+      await exchange(socket, socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }), 2);
+      socket.write(socks5.encodeRequest({ command, address: domain(name, 80) }));
+      await new Promise((resolve) => setTimeout(resolve, 700)); // the lookup is under way
+    });
     const line = await sessionOf(
       watching,
       { transport: "tcp", hostname: "127.0.0.1", port },

@@ -87,3 +87,35 @@ except socket.timeout:
     },
   };
 }
+
+/** Connects with node:net (which can reset), runs `steps`, then resets; the client's port. */
+export function clientThatResets(
+  port: number,
+  steps: (socket: net.Socket) => Promise<void>,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1", () => {
+      steps(socket).then(() => {
+        const localPort = socket.localPort!;
+        socket.resetAndDestroy();
+        resolve(localPort);
+      }, reject);
+    });
+    socket.once("error", reject);
+  });
+}
+
+/** Writes `bytes` and waits for `n` bytes back. */
+export function exchange(socket: net.Socket, bytes: Uint8Array, n: number): Promise<void> {
+  return new Promise((resolve) => {
+    let got = 0;
+    const onData = (chunk: Uint8Array) => {
+      got += chunk.length;
+      if (got < n) return;
+      socket.off("data", onData);
+      resolve();
+    };
+    socket.on("data", onData);
+    socket.write(bytes);
+  });
+}
