@@ -32,7 +32,6 @@ const LEVELS: Readonly<Record<LogLevel, LogTapeLevel>> = {
 export const serverLog: Logger = getLogger(["ferry", "server"]);
 /** Logger for the one line each session writes when it ends (see {@linkcode logSession}). */
 export const sessionLog: Logger = getLogger(["ferry", "session"]);
-const SESSION_CATEGORY: readonly string[] = ["ferry", "session"];
 
 /** Options for {@linkcode setupLogging}. */
 export interface LoggingOptions {
@@ -74,7 +73,7 @@ export function logSession(
   const timestamp = Date.now();
   if (sinkInUse !== null) {
     sinkInUse({
-      category: SESSION_CATEGORY,
+      category: sessionLog.category,
       level: "info",
       message,
       rawMessage,
