@@ -12,7 +12,7 @@ import { ForwardUpstream, taggedEcho, unusedPort } from "./_helpers/forward_supp
 import type { ProbeResult } from "./_helpers/netns_probe.ts";
 import { openDescriptors } from "./_helpers/proc.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
-import { ss } from "./_helpers/ss.ts";
+import { stillKnocking } from "./_helpers/ss.ts";
 import {
   BufferedConn,
   deadline,
@@ -352,13 +352,11 @@ Deno.test({
         assert.equal(session.target, `two.test:${target.port}`);
         // The losing attempt was aborted, not left knocking (SYN-SENT) at
         // the first address until the kernel gives up, minutes later.
-        let knocking: string[] = [];
-        for (const until = Date.now() + 2_000; Date.now() < until;) {
-          knocking = await ss("-tanH", "state", "syn-sent", "dst", `${first}:${blackHole.port}`);
-          if (knocking.length === 0) break;
-          await new Promise((resolve) => setTimeout(resolve, 50));
-        }
-        assert.deepEqual(knocking, [], "a connect still running to the first address");
+        assert.deepEqual(
+          await stillKnocking(first, blackHole.port),
+          [],
+          "a connect still running to the first address",
+        );
       }
       {
         using client = await BufferedConn.connect(ferry.hostname, ferry.port);

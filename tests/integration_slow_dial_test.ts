@@ -10,7 +10,7 @@ import { startFerry } from "./_helpers/ferry.ts";
 import { fullQueueListeners, openingListener } from "./_helpers/full_queue.ts";
 import { clientThatResets, exchange } from "./_helpers/reset.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
-import { ss } from "./_helpers/ss.ts";
+import { stillKnocking } from "./_helpers/ss.ts";
 import { BufferedConn, concat, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
 
 const encoder = new TextEncoder();
@@ -22,17 +22,6 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * handshake timeout), so the client is being read by then.
  */
 const WATCHED_AFTER_MS = 700;
-
-/** Polls `ss` until no socket knocks (SYN-SENT) at 127.0.0.1:`port`, for up to 2 s. */
-async function stillKnocking(port: number): Promise<string[]> {
-  let knocking: string[] = [];
-  for (const until = Date.now() + 2_000; Date.now() < until;) {
-    knocking = await ss("-tanH", "state", "syn-sent", "dst", `127.0.0.1:${port}`);
-    if (knocking.length === 0) break;
-    await sleep(50);
-  }
-  return knocking;
-}
 
 Deno.test("a client that resets while its CONNECT is still dialling ends the dial: logged reset, nothing left knocking at the target", async () => {
   await using blackHole = await fullQueueListeners(["127.0.0.1"]);
@@ -49,21 +38,21 @@ Deno.test("a client that resets while its CONNECT is still dialling ends the dia
     command: socks5.Command.Connect,
     address: ipv4("127.0.0.1", blackHole.port),
   });
-  const localPort = await clientThatResets(ferry.port, async (socket) => {
+  const clientAddr = await clientThatResets(ferry.port, async (socket) => {
     await exchange(socket, socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }), 2);
     socket.write(request);
     await sleep(WATCHED_AFTER_MS);
   });
   // Without the reading, the line would come at the 60 s connect timeout.
-  const session = await sessionOf(
-    ferry,
-    { transport: "tcp", hostname: "127.0.0.1", port: localPort },
-    5_000,
-  );
+  const session = await sessionOf(ferry, clientAddr, 5_000);
   assert.equal(session.outcome, "reset");
   assert.equal(session.target, `127.0.0.1:${blackHole.port}`);
   assert.equal(session.command, "connect");
-  assert.deepEqual(await stillKnocking(blackHole.port), [], "ferry's dial is still running");
+  assert.deepEqual(
+    await stillKnocking("127.0.0.1", blackHole.port),
+    [],
+    "ferry's dial is still running",
+  );
 });
 
 Deno.test("a forwarder's client that resets while the upstream is still dialled ends the dial", async () => {
@@ -79,18 +68,18 @@ Deno.test("a forwarder's client that resets while the upstream is still dialled 
     "--connect-timeout",
     "60s",
   ]);
-  const localPort = await clientThatResets(ferry.port, async (socket) => {
+  const clientAddr = await clientThatResets(ferry.port, async (socket) => {
     socket.write(encoder.encode("GET / HTTP/1.0\r\n\r\n")); // kept for the upstream meanwhile
     // The sweep ticks once a second here: the reading starts within 2.25 s.
     await sleep(300);
   });
-  const session = await sessionOf(
-    ferry,
-    { transport: "tcp", hostname: "127.0.0.1", port: localPort },
-    8_000,
-  );
+  const session = await sessionOf(ferry, clientAddr, 8_000);
   assert.equal(session.outcome, "reset");
-  assert.deepEqual(await stillKnocking(blackHole.port), [], "ferry's dial is still running");
+  assert.deepEqual(
+    await stillKnocking("127.0.0.1", blackHole.port),
+    [],
+    "ferry's dial is still running",
+  );
 });
 
 for (const after of ["more bytes after the reply", "a FIN before the reply"] as const) {

@@ -146,14 +146,14 @@ try {
   ]);
   const resetMidLookup = async (command: number, name: string) => {
     const started = performance.now();
-    const port = await clientThatResets(watching.port, async (socket) => {
+    const clientAddr = await clientThatResets(watching.port, async (socket) => {
       await exchange(socket, socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }), 2);
       socket.write(socks5.encodeRequest({ command, address: domain(name, 80) }));
       await new Promise((resolve) => setTimeout(resolve, 700)); // the lookup is under way
     });
     const line = await sessionOf(
       watching,
-      { transport: "tcp", hostname: "127.0.0.1", port },
+      clientAddr,
       10_000,
     );
     return {

@@ -88,17 +88,20 @@ except socket.timeout:
   };
 }
 
-/** Connects with node:net (which can reset), runs `steps`, then resets; the client's port. */
+/**
+ * Connects to 127.0.0.1:`port` with node:net (which can reset), runs `steps`,
+ * then resets; the client's address, as `sessionOf()` takes it.
+ */
 export function clientThatResets(
   port: number,
   steps: (socket: net.Socket) => Promise<void>,
-): Promise<number> {
+): Promise<Deno.NetAddr> {
   return new Promise((resolve, reject) => {
     const socket = net.connect(port, "127.0.0.1", () => {
       steps(socket).then(() => {
-        const localPort = socket.localPort!;
+        const clientAddr = { transport: "tcp", hostname: "127.0.0.1", port: socket.localPort! };
         socket.resetAndDestroy();
-        resolve(localPort);
+        resolve(clientAddr as Deno.NetAddr);
       }, reject);
     });
     socket.once("error", reject);

@@ -19,3 +19,18 @@ export async function ss(flags: string, ...filter: string[]): Promise<string[]> 
   }
   return decoder.decode(stdout).split("\n").filter((line) => line.trim() !== "");
 }
+
+/**
+ * The sockets still knocking (SYN-SENT) at `host:port`, polled for up to 2 s
+ * until there are none: a connect ferry aborted is gone within that, where
+ * one left running knocks until the kernel gives up, minutes later.
+ */
+export async function stillKnocking(host: string, port: number): Promise<string[]> {
+  let knocking: string[] = [];
+  for (const until = Date.now() + 2_000; Date.now() < until;) {
+    knocking = await ss("-tanH", "state", "syn-sent", "dst", `${host}:${port}`);
+    if (knocking.length === 0) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return knocking;
+}
