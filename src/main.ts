@@ -130,6 +130,11 @@ function open(config: SocksConfig | ForwardConfig): Server | Forwarder {
   return config.kind === "socks" ? startSocksServer(config) : openForwarder(config);
 }
 
+/**
+ * The settings a listening line shows. Lists are joined with commas: LogTape's
+ * logfmt writes an array or object as quoted JSON (`to="[\"a:1\",\"b:2\"]"`),
+ * unreadable in the default text format, where `to=a:1,b:2` is not.
+ */
 function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> {
   const common = {
     kind: config.kind,
@@ -142,7 +147,7 @@ function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> 
   if (config.kind === "forward") {
     return {
       ...common,
-      to: config.upstreams.map((u) => formatAddress({ host: u.hostname, port: u.port })),
+      to: config.upstreams.map((u) => formatAddress({ host: u.hostname, port: u.port })).join(","),
       pool: config.poolSize,
       poolMaxIdleMs: config.poolMaxIdleMs,
     };
@@ -155,7 +160,9 @@ function describe(config: SocksConfig | ForwardConfig): Record<string, unknown> 
     socks4: config.socks4 && config.users.size === 0,
     handshakeTimeoutMs: config.handshakeTimeoutMs,
     bindTimeoutMs: config.bindTimeoutMs,
-    udpAdvertise: config.udpAdvertise,
+    // A family with no address given names the interface the client came in on.
+    udpAdvertise: [config.udpAdvertise.ipv4, config.udpAdvertise.ipv6]
+      .filter((ip) => ip !== null).join(",") || "interface",
     maxUdpPerIp: config.maxUdpPerIp,
   };
 }

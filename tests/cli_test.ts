@@ -14,10 +14,10 @@ interface Run {
   stderr: string;
 }
 
-/** Starts ferry with `args`, stdout and stderr piped. */
 /** Bound on every child process here: help, version and refusals take a second or two. */
 const CHILD_MS = 20_000;
 
+/** Starts ferry with `args`, stdout and stderr piped. */
 function spawnFerry(args: string[]): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
     args: ferryCommandArgs(args),
@@ -493,4 +493,25 @@ Deno.test("make run and the README's deno task command do not print a --user pas
       assert.ok(!text.includes(password), `${what} printed the password:\n${text}`);
     }
   }
+});
+
+Deno.test("the listening line in text shows its lists as name=a,b, not as quoted JSON", async () => {
+  const listeningLine = async (args: string[]) => {
+    const run = await outputUntilListening(Deno.execPath(), ferryCommandArgs(args));
+    const line = run.stderr.split("\n").find((l) => l.includes("event=listening"));
+    assert.ok(line, `ferry ${args.join(" ")} did not start:\n${run.stderr}`);
+    assert.ok(!line.includes('\\"'), `a value written as quoted JSON: ${line}`);
+    return line;
+  };
+  const listen = ["--listen", "127.0.0.1:0"];
+  const forward = await listeningLine(
+    ["forward", ...listen, "--to", "127.0.0.1:9", "--to", "[::1]:9", "--pool", "0"],
+  );
+  assert.match(forward, / to=127\.0\.0\.1:9,\[::1\]:9 /);
+  const advertised = await listeningLine(
+    ["socks", ...listen, "--udp-advertise", "2001:db8::7", "--udp-advertise", "192.0.2.7"],
+  );
+  assert.match(advertised, / udpAdvertise=192\.0\.2\.7,2001:db8::7 /);
+  // Without --udp-advertise, a reply names the interface the client came in on.
+  assert.match(await listeningLine(["socks", ...listen]), / udpAdvertise=interface /);
 });
