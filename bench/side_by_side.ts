@@ -7,12 +7,13 @@
  *
  * Usage:
  *   deno run --allow-all bench/side_by_side.ts A.ts B.ts [--rounds 6]
- *       [--seconds 4] [--order client-first|target-first] [--logging]
+ *       [--seconds 4] [--order client-first|target-first] [--logging [--log-format json|text]]
  * A.ts and B.ts are started as `deno run <the start task's flags> X.ts socks
  * --listen 127.0.0.1:PORT …` on core 1: src/main.ts of two worktrees (`git
  * worktree add /tmp/before HEAD~1`), or bench/bare_relay.ts. With
- * `--logging` both log every session (`--log-level info --log-format json`)
- * to a file each, as make bench's "ferry (logging on)" row does; otherwise
+ * `--logging` both log every session (`--log-level info --log-format json`,
+ * or `text`, the default format users get) to a file each, as make bench's
+ * "ferry (logging on)" row does (in JSON); otherwise
  * `--log-level warn`, which logs no session. Everything runs
  * on 127.0.0.1, each load run stops by itself, and what this starts is
  * stopped by its PID at the end.
@@ -55,6 +56,7 @@ const { values, positionals } = parseArgs({
     seconds: { type: "string", default: "4" },
     order: { type: "string", default: "client-first" },
     logging: { type: "boolean", default: false },
+    "log-format": { type: "string", default: "json" },
   },
 });
 const rounds = Number(values.rounds);
@@ -62,16 +64,18 @@ const seconds = Number(values.seconds);
 const order = values.order;
 if (
   positionals.length !== 2 || !Number.isInteger(rounds) || rounds < 1 || !(seconds > 0) ||
-  (order !== "client-first" && order !== "target-first")
+  (order !== "client-first" && order !== "target-first") ||
+  (values["log-format"] !== "json" && values["log-format"] !== "text")
 ) {
   console.error(
     "usage: side_by_side.ts A.ts B.ts [--rounds N ≥ 1] [--seconds S > 0] " +
-      "[--order client-first|target-first] [--logging]",
+      "[--order client-first|target-first] [--logging [--log-format json|text]]",
   );
   Deno.exit(2);
 }
 const entries = positionals as [string, string];
 const logging = values.logging;
+const logFormat = values["log-format"];
 /** Where the servers' stderr goes with --logging: a file each, removed at the end. */
 const logDir = logging ? await Deno.makeTempDir({ prefix: "side_by_side_logs_" }) : null;
 
@@ -101,7 +105,7 @@ async function startServer(entry: string, nofile: number, logFile: string | null
       ...["--listen", `127.0.0.1:${port}`],
       ...(logFile === null
         ? ["--log-level", "warn"]
-        : ["--log-level", "info", "--log-format", "json"]),
+        : ["--log-level", "info", "--log-format", logFormat]),
       ...["--max-conns", "5000", "--max-conns-per-ip", "5000"],
     ],
     cwd: ROOT,
@@ -154,7 +158,7 @@ try {
   const [a, b] = servers as [Server, Server];
   console.log(
     `A: ${a.entry}\nB: ${b.entry}\n${order}, ${CONCURRENCY} sessions at a time each` +
-      (logging ? ", each session logged (JSON, to a file)" : ""),
+      (logging ? `, each session logged (${logFormat}, to a file)` : ""),
   );
   const results = await sideBySide({ port: a.port, pid: a.child.pid }, {
     port: b.port,
