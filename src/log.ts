@@ -190,14 +190,129 @@ function withPlainMessage(record: LogRecord): LogRecord {
   return { ...record, message: [text] };
 }
 
-/** The formatter of one log line, properties flattened into it, in `format`. */
+/**
+ * The formatter of one log line, properties flattened into it, in `format`.
+ *
+ * A record whose values are all plain (see {@linkcode plainLine}) is written
+ * by ferry itself, byte for byte as LogTape's formatters and the escaping
+ * above would write it: LogTape's logfmt looks at each value a character at a
+ * time, and its JSON passes each through a replacer, 6.3 and 4.2 µs for a
+ * session line here against 1.7 and 1.8. Every session's line is formatted:
+ * `bench/side_by_side.ts --logging` gave 3.5% more sessions a second in
+ * text, 3.2% in JSON. Anything else (a client's name beyond printable ASCII,
+ * an Error) takes LogTape's way.
+ */
 export function lineFormatter(format: LogFormat): TextFormatter {
+  const logTape = logTapeFormatter(format);
+  return (record) => plainLine(record, format) ?? logTape(record);
+}
+
+/** LogTape's formatter for `format`, with ferry's escaping: what every line must read as. */
+export function logTapeFormatter(format: LogFormat): TextFormatter {
   if (format === "json") {
     const json = getJsonLinesFormatter({ properties: "flatten", message: "rendered" });
     return (record) => escapeUnsafe(json(withPlainMessage(record)));
   }
   const logfmt = getLogfmtFormatter({ properties: "flatten", message: "rendered" });
   return (record) => escapeUnsafe(quoteUnsafeValues(logfmt(record)));
+}
+
+/**
+ * What both formats write as it is, and nothing above escapes: printable
+ * ASCII and the arrow of session messages. (LogTape escapes the C0 and C1
+ * controls and DEL; {@linkcode UNSAFE} holds no character here.)
+ */
+const PLAIN = /^[\x20-\x7e\u2192]*$/;
+/** A plain logfmt value LogTape leaves unquoted: no space, `"`, `=` or `\`. */
+const BARE = /^[!#-<>-[\]-~\u2192]+$/;
+/** A logfmt key LogTape writes as it is: printable ASCII but `"`, `%` and `=`. */
+const PLAIN_KEY = /^[!#$&-<>-~]+$/;
+/** Keys found plain already: ferry's own few, so a line need not test them again. */
+const plainKeys = new Set<string>();
+/** Words LogTape quotes as logfmt strings, lest they read as a literal. */
+const LITERALS = new Set(["null", "undefined", "true", "false"]);
+
+/**
+ * `record` as a line in `format`, or null when it is not plain: a string
+ * beyond {@linkcode PLAIN}, or a value other than a string, number, boolean
+ * or null.
+ */
+export function plainLine(record: LogRecord, format: LogFormat): string | null {
+  const message = plainMessage(record.message);
+  if (message === null) return null;
+  const time = isoTime(record.timestamp);
+  const logger = record.category.join(".");
+  const properties = record.properties;
+  if (format === "json") {
+    for (const key in properties) {
+      if (!isPrimitive(properties[key])) return null;
+    }
+    const level = record.level === "warning" ? "WARN" : record.level.toUpperCase();
+    // The object LogTape's formatter builds, so the same keys in the same
+    // order. JSON.stringify escapes the ASCII that needs it; one test of the
+    // whole line then finds anything beyond ASCII that might need more.
+    const line = JSON.stringify({ "@timestamp": time, level, message, logger, ...properties });
+    return PLAIN.test(line) ? line + "\n" : null;
+  }
+  const loggerValue = logfmtString(logger);
+  const messageValue = logfmtString(message);
+  if (loggerValue === null || messageValue === null) return null;
+  let line = `time=${time} level=${record.level} logger=${loggerValue} msg=${messageValue}`;
+  for (const key in properties) {
+    if (!Object.hasOwn(properties, key)) continue;
+    if (!plainKeys.has(key)) {
+      if (!PLAIN_KEY.test(key)) return null;
+      if (plainKeys.size < 256) plainKeys.add(key);
+    }
+    const value = properties[key];
+    // String() spells a number, boolean or null in ASCII that needs no quotes.
+    const text = typeof value === "string"
+      ? logfmtString(value)
+      : isPrimitive(value)
+      ? String(value)
+      : null;
+    if (text === null) return null;
+    line += ` ${key}=${text}`;
+  }
+  return line + "\n";
+}
+
+/** Whether `value` is a string, number, boolean or null: what JSON and logfmt write alike. */
+function isPrimitive(value: unknown): boolean {
+  const type = typeof value;
+  return type === "string" || type === "number" || type === "boolean" || value === null;
+}
+
+/** The message as both formats render it (text, value, text, …), or null if a part is not primitive. */
+function plainMessage(parts: readonly unknown[]): string | null {
+  let text = "";
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i];
+    // The template's own text is a string; a value may be any primitive.
+    if (i % 2 === 0 ? typeof part !== "string" : !isPrimitive(part)) return null;
+    text += String(part);
+  }
+  return text;
+}
+
+/** A string as LogTape's logfmt writes it, when it is {@linkcode PLAIN}; else null. */
+function logfmtString(text: string): string | null {
+  if (BARE.test(text)) return LITERALS.has(text) ? `"${text}"` : text;
+  if (!PLAIN.test(text)) return null;
+  return `"${text.replaceAll("\\", "\\\\").replaceAll('"', '\\"')}"`;
+}
+
+/** The last timestamp formatted: lines under load share their millisecond. */
+let lastTimestamp = NaN;
+let lastTime = "";
+
+/** `timestamp` as LogTape writes it (RFC 3339 in UTC): 0.5 µs a line otherwise. */
+function isoTime(timestamp: number): string {
+  if (timestamp !== lastTimestamp) {
+    lastTime = new Date(timestamp).toISOString();
+    lastTimestamp = timestamp;
+  }
+  return lastTime;
 }
 
 /**

@@ -3,8 +3,15 @@
  * the fields it chooses (user names, user-ids, host names).
  */
 import assert from "node:assert/strict";
-import type { LogRecord } from "@logtape/logtape";
-import { keptPastCap, lineFormatter, RateLimitedLog } from "../src/log.ts";
+import fc from "fast-check";
+import type { LogLevel, LogRecord } from "@logtape/logtape";
+import {
+  keptPastCap,
+  lineFormatter,
+  logTapeFormatter,
+  plainLine,
+  RateLimitedLog,
+} from "../src/log.ts";
 
 /** A session record whose user and target came from a client. */
 function sessionRecord(user: string, target: string): LogRecord {
@@ -73,6 +80,112 @@ Deno.test("a line with nothing to escape is left as the formatter made it", () =
   const line = lineFormatter("json")(record);
   assert.equal(JSON.parse(line).user, "alice");
   assert.match(lineFormatter("text")(record), /user=alice/);
+});
+
+Deno.test("a session line is written by ferry's own formatter, byte for byte as LogTape writes it", () => {
+  const record: LogRecord = {
+    ...sessionRecord("alice", "example.com:443"),
+    message: ["session ", 7, " ", "127.0.0.1:50312", " → ", "example.com:443", ": ", "ok", ""],
+    properties: {
+      event: "session",
+      id: 7,
+      client: "127.0.0.1:50312",
+      user: null,
+      target: "example.com:443",
+      outcome: "ok",
+      up: 64,
+      down: 1_048_576,
+      ms: 0.5,
+      error: 'a "quoted" \\ value = this',
+      empty: "",
+      spelt: "null",
+      truth: false,
+    },
+  };
+  for (const format of ["text", "json"] as const) {
+    const plain = plainLine(record, format);
+    assert.notEqual(plain, null, `${format}: the fast path was not taken`);
+    assert.equal(plain, logTapeFormatter(format)(record), format);
+  }
+});
+
+/** Characters each formatter writes as they are, or quotes, or escapes inside quotes. */
+const PLAIN_UNITS = [..."aZ09.:-_[]/@%", " ", '"', "\\", "=", "\u2192"]; // U+2192: the arrow of session messages
+/** Characters that send a line LogTape's way: beyond ASCII, controls, what ferry escapes. */
+const OTHER_UNITS = [
+  "\u00e9",
+  "\u0085", // C1 control
+  "\u007f",
+  "\u00ad", // a format character ferry escapes
+  "\u2028",
+  "\ufffd",
+  "\n",
+  "\t",
+  "\u0000",
+  "\u{1f600}",
+];
+// Mostly strings ferry writes itself, so that the comparison meets both ways.
+const text = fc.oneof(
+  { arbitrary: fc.string({ unit: fc.constantFrom(...PLAIN_UNITS), maxLength: 12 }), weight: 15 },
+  {
+    arbitrary: fc.constantFrom("", "null", "true", "false", "undefined", "127.0.0.1:1080"),
+    weight: 4,
+  },
+  {
+    arbitrary: fc.string({ unit: fc.constantFrom(...PLAIN_UNITS, ...OTHER_UNITS), maxLength: 12 }),
+    weight: 1,
+  },
+);
+const value = fc.oneof(
+  { arbitrary: text, weight: 12 },
+  { arbitrary: fc.oneof(fc.integer(), fc.double(), fc.boolean(), fc.constant(null)), weight: 7 },
+  {
+    arbitrary: fc.constantFrom<unknown>(undefined, [1, "a"], { a: 1 }, new Error("boom"), 10n),
+    weight: 1,
+  },
+);
+const key = fc.oneof(
+  { arbitrary: fc.constantFrom("event", "id", "user", "target", "up", "ms"), weight: 4 },
+  {
+    arbitrary: fc.string({
+      unit: fc.constantFrom(...PLAIN_UNITS, ...OTHER_UNITS),
+      minLength: 1,
+      maxLength: 6,
+    }),
+    weight: 1,
+  },
+);
+const record: fc.Arbitrary<LogRecord> = fc.record({
+  category: fc.oneof(
+    fc.constant(["ferry", "session"]),
+    fc.array(text, { minLength: 1, maxLength: 3 }),
+  ),
+  level: fc.constantFrom<LogLevel>("debug", "info", "warning", "error", "fatal"),
+  // text, value, text, …, text
+  message: fc.array(fc.tuple(value, text), { maxLength: 4 }).chain((pairs) =>
+    text.map((first) => [first, ...pairs.flat()])
+  ),
+  rawMessage: fc.constant("template"),
+  timestamp: fc.integer({ min: 0, max: Date.UTC(9999, 0) }),
+  properties: fc.dictionary(key, value, { maxKeys: 8 }),
+});
+
+Deno.test("property: every line ferry writes itself is the line LogTape's formatter would write", () => {
+  for (const format of ["text", "json"] as const) {
+    const logTape = logTapeFormatter(format);
+    const written = lineFormatter(format);
+    let plain = 0;
+    fc.assert(
+      fc.property(record, (record) => {
+        if (plainLine(record, format) !== null) plain++;
+        assert.equal(written(record), logTape(record));
+      }),
+      { numRuns: 2000 },
+    );
+    // Not only LogTape's way: the comparison above must have met ferry's own.
+    console.log(format, plain);
+    assert.ok(plain > 200, `${format}: only ${plain} of 2000 records took the fast path`);
+  }
 });
 
 Deno.test("RateLimitedLog: one line per interval, and what it held back is logged once the interval is over", async () => {
