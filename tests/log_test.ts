@@ -183,7 +183,6 @@ Deno.test("property: every line ferry writes itself is the line LogTape's format
       { numRuns: 2000 },
     );
     // Not only LogTape's way: the comparison above must have met ferry's own.
-    console.log(format, plain);
     assert.ok(plain > 200, `${format}: only ${plain} of 2000 records took the fast path`);
   }
 });
