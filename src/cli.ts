@@ -111,7 +111,11 @@ export function buildProgram(
   streams: CliOutput,
   onCommand: (invocation: Invocation) => void = () => {},
 ): Command {
-  const output = {
+  /**
+   * Output whose errors start `ferry socks:` (`prefix`), as a bad value's do
+   * (src/main.ts), where commander starts them `error:`.
+   */
+  const output = (prefix: string) => ({
     ...streams,
     // Help has no colours. commander's own guess would read a dozen
     // environment variables (TERM, CI, NODE_DISABLE_COLORS…) when stdout is a
@@ -125,6 +129,7 @@ export function buildProgram(
     outputError: (text: string, write: (text: string) => void) =>
       write(
         text
+          .replace(/^error: /, `${prefix}: `)
           // To the value's last quote: it may hold quotes, and newlines, of its own.
           .replace(/(unknown option '[^'=]*=)[\s\S]*'/, "$1…'")
           .replace(
@@ -134,13 +139,13 @@ export function buildProgram(
           // A flag given twice: its second value is fine, only twice is wrong.
           .replace(/option '[^']*' argument '[\s\S]*' is invalid\. (--[a-z-]+ given twice)/, "$1"),
       ),
-  };
+  });
   const program = new Command("ferry")
     .description("A SOCKS5/SOCKS4 proxy and TCP forwarder that carries every byte.")
     .version(VERSION, "-V, --version", "print the version and exit")
     .helpOption("-h, --help", "show help and exit")
     .showHelpAfterError("(run with --help for usage)")
-    .configureOutput(output)
+    .configureOutput(output("ferry"))
     .exitOverride();
   /** A command whose errors end as a bad value's do (src/main.ts), not "run with --help". */
   const subcommand = (name: string) =>
@@ -180,7 +185,7 @@ export function buildProgram(
       DEFAULTS.maxUdpPerIp,
     );
   addListenerOptions(socks, true)
-    .configureOutput(output)
+    .configureOutput(output("ferry socks"))
     .exitOverride()
     .action(() => onCommand({ command: "socks", options: socks.opts<RawSocksOptions>() }));
   const forward = subcommand("forward")
@@ -209,7 +214,7 @@ export function buildProgram(
       DEFAULTS.poolMaxIdle,
     );
   addListenerOptions(forward, false)
-    .configureOutput(output)
+    .configureOutput(output("ferry forward"))
     .exitOverride()
     .action(() => onCommand({ command: "forward", options: forward.opts<RawForwardOptions>() }));
   subcommand("run")
@@ -221,7 +226,7 @@ export function buildProgram(
     )
     .option("--log-level <level>", "override the file's log level")
     .option("--log-format <format>", "override the file's log format")
-    .configureOutput(output)
+    .configureOutput(output("ferry run"))
     .exitOverride()
     .action((options: { config: string; logLevel?: string; logFormat?: string }) => {
       onCommand({
@@ -281,7 +286,7 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
       ? `unknown option '${topic.split("=")[0]}'`
       : `unknown command '${topic}'`;
     if (problem) {
-      output.writeErr(`error: ${problem}\n(run with --help for usage)\n`);
+      output.writeErr(`ferry: ${problem}\n(run with --help for usage)\n`);
       return { command: "exit", code: 2 };
     }
     args = topic !== undefined && isCommand(topic) ? [topic, "--help"] : ["--help"];
@@ -295,7 +300,7 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
   const option = args[0]?.split("=")[0];
   if (command && command.options.some((o) => o.long === option || o.short === option)) {
     output.writeErr(
-      `error: option '${option}' before the command; options go after it: ` +
+      `ferry: option '${option}' before the command; options go after it: ` +
         `ferry ${command.name()} ${option} …\n(run with --help for usage)\n`,
     );
     return { command: "exit", code: 2 };
@@ -308,7 +313,8 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
   const missing = command && flagMissingItsValue(command, args);
   if (missing) {
     output.writeErr(
-      `error: option '${missing.flags}' argument missing: '${missing.next}' follows it\n` +
+      `ferry ${missing.command}: option '${missing.flags}' argument missing: ` +
+        `'${missing.next}' follows it\n` +
         `(run ferry ${missing.command} --help for usage)\n`,
     );
     return { command: "exit", code: 2 };
