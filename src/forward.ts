@@ -15,7 +15,6 @@ import {
   type Relaying,
   type SessionContext,
 } from "./proxy_session.ts";
-import type { RelayEnd } from "./relay.ts";
 import { type Server, startServer } from "./server.ts";
 import { DialError } from "./upstream/dial.ts";
 import { Upstream } from "./upstream/pool.ts";
@@ -91,7 +90,8 @@ export class ForwardSession extends ProxySession {
       if (pooled) {
         this.#pooled = true;
         this.adoptTarget(pooled);
-        return this.#relayTo(pooled);
+        // A slow dial to an upstream before may have had the client read meanwhile.
+        return this.relayingTo(pooled);
       }
       let target: Deno.TcpConn;
       try {
@@ -104,7 +104,7 @@ export class ForwardSession extends ProxySession {
         lastFailure = error; // dialForClient marked the upstream down
         continue;
       }
-      return this.#relayTo(target);
+      return this.relayingTo(target);
     }
     // Nothing to forward to: close at once rather than leave the client waiting.
     this.requested ??= this.#upstreams.upstreams.map((u) => u.name).join(",");
@@ -113,13 +113,10 @@ export class ForwardSession extends ProxySession {
     return null;
   }
 
-  /**
-   * What to relay to `target`. Also for a pooled connection: a slow dial to
-   * an upstream before it may have had the client read meanwhile.
-   */
-  #relayTo(target: RelayEnd): Relaying {
-    const client = this.releaseClient(); // before taking the early bytes: it may add to them
-    return { target, early: this.#early, client };
+  protected takeEarlyBytes(): Uint8Array {
+    const early = this.#early;
+    this.#early = NO_EARLY_BYTES;
+    return early;
   }
 
   protected keepEarlyBytes(bytes: Uint8Array): boolean {

@@ -277,6 +277,19 @@ export abstract class ProxySession implements Expirable {
    */
   protected abstract keepEarlyBytes(bytes: Uint8Array): boolean;
 
+  /** Takes the bytes kept for the target (see {@linkcode keepEarlyBytes}); they go to it first. */
+  protected abstract takeEarlyBytes(): Uint8Array;
+
+  /**
+   * What negotiation hands the relay for `target`: the client as the relay
+   * should read it (`client`, by default {@linkcode releaseClient}'s), and
+   * the early bytes, taken after the reading has stopped, as it may add to
+   * them until then.
+   */
+  protected relayingTo(target: RelayEnd, client = this.releaseClient()): Relaying {
+    return { target, early: this.takeEarlyBytes(), client };
+  }
+
   /** Extra fields for the session's log line. */
   protected logFields(): Record<string, unknown> {
     return {};

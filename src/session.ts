@@ -152,8 +152,7 @@ export class SocksSession extends ProxySession {
         this.firstBuffers[1],
       ),
     );
-    const client = this.releaseClient(); // before taking the early data: it may add to it
-    return { target, early: this.#takeEarlyData(), client };
+    return this.relayingTo(target);
   }
 
   async #socks4(): Promise<Relaying | null> {
@@ -193,8 +192,7 @@ export class SocksSession extends ProxySession {
         this.firstBuffers[1],
       ),
     );
-    const client = this.releaseClient(); // before taking the early data: it may add to it
-    return { target, early: this.#takeEarlyData(), client };
+    return this.relayingTo(target);
   }
 
   /**
@@ -270,8 +268,7 @@ export class SocksSession extends ProxySession {
     peer.setNoDelay(true); // keepalive: as for any relay, once it has lasted
     this.#bindPeer = formatAddress({ host: peer.remoteAddr.hostname, port: peer.remoteAddr.port });
     await writeAll(this.client, replies.bound(peer.remoteAddr));
-    const client = waiting.release(); // before taking the early data: it may add to it
-    return { target: peer, early: this.#takeEarlyData(), client };
+    return this.relayingTo(peer, waiting.release());
   }
 
   /**
@@ -346,7 +343,7 @@ export class SocksSession extends ProxySession {
           ),
         }),
       );
-      this.#takeEarlyData(); // nothing is meant to follow the request on a control connection
+      this.takeEarlyBytes(); // nothing is meant to follow the request on a control connection
       // The association lives exactly as long as its control connection (RFC 1928 §7).
       // Bytes on it mean nothing, but a client may send them to keep an
       // association alive between datagrams, so they count as activity.
@@ -502,7 +499,7 @@ export class SocksSession extends ProxySession {
   }
 
   /** Takes the bytes the client sent after its request: they go to the target first. */
-  #takeEarlyData(): Uint8Array {
+  protected takeEarlyBytes(): Uint8Array {
     const early = this.#pendingLength === 0
       ? NO_BYTES
       : this.#pending.subarray(0, this.#pendingLength);

@@ -59,6 +59,10 @@ class FailingSession extends ProxySession {
   protected keepEarlyBytes(): boolean {
     throw new Error("this session never dials");
   }
+
+  protected takeEarlyBytes(): Uint8Array {
+    throw new Error("this session never relays");
+  }
 }
 
 Deno.test("an unexpected failure is logged as outcome error, with what the error said", async () => {
@@ -125,6 +129,10 @@ class WaitsAfterDialSession extends ProxySession {
 
   protected keepEarlyBytes(): boolean {
     throw new Error("the dial was meant to be quick: the client is not read meanwhile");
+  }
+
+  protected takeEarlyBytes(): Uint8Array {
+    return this.#early;
   }
 }
 
