@@ -162,6 +162,22 @@ Deno.test("dial() to a closed loopback port throws DialError connection-refused,
   assert.match(error.message, /127\.0\.0\.1/);
 });
 
+Deno.test("dial() of a name that is an address with a zone Deno does not know: name-not-resolved, 0x04", async () => {
+  for (const host of ["::1%lo", "::1%nosuchif0"]) {
+    const error = await dialError(
+      dial({ type: "domain", host, port: closedPort() }, new AbortController().signal),
+    );
+    assert.equal(error.failure, "name-not-resolved", `${host}: ${error.message}`);
+    assert.equal(error.reply, 0x04);
+    assert.ok(error.message.includes(host), error.message);
+  }
+  // A zone it knows is dialled: loopback's index, here refused like any closed port.
+  const refused = await dialError(
+    dial({ type: "domain", host: "::1%1", port: closedPort() }, new AbortController().signal),
+  );
+  assert.equal(refused.failure, "connection-refused", refused.message);
+});
+
 Deno.test("dial() to a target that resets as it accepts says so: general-failure, 0x01", async () => {
   const server = await resettingServer();
   try {

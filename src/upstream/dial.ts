@@ -97,6 +97,19 @@ export function classifyConnectError(error: unknown): DialFailure {
   return known ? FAILURE_FOR_ERRNO[code]! : "general-failure";
 }
 
+/**
+ * {@linkcode classifyConnectError}, but for a zoned address (`fe80::1%eth0`),
+ * which a client can send as a name and the lookup answers unchanged:
+ * `Deno.connect` looks the zone up itself, and when it knows no such zone
+ * (an unknown interface, or a name on an address that is not link-local,
+ * `::1%lo`), it throws an error with neither class nor code. That is the
+ * name's failure, answered 0x04, not a general one.
+ */
+function failureConnectingTo(hostname: string, error: unknown): DialFailure {
+  const failure = classifyConnectError(error);
+  return failure === "general-failure" && hostname.includes("%") ? "name-not-resolved" : failure;
+}
+
 /** Why the session's signal was aborted, if it was: the sweep marks connect timeouts. */
 export function abortFailure(signal: AbortSignal): DialFailure {
   const reason = signal.reason as { failure?: DialFailure } | undefined;
@@ -435,7 +448,7 @@ async function connectToIp(
   } catch (error) {
     if (conn) closeQuietly(conn);
     if (isOutOfDescriptors(error)) noteShortage();
-    const failure = signal.aborted ? abortFailure(signal) : classifyConnectError(error);
+    const failure = signal.aborted ? abortFailure(signal) : failureConnectingTo(hostname, error);
     const what = signal.aborted
       ? endedBy(failure)
       : isResetAsAccepted(error)
