@@ -161,8 +161,11 @@ Deno.test("ferry forward: while the upstream is down it logs upstream-down once 
     const session = await logged;
     assert.equal(session.outcome, "ok");
     assert.equal(session.pooled, true);
-    assert.equal(ferry.lines.filter((l) => l.event === "upstream-up").length, 1);
+    const upLines = ferry.lines.filter((l) => l.event === "upstream-up");
+    assert.equal(upLines.length, 1);
     assert.equal(downLines().length, 1);
+    // As loud as the line it ends, so that --log-level warn shows the outage's end too.
+    assert.equal(upLines[0]!.level, downLines()[0]!.level);
     await stopCleanly(ferry);
     await waitUntil(() => server!.open === 0, "the upstream to see every connection closed");
   } finally {

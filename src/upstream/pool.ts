@@ -368,7 +368,8 @@ export class Upstream implements DescriptorDonor {
     if (!this.#recovering) this.#backoffMs = BACKOFF_FIRST_MS;
     if (!this.#down) return;
     this.#down = false;
-    serverLog.info("upstream {upstream} is up again", {
+    // As loud as the upstream-down it ends: a log kept at --log-level warn says the outage ended.
+    serverLog.warn("upstream {upstream} is up again", {
       event: "upstream-up",
       listen: this.#options.listen,
       upstream: this.name,
@@ -481,7 +482,8 @@ export class Upstream implements DescriptorDonor {
   #recovered(): void {
     this.#backoffMs = BACKOFF_FIRST_MS;
     this.#recovering = false;
-    serverLog.info("upstream {upstream}: pooled connections last again", {
+    // As loud as the pool-unsettled it ends (see markUp()).
+    serverLog.warn("upstream {upstream}: pooled connections last again", {
       event: "pool-settled",
       listen: this.#options.listen,
       upstream: this.name,
