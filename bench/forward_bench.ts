@@ -34,7 +34,9 @@
  *
  * Environment (all optional):
  *   FORWARD_BENCH_QUICK=1           short run for trying the harness (does not
- *                                   write the file unless FORWARD_BENCH_WRITE=1)
+ *                                   write the file unless FORWARD_BENCH_WRITE=1);
+ *                                   BENCH_QUICK=1 does the same, so that
+ *                                   `BENCH_QUICK=1 make bench` is quick throughout
  *   FORWARD_BENCH_PARTS=ttfb,load   which parts to run (default both)
  *   FORWARD_BENCH_ROWS=a,b          part 2 rows: direct, ferry-pool4,
  *                                   ferry-pool0, haproxy, socat
@@ -113,7 +115,7 @@ const DELAY_LINK = `${OUT}/delay_link`;
 const START = "<!-- forward-bench:start -->";
 const END = "<!-- forward-bench:end -->";
 
-const QUICK = env("FORWARD_BENCH_QUICK") === "1";
+const QUICK = env("FORWARD_BENCH_QUICK") === "1" || env("BENCH_QUICK") === "1";
 const PARTS = (env("FORWARD_BENCH_PARTS") ?? "ttfb,load").split(",").map((s) => s.trim());
 const ROUNDS = Math.round(num("FORWARD_BENCH_ROUNDS", QUICK ? 1 : 3));
 const SESSION_SECONDS = num("FORWARD_BENCH_SESSION_SECONDS", QUICK ? 1.5 : 4);

@@ -19,10 +19,13 @@
  * `<!-- udp-bench:start -->` and `<!-- udp-bench:end -->`.
  *
  * Environment (all optional):
+ *   BENCH_QUICK=1            short run for trying the harness, as for
+ *                            bench/bench.ts: one rate, 1.5 s runs, and
+ *                            BENCHMARKS.md left alone unless UDP_BENCH_WRITE=1
  *   UDP_BENCH_RATES=a,b      offered datagrams/s (default 10000,20000,50000)
  *   UDP_BENCH_SECONDS=s      measured seconds per run (default 4)
  *   UDP_BENCH_ROWS=a,b       only these rows (direct, ferry, dante)
- *   UDP_BENCH_WRITE=0|1      write BENCHMARKS.md or not (default 1)
+ *   UDP_BENCH_WRITE=0|1      write BENCHMARKS.md or not (default 1, quick 0)
  *   BENCH_FERRY_FLAGS="…"    deno run flags for ferry (default: those of
  *                            deno.json's start task)
  *
@@ -65,12 +68,13 @@ const LOADGEN = `${OUT}/udp_loadgen`;
 const START = "<!-- udp-bench:start -->";
 const END = "<!-- udp-bench:end -->";
 
-const RATES = (env("UDP_BENCH_RATES") ?? "10000,20000,50000").split(",").map(Number)
-  .filter((n) => Number.isFinite(n) && n > 0);
-const SECONDS = Number(env("UDP_BENCH_SECONDS") ?? "4");
+const QUICK = env("BENCH_QUICK") === "1";
+const RATES = (env("UDP_BENCH_RATES") ?? (QUICK ? "20000" : "10000,20000,50000")).split(",")
+  .map(Number).filter((n) => Number.isFinite(n) && n > 0);
+const SECONDS = Number(env("UDP_BENCH_SECONDS") ?? (QUICK ? "1.5" : "4"));
 const WARMUP_SECONDS = 0.5;
 const PAYLOAD = 64;
-const WRITE_DOC = env("UDP_BENCH_WRITE") !== "0";
+const WRITE_DOC = env("UDP_BENCH_WRITE") === undefined ? !QUICK : env("UDP_BENCH_WRITE") !== "0";
 const PROXY_BUDGET_SECONDS = 300;
 
 // ---------------------------------------------------------------------------
@@ -502,7 +506,7 @@ async function main(): Promise<number> {
   let notQuiet: string | null = null;
   let repeated = 0;
   try {
-    notQuiet = await waitForQuiet();
+    notQuiet = await waitForQuiet(QUICK ? 5 : 30);
     echo = await startEcho();
     log(`echo server on 127.0.0.1:${echo.port}`);
     for (const row of rows) {
@@ -530,7 +534,7 @@ async function main(): Promise<number> {
             `${row.label} @ ${fmt(rate)}/s disturbed (other processes ${pct(r.otherCpu)}); again`,
           );
           repeated++;
-          await waitForQuiet(15);
+          await waitForQuiet(QUICK ? 5 : 15);
           r = await measure(row, echo, rate, SECONDS);
         }
         row.results.push(r);
