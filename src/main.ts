@@ -17,7 +17,12 @@ import {
 import type { RunConfig } from "./config_file.ts";
 import { type Forwarder, openForwarder } from "./forward.ts";
 import { serverLog, setupLogging, stopLogging, writeNow } from "./log.ts";
-import { descriptorsNeeded, openFilesLimit, TOO_LOW_TO_CHECK } from "./nofile.ts";
+import {
+  descriptorsNeeded,
+  openFilesLimit,
+  stopRunningPrograms,
+  TOO_LOW_TO_CHECK,
+} from "./nofile.ts";
 import { formatAddress, ipOfName, isLoopbackIp, unmapIPv4 } from "./protocol/address.ts";
 import { type Server, startSocksServer } from "./server.ts";
 
@@ -258,6 +263,11 @@ async function serveUntil(plan: Plan, stop: StopRequest): Promise<number> {
   // Before the listeners open: a signal while they do (or while prlimit
   // answers) is a clean shutdown.
   stop.serving();
+  // Before the listeners open, so that no client is served while ferry may
+  // still run a program, and before the pools fill: a pool larger than the
+  // limit leaves takes every descriptor, and prlimit could not even start.
+  const limit = await openFilesLimit();
+  stopRunningPrograms();
   const running: { server: Server | Forwarder; config: SocksConfig | ForwardConfig }[] = [];
   for (const config of plan.listeners) {
     try {
@@ -284,9 +294,6 @@ async function serveUntil(plan: Plan, stop: StopRequest): Promise<number> {
       return 1;
     }
   }
-  // Before the pools fill: a pool larger than the limit leaves takes every
-  // descriptor, and prlimit could not even start to tell the limit.
-  const limit = await openFilesLimit();
   // Only now that every listener is open: a later one that failed would
   // have left the upstreams with connections dialled for nothing.
   for (const { server } of running) if ("startPools" in server) server.startPools();

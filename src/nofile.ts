@@ -5,7 +5,9 @@
  *
  * Deno will not let a program read /proc/self/limits without --allow-all, so
  * the limit is asked of util-linux's `prlimit` (the only program ferry's
- * permissions let it run). Where that is missing the check is skipped.
+ * permissions let it run), once, at start; then ferry gives up running
+ * programs (see {@linkcode stopRunningPrograms}). Where prlimit is missing
+ * the check is skipped.
  *
  * @module
  */
@@ -73,4 +75,15 @@ export async function openFilesLimit(): Promise<number | null | typeof TOO_LOW_T
     if (isOutOfDescriptors(error)) return TOO_LOW_TO_CHECK;
     return null; // no prlimit, or not allowed to run it
   }
+}
+
+/**
+ * Gives up the permission to run programs, for the rest of the process.
+ * prlimit starts any program it is given (`prlimit --nofile=64 sh -c …`), so
+ * `--allow-run=prlimit` is as wide as `--allow-run`, and ferry needs no
+ * program once it knows the limit. All of `run` is revoked: revoking only
+ * prlimit would leave a wider grant (`--allow-run`, `--allow-all`) as it was.
+ */
+export function stopRunningPrograms(): void {
+  Deno.permissions.revokeSync({ name: "run" });
 }

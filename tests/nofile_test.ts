@@ -73,3 +73,26 @@ Deno.test("openFilesLimit() agrees with the kernel on a process started under a 
   assert.equal(reported, kernel);
   assert.ok(reported === 777 || reported === 4096, `got ${reported}`);
 });
+
+Deno.test("stopRunningPrograms(): after it, neither prlimit nor any other program runs, even under --allow-all", async () => {
+  // In a child: revoking is for the rest of a process, and `deno eval` has
+  // every permission, the widest grant there is to give up.
+  const module = new URL("../src/nofile.ts", import.meta.url).href;
+  const { success, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { openFilesLimit, stopRunningPrograms } = await import(${JSON.stringify(module)});` +
+      "const before = await openFilesLimit();" +
+      "stopRunningPrograms();" +
+      "const after = await openFilesLimit();" +
+      'let other = "ran";' +
+      'try { new Deno.Command("true").outputSync(); } catch (error) { other = error.name; }' +
+      "console.log(JSON.stringify([typeof before, after, other]));",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  assert.ok(success, decoder.decode(stderr));
+  assert.deepEqual(JSON.parse(decoder.decode(stdout)), ["number", null, "NotCapable"]);
+});
