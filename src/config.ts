@@ -436,7 +436,16 @@ export function parseHostPort(text: string): ListenAddress | null {
  */
 export function checkHostPort(text: string, minPort: 0 | 1): ListenAddress | { problem: string } {
   const match = /^(?:\[([^\]]*)\]|([^\s:[\]]+)):(\d+)$/.exec(text.trim());
-  if (!match) return { problem: "expected HOST:PORT or [IPV6]:PORT" };
+  if (!match) {
+    // `:1080` (gost) or `1080` (ssh -D, microsocks -p): which host is meant differs between them.
+    const portAlone = /^:?(\d{1,5})$/.exec(text.trim())?.[1];
+    const example = portAlone === undefined
+      ? ""
+      : minPort === 0
+      ? ` (127.0.0.1:${portAlone} for this machine only, 0.0.0.0:${portAlone} for every interface)`
+      : ` (such as 127.0.0.1:${portAlone})`;
+    return { problem: `expected HOST:PORT or [IPV6]:PORT${example}` };
+  }
   const port = Number(match[3]);
   if (port < minPort || port > 65535) {
     return { problem: `expected a port from ${minPort} to 65535` };

@@ -104,6 +104,20 @@ Deno.test("checkHostPort() says what is wrong: the form, the port's range, or th
   assert.deepEqual(checkHostPort("10.0.0.5:80", 1), { hostname: "10.0.0.5", port: 80 });
   const cases: [string, 0 | 1, string][] = [
     ["nope", 0, "expected HOST:PORT or [IPV6]:PORT"],
+    // A port alone, as gost and ssh -D take it: which host is meant is for the user to say.
+    [
+      ":1080",
+      0,
+      "expected HOST:PORT or [IPV6]:PORT (127.0.0.1:1080 for this machine only, 0.0.0.0:1080 " +
+      "for every interface)",
+    ],
+    [
+      "1080",
+      0,
+      "expected HOST:PORT or [IPV6]:PORT (127.0.0.1:1080 for this machine only, 0.0.0.0:1080 " +
+      "for every interface)",
+    ],
+    ["8080", 1, "expected HOST:PORT or [IPV6]:PORT (such as 127.0.0.1:8080)"],
     ["127.0.0.1:65536", 0, "expected a port from 0 to 65535"],
     ["127.0.0.1:0", 1, "expected a port from 1 to 65535"], // an upstream cannot be port 0
     ["999.1.1.1:1080", 0, "expected an IPv4 address of four numbers 0 to 255, or a host name"],
