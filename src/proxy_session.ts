@@ -162,6 +162,21 @@ export const NO_EARLY_BYTES: Uint8Array = new Uint8Array(0);
 export const KEEPALIVE_AFTER_MS = 1000;
 
 /**
+ * Sets TCP keepalive on `conn`; false when Deno refuses, as it does while a
+ * write is pending on the socket ("Unable to get resources": a download to
+ * a slow reader, at the moment the relay has lasted KEEPALIVE_AFTER_MS) or
+ * once it has failed.
+ */
+function keepAliveOn(conn: Pick<RelayTarget, "setKeepAlive">): boolean {
+  try {
+    conn.setKeepAlive?.(true);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * How long a dial may take before the session reads its client meanwhile
  * (see WaitingClient). A client that resets, having given up on a target
  * slow to answer, then ends the dial at once, instead of holding two
@@ -223,6 +238,8 @@ export abstract class ProxySession implements Expirable {
    * deadline is worked out once keepalive is on.
    */
   #keepAliveDue = false;
+  #clientKeptAlive = false;
+  #targetKeptAlive = false;
   #activeAt = 0;
   #socketsClosed = false;
   /** Aborts the dial in progress on connect timeout; the session goes on to reply. */
@@ -337,11 +354,15 @@ export abstract class ProxySession implements Expirable {
       this.context.deadlines.watch(this);
       return;
     }
-    if (this.#keepAliveDue) {
+    const idleAt = this.#activeAt + this.context.idleTimeoutMs;
+    if (this.#keepAliveDue && this.context.deadlines.now < idleAt) {
       // Not a timeout: the relay has lasted long enough to want keepalive.
-      this.#keepAliveDue = false;
-      this.#turnOnKeepAlive();
-      this.deadline = this.#activeAt + this.context.idleTimeoutMs;
+      // A socket busy with a write of ours refuses it: tried again a
+      // second later (or at the idle deadline, if that is sooner).
+      this.#keepAliveDue = !this.#turnOnKeepAlive();
+      this.deadline = this.#keepAliveDue
+        ? Math.min(idleAt, this.context.deadlines.now + KEEPALIVE_AFTER_MS)
+        : idleAt;
       this.context.deadlines.watch(this);
       return;
     }
@@ -632,14 +653,12 @@ export abstract class ProxySession implements Expirable {
     return "error";
   }
 
-  #turnOnKeepAlive(): void {
-    if (this.#socketsClosed) return;
-    try {
-      this.client.setKeepAlive(true);
-      this.#target?.setKeepAlive?.(true);
-    } catch {
-      // A socket that has just failed: the relay is ending the session.
-    }
+  /** Turns keepalive on where it is not yet; false while a socket refused it (see keepAliveOn()). */
+  #turnOnKeepAlive(): boolean {
+    if (this.#socketsClosed) return true;
+    this.#clientKeptAlive ||= keepAliveOn(this.client);
+    this.#targetKeptAlive ||= this.#target === null || keepAliveOn(this.#target);
+    return this.#clientKeptAlive && this.#targetKeptAlive;
   }
 
   #closeSockets(): void {

@@ -798,6 +798,35 @@ Deno.test("a relay that lasts gets TCP keepalive on both of ferry's sockets", as
   }
 });
 
+Deno.test("a relay busy writing to a slow reader when keepalive is due gets it once the write is done", async () => {
+  // Deno refuses setKeepAlive on a socket with a write pending; the first
+  // try (1 s in) meets ferry's write to this client, which is not reading.
+  // A short handshake timeout makes the deadline sweep tick every 100 ms,
+  // so that first try comes before the client starts reading.
+  await using ferry = await startFerry([...LISTEN, "--handshake-timeout", "1s"]);
+  using target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  using _client = client;
+  using _server = server;
+  const body = pseudoRandomBytes(32 * 1024 * 1024, 7);
+  const sending = server.write(body);
+  sending.catch(() => {}); // a failure shows as a short read below
+  await new Promise((resolve) => setTimeout(resolve, 2_000)); // past the first try
+  assert.equal(await sha256(await client.readExactly(body.length)), await sha256(body));
+  await sending;
+  const clientSide = `( sport = :${ferry.port} and dport = :${client.localAddr.port} )`;
+  const targetSide = `( dport = :${target.port} )`;
+  const established = (filter: string) => ss("-tnoH", "state", "established", filter);
+  const deadlineAt = Date.now() + 10_000;
+  let timers: string[] = [];
+  for (;;) {
+    timers = [...await established(clientSide), ...await established(targetSide)];
+    if (timers.length === 2 && timers.every((line) => line.includes("timer:(keepalive"))) break;
+    assert.ok(Date.now() < deadlineAt, `no keepalive on both sockets after 10 s: ${timers}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+});
+
 Deno.test("SOCKS4 with a 1024-byte user id is granted and relays", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();
