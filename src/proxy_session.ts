@@ -518,6 +518,14 @@ export abstract class ProxySession implements Expirable {
   }
 
   /**
+   * Whether shutdown cut the session short during a wait that has ended
+   * since: one whose work took no signal (a UDP relay socket's bind) ran on.
+   */
+  protected get cutShort(): boolean {
+    return this.#cutShort !== null;
+  }
+
+  /**
    * Starts reading the client during a dial: a reset aborts the session (and
    * so the dial), a FIN stops the reading (a client may half-close and wait
    * for the answer), and bytes go to {@linkcode keepEarlyBytes}.

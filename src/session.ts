@@ -329,6 +329,12 @@ export class SocksSession extends ProxySession {
         );
       }
       this.adoptTarget(this.#association);
+      // Shutdown came while the socket was bound, which no signal stops: a
+      // failure reply, as for a dial it cut short, not an association granted
+      // after the drain began (held until the client went or --idle-timeout).
+      if (this.cutShort) {
+        return await this.refuse(replyWith(socks5.Reply.GeneralFailure), "shutdown");
+      }
       const bound = this.#association.address;
       // Relaying from the reply on: datagrams may follow it at once, and a
       // handshake deadline still running would cut an association in use.

@@ -4,6 +4,7 @@
  * Logging is not configured here, so LogTape drops the server's records.
  */
 import assert from "node:assert/strict";
+import dgram from "node:dgram";
 import { reset } from "@logtape/logtape";
 import { buildSocksConfig, type RawSocksOptions } from "../src/config.ts";
 import type { Decoded } from "../src/protocol/decoded.ts";
@@ -543,6 +544,40 @@ Deno.test("shutdown() aborts sessions still running when grace is over", async (
       Deno.errors.ConnectionRefused,
     );
   });
+});
+
+Deno.test("shutdown() while a UDP ASSOCIATE's socket is being bound: the client gets 0x01, not a grant, and shutdown ends", async () => {
+  // The bind made to take 300 ms, as a busy event loop or a wait for a
+  // descriptor would stretch it: shutdown in that window used to grant the
+  // association and wait for its client to leave.
+  const createSocket = dgram.createSocket;
+  const slowBinds = (...args: Parameters<typeof dgram.createSocket>) => {
+    const socket = createSocket(...args);
+    const bind = socket.bind.bind(socket) as (...bindArgs: unknown[]) => void;
+    socket.bind = ((...bindArgs: unknown[]) => {
+      setTimeout(() => bind(...bindArgs), 300);
+      return socket;
+    }) as typeof socket.bind;
+    return socket;
+  };
+  (dgram as { createSocket: unknown }).createSocket = slowBinds;
+  try {
+    await withServer({}, async (server, _echo, clients) => {
+      const client = await Client.open(server.addr.port);
+      clients.push(client);
+      await client.write(Uint8Array.of(socks5.VERSION, 1, socks5.Method.NoAuth));
+      assert.deepEqual(await client.readExactly(2), Uint8Array.of(socks5.VERSION, 0));
+      await client.write(Uint8Array.of(socks5.VERSION, 3, 0, 1, 0, 0, 0, 0, 0, 0));
+      await new Promise((resolve) => setTimeout(resolve, 100)); // the bind under way
+      const shutdown = server.shutdown(0);
+      const reply = await within(client.readExactly(10), "the reply");
+      assert.equal(reply[1], socks5.Reply.GeneralFailure);
+      await within(shutdown, "shutdown, with the client still connected", () => client.close());
+      assert.equal(server.metrics.outcomes.get("shutdown"), 1);
+    });
+  } finally {
+    (dgram as { createSocket: unknown }).createSocket = createSocket;
+  }
 });
 
 Deno.test("server.finished taken before shutdown() resolves with it", async () => {
