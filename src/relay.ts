@@ -194,7 +194,9 @@ export async function relay(
         const n = await from.read(buffer);
         reading = false;
         if (n === null) break;
-        onActivity();
+        // Once the target has failed, what the client still sends is only
+        // dropped (endGently): no reason to wait longer for its close.
+        if (!(towardsTarget && targetFailed)) onActivity();
         if (inFlight) {
           await inFlight;
           spare = flying;

@@ -27,6 +27,7 @@ import {
 const LISTEN = ["socks", "--listen", "127.0.0.1:0"];
 const FIVE_MB = 5 * 1024 * 1024;
 const encoder = new TextEncoder();
+const decoder = new TextDecoder();
 
 Deno.test("client half-close: 5 MB up, then the target's 5 MB reply after EOF arrives in full", async () => {
   await using ferry = await startFerry(LISTEN);
@@ -795,6 +796,46 @@ Deno.test("a relay that lasts gets TCP keepalive on both of ferry's sockets", as
     if (timers.length === 2 && timers.every((line) => line.includes("timer:(keepalive"))) break;
     assert.ok(Date.now() < deadlineAt, `no keepalive on both sockets after 10 s: ${timers}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+});
+
+Deno.test("after a target's reset, an upload the client sends later does not extend the wait for its close", async () => {
+  // A short handshake timeout makes the deadline sweep tick every 100 ms, so
+  // the wait's end can be told to within a few tenths of a second.
+  await using ferry = await startFerry([
+    ...LISTEN,
+    "--idle-timeout",
+    "60s",
+    "--handshake-timeout",
+    "1s",
+  ]);
+  const target = net.createServer((socket) => {
+    socket.once("data", () => {
+      socket.write("answer");
+      setTimeout(() => socket.resetAndDestroy(), 100);
+    });
+    socket.on("error", () => {});
+  });
+  await new Promise<void>((resolve) => target.listen(0, "127.0.0.1", resolve));
+  try {
+    const targetPort = (target.address() as net.AddressInfo).port;
+    const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", targetPort));
+    using _client = client;
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    await client.write(encoder.encode("GET"));
+    assert.equal(decoder.decode(await client.readToEnd(10_000)), "answer");
+    const finAt = performance.now();
+    // Well into the 2 s wait, more of the upload: read and dropped, and no
+    // reason to wait longer for the client to close.
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    await client.conn.write(new Uint8Array(100));
+    // The session's line is written when ferry has closed the client's socket.
+    const session = await sessionOf(ferry, client.localAddr, 10_000);
+    const endedAfter = performance.now() - finAt;
+    assert.ok(endedAfter < 3_000, `ended ${Math.round(endedAfter)} ms after the FIN`);
+    assert.equal(session.outcome, "reset");
+  } finally {
+    await new Promise((resolve) => target.close(resolve));
   }
 });
 
