@@ -94,9 +94,26 @@ export function batchedSink(options: BatchedSinkOptions): BatchedSink {
     }
   };
 
+  /**
+   * A record's line. A formatter that throws (a bug) must not reject the
+   * write loop, whose rejection nothing handles and would end the process:
+   * the record becomes a line saying so, or, failing that too, nothing.
+   */
+  const lineOf = (record: LogRecord): string => {
+    try {
+      return formatter(record);
+    } catch (error) {
+      try {
+        return formatter(unformattableRecord(record, error));
+      } catch {
+        return "";
+      }
+    }
+  };
+
   const formatBatch = (records: readonly LogRecord[], droppedBefore: number): string => {
     let text = lineOpen ? "\n" : "";
-    for (const record of records) text += formatter(record);
+    for (const record of records) text += lineOf(record);
     // Records are dropped only once the pending ones fill up, so the report
     // of the drop comes after them.
     if (droppedBefore > 0) text += formatter(droppedRecord(droppedBefore, failure));
@@ -198,6 +215,20 @@ function unrefSleep(ms: number): Promise<void> {
 }
 
 /** The record that stands for `count` dropped ones, in the sink's own format. */
+function unformattableRecord(record: LogRecord, error: unknown): LogRecord {
+  const message = `a log record could not be formatted: ${
+    error instanceof Error ? error.message : String(error)
+  }`;
+  return {
+    category: record.category,
+    level: "error",
+    message: [message],
+    rawMessage: message,
+    timestamp: record.timestamp,
+    properties: { event: "log-unformattable", of: String(record.properties.event ?? "") },
+  };
+}
+
 function droppedRecord(count: number, failure: string | null): LogRecord {
   const message = failure === null
     ? `${count} log records dropped: stderr did not keep up`

@@ -95,6 +95,25 @@ Deno.test("batchedSink writes records waiting less than the interval in one writ
   await sink[Symbol.asyncDispose]();
 });
 
+Deno.test("batchedSink writes a line saying so for a record its formatter throws on, and goes on", async () => {
+  const stderr = new FakeStderr();
+  const throwsOnBad = (r: LogRecord) => {
+    if (r.message.join("") === "bad") throw new TypeError("cannot serialize a BigInt");
+    return lineFormatter(r);
+  };
+  const sink = batchedSink({ formatter: throwsOnBad, write: stderr.write, batchSize: 3 });
+  const written = stderr.nextWrite();
+  for (const text of ["one", "bad", "two"]) sink(record(text));
+  await written;
+  assert.equal(
+    stderr.text,
+    "one\na log record could not be formatted: cannot serialize a BigInt\ntwo\n",
+  );
+  sink(record("three"));
+  await sink[Symbol.asyncDispose]();
+  assert.ok(stderr.text.endsWith("two\nthree\n"), stderr.text);
+});
+
 Deno.test("batchedSink writes a full batch at once, without waiting for the interval", async () => {
   const stderr = new FakeStderr();
   const sink = batchedSink({
