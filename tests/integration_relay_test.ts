@@ -29,6 +29,44 @@ const FIVE_MB = 5 * 1024 * 1024;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+/**
+ * Waits (10 s at most) until ferry's end of the client's connection (from
+ * `ferryPort` to `clientPort`) and its connection to `targetPort` both have
+ * TCP keepalive: `ss -o` shows a socket's keepalive timer once it is on.
+ */
+async function keepAliveOnBoth(ferryPort: number, clientPort: number, targetPort: number) {
+  const clientSide = `( sport = :${ferryPort} and dport = :${clientPort} )`;
+  const targetSide = `( dport = :${targetPort} )`;
+  const established = (filter: string) => ss("-tnoH", "state", "established", filter);
+  const deadlineAt = Date.now() + 10_000;
+  for (;;) {
+    const timers = [...await established(clientSide), ...await established(targetSide)];
+    if (timers.length === 2 && timers.every((line) => line.includes("timer:(keepalive"))) return;
+    assert.ok(Date.now() < deadlineAt, `no keepalive on both sockets after 10 s: ${timers}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/**
+ * A target that answers the first bytes it gets with `answer`, then resets
+ * `resetAfterMs` later: a reset alone, not a FIN first (as a Deno target's
+ * close() sends), through node:net's SO_LINGER 0.
+ */
+async function answerThenReset(answer: string | Uint8Array, resetAfterMs: number) {
+  const server = net.createServer((socket) => {
+    socket.once("data", () => {
+      socket.write(answer);
+      setTimeout(() => socket.resetAndDestroy(), resetAfterMs);
+    });
+    socket.on("error", () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    [Symbol.asyncDispose]: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
 Deno.test("client half-close: 5 MB up, then the target's 5 MB reply after EOF arrives in full", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();
@@ -431,52 +469,39 @@ Deno.test("after a target's reset the client gets the rest of the answer, a FIN 
   // failure (2 s from the last byte moved) can end the session in time.
   await using ferry = await startFerry([...LISTEN, "--idle-timeout", "60s"]);
   // A target that answers the first bytes with more than the sockets hold
-  // while the client reads nothing, and resets 300 ms later: a reset alone,
-  // not a FIN first (as a Deno target's close() sends), through node:net's
-  // SO_LINGER 0. So ferry is still writing the answer when the target fails.
+  // while the client reads nothing, and resets 300 ms later: so ferry is
+  // still writing the answer when the target fails.
   const answer = pseudoRandomBytes(4 * 1048576, 12);
-  const target = net.createServer((socket) => {
-    socket.once("data", () => {
-      socket.write(answer);
-      setTimeout(() => socket.resetAndDestroy(), 300);
-    });
-    socket.on("error", () => {});
-  });
-  await new Promise<void>((resolve) => target.listen(0, "127.0.0.1", resolve));
+  await using target = await answerThenReset(answer, 300);
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  await client.write(encoder.encode("GET"));
+  await new Promise((resolve) => setTimeout(resolve, 800));
+  // What ferry had read reaches the client, each write moving the
+  // linger's end on, and then a FIN: not the close at the linger's end.
+  const received = await client.readToEnd(10_000);
+  const finAt = performance.now();
+  assert.ok(received.length > 0, "part of the answer came through");
+  assert.equal(await sha256(received), await sha256(answer.subarray(0, received.length)));
+  // A FIN is a half-close: ferry still reads (and drops) what the client
+  // sends, until the linger ends about 2 s after the last byte it wrote.
+  let sendingFor = 0;
   try {
-    const targetPort = (target.address() as net.AddressInfo).port;
-    const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", targetPort));
-    using _client = client;
-    assert.equal(reply.reply, socks5.Reply.Succeeded);
-    await client.write(encoder.encode("GET"));
-    await new Promise((resolve) => setTimeout(resolve, 800));
-    // What ferry had read reaches the client, each write moving the
-    // linger's end on, and then a FIN: not the close at the linger's end.
-    const received = await client.readToEnd(10_000);
-    const finAt = performance.now();
-    assert.ok(received.length > 0, "part of the answer came through");
-    assert.equal(await sha256(received), await sha256(answer.subarray(0, received.length)));
-    // A FIN is a half-close: ferry still reads (and drops) what the client
-    // sends, until the linger ends about 2 s after the last byte it wrote.
-    let sendingFor = 0;
-    try {
-      while (performance.now() - finAt < 4_000) {
-        await client.conn.write(new Uint8Array(100));
-        sendingFor = performance.now() - finAt;
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-    } catch {
-      // ferry has closed its end
+    while (performance.now() - finAt < 4_000) {
+      await client.conn.write(new Uint8Array(100));
+      sendingFor = performance.now() - finAt;
+      await new Promise((resolve) => setTimeout(resolve, 50));
     }
-    assert.ok(sendingFor >= 1_000, `ferry closed ${Math.round(sendingFor)} ms after its FIN`);
-    // The client neither sends nor closes now: ferry ends the session after
-    // the linger, not after the 60 s idle timeout.
-    const session = await sessionOf(ferry, client.localAddr, 15_000);
-    assert.equal(session.outcome, "reset");
-    assert.equal(session.down, received.length);
-  } finally {
-    await new Promise((resolve) => target.close(resolve));
+  } catch {
+    // ferry has closed its end
   }
+  assert.ok(sendingFor >= 1_000, `ferry closed ${Math.round(sendingFor)} ms after its FIN`);
+  // The client neither sends nor closes now: ferry ends the session after
+  // the linger, not after the 60 s idle timeout.
+  const session = await sessionOf(ferry, client.localAddr, 15_000);
+  assert.equal(session.outcome, "reset");
+  assert.equal(session.down, received.length);
 });
 
 Deno.test("40 CONNECTs by name at once from one client all succeed (a browser opening a page)", async () => {
@@ -784,19 +809,7 @@ Deno.test("a relay that lasts gets TCP keepalive on both of ferry's sockets", as
   const { client, server } = await connectThrough(ferry, target);
   using _client = client;
   using _server = server;
-  // ferry's end of the client's connection, and its connection to the target.
-  const clientSide = `( sport = :${ferry.port} and dport = :${client.localAddr.port} )`;
-  const targetSide = `( dport = :${target.port} )`;
-  // -o shows each socket's timers: keepalive's once it is on.
-  const established = (filter: string) => ss("-tnoH", "state", "established", filter);
-  const deadlineAt = Date.now() + 10_000;
-  let timers: string[] = [];
-  for (;;) {
-    timers = [...await established(clientSide), ...await established(targetSide)];
-    if (timers.length === 2 && timers.every((line) => line.includes("timer:(keepalive"))) break;
-    assert.ok(Date.now() < deadlineAt, `no keepalive on both sockets after 10 s: ${timers}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  await keepAliveOnBoth(ferry.port, client.localAddr.port, target.port);
 });
 
 Deno.test("after a target's reset, an upload the client sends later does not extend the wait for its close", async () => {
@@ -809,34 +822,22 @@ Deno.test("after a target's reset, an upload the client sends later does not ext
     "--handshake-timeout",
     "1s",
   ]);
-  const target = net.createServer((socket) => {
-    socket.once("data", () => {
-      socket.write("answer");
-      setTimeout(() => socket.resetAndDestroy(), 100);
-    });
-    socket.on("error", () => {});
-  });
-  await new Promise<void>((resolve) => target.listen(0, "127.0.0.1", resolve));
-  try {
-    const targetPort = (target.address() as net.AddressInfo).port;
-    const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", targetPort));
-    using _client = client;
-    assert.equal(reply.reply, socks5.Reply.Succeeded);
-    await client.write(encoder.encode("GET"));
-    assert.equal(decoder.decode(await client.readToEnd(10_000)), "answer");
-    const finAt = performance.now();
-    // Well into the 2 s wait, more of the upload: read and dropped, and no
-    // reason to wait longer for the client to close.
-    await new Promise((resolve) => setTimeout(resolve, 1_500));
-    await client.conn.write(new Uint8Array(100));
-    // The session's line is written when ferry has closed the client's socket.
-    const session = await sessionOf(ferry, client.localAddr, 10_000);
-    const endedAfter = performance.now() - finAt;
-    assert.ok(endedAfter < 3_000, `ended ${Math.round(endedAfter)} ms after the FIN`);
-    assert.equal(session.outcome, "reset");
-  } finally {
-    await new Promise((resolve) => target.close(resolve));
-  }
+  await using target = await answerThenReset("answer", 100);
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  await client.write(encoder.encode("GET"));
+  assert.equal(decoder.decode(await client.readToEnd(10_000)), "answer");
+  const finAt = performance.now();
+  // Well into the 2 s wait, more of the upload: read and dropped, and no
+  // reason to wait longer for the client to close.
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  await client.conn.write(new Uint8Array(100));
+  // The session's line is written when ferry has closed the client's socket.
+  const session = await sessionOf(ferry, client.localAddr, 10_000);
+  const endedAfter = performance.now() - finAt;
+  assert.ok(endedAfter < 3_000, `ended ${Math.round(endedAfter)} ms after the FIN`);
+  assert.equal(session.outcome, "reset");
 });
 
 Deno.test("a relay busy writing to a slow reader when keepalive is due gets it once the write is done", async () => {
@@ -855,17 +856,7 @@ Deno.test("a relay busy writing to a slow reader when keepalive is due gets it o
   await new Promise((resolve) => setTimeout(resolve, 2_000)); // past the first try
   assert.equal(await sha256(await client.readExactly(body.length)), await sha256(body));
   await sending;
-  const clientSide = `( sport = :${ferry.port} and dport = :${client.localAddr.port} )`;
-  const targetSide = `( dport = :${target.port} )`;
-  const established = (filter: string) => ss("-tnoH", "state", "established", filter);
-  const deadlineAt = Date.now() + 10_000;
-  let timers: string[] = [];
-  for (;;) {
-    timers = [...await established(clientSide), ...await established(targetSide)];
-    if (timers.length === 2 && timers.every((line) => line.includes("timer:(keepalive"))) break;
-    assert.ok(Date.now() < deadlineAt, `no keepalive on both sockets after 10 s: ${timers}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  await keepAliveOnBoth(ferry.port, client.localAddr.port, target.port);
 });
 
 Deno.test("SOCKS4 with a 1024-byte user id is granted and relays", async () => {
