@@ -107,6 +107,19 @@ function addListenerOptions(command: Command, withHandshake: boolean): Command {
 }
 
 /** Builds the program; `onCommand` receives the chosen command. */
+
+/**
+ * An unknown option as an error shows it: its name, but never a value joined
+ * to it, which may be a password, as curl's `-uNAME:PASSWORD` or
+ * `--usr=NAME:PASSWORD` typed by mistake: `-u…`, `--usr=…`.
+ */
+function shownOption(arg: string): string {
+  if (arg.startsWith("--")) {
+    const equals = arg.indexOf("=");
+    return equals < 0 ? arg : `${arg.slice(0, equals + 1)}…`;
+  }
+  return arg.length > 2 ? `${arg.slice(0, 2)}…` : arg;
+}
 export function buildProgram(
   streams: CliOutput,
   onCommand: (invocation: Invocation) => void = () => {},
@@ -131,7 +144,7 @@ export function buildProgram(
         text
           .replace(/^error: /, `${prefix}: `)
           // To the value's last quote: it may hold quotes, and newlines, of its own.
-          .replace(/(unknown option '[^'=]*=)[\s\S]*'/, "$1…'")
+          .replace(/unknown option '([\s\S]*)'/, (_, arg) => `unknown option '${shownOption(arg)}'`)
           .replace(
             /(too many arguments[^\n]*? got \d+): [\s\S]*\.\n/,
             "$1 (not shown: one may be a password; is a value missing its flag, or split by a space?).\n",
@@ -283,7 +296,7 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
       : topic === undefined || topic === "help" || isHelpFlag(topic) || isCommand(topic)
       ? null
       : topic.startsWith("-")
-      ? `unknown option '${topic.split("=")[0]}'`
+      ? `unknown option '${shownOption(topic)}'`
       : `unknown command '${topic}'`;
     if (problem) {
       output.writeErr(`ferry: ${problem}\n(run with --help for usage)\n`);

@@ -276,6 +276,15 @@ Deno.test("--user without a colon exits 2 naming the flag, but not the value: it
   assert.ok(!run.stderr.includes("s3cret"), `stderr shows the value:\n${run.stderr}`);
 });
 
+Deno.test("a mistyped short option with a value joined to it (curl's -uNAME:PASSWORD) is named without it", async () => {
+  for (const args of [["socks", "-ualice:s3cret"], ["-ps3cret"], ["help", "-ps3cret"]]) {
+    const run = await ferry(...args);
+    assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
+    assert.match(run.stderr, /unknown option '-[up]…'/);
+    assert.ok(!run.stderr.includes("s3cret"), `stderr shows the value:\n${run.stderr}`);
+  }
+});
+
 Deno.test("a mistyped option given with =VALUE is named without its value", async () => {
   for (const value of ["alice:s3cret", "alice:s3'cr'et"]) {
     const run = await ferry("socks", `--usr=${value}`);
