@@ -275,11 +275,15 @@ async function serveUntil(plan: Plan, stop: StopRequest): Promise<number> {
     } catch (error) {
       // A name (`localhost`) that resolved to the address of a listener
       // already open: the file's collision check does not look names up, and
-      // "address in use" alone sounds like another program's doing.
-      const holder = error instanceof Deno.errors.AddrInUse
-        ? running.find(({ server }) => server.addr.port === config.listen.port)
-        : undefined;
+      // "address in use" alone sounds like another program's doing. Only a
+      // name can lead there: IP literals that collide were refused already.
       const name = ipOfName(config.listen.hostname) === null ? config.listen.hostname : null;
+      const holder = error instanceof Deno.errors.AddrInUse
+        ? running.find(({ server, config: open }) =>
+          server.addr.port === config.listen.port &&
+          (name !== null || ipOfName(open.listen.hostname) === null)
+        )
+        : undefined;
       const ownListener = holder
         ? ` (ferry's own listener on ${
           formatAddress({ host: holder.server.addr.hostname, port: holder.server.addr.port })

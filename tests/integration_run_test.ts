@@ -187,6 +187,34 @@ Deno.test("a listener whose name resolves to another listener's address says tha
   }
 });
 
+Deno.test("a listener whose address another program holds is not blamed on ferry's listener on another address", async () => {
+  // 127.0.0.1:P and 127.0.0.2:P cannot take each other's port: the hint
+  // that ferry itself may hold it would send the operator the wrong way.
+  using other = Deno.listen({ hostname: "127.0.0.2", port: 0 });
+  const port = other.addr.port;
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [
+          { kind: "socks", listen: `127.0.0.1:${port}` },
+          { kind: "socks", listen: `127.0.0.2:${port}` },
+        ],
+      }),
+    );
+    const { code, stderr } = await runToEnd(["run", "--config", path, "--log-format", "json"]);
+    assert.equal(code, 1, stderr);
+    const line = JSON.parse(stderr.trim().split("\n").at(-1)!);
+    assert.equal(line.event, "listen-failed");
+    assert.equal(line.listen, `127.0.0.2:${port}`);
+    assert.match(String(line.error), /in use/i);
+    assert.doesNotMatch(String(line.error), /ferry's own listener/);
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
 Deno.test("ferry run takes --log-level and --log-format in any case, as socks and forward do", async () => {
   using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const path = await Deno.makeTempFile({ suffix: ".jsonc" });
