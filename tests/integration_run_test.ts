@@ -117,34 +117,34 @@ async function runToEnd(args: string[], ms = 30_000): Promise<{ code: number; st
   }
 }
 
+/** Runs `ferry run` to its end on a configuration file of `listeners`, with JSON log lines. */
+async function runListeners(listeners: unknown[]): Promise<{ code: number; stderr: string }> {
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(path, JSON.stringify({ listeners }));
+    return await runToEnd(["run", "--config", path, "--log-format", "json"]);
+  } finally {
+    await Deno.remove(path);
+  }
+}
+
 Deno.test("a listener that cannot open stops ferry before any forwarder's pool has dialled", async () => {
   // The pool used to start with its listener, so an upstream (sshd, say) got
   // connections that ferry dropped a moment later when the next listener failed.
   using upstream = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
-  try {
-    await Deno.writeTextFile(
-      path,
-      JSON.stringify({
-        listeners: [
-          { kind: "forward", listen: "127.0.0.1:0", to: [`127.0.0.1:${upstream.addr.port}`] },
-          { kind: "socks", listen: `127.0.0.1:${taken.addr.port}` },
-        ],
-      }),
-    );
-    const { code, stderr } = await runToEnd(["run", "--config", path, "--log-format", "json"]);
-    assert.equal(code, 1, stderr);
-    assert.match(stderr, /"event":"listen-failed"/);
-    // A dial that reached the upstream waits in its accept queue.
-    const dialled = await Promise.race([
-      upstream.accept().then((conn) => (conn.close(), true)),
-      new Promise<false>((resolve) => setTimeout(() => resolve(false), 500)),
-    ]);
-    assert.equal(dialled, false, "the upstream was dialled");
-  } finally {
-    await Deno.remove(path);
-  }
+  const { code, stderr } = await runListeners([
+    { kind: "forward", listen: "127.0.0.1:0", to: [`127.0.0.1:${upstream.addr.port}`] },
+    { kind: "socks", listen: `127.0.0.1:${taken.addr.port}` },
+  ]);
+  assert.equal(code, 1, stderr);
+  assert.match(stderr, /"event":"listen-failed"/);
+  // A dial that reached the upstream waits in its accept queue.
+  const dialled = await Promise.race([
+    upstream.accept().then((conn) => (conn.close(), true)),
+    new Promise<false>((resolve) => setTimeout(() => resolve(false), 500)),
+  ]);
+  assert.equal(dialled, false, "the upstream was dialled");
 });
 
 Deno.test("a listener whose name resolves to another listener's address says that ferry itself holds it", async () => {
@@ -159,32 +159,19 @@ Deno.test("a listener whose name resolves to another listener's address says tha
   using free = Deno.listen({ hostname: localhostAt, port: 0 });
   const port = free.addr.port;
   free.close();
-  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
-  try {
-    const literal = localhostAt.includes(":")
-      ? `[${localhostAt}]:${port}`
-      : `${localhostAt}:${port}`;
-    await Deno.writeTextFile(
-      path,
-      JSON.stringify({
-        listeners: [
-          { kind: "socks", listen: literal },
-          { kind: "socks", listen: `localhost:${port}` },
-        ],
-      }),
-    );
-    const { code, stderr } = await runToEnd(["run", "--config", path, "--log-format", "json"]);
-    assert.equal(code, 1, stderr);
-    const line = JSON.parse(stderr.trim().split("\n").at(-1)!);
-    assert.equal(line.event, "listen-failed");
-    assert.equal(line.listen, `localhost:${port}`);
-    assert.match(
-      String(line.error),
-      new RegExp(`ferry's own listener on ${literal.replace(/[[\]]/g, "\\$&")}`),
-    );
-  } finally {
-    await Deno.remove(path);
-  }
+  const literal = localhostAt.includes(":") ? `[${localhostAt}]:${port}` : `${localhostAt}:${port}`;
+  const { code, stderr } = await runListeners([
+    { kind: "socks", listen: literal },
+    { kind: "socks", listen: `localhost:${port}` },
+  ]);
+  assert.equal(code, 1, stderr);
+  const line = JSON.parse(stderr.trim().split("\n").at(-1)!);
+  assert.equal(line.event, "listen-failed");
+  assert.equal(line.listen, `localhost:${port}`);
+  assert.match(
+    String(line.error),
+    new RegExp(`ferry's own listener on ${literal.replace(/[[\]]/g, "\\$&")}`),
+  );
 });
 
 Deno.test("a listener whose address another program holds is not blamed on ferry's listener on another address", async () => {
@@ -192,27 +179,16 @@ Deno.test("a listener whose address another program holds is not blamed on ferry
   // that ferry itself may hold it would send the operator the wrong way.
   using other = Deno.listen({ hostname: "127.0.0.2", port: 0 });
   const port = other.addr.port;
-  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
-  try {
-    await Deno.writeTextFile(
-      path,
-      JSON.stringify({
-        listeners: [
-          { kind: "socks", listen: `127.0.0.1:${port}` },
-          { kind: "socks", listen: `127.0.0.2:${port}` },
-        ],
-      }),
-    );
-    const { code, stderr } = await runToEnd(["run", "--config", path, "--log-format", "json"]);
-    assert.equal(code, 1, stderr);
-    const line = JSON.parse(stderr.trim().split("\n").at(-1)!);
-    assert.equal(line.event, "listen-failed");
-    assert.equal(line.listen, `127.0.0.2:${port}`);
-    assert.match(String(line.error), /in use/i);
-    assert.doesNotMatch(String(line.error), /ferry's own listener/);
-  } finally {
-    await Deno.remove(path);
-  }
+  const { code, stderr } = await runListeners([
+    { kind: "socks", listen: `127.0.0.1:${port}` },
+    { kind: "socks", listen: `127.0.0.2:${port}` },
+  ]);
+  assert.equal(code, 1, stderr);
+  const line = JSON.parse(stderr.trim().split("\n").at(-1)!);
+  assert.equal(line.event, "listen-failed");
+  assert.equal(line.listen, `127.0.0.2:${port}`);
+  assert.match(String(line.error), /in use/i);
+  assert.doesNotMatch(String(line.error), /ferry's own listener/);
 });
 
 Deno.test("ferry run takes --log-level and --log-format in any case, as socks and forward do", async () => {
