@@ -455,7 +455,9 @@ export function checkHostPort(text: string, minPort: 0 | 1): ListenAddress | { p
     if (bracketed.includes("%") && parseIPv6(bracketed.slice(0, bracketed.indexOf("%")))) {
       return {
         problem: "expected an IPv6 address without a zone (%IFACE) in [ ]: zones are not " +
-          "supported; [::] listens on every interface",
+          (minPort === 0
+            ? "supported; [::] listens on every interface"
+            : "supported, so a link-local (fe80::) upstream cannot be given; use another of its addresses"),
       };
     }
     if (parseIPv6(bracketed) === null) return { problem: `expected an IPv6 address in [ ]` };

@@ -129,6 +129,12 @@ Deno.test("checkHostPort() says what is wrong: the form, the port's range, or th
       "expected an IPv6 address without a zone (%IFACE) in [ ]: zones are not supported; " +
       "[::] listens on every interface",
     ],
+    [
+      "[fe80::1%eth0]:22",
+      1,
+      "expected an IPv6 address without a zone (%IFACE) in [ ]: zones are not supported, so a " +
+      "link-local (fe80::) upstream cannot be given; use another of its addresses",
+    ],
   ];
   for (const [text, minPort, problem] of cases) {
     assert.deepEqual(checkHostPort(text, minPort), { problem }, text);
