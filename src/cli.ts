@@ -106,8 +106,6 @@ function addListenerOptions(command: Command, withHandshake: boolean): Command {
     );
 }
 
-/** Builds the program; `onCommand` receives the chosen command. */
-
 /**
  * An unknown option as an error shows it: its name, but never a value joined
  * to it, which may be a password, as curl's `-uNAME:PASSWORD` or
@@ -120,6 +118,8 @@ function shownOption(arg: string): string {
   }
   return arg.length > 2 ? `${arg.slice(0, 2)}…` : arg;
 }
+
+/** Builds the program; `onCommand` receives the chosen command. */
 export function buildProgram(
   streams: CliOutput,
   onCommand: (invocation: Invocation) => void = () => {},

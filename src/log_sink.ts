@@ -214,7 +214,7 @@ function unrefSleep(ms: number): Promise<void> {
   return new Promise((resolve) => Deno.unrefTimer(setTimeout(resolve, ms)));
 }
 
-/** The record that stands for `count` dropped ones, in the sink's own format. */
+/** The line that stands for a record the formatter threw on: its event, and the error. */
 function unformattableRecord(record: LogRecord, error: unknown): LogRecord {
   const message = `a log record could not be formatted: ${
     error instanceof Error ? error.message : String(error)
@@ -229,6 +229,7 @@ function unformattableRecord(record: LogRecord, error: unknown): LogRecord {
   };
 }
 
+/** The record that stands for `count` dropped ones, in the sink's own format. */
 function droppedRecord(count: number, failure: string | null): LogRecord {
   const message = failure === null
     ? `${count} log records dropped: stderr did not keep up`
