@@ -81,11 +81,15 @@ const NAME_FAILED_KEPT_MS = 5_000;
 const MAX_NAMES = 256;
 
 /**
- * Datagrams that may wait, in order, behind a name lookup or the outbound
- * socket's bind; more are dropped. A lookup can take the resolver's whole
- * timeout, and a client may keep sending meanwhile.
+ * Datagrams that may wait behind name lookups or an outbound socket's bind,
+ * in all of an association's queues, by count and by payload bytes; more
+ * are dropped. A lookup can take the resolver's whole timeout, and a client
+ * may keep sending meanwhile: by count alone, 256 datagrams of 64 KiB held
+ * 16 MiB an association. By bytes as much as the sockets' queues behind the
+ * window (see MAX_QUEUED), for the same reason: a socket buffer's worth.
  */
 const MAX_WAITING = 256;
+const MAX_WAITING_BYTES = 256 * 1024;
 
 /**
  * Sends in flight at once on one socket (see `OrderedSender`). Thousands
@@ -240,10 +244,17 @@ export class UdpAssociation {
   readonly #binding = new Map<"udp4" | "udp6", Promise<OrderedSender>>();
   readonly #peers = new Set<string>();
   /**
-   * Datagrams waiting for a lookup or a bind, and any sent after them: they
-   * go out one by one, in the order the client sent them.
+   * Datagrams waiting for a lookup or a bind, and any sent after them to the
+   * same host, by that host as the client named it: each queue goes out in
+   * the order the client sent it. One queue for all held every datagram
+   * behind one name whose server never answered: for the resolver's whole
+   * timeout, again every NAME_FAILED_KEPT_MS, so a client's DNS queries to
+   * an IP address stalled while its game's server name did not resolve.
    */
-  readonly #waiting: Outgoing[] = [];
+  readonly #waiting = new Map<string, Outgoing[]>();
+  /** Datagrams in all of `#waiting`'s queues, and their payload bytes. */
+  #waitingCount = 0;
+  #waitingBytes = 0;
   /** Names this association's datagrams went to, and their addresses (see NAME_KEPT_MS). */
   readonly #names = new Map<string, { ip: string | null; at: number }>();
   #closed = false;
@@ -300,8 +311,9 @@ export class UdpAssociation {
     this.#closed = true;
     this.#lookupsAbort?.abort(new Error("the association has ended"));
     const unsent = "still to be sent when the association ended";
-    this.#drop(unsent, undefined, this.#waiting.length + this.#client.clear());
-    this.#waiting.length = 0;
+    this.#drop(unsent, undefined, this.#waitingCount + this.#client.clear());
+    this.#waiting.clear();
+    this.#waitingCount = this.#waitingBytes = 0;
     closeSocket(this.#client.socket);
     for (const [type, sender] of this.#outbound) {
       this.#drop(unsent, undefined, sender.clear());
@@ -340,25 +352,35 @@ export class UdpAssociation {
     if (this.#clientPort === 0) this.#clientPort = from.port;
     const ip = address.type === "domain" ? this.#knownIp(address.host) : address.host;
     if (ip === false) return this.#drop(`${address.host} failed to resolve just now`);
-    if (this.#waiting.length === 0 && ip !== null) {
+    const queue = this.#waiting.get(address.host);
+    if (!queue && ip !== null) {
       const sender = this.#outbound.get(familyOf(ip));
       if (sender) return this.#sendOut(sender, ip, address.port, data);
     }
-    if (this.#waiting.length >= MAX_WAITING) {
+    if (this.#waitingCount >= MAX_WAITING) {
       return this.#drop(`${MAX_WAITING} already waiting for a lookup or a bind`);
     }
-    this.#waiting.push({ address, data: data.slice() }); // not a view of the receive buffer
-    if (this.#waiting.length === 1) this.#sendWaiting();
+    if (this.#waitingBytes + data.length > MAX_WAITING_BYTES) {
+      return this.#drop(`${MAX_WAITING_BYTES / 1024} KiB already waiting for a lookup or a bind`);
+    }
+    this.#waitingCount++;
+    this.#waitingBytes += data.length;
+    const waiting = { address, data: data.slice() }; // not a view of the receive buffer
+    if (queue) return void queue.push(waiting);
+    const started = [waiting];
+    this.#waiting.set(address.host, started);
+    this.#sendWaiting(address.host, started);
   }
 
   /**
-   * Sends the waiting datagrams one at a time, each after its lookup and its
-   * outbound socket's bind, so none overtakes another: a burst at the start of
-   * an association, or behind a name, reaches the peer in the order sent.
+   * Sends one host's waiting datagrams one at a time, each after its lookup
+   * and its outbound socket's bind, so none overtakes another: a burst at the
+   * start of an association, or behind a name, reaches the peer in the order
+   * sent. Each host's queue goes on its own (see `#waiting`).
    */
-  async #sendWaiting(): Promise<void> {
-    while (this.#waiting.length > 0 && !this.#closed) {
-      const { address, data } = this.#waiting[0]!;
+  async #sendWaiting(host: string, queue: Outgoing[]): Promise<void> {
+    while (queue.length > 0 && !this.#closed) {
+      const { address, data } = queue[0]!;
       try {
         const known = address.type !== "domain" ? address.host : this.#knownIp(address.host);
         if (known === false) throw new Error(`${address.host} failed to resolve just now`);
@@ -371,8 +393,11 @@ export class UdpAssociation {
         // An unresolvable name, or no socket for its family.
         this.#drop(`for ${formatAddress(address)}`, error);
       }
-      this.#waiting.shift();
+      queue.shift();
+      this.#waitingCount--;
+      this.#waitingBytes -= data.length;
     }
+    if (!this.#closed) this.#waiting.delete(host);
   }
 
   /**

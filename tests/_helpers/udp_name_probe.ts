@@ -6,20 +6,23 @@
  * UDP association sends 20 datagrams to `echo.test`, an echo server.
  *
  * Then 3 datagrams to `dead.test`, which it never answers, between 3 more
- * to `echo.test`.
+ * to `echo.test`: those must not wait for dead.test's lookup.
  *
  * Then 300 datagrams at once to `slow.test`, answered (127.0.0.1) 200 ms
  * late: they wait in ferry behind its lookup, at most 256 of them.
  *
- * Last, a second association sends 10 datagrams to `slow.late.test` and ends
- * before its lookup does.
+ * Then a second association sends 10 datagrams to `slow.late.test` and ends
+ * before its lookup does; a third sends 40 of 8 KiB to `slow.big.test`.
  *
  * Prints one JSON object, or what failed: `{ echoed, queries, deadQueries,
- * slowEchoed, sentMs, kernelDrops, udpIn, dropped, late }`: `slowEchoed` the
+ * slowEchoed, sentMs, kernelDrops, udpIn, dropped, late, moreMs, big,
+ * dualVia }`: `moreMs` how long the 3 datagrams to `echo.test` between those
+ * to `dead.test` took to come back (sent over 300 ms), `slowEchoed` the
  * slow.test payloads that reached the echo server, in order (a burst of 256
  * may overflow its socket buffer), `kernelDrops` those the kernel dropped
  * before ferry's relay socket could take them, `udpIn` and `dropped` from the
- * session's log line, `late` the same of the second association's.
+ * session's log line, `late` the same of the second association's, `big`
+ * the third's, with its kernel drops.
  *
  * Run: deno run -A tests/_helpers/udp_name_probe.ts
  */
@@ -117,6 +120,7 @@ try {
   const moreBack = new Promise<void>((resolve) =>
     local.on("message", () => echoed.size === COUNT + 3 && resolve())
   );
+  const deadStarted = performance.now();
   for (let i = 0; i < 3; i++) {
     local.send(deadHeader, reply.address.port, reply.address.host);
     const more = new Uint8Array([...header, ...encoder.encode(`e${i}`)]);
@@ -124,6 +128,7 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   await deadline(moreBack, 15_000, `3 more echoes (got ${echoed.size - COUNT})`);
+  const moreMs = Math.round(performance.now() - deadStarted);
   const deadQueries = Number(await Deno.readTextFile(`${countFile}.dead`));
   const echoedSize = echoed.size;
 
@@ -163,6 +168,27 @@ try {
   lateUdp.control.close();
   const late = await sessionOf(ferry, lateUdp.control.localAddr);
 
+  // Datagrams bigger than 256 fit in 256 KiB: 40 of 8 KiB behind a lookup.
+  await using bigUdp = await associate(ferry);
+  let bigEchoed = 0;
+  bigUdp.local.on("message", () => bigEchoed++);
+  const big = frame(domain("slow.big.test", echo.address().port), "b".repeat(8192));
+  for (let sent = 0; sent < 40; sent += 10) {
+    await sendInOrder(bigUdp.local, Array(10).fill(big), bigUdp.reply.address.port);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  // Until some have come back and no more for 500 ms, 10 s at most: the
+  // name server answers one query at a time, others' too. (Not all come
+  // back: 256 KiB at once overflow the echo server's socket buffer.)
+  for (let seen = -1, started = performance.now(); seen !== bigEchoed || seen === 0;) {
+    if (performance.now() - started > 10_000) break;
+    seen = bigEchoed;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  const bigKernelDrops = await kernelDrops(bigUdp.reply.address.port);
+  bigUdp.control.close();
+  const bigSession = await sessionOf(ferry, bigUdp.control.localAddr);
+
   // A name with an IPv4 and an IPv6 address, and a server on each, one port.
   const echo6 = dgram.createSocket("udp6");
   let dualVia = "none";
@@ -197,6 +223,13 @@ try {
     udpIn: session.udpIn,
     dropped: session.dropped,
     late: { udpIn: late.udpIn, dropped: late.dropped },
+    moreMs,
+    big: {
+      udpIn: bigSession.udpIn,
+      dropped: bigSession.dropped,
+      firstDrop: bigSession.firstDrop,
+      kernelDrops: bigKernelDrops,
+    },
     dualVia,
   };
 } catch (error) {
