@@ -647,6 +647,42 @@ Deno.test({
   },
 });
 
+const PORT_SHORTAGE_PROBE = new URL("./_helpers/port_shortage_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "out of local ports to a target (EADDRNOTAVAIL), a forwarder fails that client and does not mark its upstream down, a CONNECT gets 0x01, and the log says why",
+  ignore: !netnsAvailable,
+  async fn() {
+    // Ferry's own shortage was taken for the upstream's failure: marked
+    // down, so the next clients were refused though a port had come free.
+    const probed = await probeInNamespace(
+      "sysctl -qw net.ipv4.ip_local_port_range='40000 40003'",
+      PORT_SHORTAGE_PROBE,
+    ) as
+      & Record<"pool0" | "pool2", {
+        refused: { outcome: string; error: string };
+        next: string;
+        lines: string[];
+      }>
+      & { socks: { reply: number; outcome: string; error: string } };
+    const show = JSON.stringify(probed);
+    for (const pool of ["pool0", "pool2"] as const) {
+      const { refused, next, lines } = probed[pool] ?? {};
+      assert.equal(refused?.outcome, "general-failure", show);
+      assert.match(refused.error, /found no local port free/, show);
+      assert.equal(next, "upstream\nping", show);
+      assert.ok(!lines!.includes("upstream-down"), `${pool}: marked down: ${show}`);
+    }
+    // The pool's refill met the shortage too, and said so once.
+    assert.deepEqual(probed.pool2.lines, ["pool-no-local-ports"], show);
+    // A SOCKS CONNECT gets 0x01, and its line says why.
+    assert.equal(probed.socks?.reply, socks5.Reply.GeneralFailure, show);
+    assert.equal(probed.socks.outcome, "general-failure", show);
+    assert.match(probed.socks.error, /found no local port free/, show);
+  },
+});
+
 const V6ONLY_PROBE = new URL("./_helpers/v6only_probe.ts", import.meta.url).pathname;
 
 Deno.test({

@@ -30,6 +30,7 @@ import {
   DialError,
   messageWithCause,
   outOfDescriptorsToDial,
+  outOfLocalPorts,
   resetAsAccepted,
 } from "./dial.ts";
 
@@ -327,11 +328,9 @@ export class Upstream implements DescriptorDonor {
       return conn;
     } catch (error) {
       // Reset as it was accepted: it is not down (see #dialOne); nor is it
-      // when ferry had no descriptor left to dial it with.
+      // when ferry had no descriptor or local port left to dial it with.
       const failed = error instanceof DialError && error.failure !== "aborted";
-      if (failed && !resetAsAccepted(error) && !outOfDescriptorsToDial(error)) {
-        this.markDown(error);
-      }
+      if (failed && !resetAsAccepted(error) && !ferrysShortage(error)) this.markDown(error);
       throw error;
     } finally {
       this.#clientDials--;
@@ -391,9 +390,10 @@ export class Upstream implements DescriptorDonor {
   }
 
   /**
-   * The pool could not dial for want of a descriptor (EMFILE, ENFILE):
-   * ferry's shortage, not the upstream's, so it is not marked down (clients
-   * would be refused); the refill backs off and tries again.
+   * The pool could not dial for want of a descriptor (EMFILE, ENFILE) or a
+   * local port (EADDRNOTAVAIL): ferry's shortage, not the upstream's, so it
+   * is not marked down (clients would be refused); the refill backs off and
+   * tries again.
    */
   #starve(error: unknown): void {
     this.#backOff(DOWN_BACKOFF_MAX_MS);
@@ -403,7 +403,7 @@ export class Upstream implements DescriptorDonor {
     serverLog.warn(
       "cannot refill the pool of upstream {upstream}: {error}; retrying with back-off",
       {
-        event: "pool-no-descriptors",
+        event: outOfLocalPorts(error) ? "pool-no-local-ports" : "pool-no-descriptors",
         listen: this.#options.listen,
         upstream: this.name,
         error: messageWithCause(error),
@@ -596,7 +596,7 @@ export class Upstream implements DescriptorDonor {
       // An upstream that resets what it accepts, at once, is one that closes
       // it at once (at its connection limit, say): unsettled, not down.
       if (resetAsAccepted(error)) this.#droppedYoung("reset", 0);
-      else if (outOfDescriptorsToDial(error)) this.#starve(error);
+      else if (ferrysShortage(error)) this.#starve(error);
       else this.markDown(error);
       return;
     } finally {
@@ -699,6 +699,11 @@ export class Upstream implements DescriptorDonor {
     this.#retryTimer = undefined;
     this.#fill();
   }
+}
+
+/** Whether a dial failed for want of a descriptor or a local port: ferry's, not the upstream's. */
+function ferrysShortage(error: unknown): boolean {
+  return outOfDescriptorsToDial(error) || outOfLocalPorts(error);
 }
 
 /** Closes a connection already out of the pool, so its watch read ending is not a drop. */
