@@ -16,7 +16,7 @@ import {
   type SessionContext,
 } from "./proxy_session.ts";
 import { type Server, startServer } from "./server.ts";
-import { DialError } from "./upstream/dial.ts";
+import { DialError, messageWithCause } from "./upstream/dial.ts";
 import { Upstream } from "./upstream/pool.ts";
 
 /** The forwarder's upstreams, handed out round-robin. */
@@ -83,7 +83,7 @@ export class ForwardSession extends ProxySession {
   }
 
   protected async negotiate(): Promise<Relaying | null> {
-    let lastFailure: DialError | null = null;
+    const failures: { upstream: string; error: DialError }[] = [];
     for (const upstream of this.#upstreams.candidates()) {
       this.requested = upstream.name;
       const pooled = upstream.take();
@@ -101,15 +101,24 @@ export class ForwardSession extends ProxySession {
         );
       } catch (error) {
         if (!(error instanceof DialError) || error.failure === "aborted") throw error;
-        lastFailure = error; // dialForClient marked the upstream down
+        failures.push({ upstream: upstream.name, error }); // dialForClient marked it down
         continue;
       }
       return this.relayingTo(target);
     }
     // Nothing to forward to: close at once rather than leave the client waiting.
-    this.requested ??= this.#upstreams.upstreams.map((u) => u.name).join(",");
-    if (lastFailure === null) this.setOutcome("no-upstream-up");
-    else this.setOutcome(lastFailure.failure, errorDetail(lastFailure.failure, lastFailure));
+    const last = failures.at(-1)?.error;
+    if (last === undefined) {
+      this.requested ??= this.#upstreams.upstreams.map((u) => u.name).join(",");
+      this.setOutcome("no-upstream-up");
+    } else if (failures.length === 1) {
+      this.setOutcome(last.failure, errorDetail(last.failure, last));
+    } else {
+      // Each upstream tried, and how it failed: the line named only the last.
+      this.requested = failures.map((f) => f.upstream).join(",");
+      const each = failures.map((f) => `${f.upstream}: ${messageWithCause(f.error)}`);
+      this.setOutcome(last.failure, each.join("; "));
+    }
     return null;
   }
 

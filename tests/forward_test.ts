@@ -357,6 +357,20 @@ Deno.test("forward: failover on demand (--pool 0): a refused dial moves on to th
   assert.equal(live.accepted, 4);
 });
 
+Deno.test("forward: a client for whom every upstream failed gets a line naming each, and how it failed", async () => {
+  const dead = [`127.0.0.1:${unusedPort()}`, `127.0.0.1:${unusedPort()}`];
+  await using fwd = forwarder(dead, { pool: "0" });
+  using client = await connect(fwd);
+  assert.equal((await client.waitForEnd(5_000)).discarded, 0);
+  const session = await sessionOf(client.localAddr);
+  assert.equal(session.outcome, "connection-refused");
+  // Tried in turn from the first; the line named only the last, without why.
+  assert.equal(session.target, dead.join(","));
+  const refused = (upstream: string) =>
+    `${upstream}: connect to 127.0.0.1 failed: Connection refused`;
+  assert.match(String(session.error), new RegExp(`^${refused(dead[0]!)}.*; ${refused(dead[1]!)}`));
+});
+
 Deno.test("forward: an upstream that talks first at length (too much to pool) still serves every client, dialled on demand", async () => {
   const banner = pseudoRandomBytes(200 * 1024, 7);
   await using talker = new ForwardUpstream(async ({ conn }) => {
