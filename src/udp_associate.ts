@@ -79,6 +79,14 @@ const NAME_KEPT_MS = 60_000;
 const NAME_FAILED_KEPT_MS = 5_000;
 /** Names kept at most per association; the oldest goes first. */
 const MAX_NAMES = 256;
+/**
+ * Lookups in progress at most for one association; more names wait their
+ * turn. Two, so that one name whose server never answers does not hold the
+ * others; not more, as they come out of the client's share of lookups
+ * (src/upstream/lookups.ts): one association sending to 16 such names held
+ * all 8, and its client's CONNECT by name waited 3.8 s behind them.
+ */
+const MAX_LOOKUPS = 2;
 
 /**
  * Datagrams that may wait behind name lookups or an outbound socket's bind,
@@ -255,6 +263,9 @@ export class UdpAssociation {
   /** Datagrams in all of `#waiting`'s queues, and their payload bytes. */
   #waitingCount = 0;
   #waitingBytes = 0;
+  /** Lookups in progress (see MAX_LOOKUPS), and those waiting for one to end. */
+  #lookups = 0;
+  readonly #lookupTurns: (() => void)[] = [];
   /** Names this association's datagrams went to, and their addresses (see NAME_KEPT_MS). */
   readonly #names = new Map<string, { ip: string | null; at: number }>();
   #closed = false;
@@ -310,6 +321,7 @@ export class UdpAssociation {
     if (this.#closed) return;
     this.#closed = true;
     this.#lookupsAbort?.abort(new Error("the association has ended"));
+    for (const turn of this.#lookupTurns.splice(0)) turn(); // to find the association closed
     const unsent = "still to be sent when the association ended";
     this.#drop(unsent, undefined, this.#waitingCount + this.#client.clear());
     this.#waiting.clear();
@@ -352,7 +364,8 @@ export class UdpAssociation {
     if (this.#clientPort === 0) this.#clientPort = from.port;
     const ip = address.type === "domain" ? this.#knownIp(address.host) : address.host;
     if (ip === false) return this.#drop(`${address.host} failed to resolve just now`);
-    const queue = this.#waiting.get(address.host);
+    const host = waitingKey(address);
+    const queue = this.#waiting.get(host);
     if (!queue && ip !== null) {
       const sender = this.#outbound.get(familyOf(ip));
       if (sender) return this.#sendOut(sender, ip, address.port, data);
@@ -368,8 +381,8 @@ export class UdpAssociation {
     const waiting = { address, data: data.slice() }; // not a view of the receive buffer
     if (queue) return void queue.push(waiting);
     const started = [waiting];
-    this.#waiting.set(address.host, started);
-    this.#sendWaiting(address.host, started);
+    this.#waiting.set(host, started);
+    this.#sendWaiting(host, started);
   }
 
   /**
@@ -406,7 +419,7 @@ export class UdpAssociation {
    * or `null`: look it up.
    */
   #knownIp(name: string): string | false | null {
-    const known = this.#names.get(name);
+    const known = this.#names.get(name.toLowerCase()); // as DNS compares names
     if (known) {
       const age = performance.now() - known.at;
       if (known.ip === null ? age < NAME_FAILED_KEPT_MS : age < NAME_KEPT_MS) {
@@ -418,13 +431,19 @@ export class UdpAssociation {
 
   async #resolve(name: string): Promise<string> {
     let chosen: { address: string } | undefined;
+    if (this.#lookups < MAX_LOOKUPS) this.#lookups++;
+    else await new Promise<void>((resolve) => this.#lookupTurns.push(resolve)); // handed on
     try {
+      if (this.#closed) throw new Error("the association has ended");
       this.#lookupsAbort ??= new AbortController();
       const results = await lookupAll(name, this.#options.clientIp, this.#lookupsAbort.signal);
       // A datagram cannot fall back to the next address the way a connect can,
       // so IPv4 is preferred: it is what a name's UDP service most often listens on.
       chosen = results.find((r) => r.family === 4) ?? results[0];
     } finally {
+      const next = this.#lookupTurns.shift();
+      if (next) next(); // its turn: the count stays
+      else this.#lookups--;
       this.#remember(name, chosen?.address ?? null);
     }
     if (!chosen) throw new Error(`no addresses for ${name}`);
@@ -433,10 +452,11 @@ export class UdpAssociation {
 
   /** Keeps a lookup's result, or its failure (`null`); oldest out first past MAX_NAMES. */
   #remember(name: string, ip: string | null): void {
-    if (!this.#names.delete(name) && this.#names.size >= MAX_NAMES) {
+    const key = name.toLowerCase();
+    if (!this.#names.delete(key) && this.#names.size >= MAX_NAMES) {
       this.#names.delete(this.#names.keys().next().value!); // a Map iterates in insertion order
     }
-    this.#names.set(name, { ip, at: performance.now() });
+    this.#names.set(key, { ip, at: performance.now() });
   }
 
   /**
@@ -550,6 +570,16 @@ function refusedByDeno(to: string): Deno.errors.NotCapable | null {
   // null: a host Deno's permissions cannot spell (a zoned link-local one): no more to say.
   if (state === null || state === "granted") return null;
   return new Deno.errors.NotCapable("no --allow-net permission");
+}
+
+/**
+ * The queue a datagram waits in (see `#waiting`): its host, a name in lower
+ * case, as DNS compares names. (A peer that the client names in two ways,
+ * by name and by address, or by two names, has two queues: a datagram by
+ * address may overtake one waiting for the name's lookup.)
+ */
+function waitingKey(address: Address): string {
+  return address.type === "domain" ? address.host.toLowerCase() : address.host;
 }
 
 function familyOf(ip: string): "udp4" | "udp6" {

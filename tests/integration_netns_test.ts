@@ -568,6 +568,8 @@ Deno.test({
         kernelDrops: number;
       };
       dualVia?: string;
+      orderEchoed?: string[];
+      orderQueries?: number;
     };
     const show = JSON.stringify(probed);
     assert.equal(probed.echoed, 23, show);
@@ -599,6 +601,11 @@ Deno.test({
     if (big.dropped > 0) assert.match(big.firstDrop, /256 KiB already waiting/, show);
     // A datagram cannot try the next address: a name's IPv4 address goes first.
     assert.equal(probed.dualVia, "ipv4", show);
+    // A name is one name in any case: its datagrams wait in one queue, in
+    // order, behind one lookup (two queries). Queued by spelling, the two
+    // answered sooner overtook the first.
+    assert.deepEqual(probed.orderEchoed, ["o0", "o1", "o2"], show);
+    assert.equal(probed.orderQueries, 2, show);
     // A failed lookup is kept a while too: each of a dead name's datagrams
     // held every later one for the resolver's whole timeout.
     assert.ok(probed.deadQueries! <= 2, `a lookup per datagram to a dead name: ${show}`);
@@ -642,6 +649,24 @@ Deno.test({
     const probed = await probeWithResolver(
       "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
       UDP_LOOKUPS_PROBE,
+    ) as { reply?: number; ms?: number };
+    assert.equal(probed.reply, socks5.Reply.Succeeded, JSON.stringify(probed));
+  },
+});
+
+const UDP_LOOKUP_SHARE_PROBE = new URL("./_helpers/udp_lookup_share_probe.ts", import.meta.url)
+  .pathname;
+
+Deno.test({
+  name:
+    "one UDP association sending to many names whose server never answers leaves its client lookup slots for a CONNECT",
+  ignore: !mountNsAvailable || !netnsAvailable,
+  async fn() {
+    // With a lookup per name at once, 16 names took all 8 of the client's
+    // slots and queued 8 more ahead of the CONNECT, which timed out (3 s).
+    const probed = await probeWithResolver(
+      "nameserver 127.0.0.1\noptions timeout:5 attempts:1\n",
+      UDP_LOOKUP_SHARE_PROBE,
     ) as { reply?: number; ms?: number };
     assert.equal(probed.reply, socks5.Reply.Succeeded, JSON.stringify(probed));
   },

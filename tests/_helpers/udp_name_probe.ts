@@ -12,11 +12,13 @@
  * late: they wait in ferry behind its lookup, at most 256 of them.
  *
  * Then a second association sends 10 datagrams to `slow.late.test` and ends
- * before its lookup does; a third sends 40 of 8 KiB to `slow.big.test`.
+ * before its lookup does; a third sends 40 of 8 KiB to `slow.big.test`; a
+ * fourth sends 3 to one name spelt in three cases, `SLOW.order.test` first:
+ * a lookup of each spelling would answer the first last.
  *
  * Prints one JSON object, or what failed: `{ echoed, queries, deadQueries,
  * slowEchoed, sentMs, kernelDrops, udpIn, dropped, late, moreMs, big,
- * dualVia }`: `moreMs` how long the 3 datagrams to `echo.test` between those
+ * dualVia, orderEchoed, orderQueries }`: `moreMs` how long the 3 datagrams to `echo.test` between those
  * to `dead.test` took to come back (sent over 300 ms), `slowEchoed` the
  * slow.test payloads that reached the echo server, in order (a burst of 256
  * may overflow its socket buffer), `kernelDrops` those the kernel dropped
@@ -39,25 +41,30 @@ const decoder = new TextDecoder();
 
 /**
  * Python: a name server for echo.test (A 127.0.0.1, no AAAA), answering
- * after 50 ms (slow.test: 200 ms), never dead.test, and for dual.test
- * 127.0.0.1 and ::1 both; it writes the number of queries it got to
- * argv[1], slow.test's and dual.test's apart.
+ * after 50 ms (slow.test, in any case: 200 ms; the first two queries for
+ * order.test: 500 ms),
+ * never dead.test, and for dual.test 127.0.0.1 and ::1 both, each answer on
+ * a timer of its own; it writes the number of queries it got to argv[1],
+ * slow.test's, order.test's and dual.test's apart.
  */
 const NAME_SERVER = `
-import socket, struct, sys, time
+import socket, struct, sys, threading
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", 53))
 print("ready", flush=True)
-queries = dead = 0
+queries = dead = orders = 0
 while True:
     query, client = s.recvfrom(4096)
     if query[12:17] == b"\\x04dead":
         dead += 1
         open(sys.argv[1] + ".dead", "w").write(str(dead))
         continue  # never answered
-    slow = query[12:17] == b"\\x04slow"
+    slow = query[12:17].lower() == b"\\x04slow"
     dual = query[12:17] == b"\\x04dual"
-    if not slow and not dual:
+    if b"\\x05order" in query:
+        orders += 1
+        open(sys.argv[1] + ".order", "w").write(str(orders))
+    elif not slow and not dual:
         queries += 1
         open(sys.argv[1], "w").write(str(queries))
     qid, qend = query[:2], 12
@@ -71,8 +78,9 @@ while True:
     elif qtype == 28 and dual:
         answers = b"\\xc0\\x0c" + struct.pack(">HHIH", 28, 1, 60, 16) + bytes(15) + b"\\x01"
     header = qid + struct.pack(">HHHHH", 0x8180, 1, 1 if answers else 0, 0, 0)
-    time.sleep(0.2 if slow else 0.05)
-    s.sendto(header + question + answers, client)
+    # The first lookup of order.test (its A and AAAA queries) is answered last.
+    delay = 0.5 if b"\\x05order" in query and orders <= 2 else 0.2 if slow else 0.05
+    threading.Timer(delay, s.sendto, (header + question + answers, client)).start()
 `;
 
 let result: unknown;
@@ -177,9 +185,8 @@ try {
     await sendInOrder(bigUdp.local, Array(10).fill(big), bigUdp.reply.address.port);
     await new Promise((resolve) => setTimeout(resolve, 1));
   }
-  // Until some have come back and no more for 500 ms, 10 s at most: the
-  // name server answers one query at a time, others' too. (Not all come
-  // back: 256 KiB at once overflow the echo server's socket buffer.)
+  // Until some have come back and no more for 500 ms, 10 s at most. (Not
+  // all come back: 256 KiB at once overflow the echo server's socket buffer.)
   for (let seen = -1, started = performance.now(); seen !== bigEchoed || seen === 0;) {
     if (performance.now() - started > 10_000) break;
     seen = bigEchoed;
@@ -188,6 +195,23 @@ try {
   const bigKernelDrops = await kernelDrops(bigUdp.reply.address.port);
   bigUdp.control.close();
   const bigSession = await sessionOf(ferry, bigUdp.control.localAddr);
+
+  // One peer by one name in three spellings: the first's lookup takes
+  // longest, the others must not overtake it, nor be looked up again.
+  const orderEchoed: string[] = [];
+  echo.on("message", (message: Uint8Array) => {
+    const text = decoder.decode(message);
+    if (text.startsWith("o")) orderEchoed.push(text);
+  });
+  await using orderUdp = await associate(ferry);
+  const spellings = ["SLOW.order.test", "slow.order.test", "Slow.Order.Test"];
+  const ordered = spellings.map((name, i) => frame(domain(name, echo.address().port), `o${i}`));
+  await sendInOrder(orderUdp.local, ordered, orderUdp.reply.address.port);
+  for (const started = performance.now(); orderEchoed.length < 3;) {
+    if (performance.now() - started > 5_000) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const orderQueries = Number(await Deno.readTextFile(`${countFile}.order`));
 
   // A name with an IPv4 and an IPv6 address, and a server on each, one port.
   const echo6 = dgram.createSocket("udp6");
@@ -231,6 +255,8 @@ try {
       kernelDrops: bigKernelDrops,
     },
     dualVia,
+    orderEchoed,
+    orderQueries,
   };
 } catch (error) {
   result = { error: String(error) };
@@ -241,5 +267,6 @@ try {
   await nameServer.status;
   await Deno.remove(countFile);
   await Deno.remove(`${countFile}.dead`).catch(() => {});
+  await Deno.remove(`${countFile}.order`).catch(() => {});
 }
 console.log(JSON.stringify(result));
