@@ -278,6 +278,22 @@ Deno.test("UpstreamSet: with one upstream down, the others share its turns evenl
   assert.deepEqual(none.candidates(), []);
 });
 
+Deno.test("UpstreamSet: a client's try after a failed one takes the next turn, not the failing upstream's neighbour", () => {
+  const failing = fake("C", "up", 0);
+  const set = new UpstreamSet([fake("A", "up", 0), fake("B", "up", 0), failing]);
+  const served: Record<string, number> = { A: 0, B: 0 };
+  for (let client = 0; client < 30; client++) {
+    const tried = new Set<Upstream>();
+    for (let upstream; (upstream = set.next(tried)) !== null;) {
+      tried.add(upstream);
+      if (upstream === failing) continue; // its dial failed
+      served[upstream.name]!++;
+      break;
+    }
+  }
+  assert.deepEqual(served, { A: 15, B: 15 });
+});
+
 Deno.test("UpstreamSet: an upstream with a pooled connection ready comes before one without", () => {
   // B's pool is empty (its first dials still hang on an upstream that drops
   // SYNs): clients go to A while A has connections ready, then to B.

@@ -17,6 +17,7 @@ import { cpuSeconds } from "./_helpers/proc.ts";
 import { ss } from "./_helpers/ss.ts";
 import { sessionLines } from "./_helpers/session_log.ts";
 import { BufferedConn } from "./_helpers/socks_client.ts";
+import { resettingServer } from "./_helpers/reset.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -171,6 +172,31 @@ Deno.test("ferry forward: while the upstream is down it logs upstream-down once 
   } finally {
     await ferry.stop();
     await server?.stop();
+  }
+});
+
+Deno.test("ferry forward --pool 0: the clients of an upstream that resets as it accepts are shared evenly by the others", async () => {
+  await using a = new ForwardUpstream(taggedEcho("A"));
+  await using b = new ForwardUpstream(taggedEcho("B"));
+  const resetting = await resettingServer();
+  try {
+    const c = `127.0.0.1:${resetting.port}`;
+    await using ferry = await startFerry(forwardArgs([a.name, b.name, c], "--pool", "0"));
+    const served: Record<string, number> = { A: 0, B: 0, none: 0 };
+    for (let i = 0; i < 60; i++) {
+      // A dial to C fails when the reset comes before the connect is checked
+      // (the client moves on), or the client is reset once connected.
+      const tag = await askTag(ferry, `client ${i}`).then(({ tag }) => tag, () => "none");
+      served[tag]!++;
+      // Paced: back to back, the reset mostly came after the connect completed.
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    // The turns of C's failed dials all went to A, listed after it: A
+    // served 1.7 times B's clients.
+    assert.ok(Math.abs(served.A! - served.B!) <= 1, JSON.stringify(served));
+    assert.ok(served.A! + served.B! >= 40, JSON.stringify(served));
+  } finally {
+    await resetting.close();
   }
 });
 
