@@ -23,6 +23,7 @@ import {
   formatPeer,
   ipOfName,
   isLoopbackIp,
+  unmapIPv4,
 } from "./protocol/address.ts";
 import { zonedHost } from "./link_local.ts";
 import { wildcardIsIpv6Only } from "./config.ts";
@@ -250,7 +251,13 @@ export class UdpAssociation {
   /** Outbound sockets by family, once bound (see `#outboundReady`). */
   readonly #outbound = new Map<"udp4" | "udp6", OrderedSender>();
   readonly #binding = new Map<"udp4" | "udp6", Promise<OrderedSender>>();
-  readonly #peers = new Set<string>();
+  /**
+   * Peers the client has sent to (see `peerKey`), each with its address as
+   * the client named it, which answers name as their source: an IPv4-mapped
+   * one is sent to over IPv4 (see `#ipFor`), and the client expects its
+   * answers from the address it sent to.
+   */
+  readonly #peers = new Map<string, string>();
   /**
    * Datagrams waiting for a lookup or a bind, and any sent after them to the
    * same host, by that host as the client named it: each queue goes out in
@@ -362,13 +369,13 @@ export class UdpAssociation {
     if (address.port === 0) return this.#drop("for port 0");
     // Learnt from the first datagram that is one: not from stray bytes.
     if (this.#clientPort === 0) this.#clientPort = from.port;
-    const ip = address.type === "domain" ? this.#knownIp(address.host) : address.host;
+    const ip = this.#ipFor(address);
     if (ip === false) return this.#drop(`${address.host} failed to resolve just now`);
     const host = waitingKey(address);
     const queue = this.#waiting.get(host);
     if (!queue && ip !== null) {
       const sender = this.#outbound.get(familyOf(ip));
-      if (sender) return this.#sendOut(sender, ip, address.port, data);
+      if (sender) return this.#sendOut(sender, ip, address, data);
     }
     if (this.#waitingCount >= MAX_WAITING) {
       return this.#drop(`${MAX_WAITING} already waiting for a lookup or a bind`);
@@ -395,12 +402,12 @@ export class UdpAssociation {
     while (queue.length > 0 && !this.#closed) {
       const { address, data } = queue[0]!;
       try {
-        const known = address.type !== "domain" ? address.host : this.#knownIp(address.host);
+        const known = this.#ipFor(address);
         if (known === false) throw new Error(`${address.host} failed to resolve just now`);
         const ip = known ?? await this.#resolve(address.host);
         const sender = await this.#outboundReady(familyOf(ip));
         if (this.#closed) return; // close() counted what was waiting
-        this.#sendOut(sender, ip, address.port, data);
+        this.#sendOut(sender, ip, address, data);
       } catch (error) {
         if (this.#closed) return;
         // An unresolvable name, or no socket for its family.
@@ -411,6 +418,16 @@ export class UdpAssociation {
       this.#waitingBytes -= data.length;
     }
     if (!this.#closed) this.#waiting.delete(host);
+  }
+
+  /**
+   * The IP a datagram to `address` goes to, as far as known (see
+   * `#knownIp`). An IPv4-mapped one (::ffff:127.0.0.1) goes over IPv4, as a
+   * CONNECT does (see `connectToIp` in src/upstream/dial.ts): from an IPv6
+   * socket it was dropped where those take IPv6 only.
+   */
+  #ipFor(address: Address): string | false | null {
+    return address.type === "domain" ? this.#knownIp(address.host) : unmapIPv4(address.host);
   }
 
   /**
@@ -426,7 +443,8 @@ export class UdpAssociation {
         return known.ip ?? false;
       }
     }
-    return ipOfName(name);
+    const spelt = ipOfName(name);
+    return spelt === null ? null : unmapIPv4(spelt);
   }
 
   async #resolve(name: string): Promise<string> {
@@ -477,13 +495,15 @@ export class UdpAssociation {
     return from.address === this.#options.bindHost || isLoopbackIp(from.address);
   }
 
-  #sendOut(sender: OrderedSender, ip: string, port: number, data: Uint8Array): void {
+  /** Sends `data` to `ip`, where `address` (the client's) leads. */
+  #sendOut(sender: OrderedSender, ip: string, address: Address, data: Uint8Array): void {
+    const { port } = address;
     const key = peerKey(ip, port);
-    // A Set iterates in insertion order: re-adding moves the key to the end.
+    // A Map iterates in insertion order: re-adding moves the key to the end.
     if (!this.#peers.delete(key) && this.#peers.size >= MAX_PEERS) {
-      this.#peers.delete(this.#peers.values().next().value!);
+      this.#peers.delete(this.#peers.keys().next().value!);
     }
-    this.#peers.add(key);
+    this.#peers.set(key, address.type === "domain" ? ip : address.host);
     const length = data.length; // not `data`: a view of the 64 KiB receive buffer
     this.#send(sender, data, port, ip, () => {
       this.counters.udpIn++;
@@ -526,11 +546,12 @@ export class UdpAssociation {
 
   #fromPeer(message: Uint8Array, from: dgram.RemoteInfo): void {
     if (this.#closed) return;
-    if (!this.#peers.has(peerKey(from.address, from.port)) || this.#clientPort === 0) {
+    const named = this.#peers.get(peerKey(from.address, from.port));
+    if (named === undefined || this.#clientPort === 0) {
       const peer = formatPeer({ hostname: from.address, port: from.port });
       return this.#drop(`from ${peer}, which the client has not sent to`);
     }
-    const header = encodeUdpHeader(addressOf(from.address, from.port));
+    const header = encodeUdpHeader(addressOf(named, from.port));
     const out = new Uint8Array(header.length + message.length);
     out.set(header);
     out.set(message, header.length);

@@ -712,7 +712,7 @@ const V6ONLY_PROBE = new URL("./_helpers/v6only_probe.ts", import.meta.url).path
 
 Deno.test({
   name:
-    "where [::] takes IPv6 only, a forwarder on it forwards to an IPv4 server on its port (no false loop), 0.0.0.0 may listen beside it, and a shortage does not hide it",
+    "where [::] takes IPv6 only, a forwarder on it forwards to an IPv4 server on its port (no false loop), 0.0.0.0 may listen beside it, a shortage does not hide it, and IPv4-mapped targets are reached over IPv4",
   ignore: !mountNsAvailable || !netnsAvailable,
   async fn() {
     // The loop check took [::] for dual-stack and refused this working upstream.
@@ -742,6 +742,13 @@ Deno.test({
         loopLines: 0,
         literal: "V4",
         families: { v6: true, v4: true },
+        // An IPv4-mapped target is the IPv4 address, dialled over IPv4; a
+        // datagram's answer still comes from the address the client named.
+        mapped: {
+          forwarded: "V4",
+          connected: "V4",
+          datagram: "m from ipv6 ::ffff:127.0.0.1",
+        },
       });
     } finally {
       await Deno.remove(hostsFile);

@@ -8,7 +8,7 @@
  */
 import { closeQuietly } from "../close_quietly.ts";
 import { isOutOfDescriptors, noteShortage, shortageSince } from "../nofile.ts";
-import { type Address, ipOfName } from "../protocol/address.ts";
+import { type Address, ipOfName, unmapIPv4 } from "../protocol/address.ts";
 import { Reply } from "../protocol/socks5.ts";
 import { type Lookup, lookupAll, LookupsBusy } from "./lookups.ts";
 
@@ -442,7 +442,10 @@ async function connectToIp(
 ): Promise<Deno.TcpConn> {
   let conn: Deno.TcpConn | undefined;
   try {
-    conn = await Deno.connect({ hostname, port, signal });
+    // An IPv4-mapped address (::ffff:127.0.0.1) over IPv4: on an IPv6 socket
+    // it is reachable only where IPv6 sockets take IPv4 too (not with
+    // net.ipv6.bindv6only=1, which failed it as network-unreachable).
+    conn = await Deno.connect({ hostname: unmapIPv4(hostname), port, signal });
     conn.setNoDelay(true);
     return conn;
   } catch (error) {

@@ -7,16 +7,18 @@
  * 127.0.0.1:9000, which the start-up check must not refuse as a loop. And a
  * configuration file may put `[::]:9100` and `0.0.0.0:9100` side by side.
  * And `wildcardIsIpv6Only()`, asked first while out of descriptors, still
- * learns the truth once they are free.
+ * learns the truth once they are free. And the IPv4 server is reached by
+ * its IPv4-mapped address (see `mappedTargets`).
  *
- * Prints one JSON object: `{ shortage, got, loopLines, literal, families }`,
- * or what failed.
+ * Prints one JSON object: `{ shortage, got, loopLines, literal, families,
+ * mapped }`, or what failed.
  *
  * Run: deno run -A tests/_helpers/v6only_probe.ts
  */
 import { wildcardIsIpv6Only } from "../../src/config.ts";
 import { startFerry } from "./ferry.ts";
-import { BufferedConn, socks5 } from "./socks_client.ts";
+import { BufferedConn, ipv6, socks5, socks5Handshake } from "./socks_client.ts";
+import { closeUdp, frame, nextDatagram, udpEcho, udpSocket } from "./udp_support.ts";
 
 /**
  * What `wildcardIsIpv6Only()` answers in this process with every descriptor
@@ -64,6 +66,50 @@ async function answers(host: string): Promise<boolean> {
   return (await client.readMessage(socks5.decodeMethodSelection, "method")) === 0x00;
 }
 
+/**
+ * The IPv4 server by its IPv4-mapped address, ::ffff:127.0.0.1: through a
+ * forwarder on [::]:9300, a SOCKS5 CONNECT from a client on ::1, and a UDP
+ * datagram (to an echo server on 127.0.0.1) with the answer's source as
+ * its header names it. They went out on IPv6 sockets, which here take
+ * IPv6 only: network-unreachable, and the datagram dropped.
+ */
+async function mappedTargets() {
+  const mappedName = "[::ffff:127.0.0.1]:9000";
+  let forwarded: string;
+  {
+    await using _ferry = await startFerry(["forward", "--listen", "[::]:9300", "--to", mappedName]);
+    using client = await BufferedConn.connect("::1", 9300);
+    forwarded = new TextDecoder().decode(await client.readToEnd());
+  }
+  await using _ferry = await startFerry(["socks", "--listen", "[::1]:9200"]);
+  using client = await BufferedConn.connect("::1", 9200);
+  const connect = await socks5Handshake(client, ipv6("::ffff:127.0.0.1", 9000));
+  const connected = connect.reply === socks5.Reply.Succeeded
+    ? new TextDecoder().decode(await client.readToEnd())
+    : `reply ${connect.reply}`;
+
+  await using echo = await udpEcho("127.0.0.1");
+  const local = await udpSocket("::1");
+  try {
+    using control = await BufferedConn.connect("::1", 9200);
+    const relay = await socks5Handshake(control, ipv6("::", local.address().port), {
+      command: socks5.Command.UdpAssociate,
+    });
+    const answer = nextDatagram(local, 3_000);
+    local.send(frame(ipv6("::ffff:127.0.0.1", echo.port), "m"), relay.address.port, "::1");
+    const { address, data } = socks5.decodeUdpDatagram(await answer.catch(() => new Uint8Array()));
+    return {
+      forwarded,
+      connected,
+      datagram: `${new TextDecoder().decode(data)} from ${address.type} ${address.host}`,
+    };
+  } catch (error) {
+    return { forwarded, connected, datagram: String(error) };
+  } finally {
+    await closeUdp(local);
+  }
+}
+
 let result: unknown;
 try {
   const shortage = await askedInAShortage(); // first: nothing else here has asked yet
@@ -98,7 +144,7 @@ try {
   } finally {
     await Deno.remove(config);
   }
-  result = { shortage, got, loopLines, literal, families };
+  result = { shortage, got, loopLines, literal, families, mapped: await mappedTargets() };
 } catch (error) {
   result = { error: String(error) };
 }
