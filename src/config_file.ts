@@ -191,8 +191,13 @@ const count = (min: number, max?: number) => {
     const what = expecting(`a whole number ≥ ${min}`);
     // The largest number there is only for a number too large (1e20, say).
     const tooLarge = expecting(`a whole number from ${min} to ${Number.MAX_SAFE_INTEGER}`);
-    return z.number(what).max(Number.MAX_SAFE_INTEGER, { ...tooLarge, abort: true }).int(what)
-      .min(min, what);
+    // JSON's 1e400 is Infinity, which z.number() refuses before max() sees it.
+    const notNumber = {
+      error: (issue: { input?: unknown }) =>
+        (issue.input === Infinity ? tooLarge : what).error(issue),
+    };
+    return z.number(notNumber).max(Number.MAX_SAFE_INTEGER, { ...tooLarge, abort: true })
+      .int(what).min(min, what);
   }
   const what = expecting(`a whole number from ${min} to ${max}`);
   return z.number(what).int(what).min(min, what).max(max, what);
@@ -277,7 +282,9 @@ const forwardListener = z.strictObject({
   to: z.array(upstreamAddress, expecting(`an array of ${ADDRESS} upstreams`)).min(1, {
     error: () => `expected at least one upstream ${ADDRESS}, got []`,
   }).superRefine((upstreams, ctx) => {
-    upstreams.forEach((_, index) => {
+    upstreams.forEach((upstream, index) => {
+      // One that did not parse is reported as it is (what it holds is zod's).
+      if (typeof upstream?.hostname !== "string") return;
       const earlier = earlierSameUpstream(upstreams, index);
       if (earlier < 0) return;
       ctx.addIssue({
@@ -286,6 +293,10 @@ const forwardListener = z.strictObject({
         message: `the same upstream as to[${earlier}]; ${EACH_UPSTREAM_ONCE}`,
       });
     });
+  }, {
+    // Also when another upstream of the list is bad, as the command line
+    // does: every problem at once, not the duplicate after the fix.
+    when: (payload) => Array.isArray(payload.value),
   }),
   pool: count(0, MAX_POOL).optional(),
   poolMaxIdle: durationOf(false, POOL_MAX_IDLE_MIN).optional(),

@@ -451,6 +451,13 @@ Deno.test("an upstream listed twice is refused, on the command line and in a fil
     "listeners[1].to[2]: the same upstream as to[0]; expected each upstream once " +
     "(twice, it got two pools and two of every upstream-down line)",
   ]);
+  // Beside a bad upstream too: it was told only once that one was fixed.
+  forward.to = ["nope", "LOCALHOST:5", "localhost:5"];
+  assert.deepEqual(await problemsOfValue(file), [
+    `listeners[1].to[0]: expected HOST:PORT or [IPV6]:PORT, got "nope"`,
+    "listeners[1].to[2]: the same upstream as to[1]; expected each upstream once " +
+    "(twice, it got two pools and two of every upstream-down line)",
+  ]);
 });
 
 Deno.test("a bad or zero duration is an error quoting the value", async () => {
@@ -492,6 +499,16 @@ Deno.test("negative, zero, fractional, quoted and too large counts are errors", 
     "listeners[1].maxConnsPerIp: expected a whole number from 1 to 9007199254740991, " +
     "got 100000000000000000000",
     "listeners[1].pool: expected a whole number from 0 to 1024, got -1",
+  ]);
+});
+
+Deno.test("a count written too large for a number (1e400, Infinity) is told the largest taken", async () => {
+  const text = JSON.stringify(validFile(), null, 2).replace(
+    "{",
+    '{ "defaults": { "maxConns": 1e400 },',
+  );
+  assert.deepEqual(await problemsOf(parseRunConfig(text, "test.jsonc")), [
+    "defaults.maxConns: expected a whole number from 1 to 9007199254740991, got Infinity",
   ]);
 });
 
