@@ -448,7 +448,7 @@ export class UdpAssociation {
   }
 
   async #resolve(name: string): Promise<string> {
-    let chosen: { address: string } | undefined;
+    let chosen: string | undefined;
     if (this.#lookups < MAX_LOOKUPS) this.#lookups++;
     else await new Promise<void>((resolve) => this.#lookupTurns.push(resolve)); // handed on
     try {
@@ -457,15 +457,17 @@ export class UdpAssociation {
       const results = await lookupAll(name, this.#options.clientIp, this.#lookupsAbort.signal);
       // A datagram cannot fall back to the next address the way a connect can,
       // so IPv4 is preferred: it is what a name's UDP service most often listens on.
-      chosen = results.find((r) => r.family === 4) ?? results[0];
+      const result = results.find((r) => r.family === 4) ?? results[0];
+      // An IPv4-mapped answer (::ffff:127.0.0.1) goes over IPv4 (see #ipFor).
+      chosen = result && unmapIPv4(result.address);
     } finally {
       const next = this.#lookupTurns.shift();
       if (next) next(); // its turn: the count stays
       else this.#lookups--;
-      this.#remember(name, chosen?.address ?? null);
+      this.#remember(name, chosen ?? null);
     }
-    if (!chosen) throw new Error(`no addresses for ${name}`);
-    return chosen.address;
+    if (chosen === undefined) throw new Error(`no addresses for ${name}`);
+    return chosen;
   }
 
   /** Keeps a lookup's result, or its failure (`null`); oldest out first past MAX_NAMES. */

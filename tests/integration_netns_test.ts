@@ -719,7 +719,7 @@ Deno.test({
     const hostsFile = await Deno.makeTempFile({ suffix: ".hosts" });
     const serverFile = await Deno.makeTempFile({ suffix: ".py" });
     try {
-      await Deno.writeTextFile(hostsFile, "127.0.0.1 v4.test\n");
+      await Deno.writeTextFile(hostsFile, "127.0.0.1 v4.test\n::ffff:127.0.0.1 mapped.test\n");
       await Deno.writeTextFile(
         serverFile,
         "import socket\ns = socket.create_server(('127.0.0.1', 9000))\n" +
@@ -748,6 +748,7 @@ Deno.test({
           forwarded: "V4",
           connected: "V4",
           datagram: "m from ipv6 ::ffff:127.0.0.1",
+          byName: "n from ipv4 127.0.0.1",
         },
       });
     } finally {

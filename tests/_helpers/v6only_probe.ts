@@ -17,7 +17,7 @@
  */
 import { wildcardIsIpv6Only } from "../../src/config.ts";
 import { startFerry } from "./ferry.ts";
-import { BufferedConn, ipv6, socks5, socks5Handshake } from "./socks_client.ts";
+import { BufferedConn, domain, ipv6, socks5, socks5Handshake } from "./socks_client.ts";
 import { closeUdp, frame, nextDatagram, udpEcho, udpSocket } from "./udp_support.ts";
 
 /**
@@ -71,7 +71,8 @@ async function answers(host: string): Promise<boolean> {
  * forwarder on [::]:9300, a SOCKS5 CONNECT from a client on ::1, and a UDP
  * datagram (to an echo server on 127.0.0.1) with the answer's source as
  * its header names it. They went out on IPv6 sockets, which here take
- * IPv6 only: network-unreachable, and the datagram dropped.
+ * IPv6 only: network-unreachable, and the datagram dropped. And a datagram
+ * to a name whose address is IPv4-mapped.
  */
 async function mappedTargets() {
   const mappedName = "[::ffff:127.0.0.1]:9000";
@@ -95,13 +96,18 @@ async function mappedTargets() {
     const relay = await socks5Handshake(control, ipv6("::", local.address().port), {
       command: socks5.Command.UdpAssociate,
     });
-    const answer = nextDatagram(local, 3_000);
-    local.send(frame(ipv6("::ffff:127.0.0.1", echo.port), "m"), relay.address.port, "::1");
-    const { address, data } = socks5.decodeUdpDatagram(await answer.catch(() => new Uint8Array()));
+    const echoed = async (to: socks5.ReplyMessage["address"], text: string) => {
+      const answer = nextDatagram(local, 3_000);
+      local.send(frame(to, text), relay.address.port, "::1");
+      const { address, data } = socks5.decodeUdpDatagram(await answer);
+      return `${new TextDecoder().decode(data)} from ${address.type} ${address.host}`;
+    };
     return {
       forwarded,
       connected,
-      datagram: `${new TextDecoder().decode(data)} from ${address.type} ${address.host}`,
+      datagram: await echoed(ipv6("::ffff:127.0.0.1", echo.port), "m").catch(String),
+      // A name whose only address is IPv4-mapped (mapped.test, in /etc/hosts).
+      byName: await echoed(domain("mapped.test", echo.port), "n").catch(String),
     };
   } catch (error) {
     return { forwarded, connected, datagram: String(error) };
