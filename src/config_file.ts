@@ -276,16 +276,21 @@ const socksListener = z.strictObject({
   ...shared,
 }, expecting("a listener object"));
 
+/** Stands for an upstream that did not parse: the same as none (see earlierSameUpstream). */
+const NOT_PARSED: ListenAddress = { hostname: "", port: 0 };
+
 const forwardListener = z.strictObject({
   kind: z.literal("forward"),
   listen: listenAddress,
   to: z.array(upstreamAddress, expecting(`an array of ${ADDRESS} upstreams`)).min(1, {
     error: () => `expected at least one upstream ${ADDRESS}, got []`,
   }).superRefine((upstreams, ctx) => {
-    upstreams.forEach((upstream, index) => {
-      // One that did not parse is reported as it is (what it holds is zod's).
-      if (typeof upstream?.hostname !== "string") return;
-      const earlier = earlierSameUpstream(upstreams, index);
+    // Those that did not parse are reported as they are, and compared with
+    // none: what they hold is their input (an object shaped like an address, say).
+    const bad = new Set(ctx.issues.map((issue) => issue.path?.[0]));
+    const parsed = upstreams.map((upstream, i) => bad.has(i) ? NOT_PARSED : upstream);
+    parsed.forEach((_, index) => {
+      const earlier = earlierSameUpstream(parsed, index);
       if (earlier < 0) return;
       ctx.addIssue({
         code: "custom",

@@ -451,6 +451,12 @@ Deno.test("an upstream listed twice is refused, on the command line and in a fil
     "listeners[1].to[2]: the same upstream as to[0]; expected each upstream once " +
     "(twice, it got two pools and two of every upstream-down line)",
   ]);
+  // Bad ones are no duplicates, even written as addresses' objects.
+  const asObject = { hostname: "a.example", port: 1 };
+  (forward as { to: unknown[] }).to = [asObject, asObject];
+  const problems = await problemsOfValue(file);
+  assert.equal(problems.length, 2, problems.join("\n"));
+  assert.ok(problems.every((p) => p.includes("expected HOST:PORT")), problems.join("\n"));
   // Beside a bad upstream too: it was told only once that one was fixed.
   forward.to = ["nope", "LOCALHOST:5", "localhost:5"];
   assert.deepEqual(await problemsOfValue(file), [
