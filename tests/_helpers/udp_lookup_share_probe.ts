@@ -12,8 +12,8 @@
  */
 import { startFerry } from "./ferry.ts";
 import { python, SILENT_DNS } from "./python.ts";
-import { BufferedConn, domain, socks5Handshake, TcpTarget } from "./socks_client.ts";
-import { associate, frame, sendInOrder } from "./udp_support.ts";
+import { domain, TcpTarget } from "./socks_client.ts";
+import { associate, connectByName, frame, sendInOrder } from "./udp_support.ts";
 
 let result: unknown;
 try {
@@ -26,10 +26,7 @@ try {
   const datagrams = Array.from({ length: 16 }, (_, i) => frame(domain(`n${i}.silent.test`, 9), ""));
   await sendInOrder(udp.local, datagrams, udp.reply.address.port);
   await new Promise((resolve) => setTimeout(resolve, 200)); // all lookups asked for
-  const started = performance.now();
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const reply = await socks5Handshake(client, domain("localhost", target.port));
-  result = { reply: reply.reply, ms: Math.round(performance.now() - started) };
+  result = await connectByName(ferry, target.port);
 } catch (error) {
   result = { error: String(error) };
 }

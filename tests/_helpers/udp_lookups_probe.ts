@@ -13,8 +13,8 @@
  */
 import { startFerry } from "./ferry.ts";
 import { python, SILENT_DNS } from "./python.ts";
-import { BufferedConn, domain, socks5Handshake, TcpTarget } from "./socks_client.ts";
-import { associate, frame } from "./udp_support.ts";
+import { domain, TcpTarget } from "./socks_client.ts";
+import { associate, connectByName, frame } from "./udp_support.ts";
 
 let result: unknown;
 try {
@@ -39,10 +39,7 @@ try {
   await new Promise((resolve) => setTimeout(resolve, 200)); // all lookups asked for
   for (const udp of associations) await udp[Symbol.asyncDispose]();
   await new Promise((resolve) => setTimeout(resolve, 200)); // all associations over
-  const started = performance.now();
-  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-  const reply = await socks5Handshake(client, domain("localhost", target.port));
-  result = { reply: reply.reply, ms: Math.round(performance.now() - started) };
+  result = await connectByName(ferry, target.port);
 } catch (error) {
   result = { error: String(error) };
 }

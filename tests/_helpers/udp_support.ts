@@ -5,7 +5,7 @@
 import dgram from "node:dgram";
 import { once } from "node:events";
 import type { Buffer } from "node:buffer";
-import { BufferedConn, deadline, ipv4, socks5, socks5Handshake } from "./socks_client.ts";
+import { BufferedConn, deadline, domain, ipv4, socks5, socks5Handshake } from "./socks_client.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -141,4 +141,19 @@ export async function receivedAtLeast(received: string[], count: number): Promis
     }
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/**
+ * A CONNECT through `ferry` to `localhost` (which needs a lookup slot of the
+ * client's share) on `port`: its reply, and how long that took. The last
+ * step of the probes of UDP lookups holding those slots.
+ */
+export async function connectByName(
+  ferry: { hostname: string; port: number },
+  port: number,
+): Promise<{ reply: number; ms: number }> {
+  const started = performance.now();
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(client, domain("localhost", port));
+  return { reply: reply.reply, ms: Math.round(performance.now() - started) };
 }
