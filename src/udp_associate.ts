@@ -260,11 +260,11 @@ export class UdpAssociation {
   readonly #peers = new Map<string, string>();
   /**
    * Datagrams waiting for a lookup or a bind, and any sent after them to the
-   * same host, by that host as the client named it: each queue goes out in
-   * the order the client sent it. One queue for all held every datagram
-   * behind one name whose server never answered: for the resolver's whole
-   * timeout, again every NAME_FAILED_KEPT_MS, so a client's DNS queries to
-   * an IP address stalled while its game's server name did not resolve.
+   * same host, by that host as the client named it (see `waitingKey`): each
+   * queue goes out in the order the client sent it. One queue for all held
+   * every datagram behind one name whose server never answered, for the
+   * resolver's whole timeout and again every NAME_FAILED_KEPT_MS: datagrams
+   * to another host came back 5 s late behind such a name's lookup.
    */
   readonly #waiting = new Map<string, Outgoing[]>();
   /** Datagrams in all of `#waiting`'s queues, and their payload bytes. */
