@@ -119,7 +119,8 @@ export class ForwardSession extends ProxySession {
         );
       } catch (error) {
         if (!(error instanceof DialError) || error.failure === "aborted") throw error;
-        failures.push({ upstream: upstream.name, error }); // dialForClient marked it down
+        // dialForClient marked it down, unless the failure was ferry's or a reset.
+        failures.push({ upstream: upstream.name, error });
         continue;
       }
       return this.relayingTo(target);
