@@ -708,6 +708,25 @@ Deno.test({
   },
 });
 
+const SELF_CONNECT_PROBE = new URL("./_helpers/self_connect_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "a CONNECT to a closed port that the kernel gives that port as its source (connected to itself) gets 0x05",
+  ignore: !netnsAvailable,
+  async fn() {
+    // It got 0x00, and the client's own first bytes came back as the answer.
+    const probed = await probeInNamespace(
+      "sysctl -qw net.ipv4.ip_local_port_range='40000 40000'",
+      SELF_CONNECT_PROBE,
+    ) as { reply?: number; after?: string; outcome?: string; error?: string };
+    const show = JSON.stringify(probed);
+    assert.equal(probed.reply, socks5.Reply.ConnectionRefused, show);
+    assert.equal(probed.after, "", show);
+    assert.equal(probed.outcome, "connection-refused", show);
+  },
+});
+
 const V6ONLY_PROBE = new URL("./_helpers/v6only_probe.ts", import.meta.url).pathname;
 
 Deno.test({

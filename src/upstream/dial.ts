@@ -446,6 +446,12 @@ async function connectToIp(
     // it is reachable only where IPv6 sockets take IPv4 too (not with
     // net.ipv6.bindv6only=1, which failed it as network-unreachable).
     conn = await Deno.connect({ hostname: unmapIPv4(hostname), port, signal });
+    if (connectedToItself(conn)) {
+      // Nothing listens there: a connect to a closed port that the kernel
+      // gave that very port as its source completes by TCP simultaneous
+      // open, and the client got 0x00 and its own bytes back as the answer.
+      throw new Deno.errors.ConnectionRefused("connected to itself: nothing listens there");
+    }
     conn.setNoDelay(true);
     return conn;
   } catch (error) {
@@ -466,6 +472,12 @@ async function connectToIp(
       signal.aborted ? undefined : { cause: error },
     );
   }
+}
+
+/** Whether `conn`'s two ends are one address and port (see connectToIp). */
+function connectedToItself(conn: Deno.TcpConn): boolean {
+  const { localAddr, remoteAddr } = conn;
+  return localAddr.port === remoteAddr.port && localAddr.hostname === remoteAddr.hostname;
 }
 
 /**
