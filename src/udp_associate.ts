@@ -369,9 +369,9 @@ export class UdpAssociation {
     if (address.port === 0) return this.#drop("for port 0");
     // Learnt from the first datagram that is one: not from stray bytes.
     if (this.#clientPort === 0) this.#clientPort = from.port;
-    const ip = this.#ipFor(address);
-    if (ip === false) return this.#drop(`${address.host} failed to resolve just now`);
     const host = waitingKey(address);
+    const ip = this.#ipFor(address, host);
+    if (ip === false) return this.#drop(`${address.host} failed to resolve just now`);
     const queue = this.#waiting.get(host);
     if (!queue && ip !== null) {
       const sender = this.#outbound.get(familyOf(ip));
@@ -402,9 +402,9 @@ export class UdpAssociation {
     while (queue.length > 0 && !this.#closed) {
       const { address, data } = queue[0]!;
       try {
-        const known = this.#ipFor(address);
+        const known = this.#ipFor(address, host);
         if (known === false) throw new Error(`${address.host} failed to resolve just now`);
-        const ip = known ?? await this.#resolve(address.host);
+        const ip = known ?? await this.#resolve(address.host, host);
         const sender = await this.#outboundReady(familyOf(ip));
         if (this.#closed) return; // close() counted what was waiting
         this.#sendOut(sender, ip, address, data);
@@ -421,22 +421,22 @@ export class UdpAssociation {
   }
 
   /**
-   * The IP a datagram to `address` goes to, as far as known (see
-   * `#knownIp`). An IPv4-mapped one (::ffff:127.0.0.1) goes over IPv4, as a
+   * The IP a datagram to `address` (waiting as `host`, see `waitingKey`)
+   * goes to, as far as known (see `#knownIp`). An IPv4-mapped one (::ffff:127.0.0.1) goes over IPv4, as a
    * CONNECT does (see `connectToIp` in src/upstream/dial.ts): from an IPv6
    * socket it was dropped where those take IPv6 only.
    */
-  #ipFor(address: Address): string | false | null {
-    return address.type === "domain" ? this.#knownIp(address.host) : unmapIPv4(address.host);
+  #ipFor(address: Address, host: string): string | false | null {
+    return address.type === "domain" ? this.#knownIp(host) : unmapIPv4(address.host);
   }
 
   /**
-   * What this association knows of `name`: the address it spells or was
-   * resolved to (while fresh), `false` while its lookup's failure is fresh,
-   * or `null`: look it up.
+   * What this association knows of `name` (in lower case, as DNS compares
+   * names): the address it spells or was resolved to (while fresh), `false`
+   * while its lookup's failure is fresh, or `null`: look it up.
    */
   #knownIp(name: string): string | false | null {
-    const known = this.#names.get(name.toLowerCase()); // as DNS compares names
+    const known = this.#names.get(name);
     if (known) {
       const age = performance.now() - known.at;
       if (known.ip === null ? age < NAME_FAILED_KEPT_MS : age < NAME_KEPT_MS) {
@@ -447,7 +447,8 @@ export class UdpAssociation {
     return spelt === null ? null : unmapIPv4(spelt);
   }
 
-  async #resolve(name: string): Promise<string> {
+  /** Looks `name` up, and keeps what it found as `key` (the name in lower case). */
+  async #resolve(name: string, key: string): Promise<string> {
     let chosen: string | undefined;
     if (this.#lookups < MAX_LOOKUPS) this.#lookups++;
     else await new Promise<void>((resolve) => this.#lookupTurns.push(resolve)); // handed on
@@ -464,15 +465,14 @@ export class UdpAssociation {
       const next = this.#lookupTurns.shift();
       if (next) next(); // its turn: the count stays
       else this.#lookups--;
-      this.#remember(name, chosen ?? null);
+      this.#remember(key, chosen ?? null);
     }
     if (chosen === undefined) throw new Error(`no addresses for ${name}`);
     return chosen;
   }
 
   /** Keeps a lookup's result, or its failure (`null`); oldest out first past MAX_NAMES. */
-  #remember(name: string, ip: string | null): void {
-    const key = name.toLowerCase();
+  #remember(key: string, ip: string | null): void {
     if (!this.#names.delete(key) && this.#names.size >= MAX_NAMES) {
       this.#names.delete(this.#names.keys().next().value!); // a Map iterates in insertion order
     }
