@@ -157,15 +157,12 @@ export class SocksSession extends ProxySession {
 
   async #socks4(): Promise<Relaying | null> {
     this.protocol = "socks4";
-    const { users } = this.#socks;
     const replyWith = (code: number) => socks4.encodeReply({ reply: code, port: 0, ip: "0.0.0.0" });
     const request = await this.#decodeRequest(socks4.decodeRequest, replyWith, SOCKS4_COMMANDS);
     if (request.address.type === "domain") this.protocol = "socks4a";
     if (request.userId.length > 0) this.#showUser(request.userId);
     this.requested = formatAddress(request.address);
-    const refusal = !this.#socks.socks4 ? "socks4-disabled" : users.required
-      ? "auth-required" // SOCKS4 has no way to carry a password.
-      : null;
+    const refusal = this.#socks4Refusal();
     if (refusal) {
       return await this.refuse(replyWith(socks4.Reply.Rejected), refusal);
     }
@@ -514,11 +511,19 @@ export class SocksSession extends ProxySession {
     return early;
   }
 
+  /** Why this listener refuses every SOCKS4 request, well-formed or not, if it does. */
+  #socks4Refusal(): "socks4-disabled" | "auth-required" | null {
+    if (!this.#socks.socks4) return "socks4-disabled";
+    // SOCKS4 has no way to carry a password.
+    return this.#socks.users.required ? "auth-required" : null;
+  }
+
   protected override outcomeOf(error: unknown): string {
     const reason = this.controller.signal.aborted ? this.controller.signal.reason : error;
     if (reason instanceof ProtocolError) {
       // Refused whatever it asked: the operator's reason, not the request's flaw, is the outcome.
-      if (this.protocol?.startsWith("socks4") && !this.#socks.socks4) return "socks4-disabled";
+      const socks4Refusal = this.protocol?.startsWith("socks4") ? this.#socks4Refusal() : null;
+      if (socks4Refusal) return socks4Refusal;
       if (this.protocol === "socks5" && reason.reply === socks5.Reply.AddressTypeNotSupported) {
         return "address-type-not-supported";
       }

@@ -893,7 +893,7 @@ Deno.test("SOCKS4a with a 1024-byte user id and a host name is granted", async (
   assert.equal(session.target, `127.0.0.1:${target.port}`);
 });
 
-Deno.test("with --user configured, SOCKS4 and SOCKS4a requests get reply 91 and the target is not contacted", async () => {
+Deno.test("with --user configured, SOCKS4 and SOCKS4a requests get reply 91, are logged auth-required and the target is not contacted", async () => {
   await using ferry = await startFerry([...LISTEN, "--user", "carol:pw"]);
   using target = TcpTarget.listen();
   for (const address of [ipv4("127.0.0.1", target.port), domain("localhost", target.port)]) {
@@ -902,7 +902,23 @@ Deno.test("with --user configured, SOCKS4 and SOCKS4a requests get reply 91 and 
     assert.equal(reply.reply, socks4.Reply.Rejected);
     client.close(); // ferry would linger for the client to close first
     const session = await sessionOf(ferry, client.localAddr);
-    assert.notEqual(session.outcome, "ok");
+    assert.equal(session.outcome, "auth-required");
+  }
+  // Malformed SOCKS4 requests too (command 0x03; a 4a name that is not
+  // UTF-8): refused for want of a password whatever they asked. They were
+  // logged command-not-supported and protocol-error.
+  for (
+    const request of [
+      [0x04, 0x03, 0x00, 0x50, 127, 0, 0, 1, 0x00],
+      [0x04, 0x01, 0x00, 0x50, 0, 0, 0, 1, 0x00, 0xff, 0xfe, 0x00],
+    ]
+  ) {
+    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    await client.write(Uint8Array.from(request));
+    const reply = await client.readMessage(socks4.decodeReply, "SOCKS4 reply");
+    assert.equal(reply.reply, socks4.Reply.Rejected);
+    client.close();
+    assert.equal((await sessionOf(ferry, client.localAddr)).outcome, "auth-required");
   }
   // A SOCKS5 session afterwards is the first connection the target accepts.
   const { client, server, reply } = await connectThrough(ferry, target, {
