@@ -27,16 +27,20 @@ export async function expectedPeers(
   signal: AbortSignal = new AbortController().signal,
 ): Promise<ReadonlySet<string> | null> {
   const ip = address.type === "domain" ? ipOfName(address.host) : address.host;
-  if (ip === null) {
-    // As a CONNECT resolves its target: the same caps, and the same blame
-    // when ferry's shortage of descriptors made the lookup fail.
-    const addresses = await resolveName(address.host, client, signal);
-    return new Set(addresses.map(ipKey));
-  }
   // In the form accept() compares: an IPv4-mapped IPv6 address as its IPv4
   // address, as a dual-stack socket would see the peer either way.
-  const peer = ipKey(ip);
-  return peer === "0.0.0.0" || peer === "::" ? null : new Set([peer]);
+  if (ip !== null) return anyIfUnspecified([ipKey(ip)]);
+  // As a CONNECT resolves its target: the same caps, and the same blame
+  // when ferry's shortage of descriptors made the lookup fail. The resolver
+  // reads numbers in forms ipOfName does not ("0", "0x0"), and no peer can
+  // come from an unspecified address, so waiting for one would be waiting
+  // for nothing until the bind timeout.
+  return anyIfUnspecified((await resolveName(address.host, client, signal)).map(ipKey));
+}
+
+/** The peers, or `null` (any peer) when one of them is the unspecified address. */
+function anyIfUnspecified(peers: readonly string[]): ReadonlySet<string> | null {
+  return peers.some((peer) => peer === "0.0.0.0" || peer === "::") ? null : new Set(peers);
 }
 
 /** A BIND listener. Dispose (or `close()`) it whatever happens. */

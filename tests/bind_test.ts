@@ -1,6 +1,7 @@
 /**
  * Which peers a BIND lets in (src/bind.ts `expectedPeers`), for addresses
- * that need no lookup: "any peer" however the client spells it.
+ * that need no lookup beyond the resolver's reading of numbers: "any peer"
+ * however the client spells it.
  */
 import assert from "node:assert/strict";
 import { expectedPeers } from "../src/bind.ts";
@@ -17,6 +18,10 @@ Deno.test("BIND lets any peer in for 0.0.0.0 or ::, as an address, a name or IPv
       domain("0.0.0.0"), // SOCKS4a or SOCKS5 with ATYP 3, as clients leaving names to the proxy send it
       domain("::"),
       domain("0:0:0:0:0:0:0:0"),
+      // Spellings only the resolver reads as 0.0.0.0: such a BIND waited for
+      // a peer at 0.0.0.0, which none can come from, until its timeout.
+      domain("0"),
+      domain("0x0"),
     ]
   ) {
     assert.equal(
