@@ -25,8 +25,12 @@ check: $(DENO)
 bench: $(DENO)
 	$(DENO) task bench
 
+# Offline, deno compile fails to download its runtime (denort) with an error
+# that does not say what to do about it: say it.
 build: $(DENO)
-	$(DENO) task build
+	$(DENO) task build || { \
+	  echo "make build: failed. If deno compile could not download Deno's runtime (denort) from dl.deno.land, give it one of Deno $(DENO_VERSION): DENORT_BIN=/path/to/denort make build" >&2; \
+	  rmdir dist 2>/dev/null; exit 1; }
 
 deno: $(DENO)
 	@$(DENO) --version

@@ -16,9 +16,13 @@ const BINARY = `${ROOT}dist/ferry`;
 const BUILD_MS = 300_000;
 const HELP_MS = 20_000;
 
-async function build(): Promise<{ built: true } | { built: false; why: string }> {
-  const { success, signal, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "build"],
+/** Built, or why not; `downloadOutput` is make's output when the runtime's download failed. */
+type Build = { built: true } | { built: false; why: string; downloadOutput?: string };
+
+/** Runs `make build` as a user would, with this test's Deno in place of the one on PATH. */
+async function build(): Promise<Build> {
+  const { success, signal, stdout, stderr } = await new Deno.Command("make", {
+    args: ["--no-print-directory", "build", `DENO=${Deno.execPath()}`],
     cwd: ROOT,
     stdin: "null",
     env: { DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1" },
@@ -30,7 +34,7 @@ async function build(): Promise<{ built: true } | { built: false; why: string }>
     // Killed at the bound: a download that neither finishes nor fails.
     return {
       built: false,
-      why: `deno task build did not finish within ${BUILD_MS / 1000} s (killed by ${signal}); ` +
+      why: `make build did not finish within ${BUILD_MS / 1000} s (killed by ${signal}); ` +
         `its output so far:\n${output.slice(-2000)}`,
     };
   }
@@ -41,9 +45,10 @@ async function build(): Promise<{ built: true } | { built: false; why: string }>
       built: false,
       why: "deno compile could not download its runtime (denort) from dl.deno.land; " +
         "set DENORT_BIN to a denort 2.9.6 binary to run the build tests",
+      downloadOutput: output,
     };
   }
-  throw new Error(`deno task build failed:\n${output}`);
+  throw new Error(`make build failed:\n${output}`);
 }
 
 const result = await build();
@@ -69,6 +74,17 @@ Deno.test({
   async fn() {
     const echoed = await relayThroughSocks5([BINARY], new TextEncoder().encode("ping through"));
     assert.equal(new TextDecoder().decode(echoed), "ping through");
+  },
+});
+
+Deno.test({
+  name: "make build without Deno's runtime tells the user to set DENORT_BIN",
+  // Only where the download failed: elsewhere the tests above build.
+  ignore: result.built || result.downloadOutput === undefined,
+  fn() {
+    assert.ok(!result.built && result.downloadOutput !== undefined);
+    // Deno's own error names only the URL it could not reach.
+    assert.match(result.downloadOutput, /DENORT_BIN=\/path\/to\/denort make build/);
   },
 });
 
