@@ -93,7 +93,11 @@ function addListenerOptions(command: Command, withHandshake: boolean): Command {
       "most sessions at once from one client IP (default: --max-conns)",
     )
     // Choices are checked by src/config.ts, so they are reported with every other problem.
-    .option("--log-level <level>", "debug, info, warn or error", DEFAULTS.logLevel)
+    .option(
+      "--log-level <level>",
+      "debug, info, warn or error (any case; warning too)",
+      DEFAULTS.logLevel,
+    )
     .option(
       "--log-format <format>",
       "text (logfmt) or json (one object a line)",
@@ -234,11 +238,11 @@ export function buildProgram(
     .description("Run every listener declared in a JSON (JSONC) configuration file.")
     .requiredOption(
       "--config <file>",
-      "the configuration file (see ferry.example.jsonc)",
+      "the configuration file (required; see ferry.example.jsonc)",
       onlyOnce("--config given twice; one file declares every listener (run ferry once per file)"),
     )
-    .option("--log-level <level>", "override the file's log level")
-    .option("--log-format <format>", "override the file's log format")
+    .option("--log-level <level>", "override the file's log level (debug, info, warn or error)")
+    .option("--log-format <format>", "override the file's log format (text or json)")
     .configureOutput(output("ferry run"))
     .exitOverride()
     .action((options: { config: string; logLevel?: string; logFormat?: string }) => {
@@ -310,6 +314,13 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
   // `ferry --log-format json socks`: commander calls the option unknown,
   // though the command takes it. Only its name is shown: a value may be a password.
   const command = program.commands.find((c) => args.includes(c.name()));
+  // After a command, --help shows its help whatever else the line holds, as
+  // git's does: also where commander would take it for a flag's value
+  // (`socks --listen --help` said --listen got "--help"). No value ferry
+  // takes can be "-h" or "--help" but a file so named, which ./-h reaches.
+  if (command && args.slice(args.indexOf(command.name()) + 1).some(isHelpFlag)) {
+    args = [command.name(), "--help"];
+  }
   const option = args[0]?.split("=")[0];
   if (command && command.options.some((o) => o.long === option || o.short === option)) {
     output.writeErr(

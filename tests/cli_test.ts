@@ -234,6 +234,25 @@ Deno.test("help for an unknown command exits 2 and names it; help for a known on
   }
 });
 
+Deno.test("--help after a command shows its help whatever else the line holds", async () => {
+  for (
+    const args of [
+      ["socks", "--bogus", "--help"],
+      ["socks", "--listen", "nope", "-h"],
+      ["socks", "--help", "--max-conns", "-1"],
+      // Where commander took it for the flag's value: `--listen: got "--help"`, exit 2.
+      ["socks", "--listen", "--help"],
+      ["forward", "--listen", "127.0.0.1:0", "--to", "-h"],
+      ["run", "--config", "--help"],
+    ]
+  ) {
+    const run = await ferry(...args);
+    assert.equal(run.code, 0, `ferry ${args.join(" ")}: ${run.stderr}`);
+    assert.match(run.stdout, new RegExp(`^Usage: ferry ${args[0]} `), `ferry ${args.join(" ")}`);
+    assert.equal(run.stderr, "", `ferry ${args.join(" ")}`);
+  }
+});
+
 Deno.test("a typo next to a request for help still exits 2 and names it", async () => {
   // Each printed the general help and exited 0, so a script never saw the typo.
   const cases: [string[], RegExp][] = [
