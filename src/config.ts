@@ -832,9 +832,11 @@ export async function buildSocksConfig(raw: RawSocksOptions): Promise<SocksConfi
     if (text.includes("\uFFFD")) {
       // Deno puts U+FFFD in place of argument bytes that are not UTF-8: the
       // name or password would then match no client's bytes, or another's.
+      // A U+FFFD typed as such cannot be told from those; a file keeps it.
       check.problems.push(
-        "--user: not UTF-8 text (value not shown: it may be secret); " +
-          "give names and passwords in UTF-8, or in a --users-file",
+        "--user: not UTF-8 text, or a U+FFFD (�), which stands for such bytes on the " +
+          "command line (value not shown: it may be secret); give names and passwords in " +
+          "UTF-8, or in a --users-file, where a U+FFFD is kept",
       );
       continue;
     }

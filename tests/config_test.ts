@@ -530,6 +530,9 @@ Deno.test("buildSocksConfig() refuses a --user that was not UTF-8, without showi
   assert.equal(problems.length, 1, problems.join("\n"));
   assert.match(problems[0]!, /^--user: not UTF-8 text/);
   assert.ok(!problems[0]!.includes("s3cret") && !problems[0]!.includes("ice"), problems[0]);
+  // A U+FFFD typed as such is refused alike, as it cannot be told apart, and
+  // the message says so, rather than calling valid UTF-8 text "not UTF-8".
+  assert.match(problems[0]!, /or a U\+FFFD .*in a --users-file, where a U\+FFFD is kept/);
 });
 
 Deno.test("buildSocksConfig() shows only the start of a user name too long to be one", async () => {
