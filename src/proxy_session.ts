@@ -49,10 +49,14 @@ const OUTCOMES_WITH_DETAIL = new Set([
  * The `error` field of a session line whose outcome name does not say what
  * went wrong: which byte of the handshake was wrong, which system error a
  * connect failed with (port 0, a blackhole route), what the resolver said
- * (a name that does not exist, a server that failed), or an unexpected error.
+ * (a name that does not exist, a server that failed), how each address of a
+ * name failed when none connected, or an unexpected error.
  */
 export function errorDetail(outcome: string, error: unknown): string | undefined {
-  if (OUTCOMES_WITH_DETAIL.has(outcome)) return messageWithCause(error);
+  // A name whose every address failed: the outcome is one of them (see
+  // mostTelling), and the line says how each failed.
+  const severalFailed = error instanceof DialError && error.alsoFailed.length > 0;
+  if (OUTCOMES_WITH_DETAIL.has(outcome) || severalFailed) return messageWithCause(error);
   if (outcome !== "error") return undefined;
   return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }

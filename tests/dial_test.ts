@@ -15,6 +15,7 @@ import {
   type DialFailure,
   interleaveFamilies,
   messageWithCause,
+  mostTelling,
   outOfDescriptorsToDial,
   REPLY_FOR_FAILURE,
   resetAsAccepted,
@@ -522,7 +523,7 @@ Deno.test("dial() with an AnswerCheck: a looping address fails with the check's 
   assert.deepEqual(answers.checked, ["127.0.0.1"], "dialled once");
 });
 
-Deno.test("connectToFirstAnswer() rejects with the last failure when every address refuses", async () => {
+Deno.test("connectToFirstAnswer() rejects with the first failure when every address refuses, and logs each", async () => {
   const port = closedPort();
   const error = await dialError(
     connectToFirstAnswer(
@@ -533,7 +534,48 @@ Deno.test("connectToFirstAnswer() rejects with the last failure when every addre
     ),
   );
   assert.equal(error.failure, "connection-refused");
-  assert.match(error.message, /127\.0\.0\.2/);
+  assert.equal(error.message, "connect to 127.0.0.1 failed");
+  assert.match(
+    messageWithCause(error),
+    /^connect to 127\.0\.0\.1 failed: [^;]+; connect to 127\.0\.0\.2 failed: .+$/,
+  );
+});
+
+Deno.test("mostTelling() answers with what the target's side said before what this host said of itself", () => {
+  const failed = (failure: DialFailure, ip: string, cause?: unknown) =>
+    new DialError(failure, `connect to ${ip} failed`, cause === undefined ? {} : { cause });
+  const noRoute = failed("network-unreachable", "2001:db8::1");
+  const refused = failed("connection-refused", "192.0.2.1");
+  const unreachable = failed("host-unreachable", "192.0.2.2");
+  const forbidden = failed("not-allowed", "192.0.2.3");
+  const odd = failed("general-failure", "192.0.2.4", new Error("Invalid argument"));
+  const cases: [DialError[], DialError][] = [
+    // A closed port on a dual-stack name, from a host with no IPv6 route: either order.
+    [[refused, noRoute], refused],
+    [[noRoute, refused], refused],
+    [[noRoute, unreachable], unreachable],
+    [[noRoute, forbidden], forbidden],
+    [[odd, noRoute], noRoute],
+  ];
+  for (const [failures, expected] of cases) {
+    const chosen = mostTelling(failures);
+    assert.ok(chosen instanceof DialError);
+    const names = failures.map((f) => f.failure).join(", ");
+    assert.equal(chosen.failure, expected.failure, names);
+    assert.equal(chosen.reply, expected.reply, names);
+    assert.equal(chosen.message, expected.message, names);
+    // The others follow it in the log, in the order they failed.
+    assert.deepEqual(chosen.alsoFailed, failures.filter((f) => f !== expected), names);
+  }
+  // Ferry's own shortage first of all: the session waits for a descriptor and dials again.
+  const emfile = Object.assign(new Error("Too many open files"), { code: "EMFILE" });
+  const short = failed("general-failure", "192.0.2.5", emfile);
+  const chosen = mostTelling([refused, short]);
+  assert.ok(outOfDescriptorsToDial(chosen), messageWithCause(chosen));
+  // One failure is answered as it is, and so is a fault of ferry's own.
+  assert.equal(mostTelling([noRoute]), noRoute);
+  const bug = new TypeError("a bug");
+  assert.equal(mostTelling([refused, bug]), bug);
 });
 
 Deno.test("dial() with a signal aborted for connect timeout throws connect-timeout", async () => {

@@ -486,6 +486,42 @@ async function probeWithResolver(resolvConf: string, probe: string): Promise<unk
   }
 }
 
+const DUAL_STACK_PROBE = new URL("./_helpers/dual_stack_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "a closed port on a name with an IPv4 and an IPv6 address gets 0x05 on a host without IPv6 routes, not the IPv6 attempt's 0x03, and the line says how each failed",
+  ignore: !mountNsAvailable || !netnsAvailable,
+  async fn() {
+    // The IPv4 attempt is refused, the IPv6 one finds no route; the client
+    // got the last to fail, "network unreachable", for a host that answered.
+    const hostsFile = await Deno.makeTempFile({ suffix: ".hosts" });
+    try {
+      await Deno.writeTextFile(
+        hostsFile,
+        "127.0.0.1 dual.test\n2001:db8:9::1 dual.test\n2001:db8:9::1 v6only.test\n",
+      );
+      const { results } = await probeInNamespace(
+        `mount --bind ${hostsFile} /etc/hosts`,
+        DUAL_STACK_PROBE,
+        ["-n", "-m"],
+      ) as { results: ProbeResult[] };
+      const byName = Object.fromEntries(results.map((r) => [r.name, r]));
+      const show = JSON.stringify(results);
+      assert.equal(byName["dual.test"]?.reply, socks5.Reply.ConnectionRefused, show);
+      assert.equal(byName["dual.test"]?.outcome, "connection-refused", show);
+      const detail = String(byName["dual.test"]?.detail);
+      assert.match(detail, /^connect to 127\.0\.0\.1 failed: [^;]+; /, show);
+      assert.match(detail, /; connect to 2001:db8:9::1 failed: /, show);
+      // With no other address, the IPv6 one's own failure is the answer.
+      assert.equal(byName["v6only.test"]?.reply, socks5.Reply.NetworkUnreachable, show);
+      assert.equal(byName["v6only.test"]?.detail, undefined, show);
+    } finally {
+      await Deno.remove(hostsFile);
+    }
+  },
+});
+
 const DARK_DNS_PROBE = new URL("./_helpers/dark_dns_probe.ts", import.meta.url).pathname;
 
 Deno.test({

@@ -48,11 +48,22 @@ export class DialError extends Error {
   override readonly name = "DialError";
   readonly failure: DialFailure;
   readonly reply: number;
+  /**
+   * How the name's other addresses failed, when every one did (see
+   * {@linkcode mostTelling}): this error is the one answered, and these are
+   * logged after it.
+   */
+  readonly alsoFailed: readonly DialError[];
 
-  constructor(failure: DialFailure, message: string, options?: ErrorOptions) {
+  constructor(
+    failure: DialFailure,
+    message: string,
+    options?: ErrorOptions & { alsoFailed?: readonly DialError[] },
+  ) {
     super(message, options);
     this.failure = failure;
     this.reply = REPLY_FOR_FAILURE[failure];
+    this.alsoFailed = options?.alsoFailed ?? [];
   }
 }
 
@@ -71,7 +82,9 @@ export function messageWithCause(error: unknown): string {
   const cause = (error as { cause?: unknown } | null)?.cause;
   const text = cause instanceof Error ? `${message}: ${cause.message}` : message;
   const shortage = isOutOfDescriptors(error) || isOutOfDescriptors(cause);
-  return shortage && !text.includes(SHORTAGE_MARK) ? `${text} ${SHORTAGE_MARK}` : text;
+  const marked = shortage && !text.includes(SHORTAGE_MARK) ? `${text} ${SHORTAGE_MARK}` : text;
+  if (!(error instanceof DialError) || error.alsoFailed.length === 0) return marked;
+  return [marked, ...error.alsoFailed.map(messageWithCause)].join("; ");
 }
 
 /** Errno codes that name a failure, for errors Deno does not give a class of their own. */
@@ -352,8 +365,8 @@ export function interleaveFamilies(addresses: readonly string[]): string[] {
  * one after another instead, an address that drops the SYN would use up the
  * whole connect timeout and leave the others untried. A connection that
  * fails `answers` counts as a failed attempt (see {@linkcode AnswerCheck}).
- * Rejects with the last attempt's {@linkcode DialError}, or the session's
- * when `signal` aborts.
+ * Rejects with the most telling attempt's {@linkcode DialError} (see
+ * {@linkcode mostTelling}), or the session's when `signal` aborts.
  */
 export function connectToFirstAnswer(
   host: string,
@@ -368,7 +381,7 @@ export function connectToFirstAnswer(
   return new Promise((resolve, reject) => {
     const running = new Set<AbortController>();
     let next = 0;
-    let lastError: unknown;
+    const failures: unknown[] = []; // in the order the attempts failed
     let settled = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const settle = () => {
@@ -388,7 +401,7 @@ export function connectToFirstAnswer(
       if (next === addresses.length) {
         if (running.size === 0) {
           settle();
-          reject(lastError);
+          reject(mostTelling(failures));
         }
         return;
       }
@@ -402,13 +415,58 @@ export function connectToFirstAnswer(
       }, (error) => {
         running.delete(attempt);
         if (settled) return;
-        lastError = error;
+        failures.push(error);
         startNext(); // a failure starts the next address at once
       });
       if (next < addresses.length) timer = setTimeout(startNext, ATTEMPT_DELAY_MS);
     };
     signal.addEventListener("abort", onAbort, { once: true });
     startNext();
+  });
+}
+
+/**
+ * The failures of a name's addresses, most telling first: what the target's
+ * side said (its host refused: the port is closed; a router said it cannot
+ * reach it; it stayed silent) before what this host said of itself (a rule
+ * forbids the address; no route for its family, as every IPv6 address has
+ * on a host with IPv4 only; anything else). Taking the last attempt's, a
+ * client of a closed port on a dual-stack name got 0x03 from such a host
+ * where the address alone got 0x05. Ferry's own shortage of descriptors or
+ * local ports comes first of all: the session waits it out and dials again.
+ */
+const FAILURES_MOST_TELLING_FIRST: readonly DialFailure[] = [
+  "connection-refused",
+  "forwarding-loop",
+  "host-unreachable",
+  "connect-timeout",
+  "not-allowed",
+  "network-unreachable",
+  "name-not-resolved",
+  "general-failure",
+  "lookups-busy",
+  "aborted",
+];
+
+/**
+ * Of the failures of every address of a name, the one to answer with (see
+ * FAILURES_MOST_TELLING_FIRST; among equals, the first to fail), carrying
+ * the others for the log. An error that is no DialError is a fault of
+ * ferry's, answered as it is, so that it shows.
+ */
+export function mostTelling(failures: readonly unknown[]): unknown {
+  const dialErrors = failures.filter((error) => error instanceof DialError);
+  if (dialErrors.length < failures.length) return failures.find((e) => !(e instanceof DialError));
+  const rank = (error: DialError) =>
+    outOfDescriptorsToDial(error) || outOfLocalPorts(error)
+      ? -1
+      : FAILURES_MOST_TELLING_FIRST.indexOf(error.failure);
+  let best = dialErrors[0]!;
+  for (const error of dialErrors) if (rank(error) < rank(best)) best = error;
+  if (dialErrors.length === 1) return best;
+  return new DialError(best.failure, best.message, {
+    cause: best.cause,
+    alsoFailed: dialErrors.filter((error) => error !== best),
   });
 }
 
