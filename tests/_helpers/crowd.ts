@@ -286,9 +286,11 @@ export function expected(s: Scenario, world: World, cutBy = "idle-timeout"): Exp
     const { Granted, Rejected } = socks4.Reply;
     const request = handshakeParts(s, world)[0]!;
     const sent = s.cutAt === null ? request.length : Math.floor(s.cutAt * request.length);
-    // The decoder refuses an unknown command as soon as it has the command's byte.
+    // The decoder refuses an unknown command as soon as it has the command's
+    // byte; with users, every SOCKS4 request is refused for want of a password.
     if (SOCKS4_COMMAND[s.command] === 0x03 && sent >= 2) {
-      return answer([socks4Reply(Rejected)], "command-not-supported");
+      const outcome = world.usersRequired ? "auth-required" : "command-not-supported";
+      return answer([socks4Reply(Rejected)], outcome);
     }
     if (s.cutAt !== null) return answer([], "handshake-timeout");
     if (world.usersRequired) return answer([socks4Reply(Rejected)], "auth-required");
