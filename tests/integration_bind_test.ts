@@ -136,7 +136,11 @@ Deno.test("SOCKS5 BIND closes a connection from another address, then times out 
 });
 
 Deno.test("SOCKS5 BIND over IPv6 for an IPv4 peer, which could never connect, gets 0x04 at once", async () => {
-  await using ferry = await startFerry(["socks", "--listen", "[::1]:0", "--bind-timeout", "30s"]);
+  // A short grace: the second BIND below still waits for its peer when
+  // ferry is stopped, and would hold the stop for 10 s.
+  await using ferry = await startFerry(
+    ["socks", "--listen", "[::1]:0", "--bind-timeout", "30s", "--shutdown-grace", "1s"],
+  );
   using client = await BufferedConn.connect("::1", ferry.port);
   const started = performance.now();
   const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {

@@ -81,12 +81,16 @@ try {
     const firstLine = await control.stdout.getReader().read();
     const controlPort = Number(decoder.decode(firstLine.value).trim());
 
+    // A short grace: the control connection's server stays up until after
+    // ferry is stopped, and its session would hold the stop for 10 s.
     await using ferry = await startFerry([
       "socks",
       "--listen",
       "127.0.0.1:0",
       "--bind-timeout",
       "5s",
+      "--shutdown-grace",
+      "1s",
     ]);
     using controlClient = await BufferedConn.connect(ferry.hostname, ferry.port);
     const connected = await socks5Handshake(controlClient, ipv4(SERVER, controlPort));

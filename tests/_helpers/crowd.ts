@@ -654,14 +654,21 @@ export async function bystander(world: World): Promise<Deno.NetAddr> {
 }
 
 /**
- * The session lines logged after `from` for each connection: by listener and
- * client address. Not by client address alone: two connections to different
- * listeners may share a client port (the kernel picks a source port per
- * destination), and then both lines look like one client's.
+ * The session lines logged from `from` (up to `to`) for each connection: by
+ * listener and client address. Not by client address alone: two connections
+ * to different listeners may share a client port (the kernel picks a source
+ * port per destination), and then both lines look like one client's. Two
+ * connections one after the other to one listener may share it too, once
+ * the first has spent a second in TIME_WAIT (`net.ipv4.tcp_tw_reuse`): keep
+ * such lines apart with `to`.
  */
-export function linesByClient(ferry: FerryProcess, from: number): Map<string, LogLine[]> {
+export function linesByClient(
+  ferry: FerryProcess,
+  from: number,
+  to?: number,
+): Map<string, LogLine[]> {
   const byClient = new Map<string, LogLine[]>();
-  for (const line of ferry.lines.slice(from)) {
+  for (const line of ferry.lines.slice(from, to)) {
     if (line.event !== "session") continue;
     const key = `${line.listen} ${line.client}`;
     byClient.set(key, [...byClient.get(key) ?? [], line]);
