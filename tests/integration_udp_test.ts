@@ -368,6 +368,59 @@ Deno.test("DST 0.0.0.0:0 learns the client's port from its first datagram", asyn
   assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "hi");
 });
 
+Deno.test("DST 0.0.0.0:0: a stray that is no SOCKS5 datagram does not take the client's port", async () => {
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry, 0);
+  const stray = await udpSocket();
+  try {
+    // From the client's host, another port, first: dropped as malformed,
+    // and the port to take is still the first real datagram's.
+    await new Promise((resolve) =>
+      stray.send(Uint8Array.of(1, 2, 3), udp.reply.address.port, "127.0.0.1", resolve)
+    );
+    const answer = nextDatagram(udp.local);
+    udp.local.send(frame(ipv4("127.0.0.1", echo.port), "hi"), udp.reply.address.port, "127.0.0.1");
+    assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "hi");
+  } finally {
+    await closeUdp(stray);
+  }
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.deepEqual([session.udpIn, session.udpOut, session.dropped], [1, 1, 1]);
+});
+
+Deno.test("a datagram from another address than the client's, on the client's own port, is dropped", async () => {
+  // The port check alone would let it in: only the control connection's
+  // host may use the relay.
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  const clientPort = udp.local.address().port;
+  const intruder = await udpSocket("127.0.0.2", clientPort);
+  try {
+    const relayPort = udp.reply.address.port;
+    await new Promise((resolve) =>
+      intruder.send(
+        frame(ipv4("127.0.0.1", echo.port), "intruder"),
+        relayPort,
+        "127.0.0.1",
+        resolve,
+      )
+    );
+    const answer = nextDatagram(udp.local);
+    udp.local.send(frame(ipv4("127.0.0.1", echo.port), "mine"), relayPort, "127.0.0.1");
+    await answer;
+    assert.deepEqual(echo.received, ["mine"]);
+  } finally {
+    await closeUdp(intruder);
+  }
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.equal(session.dropped, 1);
+  assert.equal(session.firstDrop, "from 127.0.0.2, not the client's address");
+});
+
 Deno.test("a burst at the start of an association reaches the peer in the order sent", async () => {
   await using ferry = await startFerry(LISTEN);
   await using echo = await udpEcho();
@@ -574,6 +627,27 @@ Deno.test("--max-udp-per-ip: one association too many gets reply 0x01", async ()
   assert.equal(third.reply.reply, socks5.Reply.Succeeded, "a place freed by an ended association");
 });
 
+Deno.test("--max-udp-per-ip 2: each association that ends frees its place, down to none", async () => {
+  // With a limit of 1 the count only ever goes from 1 to none; here it must
+  // also go from 2 to 1.
+  await using ferry = await startFerry([...LISTEN, "--max-udp-per-ip", "2"]);
+  const open = [await associate(ferry), await associate(ferry)];
+  for (const udp of open) assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  {
+    await using over = await associate(ferry);
+    assert.equal(over.reply.reply, socks5.Reply.GeneralFailure, "a third at once");
+  }
+  await open[0]![Symbol.asyncDispose]();
+  await sessionOf(ferry, open[0]!.control.localAddr);
+  await using again = await associate(ferry);
+  assert.equal(again.reply.reply, socks5.Reply.Succeeded, "the place the first freed");
+  {
+    await using over = await associate(ferry);
+    assert.equal(over.reply.reply, socks5.Reply.GeneralFailure, "and no more");
+  }
+  await open[1]![Symbol.asyncDispose]();
+});
+
 Deno.test("an idle association is evicted: the control connection is closed and so is the relay", async () => {
   await using ferry = await startFerry([...LISTEN, "--idle-timeout", "300ms"]);
   await using udp = await associate(ferry);
@@ -605,6 +679,59 @@ Deno.test("bytes on the control connection keep an association alive, as datagra
   assert.equal((await end).ending, "eof");
   const session = await sessionOf(ferry, udp.control.localAddr);
   assert.equal(session.outcome, "idle-timeout");
+});
+
+Deno.test("datagrams alone keep an association alive, whichever way they go", async () => {
+  await using ferry = await startFerry([...LISTEN, "--idle-timeout", "1s"]);
+  // A peer that takes every datagram and answers none.
+  const sink = await udpSocket();
+  // A peer that answers one datagram with a stream of 30, one every 100 ms.
+  const streamer = await udpSocket();
+  const streamed = Promise.withResolvers<void>();
+  streamer.once("message", async (_message, from) => {
+    for (let i = 0; i < 30; i++) {
+      streamer.send(encoder.encode(`s${i}`), from.port, from.address);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    streamed.resolve();
+  });
+  try {
+    // Client to peer: three idle timeouts' worth of a datagram every 100 ms,
+    // and nothing on the control connection or back.
+    {
+      await using udp = await associate(ferry);
+      let ended = false;
+      // Cut short by the test's own close at the end: nothing to learn then.
+      udp.control.waitForEnd().then(() => ended = true, () => {});
+      for (let i = 0; i < 30; i++) {
+        const datagram = frame(ipv4("127.0.0.1", sink.address().port), "up");
+        udp.local.send(datagram, udp.reply.address.port, "127.0.0.1");
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      assert.equal(ended, false, "closed while the client kept sending datagrams");
+    }
+    // Peer to client: one datagram out, then only answers for three timeouts.
+    {
+      await using udp = await associate(ferry);
+      let ended = false;
+      const end = udp.control.waitForEnd().finally(() => ended = true);
+      let received = 0;
+      udp.local.on("message", () => received++);
+      udp.local.send(
+        frame(ipv4("127.0.0.1", streamer.address().port), "go"),
+        udp.reply.address.port,
+        "127.0.0.1",
+      );
+      await deadline(streamed.promise, 10_000, "the stream's end");
+      assert.equal(ended, false, "closed while answers kept coming");
+      // Once they stop, the idle timeout applies again.
+      assert.equal((await end).ending, "eof");
+      assert.equal(received, 30, "every answer reached the client");
+    }
+  } finally {
+    await closeUdp(sink);
+    await closeUdp(streamer);
+  }
 });
 
 Deno.test("a datagram whose send fails is counted dropped, not relayed, either way", async () => {
