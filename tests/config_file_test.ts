@@ -296,6 +296,11 @@ Deno.test("a password is not shown when the file around it is not the shape expe
   assert.deepEqual(await problemsOfValue({ listeners: listener }), [
     "listeners: expected an array of listeners, got an object",
   ]);
+  // A password written as a number, unquoted PIN-style, is one still.
+  const pin = { kind: "socks", listen: "127.0.0.1:0", users: [{ name: "bob", password: 735190 }] };
+  assert.deepEqual(await problemsOfValue({ listeners: [pin] }), [
+    "listeners[0].users[0].password: expected a password, got a number (not shown: it may be secret)",
+  ]);
 });
 
 Deno.test("a file of garbage is checked in a moment, each problem in its place", async () => {

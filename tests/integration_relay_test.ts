@@ -767,6 +767,30 @@ Deno.test("--idle-timeout counts from the last byte also once keepalive has come
   assert.ok(Number(session.ms) < 2_200, `ended after ${session.ms} ms`);
 });
 
+Deno.test("--idle-timeout counts from the last byte of traffic that went on past the first second", async () => {
+  // Past KEEPALIVE_AFTER_MS every byte sets the idle deadline itself.
+  await using ferry = await startFerry([...LISTEN, "--idle-timeout", "1500ms"]);
+  using target = TcpTarget.listen();
+  const { client, server } = await connectThrough(ferry, target);
+  using _client = client;
+  using _server = server;
+  for (let i = 0; i < 4; i++) {
+    if (i > 0) await new Promise((resolve) => setTimeout(resolve, 500));
+    await client.write(encoder.encode("hi"));
+    assert.deepEqual(await server.readExactly(2), encoder.encode("hi"));
+  }
+  const lastByte = performance.now();
+  await client.waitForEnd(10_000);
+  const idle = performance.now() - lastByte;
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "idle-timeout");
+  // 1.5 s and the sweep's lateness (two ticks of 150 ms at most), not 3 s.
+  assert.ok(idle >= 1_400 && idle < 2_600, `cut ${idle} ms after the last byte`);
+  // The line's own span: the 1.5 s of traffic and the idle time after it.
+  assert.ok(Number(session.ms) >= 2_900, `logged ms=${session.ms}`);
+  assert.equal(session.up, 8);
+});
+
 Deno.test("a download to a slow reader is not cut by --idle-timeout while its bytes still move", async () => {
   // Reading 64 KiB every 15 ms (about 4 MiB/s here), ferry's writes wake
   // every third of a second or so: the kernel lets a writer on again once a

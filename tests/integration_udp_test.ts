@@ -302,6 +302,7 @@ Deno.test("a destination given as an IPv4-mapped IPv6 address is relayed and its
   const session = await sessionOf(ferry, udp.control.localAddr);
   assert.equal(session.udpOut, 1);
   assert.equal(session.dropped, 0);
+  assert.equal(session.firstDrop, undefined, "a first drop named where none was");
 });
 
 Deno.test("a datagram from another port than the declared one is dropped", async () => {

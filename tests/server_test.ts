@@ -439,6 +439,30 @@ Deno.test("startSocksServer() closes a connection beyond --max-conns at once", a
   });
 });
 
+Deno.test("startSocksServer() counts an IP's sessions down from 2 as well as from 1", async () => {
+  // With a limit of 1 the count only ever goes from 1 to none.
+  await withServer({ maxConnsPerIp: "2" }, async (server, echo, clients) => {
+    const first = await openSession(server, echo);
+    const second = await openSession(server, echo);
+    clients.push(first, second);
+    const over = await Client.open(server.addr.port);
+    clients.push(over);
+    assert.ok(["eof", "reset"].includes((await over.waitForEnd()).ending), "a third at once");
+    await finishSession(first);
+    await waitUntil(() => server.activeSessions === 1, "the first session to end");
+    const third = await openSession(server, echo);
+    clients.push(third);
+    assert.equal(await third.echo("admitted"), "admitted", "in the place the first freed");
+    const stillOver = await Client.open(server.addr.port);
+    clients.push(stillOver);
+    assert.ok(["eof", "reset"].includes((await stillOver.waitForEnd()).ending), "and no more");
+    assert.equal(server.metrics.rejectedPerIp, 2);
+    await finishSession(second);
+    await finishSession(third);
+    await within(server.shutdown(5000), "shutdown");
+  });
+});
+
 Deno.test("startSocksServer() closes a connection beyond --max-conns-per-ip at once", async () => {
   await withServer({ maxConnsPerIp: "1" }, async (server, echo, clients) => {
     const first = await openSession(server, echo);
