@@ -10,7 +10,7 @@ import { startFerry } from "./_helpers/ferry.ts";
 import { fullQueueListeners, openingListener } from "./_helpers/full_queue.ts";
 import { clientThatResets, exchange } from "./_helpers/reset.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
-import { stillKnocking } from "./_helpers/ss.ts";
+import { ss, stillKnocking } from "./_helpers/ss.ts";
 import { BufferedConn, concat, ipv4, socks5, socks5Handshake } from "./_helpers/socks_client.ts";
 
 const encoder = new TextEncoder();
@@ -114,5 +114,80 @@ for (const after of ["more bytes after the reply", "a FIN before the reply"] as 
     const session = await sessionOf(ferry, client.localAddr);
     assert.equal(session.outcome, "ok");
     assert.deepEqual([session.up, session.down], [sent.length, sent.length]);
+  });
+}
+
+/**
+ * How many of the bytes a client sent ferry has read, once they have
+ * settled: what it sent, less what the kernel holds on either side (the
+ * client's send queue and ferry's receive queue, from `ss`).
+ */
+async function readByFerry(client: Deno.TcpConn, sent: number): Promise<number> {
+  const port = client.localAddr.port;
+  const queue = async (filter: string, column: number) => {
+    const lines = await ss("-tnH", "state", "established", filter, `127.0.0.1:${port}`);
+    assert.equal(lines.length, 1, `ss ${filter} :${port}: ${lines.join("\n")}`);
+    return Number(lines[0]!.trim().split(/\s+/)[column]);
+  };
+  const clientSendQueue = await queue("src", 1);
+  const ferryReceiveQueue = await queue("dst", 0);
+  return sent - clientSendQueue - ferryReceiveQueue;
+}
+
+/** Writes 64 KiB at a time until a write has taken nothing for 300 ms; returns the bytes taken. */
+async function sendUntilStalled(conn: Deno.TcpConn): Promise<number> {
+  const chunk = new Uint8Array(65536).fill(0x61);
+  let sent = 0;
+  for (;;) {
+    const write = conn.write(chunk);
+    const taken = await Promise.race([write, sleep(300).then(() => null)]);
+    if (taken === null) {
+      // Nothing fits: the write waits for room that ferry must not make.
+      write.then((n) => sent += n, () => {});
+      return sent;
+    }
+    sent += taken;
+  }
+}
+
+for (const mode of ["socks", "forward"] as const) {
+  Deno.test(`a ${mode} client that sends while its dial goes on is read up to 8 KiB, the rest left in the kernel`, async () => {
+    // Else a client could make ferry hold whatever it sends to a slow target.
+    await using blackHole = await fullQueueListeners(["127.0.0.1"]);
+    // A short grace: the dial still goes on when ferry is stopped, and would
+    // hold the stop for 10 s.
+    const common = [
+      "--listen",
+      "127.0.0.1:0",
+      "--connect-timeout",
+      "60s",
+      "--shutdown-grace",
+      "1s",
+    ];
+    await using ferry = await startFerry(
+      mode === "socks"
+        ? ["socks", ...common, "--handshake-timeout", "1s"]
+        : ["forward", ...common, "--to", `127.0.0.1:${blackHole.port}`, "--pool", "0"],
+    );
+    using conn = await Deno.connect({ hostname: ferry.hostname, port: ferry.port });
+    if (mode === "socks") {
+      // The request, but not the wait for its reply, which comes only at the dial's end.
+      const client = new BufferedConn(conn);
+      await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+      await client.readExactly(2);
+      await client.write(
+        socks5.encodeRequest({
+          command: socks5.Command.Connect,
+          address: ipv4("127.0.0.1", blackHole.port),
+        }),
+      );
+    }
+    const sent = await sendUntilStalled(conn);
+    // The reading starts within 700 ms (SOCKS) or 2.25 s (the forwarder's
+    // sweep ticks once a second), and then takes what it may at once.
+    await sleep(mode === "socks" ? WATCHED_AFTER_MS : 2_500);
+    const read = await readByFerry(conn, sent);
+    // 8 KiB kept, and the read of at most 512 bytes that passed the limit.
+    assert.ok(read > 0 && read <= 8192 + 512, `ferry read ${read} of ${sent} bytes`);
   });
 }
