@@ -473,17 +473,29 @@ Deno.test({
 });
 
 /**
+ * Runs `probe` in a new network and mount namespace whose `/etc/FILE` holds
+ * `contents`.
+ */
+async function probeWithEtc(
+  file: "resolv.conf" | "hosts",
+  contents: string,
+  probe: string,
+): Promise<unknown> {
+  const path = await Deno.makeTempFile({ suffix: `.${file}` });
+  try {
+    await Deno.writeTextFile(path, contents);
+    return await probeInNamespace(`mount --bind ${path} /etc/${file}`, probe, ["-n", "-m"]);
+  } finally {
+    await Deno.remove(path);
+  }
+}
+
+/**
  * Runs `probe` in a new network and mount namespace whose /etc/resolv.conf
  * says `resolvConf` (a name server on 127.0.0.1 that the probe runs).
  */
-async function probeWithResolver(resolvConf: string, probe: string): Promise<unknown> {
-  const file = await Deno.makeTempFile({ suffix: ".resolv.conf" });
-  try {
-    await Deno.writeTextFile(file, resolvConf);
-    return await probeInNamespace(`mount --bind ${file} /etc/resolv.conf`, probe, ["-n", "-m"]);
-  } finally {
-    await Deno.remove(file);
-  }
+function probeWithResolver(resolvConf: string, probe: string): Promise<unknown> {
+  return probeWithEtc("resolv.conf", resolvConf, probe);
 }
 
 const DUAL_STACK_PROBE = new URL("./_helpers/dual_stack_probe.ts", import.meta.url).pathname;
@@ -495,30 +507,21 @@ Deno.test({
   async fn() {
     // The IPv4 attempt is refused, the IPv6 one finds no route; the client
     // got the last to fail, "network unreachable", for a host that answered.
-    const hostsFile = await Deno.makeTempFile({ suffix: ".hosts" });
-    try {
-      await Deno.writeTextFile(
-        hostsFile,
-        "127.0.0.1 dual.test\n2001:db8:9::1 dual.test\n2001:db8:9::1 v6only.test\n",
-      );
-      const { results } = await probeInNamespace(
-        `mount --bind ${hostsFile} /etc/hosts`,
-        DUAL_STACK_PROBE,
-        ["-n", "-m"],
-      ) as { results: ProbeResult[] };
-      const byName = Object.fromEntries(results.map((r) => [r.name, r]));
-      const show = JSON.stringify(results);
-      assert.equal(byName["dual.test"]?.reply, socks5.Reply.ConnectionRefused, show);
-      assert.equal(byName["dual.test"]?.outcome, "connection-refused", show);
-      const detail = String(byName["dual.test"]?.detail);
-      assert.match(detail, /^connect to 127\.0\.0\.1 failed: [^;]+; /, show);
-      assert.match(detail, /; connect to 2001:db8:9::1 failed: /, show);
-      // With no other address, the IPv6 one's own failure is the answer.
-      assert.equal(byName["v6only.test"]?.reply, socks5.Reply.NetworkUnreachable, show);
-      assert.equal(byName["v6only.test"]?.detail, undefined, show);
-    } finally {
-      await Deno.remove(hostsFile);
-    }
+    const { results } = await probeWithEtc(
+      "hosts",
+      "127.0.0.1 dual.test\n2001:db8:9::1 dual.test\n2001:db8:9::1 v6only.test\n",
+      DUAL_STACK_PROBE,
+    ) as { results: ProbeResult[] };
+    const byName = Object.fromEntries(results.map((r) => [r.name, r]));
+    const show = JSON.stringify(results);
+    assert.equal(byName["dual.test"]?.reply, socks5.Reply.ConnectionRefused, show);
+    assert.equal(byName["dual.test"]?.outcome, "connection-refused", show);
+    const detail = String(byName["dual.test"]?.detail);
+    assert.match(detail, /^connect to 127\.0\.0\.1 failed: [^;]+; /, show);
+    assert.match(detail, /; connect to 2001:db8:9::1 failed: /, show);
+    // With no other address, the IPv6 one's own failure is the answer.
+    assert.equal(byName["v6only.test"]?.reply, socks5.Reply.NetworkUnreachable, show);
+    assert.equal(byName["v6only.test"]?.detail, undefined, show);
   },
 });
 
