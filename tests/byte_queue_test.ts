@@ -10,9 +10,15 @@ import { ByteQueue } from "../src/byte_queue.ts";
 Deno.test("ByteQueue: bytes pushed one at a time cost a byte each, not an object each", () => {
   const queue = new ByteQueue();
   const one = new Uint8Array(1);
+  // Doubled each time it is full: a buffer sized to fit each push would copy
+  // every byte queued so far on every push.
+  const doublings = [1024, 2048, 4096, 8192, 16384, 32768, 65536];
   for (let i = 0; i < 65536; i++) {
     one[0] = i & 0xff;
     queue.push(one);
+    if (!doublings.includes(queue.capacity)) {
+      assert.fail(`capacity ${queue.capacity} after ${i + 1} one-byte pushes`);
+    }
   }
   assert.equal(queue.length, 65536);
   assert.equal(queue.capacity, 65536, "one buffer, doubled from 1 KiB");

@@ -142,3 +142,55 @@ Deno.test("lookups: a resolver that throws at once still gives its slot back", a
   assert.deepEqual(await lookup("localhost", "10.0.0.1"), LOCALHOST);
   assert.equal(calls, 2);
 });
+
+Deno.test("lookups: by default at most 8 run for one client IP and 24 in all, as the README says", async () => {
+  const { resolver, pending } = heldResolver();
+  const lookup = limitedResolver(resolver);
+  const requests = [];
+  for (let i = 0; i < 9; i++) requests.push(lookup(`a${i}.test`, "10.0.0.1"));
+  assert.equal(pending.length, 8, "a client's share");
+  for (const client of ["10.0.0.2", "10.0.0.3"]) {
+    for (let i = 0; i < 8; i++) requests.push(lookup(`${client}-${i}.test`, client));
+  }
+  assert.equal(pending.length, 24, "three clients' shares");
+  requests.push(lookup("late.test", "10.0.0.4"));
+  assert.equal(pending.length, 24, "the process's cap");
+  for (let i = 0; i < 26 && i < pending.length; i++) {
+    pending[i]!.lookup.resolve([]);
+    await settle();
+  }
+  assert.equal(pending.length, 26, "the two waiting ran once there was room");
+  await Promise.all(requests);
+});
+
+Deno.test("lookups: a waiting request shares a lookup of its name that another client started meanwhile", async () => {
+  const { resolver, pending, hosts } = heldResolver();
+  const lookup = limitedResolver(resolver, { max: 5, maxPerClient: 1 });
+  const busy = lookup("a.test", "10.0.0.1"); // 10.0.0.1's one slot
+  const waiting = lookup("x.test", "10.0.0.1");
+  const started = lookup("x.test", "10.0.0.2"); // x.test under way, in 10.0.0.2's slot
+  const other = lookup("c.test", "10.0.0.3");
+  // Any lookup's end lets waiters go: this one's name is under way, so it
+  // shares that lookup, needing no slot of its client's.
+  pending[2]!.lookup.resolve([]);
+  await other;
+  await settle();
+  pending[1]!.lookup.resolve(LOCALHOST);
+  assert.deepEqual(await Promise.all([waiting, started]), [LOCALHOST, LOCALHOST]);
+  assert.deepEqual(hosts(), ["a.test", "x.test", "c.test"], "x.test looked up once");
+  pending[0]!.lookup.resolve([]);
+  await busy;
+});
+
+Deno.test("lookups: a request given up before it would wait fails at once and never runs", async () => {
+  const { resolver, pending, hosts } = heldResolver();
+  const lookup = limitedResolver(resolver, { max: 5, maxPerClient: 1 });
+  const busy = lookup("a.test", "10.0.0.1");
+  const controller = new AbortController();
+  controller.abort(new Error("the client has gone"));
+  await assert.rejects(lookup("b.test", "10.0.0.1", controller.signal), /the client has gone/);
+  pending[0]!.lookup.resolve([]);
+  await busy;
+  await settle();
+  assert.deepEqual(hosts(), ["a.test"], "b.test was looked up for nobody");
+});
