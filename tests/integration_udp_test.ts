@@ -9,7 +9,7 @@ import { once } from "node:events";
 import { Buffer } from "node:buffer";
 import type { Socket } from "node:net";
 import { SocksClient } from "socks";
-import { startFerry } from "./_helpers/ferry.ts";
+import { type FerryProcess, type LogLine, startFerry } from "./_helpers/ferry.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import { TextLineStream } from "./_helpers/text_line_stream.ts";
 import { wildcardIsIpv6Only } from "../src/config.ts";
@@ -305,27 +305,43 @@ Deno.test("a destination given as an IPv4-mapped IPv6 address is relayed and its
   assert.equal(session.firstDrop, undefined, "a first drop named where none was");
 });
 
+/**
+ * Sends a datagram for `echo` to `udp`'s relay from `stranger`, then one from
+ * the client, checks that only the client's reached `echo`, and returns the
+ * session's line, once the client has closed, with the one drop it counted.
+ */
+async function strangerThenClient(
+  ferry: FerryProcess,
+  echo: Awaited<ReturnType<typeof udpEcho>>,
+  udp: Awaited<ReturnType<typeof associate>>,
+  stranger: dgram.Socket,
+): Promise<LogLine> {
+  const relayPort = udp.reply.address.port;
+  await new Promise((resolve) =>
+    stranger.send(frame(ipv4("127.0.0.1", echo.port), "stranger"), relayPort, "127.0.0.1", resolve)
+  );
+  const answer = nextDatagram(udp.local);
+  udp.local.send(frame(ipv4("127.0.0.1", echo.port), "mine"), relayPort, "127.0.0.1");
+  await answer;
+  assert.deepEqual(echo.received, ["mine"]);
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.equal(session.dropped, 1);
+  return session;
+}
+
 Deno.test("a datagram from another port than the declared one is dropped", async () => {
   await using ferry = await startFerry(LISTEN);
   await using echo = await udpEcho();
   await using udp = await associate(ferry);
   const other = await udpSocket();
-  const otherPort = other.address().port;
   try {
-    const relayPort = udp.reply.address.port;
-    other.send(frame(ipv4("127.0.0.1", echo.port), "other"), relayPort, "127.0.0.1");
-    const answer = nextDatagram(udp.local);
-    udp.local.send(frame(ipv4("127.0.0.1", echo.port), "mine"), relayPort, "127.0.0.1");
-    await answer;
-    assert.deepEqual(echo.received, ["mine"]);
+    const session = await strangerThenClient(ferry, echo, udp, other);
+    const [otherPort, clientPort] = [other.address().port, udp.local.address().port];
+    assert.equal(session.firstDrop, `from port ${otherPort}, not the client's ${clientPort}`);
   } finally {
     await closeUdp(other);
   }
-  udp.control.close();
-  const session = await sessionOf(ferry, udp.control.localAddr);
-  assert.equal(session.dropped, 1);
-  const clientPort = udp.local.address().port;
-  assert.equal(session.firstDrop, `from port ${otherPort}, not the client's ${clientPort}`);
 });
 
 Deno.test("a datagram to the outbound socket from anyone the client has not sent to is dropped", async () => {
@@ -397,29 +413,13 @@ Deno.test("a datagram from another address than the client's, on the client's ow
   await using ferry = await startFerry(LISTEN);
   await using echo = await udpEcho();
   await using udp = await associate(ferry);
-  const clientPort = udp.local.address().port;
-  const intruder = await udpSocket("127.0.0.2", clientPort);
+  const intruder = await udpSocket("127.0.0.2", udp.local.address().port);
   try {
-    const relayPort = udp.reply.address.port;
-    await new Promise((resolve) =>
-      intruder.send(
-        frame(ipv4("127.0.0.1", echo.port), "intruder"),
-        relayPort,
-        "127.0.0.1",
-        resolve,
-      )
-    );
-    const answer = nextDatagram(udp.local);
-    udp.local.send(frame(ipv4("127.0.0.1", echo.port), "mine"), relayPort, "127.0.0.1");
-    await answer;
-    assert.deepEqual(echo.received, ["mine"]);
+    const session = await strangerThenClient(ferry, echo, udp, intruder);
+    assert.equal(session.firstDrop, "from 127.0.0.2, not the client's address");
   } finally {
     await closeUdp(intruder);
   }
-  udp.control.close();
-  const session = await sessionOf(ferry, udp.control.localAddr);
-  assert.equal(session.dropped, 1);
-  assert.equal(session.firstDrop, "from 127.0.0.2, not the client's address");
 });
 
 Deno.test("a burst at the start of an association reaches the peer in the order sent", async () => {
