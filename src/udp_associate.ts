@@ -422,9 +422,10 @@ export class UdpAssociation {
 
   /**
    * The IP a datagram to `address` (waiting as `host`, see `waitingKey`)
-   * goes to, as far as known (see `#knownIp`). An IPv4-mapped one (::ffff:127.0.0.1) goes over IPv4, as a
-   * CONNECT does (see `connectToIp` in src/upstream/dial.ts): from an IPv6
-   * socket it was dropped where those take IPv6 only.
+   * goes to, as far as known (see `#knownIp`). An IPv4-mapped one
+   * (::ffff:127.0.0.1) goes over IPv4, as a CONNECT does (see `connectToIp`
+   * in src/upstream/dial.ts): from an IPv6 socket it was dropped where those
+   * take IPv6 only.
    */
   #ipFor(address: Address, host: string): string | false | null {
     return address.type === "domain" ? this.#knownIp(host) : unmapIPv4(address.host);
