@@ -8,23 +8,14 @@
  *
  * Run: deno run -A tests/_helpers/dual_stack_probe.ts
  */
-import { startFerry } from "./ferry.ts";
-import type { ProbeResult } from "./netns_probe.ts";
-import { sessionOf } from "./session_log.ts";
-import { BufferedConn, domain, socks5Handshake } from "./socks_client.ts";
+import { runProbes } from "./netns_probe.ts";
+import { domain } from "./socks_client.ts";
 
 /** Nothing listens in the namespace: every port of 127.0.0.1 is closed. */
 const CLOSED_PORT = 9;
 
-const results: ProbeResult[] = [];
-{
-  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
-  for (const name of ["dual.test", "v6only.test"]) {
-    using conn = await BufferedConn.connect(ferry.hostname, ferry.port);
-    const reply = await socks5Handshake(conn, domain(name, CLOSED_PORT));
-    conn.close();
-    const session = await sessionOf(ferry, conn.localAddr);
-    results.push({ name, reply: reply.reply, outcome: session.outcome, detail: session.error });
-  }
-}
+const names = ["dual.test", "v6only.test"];
+const results = await runProbes(
+  names.map((name) => ({ name, address: domain(name, CLOSED_PORT) })),
+);
 console.log(JSON.stringify({ results }));

@@ -22,7 +22,7 @@ export interface ProbeResult {
   detail?: unknown;
 }
 
-const PROBES: { name: string; address: Address; command?: number }[] = [
+const PROBES: Probe[] = [
   { name: "no-route", address: ipv4("192.0.2.1", 80) },
   { name: "unreachable-route", address: ipv4("198.51.100.1", 80) },
   { name: "unresolvable-name", address: domain("no-such-host.invalid", 80) },
@@ -33,10 +33,18 @@ const PROBES: { name: string; address: Address; command?: number }[] = [
   },
 ];
 
-const results: ProbeResult[] = [];
-{
+/** One probe: a SOCKS5 request, CONNECT unless `command` says otherwise. */
+export interface Probe {
+  name: string;
+  address: Address;
+  command?: number;
+}
+
+/** Starts ferry, sends each probe's request on a connection of its own, and gathers the results. */
+export async function runProbes(probes: readonly Probe[]): Promise<ProbeResult[]> {
+  const results: ProbeResult[] = [];
   await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
-  for (const { name, address, command } of PROBES) {
+  for (const { name, address, command } of probes) {
     let conn: BufferedConn | undefined;
     try {
       conn = await BufferedConn.connect(ferry.hostname, ferry.port);
@@ -50,5 +58,7 @@ const results: ProbeResult[] = [];
       conn?.close();
     }
   }
+  return results;
 }
-console.log(JSON.stringify({ results }));
+
+if (import.meta.main) console.log(JSON.stringify({ results: await runProbes(PROBES) }));
