@@ -10,7 +10,13 @@ import { closeQuietly } from "./close_quietly.ts";
 import type { UdpAdvertise } from "./config.ts";
 import { BindListener, expectedPeers } from "./bind.ts";
 import { type Address, addressOf, formatAddress, unmapIPv4 } from "./protocol/address.ts";
-import { type Decoded, hex, printableBytes, ProtocolError } from "./protocol/decoded.ts";
+import {
+  type Decoded,
+  hex,
+  printableBytes,
+  ProtocolError,
+  type ReadSoFar,
+} from "./protocol/decoded.ts";
 import * as socks4 from "./protocol/socks4.ts";
 import * as socks5 from "./protocol/socks5.ts";
 import {
@@ -372,8 +378,9 @@ export class SocksSession extends ProxySession {
   /**
    * Decodes the request, and notes its command for the log line, also when
    * the decoder refuses it (a name that is not UTF-8, an unknown SOCKS4
-   * command): then from the bytes it had, with SOCKS4a told by its address,
-   * and the user-id and target as far as the decoder had read them.
+   * command) or the client never finishes it: then from the bytes it had,
+   * with SOCKS4a told by its address, and the user-id and target as far as
+   * they had come.
    */
   async #decodeRequest<T extends { readonly command: number }>(
     decode: (bytes: Uint8Array) => Decoded<T>,
@@ -386,10 +393,15 @@ export class SocksSession extends ProxySession {
       return request;
     } catch (error) {
       const bytes = this.#pending.subarray(0, this.#pendingLength);
-      if (error instanceof ProtocolError && bytes.length >= 2) {
+      if (bytes.length >= 2) {
         this.#command = commandName(bytes[1]!, commands);
-        if (commands === SOCKS4_COMMANDS && socks4.asksForName(bytes)) this.protocol = "socks4a";
-        const { userId, target } = error.readSoFar;
+        const isSocks4 = commands === SOCKS4_COMMANDS;
+        if (isSocks4 && socks4.asksForName(bytes)) this.protocol = "socks4a";
+        let readSoFar: ReadSoFar = {}; // a cut SOCKS5 request: its command alone
+        if (error instanceof ProtocolError) readSoFar = error.readSoFar;
+        // Cut short (closed, reset, timed out): as far as it got.
+        else if (isSocks4) readSoFar = socks4.requestReadSoFar(bytes);
+        const { userId, target } = readSoFar;
         if (userId !== undefined && userId.length > 0) this.#showUser(userId);
         if (target !== undefined) this.requested = target;
       }

@@ -334,6 +334,45 @@ Deno.test("a client that resets mid-handshake is logged reset, one that closes c
   }
 });
 
+Deno.test("a request the client never finishes is logged as far as it came: protocol, command, target, user", async () => {
+  // An operator looking for who gave up (or went quiet) mid-request sees
+  // what they had asked; a SOCKS4a request was logged plain socks4.
+  await using ferry = await startFerry(LISTEN);
+  const cases = [
+    {
+      sent: Uint8Array.of(0x04, 0x01, 0x00, 0x50, 0, 0, 0, 1, ...encoder.encode("bo")),
+      logged: { protocol: "socks4a", command: "connect", target: null, user: null },
+    },
+    {
+      sent: Uint8Array.of(0x04, 0x02, 0x00, 0x50, 127, 0, 0, 1, ...encoder.encode("bo")),
+      logged: { protocol: "socks4", command: "bind", target: "127.0.0.1:80", user: null },
+    },
+    {
+      sent: Uint8Array.of(0x04, 0x01, 0x00, 0x50, 0, 0, 0, 1, ...encoder.encode("bob\0exa")),
+      logged: { protocol: "socks4a", command: "connect", target: null, user: "bob" },
+    },
+    {
+      // After the greeting: a name cut short.
+      sent: Uint8Array.of(0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x03, 0x05, ...encoder.encode("ex")),
+      logged: { protocol: "socks5", command: "connect", target: null, user: null },
+    },
+  ];
+  for (const { sent, logged } of cases) {
+    const client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    await client.conn.write(sent);
+    // SOCKS5's method reply read first, so the client's close is a FIN, not a reset.
+    if (sent[0] === 0x05) assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, 0x00));
+    await client.conn.closeWrite();
+    const session = await sessionOf(ferry, client.localAddr);
+    client.conn.close();
+    const { protocol, command, target, user, outcome } = session;
+    assert.deepEqual(
+      { protocol, command, target, user, outcome },
+      { ...logged, outcome: "client-closed" },
+    );
+  }
+});
+
 Deno.test("a user name is compared byte for byte: a BOM before it, or invalid UTF-8 after it, is another name", async () => {
   await using ferry = await startFerry([...LISTEN, "--user", "carol:right"]);
   const carol = encoder.encode("carol");

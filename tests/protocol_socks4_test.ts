@@ -26,6 +26,7 @@ import {
   Reply,
   type ReplyMessage,
   type Request,
+  requestReadSoFar,
 } from "../src/protocol/socks4.ts";
 
 // ---------------------------------------------------------------------------
@@ -232,6 +233,37 @@ Deno.test("a user-id too long still says which target was asked for, when it cam
     );
   assert.deepEqual(refusal([1, 2, 3, 4]), { target: "1.2.3.4:80" });
   assert.deepEqual(refusal([0, 0, 0, 1]), {});
+});
+
+Deno.test("requestReadSoFar() says the target and user-id of a cut request once each has come whole", () => {
+  // What the log line shows of a client that closed (or went quiet) mid-request.
+  const socks4 = Uint8Array.of(0x04, 0x01, 0x00, 0x50, 1, 2, 3, 4, ...ascii("bob"), 0x00);
+  const socks4a = concat(
+    Uint8Array.of(0x04, 0x01, 0x01, 0xbb, 0, 0, 0, 1, ...ascii("bob"), 0x00),
+    ascii("example.com"),
+  );
+  for (let length = 0; length <= socks4.length; length++) {
+    const cut = socks4.subarray(0, length);
+    const expected: ReadSoFar = length < 8
+      ? {}
+      : length < socks4.length
+      ? { target: "1.2.3.4:80" }
+      : { userId: ascii("bob"), target: "1.2.3.4:80" };
+    assert.deepEqual(requestReadSoFar(cut), expected, `the first ${length} bytes`);
+  }
+  // SOCKS4a: its 0.0.0.1 is no target, and a name is not shown half-read.
+  for (let length = 0; length <= socks4a.length; length++) {
+    const cut = socks4a.subarray(0, length);
+    const expected: ReadSoFar = length < 12 ? {} : { userId: ascii("bob") };
+    assert.deepEqual(requestReadSoFar(cut), expected, `the first ${length} bytes of 4a`);
+  }
+});
+
+Deno.test("requestReadSoFar() leaves out a user-id longer than decodeRequest() accepts", () => {
+  const request = (idLength: number) =>
+    Uint8Array.of(0x04, 0x01, 0x00, 0x50, 1, 2, 3, 4, ...filled(idLength, 0x75), 0x00);
+  assert.deepEqual(requestReadSoFar(request(MAX_USER_ID)).userId, filled(MAX_USER_ID, 0x75));
+  assert.deepEqual(requestReadSoFar(request(MAX_USER_ID + 1)), { target: "1.2.3.4:80" });
 });
 
 Deno.test("decodeRequest() answers more for a 4096-byte user id still without NUL", () => {

@@ -9,7 +9,16 @@
  * @module
  */
 import { type Address, formatAddress, formatIPv4, parseIPv4 } from "./address.ts";
-import { type Decoded, decodeHostName, hex, MORE, ok, ProtocolError, room } from "./decoded.ts";
+import {
+  type Decoded,
+  decodeHostName,
+  hex,
+  MORE,
+  ok,
+  ProtocolError,
+  type ReadSoFar,
+  room,
+} from "./decoded.ts";
 
 /** Version byte of a SOCKS4 request. */
 export const VERSION = 0x04;
@@ -74,6 +83,24 @@ export function asksForName(request: Uint8Array): boolean {
     request[7] !== 0;
 }
 
+/** A SOCKS4 (not 4a) request's target, from its first 8 bytes. */
+function statedTarget(request: Uint8Array): string {
+  const port = (request[2]! << 8) | request[3]!;
+  return formatAddress({ host: formatIPv4(request.subarray(4, 8)), port });
+}
+
+/**
+ * What the start of a request that never ended (the client closed or went
+ * quiet) says, for the log line: a SOCKS4 target once its 8 bytes are in, the
+ * user-id once its NUL is. A SOCKS4a name is left out until it is whole.
+ */
+export function requestReadSoFar(bytes: Uint8Array): ReadSoFar {
+  if (bytes.length < 8) return {};
+  const nul = bytes.indexOf(0, 8);
+  const userId = nul >= 0 && nul - 8 <= MAX_USER_ID ? { userId: bytes.slice(8, nul) } : {};
+  return asksForName(bytes) ? userId : { ...userId, target: statedTarget(bytes) };
+}
+
 /** Decodes `VN CD DSTPORT DSTIP USERID NUL [HOST NUL]`. */
 export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
   if (bytes.length < 1) return MORE;
@@ -102,7 +129,7 @@ export function decodeRequest(bytes: Uint8Array): Decoded<Request> {
   } catch (error) {
     // Too long a user-id: a SOCKS4 request's target came before it.
     if (!(error instanceof ProtocolError) || asksForName(bytes)) throw error;
-    throw error.alsoRead({ target: formatAddress({ host: formatIPv4(ip), port }) });
+    throw error.alsoRead({ target: statedTarget(bytes) });
   }
   if (userIdEnd < 0) return MORE;
   const userId = bytes.slice(8, userIdEnd);
