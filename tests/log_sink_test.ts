@@ -192,6 +192,21 @@ Deno.test("batchedSink bounds what waits behind a stuck write and reports what i
   );
 });
 
+Deno.test("batchedSink holds at most 10 batches behind a stuck write by default: ferry's 10,000 records", async () => {
+  // src/log.ts gives batches of 1,000 and no maxPending, and the README says
+  // at most 10,000 records wait while stderr is not read: a larger default is
+  // memory that a parent which stops reading ferry's stderr makes it hold.
+  const first = Array.from({ length: 1000 }, (_, i) => `first ${i}`); // the batch stuck writing
+  const { stderr, sink, unstick } = await sinkStuckOn(first, { batchSize: 1000 });
+  for (let i = 0; i < 10_005; i++) sink(record(`r${i}`)); // 10,000 wait, 5 are dropped
+  unstick();
+  await sink[Symbol.asyncDispose]();
+  const lines = stderr.text.trimEnd().split("\n");
+  assert.equal(lines.length, 1000 + 10_000 + 1, "the stuck batch, those that waited, the report");
+  assert.equal(lines[1000 + 9_999], "r9999", "the last that waited");
+  assert.equal(lines.at(-1), "5 log records dropped: stderr did not keep up");
+});
+
 Deno.test("batchedSink never throws into the logging call when writing fails", async () => {
   let calls = 0;
   const sink = batchedSink({

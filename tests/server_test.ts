@@ -704,3 +704,45 @@ Deno.test("a session that cannot be made, or whose run() rejects, fails alone: t
     await reset();
   }
 });
+
+Deno.test("startServer() remembering clients says acceptedFrom() for a connection accepted within the last second, others accepted since", async () => {
+  // A forwarder asks, for up to 250 ms after a dial, whether its own listener
+  // accepted that connection (a forwarding loop); other clients may be
+  // accepted meanwhile, each a few milliseconds apart. Forgotten sooner, a
+  // loop would pass for a working upstream.
+  const settings = await buildSocksConfig({ listen: "127.0.0.1:0", logLevel: "error" });
+  const server = startServer(settings, (conn) => new GreetingSession(conn, false), [], true);
+  const clients: Client[] = [];
+  /** Opens a client and waits for the server to have accepted it; returns its port. */
+  const accepted = async () => {
+    const client = await Client.open(server.addr.port);
+    clients.push(client);
+    const { port } = client.conn.localAddr;
+    await waitUntil(() => server.acceptedFrom("127.0.0.1", port), `client ${port} accepted`);
+    return port;
+  };
+  try {
+    for (let attempt = 1;; attempt++) {
+      const started = performance.now();
+      const port = await accepted();
+      for (let other = 0; other < 3; other++) {
+        const since = performance.now();
+        await waitUntil(() => performance.now() - since > 2, "the clock to move on");
+        await accepted();
+      }
+      const remembered = server.acceptedFrom("127.0.0.1", port);
+      // It is remembered for at least a second from its accept, which came
+      // after `started`; a run held up longer than that (a loaded machine)
+      // shows nothing either way, and is tried again.
+      if (performance.now() - started < 1000) {
+        assert.ok(remembered, `client ${port}, accepted before three others, forgotten`);
+        break;
+      }
+      assert.ok(attempt < 10, "every try took over a second");
+    }
+    assert.equal(server.acceptedFrom("127.0.0.1", server.addr.port), false, "never accepted");
+  } finally {
+    for (const client of clients) client.close();
+    await within(server.shutdown(1000), "shutdown");
+  }
+});
