@@ -167,6 +167,14 @@ export function buildProgram(
   /** A command whose errors end as a bad value's do (src/main.ts), not "run with --help". */
   const subcommand = (name: string) =>
     program.command(name).showHelpAfterError(`(run ferry ${name} --help for usage)`);
+  /**
+   * What every command ends with: its own --version, last in its help beside
+   * --help (`ferry socks --version` worked, unlisted), and its output.
+   */
+  const finish = (command: Command) =>
+    command.version(VERSION, "-V, --version", "print the version and exit")
+      .configureOutput(output(`ferry ${command.name()}`))
+      .exitOverride();
   const socks = subcommand("socks")
     .description("Run a SOCKS5 server that also speaks SOCKS4 and SOCKS4a on the same port.")
     .option(
@@ -201,9 +209,7 @@ export function buildProgram(
       "most UDP associations at once from one client IP",
       DEFAULTS.maxUdpPerIp,
     );
-  addListenerOptions(socks, true)
-    .configureOutput(output("ferry socks"))
-    .exitOverride()
+  finish(addListenerOptions(socks, true))
     .action(() => onCommand({ command: "socks", options: socks.opts<RawSocksOptions>() }));
   const forward = subcommand("forward")
     .description(
@@ -230,11 +236,9 @@ export function buildProgram(
       `replace pooled connections idle this long (at least ${POOL_MAX_IDLE_MIN.ms / 1000}s)`,
       DEFAULTS.poolMaxIdle,
     );
-  addListenerOptions(forward, false)
-    .configureOutput(output("ferry forward"))
-    .exitOverride()
+  finish(addListenerOptions(forward, false))
     .action(() => onCommand({ command: "forward", options: forward.opts<RawForwardOptions>() }));
-  subcommand("run")
+  const run = subcommand("run")
     .description("Run every listener declared in a JSON (JSONC) configuration file.")
     .requiredOption(
       "--config <file>",
@@ -242,9 +246,8 @@ export function buildProgram(
       onlyOnce("--config given twice; one file declares every listener (run ferry once per file)"),
     )
     .option("--log-level <level>", "override the file's log level (debug, info, warn or error)")
-    .option("--log-format <format>", "override the file's log format (text or json)")
-    .configureOutput(output("ferry run"))
-    .exitOverride()
+    .option("--log-format <format>", "override the file's log format (text or json)");
+  finish(run)
     .action((options: { config: string; logLevel?: string; logFormat?: string }) => {
       onCommand({
         command: "run",

@@ -126,6 +126,18 @@ Deno.test("ferry --version prints the version from deno.json and exits 0", async
   assert.ok(run.stdout.includes(VERSION), `stdout: ${JSON.stringify(run.stdout)}`);
 });
 
+Deno.test("every command's --help lists --version, which prints the version after the command too", async () => {
+  // `ferry socks --version` worked, but no help but the top one said so.
+  for (const command of ["socks", "forward", "run"]) {
+    const help = await ferry(command, "--help");
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /-V, --version +print the version and exit/, `${command} --help`);
+    const version = await ferry(command, "--version");
+    assert.equal(version.code, 0, version.stderr);
+    assert.equal(version.stdout.trim(), VERSION, `${command} --version`);
+  }
+});
+
 Deno.test("--help and --version into a pipe nobody reads exit 0 without a stack trace", async () => {
   for (const args of [["socks", "--help"], ["--version"]]) {
     const child = spawnFerry(args);
