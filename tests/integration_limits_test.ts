@@ -307,23 +307,32 @@ Deno.test("the open-files warning counts a forwarder's pooled connections too", 
 
 Deno.test("at the lowest open-files limit ferry can listen under, it still warns: too low to even check", async () => {
   // Starting prlimit to learn the limit needs a few descriptors more than
-  // listening does; the check failed, and ferry said nothing at all.
-  for (let limit = 16; limit <= 64; limit++) {
-    let ferry;
-    try {
-      ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"], {
-        wrapper: ["prlimit", `--nofile=${limit}`],
-      });
-    } catch {
-      continue; // cannot listen (listen-failed) at this limit
+  // listening does; the check failed, and ferry said nothing at all. How
+  // many descriptors Deno holds as it starts varies from run to run (its
+  // caches' databases, opened by then or not), so one sweep up the limits
+  // can step over those few: up to three sweeps.
+  for (let sweep = 1; sweep <= 3; sweep++) {
+    for (let limit = 16; limit <= 64; limit++) {
+      let ferry;
+      try {
+        ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"], {
+          wrapper: ["prlimit", `--nofile=${limit}`],
+        });
+      } catch {
+        continue; // cannot listen (listen-failed) at this limit
+      }
+      await using _ferry = ferry;
+      const warning = await ferry.waitFor((l) => l.event === "nofile-low", 10_000);
+      if (warning.limit === null) {
+        assert.match(String(warning.message), /too low to even learn/);
+        return;
+      }
+      // Learned at the first limit it listened under: this sweep stepped over.
+      assert.equal(warning.limit, limit, JSON.stringify(warning));
+      break;
     }
-    await using _ferry = ferry;
-    const warning = await ferry.waitFor((l) => l.event === "nofile-low", 10_000);
-    assert.equal(warning.limit, null, `at --nofile=${limit}: ${JSON.stringify(warning)}`);
-    assert.match(String(warning.message), /too low to even learn/);
-    return;
   }
-  assert.fail("ferry listened under no limit from 16 to 64");
+  assert.fail("in three sweeps, ferry never listened under a limit too low to learn it");
 });
 
 Deno.test("connections reset while they wait to be accepted do not hold up the next client", async () => {
