@@ -86,6 +86,62 @@ Deno.test("ferry socks --help exits 0 and mentions every option on stdout", asyn
   }
 });
 
+/** Each option of a command's help with its description, white space collapsed. */
+function helpOptions(help: string): Map<string, string> {
+  const options = new Map<string, string>();
+  let current: string | null = null;
+  for (const line of help.split("\n")) {
+    const option = /^ {2}(--[a-z0-9-]+)(?: <[^>]+>)?\s+(.*)$/.exec(line);
+    if (option) {
+      current = option[1]!;
+      options.set(current, option[2]!);
+    } else if (current !== null && /^\s{4,}\S/.test(line)) {
+      options.set(current, `${options.get(current)} ${line.trim()}`);
+    } else current = null;
+  }
+  return options;
+}
+
+Deno.test("ferry socks --help and forward --help give each default the README documents", async () => {
+  // The defaults are config.ts's, but --help is where an operator reads them.
+  const defaults = {
+    socks: {
+      "--listen": "127.0.0.1:1080",
+      "--max-udp-per-ip": "16",
+      "--handshake-timeout": "10s",
+      "--connect-timeout": "10s",
+      "--idle-timeout": "5m",
+      "--shutdown-grace": "10s",
+      "--max-conns": "10000",
+      "--log-level": "info",
+      "--log-format": "text",
+    },
+    forward: {
+      "--pool": "4",
+      "--pool-max-idle": "30s",
+      "--connect-timeout": "10s",
+      "--idle-timeout": "5m",
+      "--shutdown-grace": "10s",
+      "--max-conns": "10000",
+      "--log-level": "info",
+      "--log-format": "text",
+    },
+  };
+  for (const [command, expected] of Object.entries(defaults)) {
+    const run = await ferry(command, "--help");
+    assert.equal(run.code, 0, run.stderr);
+    const options = helpOptions(run.stdout);
+    for (const [option, value] of Object.entries(expected)) {
+      const description = options.get(option);
+      assert.ok(description, `${command} --help does not list ${option}:\n${run.stdout}`);
+      assert.ok(
+        description.endsWith(`(default: "${value}")`),
+        `${command} ${option}: ${description}`,
+      );
+    }
+  }
+});
+
 Deno.test("ferry forward --help gives the bounds a value is checked against", async () => {
   // Found only by trying: --pool 2000 and --pool-max-idle 500ms were refused
   // with bounds the help did not give.
@@ -119,11 +175,13 @@ Deno.test("ferry forward --help gives the bounds a value is checked against", as
   }
 });
 
-Deno.test("ferry --version prints the version from deno.json and exits 0", async () => {
-  const run = await ferry("--version");
-  assert.equal(run.code, 0, run.stderr);
+Deno.test("ferry --version and -V print the version from deno.json and exit 0", async () => {
   assert.match(VERSION, /^\d+\.\d+\.\d+/);
-  assert.ok(run.stdout.includes(VERSION), `stdout: ${JSON.stringify(run.stdout)}`);
+  for (const flag of ["--version", "-V"]) {
+    const run = await ferry(flag);
+    assert.equal(run.code, 0, `${flag}: ${run.stderr}`);
+    assert.equal(run.stdout, `${VERSION}\n`, flag);
+  }
 });
 
 Deno.test("every command's --help lists --version, which prints the version after the command too", async () => {
@@ -213,6 +271,21 @@ Deno.test("an unknown flag exits 2 and is named on stderr", async () => {
   assert.match(run.stderr, /\(run ferry socks --help for usage\)/);
 });
 
+Deno.test("ferry forward refuses --handshake-timeout: a forwarder has no handshake", async () => {
+  // As a configuration file refuses handshakeTimeout on a forward listener.
+  const run = await ferry(
+    "forward",
+    "--listen",
+    "127.0.0.1:0",
+    "--to",
+    "127.0.0.1:9",
+    "--handshake-timeout",
+    "5s",
+  );
+  assert.equal(run.code, 2, run.stderr);
+  assert.match(run.stderr, /^ferry forward: unknown option '--handshake-timeout'\n/);
+});
+
 Deno.test("an option before the command exits 2 and says where it goes, without its value", async () => {
   const run = await ferry("--user=alice:s3cret", "socks", "--listen", "127.0.0.1:0");
   assert.equal(run.code, 2, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
@@ -252,6 +325,8 @@ Deno.test("--help after a command shows its help whatever else the line holds", 
       ["socks", "--bogus", "--help"],
       ["socks", "--listen", "nope", "-h"],
       ["socks", "--help", "--max-conns", "-1"],
+      // Straight after the command, before a flag that lacks its value.
+      ["socks", "--help", "--listen"],
       // Where commander took it for the flag's value: `--listen: got "--help"`, exit 2.
       ["socks", "--listen", "--help"],
       ["forward", "--listen", "127.0.0.1:0", "--to", "-h"],
@@ -314,6 +389,10 @@ Deno.test("a mistyped short option with a value joined to it (curl's -uNAME:PASS
     assert.match(run.stderr, /unknown option '-[up]…'/);
     assert.ok(!run.stderr.includes("s3cret"), `stderr shows the value:\n${run.stderr}`);
   }
+  // A short option alone has nothing joined to it to hide.
+  const alone = await ferry("socks", "-x");
+  assert.equal(alone.code, 2, alone.stderr);
+  assert.match(alone.stderr, /^ferry socks: unknown option '-x'\n/);
 });
 
 Deno.test("a mistyped option given with =VALUE is named without its value", async () => {
@@ -404,6 +483,22 @@ Deno.test("a configuration file with 200,000 problems shows the first 100 and co
   }
 });
 
+Deno.test("a configuration file with 101 problems shows 100 and says one more problem, singular", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/garbage.jsonc`;
+    const listeners = Array.from({ length: 101 }, () => ({ kind: 1 }));
+    await Deno.writeTextFile(path, JSON.stringify({ listeners }));
+    const run = await ferry("run", "--config", path);
+    assert.equal(run.code, 2, run.stderr);
+    const lines = run.stderr.trimEnd().split("\n");
+    assert.equal(lines.length, 102, lines.slice(-3).join("\n"));
+    assert.equal(lines[100], "ferry run: and 1 more problem not shown");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("--config given twice exits 2: the last file used to win silently", async () => {
   const run = await ferry("run", "--config", "a.jsonc", "--config", "b.jsonc");
   assert.equal(run.code, 2, run.stderr);
@@ -437,6 +532,10 @@ Deno.test("a flag followed by another flag instead of its value exits 2 naming b
   assert.equal(socks.code, 2, socks.stderr);
   assert.match(socks.stderr, /option '--user <name:password>' argument missing: '--listen'/);
   assert.ok(!socks.stderr.includes("Sup3rSecret"), `password printed:\n${socks.stderr}`);
+  // Also as the last two words of the line: --pool is not an upstream.
+  const last = await ferry("forward", "--listen", "127.0.0.1:0", "--to", "--pool");
+  assert.equal(last.code, 2, last.stderr);
+  assert.match(last.stderr, /^ferry forward: option '--to <host:port>' argument missing: '--pool'/);
   // A value that merely starts with a dash is still a value, checked as such.
   const negative = await ferry("socks", "--listen", "127.0.0.1:0", "--idle-timeout", "-1s");
   assert.equal(negative.code, 2, negative.stderr);
@@ -558,4 +657,21 @@ Deno.test("the listening line in text shows its lists as name=a,b, not as quoted
   assert.match(advertised, / udpAdvertise=192\.0\.2\.7,2001:db8::7 /);
   // Without --udp-advertise, a reply names the interface the client came in on.
   assert.match(await listeningLine(["socks", ...listen]), / udpAdvertise=interface /);
+});
+
+Deno.test("the listening line says what clients get: with users, authentication and no SOCKS4", async () => {
+  // SOCKS4 carries no password, so users refuse it whatever --no-socks4 says.
+  const listen = ["--listen", "127.0.0.1:0"];
+  const lines = {
+    open: await outputUntilListening(Deno.execPath(), ferryCommandArgs(["socks", ...listen])),
+    users: await outputUntilListening(
+      Deno.execPath(),
+      ferryCommandArgs(["socks", ...listen, "--user", "alice:pw"]),
+    ),
+  };
+  const [open, users] = [lines.open, lines.users].map((run) =>
+    run.stderr.split("\n").find((l) => l.includes("event=listening")) ?? run.stderr
+  );
+  assert.match(open!, / auth=none users=0 socks4=true /);
+  assert.match(users!, / auth=username\/password users=1 socks4=false /);
 });

@@ -222,6 +222,63 @@ Deno.test("defaults.maxConnsPerIp applies when a listener does not set its own",
   assert.equal(config.listeners[1]?.maxConnsPerIp, 8);
 });
 
+Deno.test("a listener's own setting wins over defaults for every setting defaults holds", async () => {
+  // Each setting is looked up on its own: one given in both places must take the listener's.
+  const own = {
+    connectTimeout: "20s",
+    idleTimeout: "30s",
+    shutdownGrace: "40s",
+    maxConns: 500,
+    maxConnsPerIp: 50,
+  };
+  const config = await parseRunConfig(
+    JSON.stringify({
+      defaults: {
+        handshakeTimeout: "1s",
+        connectTimeout: "2s",
+        idleTimeout: "3s",
+        shutdownGrace: "4s",
+        maxConns: 5,
+        maxConnsPerIp: 6,
+      },
+      listeners: [
+        { kind: "socks", listen: "127.0.0.1:1080", handshakeTimeout: "10s", ...own },
+        { kind: "forward", listen: "127.0.0.1:2222", to: ["127.0.0.1:22"], ...own },
+      ],
+    }),
+    "test.jsonc",
+  );
+  for (const listener of config.listeners) {
+    const { connectTimeoutMs, idleTimeoutMs, shutdownGraceMs, maxConns, maxConnsPerIp } = listener;
+    assert.deepEqual(
+      { connectTimeoutMs, idleTimeoutMs, shutdownGraceMs, maxConns, maxConnsPerIp },
+      {
+        connectTimeoutMs: 20_000,
+        idleTimeoutMs: 30_000,
+        shutdownGraceMs: 40_000,
+        maxConns: 500,
+        maxConnsPerIp: 50,
+      },
+      listener.kind,
+    );
+  }
+  assert.equal(socks(config.listeners[0]).handshakeTimeoutMs, 10_000);
+  // A BIND waits as long as the listener's own connectTimeout, not the default's.
+  assert.equal(socks(config.listeners[0]).bindTimeoutMs, 20_000);
+});
+
+Deno.test("a file without log settings logs at info in text, and log.format takes any case", async () => {
+  // main.ts starts logging with the file's own level and format, not the listeners'.
+  const plain = await parseRunConfig(JSON.stringify(validFile()), "test.jsonc");
+  assert.deepEqual([plain.logLevel, plain.logFormat], ["info", "text"]);
+  const upper = await parseRunConfig(
+    JSON.stringify({ ...validFile(), log: { format: "JSON" } }),
+    "test.jsonc",
+  );
+  assert.deepEqual([upper.logLevel, upper.logFormat], ["info", "json"]);
+  assert.equal(upper.listeners[0]?.logFormat, "json");
+});
+
 Deno.test("comments and trailing commas are accepted", async () => {
   const text = `
     // a line comment
@@ -270,6 +327,27 @@ Deno.test("a password is not shown however the syntax around it is wrong", async
     parseRunConfig(`{ "listeners": [], "log": { "level": soon } }`, "test.jsonc"),
   );
   assert.match(problems[0]!, /got "soon"/);
+  // So it is once the users array has closed and a line has ended since the password.
+  const after = await problemsOf(parseRunConfig(
+    `{ "listeners": [{ "kind": "socks", "users": [{ "name": "alice", "password": "x" }],
+    "listen": soon }] }`,
+    "test.jsonc",
+  ));
+  assert.match(after[0]!, /got "soon"/);
+});
+
+Deno.test("a password is not shown where no users array guards it", async () => {
+  // Misspelt "user": only the password key guards what follows it, up to a
+  // "}" and a line end, and a password may hold a "}".
+  const misspelt = `{ "listeners": [{ "kind": "socks", "listen": "127.0.0.1:0",
+    "user": [{ "name": "alice", "password": hunter2}S3cret }] }] }`;
+  // A user commented out with its comment left open: the token is the rest
+  // of the file, before any key that guards it.
+  const comment = `{ "listeners": [] /* { "name": "alice", "password": "S3cret" }`;
+  for (const text of [misspelt, comment]) {
+    const problems = await problemsOf(parseRunConfig(text, "test.jsonc"));
+    for (const problem of problems) assert.doesNotMatch(problem, /S3cret|hunter2/, text);
+  }
 });
 
 Deno.test("a password is not shown when the file around it is not the shape expected", async () => {
@@ -354,6 +432,16 @@ Deno.test("a bad address in to[0] is named by its path and quoted", async () => 
   ]);
 });
 
+Deno.test("a value is shown whole up to 60 characters, and longer ones cut to 57 and ...", async () => {
+  const file = validFile();
+  // 58 characters and their quotes are 60; one more is cut.
+  file.listeners[1]!.to = ["a".repeat(58), "b".repeat(59)];
+  assert.deepEqual(await problemsOfValue(file), [
+    `listeners[1].to[0]: expected HOST:PORT or [IPV6]:PORT, got "${"a".repeat(58)}"`,
+    `listeners[1].to[1]: expected HOST:PORT or [IPV6]:PORT, got "${"b".repeat(56)}...`,
+  ]);
+});
+
 Deno.test("an empty or missing to is an error", async () => {
   const file = validFile();
   file.listeners[1]!.to = [];
@@ -382,6 +470,8 @@ Deno.test("unknown keys are errors, one problem each, at every level", async () 
   const file = validFile();
   file.listeners[1]!.bogus = 1;
   file.listeners[1]!.users = []; // a socks key on a forward listener
+  // Only named: a forwarder has no users, so the file is not read for it either.
+  file.listeners[1]!.usersFile = "/nonexistent/ferry-users";
   file.listeners[1]!.handshakeTimeout = "5s"; // a forwarder has no handshake
   file.log = { level: "info", colour: true };
   file.extra = {};
@@ -391,6 +481,7 @@ Deno.test("unknown keys are errors, one problem each, at every level", async () 
     "listeners[1].bogus: unknown key",
     "listeners[1].handshakeTimeout: unknown key",
     "listeners[1].users: unknown key",
+    "listeners[1].usersFile: unknown key",
     "log.colour: unknown key",
   ]);
 });
@@ -499,6 +590,7 @@ Deno.test("negative, zero, fractional, quoted and too large counts are errors", 
   const file = validFile();
   file.defaults = { maxConns: 0 };
   file.listeners[0]!.maxConnsPerIp = 1.5;
+  file.listeners[0]!.maxUdpPerIp = 0; // as --max-udp-per-ip 0 is refused
   file.listeners[1]!.pool = -1;
   file.listeners[1]!.maxConns = "100";
   file.listeners[1]!.maxConnsPerIp = 1e20; // too large: told the largest taken
@@ -506,10 +598,22 @@ Deno.test("negative, zero, fractional, quoted and too large counts are errors", 
   assert.deepEqual([...problems].sort(), [
     "defaults.maxConns: expected a whole number ≥ 1, got 0",
     "listeners[0].maxConnsPerIp: expected a whole number ≥ 1, got 1.5",
+    "listeners[0].maxUdpPerIp: expected a whole number ≥ 1, got 0",
     `listeners[1].maxConns: expected a whole number ≥ 1, got "100"`,
     "listeners[1].maxConnsPerIp: expected a whole number from 1 to 9007199254740991, " +
     "got 100000000000000000000",
     "listeners[1].pool: expected a whole number from 0 to 1024, got -1",
+  ]);
+});
+
+Deno.test("pool is taken from 0 to 1024 in a file, as --pool is", async () => {
+  const file = validFile();
+  file.listeners[1]!.pool = 1024;
+  const config = await parseRunConfig(JSON.stringify(file), "test.jsonc");
+  assert.equal(forward(config.listeners[1]).poolSize, 1024);
+  file.listeners[1]!.pool = 1025;
+  assert.deepEqual(await problemsOfValue(file), [
+    "listeners[1].pool: expected a whole number from 0 to 1024, got 1025",
   ]);
 });
 
@@ -663,6 +767,15 @@ Deno.test("a forwarder whose upstream leads back to it is an error, directly or 
       `listeners[0] (ferry would forward to itself), got "127.0.0.1:2001"`,
     ],
   );
+  // One upstream reaching two forwarders that each lead back is one problem, not one a way back.
+  const both = await problemsOfValue(
+    file(
+      forwarder("127.0.0.1:2000", ["localhost:3000"]),
+      forwarder("127.0.0.1:3000", ["127.0.0.1:2000"]),
+      forwarder("[::1]:3000", ["127.0.0.1:2000"]),
+    ),
+  );
+  assert.equal(both.filter((p) => p.startsWith("listeners[0].to[0]: ")).length, 1, both.join("\n"));
   // Fine: another port, a chain that ends, and IPv4 only to an IPv6-only service.
   for (
     const listeners of [
@@ -709,6 +822,8 @@ Deno.test("bad users entries are errors naming the entry", async () => {
     // Half a UTF-16 pair, as JSON's "\ud800" spells it: it became U+FFFD.
     { name: "grace", password: "secret\ud800" },
     { name: "\udc00heidi", password: "x" },
+    // Told the surrogate alone, not also a length counted with its U+FFFD.
+    { name: "\ud800" + "h".repeat(255), password: "x" },
   ];
   const problems = await problemsOfValue(file);
   assert.deepEqual(problems, [
@@ -725,6 +840,8 @@ Deno.test("bad users entries are errors naming the entry", async () => {
     "listeners[0].users[8].password: has a lone surrogate (a \\uD800-\\uDFFF escape without " +
     "its pair); expected Unicode text",
     "listeners[0].users[9].name: has a lone surrogate (a \\uD800-\\uDFFF escape without its " +
+    "pair); expected Unicode text",
+    "listeners[0].users[10].name: has a lone surrogate (a \\uD800-\\uDFFF escape without its " +
     "pair); expected Unicode text",
   ]);
 });
@@ -792,6 +909,33 @@ Deno.test("an unreadable or bad usersFile is an error", async () => {
   });
 });
 
+Deno.test("an empty usersFile is refused, not taken for no users file", async () => {
+  // Skipped as if absent, it left the listener without authentication, open to everyone.
+  const file = validFile();
+  file.listeners[0]!.usersFile = "";
+  assert.deepEqual(await problemsOfValue(file), [
+    `listeners[0].usersFile: expected a file path, got ""`,
+  ]);
+});
+
+Deno.test("a bad users file that two listeners share is reported once, not once a listener", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/users`, "alice:x\nnocolon\n");
+    const listeners = [1080, 1081].map((port) => ({
+      kind: "socks",
+      listen: `127.0.0.1:${port}`,
+      usersFile: "users",
+    }));
+    assert.deepEqual(
+      await problemsOf(parseRunConfig(JSON.stringify({ listeners }), `${dir}/f.jsonc`)),
+      [
+        `${dir}/users:2: expected NAME:PASSWORD, got a value with no ":" ` +
+        `(not shown: it may be secret)`,
+      ],
+    );
+  });
+});
+
 Deno.test("a JSON syntax error is reported as FILE:LINE:COL", async () => {
   const text = `{\n  "listeners": [\n    { "kind": "socks" "listen": "127.0.0.1:1080" }\n  ]\n}\n`;
   assert.deepEqual(await problemsOf(parseRunConfig(text, "ferry.jsonc")), [
@@ -812,6 +956,12 @@ Deno.test("a JSON syntax error inside a string gives its place, not its text: it
   assert.deepEqual(problems, [
     "ferry.jsonc:2:43: invalid escape character, got a string (not shown: it may be secret)",
   ]);
+  // Unterminated, a string's token runs to the end of the file, whatever that holds.
+  const open = `{"listeners": [{"kind": "socks", "listen": "127.0.0.1:1}]}`;
+  assert.deepEqual(await problemsOf(parseRunConfig(open, "ferry.jsonc")), [
+    "ferry.jsonc:1:44: unterminated string, got a string (not shown: it may be secret)",
+    `ferry.jsonc:1:59: expected "}", got the end of the file`,
+  ]);
 });
 
 Deno.test("a key given twice in one object is an error", async () => {
@@ -819,6 +969,12 @@ Deno.test("a key given twice in one object is an error", async () => {
     `{\n  "listeners": [],\n  "listeners": [{ "kind": "socks", "listen": "127.0.0.1:1" }]\n}`;
   assert.deepEqual(await problemsOf(parseRunConfig(text, "dup.jsonc")), [
     `dup.jsonc:3:3: duplicate key "listeners"; it is first at 2:3`,
+  ]);
+  // Inside a listener too, where the last listen address would win silently.
+  const nested =
+    `{ "listeners": [\n  { "kind": "socks", "listen": "127.0.0.1:1", "listen": "127.0.0.1:2" }\n] }`;
+  assert.deepEqual(await problemsOf(parseRunConfig(nested, "dup.jsonc")), [
+    `dup.jsonc:2:47: duplicate key "listen"; it is first at 2:22`,
   ]);
 });
 
@@ -848,6 +1004,9 @@ Deno.test("an empty --config is named as such, not as a file that cannot be read
   assert.deepEqual(await problemsOf(loadConfigFile("")), [
     '--config: expected a file path, got ""',
   ]);
+  assert.deepEqual(await problemsOf(loadConfigFile("  ")), [
+    '--config: expected a file path, got "  "',
+  ]);
 });
 
 Deno.test("a missing configuration file is a ConfigError naming it", async () => {
@@ -856,6 +1015,15 @@ Deno.test("a missing configuration file is a ConfigError naming it", async () =>
     assert.equal(problems.length, 1);
     assert.ok(problems[0]!.startsWith(`${dir}/absent.jsonc: cannot read`), problems[0]);
   });
+  // A relative path names the directory it was looked for in.
+  const relative = `absent-${crypto.randomUUID()}.jsonc`;
+  const problems = await problemsOf(loadConfigFile(relative));
+  assert.ok(
+    problems[0]!.startsWith(
+      `${relative}: cannot read the configuration file (from ${Deno.cwd()}): `,
+    ),
+    problems[0],
+  );
 });
 
 Deno.test("a configuration file saved as UTF-16 is one problem, not a screenful", async () => {
@@ -986,7 +1154,11 @@ Deno.test("udpAdvertise, bindTimeout and maxUdpPerIp are read, and a bad udpAdve
         listeners: [{ kind: "socks", listen: "127.0.0.1:1080", udpAdvertise: "nat.example" }],
       }),
     );
-    await assert.rejects(loadConfigFile(path), /udpAdvertise.*IPv4 or IPv6/s);
+    // One address is the value itself, not its [0].
+    await assert.rejects(
+      loadConfigFile(path),
+      /listeners\[0\]\.udpAdvertise: expected an IPv4 or IPv6 address.*got "nat\.example"/,
+    );
     await Deno.writeTextFile(
       path,
       JSON.stringify({

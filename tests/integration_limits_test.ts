@@ -303,6 +303,37 @@ Deno.test("the open-files warning counts a forwarder's pooled connections too", 
   );
   const warning = await ferry.waitFor((l) => l.event === "nofile-low", 10_000);
   assert.deepEqual([warning.limit, warning.needed, warning.pooled], [256, 284, 200]);
+  assert.match(
+    String(warning.message),
+    /that 10 sessions at once \(two descriptors each\) and 200 pooled connections need; .* or the pools$/,
+  );
+});
+
+Deno.test("the open-files warning comes one descriptor below what --max-conns needs, not at it", async () => {
+  // 10 sessions need 2 × 10 + 64 = 84 descriptors.
+  for (const [limit, warned] of [[84, false], [83, true]] as const) {
+    await using ferry = await startFerry(
+      ["socks", "--listen", "127.0.0.1:0", "--max-conns", "10"],
+      {
+        wrapper: ["prlimit", `--nofile=${limit}`],
+      },
+    );
+    // Logged with the listening line, so written by the time ferry has stopped.
+    assert.equal((await ferry.stop()).code, 0);
+    const warnings = ferry.lines.filter((l) => l.event === "nofile-low");
+    assert.equal(
+      warnings.length,
+      warned ? 1 : 0,
+      `at --nofile=${limit}: ${JSON.stringify(warnings)}`,
+    );
+    if (warned) {
+      assert.equal(
+        warnings[0]!.message,
+        "open-files limit 83 is below the 84 that 10 sessions at once (two descriptors each) " +
+          "need; raise it (ulimit -n) or lower the session limit (--max-conns, maxConns)",
+      );
+    }
+  }
 });
 
 Deno.test("at the lowest open-files limit ferry can listen under, it still warns: too low to even check", async () => {

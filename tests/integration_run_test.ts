@@ -32,8 +32,8 @@ Deno.test("ferry run --config serves a socks and a forward listener from one fil
         "log": { "level": "debug", "format": "json" },
         "defaults": { "idleTimeout": "30s" },
         "listeners": [
-          { "kind": "socks", "listen": "127.0.0.1:0" },
-          { "kind": "forward", "listen": "127.0.0.1:0", "to": ["127.0.0.1:${echo.addr.port}"], "pool": 1 },
+          { "kind": "socks", "listen": "127.0.0.1:0", "shutdownGrace": "7s" },
+          { "kind": "forward", "listen": "127.0.0.1:0", "to": ["127.0.0.1:${echo.addr.port}"], "pool": 1, "shutdownGrace": "3s" },
         ],
       }`,
     );
@@ -66,6 +66,9 @@ Deno.test("ferry run --config serves a socks and a forward listener from one fil
       [`forward ${forwardLine.listen}`, `socks5 ${socksLine.listen}`],
     );
     assert.equal((await ferry.stop()).code, 0);
+    // The drain lasts as long as the longest grace of the listeners.
+    const shutdown = ferry.lines.find((l) => l.event === "shutdown");
+    assert.equal(shutdown?.graceMs, 7_000, JSON.stringify(shutdown));
   } finally {
     await Deno.remove(path);
     await echo.close();
@@ -214,6 +217,95 @@ Deno.test("ferry run takes --log-level and --log-format in any case, as socks an
     assert.equal(code, 1, stderr);
     const line = JSON.parse(stderr.trim().split("\n").at(-1)!);
     assert.equal(line.event, "listen-failed");
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("the log level lets through its own lines and those above: warn shows warnings alone, error none", async () => {
+  // Under a low open-files limit ferry warns at start (nofile-low); it logs
+  // nothing else above info unless something goes wrong. Its forwarder's
+  // pooled connection shows that the start-up lines have been logged, with
+  // nothing on stderr to wait for at level error.
+  const cases: { fileLevel: string; flag: string[]; events: string[] }[] = [
+    // --log-level overrides the file's level.
+    { fileLevel: "debug", flag: ["--log-level", "warn"], events: ["nofile-low"] },
+    { fileLevel: "error", flag: [], events: [] },
+  ];
+  for (const { fileLevel, flag, events } of cases) {
+    using upstream = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+    try {
+      await Deno.writeTextFile(
+        path,
+        JSON.stringify({
+          log: { level: fileLevel, format: "json" },
+          listeners: [{
+            kind: "forward",
+            listen: "127.0.0.1:0",
+            to: [`127.0.0.1:${upstream.addr.port}`],
+            pool: 1,
+          }],
+        }),
+      );
+      const child = new Deno.Command("prlimit", {
+        args: [
+          "--nofile=64",
+          Deno.execPath(),
+          ...ferryCommandArgs(["run", "--config", path, ...flag]),
+        ],
+        stdin: "null",
+        stdout: "null",
+        stderr: "piped",
+        env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+      }).spawn();
+      const giveUp = setTimeout(() => child.kill("SIGKILL"), 30_000);
+      try {
+        const stderr = new Response(child.stderr).text();
+        const pooled = await Promise.race([upstream.accept(), child.status.then(() => null)]);
+        if (pooled === null) assert.fail(`ferry exited before its pool dialled:\n${await stderr}`);
+        try {
+          child.kill("SIGTERM");
+          const status = await child.status;
+          const text = await stderr;
+          assert.equal(status.code, 0, text);
+          const logged = text.trim() === ""
+            ? []
+            : text.trim().split("\n").map((line) => JSON.parse(line).event);
+          assert.deepEqual(logged, events, `${fileLevel} ${flag.join(" ")}:\n${text}`);
+        } finally {
+          pooled.close();
+        }
+      } finally {
+        clearTimeout(giveUp);
+      }
+    } finally {
+      await Deno.remove(path);
+    }
+  }
+});
+
+Deno.test("the open-files warning counts the sessions of every listener in the file", async () => {
+  // Two listeners of 10 sessions need 2 × 20 + 64 = 104 descriptors; either alone fits in 100.
+  const path = await Deno.makeTempFile({ suffix: ".jsonc" });
+  try {
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [
+          { kind: "socks", listen: "127.0.0.1:0", maxConns: 10 },
+          { kind: "socks", listen: "127.0.0.1:0", maxConns: 10 },
+        ],
+      }),
+    );
+    await using ferry = await startFerry(["run", "--config", path], {
+      wrapper: ["prlimit", "--nofile=100"],
+    });
+    // Logged with the listening lines, so written by the time ferry has stopped.
+    assert.equal((await ferry.stop()).code, 0);
+    const warning = ferry.lines.find((l) => l.event === "nofile-low");
+    assert.ok(warning, "no nofile-low line");
+    assert.deepEqual([warning.limit, warning.needed, warning.maxConns], [100, 104, 20]);
   } finally {
     await Deno.remove(path);
   }
