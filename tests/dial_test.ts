@@ -17,11 +17,12 @@ import {
   messageWithCause,
   mostTelling,
   outOfDescriptorsToDial,
+  outOfLocalPorts,
   REPLY_FOR_FAILURE,
   resetAsAccepted,
   resolverWith,
 } from "../src/upstream/dial.ts";
-import type { Lookup } from "../src/upstream/lookups.ts";
+import { type Lookup, LookupsBusy } from "../src/upstream/lookups.ts";
 import { noteShortage } from "../src/nofile.ts";
 import { finThenResetServer, resettingServer } from "./_helpers/reset.ts";
 
@@ -348,6 +349,17 @@ Deno.test("resolverWith(): a lookup that answers with no address is a name not r
   );
 });
 
+Deno.test("resolverWith(): a lookup refused for want of a slot is lookups-busy (0x01), not a name that does not exist", async () => {
+  // The client has too many lookups in progress (see src/upstream/lookups.ts):
+  // that says nothing of the name, and 0x04 would tell the client it is not there.
+  const resolve = resolverWith(() => Promise.reject(new LookupsBusy("2 for 127.0.0.1")));
+  await assert.rejects(
+    resolve("busy.test", "127.0.0.1", new AbortController().signal),
+    (error) =>
+      error instanceof DialError && error.failure === "lookups-busy" && error.reply === 0x01,
+  );
+});
+
 Deno.test("dial(): a lookup that fails while ferry meets EMFILE is ferry's failure, and twice soon after too", async () => {
   // Out of descriptors the resolver says the name does not exist; a probe
   // after the lookup found a descriptor freed in between, and blamed the name
@@ -412,6 +424,43 @@ Deno.test("connectToFirstAnswer() moves on at once from a refused address to the
     );
   } finally {
     conn.close();
+    await accepted.then((c) => c.close(), () => {});
+  }
+});
+
+Deno.test("connectToFirstAnswer() waits for an attempt still running when the last address fails", async () => {
+  // 127.0.0.1 connects, but its check passes only after the attempt delay;
+  // 127.0.0.2, tried meanwhile, refuses at once. With the first still
+  // running, the dial must wait for it, not answer with the refusal: a slow
+  // first address is why the next one was started, not a failure.
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const { port } = listener.addr; // 127.0.0.2 refuses on it
+  const accepted = listener.accept();
+  const answers = {
+    skip: () => null,
+    check: async (conn: Deno.TcpConn) => {
+      if (conn.remoteAddr.hostname === "127.0.0.1") {
+        await new Promise((resolve) => setTimeout(resolve, ATTEMPT_DELAY_MS + 150));
+      }
+      return null;
+    },
+  };
+  try {
+    const conn = await connectToFirstAnswer(
+      "slow.test",
+      ["127.0.0.1", "127.0.0.2"],
+      port,
+      new AbortController().signal,
+      answers,
+    );
+    try {
+      assert.equal(conn.remoteAddr.hostname, "127.0.0.1");
+      assert.equal((await accepted).remoteAddr.port, conn.localAddr.port);
+    } finally {
+      conn.close();
+    }
+  } finally {
+    // Accepted whether the dial waited for it or not: closed either way.
     await accepted.then((c) => c.close(), () => {});
   }
 });
@@ -549,6 +598,9 @@ Deno.test("mostTelling() answers with what the target's side said before what th
   const unreachable = failed("host-unreachable", "192.0.2.2");
   const forbidden = failed("not-allowed", "192.0.2.3");
   const odd = failed("general-failure", "192.0.2.4", new Error("Invalid argument"));
+  const silent = failed("connect-timeout", "192.0.2.6");
+  const loop = failed("forwarding-loop", "127.0.0.1");
+  const noZone = failed("name-not-resolved", "fe80::1%nosuchif0");
   const cases: [DialError[], DialError][] = [
     // A closed port on a dual-stack name, from a host with no IPv6 route: either order.
     [[refused, noRoute], refused],
@@ -556,6 +608,15 @@ Deno.test("mostTelling() answers with what the target's side said before what th
     [[noRoute, unreachable], unreachable],
     [[noRoute, forbidden], forbidden],
     [[odd, noRoute], noRoute],
+    // The target's silence, or a router's word, before a rule of this host's.
+    [[forbidden, unreachable], unreachable],
+    [[forbidden, silent], silent],
+    // A refusal is the upstream's answer; an address that leads back to the
+    // forwarder itself is known for sure, and says more than a router does.
+    [[loop, refused], refused],
+    [[unreachable, loop], loop],
+    // A zone the name's address names and no link has, before a fault of ferry's.
+    [[odd, noZone], noZone],
   ];
   for (const [failures, expected] of cases) {
     const chosen = mostTelling(failures);
@@ -572,6 +633,10 @@ Deno.test("mostTelling() answers with what the target's side said before what th
   const short = failed("general-failure", "192.0.2.5", emfile);
   const chosen = mostTelling([refused, short]);
   assert.ok(outOfDescriptorsToDial(chosen), messageWithCause(chosen));
+  // And so of local ports (EADDRNOTAVAIL): the target said nothing.
+  const noPort = failed("general-failure", "192.0.2.7", new Deno.errors.AddrNotAvailable("x"));
+  const portless = mostTelling([refused, noPort]);
+  assert.ok(outOfLocalPorts(portless), messageWithCause(portless));
   // One failure is answered as it is, and so is a fault of ferry's own.
   assert.equal(mostTelling([noRoute]), noRoute);
   const bug = new TypeError("a bug");

@@ -758,11 +758,13 @@ Deno.test({
     const probed = await probeInNamespace(
       "sysctl -qw net.ipv4.ip_local_port_range='40000 40000'",
       SELF_CONNECT_PROBE,
-    ) as { reply?: number; after?: string; outcome?: string; error?: string };
+    ) as { reply?: number; after?: string; outcome?: string; error?: string; leftOpen?: number };
     const show = JSON.stringify(probed);
     assert.equal(probed.reply, socks5.Reply.ConnectionRefused, show);
     assert.equal(probed.after, "", show);
     assert.equal(probed.outcome, "connection-refused", show);
+    // Refused, the connection to itself is closed, not left holding the port.
+    assert.equal(probed.leftOpen, 0, show);
   },
 });
 

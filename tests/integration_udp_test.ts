@@ -561,6 +561,45 @@ Deno.test("an IPv6 client whose port number is that of an IPv4 outbound socket o
   }
 });
 
+Deno.test("an association that ends frees its outbound socket's port: a client may hold it, and is not taken for ferry", async () => {
+  // Ferry knows its outbound sockets' ports to drop what it relays into
+  // itself (see outboundPorts in src/udp_associate.ts): a port still known
+  // after its socket closed would drop every datagram of a later client that
+  // the kernel gave that port, and a socket left open would hold the port.
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  {
+    await using first = await associate(ferry);
+    await sendInOrder(
+      first.local,
+      [frame(ipv4("127.0.0.1", echo.port), "first")],
+      first.reply.address.port,
+    );
+    await receivedAtLeast(echo.received, 1);
+    first.control.close();
+    await sessionOf(ferry, first.control.localAddr);
+  }
+  const outboundPort = echo.senderPorts[0]!;
+  // Bound on 0.0.0.0, the outbound socket would still hold the port here.
+  const local = await udpSocket("127.0.0.1", outboundPort);
+  try {
+    using control = await BufferedConn.connect(ferry.hostname, ferry.port);
+    const reply = await socks5Handshake(control, ipv4("127.0.0.1", outboundPort), {
+      command: socks5.Command.UdpAssociate,
+    });
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    const answer = nextDatagram(local);
+    local.send(frame(ipv4("127.0.0.1", echo.port), "second"), reply.address.port, "127.0.0.1");
+    const decoded = socks5.decodeUdpDatagram(await answer);
+    assert.equal(decoder.decode(decoded.data), "second");
+    control.close();
+    const session = await sessionOf(ferry, control.localAddr);
+    assert.equal(session.dropped, 0, String(session.firstDrop));
+  } finally {
+    await closeUdp(local);
+  }
+});
+
 Deno.test("IPv6: a client on ::1 gets a relay on ::1 and reaches an IPv6 echo server", async () => {
   await using ferry = await startFerry(["socks", "--listen", "[::1]:0"]);
   await using echo = await udpEcho("::1");
@@ -767,7 +806,7 @@ Deno.test("a datagram whose send fails is counted dropped, not relayed, either w
   assert.match(String(session.firstDrop), /^sending to 127\.255\.255\.255:9: send UNKNOWN/);
 });
 
-Deno.test("the peer table forgets the peer sent to least recently, not the first one met", async () => {
+Deno.test("the peer table forgets the peer sent to least recently, not the first one met, and none for a peer it holds", async () => {
   await using ferry = await startFerry(LISTEN);
   await using udp = await associate(ferry);
   const relayPort = udp.reply.address.port;
@@ -783,8 +822,10 @@ Deno.test("the peer table forgets the peer sent to least recently, not the first
   sink.on("message", () => sunk++);
   try {
     const talkerAddress = ipv4("127.0.0.1", talker.address().port);
+    const first = deadline(once(talker, "message"), 5000, "the first datagram");
     send(talkerAddress, "first");
-    await nextDatagram(talker);
+    // Where ferry's outbound socket sends from: the talker answers there.
+    const { port, address } = (await first)[1] as dgram.RemoteInfo;
     // In bursts that ferry has relayed before the next: none is lost in a
     // socket buffer, so the table is full for sure.
     for (let i = 0; i < 1023; i++) {
@@ -797,15 +838,24 @@ Deno.test("the peer table forgets the peer sent to least recently, not the first
         }
       }
     }
+    // Full, the talker the least recent: a filler sent to again is in the
+    // table already, so no peer is forgotten for it, the talker least of all.
+    send(ipv4("127.0.1.0", sink.address().port), "filler again");
+    for (const until = Date.now() + 5_000; sunk < 1024;) {
+      assert.ok(Date.now() < until, "the filler sent to again did not arrive");
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+    const early = nextDatagram(udp.local);
+    talker.send(encoder.encode("still known"), port, address);
+    assert.equal(decoder.decode(socks5.decodeUdpDatagram(await early).data), "still known");
     const again = deadline(once(talker, "message"), 5000, "the second datagram");
     send(talkerAddress, "again");
-    const [, from] = await again;
+    await again;
     // A 1,025th peer: the table forgets one, and it must not be the talker.
     const arrived = nextDatagram(newcomer);
     send(ipv4("127.0.0.1", newcomer.address().port), "new");
     await arrived;
     const answer = nextDatagram(udp.local);
-    const { port, address } = from as dgram.RemoteInfo;
     talker.send(encoder.encode("answer"), port, address);
     assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "answer");
   } finally {

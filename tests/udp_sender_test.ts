@@ -86,3 +86,31 @@ Deno.test("OrderedSender: the queue is bounded in bytes too, and holds copies, n
   assert.equal(queued.payload.length, 60_000);
   assert.equal(queued.data.buffer.byteLength, 60_000, "a copy, not a view of the 64 KiB buffer");
 });
+
+Deno.test("OrderedSender: the queue takes exactly 256 KiB, and what has gone out frees its room", () => {
+  const { socket, sent } = recordingSocket();
+  const sender = new OrderedSender(socket);
+  sender.send(bytes("warm-up"), 9, "127.0.0.1", () => {});
+  sent[0]!.callback(null);
+  const errors: unknown[] = [];
+  const burst = () => {
+    for (let i = 0; i < 64; i++) sender.send(bytes(`${i}`), 9, "127.0.0.1", () => {});
+    for (let i = 0; i < 5; i++) {
+      sender.send(
+        new Uint8Array(64 * 1024),
+        9,
+        "127.0.0.1",
+        (error) => error && errors.push(error),
+      );
+    }
+  };
+  // 64 in flight, then four of 64 KiB fill the queue to its very bound: a fifth is too many.
+  burst();
+  assert.equal(errors.length, 1, "256 KiB queued at most, and at least");
+  // Every send completes, those queued too: the queue is empty again.
+  for (let i = 1; i < sent.length; i++) sent[i]!.callback(null);
+  assert.equal(sent.length, 1 + 64 + 4);
+  // Had their bytes stayed counted, none of these would find room.
+  burst();
+  assert.equal(errors.length, 2, "the same four queue again");
+});

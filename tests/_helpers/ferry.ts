@@ -20,6 +20,8 @@ export interface StartFerryOptions {
   startTimeoutMs?: number;
   /** Hosts for `--allow-net=…` in place of the whole network, as an operator may narrow it. */
   allowNet?: string;
+  /** Paths for `--allow-read=…` in place of every file, as an operator may narrow it. */
+  allowRead?: string;
 }
 
 /** A running ferry process. */
@@ -54,12 +56,14 @@ export const START_TASK_FLAGS: readonly string[] = (() => {
 
 /**
  * Argument list that runs ferry from source with the permissions it ships
- * with, or with network access narrowed to `allowNet`.
+ * with, or with network access narrowed to `allowNet`, reading to `allowRead`.
  */
-export function ferryCommandArgs(args: string[], allowNet?: string): string[] {
-  const flags = allowNet === undefined
-    ? START_TASK_FLAGS
-    : START_TASK_FLAGS.map((flag) => flag === "--allow-net" ? `--allow-net=${allowNet}` : flag);
+export function ferryCommandArgs(args: string[], allowNet?: string, allowRead?: string): string[] {
+  const narrowed = new Map([["--allow-net", allowNet], ["--allow-read", allowRead]]);
+  const flags = START_TASK_FLAGS.map((flag) => {
+    const to = narrowed.get(flag);
+    return to === undefined ? flag : `${flag}=${to}`;
+  });
   return ["run", ...flags, MAIN, ...args];
 }
 
@@ -71,7 +75,11 @@ export async function startFerry(
   args: string[],
   options: StartFerryOptions = {},
 ): Promise<FerryProcess> {
-  const full = ferryCommandArgs([...args, "--log-format", "json"], options.allowNet);
+  const full = ferryCommandArgs(
+    [...args, "--log-format", "json"],
+    options.allowNet,
+    options.allowRead,
+  );
   if (!args.includes("--log-level")) full.push("--log-level", "debug");
   const [command, ...rest] = [...(options.wrapper ?? []), Deno.execPath(), ...full];
   const child = new Deno.Command(command!, {

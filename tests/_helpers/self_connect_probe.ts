@@ -5,14 +5,16 @@
  * source, and completes by TCP simultaneous open, connected to itself. A
  * client asks ferry to CONNECT there, with its first data in the same write.
  *
- * Prints one JSON object, or what failed: `{ reply, after, outcome, error }`:
- * the reply, what came back after it, and the session line's outcome and
- * error.
+ * Prints one JSON object, or what failed: `{ reply, after, outcome, error,
+ * leftOpen }`: the reply, what came back after it, the session line's
+ * outcome and error, and how many connections to itself are still open
+ * once the session has ended (ferry's, had it not closed it).
  *
  * Run: deno run -A tests/_helpers/self_connect_probe.ts
  */
 import { startFerry } from "./ferry.ts";
 import { sessionOf } from "./session_log.ts";
+import { ss } from "./ss.ts";
 import { BufferedConn, concat, ipv4, socks5 } from "./socks_client.ts";
 
 let result: unknown;
@@ -35,7 +37,9 @@ try {
   );
   client.close();
   const line = await sessionOf(ferry, client.localAddr);
-  result = { reply, after, outcome: line.outcome, error: line.error };
+  const self = "127.0.0.1:40000";
+  const leftOpen = (await ss("-tanH", "state", "established", "src", self, "dst", self)).length;
+  result = { reply, after, outcome: line.outcome, error: line.error, leftOpen };
 } catch (error) {
   result = { error: String(error) };
 }
