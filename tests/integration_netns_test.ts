@@ -147,6 +147,26 @@ Deno.test({
   },
 });
 
+const NARROW_READ_PROBE = new URL("./_helpers/narrow_read_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "--allow-read without /dev/null: a name that does not exist still gets 0x04, not ferry's 0x01",
+  ignore: !netnsAvailable,
+  async fn() {
+    // After a failed lookup ferry opens /dev/null to tell a shortage of its
+    // own descriptors (0x01) from a missing name (0x04). Where it may not
+    // read it, the README says that check is skipped: no shortage is assumed.
+    const { results } = await probeInNamespace("true", NARROW_READ_PROBE) as {
+      results: ProbeResult[];
+    };
+    const show = JSON.stringify(results);
+    assert.equal(results[0]?.reply, socks5.Reply.HostUnreachable, show);
+    assert.equal(results[0]?.outcome, "name-not-resolved", show);
+    assert.match(String(results[0]?.detail), /^cannot resolve "no-such-host\.invalid": ./, show);
+  },
+});
+
 const LINK_LOCAL_PROBE = new URL("./_helpers/linklocal_probe.ts", import.meta.url).pathname;
 
 Deno.test({

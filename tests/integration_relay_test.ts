@@ -576,25 +576,6 @@ Deno.test("40 CONNECTs by name at once from one client all succeed (a browser op
   }
 });
 
-Deno.test("--allow-read without /dev/null: a name that does not exist still gets 0x04, not ferry's 0x01", async () => {
-  // After a failed lookup ferry opens /dev/null to tell a shortage of its
-  // own descriptors (0x01) from a missing name (0x04). Where it may not
-  // read it, the README says that check is skipped: no shortage is assumed.
-  const readable = await Deno.makeTempFile({ suffix: ".users" });
-  try {
-    await using ferry = await startFerry(LISTEN, { allowRead: readable });
-    using client = await BufferedConn.connect(ferry.hostname, ferry.port);
-    const reply = await socks5Handshake(client, domain("no-such-host.invalid", 80));
-    assert.equal(reply.reply, socks5.Reply.HostUnreachable);
-    client.close();
-    const session = await sessionOf(ferry, client.localAddr);
-    assert.equal(session.outcome, "name-not-resolved");
-    assert.match(String(session.error), /^cannot resolve "no-such-host\.invalid"/);
-  } finally {
-    await Deno.remove(readable);
-  }
-});
-
 Deno.test("a domain name that is not UTF-8 gets 0x04, and the log line says why", async () => {
   await using ferry = await startFerry(LISTEN);
   using client = await BufferedConn.connect(ferry.hostname, ferry.port);

@@ -8,7 +8,7 @@
  * Run: deno run -A tests/_helpers/netns_probe.ts
  */
 import type { Address } from "../../src/protocol/address.ts";
-import { startFerry } from "./ferry.ts";
+import { startFerry, type StartFerryOptions } from "./ferry.ts";
 import { sessionOf } from "./session_log.ts";
 import { BufferedConn, domain, ipv4, socks5, socks5Handshake } from "./socks_client.ts";
 
@@ -41,9 +41,12 @@ export interface Probe {
 }
 
 /** Starts ferry, sends each probe's request on a connection of its own, and gathers the results. */
-export async function runProbes(probes: readonly Probe[]): Promise<ProbeResult[]> {
+export async function runProbes(
+  probes: readonly Probe[],
+  options: StartFerryOptions = {},
+): Promise<ProbeResult[]> {
   const results: ProbeResult[] = [];
-  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"]);
+  await using ferry = await startFerry(["socks", "--listen", "127.0.0.1:0"], options);
   for (const { name, address, command } of probes) {
     let conn: BufferedConn | undefined;
     try {
