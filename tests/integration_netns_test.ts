@@ -167,6 +167,29 @@ Deno.test({
   },
 });
 
+const UDP_FAILED_NAME_PROBE = new URL("./_helpers/udp_failed_name_probe.ts", import.meta.url)
+  .pathname;
+
+Deno.test({
+  name: "a UDP datagram to a name whose lookup failed a moment ago is dropped and counted too",
+  ignore: !netnsAvailable,
+  async fn() {
+    // The failure is kept a few seconds, so that a client sending on to a
+    // dead name does not have each datagram looked up; each is still counted.
+    const probed = await probeInNamespace("true", UDP_FAILED_NAME_PROBE) as {
+      echoed?: string;
+      udpIn?: number;
+      dropped?: number;
+      firstDrop?: string;
+    };
+    const show = JSON.stringify(probed);
+    assert.equal(probed.echoed, "echo", show);
+    assert.equal(probed.udpIn, 1, show);
+    assert.equal(probed.dropped, 2, show);
+    assert.match(String(probed.firstDrop), /no-such-host\.invalid/, show);
+  },
+});
+
 const LINK_LOCAL_PROBE = new URL("./_helpers/linklocal_probe.ts", import.meta.url).pathname;
 
 Deno.test({

@@ -217,6 +217,21 @@ Deno.test("malformed datagrams are dropped and counted, and the association keep
   assert.equal(session.firstDrop, "not a SOCKS5 UDP datagram: UDP datagram of 1 bytes, no header");
 });
 
+Deno.test("a datagram for port 0 is dropped, and the line says so", async () => {
+  // No peer can be sent to there; node:dgram throws on it.
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using udp = await associate(ferry);
+  const relayPort = udp.reply.address.port;
+  udp.local.send(frame(ipv4("127.0.0.1", 0), "to port 0"), relayPort, "127.0.0.1");
+  const answer = nextDatagram(udp.local);
+  udp.local.send(frame(ipv4("127.0.0.1", echo.port), "good"), relayPort, "127.0.0.1");
+  assert.equal(decoder.decode(socks5.decodeUdpDatagram(await answer).data), "good");
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.deepEqual([session.udpIn, session.dropped, session.firstDrop], [1, 1, "for port 0"]);
+});
+
 Deno.test("--allow-net narrowed to IPv4: a datagram for IPv6 is dropped and counted, and ferry goes on", async () => {
   // Deno refuses the IPv6 outbound socket's bind (on [::]) only after bind()
   // returns, and that refusal, uncaught, once ended the process. The IPv4
