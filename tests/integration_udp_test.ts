@@ -615,6 +615,33 @@ Deno.test("an association that ends frees its outbound socket's port: a client m
   }
 });
 
+Deno.test("what waited for a lookup or a bind frees its room once sent: the 256 KiB bound is on what waits at once", async () => {
+  // Had what went out stayed counted, an association would drop every
+  // datagram to a new host once 256 KiB had ever waited. Three bursts of
+  // 90 KB, 270 KB in all, each waiting for its own reason (and small enough
+  // for the relay socket's receive buffer, about 208 KiB).
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  await using echo6 = await udpEcho("::1");
+  await using udp = await associate(ferry);
+  const relayPort = udp.reply.address.port;
+  const bursts: [Address, string[]][] = [
+    [ipv4("127.0.0.1", echo.port), echo.received], // the IPv4 outbound socket's bind
+    [domain("localhost", echo.port), echo.received], // the name's lookup
+    [ipv6("::1", echo6.port), echo6.received], // the IPv6 outbound socket's bind
+  ];
+  let sent = 0;
+  for (const [i, [address, received]] of bursts.entries()) {
+    const burst = ["a", "b"].map((tag) => frame(address, `${i}${tag}`.padEnd(45_000, ".")));
+    await sendInOrder(udp.local, burst, relayPort);
+    sent += burst.length;
+    await receivedAtLeast(received, i < 2 ? sent : 2);
+  }
+  udp.control.close();
+  const session = await sessionOf(ferry, udp.control.localAddr);
+  assert.deepEqual([session.udpIn, session.dropped], [6, 0], String(session.firstDrop));
+});
+
 Deno.test("IPv6: a client on ::1 gets a relay on ::1 and reaches an IPv6 echo server", async () => {
   await using ferry = await startFerry(["socks", "--listen", "[::1]:0"]);
   await using echo = await udpEcho("::1");
