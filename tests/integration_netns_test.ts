@@ -541,6 +541,29 @@ function probeWithResolver(resolvConf: string, probe: string): Promise<unknown> 
   return probeWithEtc("resolv.conf", resolvConf, probe);
 }
 
+const BIND_MAPPED_PROBE = new URL("./_helpers/bind_mapped_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name: "a BIND whose peer is a name for an IPv4-mapped address lets that IPv4 peer in",
+  ignore: !mountNsAvailable || !netnsAvailable,
+  async fn() {
+    // The peer connects from 127.0.0.1; its name resolves to
+    // ::ffff:127.0.0.1. Taken as spelled, an IPv6 peer, it could never reach
+    // the IPv4 listener, and the BIND was refused at once with 0x04.
+    const probed = await probeWithEtc(
+      "hosts",
+      "::ffff:127.0.0.1 mapped.test\n",
+      BIND_MAPPED_PROBE,
+    );
+    assert.deepEqual(probed, {
+      first: socks5.Reply.Succeeded,
+      second: socks5.Reply.Succeeded,
+      peer: "127.0.0.1",
+      carried: "from the peer",
+    });
+  },
+});
+
 const DUAL_STACK_PROBE = new URL("./_helpers/dual_stack_probe.ts", import.meta.url).pathname;
 
 Deno.test({
