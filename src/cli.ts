@@ -325,7 +325,9 @@ export function parseCommandLine(argv: string[], output: CliOutput): Invocation 
     args = [command.name(), "--help"];
   }
   const option = args[0]?.split("=")[0];
-  if (command && command.options.some((o) => o.long === option || o.short === option)) {
+  const takes = (c: Command) => c.options.some((o) => o.long === option || o.short === option);
+  // --version is ferry's as well as each command's: before a command it is ferry's.
+  if (command && takes(command) && !takes(program)) {
     output.writeErr(
       `ferry: option '${option}' before the command; options go after it: ` +
         `ferry ${command.name()} ${option} …\n(run with --help for usage)\n`,

@@ -193,6 +193,10 @@ Deno.test("every command's --help lists --version, which prints the version afte
     const version = await ferry(command, "--version");
     assert.equal(version.code, 0, version.stderr);
     assert.equal(version.stdout.trim(), VERSION, `${command} --version`);
+    // Before the command it is ferry's own, as it was before each command had one.
+    const before = await ferry("-V", command);
+    assert.equal(before.code, 0, before.stderr);
+    assert.equal(before.stdout.trim(), VERSION, `-V ${command}`);
   }
 });
 
