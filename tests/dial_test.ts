@@ -436,11 +436,19 @@ Deno.test("connectToFirstAnswer() waits for an attempt still running when the la
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
   const { port } = listener.addr; // 127.0.0.2 refuses on it
   const accepted = listener.accept();
+  const secondTried = Promise.withResolvers<void>();
   const answers = {
-    skip: () => null,
+    skip: (ip: string) => {
+      if (ip === "127.0.0.2") secondTried.resolve();
+      return null;
+    },
     check: async (conn: Deno.TcpConn) => {
       if (conn.remoteAddr.hostname === "127.0.0.1") {
-        await new Promise((resolve) => setTimeout(resolve, ATTEMPT_DELAY_MS + 150));
+        // Until the second address has been tried, and (refused on loopback
+        // within a millisecond) has failed: however slow the machine, the
+        // check is still running when the last address fails.
+        await secondTried.promise;
+        await new Promise((resolve) => setTimeout(resolve, 150));
       }
       return null;
     },
