@@ -397,9 +397,11 @@ export class SocksSession extends ProxySession {
         this.#command = commandName(bytes[1]!, commands);
         const isSocks4 = commands === SOCKS4_COMMANDS;
         if (isSocks4 && socks4.asksForName(bytes)) this.protocol = "socks4a";
-        let readSoFar: ReadSoFar = {}; // a cut SOCKS5 request: its command alone
+        // Refused: as far as the decoder read. Cut short (closed, reset, timed
+        // out): a SOCKS4 request's user-id and target as far as they came; a
+        // SOCKS5 request's command alone.
+        let readSoFar: ReadSoFar = {};
         if (error instanceof ProtocolError) readSoFar = error.readSoFar;
-        // Cut short (closed, reset, timed out): as far as it got.
         else if (isSocks4) readSoFar = socks4.requestReadSoFar(bytes);
         const { userId, target } = readSoFar;
         if (userId !== undefined && userId.length > 0) this.#showUser(userId);

@@ -102,7 +102,7 @@ function helpOptions(help: string): Map<string, string> {
   return options;
 }
 
-Deno.test("ferry socks --help and forward --help give each default the README documents", async () => {
+Deno.test("ferry socks --help and forward --help give each option's default, as the README's table has it", async () => {
   // The defaults are config.ts's, but --help is where an operator reads them.
   const defaults = {
     socks: {

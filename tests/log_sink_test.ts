@@ -192,7 +192,7 @@ Deno.test("batchedSink bounds what waits behind a stuck write and reports what i
   );
 });
 
-Deno.test("batchedSink holds at most 10 batches behind a stuck write by default: ferry's 10,000 records", async () => {
+Deno.test("batchedSink holds at most 10 batches' worth of records behind a stuck write by default: ferry's 10,000", async () => {
   // src/log.ts gives batches of 1,000 and no maxPending, and the README says
   // at most 10,000 records wait while stderr is not read: a larger default is
   // memory that a parent which stops reading ferry's stderr makes it hold.

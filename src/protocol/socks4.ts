@@ -92,7 +92,8 @@ function statedTarget(request: Uint8Array): string {
 /**
  * What the start of a request that never ended (the client closed or went
  * quiet) says, for the log line: a SOCKS4 target once its 8 bytes are in, the
- * user-id once its NUL is. A SOCKS4a name is left out until it is whole.
+ * user-id once its NUL is (and no longer than decodeRequest() takes). Never
+ * a SOCKS4a name: whole, it would have ended the request.
  */
 export function requestReadSoFar(bytes: Uint8Array): ReadSoFar {
   if (bytes.length < 8) return {};
