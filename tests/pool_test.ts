@@ -328,8 +328,9 @@ Deno.test("pool: at an upstream's connection limit, with steady clients, it stay
     }
     const later = refused - refusedAtFirst;
     // One probe per back-off step (0.1, 0.2, 0.4 … s, plus a second to show
-    // it lasts): a handful. Dialling the deficit at every settle made it 25-35.
-    assert.ok(later <= 8, `${later} refills refused in 8 s after the first`);
+    // it lasts): a handful, 7 in three quiet runs, 9 once on a loaded
+    // machine. Dialling the deficit at every settle made it 25-35.
+    assert.ok(later <= 12, `${later} refills refused in 8 s after the first`);
     assert.equal(logs.events("pool-unsettled").length, 1, "said once");
     assert.equal(logs.events("pool-settled").length, 0, "never full, so never settled");
   } finally {
