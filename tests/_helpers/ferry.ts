@@ -60,6 +60,12 @@ export const START_TASK_FLAGS: readonly string[] = (() => {
  */
 export function ferryCommandArgs(args: string[], allowNet?: string, allowRead?: string): string[] {
   const narrowed = new Map([["--allow-net", allowNet], ["--allow-read", allowRead]]);
+  for (const [flag, to] of narrowed) {
+    // Else a test of a narrowed permission would run with the whole one, testing nothing.
+    if (to !== undefined && !START_TASK_FLAGS.includes(flag)) {
+      throw new Error(`the start task has no ${flag} to narrow: ${START_TASK_FLAGS.join(" ")}`);
+    }
+  }
   const flags = START_TASK_FLAGS.map((flag) => {
     const to = narrowed.get(flag);
     return to === undefined ? flag : `${flag}=${to}`;
