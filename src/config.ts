@@ -286,10 +286,12 @@ function isUnicast(ip: string): boolean {
 /**
  * `--udp-advertise` values: IP literals (IPv6 with or without brackets), not
  * the wildcard (nobody can send to 0.0.0.0), at most one per family. Problems
- * name the value's index, phrased to follow `got "TEXT"`.
+ * name the value's index, phrased to follow `got "TEXT"`; `quote` writes the
+ * addresses they show, as the caller's other messages write values.
  */
 export function checkUdpAdvertise(
   texts: readonly string[],
+  quote: (address: string) => string = (address) => address,
 ): UdpAdvertise | { problems: { index: number; problem: string }[] } {
   const found: { ipv4: string | null; ipv6: string | null } = { ipv4: null, ipv6: null };
   const problems: { index: number; problem: string }[] = [];
@@ -298,7 +300,8 @@ export function checkUdpAdvertise(
     const bare = /^\[.*\]$/.test(trimmed) ? trimmed.slice(1, -1) : trimmed;
     const address = addressOf(bare, 0);
     if (address.type === "domain" || (address.type === "ipv4" && bare !== trimmed)) {
-      const problem = "expected an IPv4 or IPv6 address, like 203.0.113.7 or 2001:db8::7";
+      const problem = `expected an IPv4 or IPv6 address, like ${quote("203.0.113.7")} or ` +
+        quote("2001:db8::7");
       return void problems.push({ index, problem });
     }
     // ::ffff:203.0.113.7 is an IPv4 address, for IPv4 clients; and ::ffff:0.0.0.0 is 0.0.0.0.
@@ -312,7 +315,7 @@ export function checkUdpAdvertise(
     const earlier = found[family];
     if (earlier !== null) {
       const problem = `expected one ${family === "ipv4" ? "IPv4" : "IPv6"} address at most ` +
-        `(one per address family), and ${earlier} came first`;
+        `(one per address family), and ${quote(earlier)} came first`;
       return void problems.push({ index, problem });
     }
     found[family] = host;

@@ -164,15 +164,15 @@ const logLevel = z.preprocess(
   z.enum(LOG_LEVELS, expecting(alternatives(LOG_LEVELS))),
 );
 
-const IP = 'an IPv4 or IPv6 address, like "203.0.113.7" or "2001:db8::7"';
 /** One address, or an array of at most one per family; see `checkUdpAdvertise`. */
-const UDP_ADVERTISE = `${IP}, or an array of one IPv4 and one IPv6 address`;
+const UDP_ADVERTISE = 'an IPv4 or IPv6 address, like "203.0.113.7" or "2001:db8::7", ' +
+  "or an array of one IPv4 and one IPv6 address";
 const udpAdvertise = z.union(
   [z.string(), z.array(z.string()).min(1, expecting(UDP_ADVERTISE))],
   expecting(UDP_ADVERTISE),
 ).transform((value, ctx) => {
   const texts = typeof value === "string" ? [value] : value;
-  const checked = checkUdpAdvertise(texts);
+  const checked = checkUdpAdvertise(texts, JSON.stringify);
   if (!("problems" in checked)) return checked;
   for (const { index, problem } of checked.problems) {
     const input = texts[index];

@@ -1154,10 +1154,10 @@ Deno.test("udpAdvertise, bindTimeout and maxUdpPerIp are read, and a bad udpAdve
         listeners: [{ kind: "socks", listen: "127.0.0.1:1080", udpAdvertise: "nat.example" }],
       }),
     );
-    // One address is the value itself, not its [0].
+    // One address is the value itself, not its [0]; examples are quoted, as JSON writes them.
     await assert.rejects(
       loadConfigFile(path),
-      /listeners\[0\]\.udpAdvertise: expected an IPv4 or IPv6 address.*got "nat\.example"/,
+      /listeners\[0\]\.udpAdvertise: expected an IPv4 or IPv6 address, like "203\.0\.113\.7" or "2001:db8::7", got "nat\.example"/,
     );
     await Deno.writeTextFile(
       path,
@@ -1182,6 +1182,20 @@ Deno.test("udpAdvertise, bindTimeout and maxUdpPerIp are read, and a bad udpAdve
     await assert.rejects(
       loadConfigFile(path),
       /listeners\[0\]\.udpAdvertise\[1\]: expected the address clients reach ferry at.*got "0\.0\.0\.0"/,
+    );
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        listeners: [{
+          kind: "socks",
+          listen: "127.0.0.1:1080",
+          udpAdvertise: ["203.0.113.7", "198.51.100.1"],
+        }],
+      }),
+    );
+    await assert.rejects(
+      loadConfigFile(path),
+      /listeners\[0\]\.udpAdvertise\[1\]: expected one IPv4 address at most \(one per address family\), and "203\.0\.113\.7" came first, got "198\.51\.100\.1"/,
     );
     // An empty array is refused in the same words, not the schema library's.
     await Deno.writeTextFile(
