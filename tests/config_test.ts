@@ -10,6 +10,8 @@ import {
   checkHostPort,
   checkUdpAdvertise,
   ConfigError,
+  logFormatOf,
+  logLevelOf,
   MAX_POOL,
   MAX_TEXT_FILE_BYTES,
   parseDuration,
@@ -60,6 +62,12 @@ Deno.test("parseDuration() converts each unit to milliseconds", () => {
     ["1m1ms", 60_001],
     ["5s1h", 3_605_000],
   ];
+  for (const [text, ms] of table) assert.equal(parseDuration(text), ms, text);
+});
+
+Deno.test("parseDuration() rounds a fraction of a millisecond to the nearest one", () => {
+  // Half a millisecond and more rounds up, as --handshake-timeout 2.5ms is taken.
+  const table: [string, number][] = [["1.5ms", 2], ["2.5ms", 3], ["0.0015s", 2], ["1.4ms", 1]];
   for (const [text, ms] of table) assert.equal(parseDuration(text), ms, text);
 });
 
@@ -138,6 +146,20 @@ Deno.test("checkHostPort() says what is wrong: the form, the port's range, or th
   ];
   for (const [text, minPort, problem] of cases) {
     assert.deepEqual(checkHostPort(text, minPort), { problem }, text);
+  }
+});
+
+Deno.test("checkHostPort() refuses anything after the port's digits", () => {
+  // A typo after the port must not be dropped: 1080x is no port 1080.
+  for (const text of ["127.0.0.1:1080x", "[::1]:1080 x", "localhost:80:90", "127.0.0.1:1080/"]) {
+    for (const minPort of [0, 1] as const) {
+      assert.deepEqual(
+        checkHostPort(text, minPort),
+        { problem: "expected HOST:PORT or [IPV6]:PORT" },
+        text,
+      );
+    }
+    assert.equal(parseHostPort(text), null, text);
   }
 });
 
@@ -223,6 +245,44 @@ Deno.test("--pool is at most MAX_POOL, and --to may not be --listen itself", () 
   assert.equal(
     buildForwardConfig({ listen: "[::]:2222", to: ["[2001:db8::1]:2222"] }).kind,
     "forward",
+  );
+});
+
+Deno.test("--to that leads back to --listen is refused however the host is spelled or dialled", () => {
+  const loop = (to: string) =>
+    `--to: got ${JSON.stringify(to)}; expected an address other than --listen ` +
+    `(ferry would forward to itself)`;
+  for (
+    const [listen, to] of [
+      // Host names in any case: LOCALHOST is localhost.
+      ["localhost:41186", "LOCALHOST:41186"],
+      ["Example.test:41186", "example.TEST:41186"],
+      // A connection to [::] lands on ::1, and localhost may be ::1.
+      ["[::1]:41186", "[::]:41186"],
+      ["[::1]:41186", "localhost:41186"],
+    ]
+  ) {
+    assert.throws(
+      () => buildForwardConfig({ listen, to: ["127.0.0.1:22", to!] }),
+      (error: unknown) => error instanceof ConfigError && error.problems.join("\n") === loop(to!),
+      `${listen} → ${to}`,
+    );
+  }
+  // A connection to [::] lands on ::1, never on 127.0.0.1: another listener.
+  assert.equal(
+    buildForwardConfig({ listen: "127.0.0.1:41186", to: ["[::]:41186"] }).kind,
+    "forward",
+  );
+});
+
+Deno.test("a forwarder without --listen is told --listen is required, and nothing about a loop", () => {
+  // The default listen address is not this forwarder's: a --to equal to it is no loop.
+  assert.throws(
+    () => buildForwardConfig({ to: ["127.0.0.1:1080"] }),
+    (error: unknown) =>
+      error instanceof ConfigError &&
+      error.problems.join("\n") ===
+        "--listen: required; expected HOST:PORT ([::1]:PORT for IPv6)",
   );
 });
 
@@ -348,6 +408,14 @@ Deno.test("--log-level takes any case, and warning for warn (the name text lines
   }
   const problems = await problemsOf({ logLevel: "warnings" });
   assert.deepEqual(problems, ['--log-level: "warnings" is not one of debug, info, warn, error']);
+});
+
+Deno.test("--log-level and --log-format take a value with spaces around it", async () => {
+  const config = await buildSocksConfig({ logLevel: " warning ", logFormat: "\tJSON " });
+  assert.equal(config.logLevel, "warn");
+  assert.equal(config.logFormat, "json");
+  assert.equal(logLevelOf("  Debug\n"), "debug");
+  assert.equal(logFormatOf(" text "), "text");
 });
 
 Deno.test("buildSocksConfig() defaults --max-conns-per-ip to --max-conns", async () => {
@@ -562,6 +630,19 @@ Deno.test("buildSocksConfig() reports at most 20 problems of one users file, the
       assert.ok(problems.some((p) => p.startsWith("--max-conns")), "other options still checked");
     });
   }
+});
+
+Deno.test("the note after 20 problems of a users file counts exactly the entries left unchecked", async () => {
+  // 30 entries without a colon: the 21st and the 9 after it were not checked.
+  const content = Array.from({ length: 30 }, (_, i) => `entry${i}`).join("\n");
+  await withTempFile(content, async (path) => {
+    const problems = await problemsOf({ usersFile: [path] });
+    assert.equal(problems.length, 21);
+    assert.equal(
+      problems[20],
+      `${path}: 20 problems; its other 10 entries were not checked (is it the right file?)`,
+    );
+  });
 });
 
 Deno.test("buildSocksConfig() refuses a users file larger than 16 MiB instead of reading it all", async () => {

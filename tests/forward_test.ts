@@ -15,6 +15,7 @@ import {
   unusedPort,
   waitUntil,
 } from "./_helpers/forward_support.ts";
+import { fullQueueListeners } from "./_helpers/full_queue.ts";
 import {
   BufferedConn,
   concat,
@@ -354,6 +355,30 @@ Deno.test("forward: failover with pooling: one upstream refusing, every client g
   assert.equal(upstreamOf(fwd, 0).idle, 0);
   const down = logs.events("upstream-down").filter((e) => e.upstream === dead);
   assert.equal(down.length, 1, "one upstream-down line for the dead upstream");
+});
+
+Deno.test("forward: an upstream's lines name the listener by the port it got, not the 0 it was given", async () => {
+  // Several listeners may share an upstream: its lines say which one's pool they are about.
+  const dead = `127.0.0.1:${unusedPort()}`;
+  await using fwd = forwarder([dead], { pool: "1" });
+  const downOf = () => logs.events("upstream-down").find((e) => e.upstream === dead);
+  await waitUntil(() => downOf() !== undefined, "the upstream-down line");
+  assert.equal(downOf()!.listen, `127.0.0.1:${fwd.addr.port}`);
+});
+
+Deno.test("forward: a pool's dial gives up after --connect-timeout, whatever --handshake-timeout is", async () => {
+  // The upstream drops SYNs (its accept queue is full): each dial hangs
+  // until its timeout, which is --connect-timeout's, not the handshake's.
+  await using silent = await fullQueueListeners(["127.0.0.1"]);
+  const upstream = `127.0.0.1:${silent.port}`;
+  await using _fwd = forwarder([upstream], {
+    pool: "1",
+    connectTimeout: "300ms",
+    handshakeTimeout: "500h",
+  });
+  const downOf = () => logs.events("upstream-down").find((e) => e.upstream === upstream);
+  await waitUntil(() => downOf() !== undefined, "the pool's dial to time out");
+  assert.match(String(downOf()!.error), /timed out/);
 });
 
 Deno.test("forward: failover on demand (--pool 0): a refused dial moves on to the next upstream", async () => {

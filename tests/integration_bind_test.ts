@@ -8,6 +8,7 @@ import { Buffer } from "node:buffer";
 import { once } from "node:events";
 import net, { type Socket } from "node:net";
 import { SocksClient } from "socks";
+import { wildcardIsIpv6Only } from "../src/config.ts";
 import type { Address } from "../src/protocol/address.ts";
 import { startFerry } from "./_helpers/ferry.ts";
 import { connectAndReset } from "./_helpers/reset.ts";
@@ -156,6 +157,34 @@ Deno.test("SOCKS5 BIND over IPv6 for an IPv4 peer, which could never connect, ge
   const bound = await socks5Handshake(other, ipv6("::1", 0), { command: socks5.Command.Bind });
   assert.equal(bound.reply, socks5.Reply.Succeeded);
   assert.equal(bound.address.host, "::1");
+});
+
+Deno.test({
+  name:
+    "an IPv4 client of a [::] listener gets a BIND on its IPv4 address, and its IPv4 peer is let in",
+  // Where [::] takes IPv6 only, no IPv4 client reaches it.
+  ignore: wildcardIsIpv6Only(),
+  fn: async () => {
+    // The client came in on ::ffff:127.0.0.1: a listener there, of the IPv6
+    // family, was refused as one its IPv4 peer could never connect to.
+    await using ferry = await startFerry(["socks", "--listen", "[::]:0"]);
+    using client = await BufferedConn.connect("127.0.0.1", ferry.port);
+    const first = await socks5Handshake(client, ipv4("127.0.0.1", 0), {
+      command: socks5.Command.Bind,
+    });
+    assert.equal(first.reply, socks5.Reply.Succeeded);
+    assert.deepEqual(first.address, { type: "ipv4", host: "127.0.0.1", port: first.address.port });
+    using peer = await Deno.connect({ hostname: "127.0.0.1", port: first.address.port });
+    const second = await client.readMessage(socks5.decodeReply, "second reply");
+    assert.equal(second.reply, socks5.Reply.Succeeded);
+    assert.deepEqual(second.address, {
+      type: "ipv4",
+      host: "127.0.0.1",
+      port: peer.localAddr.port,
+    });
+    await peer.write(encoder.encode("hello"));
+    assert.equal(decoder.decode(await client.readExactly(5)), "hello");
+  },
 });
 
 Deno.test("SOCKS5 BIND whose peer cannot be accepted (EMFILE) gets a second reply 0x01", async () => {

@@ -6,6 +6,7 @@
  * kernel drops further SYNs.
  */
 import assert from "node:assert/strict";
+import { wildcardIsIpv6Only } from "../src/config.ts";
 import { startFerry } from "./_helpers/ferry.ts";
 import { fullQueueListeners } from "./_helpers/full_queue.ts";
 import { ForwardUpstream, taggedEcho, unusedPort } from "./_helpers/forward_support.ts";
@@ -18,6 +19,7 @@ import {
   deadline,
   domain,
   ipv4,
+  socks4,
   socks5,
   socks5Handshake,
   TcpTarget,
@@ -457,6 +459,34 @@ Deno.test({
 
 Deno.test({
   name:
+    "a forwarder on [::] whose upstream name resolves to 127.0.0.1 on its own port marks it down as a loop",
+  // Where [::] takes IPv6 only, 127.0.0.1 on its port is another listener.
+  ignore: !mountNsAvailable || wildcardIsIpv6Only(),
+  async fn() {
+    // The looped connection arrives at [::] from ::ffff:127.0.0.1, and the
+    // check asks for 127.0.0.1: accepts must be remembered unmapped.
+    const hostsFile = await Deno.makeTempFile({ suffix: ".hosts" });
+    try {
+      await Deno.writeTextFile(hostsFile, "127.0.0.1 self.test\n");
+      const port = unusedPort();
+      await using ferry = await startFerry(
+        ["forward", "--listen", `[::]:${port}`, "--to", `self.test:${port}`, "--pool", "1"],
+        { wrapper: withHostsFile(hostsFile) },
+      );
+      const down = await ferry.waitFor((line) => line.event === "upstream-down", 5_000);
+      assert.match(String(down.error), /leads back to this forwarder's own listener .*loop/);
+      assert.ok(
+        !ferry.lines.some((l) => l.event === "upstream-up"),
+        "a loop taken for an upstream",
+      );
+    } finally {
+      await Deno.remove(hostsFile);
+    }
+  },
+});
+
+Deno.test({
+  name:
     "a forwarder on [::1] whose upstream name is both ::1 (itself) and 127.0.0.1 (the upstream) forwards there, pooled or not",
   ignore: !mountNsAvailable,
   async fn() {
@@ -569,6 +599,33 @@ Deno.test({
       second: socks5.Reply.Succeeded,
       peer: "127.0.0.1",
       carried: "from the peer",
+    });
+  },
+});
+
+const BIND_DUAL_PROBE = new URL("./_helpers/bind_dual_probe.ts", import.meta.url).pathname;
+
+Deno.test({
+  name:
+    "a BIND whose peer is a name of both families listens where its IPv4 address reaches, and SOCKS4a never on IPv6",
+  ignore: !mountNsAvailable || !netnsAvailable,
+  async fn() {
+    // One IPv4 address of the peer's is enough for an IPv4 listener: the
+    // SOCKS5 BIND is granted. A SOCKS4a BIND is not put on the ::1 source
+    // of another session's connection to the peer: its reply could only
+    // name 0.0.0.0 there.
+    const probed = await probeWithEtc(
+      "hosts",
+      "127.0.0.1 dual.test\n::1 dual.test\n",
+      BIND_DUAL_PROBE,
+    );
+    assert.deepEqual(probed, {
+      socks5: {
+        first: socks5.Reply.Succeeded,
+        host: "127.0.0.1",
+        second: socks5.Reply.Succeeded,
+      },
+      socks4a: { reply: socks4.Reply.Granted, ip: "127.0.0.1" },
     });
   },
 });

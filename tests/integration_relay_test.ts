@@ -373,6 +373,78 @@ Deno.test("a request the client never finishes is logged as far as it came: prot
   }
 });
 
+Deno.test("an empty SOCKS4 user-id is no user, and a request cut right after its command names the command", async () => {
+  // user "" would read as a user who sent an empty name; only sent names are logged.
+  await using ferry = await startFerry(LISTEN);
+  using target = TcpTarget.listen();
+  const upstream = target.accept();
+  const granted = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks4Handshake(granted, ipv4("127.0.0.1", target.port));
+  assert.equal(reply.reply, socks4.Reply.Granted);
+  (await upstream).close();
+  assert.equal((await granted.readToEnd()).length, 0);
+  granted.close();
+  const grantedSession = await sessionOf(ferry, granted.localAddr);
+  assert.deepEqual(
+    { protocol: grantedSession.protocol, user: grantedSession.user },
+    { protocol: "socks4", user: null },
+  );
+  const cases = [
+    {
+      // SOCKS4a, its user-id empty and ended, its name cut short.
+      sent: Uint8Array.of(0x04, 0x01, 0x00, 0x50, 0, 0, 0, 1, 0, ...encoder.encode("exa")),
+      logged: { protocol: "socks4a", command: "connect", target: null, user: null },
+    },
+    {
+      // After the greeting, the request's version and command and no more.
+      sent: Uint8Array.of(0x05, 0x01, 0x00, 0x05, 0x03),
+      logged: { protocol: "socks5", command: "udp-associate", target: null, user: null },
+    },
+    {
+      sent: Uint8Array.of(0x04, 0x02),
+      logged: { protocol: "socks4", command: "bind", target: null, user: null },
+    },
+  ];
+  for (const { sent, logged } of cases) {
+    const client = await BufferedConn.connect(ferry.hostname, ferry.port);
+    await client.conn.write(sent);
+    // SOCKS5's method reply read first, so the client's close is a FIN, not a reset.
+    if (sent[0] === 0x05) assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, 0x00));
+    await client.conn.closeWrite();
+    const session = await sessionOf(ferry, client.localAddr);
+    client.conn.close();
+    const { protocol, command, target, user, outcome } = session;
+    assert.deepEqual(
+      { protocol, command, target, user, outcome },
+      { ...logged, outcome: "client-closed" },
+    );
+  }
+});
+
+Deno.test("a user name that is not UTF-8 never passes for a configured name spelled with escapes", async () => {
+  // The log shows byte 0xff as \xff; a user configured as "carol\xff" (ASCII
+  // backslash, x, f, f) is another user, and those bytes must not log in as them.
+  await using ferry = await startFerry([...LISTEN, "--user", "carol\\xff:right"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(socks5.encodeGreeting({ methods: [socks5.Method.UserPass] }));
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, 0x02));
+  const username = Uint8Array.of(...encoder.encode("carol"), 0xff);
+  await client.write(socks5.encodeCredentials({ username, password: encoder.encode("right") }));
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x01, 0x01), "auth must fail");
+  client.close();
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "auth-failed");
+  assert.equal(session.userNotUtf8, true);
+  // The configured user itself still logs in.
+  using target = TcpTarget.listen();
+  const { client: carol, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port), {
+    username: "carol\\xff",
+    password: "right",
+  });
+  using _carol = carol;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+});
+
 Deno.test("a user name is compared byte for byte: a BOM before it, or invalid UTF-8 after it, is another name", async () => {
   await using ferry = await startFerry([...LISTEN, "--user", "carol:right"]);
   const carol = encoder.encode("carol");

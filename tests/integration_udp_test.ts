@@ -7,10 +7,11 @@ import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import { once } from "node:events";
 import { Buffer } from "node:buffer";
-import type { Socket } from "node:net";
+import net, { type Socket } from "node:net";
 import { SocksClient } from "socks";
 import { type FerryProcess, type LogLine, startFerry } from "./_helpers/ferry.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
+import { ss } from "./_helpers/ss.ts";
 import { TextLineStream } from "./_helpers/text_line_stream.ts";
 import { wildcardIsIpv6Only } from "../src/config.ts";
 import type { Address } from "../src/protocol/address.ts";
@@ -26,6 +27,7 @@ import {
 } from "./_helpers/udp_support.ts";
 import {
   BufferedConn,
+  concat,
   deadline,
   domain,
   ipv4,
@@ -742,6 +744,62 @@ Deno.test("an idle association is evicted: the control connection is closed and 
   assert.equal(session.outcome, "idle-timeout");
   // The log line is written once the session has closed everything it held.
   assert.equal(await udpPortTaken(host, port), false, "the relay socket was closed");
+});
+
+Deno.test("an association's control connection has TCP keepalive from the reply on", async () => {
+  // It is meant to last, idle between datagrams: a peer that vanished must
+  // not hold the association until --idle-timeout (5 minutes by default).
+  await using ferry = await startFerry(LISTEN);
+  await using udp = await associate(ferry);
+  assert.equal(udp.reply.reply, socks5.Reply.Succeeded);
+  const ferrySide = `( sport = :${ferry.port} and dport = :${udp.control.localAddr.port} )`;
+  // `ss -o` shows the keepalive timer once no other one (the reply's
+  // retransmission timer, until it is acknowledged) runs.
+  const deadlineAt = Date.now() + 10_000;
+  for (;;) {
+    const lines = await ss("-tnoH", "state", "established", ferrySide);
+    assert.equal(lines.length, 1, lines.join("\n"));
+    if (lines[0]!.includes("timer:(keepalive")) break;
+    assert.ok(Date.now() < deadlineAt, `no keepalive on ferry's end after 10 s: ${lines[0]}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+});
+
+Deno.test("a control connection reset during its association is logged reset", async () => {
+  await using ferry = await startFerry(LISTEN);
+  const local = await udpSocket();
+  try {
+    const request = concat([
+      socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }),
+      socks5.encodeRequest({
+        command: socks5.Command.UdpAssociate,
+        address: ipv4("0.0.0.0", local.address().port),
+      }),
+    ]);
+    // Node's socket, for its reset: Deno's cannot send one.
+    const localPort = await new Promise<number>((resolve, reject) => {
+      const socket = net.connect(ferry.port, ferry.hostname, () => socket.write(request));
+      let got = 0;
+      socket.on("data", (bytes: Uint8Array) => {
+        got += bytes.length;
+        // The method selection (2 bytes), then the reply of 10: associated.
+        if (got < 12) return;
+        const port = socket.localPort!;
+        socket.resetAndDestroy();
+        resolve(port);
+      });
+      socket.once("error", reject);
+    });
+    const session = await sessionOf(ferry, {
+      transport: "tcp",
+      hostname: "127.0.0.1",
+      port: localPort,
+    });
+    assert.equal(session.command, "udp-associate");
+    assert.equal(session.outcome, "reset");
+  } finally {
+    await closeUdp(local);
+  }
 });
 
 Deno.test("bytes on the control connection keep an association alive, as datagrams do", async () => {

@@ -10,7 +10,14 @@ import { buildSocksConfig, type RawSocksOptions } from "../src/config.ts";
 import type { Decoded } from "../src/protocol/decoded.ts";
 import * as socks5 from "../src/protocol/socks5.ts";
 import { writeAll } from "../src/relay.ts";
-import { type Server, type ServerSession, startServer, startSocksServer } from "../src/server.ts";
+import {
+  AcceptedConnections,
+  type Server,
+  type ServerSession,
+  startServer,
+  startSocksServer,
+} from "../src/server.ts";
+import type { SessionContext } from "../src/proxy_session.ts";
 import { DescriptorWait } from "../src/spare_descriptors.ts";
 import { waitsUntilGivenUp } from "./_helpers/descriptor_wait.ts";
 import { captureLogs, waitUntil } from "./_helpers/forward_support.ts";
@@ -322,6 +329,77 @@ Deno.test("a session gives its target back when it ends: a dial short of descrip
   assert.equal(await waitsUntilGivenUp(wait), 5);
 });
 
+Deno.test("while a client's dial waits for a descriptor, new clients are left in the listen queue", async () => {
+  // A descriptor that frees up must go to the client already accepted, not
+  // to a new one who could not dial either; the queue is served once the wait ends.
+  const settings = await buildSocksConfig({ listen: "127.0.0.1:0", logLevel: "error" });
+  const server = startServer(settings, (conn) => new GreetingSession(conn, false));
+  const clients: Client[] = [];
+  try {
+    {
+      using _waiting = new DescriptorWait();
+      // The accept already under way takes the first client: the loop checks before each accept.
+      const first = await Client.open(server.addr.port);
+      clients.push(first);
+      assert.equal(decoder.decode(await first.readExactly("hello".length)), "hello");
+      const queued = await Client.open(server.addr.port); // the kernel completes the connect
+      clients.push(queued);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.equal(server.metrics.accepted, 1, "accepted while a dial waited for a descriptor");
+    }
+    assert.equal(decoder.decode(await clients[1]!.readExactly("hello".length)), "hello");
+    assert.equal(server.metrics.accepted, 2);
+  } finally {
+    for (const client of clients) client.close();
+    await within(server.shutdown(1000), "shutdown");
+  }
+});
+
+Deno.test("the accept loop backs off from 5 ms, doubling to 250 ms at most, and from 5 ms again once an accept succeeds", async () => {
+  // The waits are recorded, not timed: setTimeout is replaced for the test,
+  // and fires at once. Uncapped, the tenth failure in a row waited 2.5 s;
+  // not started again, a server that recovered waited 250 ms after its next error.
+  const failure = () =>
+    Object.assign(new Error("No buffer space available (os error 105)"), { code: "ENOBUFS" });
+  const conn = { kind: "the accepted connection" } as unknown as Deno.TcpConn;
+  const script: (Error | Deno.TcpConn)[] = [
+    ...Array.from({ length: 9 }, failure),
+    conn,
+    failure(),
+    failure(),
+    conn,
+  ];
+  const listener = {
+    accept: () => {
+      const next = script.shift();
+      if (next === undefined) return Promise.reject(new Deno.errors.BadResource("closed"));
+      return next === conn ? Promise.resolve(conn) : Promise.reject(next);
+    },
+  } as unknown as Deno.TcpListener;
+  const errors: boolean[] = [];
+  const delays: number[] = [];
+  const realSetTimeout = globalThis.setTimeout;
+  globalThis.setTimeout = ((handler: () => void, ms?: number) => {
+    delays.push(ms ?? 0);
+    return realSetTimeout(handler, 0);
+  }) as typeof setTimeout;
+  try {
+    const accepted = new AcceptedConnections(
+      listener,
+      new AbortController().signal,
+      (_error, backingOff) => errors.push(backingOff),
+    );
+    assert.equal((await accepted.next()).value, conn);
+    assert.deepEqual(delays, [5, 10, 20, 40, 80, 160, 250, 250, 250]);
+    assert.equal((await accepted.next()).value, conn);
+    assert.deepEqual(delays.slice(9), [5, 10]);
+    assert.deepEqual((await accepted.next()).done, true);
+  } finally {
+    globalThis.setTimeout = realSetTimeout;
+  }
+  assert.deepEqual(errors, Array(11).fill(true), "every failure reported, each backing off");
+});
+
 Deno.test("startSocksServer() turns Nagle off on both of a session's sockets", async () => {
   // Deno leaves TCP_NODELAY off, and with Nagle a small write waits for the
   // peer's delayed ACK (40 ms). No socket option can be read back through
@@ -570,6 +648,31 @@ Deno.test("shutdown() aborts sessions still running when grace is over", async (
   });
 });
 
+Deno.test("shutdown() while a BIND waits for its peer: the client gets a second reply 0x01, not 0x04", async () => {
+  // The README: a client waiting for its BIND's peer gets 0x01 at shutdown;
+  // 0x04 would say the peer did not come in time.
+  await withServer({ bindTimeout: "60s" }, async (server, _echo, clients) => {
+    const client = await Client.open(server.addr.port);
+    clients.push(client);
+    await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+    assert.equal(
+      await client.readMessage(socks5.decodeMethodSelection, "method selection"),
+      socks5.Method.NoAuth,
+    );
+    await client.write(socks5.encodeRequest({
+      command: socks5.Command.Bind,
+      address: { type: "ipv4", host: "127.0.0.1", port: 0 },
+    }));
+    const first = await client.readMessage(socks5.decodeReply, "first reply");
+    assert.equal(first.reply, socks5.Reply.Succeeded);
+    const shutdown = server.shutdown(0);
+    const second = await client.readMessage(socks5.decodeReply, "second reply");
+    assert.equal(second.reply, socks5.Reply.GeneralFailure);
+    await within(shutdown, "shutdown", () => client.close());
+    assert.equal(server.metrics.outcomes.get("shutdown"), 1);
+  });
+});
+
 Deno.test("shutdown() while a UDP ASSOCIATE's socket is being bound: the client gets 0x01, not a grant, and shutdown ends", async () => {
   // The bind made to take 300 ms, as a busy event loop or a wait for a
   // descriptor would stretch it: shutdown in that window used to grant the
@@ -602,6 +705,59 @@ Deno.test("shutdown() while a UDP ASSOCIATE's socket is being bound: the client 
   } finally {
     (dgram as { createSocket: unknown }).createSocket = createSocket;
   }
+});
+
+Deno.test("shutdown() whose sessions end within the grace leaves no grace timer running", async () => {
+  // A timer left running kept an embedding process alive for the rest of
+  // the grace (up to --shutdown-grace, 10 s by default) after everything ended.
+  const GRACE_MS = 123_456;
+  const graceTimers = new Set<ReturnType<typeof setTimeout>>();
+  const realSetTimeout = globalThis.setTimeout;
+  const realClearTimeout = globalThis.clearTimeout;
+  globalThis.setTimeout = ((handler: () => void, ms?: number) => {
+    const id = realSetTimeout(() => {
+      graceTimers.delete(id);
+      handler();
+    }, ms);
+    if (ms === GRACE_MS) graceTimers.add(id);
+    return id;
+  }) as typeof setTimeout;
+  globalThis.clearTimeout = ((id?: ReturnType<typeof setTimeout>) => {
+    if (id !== undefined) graceTimers.delete(id);
+    realClearTimeout(id);
+  }) as typeof clearTimeout;
+  try {
+    await withServer({}, async (server, echo, clients) => {
+      const client = await openSession(server, echo);
+      clients.push(client);
+      const shutdown = server.shutdown(GRACE_MS);
+      await finishSession(client);
+      await within(shutdown, "shutdown");
+      assert.equal(graceTimers.size, 0, "the grace timer still runs after shutdown() resolved");
+    });
+  } finally {
+    for (const id of graceTimers) realClearTimeout(id);
+    globalThis.setTimeout = realSetTimeout;
+    globalThis.clearTimeout = realClearTimeout;
+  }
+});
+
+Deno.test("server.finished waits for the sessions, not only for the accept loop", async () => {
+  await withServer({}, async (server, echo, clients) => {
+    const client = await openSession(server, echo);
+    clients.push(client);
+    let finished = false;
+    const whenFinished = server.finished.then(() => finished = true);
+    const shutdown = server.shutdown(10_000);
+    // The accept loop is over: the listener serves no one.
+    await assertNotServed(server.addr.port);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(await client.echo("x"), "x");
+    assert.equal(finished, false, "finished while a session still relays");
+    await finishSession(client);
+    await within(shutdown, "shutdown");
+    await within(whenFinished, "finished, once the session has ended");
+  });
 });
 
 Deno.test("server.finished taken before shutdown() resolves with it", async () => {
@@ -702,6 +858,133 @@ Deno.test("a session that cannot be made, or whose run() rejects, fails alone: t
     for (const client of clients) client.close();
     await within(server.shutdown(0), "cleanup shutdown");
     await reset();
+  }
+});
+
+/**
+ * A session for startServer() that stands for one whose client connected
+ * from `from` and whose connection to a BIND's peer, if any, leaves from
+ * `source`; it holds its client until that closes.
+ */
+class SourceSession implements ServerSession {
+  readonly #conn: Deno.TcpConn;
+  readonly #from: string;
+  readonly #source: string | null;
+
+  constructor(conn: Deno.TcpConn, from: string, source: string | null) {
+    this.#conn = conn;
+    this.#from = from;
+    this.#source = source;
+  }
+
+  async run(): Promise<void> {
+    while ((await this.#conn.read(new Uint8Array(64))) !== null) { /* until the client closes */ }
+    this.#conn.close();
+  }
+
+  abort(): void {
+    closeQuietly(this.#conn);
+  }
+
+  sourceFor(): string | null {
+    return this.#source;
+  }
+
+  isFrom(ip: string): boolean {
+    return ip === this.#from;
+  }
+}
+
+Deno.test("a BIND's source is the asking client's own connection to the peer first, else another client's", async () => {
+  // The asking client's own connection (an FTP control connection) is what
+  // the peer expects a PORT to name; another client's may come from another
+  // address. A session of the asking client's without such a connection
+  // leaves the choice to the others.
+  const settings = await buildSocksConfig({ listen: "127.0.0.1:0", logLevel: "error" });
+  const plan: [string, string | null][] = [
+    ["192.0.2.2", null],
+    ["192.0.2.1", "198.51.100.1"],
+    ["192.0.2.2", "198.51.100.2"],
+  ];
+  let context: SessionContext | null = null;
+  const server = startServer(settings, (conn, given) => {
+    context = given;
+    const [from, source] = plan.shift()!;
+    return new SourceSession(conn, from, source);
+  });
+  const clients: Client[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      clients.push(await Client.open(server.addr.port));
+      await waitUntil(() => server.activeSessions === i + 1, `session ${i + 1} to start`);
+    }
+    const peers = new Set(["203.0.113.9"]);
+    const sourceFor = (ip: string) => context!.sourceFor(peers, ip);
+    assert.equal(sourceFor("192.0.2.2"), "198.51.100.2", "the asking client's own");
+    assert.equal(sourceFor("192.0.2.1"), "198.51.100.1", "the asking client's own");
+    assert.equal(sourceFor("192.0.2.3"), "198.51.100.1", "no own: the first other");
+    clients.pop()!.close(); // the third session ends: 192.0.2.2 has none of its own left
+    await waitUntil(() => server.activeSessions === 2, "the third session to end");
+    assert.equal(sourceFor("192.0.2.2"), "198.51.100.1", "no own: another client's");
+  } finally {
+    for (const client of clients) client.close();
+    await within(server.shutdown(1000), "shutdown");
+  }
+});
+
+Deno.test("a session that cannot be made takes no place of its client's under --max-conns-per-ip", async () => {
+  // Counted before it was made, each such failure would keep a place of
+  // the client's for good, until its every connection was refused.
+  const settings = await buildSocksConfig({
+    listen: "127.0.0.1:0",
+    logLevel: "error",
+    maxConnsPerIp: "1",
+  });
+  let made = 0;
+  const server = startServer(settings, (conn) => {
+    if (++made <= 2) throw new RangeError("Array buffer allocation failed");
+    return new GreetingSession(conn, false);
+  });
+  const clients: Client[] = [];
+  try {
+    for (let i = 0; i < 2; i++) {
+      const unmade = await Client.open(server.addr.port);
+      clients.push(unmade);
+      assert.deepEqual(await unmade.waitForEnd(), { ending: "eof", extra: 0 });
+    }
+    const served = await Client.open(server.addr.port);
+    clients.push(served);
+    assert.equal(decoder.decode(await served.readExactly("hello".length)), "hello");
+    const { internalErrors, rejectedPerIp } = server.metrics.snapshot();
+    assert.deepEqual({ internalErrors, rejectedPerIp }, { internalErrors: 2, rejectedPerIp: 0 });
+  } finally {
+    for (const client of clients) client.close();
+    await within(server.shutdown(1000), "shutdown");
+  }
+});
+
+Deno.test("startServer() remembering clients still knows a client accepted just before its memory moved on to a new second", async () => {
+  // Accepts are kept a second at a time, the last two seconds' kept: a loop
+  // check asking just after the next second's first accept still finds one
+  // accepted in the one before.
+  const settings = await buildSocksConfig({ listen: "127.0.0.1:0", logLevel: "error" });
+  const server = startServer(settings, (conn) => new GreetingSession(conn, false), [], true);
+  const clients: Client[] = [];
+  const accepted = async () => {
+    const client = await Client.open(server.addr.port);
+    clients.push(client);
+    const { port } = client.conn.localAddr;
+    await waitUntil(() => server.acceptedFrom("127.0.0.1", port), `client ${port} accepted`);
+    return port;
+  };
+  try {
+    const first = await accepted();
+    await new Promise((resolve) => setTimeout(resolve, 1_100)); // past its second
+    await accepted(); // the next second's first
+    assert.ok(server.acceptedFrom("127.0.0.1", first), `client ${first} forgotten`);
+  } finally {
+    for (const client of clients) client.close();
+    await within(server.shutdown(1000), "shutdown");
   }
 });
 
