@@ -55,6 +55,32 @@ Deno.test("ByteQueue: moving the queued bytes to the front keeps every one of th
   assert.deepEqual(out, Uint8Array.from([...first.subarray(900), ...second]));
 });
 
+Deno.test("ByteQueue: a chunk larger than twice the buffer is taken whole", () => {
+  // A pooled upstream may send a greeting of many KiB in one read, before or
+  // after smaller ones.
+  const queue = new ByteQueue();
+  const big = Uint8Array.from({ length: 5000 }, (_, i) => i % 253);
+  queue.push(big);
+  assert.equal(queue.length, 5000);
+  queue.push(Uint8Array.of(1, 2, 3));
+  const bigger = Uint8Array.from({ length: 20_000 }, (_, i) => i % 241);
+  queue.push(bigger); // more than twice the buffer that holds the first two
+  const out = new Uint8Array(30_000);
+  assert.equal(queue.shift(out), 25_003);
+  assert.deepEqual(out.subarray(0, 25_003), Uint8Array.from([...big, 1, 2, 3, ...bigger]));
+});
+
+Deno.test("ByteQueue: a push that exactly fills the buffer once moved forward does not grow it", () => {
+  const queue = new ByteQueue();
+  queue.push(new Uint8Array(1024).fill(1));
+  assert.equal(queue.shift(new Uint8Array(24)), 24);
+  queue.push(new Uint8Array(24).fill(2)); // 1000 + 24 bytes: the 1 KiB buffer, full
+  assert.equal(queue.capacity, 1024);
+  const out = new Uint8Array(1024);
+  assert.equal(queue.shift(out), 1024);
+  assert.deepEqual(out, Uint8Array.from([...Array(1000).fill(1), ...Array(24).fill(2)]));
+});
+
 Deno.test("ByteQueue: random pushes and shifts give the bytes back in order (model: an array)", () => {
   const step = fc.oneof(
     fc.record({ push: fc.uint8Array({ maxLength: 3000 }) }),

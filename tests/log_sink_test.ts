@@ -426,3 +426,189 @@ Deno.test("batchedSink counts as dropped only the lines a failed write did not g
   ]);
   assert.ok(stderr.text.startsWith("line 1\nline 2\nline 3\nlin\n"), stderr.text);
 });
+
+Deno.test("batchedSink retries a write interrupted by a signal (EINTR), losing nothing", async () => {
+  const stderr = new FakeStderr();
+  let interruptions = 2;
+  const write = (bytes: Uint8Array) => {
+    if (interruptions > 0) {
+      interruptions--;
+      return Promise.reject(new Deno.errors.Interrupted("Interrupted system call"));
+    }
+    return stderr.write(bytes);
+  };
+  const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 1 });
+  const keepAlive = setTimeout(() => {}, 10_000); // the back-off's timer is unref'd
+  const written = stderr.nextWrite();
+  sink(record("through a signal"));
+  await written;
+  clearTimeout(keepAlive);
+  await sink[Symbol.asyncDispose]();
+  assert.equal(interruptions, 0);
+  assert.equal(stderr.text, "through a signal\n", "no record counted as dropped");
+});
+
+Deno.test("batchedSink stops writing for good once the reader is gone: EPIPE, a closed or unconnected descriptor", async () => {
+  for (
+    const gone of [
+      new Deno.errors.BrokenPipe("Broken pipe (os error 32)"),
+      new Deno.errors.BadResource("Bad resource ID"),
+      new Deno.errors.NotConnected("Transport endpoint is not connected (os error 107)"),
+    ]
+  ) {
+    let calls = 0;
+    const { promise: called, resolve: wasCalled } = Promise.withResolvers<void>();
+    const write = () => {
+      calls++;
+      wasCalled();
+      return Promise.reject(gone);
+    };
+    const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 1 });
+    sink(record("lost"));
+    await called;
+    await new Promise((resolve) => setTimeout(resolve, 0)); // the failed write handled
+    sink(record("after the reader left")); // before dispose: still no write
+    await sink[Symbol.asyncDispose]();
+    assert.equal(calls, 1, `${gone.name}: nothing is written after it`);
+  }
+});
+
+Deno.test("batchedSink counts the lines lost across two failed writes, the cut line ended first", async () => {
+  // The second batch starts with a newline that ends the line the first
+  // failure cut short: that newline is no record of the batch that got out.
+  const stderr = new FakeStderr();
+  let calls = 0;
+  const full = () => Promise.reject(new Error("No space left on device (os error 28)"));
+  const write = (bytes: Uint8Array) => {
+    calls++;
+    if (calls === 1) return stderr.write(bytes.subarray(0, 2)); // "a1", then the disk is full
+    if (calls === 2) {
+      // Two more records while the failed write is handled: the next batch.
+      sink(record("b1"));
+      sink(record("b2"));
+      return full();
+    }
+    if (calls === 3) return stderr.write(bytes.subarray(0, 5)); // "\nb1\nb", then full again
+    if (calls === 4) return full();
+    return stderr.write(bytes);
+  };
+  const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 2, retryAfterMs: 1 });
+  const keepAlive = setTimeout(() => {}, 10_000); // the retry's timer is unref'd
+  sink(record("a1"));
+  sink(record("a2"));
+  while (calls < 5) await stderr.nextWrite();
+  clearTimeout(keepAlive);
+  await sink[Symbol.asyncDispose]();
+  // Lost: a1 (cut), a2, and b2 (cut); b1 got out whole.
+  assert.equal(
+    stderr.text,
+    "a1\nb1\nb\n3 log records dropped: writing to stderr failed (No space left on device " +
+      "(os error 28))\n",
+  );
+});
+
+Deno.test("batchedSink writes a record that came as a drain was ending, without waiting for dispose", async () => {
+  // As the dispose test above, but the sink stays in use: the record must go
+  // out on the timer armed once the drain is over, not wait for the next one.
+  for (let hops = 0; hops < 8; hops++) {
+    const stderr = new FakeStderr();
+    const sink = batchedSink({
+      formatter: lineFormatter,
+      write: stderr.write,
+      batchSize: 1,
+      flushIntervalMs: 1,
+    });
+    sink(record("A"));
+    for (let i = 0; i < hops; i++) await Promise.resolve();
+    sink(record("B"));
+    const keepAlive = setTimeout(() => {}, 10_000); // the sink's timer is unref'd
+    while (stderr.text !== "A\nB\n") await stderr.nextWrite();
+    clearTimeout(keepAlive);
+    await sink[Symbol.asyncDispose]();
+  }
+});
+
+Deno.test("batchedSink's own lines carry their event and what they count, for JSON logs", async () => {
+  // The formatter here shows properties as LogTape's JSON lines do.
+  const stderr = new FakeStderr();
+  const shown = (r: LogRecord) => {
+    if (r.properties.unformattable) throw new TypeError("cannot serialize a BigInt");
+    return `${JSON.stringify({ message: r.message.join(""), ...r.properties })}\n`;
+  };
+  const { promise: unstuck, resolve: unstick } = Promise.withResolvers<void>();
+  stderr.gate = unstuck;
+  const sink = batchedSink({ formatter: shown, write: stderr.write, batchSize: 1, maxPending: 1 });
+  const stuck = stderr.nextWrite();
+  sink({ ...record("x"), properties: { event: "session", unformattable: true } });
+  await stuck;
+  sink(record("waits"));
+  sink(record("dropped")); // over maxPending
+  unstick();
+  await sink[Symbol.asyncDispose]();
+  const lines = stderr.text.trimEnd().split("\n").map((line) => JSON.parse(line));
+  assert.deepEqual(lines, [
+    {
+      message: "a log record could not be formatted: cannot serialize a BigInt",
+      event: "log-unformattable",
+      of: "session",
+    },
+    { message: "waits" },
+    {
+      message: "1 log records dropped: stderr did not keep up",
+      event: "log-dropped",
+      dropped: 1,
+    },
+  ]);
+});
+
+Deno.test("batchedSink waits a second before writing again after a failed write", async () => {
+  // Tried again at once, a full disk had the sink spin on failing writes.
+  let calls = 0;
+  const failedAt: number[] = [];
+  const stderr = new FakeStderr();
+  const write = (bytes: Uint8Array) => {
+    calls++;
+    if (calls > 1) return stderr.write(bytes);
+    failedAt.push(performance.now());
+    return Promise.reject(new Error("No space left on device (os error 28)"));
+  };
+  const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 1 }); // the default wait
+  const keepAlive = setTimeout(() => {}, 10_000); // the retry's timer is unref'd
+  const retried = stderr.nextWrite();
+  sink(record("lost"));
+  await retried;
+  const retriedAt = performance.now();
+  clearTimeout(keepAlive);
+  await sink[Symbol.asyncDispose]();
+  assert.equal(calls, 2);
+  assert.ok(retriedAt - failedAt[0]! >= 990, `tried again after ${retriedAt - failedAt[0]!} ms`);
+  assert.equal(
+    stderr.text,
+    "1 log records dropped: writing to stderr failed (No space left on device (os error 28))\n",
+  );
+});
+
+Deno.test("batchedSink writes nothing for a record its formatter throws on twice, not an empty line", async () => {
+  // The line saying a record could not be formatted fails too: the record is
+  // left out, and the lines around it stay as they were.
+  const stderr = new FakeStderr();
+  const throwsOnBad = (r: LogRecord) => {
+    if (r.message.join("") !== "one" && r.message.join("") !== "two") {
+      throw new TypeError("cannot serialize a BigInt");
+    }
+    return lineFormatter(r);
+  };
+  const sink = batchedSink({ formatter: throwsOnBad, write: stderr.write, batchSize: 3 });
+  for (const text of ["one", "bad", "two"]) sink(record(text));
+  await sink[Symbol.asyncDispose]();
+  assert.equal(stderr.text, "one\ntwo\n");
+});
+
+Deno.test("batchedSink.isWriting() is true while a batch's write has not returned, and false after", async () => {
+  // writeNow() (src/log.ts) asks this before a blocking write to stderr.
+  const { sink, unstick } = await sinkStuckOn(["r0"], { batchSize: 1 });
+  assert.equal(sink.isWriting(), true);
+  unstick();
+  await sink[Symbol.asyncDispose]();
+  assert.equal(sink.isWriting(), false);
+});

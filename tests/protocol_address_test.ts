@@ -6,6 +6,7 @@ import {
   formatAddress,
   formatIPv4,
   formatIPv6,
+  formatPeer,
   ipKey,
   ipOfName,
   isLinkLocalIPv6,
@@ -130,6 +131,8 @@ Deno.test("parseIPv6() returns null for malformed text", () => {
     "1:2:3:4:5:6:7:8::",
     "::1:2:3:4:5:6:7:8",
     "1::2::3",
+    // Two "::" after eight groups.
+    "1:2:3:4:5:6:7:8::1::2",
     ":1:2:3:4:5:6:7",
     "1:2:3:4:5:6:7:",
     "12345::",
@@ -178,6 +181,7 @@ Deno.test("formatIPv6() compresses the longest zero run (RFC 5952)", () => {
     [groups(0, 0, 0, 0, 0, 0xfffe, 0x7f00, 1), "::fffe:7f00:1"],
     [groups(0, 0, 0, 0, 1, 0xffff, 0x7f00, 1), "::1:ffff:7f00:1"],
     [groups(0, 0, 0, 0, 0, 0, 0x7f00, 1), "::7f00:1"],
+    [groups(0, 0, 0, 0, 0, 0x00ff, 0x7f00, 1), "::ff:7f00:1"],
   ];
   for (const [bytes, text] of cases) assert.equal(formatIPv6(bytes), text);
 });
@@ -235,6 +239,12 @@ Deno.test("addressOf() treats everything else as a domain name, unchanged", () =
     host: "fe80::1%eth0",
     port: 80,
   });
+  // Brackets come off IP literals only: a bracketed name is kept as it was given.
+  assert.deepEqual(addressOf("[example.com]", 80), {
+    type: "domain",
+    host: "[example.com]",
+    port: 80,
+  });
 });
 
 Deno.test("formatAddress() brackets IPv6 hosts only", () => {
@@ -242,7 +252,19 @@ Deno.test("formatAddress() brackets IPv6 hosts only", () => {
   assert.equal(formatAddress({ host: "example.com", port: 80 }), "example.com:80");
   assert.equal(formatAddress({ host: "::1", port: 443 }), "[::1]:443");
   assert.equal(formatAddress({ host: "2001:db8::1", port: 0 }), "[2001:db8::1]:0");
+  // RFC 5952 forms without "::" are IPv6 all the same.
+  assert.equal(
+    formatAddress({ host: "2001:db8:0:1:1:1:1:1", port: 7 }),
+    "[2001:db8:0:1:1:1:1:1]:7",
+  );
   assert.equal(formatAddress(addressOf("[::1]", 8080)), "[::1]:8080");
+});
+
+Deno.test("formatPeer() names an IPv4 client of a dual-stack listener by its IPv4 address", () => {
+  // Log lines must read the same whichever listener the client came in on.
+  assert.equal(formatPeer({ hostname: "::ffff:127.0.0.1", port: 5000 }), "127.0.0.1:5000");
+  assert.equal(formatPeer({ hostname: "127.0.0.1", port: 5000 }), "127.0.0.1:5000");
+  assert.equal(formatPeer({ hostname: "::1", port: 5000 }), "[::1]:5000");
 });
 
 Deno.test("ipOfName: a name that spells an IP address is that address; anything else needs a lookup", () => {
@@ -266,7 +288,20 @@ Deno.test("isLinkLocalIPv6() is fe80::/10 exactly", () => {
     assert.equal(isLinkLocalIPv6(host), true, host);
   }
   // fec0::/10 (site-local, deprecated) and the rest of fe00::/8 are not.
-  for (const host of ["fec0::1", "feff::1", "fe00::1", "fe7f::1", "::1", "127.0.0.1", "x"]) {
+  // Nor is an address whose second byte alone looks the part (2080::, ff80::).
+  for (
+    const host of [
+      "fec0::1",
+      "feff::1",
+      "fe00::1",
+      "fe7f::1",
+      "2080::1",
+      "ff80::1",
+      "::1",
+      "127.0.0.1",
+      "x",
+    ]
+  ) {
     assert.equal(isLinkLocalIPv6(host), false, host);
   }
 });

@@ -266,6 +266,12 @@ Deno.test("requestReadSoFar() leaves out a user-id longer than decodeRequest() a
   assert.deepEqual(requestReadSoFar(request(MAX_USER_ID + 1)), { target: "1.2.3.4:80" });
 });
 
+Deno.test("requestReadSoFar() says an empty user-id was sent once its NUL has come", () => {
+  // SOCKS4a, cut inside its name: the user-id (empty) is all there is to show.
+  const cut = concat(Uint8Array.of(0x04, 0x01, 0x00, 0x50, 0, 0, 0, 1, 0x00), ascii("exa"));
+  assert.deepEqual(requestReadSoFar(cut), { userId: new Uint8Array(0) });
+});
+
 Deno.test("decodeRequest() answers more for a 4096-byte user id still without NUL", () => {
   // VN  CD=CONNECT  DSTPORT  DSTIP  USERID "u"*4096 (NUL not yet arrived)
   const bytes = Uint8Array.of(0x04, 0x01, 0x00, 0x50, 1, 2, 3, 4, ...filled(MAX_USER_ID, 0x75));
@@ -460,6 +466,13 @@ Deno.test("encodeReply() writes VN=0 CD DSTPORT DSTIP", () => {
   assert.deepEqual(
     encodeReply({ reply: Reply.Rejected, port: 0, ip: "0.0.0.0" }),
     Uint8Array.of(0x00, 91, 0x00, 0x00, 0, 0, 0, 0),
+  );
+});
+
+Deno.test("Reply codes are SOCKS4's: 90 granted, 91 rejected, 92 no identd, 93 ident mismatch", () => {
+  assert.deepEqual(
+    [Reply.Granted, Reply.Rejected, Reply.NoIdentd, Reply.IdentMismatch],
+    [90, 91, 92, 93],
   );
 });
 

@@ -244,6 +244,28 @@ const requestFixtures: OkFixture<Request>[] = [
     },
   },
   {
+    // A BOM is part of the name: stripped, two different names would become one.
+    name: "CONNECT to a domain name that starts with U+FEFF, kept",
+    // VER  CMD=CONNECT  RSV  ATYP=DOMAIN  LEN=14  EF BB BF "example.com"  DST.PORT 80
+    bytes: Uint8Array.of(
+      0x05,
+      0x01,
+      0x00,
+      0x03,
+      0x0e,
+      0xef,
+      0xbb,
+      0xbf,
+      ...ascii("example.com"),
+      0x00,
+      0x50,
+    ),
+    value: {
+      command: Command.Connect,
+      address: { type: "domain", host: "\ufeffexample.com", port: 80 },
+    },
+  },
+  {
     name: "CONNECT to a 255-byte domain name and port 65535",
     // VER  CMD=CONNECT  RSV  ATYP=DOMAIN  LEN=255  "a"*255  DST.PORT 65535
     bytes: Uint8Array.of(0x05, 0x01, 0x00, 0x03, 0xff, ...filled(255, 0x61), 0xff, 0xff),
@@ -649,6 +671,8 @@ Deno.test("replyName() falls back to reply-0xNN for unknown codes", () => {
 
 Deno.test("printableBytes() keeps printable ASCII and writes every other byte, quote and backslash as \\xNN", () => {
   assert.equal(printableBytes(new TextEncoder().encode("example.com")), "example.com");
+  // The ends of printable ASCII: space and tilde.
+  assert.equal(printableBytes(new TextEncoder().encode("a b~")), "a b~");
   assert.equal(
     printableBytes(Uint8Array.of(0x63, 0xe9, 0x22, 0x5c, 0x0a, 0x7f)),
     "c\\xe9\\x22\\x5c\\x0a\\x7f",

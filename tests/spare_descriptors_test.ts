@@ -15,6 +15,7 @@ import {
   targetReleased,
   withdrawDonor,
 } from "../src/spare_descriptors.ts";
+import { shortageSince } from "../src/nofile.ts";
 import { waitsUntilGivenUp } from "./_helpers/descriptor_wait.ts";
 
 /** A pool of `idle` connections, each given up on request, and counted. */
@@ -125,5 +126,93 @@ Deno.test("a dial short of a descriptor gives up after five waits once no sessio
     assert.ok(performance.now() - started >= 990, "given up only at the standstill");
   } finally {
     targetReleased();
+  }
+});
+
+Deno.test("makingRoom() records a shortage of descriptors even when no pool has one to give", async () => {
+  // A lookup failing meanwhile is then not blamed on the name (src/upstream/dial.ts).
+  const before = performance.now();
+  await assert.rejects(makingRoom(() => Promise.reject(emfile())), /Too many open files/);
+  assert.equal(shortageSince(before), true);
+});
+
+Deno.test("a dial that waited with no target held counts its idle waits afresh once a session held one", async () => {
+  // Keep targets moving (so no standstill) while none is held for 3 waits.
+  targetHeld();
+  targetReleased();
+  using wait = new DescriptorWait();
+  const signal = new AbortController().signal;
+  for (let i = 0; i < 3; i++) assert.equal(await wait.next(signal), true, `idle wait ${i + 1}`);
+  targetHeld();
+  try {
+    assert.equal(await wait.next(signal), true, "a wait while a session holds a target");
+  } finally {
+    targetReleased();
+  }
+  // Five more idle waits, as for a dial that had just begun to wait.
+  assert.equal(await waitsUntilGivenUp(wait), 5);
+});
+
+Deno.test("a dial waits on past a second while sessions keep taking targets, and gives up a second after the last", async () => {
+  // A target taken is movement too: sessions are starting, and will end.
+  const signal = new AbortController().signal;
+  let held = 0;
+  let lastMove = 0;
+  try {
+    using wait = new DescriptorWait();
+    // 5 + 10 + 20 + 40 + 80 + 11 × 100 ms: well past a second since the dial began.
+    for (let i = 0; i < 16; i++) {
+      targetHeld();
+      lastMove = performance.now();
+      held++;
+      assert.equal(await wait.next(signal), true, `wait ${i + 1}`);
+    }
+    // Then no target moves: the second counts from the last that did.
+    assert.ok(await waitsUntilGivenUp(wait) > 0);
+    assert.ok(performance.now() - lastMove >= 990, "given up only at the standstill");
+  } finally {
+    for (; held > 0; held--) targetReleased();
+  }
+});
+
+Deno.test("disposing a DescriptorWait twice counts it down once", () => {
+  // Disposing is idempotent: a second call must not count down another dial.
+  const other = new DescriptorWait();
+  try {
+    const wait = new DescriptorWait();
+    wait[Symbol.dispose]();
+    wait[Symbol.dispose]();
+    assert.equal(acceptsPaused(), true, "the other dial still waits");
+  } finally {
+    other[Symbol.dispose]();
+  }
+  assert.equal(acceptsPaused(), false);
+});
+
+Deno.test("makingRoom() tries again only once the descriptor given up is free", async () => {
+  // Deno closes a pooled socket only when the read pending on it has ended:
+  // tried at once, the retry met EMFILE again and cost the pool another.
+  const { promise: closed, resolve: close } = Promise.withResolvers<void>();
+  const pool = {
+    idle: 1,
+    giveUpConnection() {
+      this.idle--;
+      return closed;
+    },
+  };
+  addDonor(pool);
+  try {
+    let attempts = 0;
+    const opened = makingRoom(() => {
+      if (++attempts === 1) throw emfile();
+      return "socket";
+    });
+    await new Promise((resolve) => setTimeout(resolve, 0)); // everything but the close settled
+    assert.equal(attempts, 1, "not tried again while the descriptor is still held");
+    close();
+    assert.equal(await opened, "socket");
+    assert.equal(attempts, 2);
+  } finally {
+    withdrawDonor(pool);
   }
 });

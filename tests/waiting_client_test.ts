@@ -96,3 +96,41 @@ Deno.test("WaitingClient hands the read in flight to the relay, whose short buff
   await assert.rejects(relayRead, Deno.errors.ConnectionReset);
   assert.equal(handed.failed, false);
 });
+
+Deno.test("WaitingClient: EOF on the read handed to the relay reaches the relay as EOF", async () => {
+  // A client that half-closes just as the peer comes: the relay must see
+  // null (end of stream), not a zero-byte read it would take for data.
+  const conn = new ScriptedConn();
+  const waiting = new WaitingClient(conn, () => true);
+  const relayRead = waiting.release().read(new Uint8Array(8));
+  conn.reads[0]!.answer(null);
+  assert.equal(await relayRead, null);
+});
+
+Deno.test("WaitingClient: the relay's writes and half-close reach the client", async () => {
+  // With a read in flight the relay gets a wrapper: it must still pass the
+  // peer's bytes and its EOF on to the client.
+  const conn = new ScriptedConn();
+  const written: number[][] = [];
+  let closedWrite = 0;
+  conn.write = (bytes) => (written.push([...bytes]), Promise.resolve(bytes.length));
+  conn.closeWrite = () => (closedWrite++, Promise.resolve());
+  const client = new WaitingClient(conn, () => true).release();
+  assert.notEqual(client, conn, "a read is in flight, so the relay gets a wrapper");
+  assert.equal(await client.write(Uint8Array.of(7, 8)), 2);
+  await client.closeWrite();
+  assert.deepEqual(written, [[7, 8]]);
+  assert.equal(closedWrite, 1);
+  conn.reads[0]!.answer(null); // end the read in flight
+  assert.equal(await client.read(new Uint8Array(4)), null);
+});
+
+Deno.test("WaitingClient: a reset while nobody awaits gone is no unhandled rejection", async () => {
+  // gone is only raced while the BIND waits; a reset at any other time must
+  // not end the process with an unhandled rejection.
+  const conn = new ScriptedConn();
+  const waiting = new WaitingClient(conn, () => true);
+  conn.reads[0]!.answer(new Deno.errors.ConnectionReset("reset"));
+  await tick();
+  assert.equal(waiting.failed, true);
+});
