@@ -338,3 +338,41 @@ Deno.test("Deadlines: the sweep alone does not keep the process alive", async ()
   clearTimeout(killer);
   assert.deepEqual([code, signal], [0, null], new TextDecoder().decode(stderr));
 });
+
+Deno.test("Deadlines sweeps once a tick, the resolution it was given", async () => {
+  // Spy on the interval's period: a longer one would let deadlines fire
+  // later than the two ticks the class promises.
+  const realSet = globalThis.setInterval;
+  const periods: unknown[] = [];
+  globalThis.setInterval = ((handler: () => void, period?: number) => {
+    periods.push(period);
+    return realSet(handler, period);
+  }) as typeof realSet;
+  const deadlines = new Deadlines(TICK_MS);
+  const item = new Item(0);
+  try {
+    deadlines.watch(item);
+  } finally {
+    globalThis.setInterval = realSet;
+  }
+  await deadline(item.expired, 5000, "expiry");
+  assert.deepEqual(periods, [TICK_MS]);
+});
+
+Deno.test("Deadlines expires an item at the first sweep more than a tick past its deadline, not a tick later", async () => {
+  // A deadline half a tick in the past when watched: the first sweep comes a
+  // tick later, by then it is a tick and a half past, which is due. Waiting a
+  // second tick past a deadline would make it fire three ticks late.
+  const tick = 100;
+  const deadlines = new Deadlines(tick);
+  const marker = new Item(0); // expires at the first sweep, whatever happens
+  const item = new Item(performance.now() - tick / 2);
+  deadlines.watch(marker);
+  deadlines.watch(item);
+  try {
+    await deadline(marker.expired, 5000, "the first sweep");
+    assert.equal(item.count, 1, "not expired at the first sweep past its deadline and a tick");
+  } finally {
+    deadlines.unwatch(item);
+  }
+});

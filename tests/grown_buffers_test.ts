@@ -86,3 +86,34 @@ Deno.test("the reserve lends only small buffers: large ones stop short of it, sm
   assert.equal(grown.take(40)?.length, 40, "with them back, the large one may be taken again");
   assert.deepEqual([grown.inUse, grown.kept, grown.allocated], [80, 20, 100]);
 });
+
+Deno.test("GrownBuffers allocates a new buffer that fits exactly, keeping the larger kept one for a take that needs it", () => {
+  const grown = new GrownBuffers(100);
+  const sixty = grown.take(60)!;
+  grown.give(sixty);
+  // 60 kept + 40 new is the limit, not over it: a new one.
+  const forty = grown.take(40)!;
+  assert.notEqual(forty.buffer, sixty.buffer);
+  assert.equal(grown.take(60)?.buffer, sixty.buffer, "the kept 60 for a take of 60");
+  assert.deepEqual([grown.inUse, grown.kept, grown.allocated], [100, 0, 100]);
+});
+
+Deno.test("GrownBuffers lends a larger kept buffer also after the last one of a size was lent or dropped", () => {
+  // The last kept 30 is lent: the next take that needs a larger one gets the 60.
+  const lent = new GrownBuffers(100);
+  const [thirty, sixty] = [lent.take(30)!, lent.take(60)!];
+  lent.give(thirty);
+  lent.give(sixty);
+  assert.equal(lent.take(20)!.buffer, thirty.buffer);
+  assert.equal(lent.take(25)?.buffer, sixty.buffer, "the kept 60, not a new buffer");
+  assert.deepEqual([lent.inUse, lent.kept, lent.allocated], [90, 0, 90]);
+
+  // The last kept 20 is dropped to make room for a 90: a take of 15 then gets the 90.
+  const dropped = new GrownBuffers(100);
+  dropped.give(dropped.take(20)!);
+  const ninety = dropped.take(90)!;
+  assert.deepEqual([dropped.inUse, dropped.kept], [90, 0], "the 20 dropped");
+  dropped.give(ninety);
+  assert.equal(dropped.take(15)?.buffer, ninety.buffer, "the kept 90, not a new buffer");
+  assert.deepEqual([dropped.inUse, dropped.kept, dropped.allocated], [90, 0, 110]);
+});

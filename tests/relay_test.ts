@@ -665,3 +665,588 @@ Deno.test("relay() reads into the first buffers it is given, one per direction",
   assert.deepEqual(up.subarray(0, request.length), request);
   assert.deepEqual(down.subarray(0, response.length), response);
 });
+
+/**
+ * A fake peer whose reads wait for the test to answer them, one at a time,
+ * as a peer sending at its own pace: `send(n)` answers the pending read with
+ * `n` bytes, `close()` with EOF, `reset()` with a reset. Its writes are taken
+ * whole and recorded, its FINs counted.
+ */
+function pacedPeer() {
+  let pending: {
+    buffer: Uint8Array;
+    resolve: (n: number | null) => void;
+    reject: (error: unknown) => void;
+  } | null = null;
+  const take = () => {
+    assert.ok(pending, "the relay is not reading from this peer");
+    const read = pending;
+    pending = null;
+    return read;
+  };
+  const peer = {
+    fins: 0,
+    received: [] as number[],
+    /** Whether the relay is waiting on a read from this peer. */
+    get reading(): boolean {
+      return pending !== null;
+    },
+    end: {
+      read: (buffer: Uint8Array) =>
+        new Promise<number | null>((resolve, reject) => pending = { buffer, resolve, reject }),
+      write(bytes: Uint8Array): Promise<number> {
+        peer.received.push(...bytes);
+        return Promise.resolve(bytes.length);
+      },
+      closeWrite(): Promise<void> {
+        peer.fins++;
+        return Promise.resolve();
+      },
+    } satisfies RelayEnd,
+    send(n: number): void {
+      const read = take();
+      read.buffer.fill(1, 0, n);
+      read.resolve(n);
+    },
+    close: () => take().resolve(null),
+    reset: () => take().reject(new Deno.errors.ConnectionReset("connection reset by peer")),
+  };
+  return peer;
+}
+
+/** A fake target that sends `answer` bytes of 9, then resets; writing to it fails as to a reset socket. */
+function resettingTarget(answer: number): RelayEnd {
+  let reads = 0;
+  return {
+    read(buffer: Uint8Array): Promise<number | null> {
+      if (reads++ > 0) return Promise.reject(new Deno.errors.ConnectionReset("reset by peer"));
+      buffer.fill(9, 0, answer);
+      return Promise.resolve(answer);
+    },
+    write: () => Promise.reject(new Deno.errors.BrokenPipe("broken pipe")),
+    closeWrite: () => Promise.reject(new Deno.errors.NotConnected("not connected")),
+  };
+}
+
+Deno.test("relay() with onTargetFailure: after a target's reset the client gets the answer and a FIN, its upload is dropped until it closes, and only then the relay ends", async () => {
+  const client = pacedPeer();
+  const controller = new AbortController();
+  let [failures, ends, activity] = [0, 0, 0];
+  const relayed = relay(client.end, resettingTarget(10), {
+    controller,
+    onActivity: () => activity++,
+    onTargetFailure: () => failures++,
+    onEnd: () => ends++,
+  });
+  // Down: the answer, then the reset, passed on as a FIN. Not the end: the
+  // client may still be sending.
+  await waitUntil(() => client.fins + ends > 0 || controller.signal.aborted, "the client's FIN");
+  assert.equal(controller.signal.aborted, false, "the target's reset aborted the relay");
+  assert.deepEqual({ fins: client.fins, ends, failures }, { fins: 1, ends: 0, failures: 1 });
+  assert.deepEqual(client.received, new Array(10).fill(9));
+  // Up: what the client sends now fails to reach the gone target and is
+  // dropped from then on, read after read: closing its socket with the upload
+  // unread would send the client a reset, which discards the answer.
+  for (let i = 0; i < 4; i++) {
+    await waitUntil(() => client.reading || ends > 0, `read ${i} of the client's upload`);
+    assert.equal(ends, 0, `ended after ${i} reads with the client's upload unread`);
+    client.send(100);
+  }
+  await waitUntil(() => client.reading || ends > 0, "the read for the client's close");
+  assert.equal(ends, 0, "ended before the client closed");
+  client.close();
+  assert.deepEqual(await within(relayed, "relay to end", () => controller.abort()), {
+    up: 0,
+    down: 10,
+  });
+  assert.deepEqual({ fins: client.fins, ends, failures }, { fins: 1, ends: 1, failures: 1 });
+  // Only the answer's read: a dropped upload must not hold the session open.
+  assert.equal(activity, 1);
+  assert.equal(controller.signal.aborted, false);
+});
+
+Deno.test("relay() with onTargetFailure: a client that resets while its upload is dropped aborts the relay", async () => {
+  const client = pacedPeer();
+  const controller = new AbortController();
+  let ends = 0;
+  const relayed = relay(client.end, resettingTarget(10), {
+    controller,
+    onActivity: () => {},
+    onTargetFailure: () => {},
+    onEnd: () => ends++,
+  });
+  await waitUntil(() => client.reading && client.fins > 0, "the client's FIN");
+  client.send(100); // fails to reach the target: dropped from now on
+  await waitUntil(() => client.reading, "the next read of the client's upload");
+  client.reset();
+  await within(relayed, "relay to end", () => controller.abort());
+  assert.ok(controller.signal.aborted, "the client's reset must abort (the owner closes both)");
+  assert.ok(controller.signal.reason instanceof Deno.errors.ConnectionReset);
+  assert.equal(ends, 0);
+});
+
+Deno.test("relay() with onTargetFailure: a target's reset while a full buffer is still being written to the client sends the FIN after it", async () => {
+  // The target fills the 16-byte buffer (a bulk read: its write to the
+  // client is left in flight), then resets.
+  const toClient = Promise.withResolvers<number>();
+  const written: number[] = [];
+  let fins = 0;
+  const client: RelayEnd = {
+    read: () => Promise.resolve(null),
+    write(bytes: Uint8Array): Promise<number> {
+      written.push(...bytes);
+      return toClient.promise;
+    },
+    closeWrite(): Promise<void> {
+      fins++;
+      return Promise.resolve();
+    },
+  };
+  const target = resettingTarget(16);
+  target.closeWrite = () => Promise.resolve(); // the client's FIN reached it before the reset
+  const controller = new AbortController();
+  let failures = 0;
+  const relayed = relay(client, target, {
+    controller,
+    onActivity: () => {},
+    onTargetFailure: () => failures++,
+    initialBufferSize: 16,
+  });
+  await waitUntil(() => failures > 0 && written.length > 0, "the write and the target's reset");
+  assert.equal(fins, 0, "FIN sent while the answer was still being written");
+  toClient.resolve(16);
+  assert.deepEqual(await within(relayed, "relay to end", () => controller.abort()), {
+    up: 0,
+    down: 16,
+  });
+  assert.equal(fins, 1);
+  assert.deepEqual(written, new Array(16).fill(9));
+  assert.equal(controller.signal.aborted, false);
+});
+
+Deno.test("relay() passes on a FIN only after the last full buffer's write is done", async () => {
+  // The client's 16 bytes fill the buffer (their write is left in flight),
+  // then it half-closes at once; the target takes its time over the write.
+  let reads = 0;
+  const client: RelayEnd = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      if (reads++ > 0) return Promise.resolve(null);
+      buffer.fill(5);
+      return Promise.resolve(buffer.length);
+    },
+    write: () => Promise.reject(new Error("the target sends nothing")),
+    closeWrite: () => Promise.resolve(),
+  };
+  const toTarget = Promise.withResolvers<number>();
+  let fins = 0;
+  const target: RelayEnd = {
+    read: () => Promise.resolve(null),
+    write: () => toTarget.promise,
+    closeWrite(): Promise<void> {
+      fins++;
+      return Promise.resolve();
+    },
+  };
+  const controller = new AbortController();
+  const relayed = relay(client, target, {
+    controller,
+    onActivity: () => {},
+    initialBufferSize: 16,
+  });
+  await waitUntil(() => reads >= 2, "the client's EOF");
+  assert.equal(fins, 0, "the FIN went ahead of bytes still being written");
+  toTarget.resolve(16);
+  assert.deepEqual(await within(relayed, "relay to end", () => controller.abort()), {
+    up: 16,
+    down: 0,
+  });
+  assert.equal(fins, 1);
+  assert.equal(controller.signal.aborted, false);
+});
+
+Deno.test("relay() with onTargetFailure: a full buffer's write failing on a gone target ends gently, not with an abort", async () => {
+  // Every read fills the 16-byte buffer: each write is left in flight while
+  // the next read runs. The target is gone; it had sent nothing.
+  let reads = 0;
+  const client: RelayEnd = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      if (reads++ >= 3) return Promise.resolve(null);
+      buffer.fill(5);
+      return Promise.resolve(buffer.length);
+    },
+    write: () => Promise.reject(new Error("the target sends nothing")),
+    closeWrite: () => Promise.resolve(),
+  };
+  const target: RelayEnd = {
+    read: () => Promise.resolve(null),
+    write: () => Promise.reject(new Deno.errors.BrokenPipe("broken pipe")),
+    closeWrite: () => Promise.reject(new Deno.errors.NotConnected("not connected")),
+  };
+  const controller = new AbortController();
+  let failures = 0;
+  const totals = await within(
+    relay(client, target, {
+      controller,
+      onActivity: () => {},
+      onTargetFailure: () => failures++,
+      initialBufferSize: 16,
+    }),
+    "relay to end",
+    () => controller.abort(),
+  );
+  assert.equal(controller.signal.aborted, false, `aborted: ${controller.signal.reason}`);
+  assert.equal(failures, 1);
+  assert.equal(reads, 4, "the client's upload read to its end");
+  assert.deepEqual(totals, { up: 0, down: 0 });
+});
+
+Deno.test("relay() aborts when a full buffer's write fails, even while the next read is waiting", async () => {
+  // The client sends one full buffer and then nothing: only the failed write
+  // can end the relay.
+  const controller = new AbortController();
+  const untilAborted = () =>
+    new Promise<never>((_, reject) =>
+      controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
+    );
+  let reads = 0;
+  const client: RelayEnd = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      if (reads++ > 0) return untilAborted();
+      buffer.fill(5);
+      return Promise.resolve(buffer.length);
+    },
+    write: untilAborted,
+    closeWrite: () => Promise.resolve(),
+  };
+  const target: RelayEnd = {
+    read: untilAborted,
+    write: () => Promise.reject(new Deno.errors.ConnectionReset("reset by peer")),
+    closeWrite: () => Promise.resolve(),
+  };
+  const relayed = relay(client, target, {
+    controller,
+    onActivity: () => {},
+    initialBufferSize: 16,
+  });
+  await waitUntil(() => controller.signal.aborted, "the abort", 5000).catch(() => {});
+  const aborted = controller.signal.aborted;
+  controller.abort(new Error("the test gave up"));
+  await relayed;
+  assert.ok(aborted, "the failed write left the relay waiting on the client");
+  assert.ok(controller.signal.reason instanceof Deno.errors.ConnectionReset);
+});
+
+Deno.test("relay() with onTargetFailure: early bytes a gone target cannot take still leave the client the target's answer and a FIN", async () => {
+  const client = pacedPeer();
+  const controller = new AbortController();
+  let failures = 0;
+  const relayed = relay(client.end, resettingTarget(10), {
+    controller,
+    onActivity: () => {},
+    onTargetFailure: () => failures++,
+    early: Uint8Array.of(1, 2, 3),
+  });
+  // The early bytes' write fails: the client's upload is dropped from now on.
+  await waitUntil(
+    () => (client.reading && client.fins > 0) || controller.signal.aborted,
+    "the answer and the FIN",
+  );
+  assert.equal(controller.signal.aborted, false, `aborted: ${controller.signal.reason}`);
+  assert.equal(failures, 1);
+  assert.deepEqual(client.received, new Array(10).fill(9));
+  client.close();
+  assert.deepEqual(await within(relayed, "relay to end", () => controller.abort()), {
+    up: 0,
+    down: 10,
+  });
+  assert.equal(controller.signal.aborted, false);
+});
+
+Deno.test("relay() with onTargetFailure: the owner's abort is not reported as the target's failure", async () => {
+  using f = await setup();
+  const failures: unknown[] = [];
+  const relayed = f.run({ onTargetFailure: (error) => failures.push(error) });
+  await writeAll(f.clientApp, new TextEncoder().encode("ping"));
+  const n = await within(
+    f.targetApp.read(new Uint8Array(16)),
+    "first bytes",
+    () => f[Symbol.dispose](),
+  );
+  assert.equal(n, 4);
+  // An idle timeout, say: the owner aborts and closes both of the relay's
+  // sockets, which ends the pending read from the target with an error.
+  f.controller.abort(new Error("idle"));
+  await within(relayed, "relay to end after abort", () => f[Symbol.dispose]());
+  assert.deepEqual(failures, []);
+});
+
+Deno.test("relay() carries a single early byte to the target ahead of the client's data", async () => {
+  using f = await setup();
+  const relayed = f.run({ early: Uint8Array.of(0x47) });
+  await sendAndFinish(f.clientApp, new TextEncoder().encode("ET /"));
+  const received = await within(readToEnd(f.targetApp), "target EOF", () => f[Symbol.dispose]());
+  assert.equal(new TextDecoder().decode(received), "GET /");
+  await f.targetApp.closeWrite();
+  const totals = await within(relayed, "relay to end", () => f.controller.abort());
+  assert.deepEqual(totals, { up: 5, down: 0 });
+});
+
+Deno.test("relay() with the buffer budget spent writes each full read before the next: a download to a slow reader arrives intact", async () => {
+  // With nothing to grow into, a direction has one buffer: reading into it
+  // again while its write waits on the slow reader would corrupt the stream.
+  using f = await setup();
+  // Larger than the sockets' buffers can hold: the relay's writes wait.
+  const payload = randomBytes(16 * 1048576);
+  const grown = new GrownBuffers(0);
+  const relayed = f.run({ grown, initialBufferSize: 16384 });
+  await f.clientApp.closeWrite();
+  const reading = (async () => {
+    const parts: Uint8Array[] = [];
+    const chunk = new Uint8Array(4096);
+    for (let n; (n = await f.clientApp.read(chunk)) !== null;) {
+      parts.push(chunk.slice(0, n));
+      // A slow reader: the relay's writes to it wait.
+      if (parts.length % 16 === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    return parts;
+  })();
+  const [parts] = await within(
+    Promise.all([reading, sendAndFinish(f.targetApp, payload)]),
+    "the download",
+    () => f[Symbol.dispose](),
+  );
+  const received = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    received.set(part, at);
+    at += part.length;
+  }
+  const totals = await within(relayed, "relay to end", () => f.controller.abort());
+  assert.equal(received.length, payload.length);
+  assert.equal(await sha256(received), await sha256(payload));
+  assert.deepEqual(totals, { up: 0, down: payload.length });
+  assert.equal(grown.allocated, 0);
+});
+
+Deno.test("relay() by default reads 1 KiB at first and grows ×4 up to 4 MiB while reads fill the buffer, as the README says", async () => {
+  // Every read fills its buffer. The relay never touches the bytes here, so
+  // its 4 MiB buffers are address space, not memory.
+  const sizes: number[] = [];
+  const client: RelayEnd = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      sizes.push(buffer.length);
+      return Promise.resolve(sizes.length > 10 ? null : buffer.length);
+    },
+    write: () => Promise.reject(new Error("the target sends nothing")),
+    closeWrite: () => Promise.resolve(),
+  };
+  const target: RelayEnd = {
+    read: () => Promise.resolve(null),
+    write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
+    closeWrite: () => Promise.resolve(),
+  };
+  const controller = new AbortController();
+  await relay(client, target, { controller, onActivity: () => {} });
+  const KiB = 1024;
+  assert.deepEqual(
+    sizes,
+    [1, 4, 16, 64, 256, 1024, 4096, 4096, 4096, 4096, 4096].map((k) => k * KiB),
+  );
+});
+
+Deno.test("relay() gives back only the buffers it holds: one it outgrew, since lent to another relay, stays that relay's", async () => {
+  // The client fills 16, 64 and 256 bytes: the relay grows to 64, 256 and
+  // 1,024, and gives the 64 back once it has the 1,024 (its write done).
+  const grown = new GrownBuffers(4096);
+  const client = pacedPeer();
+  const controller = new AbortController();
+  const target: RelayEnd = {
+    read: () => Promise.resolve(null),
+    write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
+    closeWrite: () => Promise.resolve(),
+  };
+  const relayed = relay(client.end, target, {
+    controller,
+    onActivity: () => {},
+    initialBufferSize: 16,
+    maxBufferSize: 1024,
+    grown,
+  });
+  for (const size of [16, 64, 256]) {
+    await waitUntil(() => client.reading, `the read of ${size} bytes`);
+    client.send(size);
+  }
+  await waitUntil(() => client.reading, "the next read");
+  assert.equal(grown.kept, 64, "the outgrown 64 is back");
+  // Another relay takes it, and this one ends.
+  const other = grown.take(64)!;
+  client.close();
+  await within(relayed, "relay to end", () => controller.abort());
+  assert.equal(grown.inUse, 64, "the other relay's buffer was given back under it");
+  const next = grown.take(64)!;
+  assert.notEqual(next.buffer, other.buffer, "two relays would read into one buffer");
+});
+
+Deno.test("relay() keeps a grown buffer whose write is still in flight until that write settles, also after an abort", async () => {
+  // The client fills 16 bytes, then 64 (a grown buffer) whose write to the
+  // target hangs; then the owner aborts. The write may still read from that
+  // buffer: no other relay may have it yet.
+  const grown = new GrownBuffers(4096);
+  const controller = new AbortController();
+  const untilAborted = () =>
+    new Promise<never>((_, reject) =>
+      controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
+    );
+  let reads = 0;
+  const client: RelayEnd = {
+    read(buffer: Uint8Array): Promise<number | null> {
+      if (reads++ >= 2) return untilAborted();
+      return Promise.resolve(buffer.length);
+    },
+    write: untilAborted,
+    closeWrite: () => Promise.resolve(),
+  };
+  const hanging = Promise.withResolvers<number>();
+  let writes = 0;
+  const target: RelayEnd = {
+    read: untilAborted,
+    write: (bytes: Uint8Array) => writes++ === 0 ? Promise.resolve(bytes.length) : hanging.promise,
+    closeWrite: () => Promise.resolve(),
+  };
+  const relayed = relay(client, target, {
+    controller,
+    onActivity: () => {},
+    initialBufferSize: 16,
+    maxBufferSize: 1024,
+    grown,
+  });
+  await waitUntil(() => reads >= 3, "the third read");
+  controller.abort(new Error("idle"));
+  await within(relayed, "relay to end after abort", () => hanging.resolve(0));
+  assert.equal(grown.inUse, 64, "the buffer of the write in flight was given back");
+  hanging.reject(new Deno.errors.Interrupted("closed"));
+  await waitUntil(() => grown.inUse === 0, "the buffer back once its write settled", 5000)
+    .catch(() => {});
+  assert.deepEqual([grown.inUse, grown.kept], [0, 64 + 256]);
+});
+
+Deno.test("relay() with onTargetFailure: the client's own errors are no target failure and abort the relay", async (t) => {
+  await t.step("a reset read from the client", async () => {
+    const client = pacedPeer();
+    const controller = new AbortController();
+    const untilAborted = () =>
+      new Promise<never>((_, reject) =>
+        controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
+      );
+    let failures = 0;
+    const relayed = relay(client.end, {
+      read: untilAborted,
+      write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
+      closeWrite: () => Promise.resolve(),
+    }, { controller, onActivity: () => {}, onTargetFailure: () => failures++ });
+    await waitUntil(() => client.reading, "the read from the client");
+    client.reset();
+    await waitUntil(() => controller.signal.aborted, "the abort", 5000).catch(() => {});
+    const aborted = controller.signal.aborted;
+    controller.abort(new Error("the test gave up")); // unblocks the relay if it waits on
+    await relayed;
+    assert.ok(aborted, "the client's reset left the relay waiting");
+    assert.ok(controller.signal.reason instanceof Deno.errors.ConnectionReset);
+    assert.equal(failures, 0);
+  });
+  await t.step("a full buffer's write to the client failing", async () => {
+    const controller = new AbortController();
+    const untilAborted = () =>
+      new Promise<never>((_, reject) =>
+        controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
+      );
+    let targetReads = 0;
+    let failures = 0;
+    const relayed = relay({
+      read: untilAborted,
+      write: () => Promise.reject(new Deno.errors.ConnectionReset("reset by peer")),
+      closeWrite: () => Promise.resolve(),
+    }, {
+      read(buffer: Uint8Array): Promise<number | null> {
+        // A full buffer (its write left in flight), then nothing.
+        return targetReads++ > 0 ? untilAborted() : Promise.resolve(buffer.length);
+      },
+      write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
+      closeWrite: () => Promise.resolve(),
+    }, {
+      controller,
+      onActivity: () => {},
+      onTargetFailure: () => failures++,
+      initialBufferSize: 16,
+    });
+    await waitUntil(() => controller.signal.aborted, "the abort", 5000).catch(() => {});
+    const aborted = controller.signal.aborted;
+    controller.abort(new Error("the test gave up"));
+    await relayed;
+    assert.ok(aborted, "the failed write to the client left the relay waiting");
+    assert.ok(controller.signal.reason instanceof Deno.errors.ConnectionReset);
+    assert.equal(failures, 0);
+  });
+});
+
+Deno.test("relay() with onTargetFailure: what the target still sends after a write to it failed reaches the client, as activity, ahead of the FIN", async () => {
+  // The owner's wait for the client to close is extended by bytes still
+  // reaching the client (see ProxySession), so they must be reported.
+  const [client, target] = [pacedPeer(), pacedPeer()];
+  target.end.write = () => Promise.reject(new Deno.errors.BrokenPipe("broken pipe"));
+  const controller = new AbortController();
+  let [failures, activity] = [0, 0];
+  const relayed = relay(client.end, target.end, {
+    controller,
+    onActivity: () => activity++,
+    onTargetFailure: () => failures++,
+  });
+  await waitUntil(() => client.reading, "the read from the client");
+  client.send(5); // its write to the target fails
+  await waitUntil(() => failures > 0 && client.reading, "the target's failure");
+  client.close(); // the client is done sending, not reading
+  const before = activity;
+  await waitUntil(() => target.reading, "the read from the target");
+  target.send(10);
+  await waitUntil(() => client.received.length === 10, "the target's bytes at the client");
+  assert.equal(activity, before + 1, "the target's bytes were not activity");
+  assert.equal(
+    client.fins,
+    0,
+    "a FIN to the client ahead of the target's end would cut its answer",
+  );
+  target.close();
+  assert.deepEqual(await within(relayed, "relay to end", () => controller.abort()), {
+    up: 0,
+    down: 10,
+  });
+  assert.equal(client.fins, 1);
+  assert.equal(controller.signal.aborted, false);
+});
+
+Deno.test("relay() holds at most two buffers of the largest size in a long bulk transfer", async () => {
+  // Every read fills its buffer: 16 → 64 → 256 → 1,024 bytes, and then the
+  // two 1,024-byte buffers take turns (one read into, one written from).
+  const grown = new GrownBuffers(1048576);
+  let reads = 0;
+  const client: RelayEnd = {
+    read: (buffer: Uint8Array) => Promise.resolve(reads++ < 50 ? buffer.length : null),
+    write: () => Promise.reject(new Error("the target sends nothing")),
+    closeWrite: () => Promise.resolve(),
+  };
+  const target: RelayEnd = {
+    read: () => Promise.resolve(null),
+    write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
+    closeWrite: () => Promise.resolve(),
+  };
+  const controller = new AbortController();
+  await relay(client, target, {
+    controller,
+    onActivity: () => {},
+    initialBufferSize: 16,
+    maxBufferSize: 1024,
+    grown,
+  });
+  assert.equal(grown.allocated, 64 + 256 + 2 * 1024, "bytes of buffers allocated");
+  assert.deepEqual([grown.inUse, grown.kept], [0, grown.allocated]);
+});
