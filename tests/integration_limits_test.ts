@@ -173,6 +173,91 @@ Deno.test("a CONNECT out of descriptors waits for one and is served once one fre
   await echo.close();
 });
 
+Deno.test("a CONNECT out of descriptors still waits for one after earlier sessions have ended", async () => {
+  // A session gives its target back once, however it ends: counted back
+  // twice, one relay that had ended made the count say no session held a
+  // target while one did, and the dial gave up within 155 ms with 0x01.
+  const echo = startEchoServer();
+  await using ferry = await startFerry(
+    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s"],
+    { wrapper: ["prlimit", "--nofile=48"] },
+  );
+  await ferry.waitFor((l) => l.event === "nofile-low");
+  // A relay that ends, both ways closed (the relay's end closes the sockets).
+  const ended = await socks5Connect(ferry.port, echo.addr);
+  await ended.closeWrite();
+  assert.equal(await ended.read(new Uint8Array(1)), null);
+  ended.close();
+  assert.equal((await sessionOf(ferry, ended.localAddr)).outcome, "ok");
+  // A session with a target, which will give descriptors back when it ends.
+  const relaying = await socks5Connect(ferry.port, echo.addr);
+  try {
+    using asking = await greetedClient(ferry);
+    let replied: Promise<socks5.ReplyMessage>;
+    {
+      using _hog = await DescriptorHog.fill(ferry);
+      await asking.write(socks5.encodeRequest({
+        command: socks5.Command.Connect,
+        address: { type: "ipv4", host: "127.0.0.1", port: echo.addr.port },
+      }));
+      replied = asking.readMessage(socks5.decodeReply, "reply");
+      const early = await Promise.race([
+        replied.then((r) => `reply ${r.reply}`),
+        new Promise((resolve) => setTimeout(() => resolve("waiting"), 500)),
+      ]);
+      assert.equal(early, "waiting");
+    }
+    assert.equal((await replied).reply, socks5.Reply.Succeeded);
+  } finally {
+    relaying.close();
+    await echo.close();
+  }
+});
+
+Deno.test("a CONNECT still waiting for a descriptor at its connect timeout gets 0x01 for the shortage, not a timeout's 0x04", async () => {
+  // Ferry's own shortage says nothing of the target: the connect timeout
+  // ends the wait, but the client is told 0x01 and the line blames the
+  // open-files limit. The timeout is shorter than the second after which a
+  // wait that sees no session end gives up by itself.
+  const echo = startEchoServer();
+  await using ferry = await startFerry(
+    [
+      "socks",
+      "--listen",
+      "127.0.0.1:0",
+      "--handshake-timeout",
+      "60s",
+      "--connect-timeout",
+      "500ms",
+    ],
+    { wrapper: ["prlimit", "--nofile=48"] },
+  );
+  await ferry.waitFor((l) => l.event === "nofile-low");
+  // A session with a target, so that the dial waits for a descriptor.
+  const relaying = await socks5Connect(ferry.port, echo.addr);
+  try {
+    using asking = await greetedClient(ferry);
+    {
+      using _hog = await DescriptorHog.fill(ferry);
+      await asking.write(socks5.encodeRequest({
+        command: socks5.Command.Connect,
+        address: { type: "ipv4", host: "127.0.0.1", port: echo.addr.port },
+      }));
+      const reply = await asking.readMessage(socks5.decodeReply, "reply");
+      assert.equal(reply.reply, socks5.Reply.GeneralFailure);
+    }
+    const session = await sessionOf(ferry, asking.localAddr);
+    assert.equal(session.outcome, "general-failure");
+    assert.match(
+      String(session.error),
+      /^connect to 127\.0\.0\.1 failed: Too many open files .*\(ferry is out of descriptors\)$/,
+    );
+  } finally {
+    relaying.close();
+    await echo.close();
+  }
+});
+
 for (const idleSession of [false, true]) {
   Deno.test(`a SOCKS burst that takes every descriptor in handshakes is answered soon, not stalled until the connect timeout${idleSession ? " (beside an idle session)" : ""}`, async () => {
     // Accepted before any of them dialled, the clients held every descriptor

@@ -615,6 +615,30 @@ Deno.test("after a target's reset the client gets the rest of the answer, a FIN 
   assert.equal(session.down, received.length);
 });
 
+Deno.test("after a target's reset seen on an upload, the rest of the answer still reaching the client does not stretch the wait for its close to the idle timeout", async () => {
+  // The target answers (more than the sockets hold), then resets while
+  // ferry's write of the answer waits for the client to read; the client's
+  // next bytes meet the reset. What ferry then still writes to the client
+  // moves the 2 s wait on, not the 60 s idle timeout.
+  await using ferry = await startFerry([...LISTEN, "--idle-timeout", "60s"]);
+  const answer = pseudoRandomBytes(32 * 1048576, 13);
+  await using target = await answerThenReset(answer, 300);
+  const { client, reply } = await socks5Connect(ferry, ipv4("127.0.0.1", target.port));
+  using _client = client;
+  assert.equal(reply.reply, socks5.Reply.Succeeded);
+  await client.write(encoder.encode("GET"));
+  await new Promise((resolve) => setTimeout(resolve, 800)); // the target has reset
+  await client.write(encoder.encode("more")); // ferry's write of it to the target fails
+  const received = await client.readToEnd(10_000);
+  assert.ok(received.length > 0, "part of the answer came through");
+  assert.equal(await sha256(received), await sha256(answer.subarray(0, received.length)));
+  // The client neither sends nor closes: ferry ends the session after the
+  // 2 s wait, long before the 60 s idle timeout.
+  const session = await sessionOf(ferry, client.localAddr, 10_000);
+  assert.equal(session.outcome, "reset");
+  assert.equal(session.down, received.length);
+});
+
 Deno.test("40 CONNECTs by name at once from one client all succeed (a browser opening a page)", async () => {
   await using ferry = await startFerry(LISTEN);
   using target = TcpTarget.listen();
@@ -664,6 +688,22 @@ Deno.test("a domain name that is not UTF-8 gets 0x04, and the log line says why"
   assert.equal(session.error, 'host name is not valid UTF-8: "caf\\xe9.test"', "which name, too");
   assert.equal(session.target, "caf\\xe9.test:80", "and which target");
   assert.equal(session.command, "connect", "what was asked, though refused");
+});
+
+Deno.test("a refused request whose client never closes is still logged protocol-error once the wait for its close ends", async () => {
+  // The refusal's wait for the client to close is cut at 2 s; that cut is
+  // the aftermath of the refusal, not the session's outcome.
+  await using ferry = await startFerry(LISTEN);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  await client.write(socks5.encodeGreeting({ methods: [socks5.Method.NoAuth] }));
+  assert.equal(await client.readMessage(socks5.decodeMethodSelection, "method"), 0x00);
+  // A request whose version byte is 0x04: answered 0x01, then ferry waits.
+  await client.write(Uint8Array.of(4, 1, 0, 1, 127, 0, 0, 1, 0, 80));
+  assert.deepEqual(await client.readExactly(2), Uint8Array.of(0x05, socks5.Reply.GeneralFailure));
+  // The client neither sends nor closes: ferry ends the session itself.
+  const session = await sessionOf(ferry, client.localAddr);
+  assert.equal(session.outcome, "protocol-error");
+  assert.equal(session.error, "request version 0x04, expected 0x05");
 });
 
 Deno.test("a SOCKS4a name that is not UTF-8 gets 91 and is logged as SOCKS4a", async () => {
@@ -752,6 +792,21 @@ Deno.test("CONNECT to a closed port gets reply 0x05 connection refused", async (
   const session = await sessionOf(ferry, client.localAddr);
   assert.equal(session.outcome, "connection-refused");
   assert.equal(session.target, `127.0.0.1:${port}`);
+  // The outcome says what went wrong: no `error` field (see the README's Logs).
+  assert.equal(session.error, undefined);
+});
+
+Deno.test("a refused CONNECT whose client never closes ends after the 2 s wait for its close, not at the connect timeout", async () => {
+  // The dial failed at once, before ferry would have begun to read the
+  // client meanwhile: that reading, still due, must not come in the wait
+  // for the client's close and put the connect deadline back in force.
+  await using ferry = await startFerry([...LISTEN, "--connect-timeout", "60s"]);
+  using client = await BufferedConn.connect(ferry.hostname, ferry.port);
+  const reply = await socks5Handshake(client, ipv4("127.0.0.1", closedPort()));
+  assert.equal(reply.reply, socks5.Reply.ConnectionRefused);
+  // The client neither sends nor closes: ferry ends the session itself.
+  const session = await sessionOf(ferry, client.localAddr, 10_000);
+  assert.equal(session.outcome, "connection-refused");
 });
 
 Deno.test("SOCKS4 CONNECT to a closed port gets reply 91", async () => {

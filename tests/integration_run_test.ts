@@ -13,6 +13,7 @@ import {
   socks5,
   socks5Handshake,
 } from "./_helpers/socks_client.ts";
+import { ss } from "./_helpers/ss.ts";
 import { associate, frame, nextDatagram, udpEcho } from "./_helpers/udp_support.ts";
 
 async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
@@ -356,6 +357,51 @@ async function socksAndForwardConfig(upstreamPort: number, pool: number): Promis
   );
   return path;
 }
+
+Deno.test("a CONNECT that its target refuses takes nothing from a forwarder's pool: only ferry's own shortage does", async () => {
+  // A pooled connection is given up for a client's dial that failed for want
+  // of a descriptor; a target's refusal says nothing of ferry's descriptors.
+  using upstream = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const pooled: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of upstream) pooled.push(conn);
+  })();
+  const path = await socksAndForwardConfig(upstream.addr.port, 2);
+  try {
+    await using ferry = await startFerry(["run", "--config", path]);
+    const socksLine = await ferry.waitFor((l) => l.event === "listening" && l.kind === "socks");
+    const socks = {
+      hostname: "127.0.0.1",
+      port: Number(String(socksLine.listen).split(":").pop()),
+    };
+    // Until both pooled connections are in, and ferry has taken them in.
+    const until = Date.now() + 10_000;
+    while (pooled.length < 2) {
+      assert.ok(Date.now() < until, `the pool made ${pooled.length} of 2 connections in 10 s`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    using client = await BufferedConn.connect(socks.hostname, socks.port);
+    const reply = await socks5Handshake(client, ipv4("127.0.0.1", closedPort()));
+    assert.equal(reply.reply, socks5.Reply.ConnectionRefused);
+    // A pooled connection given up would have been closed before the reply.
+    const closedByFerry = await ss(
+      "-tnH",
+      "state",
+      "close-wait",
+      "sport",
+      "=",
+      `:${upstream.addr.port}`,
+    );
+    assert.deepEqual(closedByFerry, []);
+    assert.deepEqual(ferry.lines.filter((l) => l.event === "pool-no-descriptors"), []);
+  } finally {
+    upstream.close();
+    await accepting.catch(() => {});
+    for (const conn of pooled) conn.close();
+    await Deno.remove(path);
+  }
+});
 
 Deno.test("a forwarder's pool that took every descriptor gives them up to a SOCKS listener's CONNECT, BIND and UDP ASSOCIATE", async () => {
   // Descriptors are the process's: the pool of one listener left another no

@@ -92,6 +92,28 @@ Deno.test("an unexpected failure is logged as outcome error, with what the error
   ]);
 });
 
+Deno.test("a session that has ended leaves the deadline sweep: nothing of it is kept until its deadline", async () => {
+  // Else every ended session stayed in the sweep (and in memory) until its
+  // timeout ran out, minutes later for a relay with the default idle timeout.
+  await captureSessionLines();
+  const deadlines = new Deadlines(100);
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using _client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  try {
+    const session = new FailingSession(
+      await listener.accept(),
+      contextWith(deadlines),
+      "handshake",
+    );
+    const running = session.run();
+    assert.equal(deadlines.size, 1, "watched while it runs");
+    await running;
+    assert.equal(deadlines.size, 0);
+  } finally {
+    await reset();
+  }
+});
+
 /**
  * A session whose dial has succeeded but which waits once more before it
  * relays (with `early` bytes, if given), as a forwarder waits up to 250 ms to
