@@ -1,10 +1,10 @@
 /**
  * Which peers a BIND lets in (src/bind.ts `expectedPeers`), for addresses
  * that need no lookup beyond the resolver's reading of numbers: "any peer"
- * however the client spells it.
+ * however the client spells it. And `BindListener.accept()`'s signal.
  */
 import assert from "node:assert/strict";
-import { expectedPeers } from "../src/bind.ts";
+import { BindListener, expectedPeers } from "../src/bind.ts";
 import { addressOf } from "../src/protocol/address.ts";
 
 const domain = (host: string) => ({ type: "domain" as const, host, port: 0 });
@@ -44,4 +44,15 @@ Deno.test("BIND lets in only the named peer for any other address, in the form a
   for (const [address, peer] of cases) {
     assert.deepEqual(await expectedPeers(address, "127.0.0.1"), new Set([peer]), address.host);
   }
+});
+
+Deno.test("BindListener.accept() with a signal aborted already rejects with its reason, letting no peer in", async () => {
+  // The client may be gone before the wait starts: its abort fired no event
+  // then, and a peer arriving later would have been let in for no one.
+  using listener = new BindListener("127.0.0.1");
+  const controller = new AbortController();
+  controller.abort(new Error("the client has gone"));
+  const refused = assert.rejects(listener.accept(null, controller.signal), /the client has gone/);
+  using _peer = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  await refused;
 });

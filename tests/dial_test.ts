@@ -694,6 +694,22 @@ Deno.test("dial() of a domain with an aborted signal fails before connecting", a
   assert.match(error.message, /resolving localhost timed out/);
 });
 
+Deno.test("connectToFirstAnswer() with a signal aborted already connects to none of the addresses", async () => {
+  // Its abort event has fired before the race starts: without a look at the
+  // signal first, nothing would stop the attempts, and the session that gave
+  // up would be handed a connection.
+  await withListener(async (listener) => {
+    const controller = new AbortController();
+    controller.abort(new SessionAbort("connect-timeout"));
+    const { port } = listener.addr;
+    const error = await dialError(
+      connectToFirstAnswer("both.test", ["127.0.0.1", "127.0.0.1"], port, controller.signal),
+    );
+    assert.equal(error.failure, "connect-timeout");
+    assert.equal(error.reply, Reply.HostUnreachable);
+  });
+});
+
 Deno.test("resetAsAccepted: a connect reset before Deno asked for the peer's address (ENOTCONN) is a reset as accepted too", () => {
   const failure = (cause: Error) => new DialError("general-failure", "connect failed", { cause });
   assert.ok(resetAsAccepted(failure(new Deno.errors.NotConnected("os error 107"))));

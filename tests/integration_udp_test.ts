@@ -617,6 +617,62 @@ Deno.test("an association that ends frees its outbound socket's port: a client m
   }
 });
 
+Deno.test("datagrams to several hosts at an association's start all leave from its one outbound socket", async () => {
+  // Each host's datagrams wait in a queue of their own for the outbound
+  // socket's bind: a bind for each queue would leave sockets that close()
+  // never sees, holding their ports after the association ended.
+  await using ferry = await startFerry(LISTEN);
+  await using echo = await udpEcho();
+  // One IPv4 peer, spelt in ways that are each a host of their own.
+  const hosts: Address[] = [
+    ipv4("127.0.0.1", echo.port),
+    ipv6("::ffff:127.0.0.1", echo.port),
+    domain("::ffff:7f00:1", echo.port),
+    domain("0:0:0:0:0:ffff:7f00:1", echo.port),
+    domain("0::ffff:127.0.0.1", echo.port),
+    domain("0:0::ffff:7f00:1", echo.port),
+    domain("::ffff:7f00:0001", echo.port),
+    domain("0:0:0::ffff:127.0.0.1", echo.port),
+  ];
+  // A few associations: whether the datagrams arrive before the bind is
+  // done is up to the scheduler, and each new association binds anew.
+  for (let round = 0; round < 3; round++) {
+    await using udp = await associate(ferry);
+    // The client's socket warmed up first (Deno holds sends on a fresh one),
+    // then the datagrams sent at once, to reach ferry before the bind is done.
+    echo.received.length = echo.senderPorts.length = 0;
+    // The echoes too, the warm-up's straight back: the association ends once
+    // they are all in, else the last may still wait in ferry, counted dropped.
+    const answers: string[] = [];
+    udp.local.on("message", (message) => answers.push(decoder.decode(message)));
+    await sendInOrder(udp.local, [encoder.encode("warm-up")], echo.port);
+    await receivedAtLeast(echo.received, 1);
+    await Promise.all(
+      hosts.map((address, i) =>
+        new Promise<void>((resolve, reject) =>
+          udp.local.send(
+            frame(address, `${i}`),
+            udp.reply.address.port,
+            "127.0.0.1",
+            (error) => error ? reject(error) : resolve(),
+          )
+        )
+      ),
+    );
+    await receivedAtLeast(echo.received, 1 + hosts.length);
+    const ports = echo.senderPorts.slice(1);
+    assert.equal(new Set(ports).size, 1, `sent from ports ${ports}`);
+    await receivedAtLeast(answers, 1 + hosts.length);
+    udp.control.close();
+    const session = await sessionOf(ferry, udp.control.localAddr);
+    assert.deepEqual(
+      [session.udpIn, session.dropped],
+      [hosts.length, 0],
+      String(session.firstDrop),
+    );
+  }
+});
+
 Deno.test("what waited for a lookup or a bind frees its room once sent: the 256 KiB bound is on what waits at once", async () => {
   // Had what went out stayed counted, an association would drop every
   // datagram to a new host once 256 KiB had ever waited. Three bursts of

@@ -108,6 +108,26 @@ Deno.test("lookups: the process-wide cap holds, and turns go round the waiting c
   await Promise.all([...a, b]);
 });
 
+Deno.test("lookups: a slot freed goes to the next client that may use it, past one still at its share", async () => {
+  const { resolver, pending, hosts } = heldResolver();
+  const lookup = limitedResolver(resolver, { max: 3, maxPerClient: 2 });
+  // A hostile client at its share, with more waiting, ahead of B in the turn order.
+  const hostile = ["never-1", "never-2", "never-3"].map((h) => lookup(h, "10.0.0.66"));
+  const c = lookup("c1", "10.0.0.3");
+  const b = lookup("b1", "10.0.0.2"); // waits: three in all
+  assert.deepEqual(hosts(), ["never-1", "never-2", "c1"]);
+  pending[2]!.lookup.resolve([]);
+  await settle();
+  // The hostile client's turn comes first, but it has no room: B's lookup starts.
+  assert.deepEqual(hosts(), ["never-1", "never-2", "c1", "b1"]);
+  pending[3]!.lookup.resolve(LOCALHOST);
+  assert.deepEqual(await b, LOCALHOST);
+  for (const p of pending.slice(0, 2)) p.lookup.resolve([]);
+  await settle();
+  pending[4]!.lookup.resolve([]);
+  await Promise.all([...hostile, c]);
+});
+
 Deno.test("lookups: beyond the waiting cap a request fails at once with LookupsBusy", async () => {
   const { resolver, pending } = heldResolver();
   const lookup = limitedResolver(resolver, { max: 4, maxPerClient: 1, maxWaitingPerClient: 2 });
@@ -160,6 +180,21 @@ Deno.test("lookups: by default at most 8 run for one client IP and 24 in all, as
     await settle();
   }
   assert.equal(pending.length, 26, "the two waiting ran once there was room");
+  await Promise.all(requests);
+});
+
+Deno.test("lookups: by default 256 requests may wait for one client IP, as the README says, and no more", async () => {
+  const { resolver, pending } = heldResolver();
+  const lookup = limitedResolver(resolver);
+  const requests = Array.from({ length: 8 + 256 }, (_, i) => lookup(`a${i}.test`, "10.0.0.1"));
+  assert.equal(pending.length, 8, "a client's share");
+  await assert.rejects(lookup("one-too-many.test", "10.0.0.1"), LookupsBusy);
+  // Every one waiting runs in turn as lookups end.
+  for (let ended = 0; ended < pending.length;) {
+    for (; ended < pending.length; ended++) pending[ended]!.lookup.resolve([]);
+    await settle();
+  }
+  assert.equal(pending.length, 8 + 256);
   await Promise.all(requests);
 });
 

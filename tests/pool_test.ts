@@ -4,6 +4,7 @@
  * resource sanitizers check that nothing is left open after `close()`.
  */
 import assert from "node:assert/strict";
+import net from "node:net";
 import {
   type DropReason,
   POOLED_BYTES_LIMIT,
@@ -191,6 +192,31 @@ Deno.test("pool: a pooled connection the upstream closes is replaced at once, no
     );
     assert.equal(upstream.stats.dialled, 3);
     assert.deepEqual(logs.events("pool-unsettled"), [], "a drop after the settle time");
+  } finally {
+    upstream.close();
+  }
+});
+
+Deno.test("pool: a pooled connection dropped for the upstream's FIN or its flood is closed on ferry's side too", async () => {
+  // Dropped from the pool but left open, it would hold a descriptor for as
+  // long as ferry runs, and leave a half-closing upstream waiting for its FIN.
+  const endings: string[] = [];
+  await using server = new ForwardUpstream(async (accepted) => {
+    const { conn, index } = accepted;
+    if (index === 0) await conn.closeWrite();
+    // More than a pooled connection may receive unasked; ferry's close cuts it short.
+    if (index === 1) conn.write(new Uint8Array(POOLED_BYTES_LIMIT + 4096)).catch(() => {});
+    const { ending } = await conn.waitForEnd(30_000);
+    endings[index] = ending;
+  });
+  const upstream = upstreamTo(server.port, 2);
+  upstream.start();
+  try {
+    await waitUntil(
+      () => endings[0] !== undefined && endings[1] !== undefined,
+      "ferry to close both dropped connections",
+    );
+    assert.ok(upstream.stats.dropped >= 2, `dropped: ${upstream.stats.dropped}`);
   } finally {
     upstream.close();
   }
@@ -460,6 +486,9 @@ Deno.test("pool: connections alive after the upstream's listener died do not dec
     assert.ok(first);
     taken.push(first);
     await waitUntil(() => logs.events("upstream-down").length > 0, "the refill to be refused");
+    // Down, but with a good connection waiting: clients may still take it. A
+    // forwarder passes over an upstream whose standing is "skip".
+    assert.notEqual(upstream.standing, "skip");
     const second = upstream.take(); // a good old connection, still handed out
     assert.ok(second);
     taken.push(second);
@@ -529,6 +558,30 @@ Deno.test("pooled connection: FIN from the upstream while pooled is a drop (eof)
     assert.equal(await promise, "eof");
   } finally {
     pooled.close();
+  }
+});
+
+Deno.test("pooled connection: a reset from the upstream while pooled is a drop (reset), and its reader gets the error", async () => {
+  // Deno cannot reset a connection (it has no SO_LINGER): node:net's far end does.
+  const server = net.createServer();
+  const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  const near = await Deno.connect({ hostname: "127.0.0.1", port });
+  const far = await accepted;
+  const drops: DropReason[] = [];
+  const pooled = new PooledConnection(near, (reason) => drops.push(reason));
+  try {
+    far.resetAndDestroy();
+    await waitUntil(() => drops.length > 0, "the pooled connection to be dropped");
+    assert.deepEqual(drops, ["reset"]);
+    // Taken anyway, it must not pass the reset off as a clean end of stream.
+    pooled.take();
+    await assert.rejects(pooled.read(new Uint8Array(16)), Deno.errors.ConnectionReset);
+  } finally {
+    pooled.close();
+    far.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 });
 
@@ -639,6 +692,29 @@ Deno.test("pool: connections older than poolMaxIdleMs are recycled and new ones 
     upstream.close();
   }
   await waitUntil(() => server.open === 0, "every connection closed");
+});
+
+Deno.test("pool: an upstream that cuts idle connections within the settle time gets no young pooled connection handed out", async () => {
+  // Its idle timeout (300 ms here) may cut a pooled connection just as a
+  // client takes it: until one has lasted the settle time, clients dial on
+  // demand, after the upstreams that are up.
+  logs.records.length = 0;
+  await using server = new ForwardUpstream(async () => {
+    await new Promise((resolve) => setTimeout(resolve, 300)); // its idle timeout
+  });
+  const upstream = upstreamTo(server.port, 1);
+  upstream.start();
+  try {
+    await waitUntil(
+      () => logs.events("pool-unsettled").length > 0,
+      "a connection cut after idling",
+    );
+    await waitUntil(() => upstream.idle > 0, "the next probe in the pool");
+    assert.equal(upstream.take(), null, "younger than the settle time: withheld");
+    assert.equal(upstream.standing, "fallback");
+  } finally {
+    upstream.close();
+  }
 });
 
 Deno.test("pool: with a --pool-max-idle of 1 s, a connection that lasted half of it is not young: no pool-unsettled", async () => {
@@ -903,6 +979,58 @@ Deno.test("pool: while an upstream is down, one client at a time may probe it, a
     } finally {
       upstream.close();
     }
+  }
+});
+
+Deno.test("pool: without a pool, a dial that connects starts the back-off over for the next outage", async () => {
+  // While dials fail the wait grows (100, 200, 400 ms…). Kept after the
+  // upstream was back, the next outage would refuse clients that long from
+  // its first failure, though the upstream may be back at once.
+  logs.records.length = 0;
+  const port = unusedPort();
+  const upstream = upstreamTo(port, 0);
+  const clientDial = () =>
+    upstream.dialForClient((answers) =>
+      dial(addressOf("127.0.0.1", port), AbortSignal.timeout(2000), "", answers)
+    );
+  try {
+    for (let failed = 0; failed < 3; failed++) {
+      await waitUntil(() => upstream.standing === "up", "a retry to be due");
+      await assert.rejects(clientDial(), DialError);
+    }
+    {
+      await using _server = new ForwardUpstream(taggedEcho("up"), port);
+      await waitUntil(() => upstream.standing === "up", "a retry to be due");
+      (await clientDial()).close();
+    }
+    assert.equal(logs.events("upstream-up").length, 1, "a client's dial that connects says so");
+    await assert.rejects(clientDial(), DialError); // down again
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the first back-off is 100 ms
+    assert.equal(upstream.standing, "up", "due for a retry after the first back-off");
+  } finally {
+    upstream.close();
+  }
+});
+
+Deno.test("pool: a client's dial cut short by its own session leaves the upstream up", async () => {
+  // A client that goes away (or a shutdown) while its dial is under way says
+  // nothing of the upstream: marked down, other clients would be refused.
+  logs.records.length = 0;
+  await using server = new ForwardUpstream(taggedEcho("up"));
+  const upstream = upstreamTo(server.port, 0);
+  try {
+    const session = new AbortController();
+    session.abort(new Error("the client has gone"));
+    await assert.rejects(
+      upstream.dialForClient((answers) =>
+        dial(addressOf("127.0.0.1", server.port), session.signal, "", answers)
+      ),
+      (error) => error instanceof DialError && error.failure === "aborted",
+    );
+    assert.equal(upstream.standing, "up");
+    assert.deepEqual(logs.events("upstream-down"), []);
+  } finally {
+    upstream.close();
   }
 });
 
