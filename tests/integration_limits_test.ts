@@ -133,65 +133,29 @@ for (
   });
 }
 
-Deno.test("a CONNECT out of descriptors waits for one and is served once one frees up", async () => {
-  // It failed at once with 0x01; each failure freed the client's descriptor
-  // for the next client accepted, who failed the same way.
-  const echo = startEchoServer();
-  await using ferry = await startFerry(
-    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s"],
-    { wrapper: ["prlimit", "--nofile=48"] },
-  );
-  await ferry.waitFor((l) => l.event === "nofile-low");
-  // A session with a target, which will give descriptors back when it ends:
-  // without one, nothing would, and the dial fails at once instead.
-  const relaying = await socks5Connect(ferry.port, echo.addr);
-  using asking = await greetedClient(ferry);
-  let replied: Promise<socks5.ReplyMessage>;
-  {
-    using _hog = await DescriptorHog.fill(ferry);
-    await asking.write(socks5.encodeRequest({
-      command: socks5.Command.Connect,
-      address: { type: "ipv4", host: "127.0.0.1", port: echo.addr.port },
-    }));
-    replied = asking.readMessage(socks5.decodeReply, "reply");
-    // Waiting: no reply while every descriptor is taken.
-    const early = await Promise.race([
-      replied.then((r) => `reply ${r.reply}`),
-      new Promise((resolve) => setTimeout(() => resolve("waiting"), 500)),
-    ]);
-    assert.equal(early, "waiting");
-  }
-  // The hog's descriptors free up: the dial gets one, not a later client.
-  const reply = await replied;
-  assert.equal(reply.reply, socks5.Reply.Succeeded);
-  await asking.write(new TextEncoder().encode("waited"));
-  assert.equal(new TextDecoder().decode(await asking.readAtLeast(6)), "waited");
-  asking.close();
-  const session = await sessionOf(ferry, asking.localAddr);
-  assert.equal(session.outcome, "ok");
-  relaying.close();
-  await echo.close();
-});
-
-Deno.test("a CONNECT out of descriptors still waits for one after earlier sessions have ended", async () => {
-  // A session gives its target back once, however it ends: counted back
-  // twice, one relay that had ended made the count say no session held a
-  // target while one did, and the dial gave up within 155 ms with 0x01.
-  const echo = startEchoServer();
-  await using ferry = await startFerry(
-    ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s"],
-    { wrapper: ["prlimit", "--nofile=48"] },
-  );
-  await ferry.waitFor((l) => l.event === "nofile-low");
-  // A relay that ends, both ways closed (the relay's end closes the sockets).
-  const ended = await socks5Connect(ferry.port, echo.addr);
-  await ended.closeWrite();
-  assert.equal(await ended.read(new Uint8Array(1)), null);
-  ended.close();
-  assert.equal((await sessionOf(ferry, ended.localAddr)).outcome, "ok");
-  // A session with a target, which will give descriptors back when it ends.
-  const relaying = await socks5Connect(ferry.port, echo.addr);
-  try {
+for (const endedFirst of [false, true]) {
+  Deno.test(`a CONNECT out of descriptors waits for one and is served once one frees up${endedFirst ? " (after an earlier session has ended)" : ""}`, async () => {
+    // It failed at once with 0x01; each failure freed the client's descriptor
+    // for the next client accepted, who failed the same way.
+    const echo = startEchoServer();
+    await using ferry = await startFerry(
+      ["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "60s"],
+      { wrapper: ["prlimit", "--nofile=48"] },
+    );
+    await ferry.waitFor((l) => l.event === "nofile-low");
+    if (endedFirst) {
+      // A relay that ends, both ways closed. A session gives its target back
+      // once, however it ends: counted back twice, the count said no session
+      // held a target while one did, and the dial gave up at once with 0x01.
+      const ended = await socks5Connect(ferry.port, echo.addr);
+      await ended.closeWrite();
+      assert.equal(await ended.read(new Uint8Array(1)), null);
+      ended.close();
+      assert.equal((await sessionOf(ferry, ended.localAddr)).outcome, "ok");
+    }
+    // A session with a target, which will give descriptors back when it ends:
+    // without one, nothing would, and the dial fails at once instead.
+    const relaying = await socks5Connect(ferry.port, echo.addr);
     using asking = await greetedClient(ferry);
     let replied: Promise<socks5.ReplyMessage>;
     {
@@ -201,18 +165,25 @@ Deno.test("a CONNECT out of descriptors still waits for one after earlier sessio
         address: { type: "ipv4", host: "127.0.0.1", port: echo.addr.port },
       }));
       replied = asking.readMessage(socks5.decodeReply, "reply");
+      // Waiting: no reply while every descriptor is taken.
       const early = await Promise.race([
         replied.then((r) => `reply ${r.reply}`),
         new Promise((resolve) => setTimeout(() => resolve("waiting"), 500)),
       ]);
       assert.equal(early, "waiting");
     }
-    assert.equal((await replied).reply, socks5.Reply.Succeeded);
-  } finally {
+    // The hog's descriptors free up: the dial gets one, not a later client.
+    const reply = await replied;
+    assert.equal(reply.reply, socks5.Reply.Succeeded);
+    await asking.write(new TextEncoder().encode("waited"));
+    assert.equal(new TextDecoder().decode(await asking.readAtLeast(6)), "waited");
+    asking.close();
+    const session = await sessionOf(ferry, asking.localAddr);
+    assert.equal(session.outcome, "ok");
     relaying.close();
     await echo.close();
-  }
-});
+  });
+}
 
 Deno.test("a CONNECT still waiting for a descriptor at its connect timeout gets 0x01 for the shortage, not a timeout's 0x04", async () => {
   // Ferry's own shortage says nothing of the target: the connect timeout

@@ -446,16 +446,21 @@ Deno.test("relay() with onTargetFailure: a client FIN the gone target cannot tak
   assert.equal(controller.signal.aborted, false);
 });
 
+/** A promise maker for a fake's pending read or write: each rejects with the abort's reason. */
+function untilAbortedBy(signal: AbortSignal): () => Promise<never> {
+  return () =>
+    new Promise<never>((_, reject) =>
+      signal.addEventListener("abort", () => reject(signal.reason))
+    );
+}
+
 Deno.test("relay() counts only bytes written: an aborted write's unsent rest is not carried", async () => {
   // The client sends one full 16-byte buffer (its write is left in flight)
   // and then nothing; the target takes 5 bytes and then stalls, like a reader
   // that stopped. Aborting (idle timeout) must leave the count at 5, what the
   // far end can ever receive, not the 16 read.
   const controller = new AbortController();
-  const untilAborted = () =>
-    new Promise<never>((_, reject) =>
-      controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
-    );
+  const untilAborted = untilAbortedBy(controller.signal);
   let reads = 0;
   const client: RelayEnd = {
     read(buffer: Uint8Array): Promise<number | null> {
@@ -904,10 +909,7 @@ Deno.test("relay() aborts when a full buffer's write fails, even while the next 
   // The client sends one full buffer and then nothing: only the failed write
   // can end the relay.
   const controller = new AbortController();
-  const untilAborted = () =>
-    new Promise<never>((_, reject) =>
-      controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
-    );
+  const untilAborted = untilAbortedBy(controller.signal);
   let reads = 0;
   const client: RelayEnd = {
     read(buffer: Uint8Array): Promise<number | null> {
@@ -1093,10 +1095,7 @@ Deno.test("relay() keeps a grown buffer whose write is still in flight until tha
   // buffer: no other relay may have it yet.
   const grown = new GrownBuffers(4096);
   const controller = new AbortController();
-  const untilAborted = () =>
-    new Promise<never>((_, reject) =>
-      controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
-    );
+  const untilAborted = untilAbortedBy(controller.signal);
   let reads = 0;
   const client: RelayEnd = {
     read(buffer: Uint8Array): Promise<number | null> {
@@ -1134,10 +1133,7 @@ Deno.test("relay() with onTargetFailure: the client's own errors are no target f
   await t.step("a reset read from the client", async () => {
     const client = pacedPeer();
     const controller = new AbortController();
-    const untilAborted = () =>
-      new Promise<never>((_, reject) =>
-        controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
-      );
+    const untilAborted = untilAbortedBy(controller.signal);
     let failures = 0;
     const relayed = relay(client.end, {
       read: untilAborted,
@@ -1156,10 +1152,7 @@ Deno.test("relay() with onTargetFailure: the client's own errors are no target f
   });
   await t.step("a full buffer's write to the client failing", async () => {
     const controller = new AbortController();
-    const untilAborted = () =>
-      new Promise<never>((_, reject) =>
-        controller.signal.addEventListener("abort", () => reject(controller.signal.reason))
-      );
+    const untilAborted = untilAbortedBy(controller.signal);
     let targetReads = 0;
     let failures = 0;
     const relayed = relay({
