@@ -3,7 +3,8 @@
  * both kinds, all served; a bad file exits 2 and names the path of the problem.
  */
 import assert from "node:assert/strict";
-import { ferryCommandArgs, startFerry } from "./_helpers/ferry.ts";
+import { ferryCommandArgs, type LogLine, startFerry } from "./_helpers/ferry.ts";
+import { waitUntil } from "./_helpers/forward_support.ts";
 import { startEchoServer } from "./_helpers/echo_server.ts";
 import { readExactly, socks5Connect } from "./_helpers/socks5_once.ts";
 import {
@@ -15,6 +16,11 @@ import {
 } from "./_helpers/socks_client.ts";
 import { ss } from "./_helpers/ss.ts";
 import { associate, frame, nextDatagram, udpEcho } from "./_helpers/udp_support.ts";
+
+/** The port a `listening` line says its listener got. */
+function listenedPort(line: LogLine): number {
+  return Number(String(line.listen).split(":").pop());
+}
 
 async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
   const bytes = new TextEncoder().encode(text);
@@ -42,8 +48,8 @@ Deno.test("ferry run --config serves a socks and a forward listener from one fil
     const forwardLine = await ferry.waitFor((l) => l.event === "listening" && l.kind === "forward");
     const socksLine = ferry.lines.find((l) => l.event === "listening" && l.kind === "socks");
     assert.ok(socksLine, "socks listener started");
-    const forwardPort = Number(String(forwardLine.listen).split(":").pop());
-    const socksPort = Number(String(socksLine.listen).split(":").pop());
+    const forwardPort = listenedPort(forwardLine);
+    const socksPort = listenedPort(socksLine);
 
     const viaSocks = await socks5Connect(socksPort, echo.addr);
     try {
@@ -372,14 +378,10 @@ Deno.test("a CONNECT that its target refuses takes nothing from a forwarder's po
     const socksLine = await ferry.waitFor((l) => l.event === "listening" && l.kind === "socks");
     const socks = {
       hostname: "127.0.0.1",
-      port: Number(String(socksLine.listen).split(":").pop()),
+      port: listenedPort(socksLine),
     };
     // Until both pooled connections are in, and ferry has taken them in.
-    const until = Date.now() + 10_000;
-    while (pooled.length < 2) {
-      assert.ok(Date.now() < until, `the pool made ${pooled.length} of 2 connections in 10 s`);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+    await waitUntil(() => pooled.length >= 2, "the pool's 2 connections");
     await new Promise((resolve) => setTimeout(resolve, 300));
     using client = await BufferedConn.connect(socks.hostname, socks.port);
     const reply = await socks5Handshake(client, ipv4("127.0.0.1", closedPort()));
@@ -417,7 +419,7 @@ Deno.test("a forwarder's pool that took every descriptor gives them up to a SOCK
     const socksLine = ferry.lines.find((l) => l.event === "listening" && l.kind === "socks")!;
     const socks = {
       hostname: "127.0.0.1",
-      port: Number(String(socksLine.listen).split(":").pop()),
+      port: listenedPort(socksLine),
     };
     // Until the first dials, still connecting, have all joined the pool.
     await new Promise((resolve) => setTimeout(resolve, 500));
@@ -510,7 +512,7 @@ Deno.test("a burst of clients beyond the open-files limit waits for descriptors,
       wrapper: ["prlimit", "--nofile=100"],
     });
     const forwardLine = await ferry.waitFor((l) => l.event === "listening" && l.kind === "forward");
-    const forwardPort = Number(String(forwardLine.listen).split(":").pop());
+    const forwardPort = listenedPort(forwardLine);
     const clients = Array.from({ length: 100 }, async (_, i) => {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port: forwardPort });
       try {

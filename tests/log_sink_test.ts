@@ -223,28 +223,46 @@ Deno.test("batchedSink never throws into the logging call when writing fails", a
   assert.equal(calls, 1, "a broken stderr is not written to again");
 });
 
-Deno.test("batchedSink retries a write that would block (a full non-blocking pipe), and keeps writing", async () => {
-  const stderr = new FakeStderr();
-  let refusals = 3;
-  const write = (bytes: Uint8Array) => {
-    if (refusals > 0) {
-      refusals--;
-      return Promise.reject(new Deno.errors.WouldBlock("Resource temporarily unavailable"));
-    }
-    return stderr.write(bytes);
-  };
-  const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 1 });
-  // The back-off's timer is unref'd; this one keeps the test's loop running.
-  const keepAlive = setTimeout(() => {}, 10_000);
-  const written = stderr.nextWrite();
-  sink(record("while the pipe was full"));
-  await written;
-  clearTimeout(keepAlive);
-  sink(record("after"));
-  await sink[Symbol.asyncDispose]();
-  assert.equal(refusals, 0);
-  assert.equal(stderr.text, "while the pipe was full\nafter\n");
-});
+for (
+  const { what, refusals: tries, error, text } of [
+    {
+      what: "a write that would block (a full non-blocking pipe)",
+      refusals: 3,
+      error: () => new Deno.errors.WouldBlock("Resource temporarily unavailable"),
+      text: "while the pipe was full",
+    },
+    {
+      what: "a write interrupted by a signal (EINTR)",
+      refusals: 2,
+      error: () => new Deno.errors.Interrupted("Interrupted system call"),
+      text: "through a signal",
+    },
+  ]
+) {
+  Deno.test(`batchedSink retries ${what}, losing nothing, and keeps writing`, async () => {
+    const stderr = new FakeStderr();
+    let refusals = tries;
+    const write = (bytes: Uint8Array) => {
+      if (refusals > 0) {
+        refusals--;
+        return Promise.reject(error());
+      }
+      return stderr.write(bytes);
+    };
+    const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 1 });
+    // The back-off's timer is unref'd; this one keeps the test's loop running.
+    const keepAlive = setTimeout(() => {}, 10_000);
+    const written = stderr.nextWrite();
+    sink(record(text));
+    await written;
+    clearTimeout(keepAlive);
+    sink(record("after"));
+    await sink[Symbol.asyncDispose]();
+    assert.equal(refusals, 0);
+    // No record counted as dropped.
+    assert.equal(stderr.text, `${text}\nafter\n`);
+  });
+}
 
 Deno.test("batchedSink at dispose writes a record that came as a drain was ending", async () => {
   // A record logged a few microtasks after another, with dispose right after
@@ -425,27 +443,6 @@ Deno.test("batchedSink counts as dropped only the lines a failed write did not g
     "line 3",
   ]);
   assert.ok(stderr.text.startsWith("line 1\nline 2\nline 3\nlin\n"), stderr.text);
-});
-
-Deno.test("batchedSink retries a write interrupted by a signal (EINTR), losing nothing", async () => {
-  const stderr = new FakeStderr();
-  let interruptions = 2;
-  const write = (bytes: Uint8Array) => {
-    if (interruptions > 0) {
-      interruptions--;
-      return Promise.reject(new Deno.errors.Interrupted("Interrupted system call"));
-    }
-    return stderr.write(bytes);
-  };
-  const sink = batchedSink({ formatter: lineFormatter, write, batchSize: 1 });
-  const keepAlive = setTimeout(() => {}, 10_000); // the back-off's timer is unref'd
-  const written = stderr.nextWrite();
-  sink(record("through a signal"));
-  await written;
-  clearTimeout(keepAlive);
-  await sink[Symbol.asyncDispose]();
-  assert.equal(interruptions, 0);
-  assert.equal(stderr.text, "through a signal\n", "no record counted as dropped");
 });
 
 Deno.test("batchedSink stops writing for good once the reader is gone: EPIPE, a closed or unconnected descriptor", async () => {

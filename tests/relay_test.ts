@@ -352,6 +352,24 @@ Deno.test("relay() calls onActivity for every read that carried bytes", async ()
   assert.ok(f.activity <= payload.length, `activity ${f.activity}`);
 });
 
+/** A fake client that only uploads, its reads answered by `read`: the target sends it nothing. */
+function uploadingClient(read: RelayEnd["read"]): RelayEnd {
+  return {
+    read,
+    write: () => Promise.reject(new Error("the target sends nothing")),
+    closeWrite: () => Promise.resolve(),
+  };
+}
+
+/** A fake target that takes whole every write to it; it sends what `read` gives, by default nothing. */
+function takingTarget(read: RelayEnd["read"] = () => Promise.resolve(null)): RelayEnd {
+  return {
+    read,
+    write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
+    closeWrite: () => Promise.resolve(),
+  };
+}
+
 Deno.test("relay() counts every write that moved bytes as activity: a slow reader is not idle", async () => {
   // The client sends 10 bytes (less than the 16-byte buffer: written before
   // the next read), 16 (a full buffer: its write is left in flight while the
@@ -363,17 +381,13 @@ Deno.test("relay() counts every write that moved bytes as activity: a slow reade
   let activity = 0;
   const activityAtWrite: number[] = [];
   const written: number[] = [];
-  const client: RelayEnd = {
-    read(buffer: Uint8Array): Promise<number | null> {
-      const chunk = chunks.shift();
-      if (!chunk) return Promise.resolve(null);
-      assert.ok(chunk.length <= buffer.length, `read of ${chunk.length} into ${buffer.length}`);
-      buffer.set(chunk);
-      return Promise.resolve(chunk.length);
-    },
-    write: () => Promise.reject(new Error("the target sends nothing")),
-    closeWrite: () => Promise.resolve(),
-  };
+  const client = uploadingClient((buffer: Uint8Array): Promise<number | null> => {
+    const chunk = chunks.shift();
+    if (!chunk) return Promise.resolve(null);
+    assert.ok(chunk.length <= buffer.length, `read of ${chunk.length} into ${buffer.length}`);
+    buffer.set(chunk);
+    return Promise.resolve(chunk.length);
+  });
   const target: RelayEnd = {
     read: () => Promise.resolve(null),
     write(bytes: Uint8Array): Promise<number> {
@@ -494,15 +508,11 @@ Deno.test("relay() grows its buffers only within the budget, and gives the budge
   const grown = new GrownBuffers(64 + 256);
   const sizes: number[] = [];
   let reads = 0;
-  const client: RelayEnd = {
-    read(buffer: Uint8Array): Promise<number | null> {
-      sizes.push(buffer.length);
-      if (++reads > 12) return Promise.resolve(null);
-      return Promise.resolve(buffer.length);
-    },
-    write: () => Promise.reject(new Error("the target sends nothing")),
-    closeWrite: () => Promise.resolve(),
-  };
+  const client = uploadingClient((buffer: Uint8Array): Promise<number | null> => {
+    sizes.push(buffer.length);
+    if (++reads > 12) return Promise.resolve(null);
+    return Promise.resolve(buffer.length);
+  });
   let written = 0;
   const target: RelayEnd = {
     read: () => Promise.resolve(null),
@@ -833,15 +843,11 @@ Deno.test("relay() passes on a FIN only after the last full buffer's write is do
   // The client's 16 bytes fill the buffer (their write is left in flight),
   // then it half-closes at once; the target takes its time over the write.
   let reads = 0;
-  const client: RelayEnd = {
-    read(buffer: Uint8Array): Promise<number | null> {
-      if (reads++ > 0) return Promise.resolve(null);
-      buffer.fill(5);
-      return Promise.resolve(buffer.length);
-    },
-    write: () => Promise.reject(new Error("the target sends nothing")),
-    closeWrite: () => Promise.resolve(),
-  };
+  const client = uploadingClient((buffer: Uint8Array): Promise<number | null> => {
+    if (reads++ > 0) return Promise.resolve(null);
+    buffer.fill(5);
+    return Promise.resolve(buffer.length);
+  });
   const toTarget = Promise.withResolvers<number>();
   let fins = 0;
   const target: RelayEnd = {
@@ -873,15 +879,11 @@ Deno.test("relay() with onTargetFailure: a full buffer's write failing on a gone
   // Every read fills the 16-byte buffer: each write is left in flight while
   // the next read runs. The target is gone; it had sent nothing.
   let reads = 0;
-  const client: RelayEnd = {
-    read(buffer: Uint8Array): Promise<number | null> {
-      if (reads++ >= 3) return Promise.resolve(null);
-      buffer.fill(5);
-      return Promise.resolve(buffer.length);
-    },
-    write: () => Promise.reject(new Error("the target sends nothing")),
-    closeWrite: () => Promise.resolve(),
-  };
+  const client = uploadingClient((buffer: Uint8Array): Promise<number | null> => {
+    if (reads++ >= 3) return Promise.resolve(null);
+    buffer.fill(5);
+    return Promise.resolve(buffer.length);
+  });
   const target: RelayEnd = {
     read: () => Promise.resolve(null),
     write: () => Promise.reject(new Deno.errors.BrokenPipe("broken pipe")),
@@ -1034,19 +1036,11 @@ Deno.test("relay() by default reads 1 KiB at first and grows ×4 up to 4 MiB whi
   // Every read fills its buffer. The relay never touches the bytes here, so
   // its 4 MiB buffers are address space, not memory.
   const sizes: number[] = [];
-  const client: RelayEnd = {
-    read(buffer: Uint8Array): Promise<number | null> {
-      sizes.push(buffer.length);
-      return Promise.resolve(sizes.length > 10 ? null : buffer.length);
-    },
-    write: () => Promise.reject(new Error("the target sends nothing")),
-    closeWrite: () => Promise.resolve(),
-  };
-  const target: RelayEnd = {
-    read: () => Promise.resolve(null),
-    write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
-    closeWrite: () => Promise.resolve(),
-  };
+  const client = uploadingClient((buffer: Uint8Array): Promise<number | null> => {
+    sizes.push(buffer.length);
+    return Promise.resolve(sizes.length > 10 ? null : buffer.length);
+  });
+  const target = takingTarget();
   const controller = new AbortController();
   await relay(client, target, { controller, onActivity: () => {} });
   const KiB = 1024;
@@ -1062,11 +1056,7 @@ Deno.test("relay() gives back only the buffers it holds: one it outgrew, since l
   const grown = new GrownBuffers(4096);
   const client = pacedPeer();
   const controller = new AbortController();
-  const target: RelayEnd = {
-    read: () => Promise.resolve(null),
-    write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
-    closeWrite: () => Promise.resolve(),
-  };
+  const target = takingTarget();
   const relayed = relay(client.end, target, {
     controller,
     onActivity: () => {},
@@ -1135,11 +1125,11 @@ Deno.test("relay() with onTargetFailure: the client's own errors are no target f
     const controller = new AbortController();
     const untilAborted = untilAbortedBy(controller.signal);
     let failures = 0;
-    const relayed = relay(client.end, {
-      read: untilAborted,
-      write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
-      closeWrite: () => Promise.resolve(),
-    }, { controller, onActivity: () => {}, onTargetFailure: () => failures++ });
+    const relayed = relay(client.end, takingTarget(untilAborted), {
+      controller,
+      onActivity: () => {},
+      onTargetFailure: () => failures++,
+    });
     await waitUntil(() => client.reading, "the read from the client");
     client.reset();
     await waitUntil(() => controller.signal.aborted, "the abort", 5000).catch(() => {});
@@ -1155,18 +1145,16 @@ Deno.test("relay() with onTargetFailure: the client's own errors are no target f
     const untilAborted = untilAbortedBy(controller.signal);
     let targetReads = 0;
     let failures = 0;
-    const relayed = relay({
+    const client: RelayEnd = {
       read: untilAborted,
       write: () => Promise.reject(new Deno.errors.ConnectionReset("reset by peer")),
       closeWrite: () => Promise.resolve(),
-    }, {
-      read(buffer: Uint8Array): Promise<number | null> {
-        // A full buffer (its write left in flight), then nothing.
-        return targetReads++ > 0 ? untilAborted() : Promise.resolve(buffer.length);
-      },
-      write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
-      closeWrite: () => Promise.resolve(),
-    }, {
+    };
+    // A full buffer (its write left in flight), then nothing.
+    const target = takingTarget((buffer: Uint8Array) =>
+      targetReads++ > 0 ? untilAborted() : Promise.resolve(buffer.length)
+    );
+    const relayed = relay(client, target, {
       controller,
       onActivity: () => {},
       onTargetFailure: () => failures++,
@@ -1222,16 +1210,10 @@ Deno.test("relay() holds at most two buffers of the largest size in a long bulk 
   // two 1,024-byte buffers take turns (one read into, one written from).
   const grown = new GrownBuffers(1048576);
   let reads = 0;
-  const client: RelayEnd = {
-    read: (buffer: Uint8Array) => Promise.resolve(reads++ < 50 ? buffer.length : null),
-    write: () => Promise.reject(new Error("the target sends nothing")),
-    closeWrite: () => Promise.resolve(),
-  };
-  const target: RelayEnd = {
-    read: () => Promise.resolve(null),
-    write: (bytes: Uint8Array) => Promise.resolve(bytes.length),
-    closeWrite: () => Promise.resolve(),
-  };
+  const client = uploadingClient((buffer: Uint8Array) =>
+    Promise.resolve(reads++ < 50 ? buffer.length : null)
+  );
+  const target = takingTarget();
   const controller = new AbortController();
   await relay(client, target, {
     controller,
