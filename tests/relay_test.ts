@@ -468,6 +468,38 @@ function untilAbortedBy(signal: AbortSignal): () => Promise<never> {
     );
 }
 
+/**
+ * Waits up to 5 s for the relay to abort by itself; then aborts it, so that
+ * the test ends either way, and waits for it to end. Returns whether it had.
+ */
+async function abortedByItself(
+  controller: AbortController,
+  relayed: Promise<unknown>,
+): Promise<boolean> {
+  await waitUntil(() => controller.signal.aborted, "the abort", 5000).catch(() => {});
+  const aborted = controller.signal.aborted;
+  controller.abort(new Error("the test gave up"));
+  await relayed;
+  return aborted;
+}
+
+/**
+ * A fake client that fills its first read buffer with `fill` and sends no
+ * more: its next read, and any write to it, wait for the abort.
+ */
+function oneFullBufferThenWait(untilAborted: () => Promise<never>, fill: number): RelayEnd {
+  let reads = 0;
+  return {
+    read(buffer: Uint8Array): Promise<number | null> {
+      if (reads++ > 0) return untilAborted();
+      buffer.fill(fill);
+      return Promise.resolve(buffer.length);
+    },
+    write: untilAborted,
+    closeWrite: () => Promise.resolve(),
+  };
+}
+
 Deno.test("relay() counts only bytes written: an aborted write's unsent rest is not carried", async () => {
   // The client sends one full 16-byte buffer (its write is left in flight)
   // and then nothing; the target takes 5 bytes and then stalls, like a reader
@@ -475,16 +507,7 @@ Deno.test("relay() counts only bytes written: an aborted write's unsent rest is 
   // far end can ever receive, not the 16 read.
   const controller = new AbortController();
   const untilAborted = untilAbortedBy(controller.signal);
-  let reads = 0;
-  const client: RelayEnd = {
-    read(buffer: Uint8Array): Promise<number | null> {
-      if (reads++ > 0) return untilAborted();
-      buffer.fill(7);
-      return Promise.resolve(buffer.length);
-    },
-    write: untilAborted,
-    closeWrite: () => Promise.resolve(),
-  };
+  const client = oneFullBufferThenWait(untilAborted, 7);
   let writes = 0;
   const target: RelayEnd = {
     read: untilAborted,
@@ -912,16 +935,7 @@ Deno.test("relay() aborts when a full buffer's write fails, even while the next 
   // can end the relay.
   const controller = new AbortController();
   const untilAborted = untilAbortedBy(controller.signal);
-  let reads = 0;
-  const client: RelayEnd = {
-    read(buffer: Uint8Array): Promise<number | null> {
-      if (reads++ > 0) return untilAborted();
-      buffer.fill(5);
-      return Promise.resolve(buffer.length);
-    },
-    write: untilAborted,
-    closeWrite: () => Promise.resolve(),
-  };
+  const client = oneFullBufferThenWait(untilAborted, 5);
   const target: RelayEnd = {
     read: untilAborted,
     write: () => Promise.reject(new Deno.errors.ConnectionReset("reset by peer")),
@@ -932,11 +946,10 @@ Deno.test("relay() aborts when a full buffer's write fails, even while the next 
     onActivity: () => {},
     initialBufferSize: 16,
   });
-  await waitUntil(() => controller.signal.aborted, "the abort", 5000).catch(() => {});
-  const aborted = controller.signal.aborted;
-  controller.abort(new Error("the test gave up"));
-  await relayed;
-  assert.ok(aborted, "the failed write left the relay waiting on the client");
+  assert.ok(
+    await abortedByItself(controller, relayed),
+    "the failed write left the relay waiting on the client",
+  );
   assert.ok(controller.signal.reason instanceof Deno.errors.ConnectionReset);
 });
 
@@ -1132,11 +1145,10 @@ Deno.test("relay() with onTargetFailure: the client's own errors are no target f
     });
     await waitUntil(() => client.reading, "the read from the client");
     client.reset();
-    await waitUntil(() => controller.signal.aborted, "the abort", 5000).catch(() => {});
-    const aborted = controller.signal.aborted;
-    controller.abort(new Error("the test gave up")); // unblocks the relay if it waits on
-    await relayed;
-    assert.ok(aborted, "the client's reset left the relay waiting");
+    assert.ok(
+      await abortedByItself(controller, relayed),
+      "the client's reset left the relay waiting",
+    );
     assert.ok(controller.signal.reason instanceof Deno.errors.ConnectionReset);
     assert.equal(failures, 0);
   });
@@ -1160,11 +1172,10 @@ Deno.test("relay() with onTargetFailure: the client's own errors are no target f
       onTargetFailure: () => failures++,
       initialBufferSize: 16,
     });
-    await waitUntil(() => controller.signal.aborted, "the abort", 5000).catch(() => {});
-    const aborted = controller.signal.aborted;
-    controller.abort(new Error("the test gave up"));
-    await relayed;
-    assert.ok(aborted, "the failed write to the client left the relay waiting");
+    assert.ok(
+      await abortedByItself(controller, relayed),
+      "the failed write to the client left the relay waiting",
+    );
     assert.ok(controller.signal.reason instanceof Deno.errors.ConnectionReset);
     assert.equal(failures, 0);
   });
