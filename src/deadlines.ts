@@ -77,6 +77,15 @@ export class Deadlines {
     this.#watched.delete(item);
   }
 
+  /**
+   * Stops the sweep now if nothing is watched, rather than at its next tick:
+   * for a server whose sessions have all ended at shutdown, so that nothing
+   * of it is left scheduled. A later `watch()` starts the sweep again.
+   */
+  stopIfIdle(): void {
+    if (this.#watched.size === 0) this.#stop();
+  }
+
   /** Number of watched items. */
   get size(): number {
     return this.#watched.size;

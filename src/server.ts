@@ -378,6 +378,7 @@ export function startServer(
         for (const { session } of sessions.toArray()) session.abort("shutdown");
         await drained;
       }
+      context.deadlines.stopIfIdle();
     })();
     return finished;
   };

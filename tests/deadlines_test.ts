@@ -2,9 +2,10 @@
  * Unit tests of the shared deadline sweep. Every wait is on an item's
  * `expire()` promise, never on a sleep.
  *
- * The sweep's interval is unref'd, and Deno's op sanitizer does not report
- * unref'd timers, so the tests that check it stops spy on the global
- * setInterval/clearInterval instead.
+ * The op sanitizer (on in `deno task test`) fails a test that leaves the
+ * sweep running, but cannot tell whether it stopped at the tick it should
+ * have: the tests that check when it stops spy on the global
+ * setInterval/clearInterval.
  */
 import assert from "node:assert/strict";
 import { Deadlines, type Expirable, tickFor } from "../src/deadlines.ts";
@@ -118,6 +119,7 @@ Deno.test("Deadlines never expires early a deadline counted from a clock a tick 
     assert.ok(waited >= 60, `a 60 ms timeout expired after ${waited.toFixed(1)} ms`);
   } finally {
     deadlines.unwatch(keeper);
+    deadlines.stopIfIdle();
   }
 });
 
@@ -139,6 +141,7 @@ Deno.test("Deadlines.watchFor() counts from this moment even when the sweep is l
     assert.ok(waited >= 100, `a 100 ms timeout expired after ${waited.toFixed(1)} ms`);
   } finally {
     deadlines.unwatch(keeper);
+    deadlines.stopIfIdle();
   }
 });
 
@@ -171,6 +174,7 @@ Deno.test("Deadlines.watch() after a quiet spell starts the sweep with a fresh c
     assert.ok(deadlines.now >= start, `the clock is ${(start - deadlines.now).toFixed(0)} ms old`);
   } finally {
     deadlines.unwatch(item);
+    deadlines.stopIfIdle();
   }
 });
 
@@ -258,6 +262,29 @@ Deno.test("Deadlines stops its interval when the last item expires", async () =>
   });
   assert.equal(count, 1);
   assert.deepEqual(left, [], "the sweep's interval is still running");
+});
+
+Deno.test("Deadlines.stopIfIdle() stops the sweep at once when nothing is watched, never while something is", async () => {
+  let runningWhileWatched = 0;
+  let runningAfterStop = -1;
+  const { left } = await watchIntervals(async (running) => {
+    const deadlines = new Deadlines(TICK_MS);
+    const item = new Item(performance.now() + 3 * TICK_MS);
+    deadlines.watch(item);
+    deadlines.stopIfIdle();
+    runningWhileWatched = running.size;
+    // Still swept: the item expires on time.
+    await deadline(item.expired, 5000, "the watched item's expiry");
+    // At shutdown, with nothing watched: gone now, not a tick later.
+    const next = new Item(performance.now() + 60_000);
+    deadlines.watch(next);
+    deadlines.unwatch(next);
+    deadlines.stopIfIdle();
+    runningAfterStop = running.size;
+  });
+  assert.equal(runningWhileWatched, 1, "the sweep stopped with an item watched");
+  assert.equal(runningAfterStop, 0, "the sweep still ran with nothing watched");
+  assert.deepEqual(left, []);
 });
 
 Deno.test("Deadlines keeps one interval however many items are watched", async () => {
@@ -366,5 +393,6 @@ Deno.test("Deadlines expires an item at the first sweep more than a tick past it
     assert.equal(item.count, 1, "not expired at the first sweep past its deadline and a tick");
   } finally {
     deadlines.unwatch(item);
+    deadlines.stopIfIdle();
   }
 });

@@ -67,7 +67,6 @@ class FailingSession extends ProxySession {
 
 Deno.test("an unexpected failure is logged as outcome error, with what the error said, and the session leaves the deadline sweep", async () => {
   const records = await captureSessionLines();
-  // Its timer stops by itself once the session is no longer watched.
   const deadlines = new Deadlines(100);
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   using client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
@@ -86,6 +85,7 @@ Deno.test("an unexpected failure is logged as outcome error, with what the error
     // The session closed its end: the client reads EOF.
     assert.equal(await client.read(new Uint8Array(1)), null);
   } finally {
+    deadlines.stopIfIdle(); // at once, not a tick after the test
     await reset();
   }
   assert.equal(records.length, 1);
@@ -164,6 +164,7 @@ Deno.test("shutdown after the dial but before the relay ends the session, not ju
     assert.equal(await client.read(new Uint8Array(1)), null);
     await running;
   } finally {
+    deadlines.stopIfIdle(); // at once, not a tick after the test
     await reset();
   }
   assert.equal(records.length, 1);
@@ -207,6 +208,7 @@ for (const ending of ["the client closes", "shutdown comes first"] as const) {
       else client.close(); // ends the session's wait for the client
       await running;
     } finally {
+      deadlines.stopIfIdle();
       await reset();
     }
     assert.equal(records.length, 1);
@@ -271,6 +273,7 @@ Deno.test("a forwarded client's bytes sent during a slow dial that failed go to 
     assert.equal(await client.read(new Uint8Array(1)), null);
     await running;
   } finally {
+    deadlines.stopIfIdle(); // at once, not a tick after the test
     await reset();
   }
   assert.equal(records.length, 1);
