@@ -1,7 +1,8 @@
 /**
  * The forwarder's warm pool, in process: `Upstream` against scriptable
  * loopback upstreams, and `PooledConnection` on a bare socket pair. Deno's
- * resource sanitizers check that nothing is left open after `close()`.
+ * op and resource sanitizers (on in `deno task test`) check that nothing is
+ * left open or running after `close()`.
  */
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -26,8 +27,14 @@ import { dial, DialError } from "../src/upstream/dial.ts";
 import { resettingServer } from "./_helpers/reset.ts";
 import { freeSpareDescriptor } from "../src/spare_descriptors.ts";
 import { ss } from "./_helpers/ss.ts";
-import { fullQueueListeners, openingListener } from "./_helpers/full_queue.ts";
-import { BufferedConn, closedPort, concat, pseudoRandomBytes } from "./_helpers/socks_client.ts";
+import { fullQueueListeners } from "./_helpers/full_queue.ts";
+import {
+  BufferedConn,
+  closedPort,
+  concat,
+  deadline,
+  pseudoRandomBytes,
+} from "./_helpers/socks_client.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -103,32 +110,42 @@ Deno.test("pool: fills to N connections after start, and close() closes every on
   assert.equal(upstream.stats.dropped, 0, "closing is not a drop");
 });
 
-Deno.test("pool: a dial that connects after close() is closed then, not left open to the upstream", async () => {
-  // close() does not abort a dial under way (it may be waiting out a dropped
-  // SYN): when that dial connects, the pool is gone, and a connection kept
-  // would be held by nobody, open at both ends for as long as ferry runs.
-  await using slow = await openingListener(); // drops SYNs until opened
-  const upstream = new Upstream({ hostname: "127.0.0.1", port: slow.port }, {
+Deno.test("pool: a dial that connects as close() comes is closed then, not left open to the upstream", async () => {
+  // close() aborts the dials under way, but one may have connected already
+  // and still be checked (does it lead back to the forwarder's own
+  // listener?): when that check ends, the pool is gone, and a connection
+  // kept would be held by nobody, open at both ends for as long as ferry runs.
+  await using server = new ForwardUpstream(async (accepted) => {
+    await accepted.conn.waitForEnd();
+  });
+  let checking!: () => void;
+  const checked = new Promise<void>((resolve) => checking = resolve);
+  let answer!: (leadsBack: boolean) => void;
+  const answered = new Promise<boolean>((resolve) => answer = resolve);
+  const upstream = new Upstream({ hostname: "127.0.0.1", port: server.port }, {
     poolSize: 1,
     poolMaxIdleMs: 30_000,
-    connectTimeoutMs: 10_000, // past the SYN's retries at 1 s and 3 s
+    connectTimeoutMs: 10_000,
     listen: "127.0.0.1:2222",
+    leadsBack: () => {
+      checking();
+      return answered;
+    },
   });
-  const upstreamEnd = `127.0.0.1:${slow.port}`;
+  const upstreamEnd = `127.0.0.1:${server.port}`;
   const held = async () => (await tcpSocketsOf(Deno.pid)).filter((s) => s.peer === upstreamEnd);
   upstream.start();
   try {
+    await deadline(checked, 10_000, "the pool's dial to connect");
     // Seen as this process's socket: the check below cannot pass for want of ss naming it.
-    await waitUntil(
-      async () => (await held()).some((s) => s.state === "SYN-SENT"),
-      "the pool's dial to knock",
-    );
+    assert.equal((await held()).length, 1);
   } finally {
     upstream.close();
+    answer(false); // not the forwarder's own listener: a good connection, but too late
   }
-  await slow.open(); // the dial's next SYN gets in
-  await waitUntil(() => upstream.stats.dialled === 1, "the dial to connect after close()");
-  assert.equal(upstream.idle, 0, "not pooled");
+  await waitUntil(() => upstream.dialsInProgress === 0, "the dial to end");
+  assert.equal(upstream.idle, 0, "pooled after close()");
+  await waitUntil(() => server.connections[0]?.closed === true, "the upstream to see it closed");
   // Closed at once: no socket of this process (the pool's) leads to the upstream.
   let left: SocketInfo[] = [];
   await waitUntil(
@@ -382,24 +399,29 @@ Deno.test("pool: at a connection limit its pool sometimes fills: still one pool-
   });
   const upstream = upstreamTo(server.port, 4);
   upstream.start();
-  const held = new Set<PooledConnection>();
+  const held = new Map<PooledConnection, ReturnType<typeof setTimeout>>();
   try {
     const until = performance.now() + 9000;
     while (performance.now() < until) {
       const pooled = upstream.take(); // a client every 400 ms, for 1.5 s each
       if (pooled) {
-        held.add(pooled);
-        setTimeout(() => {
-          pooled.close();
-          held.delete(pooled);
-        }, 1500);
+        held.set(
+          pooled,
+          setTimeout(() => {
+            pooled.close();
+            held.delete(pooled);
+          }, 1500),
+        );
       }
       await new Promise((resolve) => setTimeout(resolve, 400));
     }
     assert.ok(logs.events("pool-unsettled").length <= 1, "said more than once");
     assert.equal(logs.events("pool-settled").length, 0);
   } finally {
-    for (const pooled of held) pooled.close();
+    for (const [pooled, timer] of held) {
+      clearTimeout(timer);
+      pooled.close();
+    }
     upstream.close();
   }
 });
@@ -469,7 +491,39 @@ Deno.test("pool: while an upstream that drops SYNs is down, one probe at a time 
     assert.equal(most, 1, `${most} probes connecting at once`);
   } finally {
     upstream.close();
+    await waitUntil(() => upstream.dialsInProgress === 0, "close() to end the probe");
   }
+});
+
+Deno.test("pool: close() ends the pool's dials in progress at once, rather than at their connect timeout", async () => {
+  // Otherwise a forwarder shut down (or a test ended) with a dial to an
+  // upstream that drops SYNs kept its socket, and a timer that keeps the
+  // process alive, for the whole connect timeout.
+  await using silent = await fullQueueListeners(["127.0.0.1"]);
+  const { port } = silent;
+  logs.records.length = 0;
+  const upstream = new Upstream({ hostname: "127.0.0.1", port }, {
+    poolSize: 2,
+    poolMaxIdleMs: 30_000,
+    connectTimeoutMs: 60_000,
+    listen: "127.0.0.1:2222",
+  });
+  const connecting = () => ss("-Htn", "state", "syn-sent", "dport", "=", `:${port}`);
+  upstream.start();
+  try {
+    await waitUntil(async () => (await connecting()).length === 2, "both dials to hang");
+    assert.equal(upstream.dialsInProgress, 2);
+  } finally {
+    upstream.close();
+  }
+  await waitUntil(() => upstream.dialsInProgress === 0, "close() to end both dials", 10_000);
+  assert.deepEqual(await connecting(), [], "a socket still connecting");
+  assert.equal(upstream.stats.failures, 0, "a dial ended by close() counted as failed");
+  assert.equal(
+    logs.events("upstream-down").length,
+    0,
+    "a dial ended by close() said the upstream was down",
+  );
 });
 
 Deno.test("pool: connections alive after the upstream's listener died do not declare it up again", async () => {

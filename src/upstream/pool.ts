@@ -152,6 +152,8 @@ export interface UpstreamOptions {
 
 /** Why a pooled dial was aborted: dial() reports it as a connect timeout. */
 const CONNECT_TIMEOUT = { failure: "connect-timeout" } as const;
+/** A pooled dial ended by close(): nothing is said of it (see #dialOne). */
+const CLOSED = { failure: "aborted" } as const;
 
 const BACKOFF_FIRST_MS = 100;
 /**
@@ -206,6 +208,12 @@ export class Upstream implements DescriptorDonor {
   readonly #options: UpstreamOptions;
   readonly #idle: PooledConnection[] = [];
   #dialing = 0;
+  /**
+   * What ends the pool's dials in progress: close() aborts them, rather than
+   * leave a dial to an upstream that drops SYNs holding a descriptor and a
+   * timer (which keeps the process alive) until its connect timeout.
+   */
+  readonly #dialAborts = new Set<AbortController>();
   /** Clients' dials in progress (sessions dialling on demand). */
   #clientDials = 0;
   /** Dials fail: clients skip it until it is due for a retry. */
@@ -263,6 +271,11 @@ export class Upstream implements DescriptorDonor {
     Deno.unrefTimer(this.#recycleTimer);
     addDonor(this);
     this.#fill();
+  }
+
+  /** The pool's own dials in progress (not clients' on-demand ones). */
+  get dialsInProgress(): number {
+    return this.#dialing;
   }
 
   /** Connections waiting in the pool. */
@@ -490,9 +503,10 @@ export class Upstream implements DescriptorDonor {
     });
   }
 
-  /** Stops refilling and closes every pooled connection. */
+  /** Stops refilling, gives up the pool's dials under way, and closes every pooled connection. */
   close(): void {
     this.#closed = true;
+    for (const dial of this.#dialAborts) dial.abort(CLOSED);
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#rampTimer);
     clearInterval(this.#recycleTimer);
@@ -574,8 +588,9 @@ export class Upstream implements DescriptorDonor {
 
   async #dialOne(): Promise<void> {
     let conn: Deno.TcpConn;
-    const timeout = new AbortController();
-    const timer = setTimeout(() => timeout.abort(CONNECT_TIMEOUT), this.#options.connectTimeoutMs);
+    const ending = new AbortController(); // the connect timeout, or close()
+    const timer = setTimeout(() => ending.abort(CONNECT_TIMEOUT), this.#options.connectTimeoutMs);
+    this.#dialAborts.add(ending);
     try {
       // Through dial(), not Deno.connect: a name is then looked up under the
       // caps, once for all the pool's dials at a time. Deno.connect looks it
@@ -587,7 +602,7 @@ export class Upstream implements DescriptorDonor {
       // The pool's lookups count as one client's (see src/upstream/lookups.ts).
       conn = await dial(
         addressOf(hostname, port),
-        timeout.signal,
+        ending.signal,
         `pool ${this.name}`,
         this.#answers,
       );
@@ -601,6 +616,7 @@ export class Upstream implements DescriptorDonor {
       return;
     } finally {
       clearTimeout(timer);
+      this.#dialAborts.delete(ending);
     }
     this.stats.dialled++;
     this.#starved = false;
