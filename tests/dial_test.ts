@@ -25,6 +25,7 @@ import {
 import { type Lookup, LookupsBusy } from "../src/upstream/lookups.ts";
 import { noteShortage } from "../src/nofile.ts";
 import { finThenResetServer, resettingServer } from "./_helpers/reset.ts";
+import { deadline } from "./_helpers/socks_client.ts";
 
 /** A loopback port nothing listens on (bound, read back, released). */
 function closedPort(): number {
@@ -339,6 +340,23 @@ Deno.test("resolverWith(): a lookup that fails soon after a descriptor shortage 
   assert.deepEqual(twice.calls, ["gone.test", "gone.test"], "one retry, not more");
 });
 
+Deno.test("resolverWith(): a signal aborted already looks nothing up", async () => {
+  let calls = 0;
+  const resolve = resolverWith(() => {
+    calls++;
+    return Promise.resolve([{ address: "127.0.0.1", family: 4 }]);
+  });
+  const controller = new AbortController();
+  controller.abort({ failure: "connect-timeout" });
+  await assert.rejects(resolve("example.test", "127.0.0.1", controller.signal), (error) => {
+    assert.ok(error instanceof DialError, `expected DialError, got ${error}`);
+    assert.equal(error.failure, "connect-timeout");
+    assert.match(error.message, /resolving example\.test timed out/);
+    return true;
+  });
+  assert.equal(calls, 0, "a lookup started for a dial given up already");
+});
+
 Deno.test("resolverWith(): a lookup that answers with no address is a name not resolved", async () => {
   const resolve = resolverWith(() => Promise.resolve([]));
   await assert.rejects(
@@ -551,11 +569,7 @@ Deno.test("connectToFirstAnswer() closes a connection that answers after another
   try {
     assert.equal(conn.remoteAddr.hostname, "127.0.0.2");
     await slowCheck.promise;
-    const read = late.read(new Uint8Array(1));
-    const ended = await Promise.race([
-      read,
-      new Promise((resolve) => setTimeout(() => resolve("still open"), 2_000)),
-    ]);
+    const ended = await deadline(late.read(new Uint8Array(1)), 2_000, "the late one's close");
     assert.equal(ended, null, "the late connection was closed");
   } finally {
     conn.close();

@@ -161,6 +161,9 @@ export function resolverWith(lookup: Lookup): NameResolver {
     signal: AbortSignal,
     again = true,
   ): Promise<string[]> => {
+    // A session cut short already: a lookup nobody waits for would still
+    // take one of the capped slots, and a thread of Deno's, until it ends.
+    if (signal.aborted) throw aborted(signal, `resolving ${host}`);
     let results: { address: string }[];
     const started = performance.now();
     try {
