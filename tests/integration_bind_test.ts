@@ -11,6 +11,7 @@ import { SocksClient } from "socks";
 import { wildcardIsIpv6Only } from "../src/config.ts";
 import type { Address } from "../src/protocol/address.ts";
 import { startFerry } from "./_helpers/ferry.ts";
+import { connectSocksClient } from "./_helpers/npm_socks.ts";
 import { connectAndReset } from "./_helpers/reset.ts";
 import { waitUntil } from "./_helpers/forward_support.ts";
 import { openDescriptors } from "./_helpers/proc.ts";
@@ -69,7 +70,7 @@ for (const type of [5, 4] as const) {
         client.once("error", reject);
       },
     );
-    client.connect();
+    using _started = connectSocksClient(client);
     const listening = await deadline(bound, 5000, "the first reply");
     // SOCKS4 may answer 0.0.0.0, meaning "the proxy's address".
     const host = listening.host === "0.0.0.0" ? ferry.hostname : listening.host;

@@ -10,6 +10,7 @@ import { Buffer } from "node:buffer";
 import net, { type Socket } from "node:net";
 import { SocksClient } from "socks";
 import { type FerryProcess, type LogLine, startFerry } from "./_helpers/ferry.ts";
+import { connectSocksClient } from "./_helpers/npm_socks.ts";
 import { sessionOf } from "./_helpers/session_log.ts";
 import { ss } from "./_helpers/ss.ts";
 import { TextLineStream } from "./_helpers/text_line_stream.ts";
@@ -148,7 +149,7 @@ Deno.test("npm socks: UDP ASSOCIATE relays to an echo server and back with the r
       client.once("established", resolve);
       client.once("error", reject);
     });
-    client.connect();
+    using _started = connectSocksClient(client);
     const { socket: control, remoteHost } = await deadline(established, 5000, "established");
     try {
       assert.equal(remoteHost?.host, "127.0.0.1");

@@ -17,6 +17,7 @@ import { isConnectionEnd, tcpSocketsOf } from "./forward_support.ts";
 import { addressForms } from "./session_log.ts";
 import { closeUdp, frame, sendInOrder, udpEcho, udpSocket } from "./udp_support.ts";
 import {
+  atMost,
   closedPort,
   concat,
   deadline,
@@ -460,7 +461,7 @@ export async function runClient(
       const ending = await deadline(reading, 15_000, `the end of ${JSON.stringify(moves)}`, close);
       return { local, response: concat(chunks), ending, writeError, datagrams };
     }
-    if (moves.ending === "reset") await Promise.race([firstByte.promise, sleep(200)]);
+    if (moves.ending === "reset") await atMost(firstByte.promise, 200);
     else await sleep(moves.pauseMs);
     close();
     return { local, response: concat(chunks), ending: await reading, writeError, datagrams };
@@ -526,7 +527,7 @@ async function exchangeDatagrams(
   try {
     const framed = sent.map((payload) => frame(echo, payload));
     await sendInOrder(socket, framed, reply.address.port, reply.address.host);
-    await Promise.race([allBack.promise, sleep(1000)]);
+    await atMost(allBack.promise, 1000);
   } finally {
     await closeUdp(socket);
   }

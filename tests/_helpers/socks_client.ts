@@ -41,6 +41,21 @@ export async function deadline<T>(
   }
 }
 
+/**
+ * Awaits `promise`, or `ms` at most, whichever comes first; never rejects.
+ * Unlike a race with a bare sleep, its timer ends with it: the op sanitizer
+ * counts a timer still pending against the test.
+ */
+export async function atMost(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const waited = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
+  try {
+    await Promise.race([promise.catch(() => {}), waited]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Concatenates byte arrays. */
 export function concat(parts: readonly Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
