@@ -1,7 +1,8 @@
 /**
  * The port forwarder in process: `startForwarder` on loopback port 0 against
  * scriptable loopback upstreams, with ferry's log records captured in memory.
- * Deno's resource sanitizers check that shutdown leaves nothing open.
+ * Deno's op and resource sanitizers (on in `deno task test`) check that
+ * shutdown leaves nothing open or running.
  */
 import assert from "node:assert/strict";
 import { buildForwardConfig, type RawForwardOptions } from "../src/config.ts";
