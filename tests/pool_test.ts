@@ -50,6 +50,28 @@ function upstreamTo(port: number, poolSize: number, poolMaxIdleMs = 30_000): Ups
 }
 
 /** Reads from a pooled connection until `n` bytes arrived, `chunk` bytes per read at most. */
+/**
+ * An upstream whose listener drops SYNs (its accept queue is full): each
+ * dial hangs until its connect timeout. `connecting()` lists the sockets
+ * still knocking there; the log records start empty.
+ */
+async function upstreamDroppingSyns(poolSize: number, connectTimeoutMs: number) {
+  const silent = await fullQueueListeners(["127.0.0.1"]);
+  const { port } = silent;
+  logs.records.length = 0;
+  const upstream = new Upstream({ hostname: "127.0.0.1", port }, {
+    poolSize,
+    poolMaxIdleMs: 30_000,
+    connectTimeoutMs,
+    listen: "127.0.0.1:2222",
+  });
+  return {
+    upstream,
+    connecting: () => ss("-Htn", "state", "syn-sent", "dport", "=", `:${port}`),
+    [Symbol.asyncDispose]: () => silent[Symbol.asyncDispose](),
+  };
+}
+
 async function readBytes(pooled: PooledConnection, n: number, chunk = 64 * 1024) {
   const parts: Uint8Array[] = [];
   let total = 0;
@@ -468,15 +490,8 @@ Deno.test("pool: while an upstream that drops SYNs is down, one probe at a time 
   // A listener whose accept queue is full drops new SYNs: each dial hangs
   // until the connect timeout. While down, every sweep and take started
   // another probe, so several hung at once (up to --pool).
-  await using silent = await fullQueueListeners(["127.0.0.1"]);
-  const { port } = silent;
-  logs.records.length = 0;
-  const upstream = new Upstream({ hostname: "127.0.0.1", port }, {
-    poolSize: 8,
-    poolMaxIdleMs: 30_000,
-    connectTimeoutMs: 2500,
-    listen: "127.0.0.1:2222",
-  });
+  await using silent = await upstreamDroppingSyns(8, 2500);
+  const { upstream, connecting } = silent;
   upstream.start();
   try {
     await waitUntil(() => logs.events("upstream-down").length > 0, "upstream-down", 10_000);
@@ -484,8 +499,7 @@ Deno.test("pool: while an upstream that drops SYNs is down, one probe at a time 
     let most = 0;
     for (let i = 0; i < 30; i++) { // 6 s: two probes' connect timeouts, six sweeps
       upstream.take(); // a client looks, as a forwarder's clients would
-      const connecting = await ss("-Htn", "state", "syn-sent", "dport", "=", `:${port}`);
-      most = Math.max(most, connecting.length);
+      most = Math.max(most, (await connecting()).length);
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     assert.equal(most, 1, `${most} probes connecting at once`);
@@ -499,16 +513,8 @@ Deno.test("pool: close() ends the pool's dials in progress at once, rather than 
   // Otherwise a forwarder shut down (or a test ended) with a dial to an
   // upstream that drops SYNs kept its socket, and a timer that keeps the
   // process alive, for the whole connect timeout.
-  await using silent = await fullQueueListeners(["127.0.0.1"]);
-  const { port } = silent;
-  logs.records.length = 0;
-  const upstream = new Upstream({ hostname: "127.0.0.1", port }, {
-    poolSize: 2,
-    poolMaxIdleMs: 30_000,
-    connectTimeoutMs: 60_000,
-    listen: "127.0.0.1:2222",
-  });
-  const connecting = () => ss("-Htn", "state", "syn-sent", "dport", "=", `:${port}`);
+  await using silent = await upstreamDroppingSyns(2, 60_000);
+  const { upstream, connecting } = silent;
   upstream.start();
   try {
     await waitUntil(async () => (await connecting()).length === 2, "both dials to hang");
