@@ -96,7 +96,7 @@ export class Deadlines {
     const due = this.now - this.#tickMs;
     const expired = this.#watched.removeWhere((item) => item.deadline <= due);
     for (const item of expired) item.expire();
-    if (this.#watched.size === 0) this.#stop();
+    this.stopIfIdle();
   }
 
   /** Starts the sweep, with a fresh clock, unless it is running already. */
